@@ -1,0 +1,277 @@
+//! The validated configuration (SPEC §4): typed values only, every default applied.
+//!
+//! Loading and validation live in `load.rs`; this file is the shape the rest of the daemon reads.
+//! Everything here is checked before anything starts, so runtime code never re-validates.
+
+mod load;
+
+pub use load::{load, load_str, ConfigError};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+/// The whole daemon configuration, after defaults and validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// File the config was read from, used to prefix every error and in `check-config`.
+    pub source: PathBuf,
+    pub log: LogConfig,
+    pub grpc: GrpcConfig,
+    pub stream: StreamConfig,
+    pub sockets: SocketsConfig,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub limits: LimitsConfig,
+    /// Endpoints by name; a BTreeMap so summaries and status lines are in a stable order.
+    pub endpoints: BTreeMap<String, EndpointConfig>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// Directive string for tracing's EnvFilter; `RUST_LOG` wins over it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+    Journald,
+}
+
+/// `[grpc]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcConfig {
+    /// Where the gRPC API listens; Unix sockets and (loopback unless allowed) TCP.
+    pub listen: Vec<ListenAddr>,
+    /// Permits a non-loopback TCP address in `listen`.
+    pub allow_remote: bool,
+}
+
+/// A listener address: `unix:/path` or `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+/// `[stream]`: the NDJSON socket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamConfig {
+    /// `None` when disabled with `path = ""`.
+    pub path: Option<PathBuf>,
+}
+
+/// `[sockets]`: permissions of the Unix sockets the daemon creates itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketsConfig {
+    /// Octal file mode, e.g. 0o660.
+    pub mode: u32,
+    pub group: Option<String>,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// `None` when disabled with `listen = ""`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// Subscriptions across gRPC and NDJSON together.
+    pub max_subscribers: usize,
+}
+
+/// `[endpoints.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointConfig {
+    pub url: url::Url,
+    pub fallback_urls: Vec<url::Url>,
+    /// Extra handshake headers, in file order; values may be secret references.
+    pub headers: Vec<(String, Secret)>,
+    pub subprotocols: Vec<String>,
+    /// Text frames sent after every (re)connect.
+    pub on_connect: Vec<String>,
+    pub connect_timeout: Duration,
+    pub max_message_size: usize,
+    pub proxy: Option<url::Url>,
+    pub tls: TlsConfig,
+    /// Overrides of the default close-code classification.
+    pub close_codes: BTreeMap<u16, CloseAction>,
+    /// Messages matching any of these are not fanned out.
+    pub drop: Vec<FilterConfig>,
+    pub auth: Option<AuthConfig>,
+    pub heartbeat: HeartbeatConfig,
+    pub backoff: BackoffConfig,
+    pub resume: Option<ResumeConfig>,
+    pub replay: ReplayConfig,
+    pub outbox: OutboxConfig,
+    pub access: AccessConfig,
+}
+
+/// `endpoints.NAME.tls`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+/// What a close code means for the reconnect loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseAction {
+    Retry,
+    Reauth,
+    Fail,
+}
+
+/// A `{pointer, equals}` filter; `equals` is any JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterConfig {
+    pub pointer: String,
+    pub equals: serde_json::Value,
+}
+
+/// `endpoints.NAME.auth`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub token: TokenSource,
+    pub placement: AuthPlacement,
+    /// Consecutive auth failures before the endpoint is `failed`.
+    pub max_failures: u32,
+    pub refresh_before: Duration,
+    /// Lifetime of a token whose expiry cannot be read from it.
+    pub ttl: Option<Duration>,
+    pub renew: RenewMode,
+    /// Template sent on the live connection when `renew = "frame"`.
+    pub renew_frame: Option<String>,
+}
+
+/// Where a token comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    Secret(Secret),
+    OAuth2 {
+        token_url: url::Url,
+        client_id: String,
+        client_secret: Secret,
+        scope: Option<String>,
+    },
+}
+
+/// How the token is put on the handshake.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthPlacement {
+    /// Header name and `format` template (`{{token}}`).
+    Header { name: String, format: String },
+    /// Query parameter name.
+    Query { name: String },
+}
+
+/// How a renewed token reaches the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewMode {
+    Frame,
+    Reconnect,
+}
+
+/// `endpoints.NAME.heartbeat`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatConfig {
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub app_ping: Option<String>,
+    pub app_ping_interval: Duration,
+}
+
+/// `endpoints.NAME.backoff`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackoffConfig {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+    pub min_delay: Duration,
+    pub reset_after: Duration,
+    /// Consecutive failures on one URL before the next fallback URL is tried.
+    pub fallback_after: u32,
+}
+
+/// `endpoints.NAME.resume`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResumeConfig {
+    pub id_pointer: String,
+    pub id_kind: IdKind,
+    /// Query parameter name that carries the last id on reconnect.
+    pub query: Option<String>,
+    /// Frame template sent right after connect (`{{last_id}}`).
+    pub frame: Option<String>,
+    pub dedup_window: usize,
+    pub contiguous: bool,
+}
+
+/// Type of the upstream's own message id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    Integer,
+    String,
+}
+
+/// `endpoints.NAME.replay`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayConfig {
+    pub messages: usize,
+    pub bytes: usize,
+    pub persist: bool,
+    pub slow_subscriber: SlowPolicy,
+}
+
+/// What happens to a subscriber that falls behind the replay window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowPolicy {
+    /// A `Gap` (SLOW_SUBSCRIBER), then continue from the oldest retained message.
+    Skip,
+    /// End the subscription with an error.
+    Disconnect,
+}
+
+/// `endpoints.NAME.outbox`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxConfig {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+    pub durable: bool,
+}
+
+/// `endpoints.NAME.access`; `None` lists mean everyone who can open the socket.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AccessConfig {
+    pub subscribe: Option<Vec<Principal>>,
+    pub publish: Option<Vec<Principal>>,
+}
+
+/// One entry of an access list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Uid(u32),
+    Gid(u32),
+    User(String),
+    Group(String),
+}
