@@ -1,9 +1,45 @@
 #![forbid(unsafe_code)]
 //! ws-sidecar: one resilient upstream WebSocket per endpoint, fanned out to local apps.
+//!
+//! ```text
+//! config ──► supervisor ──► upstream (one task per endpoint: connecting/connected/backoff/failed)
+//!                             │ inbound message (Bytes, kind, upstream id)
+//!                             ▼
+//!                           log (per endpoint: seq, replay window; subscribers are cursors)
+//!                             ▼
+//!                 api::grpc · api::stream (NDJSON)  ◄── local apps
+//!                             │ publish
+//!                             ▼
+//!                           outbox ──► upstream writer, in order, once connected
+//! ```
+//!
+//! Invariants:
+//! - The upstream task never awaits a subscriber: a slow reader only hurts itself (it gets a
+//!   `Gap`), it never slows the upstream or other subscribers.
+//! - A payload is one `Bytes` from the socket to every subscriber; no per-subscriber copy.
+//! - Every wait in a long-lived loop is raced against cancellation, so shutdown is prompt even
+//!   during an outage.
+//! - Nothing is acknowledged before its seq is assigned (log) or it is queued (outbox); an outbox
+//!   entry leaves the queue only after its frame was flushed to the upstream socket.
+//! - Config is validated completely before anything starts.
 
+pub mod api;
+pub mod backoff;
+pub mod client;
 pub mod config;
+pub mod demo;
+pub mod endpoint;
+pub mod filter;
+pub mod fmt;
+pub mod listen;
+pub mod log;
+pub mod outbox;
 pub mod redact;
+pub mod registry;
 pub mod secret;
+pub mod status;
+pub mod supervisor;
+pub mod upstream;
 
 /// Generated gRPC types and services for `ws_sidecar.v1`.
 #[allow(clippy::all, missing_docs)]

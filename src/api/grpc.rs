@@ -1,0 +1,287 @@
+//! The gRPC API (`ws_sidecar.v1.Sidecar`, SPEC §12) with grpc.health.v1 and reflection, served
+//! on Unix sockets and TCP listeners handed in by the caller.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::subscription::{SubEvent, SubscribeError, Subscription};
+use super::PublishError;
+use crate::endpoint::State;
+use crate::filter::Filter;
+use crate::listen::GrpcListener;
+use crate::log::{GapReason, Item, Kind};
+use crate::proto::sidecar_server::{Sidecar, SidecarServer};
+use crate::proto::{self, event};
+use crate::registry::Registry;
+use crate::status::{proto_state, EndpointStatus};
+
+/// Largest request accepted (a publish carries one message).
+const MAX_REQUEST: usize = 16 * 1024 * 1024 + 1024;
+
+/// The `Sidecar` service.
+#[derive(Clone)]
+pub struct SidecarService {
+    registry: Arc<Registry>,
+}
+
+impl SidecarService {
+    /// A service over the daemon's endpoints.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        SidecarService { registry }
+    }
+}
+
+/// Serves one listener until `shutdown`, then finishes in-flight calls.
+pub async fn serve(
+    listener: GrpcListener,
+    registry: Arc<Registry>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let health_service = health_service(health);
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha();
+    let sidecar = SidecarServer::new(SidecarService::new(registry))
+        .max_decoding_message_size(MAX_REQUEST)
+        .max_encoding_message_size(usize::MAX);
+    let mut builder = tonic::transport::Server::builder()
+        // Loopback and Unix sockets: fixed large windows beat adaptive ones.
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)));
+    let router = builder
+        .add_service(sidecar)
+        .add_service(health_service)
+        .add_service(reflection_v1?)
+        .add_service(reflection_v1alpha?);
+    let stop = shutdown.cancelled_owned();
+    match listener {
+        GrpcListener::Unix(l, _) => {
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)
+                .await?
+        }
+        GrpcListener::Tcp(l) => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+fn health_service(
+    reporter: tonic_health::server::HealthReporter,
+) -> tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService> {
+    tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(reporter),
+    )
+}
+
+/// Keeps grpc.health.v1 in step with endpoint states: the overall service is SERVING while the
+/// daemon runs; each endpoint (service name = endpoint name) is SERVING while connected.
+pub async fn run_health(
+    registry: Arc<Registry>,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    use tonic_health::ServingStatus;
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter
+        .set_service_status("ws_sidecar.v1.Sidecar", ServingStatus::Serving)
+        .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for ep in registry.all() {
+        let reporter = reporter.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut events = ep.state_events();
+            let mut current = ep.state().state;
+            loop {
+                let status = if current == State::Connected {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                reporter.set_service_status(&ep.name, status).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    ev = events.recv() => match ev {
+                        Ok(ev) => current = ev.state,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => current = ep.state().state,
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+    }
+    shutdown.cancelled().await;
+    reporter.set_service_status("", ServingStatus::NotServing).await;
+    tasks.shutdown().await;
+}
+
+/// The `Subscribe` response stream: subscription events rendered as proto `Event`s.
+pub struct EventStream {
+    sub: Subscription,
+    failed: bool,
+}
+
+impl Stream for EventStream {
+    type Item = Result<proto::Event, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        let ev = match Pin::new(&mut self.sub).poll_next(cx) {
+            Poll::Ready(Some(ev)) => ev,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        let endpoint = self.sub.endpoint.to_string();
+        let out = match ev {
+            SubEvent::State(s) => event::Event::State(proto::StateChange {
+                endpoint,
+                state: proto_state(s.state) as i32,
+                reason: s.reason,
+                at_unix_nanos: s.at,
+            }),
+            SubEvent::Item(Item::Message(m)) => event::Event::Message(proto::Message {
+                endpoint,
+                seq: m.seq,
+                received_at_unix_nanos: m.received_at,
+                kind: proto_kind(m.kind) as i32,
+                data: m.data.clone(),
+            }),
+            SubEvent::Item(Item::Gap { from, to, reason }) => event::Event::Gap(proto::Gap {
+                endpoint,
+                from_seq: from,
+                to_seq: to,
+                reason: proto_gap(reason) as i32,
+            }),
+            SubEvent::Lagged(l) => {
+                self.failed = true;
+                return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+                    "slow subscriber disconnected: {l}"
+                )))));
+            }
+        };
+        Poll::Ready(Some(Ok(proto::Event { event: Some(out) })))
+    }
+}
+
+fn proto_kind(k: Kind) -> proto::Kind {
+    match k {
+        Kind::Text => proto::Kind::Text,
+        Kind::Binary => proto::Kind::Binary,
+    }
+}
+
+fn proto_gap(r: GapReason) -> proto::GapReason {
+    match r {
+        GapReason::ReplayExpired => proto::GapReason::ReplayExpired,
+        GapReason::SlowSubscriber => proto::GapReason::SlowSubscriber,
+        GapReason::UpstreamGap => proto::GapReason::UpstreamGap,
+    }
+}
+
+#[tonic::async_trait]
+impl Sidecar for SidecarService {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let req = request.into_inner();
+        let filters = req
+            .filters
+            .into_iter()
+            .map(|f| Filter::new(f.pointer, serde_json::Value::String(f.equals)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let sub = Subscription::open(&self.registry, &req.endpoint, req.from_seq, filters)
+            .map_err(|e| match e {
+                SubscribeError::NotFound(_) => Status::not_found(e.to_string()),
+                SubscribeError::TooMany(_) => Status::resource_exhausted(e.to_string()),
+            })?;
+        Ok(Response::new(EventStream { sub, failed: false }))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<proto::PublishRequest>,
+    ) -> Result<Response<proto::PublishResponse>, Status> {
+        let req = request.into_inner();
+        let kind = match proto::Kind::try_from(req.kind) {
+            Ok(proto::Kind::Binary) => Kind::Binary,
+            Ok(proto::Kind::Text) => Kind::Text,
+            Err(_) => return Err(Status::invalid_argument("unknown kind")),
+        };
+        let wait_sent = matches!(proto::Wait::try_from(req.wait), Ok(proto::Wait::Sent));
+        let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+        let id = super::publish(&self.registry, &req.endpoint, kind, req.data, key, wait_sent)
+            .await
+            .map_err(publish_status)?;
+        Ok(Response::new(proto::PublishResponse { outbox_id: id }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<proto::GetStatusRequest>,
+    ) -> Result<Response<proto::GetStatusResponse>, Status> {
+        let req = request.into_inner();
+        let endpoints = match req.endpoint {
+            Some(name) => {
+                let ep = self
+                    .registry
+                    .get(&name)
+                    .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
+                vec![EndpointStatus::of(&ep).into()]
+            }
+            None => self
+                .registry
+                .all()
+                .iter()
+                .map(|ep| EndpointStatus::of(ep).into())
+                .collect(),
+        };
+        Ok(Response::new(proto::GetStatusResponse { endpoints }))
+    }
+
+    async fn reconnect(
+        &self,
+        request: Request<proto::ReconnectRequest>,
+    ) -> Result<Response<proto::ReconnectResponse>, Status> {
+        let name = request.into_inner().endpoint;
+        let ep = self
+            .registry
+            .get(&name)
+            .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
+        ep.request_reconnect();
+        Ok(Response::new(proto::ReconnectResponse {}))
+    }
+}
+
+fn publish_status(e: PublishError) -> Status {
+    match e {
+        PublishError::NotFound(_) => Status::not_found(e.to_string()),
+        PublishError::Failed(_) => Status::failed_precondition(e.to_string()),
+        PublishError::InvalidText => Status::invalid_argument(e.to_string()),
+        PublishError::Outbox(_) => Status::resource_exhausted(e.to_string()),
+        PublishError::Expired => Status::deadline_exceeded(e.to_string()),
+        PublishError::Closed => Status::unavailable(e.to_string()),
+    }
+}

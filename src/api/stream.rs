@@ -1,0 +1,395 @@
+//! The NDJSON socket (SPEC §13): one JSON object per line each way, usable with `socat`.
+//!
+//! Per connection a reader parses requests and a writer owns the socket's write half, the
+//! connection's subscriptions and the replies; it drains everything ready into one buffer and
+//! writes it in one go. A client that stops reading only stalls its own writer; its cursors fall
+//! behind and it gets a `gap` when it reads again.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::stream::{SelectAll, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::subscription::{SubEvent, SubscribeError, Subscription};
+use super::PublishError;
+use crate::filter::Filter;
+use crate::log::{GapReason, Item, Kind};
+use crate::registry::Registry;
+use crate::status::EndpointStatus;
+
+/// Longest request line accepted.
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// Replies queued per connection before its reader waits for the writer.
+const REPLY_QUEUE: usize = 256;
+
+/// Accepts connections until `shutdown`; each runs on its own task.
+pub async fn serve(listener: UnixListener, registry: Arc<Registry>, shutdown: CancellationToken) {
+    let conns = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((sock, _)) => {
+                conns.spawn(handle(sock, Arc::clone(&registry), shutdown.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning on accept.
+                tracing::warn!(error = %e, "ndjson accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    conns.close();
+    conns.wait().await;
+}
+
+/// What the reader hands the writer.
+enum Out {
+    Line(String),
+    Subscribe(Box<Subscription>),
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum Request {
+    Subscribe {
+        endpoint: String,
+        #[serde(default)]
+        from_seq: Option<u64>,
+        #[serde(default)]
+        filters: Vec<FilterReq>,
+    },
+    Publish {
+        endpoint: String,
+        data: String,
+        #[serde(default)]
+        binary: bool,
+        #[serde(default)]
+        id: Option<Value>,
+        #[serde(default)]
+        idempotency_key: Option<String>,
+        #[serde(default)]
+        wait: Option<String>,
+    },
+    Status {
+        #[serde(default)]
+        endpoint: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterReq {
+    pointer: String,
+    equals: Value,
+}
+
+async fn handle(sock: UnixStream, registry: Arc<Registry>, shutdown: CancellationToken) {
+    let (rd, wr) = sock.into_split();
+    let (tx, rx) = mpsc::channel::<Out>(REPLY_QUEUE);
+    let writer = tokio::spawn(write_loop(wr, rx, shutdown.clone()));
+    let mut lines = FramedRead::new(rd, LinesCodec::new_with_max_length(MAX_LINE));
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            n = lines.next() => n,
+        };
+        let out = match next {
+            None => break,
+            Some(Ok(line)) if line.trim().is_empty() => continue,
+            Some(Ok(line)) => request(&line, &registry, &tx).await,
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => Some(Out::Line(error_line(
+                "line_too_long",
+                &format!("request line longer than {MAX_LINE} bytes ignored"),
+                None,
+            ))),
+            Some(Err(LinesCodecError::Io(_))) => break,
+        };
+        if let Some(out) = out {
+            if tx.send(out).await.is_err() {
+                break;
+            }
+        }
+    }
+    // Half-closed clients (`echo … | socat`) keep receiving their subscriptions.
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Handles one request line; returns the reply to queue, if any.
+async fn request(line: &str, registry: &Arc<Registry>, tx: &mpsc::Sender<Out>) -> Option<Out> {
+    let req: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return Some(Out::Line(error_line("bad_request", &bad_request(line, &e), None))),
+    };
+    match req {
+        Request::Subscribe {
+            endpoint,
+            from_seq,
+            filters,
+        } => {
+            let filters = match filters
+                .into_iter()
+                .map(|f| Filter::new(f.pointer, f.equals))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(f) => f,
+                Err(e) => return Some(Out::Line(error_line("invalid_argument", &e.to_string(), None))),
+            };
+            match Subscription::open(registry, &endpoint, from_seq, filters) {
+                Ok(sub) => Some(Out::Subscribe(Box::new(sub))),
+                Err(e @ SubscribeError::NotFound(_)) => {
+                    Some(Out::Line(error_line("not_found", &e.to_string(), None)))
+                }
+                Err(e @ SubscribeError::TooMany(_)) => {
+                    Some(Out::Line(error_line("resource_exhausted", &e.to_string(), None)))
+                }
+            }
+        }
+        Request::Publish {
+            endpoint,
+            data,
+            binary,
+            id,
+            idempotency_key,
+            wait,
+        } => {
+            let wait_sent = match wait.as_deref() {
+                None | Some("stored") => false,
+                Some("sent") => true,
+                Some(other) => {
+                    let msg = format!("wait must be \"stored\" or \"sent\", not {other:?}");
+                    return Some(Out::Line(error_line("invalid_argument", &msg, id.as_ref())));
+                }
+            };
+            let (kind, payload) = if binary {
+                match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
+                    Ok(b) => (Kind::Binary, Bytes::from(b)),
+                    Err(e) => {
+                        let msg = format!("binary data is not valid base64: {e}");
+                        return Some(Out::Line(error_line("invalid_argument", &msg, id.as_ref())));
+                    }
+                }
+            } else {
+                (Kind::Text, Bytes::from(data))
+            };
+            let registry = Arc::clone(registry);
+            let publish = async move {
+                let r = super::publish(
+                    &registry,
+                    &endpoint,
+                    kind,
+                    payload,
+                    idempotency_key.as_deref(),
+                    wait_sent,
+                )
+                .await;
+                Out::Line(match r {
+                    Ok(outbox_id) => {
+                        let mut ack = json!({"type": "ack", "outbox_id": outbox_id});
+                        if let Some(id) = id {
+                            ack["id"] = id;
+                        }
+                        ack.to_string()
+                    }
+                    Err(e) => error_line(publish_code(&e), &e.to_string(), id.as_ref()),
+                })
+            };
+            if wait_sent {
+                // Waiting for the upstream must not hold up this client's other requests.
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(publish.await).await;
+                });
+                None
+            } else {
+                Some(publish.await)
+            }
+        }
+        Request::Status { endpoint } => {
+            let eps = match endpoint {
+                Some(name) => match registry.get(&name) {
+                    Some(ep) => vec![EndpointStatus::of(&ep)],
+                    None => {
+                        let msg = format!("unknown endpoint {name:?}");
+                        return Some(Out::Line(error_line("not_found", &msg, None)));
+                    }
+                },
+                None => registry.all().iter().map(|e| EndpointStatus::of(e)).collect(),
+            };
+            Some(Out::Line(json!({"type": "status", "endpoints": eps}).to_string()))
+        }
+    }
+}
+
+fn bad_request(line: &str, e: &serde_json::Error) -> String {
+    // serde's message for an unknown tag lists the expected ops, which is what a user needs.
+    if serde_json::from_str::<Value>(line).is_ok() {
+        format!("invalid request: {e}")
+    } else {
+        format!("invalid JSON: {e}")
+    }
+}
+
+fn publish_code(e: &PublishError) -> &'static str {
+    match e {
+        PublishError::NotFound(_) => "not_found",
+        PublishError::Failed(_) => "failed_precondition",
+        PublishError::InvalidText => "invalid_argument",
+        PublishError::Outbox(_) => "resource_exhausted",
+        PublishError::Expired => "deadline_exceeded",
+        PublishError::Closed => "unavailable",
+    }
+}
+
+fn error_line(code: &str, message: &str, id: Option<&Value>) -> String {
+    let mut v = json!({"type": "error", "code": code, "message": message});
+    if let Some(id) = id {
+        v["id"] = id.clone();
+    }
+    v.to_string()
+}
+
+/// Renders one subscription event as an NDJSON line (without the newline).
+fn event_line(endpoint: &str, ev: &SubEvent, buf: &mut Vec<u8>) {
+    let v = match ev {
+        SubEvent::State(s) => json!({
+            "type": "state", "endpoint": endpoint, "state": s.state.as_str(),
+            "reason": s.reason, "at_unix_nanos": s.at,
+        }),
+        SubEvent::Item(Item::Message(m)) => {
+            let (data, binary) = match (m.kind, std::str::from_utf8(&m.data)) {
+                (Kind::Text, Ok(s)) => (Value::String(s.to_owned()), false),
+                _ => (
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(&m.data)),
+                    true,
+                ),
+            };
+            json!({
+                "type": "message", "endpoint": endpoint, "seq": m.seq,
+                "received_at_unix_nanos": m.received_at, "data": data, "binary": binary,
+            })
+        }
+        SubEvent::Item(Item::Gap { from, to, reason }) => json!({
+            "type": "gap", "endpoint": endpoint, "from_seq": from, "to_seq": to,
+            "reason": gap_name(*reason),
+        }),
+        SubEvent::Lagged(l) => json!({
+            "type": "error", "code": "slow_subscriber", "endpoint": endpoint,
+            "message": format!("disconnected: {l}"),
+        }),
+    };
+    // Writing a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, &v);
+    buf.push(b'\n');
+}
+
+fn gap_name(r: GapReason) -> &'static str {
+    match r {
+        GapReason::ReplayExpired => "REPLAY_EXPIRED",
+        GapReason::SlowSubscriber => "SLOW_SUBSCRIBER",
+        GapReason::UpstreamGap => "UPSTREAM_GAP",
+    }
+}
+
+/// Bytes gathered before a write even if more events are ready.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+async fn write_loop(
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Out>,
+    shutdown: CancellationToken,
+) {
+    let mut subs: SelectAll<Tagged> = SelectAll::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut replies_open = true;
+    loop {
+        if !replies_open && subs.is_empty() {
+            return;
+        }
+        let mut lagged = false;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            out = rx.recv(), if replies_open => match out {
+                Some(Out::Line(l)) => { buf.extend_from_slice(l.as_bytes()); buf.push(b'\n'); }
+                Some(Out::Subscribe(s)) => subs.push(Tagged(*s)),
+                None => replies_open = false,
+            },
+            ev = subs.next(), if !subs.is_empty() => {
+                if let Some((name, ev)) = ev {
+                    lagged |= matches!(ev, SubEvent::Lagged(_));
+                    event_line(&name, &ev, &mut buf);
+                }
+            }
+        }
+        // Coalesce: take whatever else is ready without waiting, then write once.
+        while buf.len() < WRITE_CHUNK {
+            match rx.try_recv() {
+                Ok(Out::Line(l)) => {
+                    buf.extend_from_slice(l.as_bytes());
+                    buf.push(b'\n');
+                    continue;
+                }
+                Ok(Out::Subscribe(s)) => {
+                    subs.push(Tagged(*s));
+                    continue;
+                }
+                Err(_) => {}
+            }
+            match futures_util::FutureExt::now_or_never(subs.next()) {
+                Some(Some((name, ev))) => {
+                    lagged |= matches!(ev, SubEvent::Lagged(_));
+                    event_line(&name, &ev, &mut buf);
+                }
+                _ => break,
+            }
+        }
+        if !buf.is_empty() {
+            let write = wr.write_all(&buf);
+            let ok = tokio::select! {
+                _ = shutdown.cancelled() => false,
+                r = write => r.is_ok(),
+            };
+            if !ok {
+                return;
+            }
+            buf.clear();
+        }
+        if lagged {
+            // `slow_subscriber = "disconnect"`: the error line is out, now hang up.
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// A subscription whose events carry its endpoint name, since `SelectAll` does not say which
+/// stream an item came from.
+struct Tagged(Subscription);
+
+impl futures_util::Stream for Tagged {
+    type Item = (Arc<str>, SubEvent);
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let name = Arc::clone(&self.0.endpoint);
+        std::pin::Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|ev| ev.map(|ev| (name, ev)))
+    }
+}

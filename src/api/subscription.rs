@@ -1,0 +1,136 @@
+//! A subscription as both APIs see it: the endpoint's current state, then state changes and log
+//! items interleaved, read in batches from the log cursor.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::endpoint::{Endpoint, StateEvent};
+use crate::filter::Filter;
+use crate::log::{Cursor, Item, Lagged};
+use crate::registry::{Registry, SubscriberSlot, TooManySubscribers};
+
+/// Items taken from the log per lock: enough to fill a write, small enough to stay fair.
+const BATCH: usize = 256;
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum SubEvent {
+    State(StateEvent),
+    Item(Item),
+    /// Fell behind under `slow_subscriber = "disconnect"`; the stream ends after this.
+    Lagged(Lagged),
+}
+
+/// Why a subscription could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("unknown endpoint {0:?}")]
+    NotFound(String),
+    #[error(transparent)]
+    TooMany(#[from] TooManySubscribers),
+}
+
+/// A live subscription; ends when the endpoint's log closes.
+pub struct Subscription {
+    /// Endpoint name, shared by every event this subscription renders.
+    pub endpoint: Arc<str>,
+    ep: Arc<Endpoint>,
+    cursor: Cursor,
+    states: BroadcastStream<StateEvent>,
+    ready: VecDeque<SubEvent>,
+    scratch: Vec<Item>,
+    done: bool,
+    _slot: SubscriberSlot,
+}
+
+impl Subscription {
+    /// Opens a subscription on `endpoint`, taking one slot of the subscriber budget.
+    pub fn open(
+        registry: &Registry,
+        endpoint: &str,
+        from_seq: Option<u64>,
+        filters: Vec<Filter>,
+    ) -> Result<Subscription, SubscribeError> {
+        let ep = registry
+            .get(endpoint)
+            .ok_or_else(|| SubscribeError::NotFound(endpoint.to_owned()))?;
+        let slot = registry.subscriber_slot()?;
+        // Transitions are subscribed before the current state is read, so none is lost between.
+        let states = BroadcastStream::new(ep.state_events());
+        let first = ep.state();
+        let cursor = ep.log.subscribe(from_seq, filters);
+        Ok(Subscription {
+            endpoint: Arc::from(ep.name.as_str()),
+            cursor,
+            states,
+            ready: VecDeque::from([SubEvent::State(first)]),
+            scratch: Vec::with_capacity(BATCH),
+            done: false,
+            _slot: slot,
+            ep,
+        })
+    }
+
+    /// The endpoint this subscription reads.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.ep
+    }
+
+    /// Queues pending state transitions; a lagged receiver gets the current state instead.
+    fn poll_states(&mut self, cx: &mut Context<'_>) {
+        loop {
+            match Pin::new(&mut self.states).poll_next(cx) {
+                Poll::Ready(Some(Ok(ev))) => self.ready.push_back(SubEvent::State(ev)),
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                    self.ready.push_back(SubEvent::State(self.ep.state()))
+                }
+                Poll::Ready(None) | Poll::Pending => return,
+            }
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = SubEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SubEvent>> {
+        let this = &mut *self;
+        if let Some(ev) = this.ready.pop_front() {
+            return Poll::Ready(Some(ev));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        this.poll_states(cx);
+        if let Some(ev) = this.ready.pop_front() {
+            return Poll::Ready(Some(ev));
+        }
+        this.scratch.clear();
+        match this.cursor.poll_read(cx, &mut this.scratch, BATCH) {
+            Poll::Ready(Ok(true)) => {
+                this.ready
+                    .extend(this.scratch.drain(..).map(SubEvent::Item));
+            }
+            Poll::Ready(Ok(false)) => {
+                // The log closed: hand out the final transitions (e.g. `closed`) and end.
+                this.done = true;
+                this.poll_states(cx);
+            }
+            Poll::Ready(Err(lagged)) => {
+                this.done = true;
+                this.ready.push_back(SubEvent::Lagged(lagged));
+            }
+            Poll::Pending => return Poll::Pending,
+        }
+        match this.ready.pop_front() {
+            Some(ev) => Poll::Ready(Some(ev)),
+            None => Poll::Ready(None),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! What the APIs share with an endpoint's upstream task: its log, outbox, state and counters.
+//!
+//! The upstream task is the only writer of state and of the log; the APIs read, subscribe,
+//! publish into the outbox and ask for a reconnect through [`Endpoint::request_reconnect`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, watch, Notify};
+
+use crate::config::EndpointConfig;
+use crate::log::Log;
+use crate::outbox::Outbox;
+
+/// Endpoint connection state (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Connecting,
+    Connected,
+    Backoff,
+    Failed,
+    Closed,
+}
+
+impl State {
+    /// Lowercase name, as in logs, status and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Connected => "connected",
+            State::Backoff => "backoff",
+            State::Failed => "failed",
+            State::Closed => "closed",
+        }
+    }
+}
+
+/// A state transition with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateEvent {
+    pub state: State,
+    pub reason: String,
+    /// Unix nanoseconds.
+    pub at: u64,
+}
+
+/// Counters and gauges shown by status and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Successful connections after the first.
+    pub reconnects: AtomicU64,
+    /// Upstream messages fanned out (after resume dedup and `drop` filters).
+    pub messages_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    /// Upstream messages discarded as already delivered (resume dedup).
+    pub duplicates_dropped: AtomicU64,
+    /// Upstream messages discarded by `drop` filters.
+    pub filtered: AtomicU64,
+    /// Outbox messages flushed upstream.
+    pub messages_sent: AtomicU64,
+    /// Last ping round trip in microseconds; 0 before the first pong.
+    pub rtt_micros: AtomicU64,
+    /// Current credential's expiry in Unix nanoseconds; 0 when unknown.
+    pub auth_expires_at: AtomicU64,
+}
+
+/// One configured endpoint, shared by its upstream task and the APIs.
+pub struct Endpoint {
+    pub name: String,
+    pub config: EndpointConfig,
+    pub log: Arc<Log>,
+    pub outbox: Outbox,
+    pub stats: Stats,
+    /// Current state, for status and for subscribers joining late.
+    state: watch::Sender<StateEvent>,
+    /// Every transition, in order, for live subscribers.
+    events: broadcast::Sender<StateEvent>,
+    /// Redacted URL of the current (or last tried) connection.
+    url: Mutex<String>,
+    /// Last upstream id delivered, for status; empty without resume.
+    last_upstream_id: Mutex<String>,
+    /// Asks the upstream task to drop its connection (or leave `failed`) and connect now.
+    reconnect: Notify,
+}
+
+/// Current time in Unix nanoseconds.
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Endpoint {
+    /// A new endpoint in `connecting` state; its log's first seq is `next_seq`.
+    pub fn new(name: String, config: EndpointConfig, next_seq: u64) -> Arc<Endpoint> {
+        let log = Log::new(&config.replay, next_seq);
+        let outbox = Outbox::new(config.outbox.clone());
+        let first = StateEvent {
+            state: State::Connecting,
+            reason: "starting".into(),
+            at: unix_nanos(),
+        };
+        let url = crate::redact::redact_url(&config.url);
+        Arc::new(Endpoint {
+            name,
+            log,
+            outbox,
+            stats: Stats::default(),
+            state: watch::Sender::new(first),
+            events: broadcast::Sender::new(64),
+            url: Mutex::new(url),
+            last_upstream_id: Mutex::new(String::new()),
+            reconnect: Notify::new(),
+            config,
+        })
+    }
+
+    /// Records a transition; logs it and tells subscribers.
+    pub fn set_state(&self, state: State, reason: impl Into<String>) {
+        let ev = StateEvent {
+            state,
+            reason: reason.into(),
+            at: unix_nanos(),
+        };
+        match state {
+            State::Failed => {
+                tracing::error!(endpoint = %self.name, state = state.as_str(), reason = %ev.reason, "endpoint state")
+            }
+            State::Backoff => {
+                tracing::warn!(endpoint = %self.name, state = state.as_str(), reason = %ev.reason, "endpoint state")
+            }
+            _ => {
+                tracing::info!(endpoint = %self.name, state = state.as_str(), reason = %ev.reason, "endpoint state")
+            }
+        }
+        self.state.send_replace(ev.clone());
+        let _ = self.events.send(ev);
+    }
+
+    /// The current state and its reason.
+    pub fn state(&self) -> StateEvent {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver of future transitions; take it before reading [`state`](Self::state) so
+    /// nothing falls between the two.
+    pub fn state_events(&self) -> broadcast::Receiver<StateEvent> {
+        self.events.subscribe()
+    }
+
+    /// Waits until the state satisfies `pred`; for clients and tests.
+    pub async fn wait_state(&self, pred: impl Fn(&StateEvent) -> bool) -> StateEvent {
+        let mut rx = self.state.subscribe();
+        let found = match rx.wait_for(|s| pred(s)).await {
+            Ok(s) => Some(s.clone()),
+            Err(_) => None,
+        };
+        found.unwrap_or_else(|| self.state())
+    }
+
+    /// Sets the redacted URL shown in status.
+    pub fn set_url(&self, redacted: String) {
+        *self.url.lock().unwrap_or_else(|e| e.into_inner()) = redacted;
+    }
+
+    /// The redacted URL of the current connection.
+    pub fn url(&self) -> String {
+        self.url.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the last upstream id shown in status.
+    pub fn set_last_upstream_id(&self, id: String) {
+        *self
+            .last_upstream_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = id;
+    }
+
+    /// Last upstream id delivered, or empty.
+    pub fn last_upstream_id(&self) -> String {
+        self.last_upstream_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Asks the upstream task to reconnect now (also leaves `failed`).
+    pub fn request_reconnect(&self) {
+        self.reconnect.notify_one();
+    }
+
+    /// Resolves when a reconnect was requested.
+    pub async fn reconnect_requested(&self) {
+        self.reconnect.notified().await;
+    }
+
+    /// Adds to a counter.
+    pub fn count(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

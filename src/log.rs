@@ -1,0 +1,483 @@
+//! The per-endpoint message log (SPEC §10): assigns `seq`, keeps the replay window, and lets
+//! subscribers read it through cursors.
+//!
+//! The upstream task appends and never waits for a reader. A subscriber is a [`Cursor`]: a
+//! position in the log plus a change notification. Payloads are shared `Bytes` inside
+//! `Arc<Entry>`, so a message exists once however many subscribers read it. A cursor that falls
+//! behind the retained window learns it on its next read and gets a `Gap` (or an error, with
+//! `slow_subscriber = "disconnect"`): lagging is reported, never skipped silently.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+
+use crate::config::{ReplayConfig, SlowPolicy};
+use crate::filter::{self, Filter};
+
+/// WebSocket frame type, kept end to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Binary,
+}
+
+/// One fanned-out message.
+#[derive(Debug)]
+pub struct Entry {
+    pub seq: u64,
+    /// Wall-clock receive time in Unix nanoseconds.
+    pub received_at: u64,
+    pub kind: Kind,
+    pub data: Bytes,
+    /// Upstream ids missing just before this message (resume with `contiguous = true`); every
+    /// reader gets an `UPSTREAM_GAP` before the message, filtered or not.
+    pub upstream_gap: Option<(u64, u64)>,
+    /// Parsed JSON, computed once on first use by a filter and shared by all subscribers.
+    json: OnceLock<Option<serde_json::Value>>,
+}
+
+impl Entry {
+    /// The payload as JSON, or `None` when it is not JSON.
+    pub fn json(&self) -> Option<&serde_json::Value> {
+        self.json
+            .get_or_init(|| serde_json::from_slice(&self.data).ok())
+            .as_ref()
+    }
+}
+
+/// Why a subscriber missed messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    ReplayExpired,
+    SlowSubscriber,
+    UpstreamGap,
+}
+
+/// What a cursor yields.
+#[derive(Debug, Clone)]
+pub enum Item {
+    Message(Arc<Entry>),
+    /// Seqs `from..=to` are not delivered to this subscriber (for `UpstreamGap`: the upstream
+    /// ids that never arrived).
+    Gap {
+        from: u64,
+        to: u64,
+        reason: GapReason,
+    },
+}
+
+/// A cursor that fell behind with `slow_subscriber = "disconnect"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("subscriber fell behind the replay window (missed seq {from}..={to})")]
+pub struct Lagged {
+    pub from: u64,
+    pub to: u64,
+}
+
+struct Window {
+    entries: VecDeque<Arc<Entry>>,
+    /// Sum of payload sizes in `entries`.
+    bytes: usize,
+    /// The seq the next append gets.
+    next_seq: u64,
+}
+
+/// The log of one endpoint.
+pub struct Log {
+    window: Mutex<Window>,
+    max_messages: usize,
+    max_bytes: usize,
+    slow_policy: SlowPolicy,
+    /// Carries the last assigned seq; every append bumps it and wakes waiting cursors.
+    last_seq: watch::Sender<u64>,
+    /// Live cursors, for status and metrics.
+    cursors: AtomicUsize,
+    /// Set when the endpoint is removed or the daemon stops: cursors end after draining.
+    closed: AtomicBool,
+}
+
+impl Log {
+    /// An empty log whose first message gets `next_seq` (1 for a fresh endpoint).
+    pub fn new(cfg: &ReplayConfig, next_seq: u64) -> Arc<Log> {
+        let next_seq = next_seq.max(1);
+        Arc::new(Log {
+            window: Mutex::new(Window {
+                entries: VecDeque::new(),
+                bytes: 0,
+                next_seq,
+            }),
+            max_messages: cfg.messages.max(1),
+            max_bytes: cfg.bytes.max(1),
+            slow_policy: cfg.slow_subscriber,
+            last_seq: watch::Sender::new(next_seq - 1),
+            cursors: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Window> {
+        // A panic while holding the lock cannot leave the window half-updated in a way readers
+        // could misread (every mutation is a push/pop pair), so poisoning is ignored.
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Assigns the next seq to a message, retains it, and wakes subscribers.
+    pub fn append(&self, kind: Kind, data: Bytes, received_at: u64) -> u64 {
+        self.append_after_gap(kind, data, received_at, None)
+    }
+
+    /// [`append`](Self::append) for a message preceded by missing upstream ids.
+    pub fn append_after_gap(
+        &self,
+        kind: Kind,
+        data: Bytes,
+        received_at: u64,
+        upstream_gap: Option<(u64, u64)>,
+    ) -> u64 {
+        let seq = {
+            let mut w = self.lock();
+            let seq = w.next_seq;
+            w.next_seq += 1;
+            w.bytes += data.len();
+            w.entries.push_back(Arc::new(Entry {
+                seq,
+                received_at,
+                kind,
+                data,
+                upstream_gap,
+                json: OnceLock::new(),
+            }));
+            // The newest message is always kept, even when it alone exceeds the byte bound.
+            while w.entries.len() > 1
+                && (w.entries.len() > self.max_messages || w.bytes > self.max_bytes)
+            {
+                if let Some(old) = w.entries.pop_front() {
+                    w.bytes -= old.data.len();
+                }
+            }
+            seq
+        };
+        self.last_seq.send_replace(seq);
+        seq
+    }
+
+    /// The last assigned seq (0 before the first message).
+    pub fn last_seq(&self) -> u64 {
+        *self.last_seq.borrow()
+    }
+
+    /// Oldest retained seq, or the next seq when the window is empty.
+    pub fn first_retained(&self) -> u64 {
+        let w = self.lock();
+        w.entries.front().map_or(w.next_seq, |e| e.seq)
+    }
+
+    /// Ends every cursor once it has read what is retained.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.last_seq.send_modify(|_| {});
+    }
+
+    /// Number of live cursors.
+    pub fn subscribers(&self) -> usize {
+        self.cursors.load(Ordering::Relaxed)
+    }
+
+    /// A cursor: `from_seq = Some(n)` replays every retained message with seq > n, `Some(0)` the
+    /// whole window, `None` only what is appended from now on.
+    pub fn subscribe(self: &Arc<Self>, from_seq: Option<u64>, filters: Vec<Filter>) -> Cursor {
+        // Created before the position is read, so an append in between still wakes us.
+        let changes = WatchStream::from_changes(self.last_seq.subscribe());
+        let (first, next_seq) = {
+            let w = self.lock();
+            (w.entries.front().map_or(w.next_seq, |e| e.seq), w.next_seq)
+        };
+        let (next, pending_gap) = match from_seq {
+            None => (next_seq, None),
+            Some(0) => (first, None),
+            // Beyond the last seq (e.g. a client that kept a seq from another daemon): live.
+            Some(n) if n >= next_seq => (next_seq, None),
+            Some(n) if n + 1 < first => (
+                first,
+                Some(Item::Gap {
+                    from: n + 1,
+                    to: first - 1,
+                    reason: GapReason::ReplayExpired,
+                }),
+            ),
+            Some(n) => (n + 1, None),
+        };
+        self.cursors.fetch_add(1, Ordering::Relaxed);
+        Cursor {
+            log: Arc::clone(self),
+            next,
+            pending_gap,
+            filters,
+            changes,
+            ended: false,
+        }
+    }
+
+    /// Copies up to `max` items starting at `cursor.next` into `out`; returns the new position
+    /// and, when the cursor had fallen out of the window, the missed range.
+    fn read(&self, next: u64, filters: &[Filter], out: &mut Vec<Item>, max: usize) -> Read {
+        let w = self.lock();
+        let first = w.entries.front().map_or(w.next_seq, |e| e.seq);
+        let mut pos = next;
+        let mut missed = None;
+        if pos < first {
+            missed = Some((pos, first - 1));
+            pos = first;
+        }
+        let start = (pos - first) as usize;
+        let mut taken = 0;
+        for e in w.entries.iter().skip(start) {
+            pos = e.seq + 1;
+            if let Some((from, to)) = e.upstream_gap {
+                out.push(Item::Gap {
+                    from,
+                    to,
+                    reason: GapReason::UpstreamGap,
+                });
+            }
+            if filter::all_match(filters, if filters.is_empty() { None } else { e.json() }) {
+                out.push(Item::Message(Arc::clone(e)));
+                taken += 1;
+                if taken >= max {
+                    break;
+                }
+            }
+        }
+        Read { pos, missed }
+    }
+}
+
+struct Read {
+    pos: u64,
+    missed: Option<(u64, u64)>,
+}
+
+/// A subscriber's position in a [`Log`].
+pub struct Cursor {
+    log: Arc<Log>,
+    /// The seq this subscriber reads next.
+    next: u64,
+    /// A `REPLAY_EXPIRED` gap to hand out before anything else.
+    pending_gap: Option<Item>,
+    filters: Vec<Filter>,
+    /// Wakes the cursor when the log grows; ends when the log is dropped.
+    changes: WatchStream<u64>,
+    ended: bool,
+}
+
+impl Cursor {
+    /// The seq this cursor reads next.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Moves whatever is available (up to `max` items) into `out` without waiting. A cursor that
+    /// fell out of the window gets a `SLOW_SUBSCRIBER` gap, or `Err` under the disconnect policy.
+    pub fn try_read(&mut self, out: &mut Vec<Item>, max: usize) -> Result<(), Lagged> {
+        let mut at = out.len();
+        if let Some(gap) = self.pending_gap.take() {
+            out.push(gap);
+            at += 1;
+        }
+        let r = self.log.read(self.next, &self.filters, out, max);
+        if let Some((from, to)) = r.missed {
+            if self.log.slow_policy == SlowPolicy::Disconnect {
+                self.ended = true;
+                return Err(Lagged { from, to });
+            }
+            // The gap goes before the messages read after it.
+            out.insert(
+                at,
+                Item::Gap {
+                    from,
+                    to,
+                    reason: GapReason::SlowSubscriber,
+                },
+            );
+        }
+        self.next = r.pos;
+        Ok(())
+    }
+
+    /// Like [`try_read`](Self::try_read) but waits until at least one item is there.
+    /// `Ready(Ok(false))` means the log is gone (endpoint removed).
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Item>,
+        max: usize,
+    ) -> Poll<Result<bool, Lagged>> {
+        if self.ended {
+            return Poll::Ready(Ok(false));
+        }
+        loop {
+            self.try_read(out, max)?;
+            if !out.is_empty() {
+                return Poll::Ready(Ok(true));
+            }
+            if self.log.closed.load(Ordering::Acquire) {
+                self.ended = true;
+                return Poll::Ready(Ok(false));
+            }
+            match std::pin::Pin::new(&mut self.changes).poll_next(cx) {
+                Poll::Ready(Some(_)) => continue,
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    return Poll::Ready(Ok(false));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Async form of [`poll_read`](Self::poll_read).
+    pub async fn read(&mut self, out: &mut Vec<Item>, max: usize) -> Result<bool, Lagged> {
+        std::future::poll_fn(|cx| self.poll_read(cx, out, max)).await
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        self.log.cursors.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(messages: usize, bytes: usize, slow: SlowPolicy) -> ReplayConfig {
+        ReplayConfig {
+            messages,
+            bytes,
+            persist: false,
+            slow_subscriber: slow,
+        }
+    }
+
+    fn seqs(items: &[Item]) -> Vec<u64> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Message(m) => Some(m.seq),
+                Item::Gap { .. } => None,
+            })
+            .collect()
+    }
+
+    fn push(log: &Log, n: usize) {
+        for i in 0..n {
+            log.append(Kind::Text, Bytes::from(format!("{{\"i\":{i}}}")), 0);
+        }
+    }
+
+    #[test]
+    fn replay_from_inside_window_is_exact() {
+        let log = Log::new(&cfg(100, 1 << 20, SlowPolicy::Skip), 1);
+        push(&log, 10);
+        let mut c = log.subscribe(Some(4), vec![]);
+        let mut out = vec![];
+        c.try_read(&mut out, 100).expect("no lag");
+        assert_eq!(seqs(&out), (5..=10).collect::<Vec<_>>());
+        push(&log, 2);
+        out.clear();
+        c.try_read(&mut out, 100).expect("no lag");
+        assert_eq!(seqs(&out), vec![11, 12]);
+    }
+
+    #[test]
+    fn replay_before_window_gives_gap_first() {
+        let log = Log::new(&cfg(5, 1 << 20, SlowPolicy::Skip), 1);
+        push(&log, 20);
+        let mut c = log.subscribe(Some(3), vec![]);
+        let mut out = vec![];
+        c.try_read(&mut out, 100).expect("no lag");
+        assert!(matches!(
+            out[0],
+            Item::Gap { from: 4, to: 15, reason: GapReason::ReplayExpired }
+        ));
+        assert_eq!(seqs(&out), (16..=20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn slow_cursor_gets_gap_then_continues() {
+        let log = Log::new(&cfg(5, 1 << 20, SlowPolicy::Skip), 1);
+        let mut c = log.subscribe(None, vec![]);
+        push(&log, 12);
+        let mut out = vec![];
+        c.try_read(&mut out, 2).expect("skip policy");
+        assert!(matches!(
+            out[0],
+            Item::Gap { from: 1, to: 7, reason: GapReason::SlowSubscriber }
+        ));
+        assert_eq!(seqs(&out), vec![8, 9]);
+        out.clear();
+        c.try_read(&mut out, 100).expect("no lag");
+        assert_eq!(seqs(&out), vec![10, 11, 12]);
+    }
+
+    #[test]
+    fn disconnect_policy_errors() {
+        let log = Log::new(&cfg(5, 1 << 20, SlowPolicy::Disconnect), 1);
+        let mut c = log.subscribe(Some(0), vec![]);
+        push(&log, 12);
+        let mut out = vec![];
+        assert_eq!(c.try_read(&mut out, 100), Err(Lagged { from: 1, to: 7 }));
+    }
+
+    #[test]
+    fn byte_bound_evicts_and_seq_starts_where_told() {
+        let log = Log::new(&cfg(100, 20, SlowPolicy::Skip), 41);
+        for _ in 0..5 {
+            log.append(Kind::Binary, Bytes::from_static(b"0123456789"), 0);
+        }
+        assert_eq!(log.last_seq(), 45);
+        assert_eq!(log.first_retained(), 44);
+    }
+
+    #[test]
+    fn filters_skip_non_matching() {
+        let log = Log::new(&cfg(100, 1 << 20, SlowPolicy::Skip), 1);
+        log.append(Kind::Text, Bytes::from_static(br#"{"type":"a"}"#), 0);
+        log.append(Kind::Text, Bytes::from_static(br#"{"type":"b"}"#), 0);
+        log.append(Kind::Binary, Bytes::from_static(b"\x00\x01"), 0);
+        log.append(Kind::Text, Bytes::from_static(br#"{"type":"b"}"#), 0);
+        let f = Filter::new("/type", serde_json::json!("b")).expect("valid");
+        let mut c = log.subscribe(Some(0), vec![f]);
+        let mut out = vec![];
+        c.try_read(&mut out, 100).expect("no lag");
+        assert_eq!(seqs(&out), vec![2, 4]);
+        assert_eq!(c.position(), 5);
+    }
+
+    #[tokio::test]
+    async fn read_waits_for_append() {
+        let log = Log::new(&cfg(100, 1 << 20, SlowPolicy::Skip), 1);
+        let mut c = log.subscribe(None, vec![]);
+        let l2 = Arc::clone(&log);
+        let h = tokio::spawn(async move {
+            let mut out = vec![];
+            c.read(&mut out, 10).await.map(|_| seqs(&out))
+        });
+        tokio::task::yield_now().await;
+        l2.append(Kind::Text, Bytes::from_static(b"x"), 0);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), h)
+            .await
+            .expect("woken")
+            .expect("task")
+            .expect("no lag");
+        assert_eq!(got, vec![1]);
+        assert_eq!(log.subscribers(), 0);
+    }
+}

@@ -1,0 +1,116 @@
+//! One view of an endpoint's status, rendered by gRPC `GetStatus`, the NDJSON `status` op and
+//! `ws-sidecar status`.
+
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::endpoint::{Endpoint, State};
+use crate::proto;
+
+/// Status of one endpoint; every field is safe to show (the URL is redacted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    pub name: String,
+    pub url: String,
+    pub state: String,
+    pub reason: String,
+    pub since_unix_nanos: u64,
+    pub last_seq: u64,
+    pub reconnects: u64,
+    pub messages_received: u64,
+    pub subscribers: u32,
+    pub outbox_depth: u64,
+    pub rtt_micros: u64,
+    pub auth_expires_at_unix_nanos: u64,
+    pub last_upstream_id: String,
+}
+
+impl EndpointStatus {
+    /// Reads the endpoint's current figures.
+    pub fn of(ep: &Endpoint) -> Self {
+        let st = ep.state();
+        EndpointStatus {
+            name: ep.name.clone(),
+            url: ep.url(),
+            state: st.state.as_str().to_owned(),
+            reason: st.reason,
+            since_unix_nanos: st.at,
+            last_seq: ep.log.last_seq(),
+            reconnects: ep.stats.reconnects.load(Ordering::Relaxed),
+            messages_received: ep.stats.messages_received.load(Ordering::Relaxed),
+            subscribers: ep.log.subscribers() as u32,
+            outbox_depth: ep.outbox.depth() as u64,
+            rtt_micros: ep.stats.rtt_micros.load(Ordering::Relaxed),
+            auth_expires_at_unix_nanos: ep.stats.auth_expires_at.load(Ordering::Relaxed),
+            last_upstream_id: ep.last_upstream_id(),
+        }
+    }
+}
+
+/// The proto enum for a state.
+pub fn proto_state(s: State) -> proto::State {
+    match s {
+        State::Connecting => proto::State::Connecting,
+        State::Connected => proto::State::Connected,
+        State::Backoff => proto::State::Backoff,
+        State::Failed => proto::State::Failed,
+        State::Closed => proto::State::Closed,
+    }
+}
+
+impl From<EndpointStatus> for proto::EndpointStatus {
+    fn from(s: EndpointStatus) -> Self {
+        let state = match s.state.as_str() {
+            "connecting" => proto::State::Connecting,
+            "connected" => proto::State::Connected,
+            "backoff" => proto::State::Backoff,
+            "failed" => proto::State::Failed,
+            "closed" => proto::State::Closed,
+            _ => proto::State::Unspecified,
+        };
+        proto::EndpointStatus {
+            name: s.name,
+            url: s.url,
+            state: state as i32,
+            reason: s.reason,
+            since_unix_nanos: s.since_unix_nanos,
+            last_seq: s.last_seq,
+            reconnects: s.reconnects,
+            messages_received: s.messages_received,
+            subscribers: s.subscribers,
+            outbox_depth: s.outbox_depth,
+            rtt_micros: s.rtt_micros,
+            auth_expires_at_unix_nanos: s.auth_expires_at_unix_nanos,
+            last_upstream_id: s.last_upstream_id,
+        }
+    }
+}
+
+impl From<proto::EndpointStatus> for EndpointStatus {
+    fn from(s: proto::EndpointStatus) -> Self {
+        let state = match proto::State::try_from(s.state) {
+            Ok(proto::State::Connecting) => "connecting",
+            Ok(proto::State::Connected) => "connected",
+            Ok(proto::State::Backoff) => "backoff",
+            Ok(proto::State::Failed) => "failed",
+            Ok(proto::State::Closed) => "closed",
+            _ => "unknown",
+        };
+        EndpointStatus {
+            name: s.name,
+            url: s.url,
+            state: state.to_owned(),
+            reason: s.reason,
+            since_unix_nanos: s.since_unix_nanos,
+            last_seq: s.last_seq,
+            reconnects: s.reconnects,
+            messages_received: s.messages_received,
+            subscribers: s.subscribers,
+            outbox_depth: s.outbox_depth,
+            rtt_micros: s.rtt_micros,
+            auth_expires_at_unix_nanos: s.auth_expires_at_unix_nanos,
+            last_upstream_id: s.last_upstream_id,
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Starts and stops everything: one task per endpoint and one per listener, under a
+//! CancellationToken and TaskTracker, with a bounded grace period at shutdown.
+//!
+//! Shutdown order: upstreams close first (code 1001), so their final `closed` state reaches
+//! subscribers; then the logs close, which ends every subscription; then the servers finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api;
+use crate::config::Config;
+use crate::endpoint::Endpoint;
+use crate::listen::{self, Listeners};
+use crate::registry::Registry;
+
+/// Time allowed for everything to stop after the shutdown signal (SPEC §14: exit within 5 s).
+pub const GRACE: Duration = Duration::from_millis(4500);
+
+/// A running daemon: what tests and `demo` need to reach it.
+pub struct Daemon {
+    pub registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    upstreams: TaskTracker,
+    servers: TaskTracker,
+    sockets: Vec<std::path::PathBuf>,
+}
+
+impl Daemon {
+    /// Starts every endpoint and serves the given listeners until `shutdown` is cancelled.
+    pub fn start(cfg: Config, listeners: Listeners, shutdown: CancellationToken) -> Daemon {
+        let endpoints: Vec<Arc<Endpoint>> = cfg
+            .endpoints
+            .iter()
+            .map(|(name, ec)| Endpoint::new(name.clone(), ec.clone(), 1))
+            .collect();
+        let registry = Registry::new(endpoints, cfg.limits.max_subscribers);
+        let upstreams = TaskTracker::new();
+        for ep in registry.all() {
+            upstreams.spawn(crate::upstream::run(ep, shutdown.child_token()));
+        }
+        upstreams.close();
+
+        let servers = TaskTracker::new();
+        let sockets = listeners.socket_paths();
+        let (reporter, _) = tonic_health::server::health_reporter();
+        servers.spawn(api::grpc::run_health(
+            Arc::clone(&registry),
+            reporter.clone(),
+            shutdown.clone(),
+        ));
+        for l in listeners.grpc {
+            let (registry, reporter, token) =
+                (Arc::clone(&registry), reporter.clone(), shutdown.clone());
+            servers.spawn(async move {
+                if let Err(e) = api::grpc::serve(l, registry, reporter, token).await {
+                    tracing::error!(error = %e, "gRPC server stopped");
+                }
+            });
+        }
+        if let Some((l, _)) = listeners.stream {
+            servers.spawn(api::stream::serve(
+                l,
+                Arc::clone(&registry),
+                shutdown.clone(),
+            ));
+        }
+        servers.close();
+        Daemon {
+            registry,
+            shutdown,
+            upstreams,
+            servers,
+            sockets,
+        }
+    }
+
+    /// Waits for the shutdown signal, then stops everything within [`GRACE`]. Returns false when
+    /// the grace period ran out.
+    pub async fn run_until_stopped(self) -> bool {
+        self.shutdown.cancelled().await;
+        tracing::info!("shutting down");
+        let deadline = tokio::time::Instant::now() + GRACE;
+        let upstreams_done =
+            tokio::time::timeout_at(deadline - Duration::from_millis(1500), self.upstreams.wait())
+                .await
+                .is_ok();
+        for ep in self.registry.all() {
+            ep.log.close();
+        }
+        let servers_done = tokio::time::timeout_at(deadline, self.servers.wait())
+            .await
+            .is_ok();
+        listen::remove_sockets(&self.sockets);
+        if !(upstreams_done && servers_done) {
+            tracing::warn!(
+                upstreams_done,
+                servers_done,
+                "grace period of {} ran out; exiting anyway",
+                crate::fmt::duration(GRACE)
+            );
+        }
+        upstreams_done && servers_done
+    }
+}

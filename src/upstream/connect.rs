@@ -1,0 +1,183 @@
+//! Opening one upstream connection: TCP, TLS (rustls, system roots), the HTTP upgrade with the
+//! endpoint's headers, subprotocols and credential; every failure classified.
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::WebSocketStream;
+
+use super::failure::{parse_retry_after, sanitize, Failure};
+use crate::config::EndpointConfig;
+use crate::secret::SecretString;
+
+/// Any byte stream a WebSocket can run over (plain TCP or TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An established upstream WebSocket.
+pub type Ws = WebSocketStream<Box<dyn Io>>;
+
+/// Everything an attempt needs beyond the endpoint config, computed fresh for each attempt.
+pub struct Attempt<'a> {
+    pub cfg: &'a EndpointConfig,
+    /// Final URL (resume query and auth query parameter applied).
+    pub url: url::Url,
+    /// Handshake headers, secrets resolved for this attempt (configured ones and the credential).
+    pub headers: Vec<(String, SecretString)>,
+}
+
+/// Opens the connection, bounded by `connect_timeout` as a whole.
+pub async fn connect(attempt: Attempt<'_>) -> Result<Ws, Failure> {
+    let timeout = attempt.cfg.connect_timeout;
+    match tokio::time::timeout(timeout, connect_inner(attempt)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::retry(format!(
+            "connect timeout after {}",
+            crate::fmt::duration(timeout)
+        ))),
+    }
+}
+
+async fn connect_inner(attempt: Attempt<'_>) -> Result<Ws, Failure> {
+    let cfg = attempt.cfg;
+    let url = &attempt.url;
+    let host = url
+        .host_str()
+        .ok_or_else(|| Failure::fatal("url has no host"))?
+        .to_owned();
+    let tls = url.scheme() == "wss";
+    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let request = build_request(&attempt)?;
+
+    let tcp = TcpStream::connect((trim_brackets(&host), port))
+        .await
+        .map_err(|e| Failure::retry(format!("tcp connect to {host}:{port}: {e}")))?;
+    // Frames are written in batches and flushed once: Nagle would only add latency.
+    let _ = tcp.set_nodelay(true);
+    let stream: Box<dyn Io> = if tls {
+        let server_name = cfg.tls.server_name.clone().unwrap_or_else(|| host.clone());
+        let name = rustls::pki_types::ServerName::try_from(trim_brackets(&server_name).to_owned())
+            .map_err(|e| Failure::fatal(format!("invalid TLS server name {server_name:?}: {e}")))?;
+        let config = tls_config().map_err(Failure::fatal)?;
+        let conn = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Failure::retry(format!("tls handshake with {host}: {e}")))?;
+        Box::new(conn)
+    } else {
+        Box::new(tcp)
+    };
+
+    let ws_config = ws_config(cfg.max_message_size);
+    match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {
+        Ok((ws, _response)) => Ok(ws),
+        Err(e) => Err(classify_handshake(e)),
+    }
+}
+
+/// Limits applied to the upstream connection.
+pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
+}
+
+fn trim_brackets(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+fn build_request(attempt: &Attempt<'_>) -> Result<Request, Failure> {
+    let mut req = attempt
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| Failure::fatal(format!("invalid url: {e}")))?;
+    let headers = req.headers_mut();
+    for (name, value) in &attempt.headers {
+        insert_header(headers, name, value.expose())?;
+    }
+    if !attempt.cfg.subprotocols.is_empty() {
+        insert_header(
+            headers,
+            "Sec-WebSocket-Protocol",
+            &attempt.cfg.subprotocols.join(", "),
+        )?;
+    }
+    Ok(req)
+}
+
+fn insert_header(
+    headers: &mut tokio_tungstenite::tungstenite::http::HeaderMap,
+    name: &str,
+    value: &str,
+) -> Result<(), Failure> {
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| Failure::fatal(format!("invalid header name {name:?}")))?;
+    // The value may be a secret: the error names only the header.
+    let mut v = HeaderValue::from_str(value)
+        .map_err(|_| Failure::fatal(format!("header {name} has an invalid value")))?;
+    v.set_sensitive(true);
+    headers.insert(n, v);
+    Ok(())
+}
+
+/// Classifies a failed upgrade: HTTP status (with `Retry-After`), I/O, protocol.
+fn classify_handshake(e: WsError) -> Failure {
+    match e {
+        WsError::Http(resp) => {
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let detail = if resp.status().is_redirection() {
+                let loc = resp
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                format!("redirect to {} not followed", sanitize(loc))
+            } else {
+                String::new()
+            };
+            Failure::http(status, retry_after, &detail)
+        }
+        WsError::Io(e) => Failure::retry(format!("handshake i/o: {e}")),
+        WsError::Capacity(e) => Failure::retry(format!("handshake: {e}")),
+        WsError::Protocol(e) => Failure::retry(format!("handshake protocol error: {e}")),
+        WsError::Url(e) => Failure::fatal(format!("invalid url: {e}")),
+        other => Failure::retry(format!("handshake failed: {other}")),
+    }
+}
+
+/// The shared rustls client config with the system's root certificates, loaded once.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let loaded = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
+            if added == 0 {
+                return Err(format!(
+                    "no usable system root certificates ({} errors)",
+                    loaded.errors.len()
+                ));
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("tls setup: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+}

@@ -1,0 +1,276 @@
+//! One live upstream connection: reads and fans out messages, keeps the heartbeat, and writes
+//! the resume frame, `on_connect` frames and then the outbox, until the connection ends.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use super::connect::Ws;
+use super::failure::Failure;
+use super::heartbeat::{Action, Heartbeat};
+use super::resume::{Resume, Verdict};
+use crate::endpoint::{unix_nanos, Endpoint};
+use crate::filter::Filter;
+use crate::log::Kind;
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum End {
+    /// The daemon is stopping; the upstream got a 1001 close.
+    Shutdown,
+    /// An operator asked for a fresh connection; the upstream got a 1000 close.
+    Reconnect,
+    /// The connection failed or the upstream closed it.
+    Lost(Failure),
+}
+
+/// Frames the connection loop asks the writer to send ahead of the outbox.
+enum Ctl {
+    Frame(Message),
+    Close(CloseCode, &'static str),
+}
+
+/// Outbox entries written per flush: enough to amortise the flush, small enough that a
+/// heartbeat frame is not stuck behind a long batch.
+const OUTBOX_BATCH: usize = 256;
+
+/// Per-connection context borrowed from the endpoint task.
+pub struct Session<'a> {
+    pub ep: &'a Endpoint,
+    pub resume: &'a mut Option<Resume>,
+    pub drop_filters: &'a [Filter],
+    pub shutdown: &'a CancellationToken,
+}
+
+impl Session<'_> {
+    /// Runs the connection until it ends.
+    pub async fn run(mut self, ws: Ws) -> End {
+        let (mut sink, mut stream) = ws.split();
+        let ep = self.ep;
+        let cfg = &ep.config;
+
+        // Resume frame first, then `on_connect`, then the outbox: upstreams expect to be told
+        // where to resume before being asked for anything.
+        let mut first: Vec<Message> = Vec::new();
+        if let Some(frame) = self.resume.as_ref().and_then(Resume::frame) {
+            first.push(Message::text(frame));
+        }
+        first.extend(cfg.on_connect.iter().map(|f| Message::text(f.clone())));
+        if !first.is_empty() {
+            let send_all = async {
+                for m in first {
+                    sink.feed(m).await?;
+                }
+                sink.flush().await
+            };
+            let r = tokio::select! {
+                _ = self.shutdown.cancelled() => return End::Shutdown,
+                r = tokio::time::timeout(cfg.heartbeat.pong_timeout, send_all) => r,
+            };
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return End::Lost(Failure::retry(format!("write failed: {e}"))),
+                Err(_) => return End::Lost(Failure::retry("write timeout sending on_connect frames")),
+            }
+        }
+
+        let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>(16);
+        let writer = writer(sink, ctl_rx, ep);
+        tokio::pin!(writer);
+
+        let mut hb = Heartbeat::new(cfg.heartbeat.clone(), Instant::now());
+        let sleep = tokio::time::sleep_until(hb.deadline().into());
+        tokio::pin!(sleep);
+
+        let end = loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    break self.close(&ctl_tx, &mut writer, CloseCode::Away, "shutting down", End::Shutdown).await;
+                }
+                _ = ep.reconnect_requested() => {
+                    break self.close(&ctl_tx, &mut writer, CloseCode::Normal, "reconnect requested", End::Reconnect).await;
+                }
+                r = &mut writer => {
+                    break End::Lost(r.err().unwrap_or_else(|| Failure::retry("writer stopped")));
+                }
+                _ = &mut sleep => {
+                    let now = Instant::now();
+                    for action in hb.poll(now) {
+                        let frame = match action {
+                            Action::Dead(reason) => return End::Lost(Failure::retry(reason)),
+                            Action::Ping(p) => Message::Ping(Bytes::from(p)),
+                            Action::AppPing => match &cfg.heartbeat.app_ping {
+                                Some(text) => Message::text(text.clone()),
+                                None => continue,
+                            },
+                        };
+                        // A full channel means the writer is stuck: the pong timeout will tell.
+                        let _ = ctl_tx.try_send(Ctl::Frame(frame));
+                    }
+                    sleep.as_mut().reset(hb.deadline().into());
+                }
+                msg = stream.next() => {
+                    let now = Instant::now();
+                    hb.on_inbound(now);
+                    match msg {
+                        Some(Ok(Message::Text(t))) => self.ingest(Kind::Text, Bytes::from(t)),
+                        Some(Ok(Message::Binary(b))) => self.ingest(Kind::Binary, b),
+                        Some(Ok(Message::Pong(p))) => {
+                            if let Some(rtt) = hb.on_pong(&p, now) {
+                                ep.stats.rtt_micros.store(rtt.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(frame))) => {
+                            let (code, text) = frame
+                                .map(|f| (u16::from(f.code), f.reason.to_string()))
+                                .unwrap_or((1005, String::new()));
+                            break End::Lost(Failure::close(code, &text, &cfg.close_codes));
+                        }
+                        Some(Err(e)) => {
+                            let (failure, close) = classify_read_error(e, cfg.max_message_size);
+                            if let Some((code, why)) = close {
+                                return self.close(&ctl_tx, &mut writer, code, why, End::Lost(failure)).await;
+                            }
+                            break End::Lost(failure);
+                        }
+                        None => break End::Lost(Failure::retry("connection closed by upstream")),
+                    }
+                    if hb.deadline() != sleep.deadline().into_std() {
+                        sleep.as_mut().reset(hb.deadline().into());
+                    }
+                }
+            }
+        };
+        end
+    }
+
+    /// Fans out one inbound message, after resume dedup and `drop` filters.
+    fn ingest(&mut self, kind: Kind, data: Bytes) {
+        let ep = self.ep;
+        let needs_json = self.resume.is_some() || !self.drop_filters.is_empty();
+        let doc = if needs_json {
+            serde_json::from_slice::<serde_json::Value>(&data).ok()
+        } else {
+            None
+        };
+        let mut gap = None;
+        if let (Some(resume), Some(doc)) = (self.resume.as_mut(), doc.as_ref()) {
+            if let Some(id) = resume.extract(doc) {
+                let shown = id.to_string();
+                match resume.accept(id) {
+                    Verdict::Duplicate => {
+                        Endpoint::count(&ep.stats.duplicates_dropped, 1);
+                        return;
+                    }
+                    Verdict::Deliver { gap: g } => {
+                        gap = g;
+                        ep.set_last_upstream_id(shown);
+                    }
+                }
+            }
+        }
+        if let Some(doc) = doc.as_ref() {
+            if self.drop_filters.iter().any(|f| f.matches(doc)) {
+                Endpoint::count(&ep.stats.filtered, 1);
+                return;
+            }
+        }
+        Endpoint::count(&ep.stats.messages_received, 1);
+        Endpoint::count(&ep.stats.bytes_received, data.len() as u64);
+        ep.log.append_after_gap(kind, data, unix_nanos(), gap);
+    }
+
+    /// Sends a close frame through the writer, waiting briefly for it to be flushed.
+    async fn close<W>(
+        &self,
+        ctl: &mpsc::Sender<Ctl>,
+        writer: &mut std::pin::Pin<&mut W>,
+        code: CloseCode,
+        why: &'static str,
+        end: End,
+    ) -> End
+    where
+        W: std::future::Future<Output = Result<(), Failure>>,
+    {
+        if ctl.try_send(Ctl::Close(code, why)).is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.as_mut()).await;
+        }
+        end
+    }
+}
+
+/// Maps a read error to a failure and, where we must tell the upstream, the close to send.
+fn classify_read_error(e: WsError, max: usize) -> (Failure, Option<(CloseCode, &'static str)>) {
+    match e {
+        WsError::Capacity(c) => (
+            Failure::retry(format!(
+                "inbound message exceeds max_message_size ({max} bytes): {c}"
+            )),
+            Some((CloseCode::Size, "message too big")),
+        ),
+        WsError::Utf8(_) => (
+            Failure::retry("invalid UTF-8 in a text frame"),
+            Some((CloseCode::Invalid, "invalid utf-8")),
+        ),
+        WsError::Protocol(p) => (
+            Failure::retry(format!("protocol error: {p}")),
+            Some((CloseCode::Protocol, "protocol error")),
+        ),
+        WsError::Io(e) => (Failure::retry(format!("connection error: {e}")), None),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            (Failure::retry("connection closed"), None)
+        }
+        other => (Failure::retry(format!("read failed: {other}")), None),
+    }
+}
+
+/// Owns the write half: control frames first, then the outbox in batches with one flush each.
+/// Entries are marked sent only after their flush succeeded.
+async fn writer<S>(mut sink: S, mut ctl: mpsc::Receiver<Ctl>, ep: &Endpoint) -> Result<(), Failure>
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let werr = |e: WsError| Failure::retry(format!("write failed: {e}"));
+    let mut last = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            c = ctl.recv() => match c {
+                Some(Ctl::Frame(m)) => sink.send(m).await.map_err(werr)?,
+                Some(Ctl::Close(code, why)) => {
+                    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    return Ok(());
+                }
+                None => return Ok(()),
+            },
+            _ = ep.outbox.wait_after(last) => {
+                let batch = ep.outbox.peek_after(last, OUTBOX_BATCH);
+                let Some(tail) = batch.last().map(|e| e.id) else { continue };
+                let n = batch.len() as u64;
+                for e in batch {
+                    let msg = match e.kind {
+                        Kind::Binary => Message::Binary(e.data),
+                        // Publishers' text is validated on the way in; never send bad UTF-8 as text.
+                        Kind::Text => match Utf8Bytes::try_from(e.data.clone()) {
+                            Ok(t) => Message::Text(t),
+                            Err(_) => Message::Binary(e.data),
+                        },
+                    };
+                    sink.feed(msg).await.map_err(werr)?;
+                }
+                sink.flush().await.map_err(werr)?;
+                ep.outbox.mark_sent(tail);
+                Endpoint::count(&ep.stats.messages_sent, n);
+                last = tail;
+            }
+        }
+    }
+}
