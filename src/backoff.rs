@@ -112,7 +112,10 @@ mod tests {
         for attempt in 0..20u32 {
             let cap = b.cap();
             let expected_cap = (0.5 * 2f64.powi(attempt as i32)).min(30.0);
-            assert!((cap.as_secs_f64() - expected_cap).abs() < 1e-9, "attempt {attempt}");
+            assert!(
+                (cap.as_secs_f64() - expected_cap).abs() < 1e-9,
+                "attempt {attempt}"
+            );
             let d = b.after_failure(None, fastrand::f64());
             assert!(d <= cap.max(Duration::from_millis(100)), "{d:?} > {cap:?}");
             assert!(d >= Duration::from_millis(100), "{d:?} below floor");
@@ -124,7 +127,10 @@ mod tests {
         let mut b = Backoff::new(cfg());
         assert_eq!(b.after_failure(None, 0.0), Duration::from_millis(100));
         // attempt 1: cap 1s
-        assert_eq!(b.after_failure(None, 0.999_999_999), Duration::from_secs(1).mul_f64(0.999_999_999));
+        assert_eq!(
+            b.after_failure(None, 0.999_999_999),
+            Duration::from_secs(1).mul_f64(0.999_999_999)
+        );
     }
 
     #[test]
@@ -149,7 +155,11 @@ mod tests {
         assert!(d >= Duration::from_millis(100));
         b.on_connected(t0 + Duration::from_secs(30));
         let d = b.after_disconnect(t0 + Duration::from_secs(61), None, 0.5);
-        assert_eq!(d, Duration::ZERO, "first reconnect after a healthy connection is immediate");
+        assert_eq!(
+            d,
+            Duration::ZERO,
+            "first reconnect after a healthy connection is immediate"
+        );
         assert_eq!(b.attempt(), 0);
         assert_eq!(b.cap(), Duration::from_millis(500));
     }

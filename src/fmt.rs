@@ -6,7 +6,11 @@ use std::time::Duration;
 pub fn duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
-        return if d.is_zero() { "0s".into() } else { format!("{}µs", d.as_micros()) };
+        return if d.is_zero() {
+            "0s".into()
+        } else {
+            format!("{}µs", d.as_micros())
+        };
     }
     if ms < 1000 {
         return format!("{ms}ms");
@@ -14,7 +18,11 @@ pub fn duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs < 60 {
         let frac = ms % 1000;
-        return if frac == 0 { format!("{secs}s") } else { format!("{:.1}s", d.as_secs_f64()) };
+        return if frac == 0 {
+            format!("{secs}s")
+        } else {
+            format!("{:.1}s", d.as_secs_f64())
+        };
     }
     let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
     let mut out = String::new();

@@ -405,7 +405,11 @@ mod tests {
         c.try_read(&mut out, 100).expect("no lag");
         assert!(matches!(
             out[0],
-            Item::Gap { from: 4, to: 15, reason: GapReason::ReplayExpired }
+            Item::Gap {
+                from: 4,
+                to: 15,
+                reason: GapReason::ReplayExpired
+            }
         ));
         assert_eq!(seqs(&out), (16..=20).collect::<Vec<_>>());
     }
@@ -419,7 +423,11 @@ mod tests {
         c.try_read(&mut out, 2).expect("skip policy");
         assert!(matches!(
             out[0],
-            Item::Gap { from: 1, to: 7, reason: GapReason::SlowSubscriber }
+            Item::Gap {
+                from: 1,
+                to: 7,
+                reason: GapReason::SlowSubscriber
+            }
         ));
         assert_eq!(seqs(&out), vec![8, 9]);
         out.clear();

@@ -1,1 +1,187 @@
-fn main() {}
+//! The `ws-sidecar` command line (SPEC §3): the daemon, config check, demo and client commands.
+//! Exit codes follow sysexits: 0 ok, 1 refused by the daemon, 64 usage, 69 daemon unreachable,
+//! 71 cannot bind a listener, 78 invalid config.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use ws_sidecar::config::{self, Config};
+
+/// One resilient upstream WebSocket per endpoint, fanned out to local apps over gRPC and NDJSON.
+#[derive(Parser)]
+#[command(name = "ws-sidecar", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (what systemd starts).
+    Run {
+        /// Config file [default: $WS_SIDECAR_CONFIG or /etc/ws-sidecar/config.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and print a summary; exit 0 if valid, 78 if not.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Self-contained demo: a simulated upstream that drops now and then, the daemon, and a
+    /// subscriber showing resume with contiguous seqs. Ctrl-C ends it.
+    Demo {
+        /// Stop by itself after this long (e.g. "10s").
+        #[arg(long, value_name = "DURATION")]
+        duration: Option<String>,
+    },
+    /// One line per endpoint: state, reason, last seq, subscribers, outbox depth.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: cli::TargetArg,
+    },
+    /// Subscribe to an endpoint and print one JSON object per line.
+    Tail {
+        endpoint: String,
+        /// Replay every retained message with seq > N first (0: from the oldest retained).
+        #[arg(long, value_name = "N")]
+        from_seq: Option<u64>,
+        /// Only messages whose JSON value at POINTER equals VALUE (repeatable; all must match).
+        #[arg(long, value_name = "POINTER=VALUE")]
+        filter: Vec<String>,
+        #[command(flatten)]
+        target: cli::TargetArg,
+    },
+    /// Publish MESSAGE, or each line of stdin, to an endpoint's outbox.
+    Send {
+        endpoint: String,
+        message: Option<String>,
+        /// Return only once each message was written to the upstream socket.
+        #[arg(long)]
+        wait_sent: bool,
+        #[command(flatten)]
+        target: cli::TargetArg,
+    },
+    /// Force a reconnect; also leaves the `failed` state.
+    Reconnect {
+        endpoint: String,
+        #[command(flatten)]
+        target: cli::TargetArg,
+    },
+}
+
+/// sysexits codes used by the CLI.
+pub mod exit {
+    pub const REFUSED: u8 = 1;
+    pub const USAGE: u8 = 64;
+    pub const UNAVAILABLE: u8 = 69;
+    pub const OSERR: u8 = 71;
+    pub const CONFIG: u8 = 78;
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ws-sidecar: cannot start the runtime: {e}");
+            return ExitCode::from(exit::OSERR);
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Run { config } => run(config).await,
+            Command::CheckConfig { config } => check_config(config),
+            Command::Demo { duration } => cli::demo(duration).await,
+            Command::Status { json, target } => cli::status(&target, json).await,
+            Command::Tail {
+                endpoint,
+                from_seq,
+                filter,
+                target,
+            } => cli::tail(&target, &endpoint, from_seq, &filter).await,
+            Command::Send {
+                endpoint,
+                message,
+                wait_sent,
+                target,
+            } => cli::send(&target, &endpoint, message, wait_sent).await,
+            Command::Reconnect { endpoint, target } => cli::reconnect(&target, &endpoint).await,
+        }
+    });
+    // Don't wait on stdin readers or lingering client tasks at exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    ExitCode::from(code)
+}
+
+fn config_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("WS_SIDECAR_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/etc/ws-sidecar/config.toml"))
+}
+
+fn load(arg: Option<PathBuf>) -> Result<Config, u8> {
+    config::load(&config_path(arg)).map_err(|e| {
+        eprintln!("{e}");
+        exit::CONFIG
+    })
+}
+
+fn check_config(arg: Option<PathBuf>) -> u8 {
+    let cfg = match load(arg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", cfg.summary());
+    println!("{}: ok", cfg.source.display());
+    0
+}
+
+async fn run(arg: Option<PathBuf>) -> u8 {
+    let cfg = match load(arg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    cli::init_logging(&cfg.log);
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
+    let listeners = match ws_sidecar::listen::bind(&cfg).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("ws-sidecar: {e:#}");
+            return exit::OSERR;
+        }
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    cli::stop_on_signals(shutdown.clone());
+    tracing::info!(
+        endpoints = cfg.endpoints.len(),
+        config = %cfg.source.display(),
+        "ws-sidecar started"
+    );
+    let daemon = ws_sidecar::supervisor::Daemon::start(cfg, listeners, shutdown);
+    daemon.run_until_stopped().await;
+    0
+}

@@ -277,7 +277,10 @@ mod tests {
         let o = outbox(10, 3, Duration::from_secs(60));
         o.push(Kind::Text, b("ab"), None, false).expect("room");
         assert!(o.push(Kind::Text, b("cd"), None, false).is_err());
-        assert_eq!(o.push(Kind::Text, b("abcd"), None, false), Err(PublishError::TooLarge(4)));
+        assert_eq!(
+            o.push(Kind::Text, b("abcd"), None, false),
+            Err(PublishError::TooLarge(4))
+        );
     }
 
     #[test]

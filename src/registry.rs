@@ -34,12 +34,7 @@ impl Registry {
     /// A registry over the given endpoints.
     pub fn new(endpoints: Vec<Arc<Endpoint>>, max_subscribers: usize) -> Arc<Registry> {
         Arc::new(Registry {
-            endpoints: RwLock::new(
-                endpoints
-                    .into_iter()
-                    .map(|e| (e.name.clone(), e))
-                    .collect(),
-            ),
+            endpoints: RwLock::new(endpoints.into_iter().map(|e| (e.name.clone(), e)).collect()),
             subscribers: Arc::new(AtomicUsize::new(0)),
             max_subscribers,
         })

@@ -83,10 +83,12 @@ impl Daemon {
         self.shutdown.cancelled().await;
         tracing::info!("shutting down");
         let deadline = tokio::time::Instant::now() + GRACE;
-        let upstreams_done =
-            tokio::time::timeout_at(deadline - Duration::from_millis(1500), self.upstreams.wait())
-                .await
-                .is_ok();
+        let upstreams_done = tokio::time::timeout_at(
+            deadline - Duration::from_millis(1500),
+            self.upstreams.wait(),
+        )
+        .await
+        .is_ok();
         for ep in self.registry.all() {
             ep.log.close();
         }

@@ -98,7 +98,9 @@ pub async fn run_health(
     shutdown: CancellationToken,
 ) {
     use tonic_health::ServingStatus;
-    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
     reporter
         .set_service_status("ws_sidecar.v1.Sidecar", ServingStatus::Serving)
         .await;
@@ -128,7 +130,9 @@ pub async fn run_health(
         });
     }
     shutdown.cancelled().await;
-    reporter.set_service_status("", ServingStatus::NotServing).await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     tasks.shutdown().await;
 }
 
@@ -232,9 +236,16 @@ impl Sidecar for SidecarService {
         };
         let wait_sent = matches!(proto::Wait::try_from(req.wait), Ok(proto::Wait::Sent));
         let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
-        let id = super::publish(&self.registry, &req.endpoint, kind, req.data, key, wait_sent)
-            .await
-            .map_err(publish_status)?;
+        let id = super::publish(
+            &self.registry,
+            &req.endpoint,
+            kind,
+            req.data,
+            key,
+            wait_sent,
+        )
+        .await
+        .map_err(publish_status)?;
         Ok(Response::new(proto::PublishResponse { outbox_id: id }))
     }
 

@@ -132,7 +132,13 @@ async fn handle(sock: UnixStream, registry: Arc<Registry>, shutdown: Cancellatio
 async fn request(line: &str, registry: &Arc<Registry>, tx: &mpsc::Sender<Out>) -> Option<Out> {
     let req: Request = match serde_json::from_str(line) {
         Ok(r) => r,
-        Err(e) => return Some(Out::Line(error_line("bad_request", &bad_request(line, &e), None))),
+        Err(e) => {
+            return Some(Out::Line(error_line(
+                "bad_request",
+                &bad_request(line, &e),
+                None,
+            )))
+        }
     };
     match req {
         Request::Subscribe {
@@ -146,16 +152,24 @@ async fn request(line: &str, registry: &Arc<Registry>, tx: &mpsc::Sender<Out>) -
                 .collect::<Result<Vec<_>, _>>()
             {
                 Ok(f) => f,
-                Err(e) => return Some(Out::Line(error_line("invalid_argument", &e.to_string(), None))),
+                Err(e) => {
+                    return Some(Out::Line(error_line(
+                        "invalid_argument",
+                        &e.to_string(),
+                        None,
+                    )))
+                }
             };
             match Subscription::open(registry, &endpoint, from_seq, filters) {
                 Ok(sub) => Some(Out::Subscribe(Box::new(sub))),
                 Err(e @ SubscribeError::NotFound(_)) => {
                     Some(Out::Line(error_line("not_found", &e.to_string(), None)))
                 }
-                Err(e @ SubscribeError::TooMany(_)) => {
-                    Some(Out::Line(error_line("resource_exhausted", &e.to_string(), None)))
-                }
+                Err(e @ SubscribeError::TooMany(_)) => Some(Out::Line(error_line(
+                    "resource_exhausted",
+                    &e.to_string(),
+                    None,
+                ))),
             }
         }
         Request::Publish {
@@ -227,9 +241,15 @@ async fn request(line: &str, registry: &Arc<Registry>, tx: &mpsc::Sender<Out>) -
                         return Some(Out::Line(error_line("not_found", &msg, None)));
                     }
                 },
-                None => registry.all().iter().map(|e| EndpointStatus::of(e)).collect(),
+                None => registry
+                    .all()
+                    .iter()
+                    .map(|e| EndpointStatus::of(e))
+                    .collect(),
             };
-            Some(Out::Line(json!({"type": "status", "endpoints": eps}).to_string()))
+            Some(Out::Line(
+                json!({"type": "status", "endpoints": eps}).to_string(),
+            ))
         }
     }
 }

@@ -9,7 +9,9 @@ pub struct ConfigError {
 }
 
 pub fn load(_path: &Path) -> Result<Config, ConfigError> {
-    Err(ConfigError { errors: vec!["not implemented".into()] })
+    Err(ConfigError {
+        errors: vec!["not implemented".into()],
+    })
 }
 
 pub fn load_str(
@@ -17,5 +19,7 @@ pub fn load_str(
     _source: &Path,
     _env: &std::collections::HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
-    Err(ConfigError { errors: vec!["not implemented".into()] })
+    Err(ConfigError {
+        errors: vec!["not implemented".into()],
+    })
 }

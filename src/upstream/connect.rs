@@ -52,7 +52,9 @@ async fn connect_inner(attempt: Attempt<'_>) -> Result<Ws, Failure> {
         .ok_or_else(|| Failure::fatal("url has no host"))?
         .to_owned();
     let tls = url.scheme() == "wss";
-    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
     let request = build_request(&attempt)?;
 
     let tcp = TcpStream::connect((trim_brackets(&host), port))

@@ -140,7 +140,9 @@ mod tests {
         assert_eq!(h.deadline(), t0 + Duration::from_secs(20));
         assert!(h.poll(t0 + Duration::from_secs(5)).is_empty());
         let a = h.poll(t0 + Duration::from_secs(20));
-        let Action::Ping(p) = &a[0] else { panic!("expected ping, got {a:?}") };
+        let Action::Ping(p) = &a[0] else {
+            panic!("expected ping, got {a:?}")
+        };
         assert_eq!(h.on_pong(b"other", t0 + Duration::from_secs(21)), None);
         let rtt = h.on_pong(p, t0 + Duration::from_millis(20_150));
         assert_eq!(rtt, Some(Duration::from_millis(150)));

@@ -107,12 +107,9 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
                         backoff.reset();
                         Next::Now
                     }
-                    End::Lost(f) => classify(
-                        f,
-                        &mut auth_failures,
-                        max_auth_failures,
-                        |ra| backoff.after_disconnect(Instant::now(), ra, fastrand::f64()),
-                    ),
+                    End::Lost(f) => classify(f, &mut auth_failures, max_auth_failures, |ra| {
+                        backoff.after_disconnect(Instant::now(), ra, fastrand::f64())
+                    }),
                 }
             }
             Err(f) => {

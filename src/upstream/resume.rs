@@ -167,7 +167,10 @@ mod tests {
         assert_eq!(r.accept(id(r#"{"id":2}"#)), Verdict::Deliver { gap: None });
         assert_eq!(r.accept(id(r#"{"id":2}"#)), Verdict::Duplicate);
         assert_eq!(r.accept(id(r#"{"id":1}"#)), Verdict::Duplicate);
-        assert_eq!(r.accept(id(r#"{"id":6}"#)), Verdict::Deliver { gap: Some((3, 5)) });
+        assert_eq!(
+            r.accept(id(r#"{"id":6}"#)),
+            Verdict::Deliver { gap: Some((3, 5)) }
+        );
         let mut u = url::Url::parse("ws://h/feed?a=1&since=0").expect("url");
         r.apply_query(&mut u);
         assert_eq!(u.as_str(), "ws://h/feed?a=1&since=6");

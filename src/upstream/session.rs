@@ -76,7 +76,9 @@ impl Session<'_> {
             match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return End::Lost(Failure::retry(format!("write failed: {e}"))),
-                Err(_) => return End::Lost(Failure::retry("write timeout sending on_connect frames")),
+                Err(_) => {
+                    return End::Lost(Failure::retry("write timeout sending on_connect frames"))
+                }
             }
         }
 

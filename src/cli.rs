@@ -1,0 +1,286 @@
+//! Client commands and process plumbing for the binary: logging, signals, exit codes.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::exit;
+use ws_sidecar::client::{self, Target};
+use ws_sidecar::config::{LogConfig, LogFormat};
+use ws_sidecar::proto;
+use ws_sidecar::status::EndpointStatus;
+
+/// `--grpc ADDR` shared by the client commands.
+#[derive(clap::Args)]
+pub struct TargetArg {
+    /// Daemon address: unix:PATH or HOST:PORT [default: unix:$RUNTIME_DIRECTORY/grpc.sock or
+    /// unix:/run/ws-sidecar/grpc.sock].
+    #[arg(long, value_name = "ADDR")]
+    grpc: Option<String>,
+}
+
+impl TargetArg {
+    fn target(&self) -> Result<Target, u8> {
+        let s = match &self.grpc {
+            Some(s) => s.clone(),
+            None => {
+                let dir = std::env::var("RUNTIME_DIRECTORY")
+                    .ok()
+                    .and_then(|d| d.split(':').next().map(str::to_owned))
+                    .unwrap_or_else(|| "/run/ws-sidecar".into());
+                format!("unix:{dir}/grpc.sock")
+            }
+        };
+        Target::parse(&s).map_err(|e| {
+            eprintln!("ws-sidecar: --grpc: {e}");
+            exit::USAGE
+        })
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<proto::sidecar_client::SidecarClient<tonic::transport::Channel>, u8> {
+        let target = self.target()?;
+        client::connect(&target).await.map_err(|e| {
+            eprintln!("ws-sidecar: cannot reach the daemon at {target}: {e}");
+            exit::UNAVAILABLE
+        })
+    }
+}
+
+/// Sets up tracing from `[log]`; `RUST_LOG` wins over `log.level`.
+pub fn init_logging(cfg: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().try_init(),
+        // journald reads stderr lines and stamps them itself.
+        LogFormat::Journald => builder.without_time().with_ansi(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.
+pub fn stop_on_signals(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+fn refused(status: &tonic::Status) -> u8 {
+    eprintln!("ws-sidecar: {}", status.message());
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Internal => exit::UNAVAILABLE,
+        _ => exit::REFUSED,
+    }
+}
+
+pub async fn status(target: &TargetArg, json: bool) -> u8 {
+    let mut c = match target.connect().await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let resp = match c
+        .get_status(proto::GetStatusRequest { endpoint: None })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return refused(&s),
+    };
+    let eps: Vec<EndpointStatus> = resp.endpoints.into_iter().map(Into::into).collect();
+    if json {
+        match serde_json::to_string_pretty(&eps) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("ws-sidecar: {e}"),
+        }
+        return 0;
+    }
+    for e in eps {
+        let rtt = if e.rtt_micros > 0 {
+            format!(
+                " rtt={}",
+                ws_sidecar::fmt::duration(Duration::from_micros(e.rtt_micros))
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<16} {:<10} last_seq={} subscribers={} outbox={} reconnects={}{} ({})",
+            e.name, e.state, e.last_seq, e.subscribers, e.outbox_depth, e.reconnects, rtt, e.reason
+        );
+    }
+    0
+}
+
+pub async fn tail(
+    target: &TargetArg,
+    endpoint: &str,
+    from_seq: Option<u64>,
+    filters: &[String],
+) -> u8 {
+    let mut parsed = Vec::new();
+    for f in filters {
+        let Some((pointer, equals)) = f.split_once('=') else {
+            eprintln!("ws-sidecar: --filter must be POINTER=VALUE, got {f:?}");
+            return exit::USAGE;
+        };
+        parsed.push(proto::Filter {
+            pointer: pointer.into(),
+            equals: equals.into(),
+        });
+    }
+    let mut c = match target.connect().await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let req = proto::SubscribeRequest {
+        endpoint: endpoint.into(),
+        from_seq,
+        filters: parsed,
+    };
+    let mut stream = match c.subscribe(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return refused(&s),
+    };
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    loop {
+        match stream.message().await {
+            Ok(Some(ev)) => {
+                let mut out = stdout.lock();
+                if writeln!(out, "{}", client::event_json(&ev))
+                    .and_then(|_| out.flush())
+                    .is_err()
+                {
+                    return 0; // stdout closed (e.g. piped into head)
+                }
+            }
+            Ok(None) => return 0,
+            Err(s) => return refused(&s),
+        }
+    }
+}
+
+pub async fn send(
+    target: &TargetArg,
+    endpoint: &str,
+    message: Option<String>,
+    wait_sent: bool,
+) -> u8 {
+    let mut c = match target.connect().await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let wait = if wait_sent {
+        proto::Wait::Sent
+    } else {
+        proto::Wait::Stored
+    } as i32;
+    let publish = |data: String| proto::PublishRequest {
+        endpoint: endpoint.into(),
+        data: data.into(),
+        kind: proto::Kind::Text as i32,
+        idempotency_key: String::new(),
+        wait,
+    };
+    let messages: Box<dyn Iterator<Item = std::io::Result<String>>> = match message {
+        Some(m) => Box::new(std::iter::once(Ok(m))),
+        None => Box::new(std::io::stdin().lines()),
+    };
+    for m in messages {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("ws-sidecar: reading stdin: {e}");
+                return exit::USAGE;
+            }
+        };
+        match c.publish(publish(m)).await {
+            Ok(r) => println!("{}", r.into_inner().outbox_id),
+            Err(s) => return refused(&s),
+        }
+    }
+    0
+}
+
+pub async fn reconnect(target: &TargetArg, endpoint: &str) -> u8 {
+    let mut c = match target.connect().await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match c
+        .reconnect(proto::ReconnectRequest {
+            endpoint: endpoint.into(),
+        })
+        .await
+    {
+        Ok(_) => 0,
+        Err(s) => refused(&s),
+    }
+}
+
+pub async fn demo(duration: Option<String>) -> u8 {
+    let limit = match duration.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            eprintln!("ws-sidecar: --duration: {e}");
+            return exit::USAGE;
+        }
+    };
+    let token = CancellationToken::new();
+    stop_on_signals(token.clone());
+    if let Some(d) = limit {
+        let t = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            t.cancel();
+        });
+    }
+    match ws_sidecar::demo::run(token).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ws-sidecar demo: {e:#}");
+            exit::OSERR
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration {s:?}")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))
+}

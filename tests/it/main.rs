@@ -1,0 +1,14 @@
+//! Integration tests of the daemon over real sockets: a fake upstream on 127.0.0.1:0, the
+//! daemon in-process, real gRPC and NDJSON clients on temp Unix sockets. One test binary keeps
+//! link time down.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod backoff;
+mod bad_input;
+mod classify;
+mod fanout;
+mod publish;
+mod reconnect;
+mod replay;

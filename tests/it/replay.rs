@@ -1,0 +1,123 @@
+//! Replay (SPEC §10): `from_seq` continuation, expired ranges, slow subscribers.
+
+use std::time::Duration;
+
+use ws_sidecar::endpoint::State;
+use ws_sidecar::proto::event::Event as Ev;
+use ws_sidecar::proto::GapReason;
+
+use crate::support::daemon::{next_event, next_message, start_daemon, subscribe};
+use crate::support::{FakeUpstream, Reply};
+
+const T: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn from_seq_inside_and_before_the_window() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let d = start_daemon(&format!(
+        "[endpoints.feed]\nurl = \"{}\"\n[endpoints.feed.replay]\nmessages = 20\n",
+        up.url("/")
+    ))
+    .await;
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("feed", State::Connected, T).await;
+    let ep = d.endpoint("feed");
+    for i in 1..=10 {
+        conn.send_text(&format!("m{i}")).await.expect("send");
+    }
+    tokio::time::timeout(T, async { while ep.log.last_seq() < 10 { tokio::task::yield_now().await } })
+        .await
+        .expect("10 messages logged");
+
+    let mut c = d.grpc().await;
+    let mut s = subscribe(&mut c, "feed", Some(4)).await;
+    for seq in 5..=10u64 {
+        let m = next_message(&mut s, T).await;
+        assert_eq!((m.seq, &m.data[..]), (seq, format!("m{seq}").as_bytes()));
+    }
+    conn.send_text("m11").await.expect("send");
+    assert_eq!(next_message(&mut s, T).await.seq, 11, "then the live stream");
+
+    for i in 12..=40 {
+        conn.send_text(&format!("m{i}")).await.expect("send");
+    }
+    tokio::time::timeout(T, async { while ep.log.last_seq() < 40 { tokio::task::yield_now().await } })
+        .await
+        .expect("40 messages logged");
+    let mut s = subscribe(&mut c, "feed", Some(5)).await;
+    let mut gap = None;
+    loop {
+        match next_event(&mut s, T).await {
+            Ev::State(_) => continue,
+            Ev::Gap(g) => gap = Some(g),
+            Ev::Message(m) => {
+                assert_eq!(m.seq, 21, "continues at the oldest retained message");
+                break;
+            }
+        }
+    }
+    let g = gap.expect("a gap before the first message");
+    assert_eq!((g.from_seq, g.to_seq), (6, 20));
+    assert_eq!(g.reason, GapReason::ReplayExpired as i32);
+    for seq in 22..=40u64 {
+        assert_eq!(next_message(&mut s, T).await.seq, seq);
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_gets_slow_subscriber_and_slows_no_one() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let d = start_daemon(&format!(
+        "[endpoints.feed]\nurl = \"{}\"\n[endpoints.feed.replay]\nmessages = 500\n",
+        up.url("/")
+    ))
+    .await;
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("feed", State::Connected, T).await;
+
+    let mut c1 = d.grpc().await;
+    let mut stalled = subscribe(&mut c1, "feed", None).await;
+    let mut c2 = d.grpc().await;
+    let mut reader = subscribe(&mut c2, "feed", None).await;
+
+    // Far more than the HTTP/2 windows and buffers can hold for the stalled client.
+    const N: u64 = 20_000;
+    let payload = "x".repeat(1000);
+    let sender = tokio::spawn(async move {
+        for i in 1..=N {
+            conn.send_text(&format!("{i:08}{payload}")).await.expect("send");
+        }
+        conn
+    });
+    let started = std::time::Instant::now();
+    for seq in 1..=N {
+        let m = next_message(&mut reader, T).await;
+        assert_eq!(m.seq, seq, "the reading subscriber loses nothing");
+    }
+    let took = started.elapsed();
+    let _conn = sender.await.expect("sender");
+    assert!(took < Duration::from_secs(60), "reader took {took:?}");
+
+    // Now the stalled one reads: what its buffers held, then a SLOW_SUBSCRIBER gap, then the
+    // retained tail, with nothing out of order.
+    let mut last = 0u64;
+    let mut gap = None;
+    while last < N {
+        match next_event(&mut stalled, T).await {
+            Ev::State(_) => {}
+            Ev::Gap(g) => {
+                assert_eq!(g.reason, GapReason::SlowSubscriber as i32);
+                assert_eq!(g.from_seq, last + 1, "gap starts right after what was delivered");
+                last = g.to_seq;
+                gap = Some(g);
+            }
+            Ev::Message(m) => {
+                assert_eq!(m.seq, last + 1, "no hole without a gap event");
+                last = m.seq;
+            }
+        }
+    }
+    assert!(gap.is_some(), "the stalled subscriber was told it missed messages");
+    d.stop().await;
+}
