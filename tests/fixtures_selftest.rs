@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use support::frame::{frame_bytes, OP_TEXT};
-use support::{with_timeout, ClientClose, FakeUpstream, Reply, UpConn};
+use support::{with_timeout, ClientClose, FakeUpstream, Reply, TickOptions, UpConn};
 
 type Client = WebSocketStream<TcpStream>;
 
@@ -350,4 +350,29 @@ async fn next_conn_times_out_with_an_error() {
 #[should_panic(expected = "timed out after")]
 async fn with_timeout_panics_with_a_message() {
     with_timeout(Duration::from_millis(10), std::future::pending::<()>()).await;
+}
+
+#[tokio::test]
+async fn ticks_resume_after_since() {
+    let upstream = FakeUpstream::start_ticking(TickOptions {
+        interval: Duration::from_millis(5),
+        last_id: Some(5),
+        ..TickOptions::default()
+    })
+    .await;
+
+    let mut resumed = connect_ok(&upstream.url("/feed?since=2")).await;
+    for expected in 3..=5 {
+        let Message::Text(text) = next_message(&mut resumed).await else {
+            panic!("ticks are text");
+        };
+        assert_eq!(support::tick_id(&text), Some(expected), "{text}");
+    }
+    assert!(tokio::time::timeout(QUIET, resumed.next()).await.is_err());
+
+    let mut fresh = connect_ok(&upstream.url("/feed")).await;
+    let Message::Text(first) = next_message(&mut fresh).await else {
+        panic!("ticks are text");
+    };
+    assert_eq!(first.as_str(), support::tick_message(1));
 }
