@@ -17,7 +17,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use support::frame::{frame_bytes, OP_TEXT};
-use support::{with_timeout, ClientClose, FakeUpstream, Reply, TickOptions, UpConn};
+use support::{
+    with_timeout, ChaosProxy, ClientClose, FakeUpstream, Mode, Reply, TickOptions, UpConn,
+};
 
 type Client = WebSocketStream<TcpStream>;
 
@@ -375,4 +377,144 @@ async fn ticks_resume_after_since() {
         panic!("ticks are text");
     };
     assert_eq!(first.as_str(), support::tick_message(1));
+}
+
+/// An accepting upstream behind a proxy, with one client connected through it.
+async fn proxied_pair() -> (FakeUpstream, ChaosProxy, Client, UpConn) {
+    let upstream = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let proxy = ChaosProxy::start(upstream.addr()).await;
+    let (mut client, conn) = connected_pair(&upstream, &proxy.url("/feed")).await;
+    conn.send_text("through").await.expect("send");
+    assert_eq!(next_message(&mut client).await, Message::text("through"));
+    (upstream, proxy, client, conn)
+}
+
+#[tokio::test]
+async fn proxy_pass_forwards_both_ways() {
+    let (upstream, proxy, mut client, conn) = proxied_pair().await;
+    client
+        .send(Message::text("back"))
+        .await
+        .expect("client sends");
+    assert_eq!(conn.recv_text().await, "back");
+    assert_eq!(proxy.connections(), 1);
+    assert_eq!(proxy.live_connections(), 1);
+    assert_eq!(upstream.attempts()[0].target, "/feed");
+}
+
+#[tokio::test]
+async fn proxy_blackhole_keeps_tcp_open_and_delivers_nothing() {
+    let (_upstream, proxy, mut client, conn) = proxied_pair().await;
+    proxy.set_mode(Mode::Blackhole);
+    client
+        .send(Message::Ping("anyone".into()))
+        .await
+        .expect("client pings");
+    conn.send_text("lost").await.expect("upstream writes");
+    // Neither a pong, nor the text, nor an error or close: the connection just goes silent.
+    assert!(tokio::time::timeout(QUIET, client.next()).await.is_err());
+    assert_eq!(conn.pings_seen(), 0);
+    assert!(!conn.is_closed());
+    assert_eq!(proxy.live_connections(), 1);
+}
+
+#[tokio::test]
+async fn proxy_stall_holds_traffic_until_released() {
+    let (_upstream, proxy, mut client, conn) = proxied_pair().await;
+    proxy.set_mode(Mode::Stall);
+    client
+        .send(Message::Ping("held".into()))
+        .await
+        .expect("client pings");
+    assert!(tokio::time::timeout(QUIET, client.next()).await.is_err());
+    assert_eq!(conn.pings_seen(), 0);
+    proxy.set_mode(Mode::Pass);
+    assert_eq!(
+        next_message(&mut client).await,
+        Message::Pong("held".into())
+    );
+}
+
+#[tokio::test]
+async fn proxy_cut_all_resets_live_connections() {
+    let (_upstream, proxy, mut client, conn) = proxied_pair().await;
+    with_timeout(PROMPT, proxy.cut_all()).await;
+    assert_eq!(proxy.live_connections(), 0);
+    match with_timeout(PROMPT, client.next()).await {
+        Some(Err(WsError::Io(error))) => assert_eq!(error.kind(), ErrorKind::ConnectionReset),
+        other => panic!("expected a connection reset, got {other:?}"),
+    }
+    assert_eq!(with_timeout(PROMPT, conn.closed()).await, None);
+}
+
+#[tokio::test]
+async fn proxy_refuse_resets_new_connections_only() {
+    let (_upstream, proxy, mut client, conn) = proxied_pair().await;
+    proxy.refuse(true);
+    let refused = with_timeout(PROMPT, ws_connect(proxy.url("/feed"))).await;
+    assert!(
+        refused.is_err(),
+        "refused connection must fail the handshake"
+    );
+    conn.send_text("still here").await.expect("send");
+    assert_eq!(next_message(&mut client).await, Message::text("still here"));
+
+    proxy.refuse(false);
+    let _again = connect_ok(&proxy.url("/feed")).await;
+    proxy
+        .wait_connections(3, PROMPT)
+        .await
+        .expect("three connections");
+}
+
+#[tokio::test]
+async fn proxy_blackhole_of_existing_connections_lets_new_ones_through() {
+    let (upstream, proxy, mut client, conn) = proxied_pair().await;
+    proxy.set_mode_existing(Mode::Blackhole);
+    assert_eq!(proxy.mode(), Mode::Pass);
+    client
+        .send(Message::Ping("anyone".into()))
+        .await
+        .expect("client pings");
+    assert!(tokio::time::timeout(QUIET, client.next()).await.is_err());
+    assert_eq!(conn.pings_seen(), 0);
+
+    let (mut second, second_conn) = connected_pair(&upstream, &proxy.url("/feed")).await;
+    second_conn.send_text("fresh").await.expect("send");
+    assert_eq!(next_message(&mut second).await, Message::text("fresh"));
+}
+
+#[tokio::test]
+async fn proxy_stall_builds_backpressure_on_the_writer() {
+    let (_upstream, proxy, mut client, conn) = proxied_pair().await;
+    proxy.set_mode(Mode::Stall);
+    let chunk = vec![7u8; 1024 * 1024];
+    // Loopback buffers hold a few MiB at most; well before 64 MiB the writer must block.
+    let mut sent = 0usize;
+    let mut blocked = false;
+    for _ in 0..64 {
+        match tokio::time::timeout(QUIET, conn.send_binary(&chunk)).await {
+            Ok(written) => {
+                written.expect("write while stalled");
+                sent += 1;
+            }
+            Err(_) => {
+                blocked = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        blocked,
+        "{sent} MiB written into a stalled proxy without blocking"
+    );
+
+    proxy.set_mode(Mode::Pass);
+    // The blocked chunk was already queued, so it arrives too.
+    for _ in 0..=sent {
+        assert_eq!(
+            next_message(&mut client).await,
+            Message::binary(chunk.clone())
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! Network fixtures for the integration tests, used through `mod support;`: a scriptable fake
-//! upstream WebSocket server ([`upstream`]), a numbered tick feed on top of it ([`ticks`])
-//! and small helpers. Everything binds 127.0.0.1 port 0.
+//! upstream WebSocket server ([`upstream`]), a numbered tick feed on top of it ([`ticks`]), a
+//! chaos TCP proxy ([`proxy`]) and small helpers. Everything binds 127.0.0.1 port 0.
 //!
 //! Each test binary uses a different subset, hence the blanket `allow`s.
 //!
@@ -10,6 +10,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod frame;
+pub mod proxy;
 pub mod ticks;
 pub mod upstream;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub use proxy::{ChaosProxy, Mode};
 pub use ticks::{since_param, spawn_ticks, tick_id, tick_message, TickOptions};
 pub use upstream::{Attempt, ClientClose, FakeUpstream, PendingConn, Reply, UpConn};
 
