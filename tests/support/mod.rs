@@ -1,0 +1,69 @@
+//! Network fixtures for the integration tests, used through `mod support;`: a scriptable fake
+//! upstream WebSocket server ([`upstream`]), a numbered tick feed on top of it ([`ticks`]), a
+//! chaos TCP proxy ([`proxy`]) and small helpers. Everything binds 127.0.0.1 port 0.
+//!
+//! Each test binary uses a different subset, hence the blanket `allow`s.
+//!
+//! Paused time (`tokio::time::pause()`) and these fixtures do not mix: the paused clock jumps
+//! ahead whenever the runtime is idle, and a runtime waiting on a real socket is idle, so every
+//! timeout here would fire at once. Keep paused time for logic that touches no socket.
+#![allow(dead_code, unused_imports)]
+
+pub mod frame;
+pub mod proxy;
+pub mod ticks;
+pub mod upstream;
+
+use std::future::Future;
+use std::panic::Location;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use proxy::{ChaosProxy, Mode};
+pub use ticks::{since_param, spawn_ticks, tick_id, tick_message, TickOptions};
+pub use upstream::{Attempt, ClientClose, FakeUpstream, PendingConn, Reply, UpConn};
+
+/// How long a fixture waits for something that should happen promptly when no bound is given.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, panicking if it takes longer than `dur`. The panic names the caller's line, so a
+/// hung test says where it hung instead of only timing out as a whole.
+#[track_caller]
+pub fn with_timeout<F: Future>(dur: Duration, fut: F) -> impl Future<Output = F::Output> {
+    // Captured here because `#[track_caller]` does not reach into an async body.
+    let caller = Location::caller();
+    async move {
+        match tokio::time::timeout(dur, fut).await {
+            Ok(output) => output,
+            Err(_) => panic!("timed out after {dur:?} at {caller}"),
+        }
+    }
+}
+
+/// A fresh temporary directory, removed when the guard drops. Its path under the system temp dir
+/// is short enough for Unix socket paths (about 100 bytes at most).
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ws-sidecar-test-")
+        .tempdir()
+        .expect("create a temporary directory")
+}
+
+/// Waits until `counter` reaches `n`; on timeout, the count it had reached.
+async fn wait_count(
+    counter: &watch::Sender<usize>,
+    n: usize,
+    within: Duration,
+) -> Result<(), usize> {
+    let mut seen = counter.subscribe();
+    // `counter` is borrowed, so the sender outlives the wait and `wait_for` cannot fail.
+    let reached = tokio::time::timeout(within, seen.wait_for(|seen| *seen >= n))
+        .await
+        .is_ok_and(|reached| reached.is_ok());
+    if reached {
+        Ok(())
+    } else {
+        Err(*counter.borrow())
+    }
+}
