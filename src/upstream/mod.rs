@@ -75,9 +75,16 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
                 Ok((attempt, _)) => attempt,
                 Err(f) => return Err(f),
             };
-            tokio::select! {
-                _ = shutdown.cancelled() => Ok(None),
-                r = connect::connect(attempt) => r.map(Some),
+            let connecting = connect::connect(attempt);
+            tokio::pin!(connecting);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    r = &mut connecting => return r.map(Some),
+                    // The attempt under way is the reconnect asked for: take the request so it
+                    // does not tear down the connection this attempt is about to open.
+                    _ = ep.reconnect_requested() => {}
+                }
             }
         }
         .instrument(attempt_span.clone())

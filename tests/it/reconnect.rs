@@ -75,7 +75,8 @@ async fn blackholed_connection_is_detected_by_pong_timeout() {
     let _c1 = up.next_accepted_within(T).await.expect("first connection");
     d.wait_state("feed", State::Connected, T).await;
 
-    proxy.set_mode(Mode::Blackhole);
+    // Only the live connection: the reconnection must get through.
+    proxy.set_mode_existing(Mode::Blackhole);
     let cut = Instant::now();
     let ev = d.wait_state("feed", State::Backoff, T).await;
     let took = cut.elapsed();
@@ -85,7 +86,6 @@ async fn blackholed_connection_is_detected_by_pong_timeout() {
         "dead connection found after {took:?}, bound is ping_interval + pong_timeout + slack"
     );
 
-    proxy.set_mode(Mode::Pass);
     let _c2 = up.next_accepted_within(T).await.expect("reconnects once the path is back");
     d.wait_state("feed", State::Connected, T).await;
     d.stop().await;
