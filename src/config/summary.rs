@@ -303,7 +303,7 @@ fn auth_summary(auth: &AuthConfig) -> String {
         .ttl
         .map_or(String::new(), |t| format!(", ttl {}", format_duration(t)));
     format!(
-        "{token}, {placement}, renew by {renew} {} before expiry{ttl}, failed after {} auth failures",
+        "{token}, {placement}, renew by {renew} {} before expiry{ttl}, gives up after {} auth failures",
         format_duration(auth.refresh_before),
         auth.max_failures
     )
