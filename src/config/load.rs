@@ -234,7 +234,13 @@ fn read_config(r: &mut Report, tree: &Value, source: &Path, d: &Defaults) -> Opt
     t.finish(r);
 
     let mut endpoints = BTreeMap::new();
-    let node = top.need(r, "endpoints");
+    let node = top.get("endpoints");
+    if node.is_none() {
+        r.at(
+            &top.path_of("endpoints"),
+            "at least one endpoint is required",
+        );
+    }
     if let Some(mut t) = node.as_ref().and_then(|n| Table::open(r, n)) {
         let entries = t.entries();
         if entries.is_empty() {

@@ -107,7 +107,8 @@ pub struct LimitsConfig {
 pub struct EndpointConfig {
     pub url: url::Url,
     pub fallback_urls: Vec<url::Url>,
-    /// Extra handshake headers, in file order; values may be secret references.
+    /// Extra handshake headers, sorted by name (the `config` crate does not keep file order);
+    /// values may be secret references.
     pub headers: Vec<(String, Secret)>,
     pub subprotocols: Vec<String>,
     /// Text frames sent after every (re)connect.
