@@ -1,25 +1,567 @@
-//! Placeholder: being written.
-use super::Config;
-use std::path::Path;
+//! Reads the config file and its `WS_SIDECAR__…` environment overrides into a validated
+//! [`Config`], reporting every problem at once (SPEC §4).
+//!
+//! The `config` crate parses the TOML and merges the environment into one tree; this module then
+//! walks that tree with the reader in `value.rs` instead of deriving `Deserialize`, because serde
+//! stops at the first error and a file with three mistakes must report all three.
+//!
+//! What `config` 0.15 does to key case (read in its source, 0.15.27):
+//! - file keys keep their case, and keys below the top level are taken verbatim, so
+//!   `[endpoints."eu.prices"]` and `[endpoints.Prices]` arrive as written;
+//! - the environment source lowercases the whole variable name before turning `__` into `.`, so an
+//!   override always lands on a lowercase key. By itself `WS_SIDECAR__ENDPOINTS__PRICES__URL` would
+//!   create a second endpoint `prices` next to the file's `Prices`; [`fold_env_case`] merges such
+//!   environment-only keys into the one file key that differs only in case (or in `-` written as
+//!   `_`), which makes overrides work for mixed-case endpoint and header names. A name containing `.` cannot be reached from
+//!   the environment at all (the dot separates path segments there).
 
-/// Every problem found in a config file.
-#[derive(Debug)]
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Value, ValueKind};
+
+use super::endpoint::read_endpoint;
+use super::value::{boolean, integer, only_from_env, size, string, Node, Report, Table};
+use super::{
+    Config, GrpcConfig, HttpConfig, LimitsConfig, ListenAddr, LogConfig, LogFormat, SocketsConfig,
+    StoreConfig, StreamConfig,
+};
+
+/// Every problem found in a config file, one `<file>: <key.path>: <what is wrong>` line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The lines, in the order the loader met the problems.
     pub errors: Vec<String>,
 }
 
-pub fn load(_path: &Path) -> Result<Config, ConfigError> {
-    Err(ConfigError {
-        errors: vec!["not implemented".into()],
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.errors.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads `path` and the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        errors: vec![format!("{}: cannot read file: {e}", path.display())],
+    })?;
+    // Variables that are not Unicode cannot be config overrides; skipping them beats refusing to
+    // start over an unrelated variable.
+    let env: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    load_str(&text, path, &env)
+}
+
+/// Loads `text` as if read from `source`, with `env` standing in for the process environment
+/// (overrides and `$RUNTIME_DIRECTORY`/`$STATE_DIRECTORY`).
+pub fn load_str(
+    text: &str,
+    source: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let mut r = Report::new(source.display().to_string());
+    let config = merged_tree(&mut r, text, env).and_then(|mut tree| {
+        fold_env_case(&mut tree);
+        read_config(&mut r, &tree, source, &Defaults::from_env(env))
+    });
+    match config {
+        Some(config) if r.errors.is_empty() => Ok(config),
+        _ => Err(ConfigError { errors: r.errors }),
+    }
+}
+
+fn merged_tree(r: &mut Report, text: &str, env: &HashMap<String, String>) -> Option<Value> {
+    let vars: config::Map<String, String> =
+        env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        // No try_parsing: values stay strings, and only keys that want a number convert them.
+        .add_source(
+            config::Environment::with_prefix("WS_SIDECAR")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(vars)),
+        )
+        .build();
+    match built {
+        Ok(c) => Some(c.cache),
+        Err(e) => {
+            r.file_error(one_line(&e.to_string()));
+            None
+        }
+    }
+}
+
+/// The TOML parser's message is a multi-line snippet with a caret; keep the position and the
+/// explanation on one line, as every other error is.
+fn one_line(message: &str) -> String {
+    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid TOML");
+    let position = first
+        .strip_prefix("TOML parse error at ")
+        .map(|pos| format!("TOML syntax error at {pos}"));
+    // Snippet lines all contain the `|` gutter; what follows them is the explanation.
+    let explanation: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .skip(1)
+        .filter(|l| !l.contains('|'))
+        .collect();
+    match position {
+        Some(pos) if !explanation.is_empty() => format!("{pos}: {}", explanation.join(" ")),
+        Some(pos) => pos,
+        None => std::iter::once(first)
+            .chain(lines)
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// Merges each environment-only key into the one sibling whose [`env_form`] it is (see the module
+/// doc for why the environment's keys are lowercase).
+fn fold_env_case(value: &mut Value) {
+    let ValueKind::Table(map) = &mut value.kind else {
+        return;
+    };
+    let env_only: Vec<String> = map
+        .iter()
+        .filter(|(_, v)| only_from_env(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in env_only {
+        let targets: Vec<&String> = map
+            .iter()
+            .filter(|(k, v)| **k != key && env_form(k) == key && !only_from_env(v))
+            .map(|(k, _)| k)
+            .collect();
+        if let [target] = targets.as_slice() {
+            let target = (*target).clone();
+            if let (Some(src), Some(dst)) = (map.remove(&key), map.get_mut(&target)) {
+                merge(dst, src);
+            }
+        }
+    }
+    for child in map.values_mut() {
+        fold_env_case(child);
+    }
+}
+
+/// How `key` looks after a trip through an environment variable name: lowercase, and `-` written
+/// as `_` because shells and systemd's `Environment=` do not allow `-` in names.
+fn env_form(key: &str) -> String {
+    key.to_ascii_lowercase().replace('-', "_")
+}
+
+fn merge(dst: &mut Value, src: Value) {
+    if let (ValueKind::Table(d), ValueKind::Table(s)) = (&mut dst.kind, &src.kind) {
+        for (k, v) in s {
+            match d.get_mut(k) {
+                Some(slot) => merge(slot, v.clone()),
+                None => {
+                    d.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        return;
+    }
+    *dst = src;
+}
+
+/// Paths whose default depends on where systemd put the service's directories.
+struct Defaults {
+    /// `$RUNTIME_DIRECTORY` or `/run/ws-sidecar`: parent of the default sockets.
+    runtime: PathBuf,
+    /// `$STATE_DIRECTORY` or `/var/lib/ws-sidecar`: parent of the default store.
+    state: PathBuf,
+}
+
+impl Defaults {
+    fn from_env(env: &HashMap<String, String>) -> Self {
+        // systemd passes one path per configured directory, colon-separated; ours is the first.
+        let first = |var: &str, fallback: &str| {
+            env.get(var)
+                .and_then(|v| v.split(':').find(|s| !s.is_empty()))
+                .map_or_else(|| PathBuf::from(fallback), PathBuf::from)
+        };
+        Defaults {
+            runtime: first("RUNTIME_DIRECTORY", "/run/ws-sidecar"),
+            state: first("STATE_DIRECTORY", "/var/lib/ws-sidecar"),
+        }
+    }
+}
+
+fn read_config(r: &mut Report, tree: &Value, source: &Path, d: &Defaults) -> Option<Config> {
+    let mut top = Table::open(r, &Node::root(tree))?;
+    let t = top.section(r, "log");
+    let log = read_log(r, t);
+    let t = top.section(r, "grpc");
+    let grpc = read_grpc(r, t, d);
+    let t = top.section(r, "stream");
+    let stream = read_stream(r, t, d, &grpc);
+    let mut t = top.section(r, "sockets");
+    let sockets = SocketsConfig {
+        mode: t.or(r, "mode", mode, 0o660),
+        group: t.opt(r, "group", non_empty),
+    };
+    t.finish(r);
+    let mut t = top.section(r, "http");
+    let default_http = SocketAddr::from((Ipv4Addr::LOCALHOST, 9750));
+    let http = HttpConfig {
+        listen: t.or(r, "listen", optional(tcp_addr), Some(default_http)),
+    };
+    t.finish(r);
+    let mut t = top.section(r, "store");
+    let store = StoreConfig {
+        path: t.or(
+            r,
+            "path",
+            |v| non_empty(v).map(PathBuf::from),
+            d.state.join("store"),
+        ),
+    };
+    t.finish(r);
+    let mut t = top.section(r, "limits");
+    let limits = LimitsConfig {
+        max_subscribers: t.or(r, "max_subscribers", at_least(1), 1024),
+    };
+    t.finish(r);
+
+    let mut endpoints = BTreeMap::new();
+    let node = top.get("endpoints");
+    if node.is_none() {
+        r.at(
+            &top.path_of("endpoints"),
+            "at least one endpoint is required",
+        );
+    }
+    if let Some(mut t) = node.as_ref().and_then(|n| Table::open(r, n)) {
+        let entries = t.entries();
+        if entries.is_empty() {
+            r.at(t.node(), "at least one endpoint is required");
+        }
+        for (name, node) in entries {
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if !valid {
+                r.at(
+                    &node,
+                    "invalid endpoint name: use letters, digits, '_', '.' and '-'",
+                );
+            }
+            if let Some(endpoint) = read_endpoint(r, &node) {
+                endpoints.insert(name, endpoint);
+            }
+        }
+    }
+    top.finish(r);
+
+    Some(Config {
+        source: source.to_path_buf(),
+        log,
+        grpc,
+        stream,
+        sockets,
+        http,
+        store,
+        limits,
+        endpoints,
     })
 }
 
-pub fn load_str(
-    _text: &str,
-    _source: &Path,
-    _env: &std::collections::HashMap<String, String>,
-) -> Result<Config, ConfigError> {
-    Err(ConfigError {
-        errors: vec!["not implemented".into()],
-    })
+fn read_log(r: &mut Report, mut t: Table<'_>) -> LogConfig {
+    let log = LogConfig {
+        level: t.or(r, "level", log_level, "info".into()),
+        format: t.or(
+            r,
+            "format",
+            |v| {
+                one_of(
+                    v,
+                    &[
+                        ("text", LogFormat::Text),
+                        ("json", LogFormat::Json),
+                        ("journald", LogFormat::Journald),
+                    ],
+                )
+            },
+            LogFormat::Text,
+        ),
+    };
+    t.finish(r);
+    log
+}
+
+fn log_level(v: &Value) -> Result<String, String> {
+    let level = string(v)?;
+    tracing_subscriber::EnvFilter::try_new(&level)
+        .map(|_| level.clone())
+        .map_err(|e| format!("invalid log level {level:?}: {e}"))
+}
+
+fn read_grpc(r: &mut Report, mut t: Table<'_>, d: &Defaults) -> GrpcConfig {
+    let allow_remote = t.or(r, "allow_remote", boolean, false);
+    let mut listen = Vec::new();
+    match t.get("listen") {
+        None => listen.push(ListenAddr::Unix(d.runtime.join("grpc.sock"))),
+        Some(node) => {
+            let items = node.items(r);
+            if items.is_empty() && matches!(node.value.kind, ValueKind::Array(_)) {
+                r.at(&node, "at least one listener is required");
+            }
+            for item in items {
+                match item.to(r, |v| listen_addr(v, allow_remote)) {
+                    Some(addr) if listen.contains(&addr) => r.at(&item, "duplicate listener"),
+                    Some(addr) => listen.push(addr),
+                    None => {}
+                }
+            }
+        }
+    }
+    t.finish(r);
+    GrpcConfig {
+        listen,
+        allow_remote,
+    }
+}
+
+fn read_stream(r: &mut Report, mut t: Table<'_>, d: &Defaults, grpc: &GrpcConfig) -> StreamConfig {
+    let default = Some(d.runtime.join("stream.sock"));
+    let path = t.or(r, "path", optional(unix_path), default);
+    if let Some(p) = &path {
+        if grpc.listen.contains(&ListenAddr::Unix(p.clone())) {
+            r.at(&t.path_of("path"), "is also a grpc.listen socket");
+        }
+    }
+    t.finish(r);
+    StreamConfig { path }
+}
+
+/// `unix:PATH`, `IP:PORT` or `localhost:PORT`; TCP must be loopback unless `allow_remote`.
+fn listen_addr(v: &Value, allow_remote: bool) -> Result<ListenAddr, String> {
+    let s = string(v)?;
+    if let Some(path) = s.strip_prefix("unix:") {
+        return unix_path(path).map(ListenAddr::Unix);
+    }
+    let addr = tcp_addr_str(&s).ok_or_else(|| {
+        format!("invalid listen address {s:?}: expected unix:PATH, IP:PORT or localhost:PORT")
+    })?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(format!(
+            "{addr} is not a loopback address; set grpc.allow_remote = true to listen on it"
+        ));
+    }
+    Ok(ListenAddr::Tcp(addr))
+}
+
+fn tcp_addr(s: &str) -> Result<SocketAddr, String> {
+    tcp_addr_str(s)
+        .ok_or_else(|| format!("invalid address {s:?}: expected IP:PORT or localhost:PORT"))
+}
+
+fn tcp_addr_str(s: &str) -> Option<SocketAddr> {
+    match s.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+        None => s.parse().ok(),
+    }
+}
+
+/// `sun_path` holds 108 bytes including the terminating NUL on Linux.
+const MAX_UNIX_PATH: usize = 107;
+
+fn unix_path(path: &str) -> Result<PathBuf, String> {
+    if path.is_empty() {
+        return Err("socket path is empty".into());
+    }
+    if path.len() > MAX_UNIX_PATH {
+        return Err(format!(
+            "socket path is {} bytes, longer than the {MAX_UNIX_PATH} a Unix socket allows",
+            path.len()
+        ));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// A string where `""` means "disabled" and anything else goes through `parse`.
+fn optional<T>(
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> impl Fn(&Value) -> Result<Option<T>, String> {
+    move |v| {
+        let s = string(v)?;
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            parse(&s).map(Some)
+        }
+    }
+}
+
+/// An octal string (`"0660"`, `"0o660"`) or an integer taken as the mode number itself, which is
+/// what TOML's `0o660` literal produces.
+fn mode(v: &Value) -> Result<u32, String> {
+    let mode = match &v.kind {
+        ValueKind::String(s) => {
+            let digits = s.trim().trim_start_matches("0o");
+            u32::from_str_radix(digits, 8).map_err(|_| {
+                format!("invalid mode {s:?}: expected an octal string such as \"0660\"")
+            })?
+        }
+        _ => integer(v)?,
+    };
+    if mode > 0o7777 {
+        return Err(format!("mode {mode:o} (octal) is larger than 7777"));
+    }
+    Ok(mode)
+}
+
+/// A string that must not be empty.
+pub(crate) fn non_empty(v: &Value) -> Result<String, String> {
+    let s = string(v)?;
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s)
+}
+
+/// An integer of at least `min`.
+pub(crate) fn at_least<T>(min: T) -> impl Fn(&Value) -> Result<T, String>
+where
+    T: TryFrom<i128> + PartialOrd + fmt::Display + Copy,
+{
+    move |v| {
+        let n: T = integer(v)?;
+        if n < min {
+            return Err(format!("must be at least {min}"));
+        }
+        Ok(n)
+    }
+}
+
+/// A size of at least `min` bytes.
+pub(crate) fn size_at_least(min: usize) -> impl Fn(&Value) -> Result<usize, String> {
+    move |v| {
+        let n = size(v)?;
+        if n < min {
+            return Err(format!(
+                "must be at least {}",
+                super::value::format_size(min)
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// A duration greater than zero.
+pub(crate) fn positive(v: &Value) -> Result<Duration, String> {
+    let d = super::value::duration(v)?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// One of a fixed set of lowercase words.
+pub(crate) fn one_of<T: Copy>(v: &Value, choices: &[(&str, T)]) -> Result<T, String> {
+    let s = string(v)?;
+    if let Some((_, value)) = choices.iter().find(|(name, _)| *name == s) {
+        return Ok(*value);
+    }
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    Err(format!(
+        "invalid value {s:?}, expected one of {}",
+        names.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(tree: &Value, path: &[&str]) -> Vec<String> {
+        let mut node = tree;
+        for key in path {
+            match &node.kind {
+                ValueKind::Table(map) => node = &map[*key],
+                _ => panic!("{key} is not under a table"),
+            }
+        }
+        let ValueKind::Table(map) = &node.kind else {
+            panic!("not a table");
+        };
+        let mut keys: Vec<String> = map.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    fn tree(text: &str, vars: &[(&str, &str)]) -> Value {
+        let env = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut r = Report::new("c.toml".into());
+        let tree = merged_tree(&mut r, text, &env).expect("valid TOML");
+        assert!(r.errors.is_empty());
+        tree
+    }
+
+    /// Guards the `config` crate behaviour the module doc describes, in case an upgrade changes it.
+    #[test]
+    fn config_crate_keeps_file_case_and_lowercases_env() {
+        let text = "[endpoints.Prices]\nurl = 'ws://f'\n[endpoints.\"eu.x\"]\nurl = 'ws://g'\n";
+        let vars = [("WS_SIDECAR__ENDPOINTS__MixedCase__URL", "ws://e")];
+        let tree = tree(text, &vars);
+        assert_eq!(keys(&tree, &["endpoints"]), ["Prices", "eu.x", "mixedcase"]);
+        let ValueKind::Table(map) = &tree.kind else {
+            panic!("root is a table");
+        };
+        let url = &map["endpoints"];
+        assert!(
+            !only_from_env(url),
+            "file values must not look like env values"
+        );
+    }
+
+    #[test]
+    fn env_keys_fold_into_their_unique_file_spelling() {
+        let text = "[endpoints.Feed-A]\nurl = 'ws://f'\nheaders = { X-Key = 'file' }\n";
+        let vars = [
+            ("WS_SIDECAR__ENDPOINTS__FEED_A__HEADERS__X_KEY", "env"),
+            ("WS_SIDECAR__ENDPOINTS__FEED_A__URL", "ws://e"),
+        ];
+        let mut tree = tree(text, &vars);
+        fold_env_case(&mut tree);
+        assert_eq!(keys(&tree, &["endpoints"]), ["Feed-A"]);
+        assert_eq!(keys(&tree, &["endpoints", "Feed-A", "headers"]), ["X-Key"]);
+    }
+
+    #[test]
+    fn ambiguous_env_keys_are_left_alone() {
+        let text = "[endpoints.Feed]\nurl = 'ws://f'\n[endpoints.FEED]\nurl = 'ws://g'\n";
+        let mut tree = tree(text, &[("WS_SIDECAR__ENDPOINTS__FEED__URL", "ws://e")]);
+        fold_env_case(&mut tree);
+        assert_eq!(keys(&tree, &["endpoints"]), ["FEED", "Feed", "feed"]);
+    }
+
+    #[test]
+    fn parser_messages_become_one_line() {
+        let raw = "TOML parse error at line 2, column 7\n  |\n2 | url = wss://x\n  |       ^\n\
+                   string values must be quoted, expected literal string\n";
+        assert_eq!(
+            one_line(raw),
+            "TOML syntax error at line 2, column 7: string values must be quoted, expected \
+             literal string"
+        );
+        assert_eq!(one_line("something\nelse"), "something else");
+    }
 }

@@ -1,9 +1,14 @@
 //! The validated configuration (SPEC §4): typed values only, every default applied.
 //!
-//! Loading and validation live in `load.rs`; this file is the shape the rest of the daemon reads.
+//! Loading and validation live in `load.rs` (global sections), `endpoint.rs` (one endpoint) and
+//! `value.rs` (the error-collecting field reader, durations, sizes); `summary.rs` renders what
+//! `check-config` prints. This file is the shape the rest of the daemon reads.
 //! Everything here is checked before anything starts, so runtime code never re-validates.
 
+mod endpoint;
 mod load;
+mod summary;
+mod value;
 
 pub use load::{load, load_str, ConfigError};
 
@@ -102,7 +107,8 @@ pub struct LimitsConfig {
 pub struct EndpointConfig {
     pub url: url::Url,
     pub fallback_urls: Vec<url::Url>,
-    /// Extra handshake headers, in file order; values may be secret references.
+    /// Extra handshake headers, sorted by name (the `config` crate does not keep file order);
+    /// values may be secret references.
     pub headers: Vec<(String, Secret)>,
     pub subprotocols: Vec<String>,
     /// Text frames sent after every (re)connect.

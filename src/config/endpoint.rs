@@ -1,0 +1,632 @@
+//! Reads one `[endpoints.NAME]` table (SPEC §4–§11) and its secret references.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use config::{Value, ValueKind};
+
+use super::load::{at_least, non_empty, one_of, positive, size_at_least};
+use super::value::{
+    boolean, duration, format_duration, kind_name, number, string, Node, Report, Table,
+};
+use super::{
+    AccessConfig, AuthConfig, AuthPlacement, BackoffConfig, CloseAction, EndpointConfig,
+    FilterConfig, HeartbeatConfig, IdKind, OutboxConfig, Principal, RenewMode, ReplayConfig,
+    ResumeConfig, SlowPolicy, TlsConfig, TokenSource,
+};
+use crate::redact::redact_url;
+use crate::secret::Secret;
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+const fn millis(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Headers the WebSocket handshake writes itself; a second copy would break the upgrade.
+const HANDSHAKE_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "upgrade",
+    "content-length",
+    "transfer-encoding",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+];
+
+/// Reads an endpoint; `None` when it is unusable (every reason already reported).
+pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointConfig> {
+    let mut t = Table::open(r, node)?;
+    let url = t.required(r, "url", ws_url);
+    let fallback_urls = list(r, &mut t, "fallback_urls", ws_url);
+    let auth = t.get("auth").and_then(|n| read_auth(r, &n));
+    let auth_header = match auth.as_ref().map(|a| &a.placement) {
+        Some(AuthPlacement::Header { name, .. }) => Some(name.as_str()),
+        _ => None,
+    };
+    let headers = t
+        .get("headers")
+        .map(|n| read_headers(r, &n, auth_header))
+        .unwrap_or_default();
+    let subprotocols = list(r, &mut t, "subprotocols", token);
+    let on_connect = list(r, &mut t, "on_connect", template);
+    let connect_timeout = t.or(r, "connect_timeout", positive, secs(10));
+    let max_message_size = t.or(r, "max_message_size", size_at_least(1024), 16 << 20);
+    let proxy = t.opt(r, "proxy", proxy_url);
+    let tls = t.get("tls").map(|n| read_tls(r, &n)).unwrap_or_default();
+    let close_codes = t.get("close_codes").map(|n| read_close_codes(r, &n));
+    let drop = t
+        .get("drop")
+        .map(|n| read_filters(r, &n))
+        .unwrap_or_default();
+    let s = t.section(r, "heartbeat");
+    let heartbeat = read_heartbeat(r, s);
+    let s = t.section(r, "backoff");
+    let backoff = read_backoff(r, s);
+    let resume = t.get("resume").and_then(|n| read_resume(r, &n));
+    let s = t.section(r, "replay");
+    let replay = read_replay(r, s);
+    let s = t.section(r, "outbox");
+    let outbox = read_outbox(r, s);
+    let mut s = t.section(r, "access");
+    let access = AccessConfig {
+        subscribe: s.get("subscribe").map(|n| n.list(r, principal)),
+        publish: s.get("publish").map(|n| n.list(r, principal)),
+    };
+    s.finish(r);
+
+    t.finish(r);
+    Some(EndpointConfig {
+        url: url?,
+        fallback_urls,
+        headers,
+        subprotocols,
+        on_connect,
+        connect_timeout,
+        max_message_size,
+        proxy,
+        tls,
+        close_codes: close_codes.unwrap_or_default(),
+        drop,
+        auth,
+        heartbeat,
+        backoff,
+        resume,
+        replay,
+        outbox,
+        access,
+    })
+}
+
+fn list<T>(
+    r: &mut Report,
+    t: &mut Table<'_>,
+    key: &str,
+    conv: impl Fn(&Value) -> Result<T, String>,
+) -> Vec<T> {
+    t.get(key).map(|n| n.list(r, conv)).unwrap_or_default()
+}
+
+/// A `ws://` or `wss://` URL. Errors show the URL only redacted: it may carry a token.
+fn ws_url(v: &Value) -> Result<url::Url, String> {
+    let url = parse_url(v)?;
+    if !matches!(url.scheme(), "ws" | "wss") {
+        return Err(format!(
+            "URL scheme must be ws or wss, not {:?}",
+            url.scheme()
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(format!(
+            "{}: a WebSocket URL cannot have a #fragment",
+            redact_url(&url)
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_url(v: &Value) -> Result<url::Url, String> {
+    let url = url::Url::parse(&string(v)?).map_err(|e| format!("invalid URL: {e}"))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("URL has no host".into());
+    }
+    Ok(url)
+}
+
+/// `http://host:port`, the only kind of proxy the connector speaks (HTTP CONNECT).
+fn proxy_url(v: &Value) -> Result<url::Url, String> {
+    let url = parse_url(v)?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "proxy URL scheme must be http, not {:?}",
+            url.scheme()
+        ));
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{}: a proxy URL is only http://host:port",
+            redact_url(&url)
+        ));
+    }
+    Ok(url)
+}
+
+/// An HTTP token (header names, subprotocols).
+fn token(v: &Value) -> Result<String, String> {
+    let s = string(v)?;
+    http::HeaderName::from_bytes(s.as_bytes())
+        .map(|_| s.clone())
+        .map_err(|_| format!("{s:?} is not a valid HTTP token"))
+}
+
+/// A string whose `{{name}}` placeholders are ones the daemon fills in; a typo would otherwise
+/// go upstream verbatim.
+fn template(v: &Value) -> Result<String, String> {
+    let s = string(v)?;
+    let mut rest = s.as_str();
+    while let Some(start) = rest.find("{{") {
+        rest = &rest[start + 2..];
+        let Some(end) = rest.find("}}") else { break };
+        let name = &rest[..end];
+        let is_word =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if is_word && !matches!(name, "token" | "last_id") {
+            return Err(format!(
+                "unknown placeholder {{{{{name}}}}}: templates know {{{{token}}}} and {{{{last_id}}}}"
+            ));
+        }
+    }
+    Ok(s)
+}
+
+/// Header names sorted (the `config` crate does not keep file order); values are secrets.
+fn read_headers(
+    r: &mut Report,
+    node: &Node<'_>,
+    auth_header: Option<&str>,
+) -> Vec<(String, Secret)> {
+    let Some(mut t) = Table::open(r, node) else {
+        return Vec::new();
+    };
+    let mut headers: Vec<(String, Secret)> = Vec::new();
+    for (name, node) in t.entries() {
+        let lower = name.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            r.at(&node, "invalid header name");
+        } else if lower == "sec-websocket-protocol" {
+            r.at(
+                &node,
+                "set by the handshake from `subprotocols`; use that instead",
+            );
+        } else if HANDSHAKE_HEADERS.contains(&lower.as_str()) {
+            r.at(&node, "set by the WebSocket handshake itself");
+        } else if headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(&name)) {
+            r.at(&node, "duplicate header (names are case-insensitive)");
+        } else if auth_header.is_some_and(|a| a.eq_ignore_ascii_case(&name)) {
+            r.at(&node, "conflicts with auth.header, which sets this header");
+        }
+        let Some(secret) = read_secret(r, &node) else {
+            continue;
+        };
+        if let Secret::Plain(value) = &secret {
+            if value.contains(['\r', '\n', '\0']) {
+                r.at(&node, "header value must not contain CR, LF or NUL");
+            }
+        }
+        headers.push((name, secret));
+    }
+    t.finish(r);
+    headers
+}
+
+/// A secret reference: a plain string, `{ env }`, `{ file }` or `{ command }`.
+pub(crate) fn read_secret(r: &mut Report, node: &Node<'_>) -> Option<Secret> {
+    match &node.value.kind {
+        ValueKind::String(s) => return Some(Secret::Plain(s.clone())),
+        ValueKind::Table(_) => {}
+        other => {
+            r.at(
+                node,
+                format!(
+                    "expected a secret (a string, {{ env = \"VAR\" }}, {{ file = \"path\" }} \
+                     or {{ command = [\"prog\", \"arg\"] }}), found {}",
+                    kind_name(other)
+                ),
+            );
+            return None;
+        }
+    }
+    let mut t = Table::open(r, node)?;
+    let given = ["env", "file", "command"]
+        .iter()
+        .filter(|k| t.has(k))
+        .count();
+    let env = t.opt(r, "env", non_empty).map(Secret::Env);
+    let file = t.opt(r, "file", non_empty).map(|f| Secret::File(f.into()));
+    let command = t.get("command").and_then(|n| {
+        let argv = n.list(r, string);
+        if matches!(&n.value.kind, ValueKind::Array(a) if a.is_empty()) {
+            r.at(&n, "must not be empty");
+        } else if argv.first().is_some_and(String::is_empty) {
+            r.at(&n, "program name must not be empty");
+        }
+        argv.first()
+            .is_some_and(|p| !p.is_empty())
+            .then_some(Secret::Command(argv))
+    });
+    t.finish(r);
+    if given != 1 {
+        r.at(
+            node,
+            "a secret reference takes exactly one of env, file or command",
+        );
+        return None;
+    }
+    env.or(file).or(command)
+}
+
+fn read_auth(r: &mut Report, node: &Node<'_>) -> Option<AuthConfig> {
+    let mut t = Table::open(r, node)?;
+    let token = t.need(r, "token").and_then(|n| read_token(r, &n));
+    let header = t.opt(r, "header", token_name);
+    let format = t.opt(r, "format", header_template);
+    let query = t.opt(r, "query", non_empty);
+    let placement = match (header, query) {
+        (Some(_), Some(_)) => {
+            r.at(&t.path_of("query"), "set either header or query, not both");
+            None
+        }
+        (None, Some(name)) => {
+            if format.is_some() {
+                r.at(&t.path_of("format"), "only applies with header, not query");
+            }
+            Some(AuthPlacement::Query { name })
+        }
+        (header, None) => Some(AuthPlacement::Header {
+            name: header.unwrap_or_else(|| "Authorization".into()),
+            format: format.unwrap_or_else(|| "Bearer {{token}}".into()),
+        }),
+    };
+    let max_failures = t.or(r, "max_failures", at_least(1u32), 3);
+    let refresh_before = t.or(r, "refresh_before", duration, secs(60));
+    let ttl = t.opt(r, "ttl", positive);
+    let renew = t.or(
+        r,
+        "renew",
+        |v| {
+            one_of(
+                v,
+                &[
+                    ("reconnect", RenewMode::Reconnect),
+                    ("frame", RenewMode::Frame),
+                ],
+            )
+        },
+        RenewMode::Reconnect,
+    );
+    let renew_frame = t.opt(r, "renew_frame", template);
+    match (renew, &renew_frame) {
+        (RenewMode::Frame, None) => r.at(
+            &t.path_of("renew_frame"),
+            "required key is missing (renew = \"frame\" sends it)",
+        ),
+        (RenewMode::Reconnect, Some(_)) => r.at(
+            &t.path_of("renew_frame"),
+            "only used with renew = \"frame\"",
+        ),
+        _ => {}
+    }
+    t.finish(r);
+    Some(AuthConfig {
+        token: token?,
+        placement: placement?,
+        max_failures,
+        refresh_before,
+        ttl,
+        renew,
+        renew_frame,
+    })
+}
+
+fn token_name(v: &Value) -> Result<String, String> {
+    let name = token(v)?;
+    if HANDSHAKE_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!("{name:?} is set by the WebSocket handshake itself"));
+    }
+    Ok(name)
+}
+
+fn header_template(v: &Value) -> Result<String, String> {
+    let format = template(v)?;
+    if !format.contains("{{token}}") {
+        return Err("must contain {{token}}".into());
+    }
+    if format.contains(['\r', '\n', '\0']) {
+        return Err("must not contain CR, LF or NUL".into());
+    }
+    Ok(format)
+}
+
+/// `token`: a secret reference, or `{ oauth2 = { token_url, client_id, client_secret, scope } }`.
+fn read_token(r: &mut Report, node: &Node<'_>) -> Option<TokenSource> {
+    let is_oauth2 = matches!(&node.value.kind, ValueKind::Table(m) if m.contains_key("oauth2"));
+    if !is_oauth2 {
+        return read_secret(r, node).map(TokenSource::Secret);
+    }
+    let mut outer = Table::open(r, node)?;
+    let inner = outer.get("oauth2");
+    outer.finish(r);
+    let mut t = Table::open(r, &inner?)?;
+    let token_url = t.required(r, "token_url", |v| {
+        let url = parse_url(v)?;
+        match url.scheme() {
+            "https" | "http" => Ok(url),
+            other => Err(format!(
+                "token URL scheme must be https or http, not {other:?}"
+            )),
+        }
+    });
+    let client_id = t.required(r, "client_id", non_empty);
+    let client_secret = t.need(r, "client_secret").and_then(|n| read_secret(r, &n));
+    let scope = t.opt(r, "scope", string);
+    t.finish(r);
+    Some(TokenSource::OAuth2 {
+        token_url: token_url?,
+        client_id: client_id?,
+        client_secret: client_secret?,
+        scope,
+    })
+}
+
+fn read_tls(r: &mut Report, node: &Node<'_>) -> TlsConfig {
+    let Some(mut t) = Table::open(r, node) else {
+        return TlsConfig::default();
+    };
+    let path = |v: &Value| non_empty(v).map(PathBuf::from);
+    let tls = TlsConfig {
+        ca_file: t.opt(r, "ca_file", path),
+        client_cert: t.opt(r, "client_cert", path),
+        client_key: t.opt(r, "client_key", path),
+        server_name: t.opt(r, "server_name", |v| {
+            let name = string(v)?;
+            rustls::pki_types::ServerName::try_from(name.as_str())
+                .map_err(|_| format!("{name:?} is not a valid DNS name or IP address"))?;
+            Ok(name)
+        }),
+    };
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        r.at(t.node(), "client_cert and client_key must be set together");
+    }
+    t.finish(r);
+    tls
+}
+
+/// TOML table keys are strings, so `{ 4001 = "reauth" }` arrives with the key `"4001"`.
+fn read_close_codes(r: &mut Report, node: &Node<'_>) -> BTreeMap<u16, CloseAction> {
+    let mut codes = BTreeMap::new();
+    let Some(mut t) = Table::open(r, node) else {
+        return codes;
+    };
+    for (key, node) in t.entries() {
+        let action = node.to(r, |v| {
+            one_of(
+                v,
+                &[
+                    ("retry", CloseAction::Retry),
+                    ("reauth", CloseAction::Reauth),
+                    ("fail", CloseAction::Fail),
+                ],
+            )
+        });
+        match key.parse::<u16>() {
+            Ok(code) if (1000..=4999).contains(&code) => {
+                if let Some(action) = action {
+                    codes.insert(code, action);
+                }
+            }
+            _ => r.at(&node, "close code must be an integer from 1000 to 4999"),
+        }
+    }
+    t.finish(r);
+    codes
+}
+
+fn read_filters(r: &mut Report, node: &Node<'_>) -> Vec<FilterConfig> {
+    let mut filters = Vec::new();
+    for item in node.items(r) {
+        let Some(mut t) = Table::open(r, &item) else {
+            continue;
+        };
+        let pointer = t.required(r, "pointer", pointer);
+        let equals = t.need(r, "equals").and_then(|n| n.to(r, to_json));
+        t.finish(r);
+        if let (Some(pointer), Some(equals)) = (pointer, equals) {
+            filters.push(FilterConfig { pointer, equals });
+        }
+    }
+    filters
+}
+
+/// An RFC 6901 JSON pointer: `""` or `/`-separated, with `~` only in `~0` and `~1`.
+fn pointer(v: &Value) -> Result<String, String> {
+    let p = string(v)?;
+    if !p.is_empty() && !p.starts_with('/') {
+        return Err(format!(
+            "invalid JSON pointer {p:?}: must be \"\" or start with /"
+        ));
+    }
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return Err(format!(
+                "invalid JSON pointer {p:?}: ~ must be followed by 0 or 1"
+            ));
+        }
+    }
+    Ok(p)
+}
+
+fn to_json(v: &Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match &v.kind {
+        ValueKind::Nil => J::Null,
+        ValueKind::Boolean(b) => J::Bool(*b),
+        ValueKind::I64(n) => J::from(*n),
+        ValueKind::U64(n) => J::from(*n),
+        ValueKind::I128(_) | ValueKind::U128(_) => J::from(super::value::integer::<i64>(v)?),
+        ValueKind::Float(x) => serde_json::Number::from_f64(*x)
+            .map(J::Number)
+            .ok_or_else(|| format!("{x} cannot be represented in JSON"))?,
+        ValueKind::String(s) => J::String(s.clone()),
+        ValueKind::Array(items) => J::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        ValueKind::Table(map) => J::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), to_json(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
+fn principal(v: &Value) -> Result<Principal, String> {
+    let s = string(v)?;
+    let bad = || format!("invalid principal {s:?}: expected uid:N, gid:N, user:NAME or group:NAME");
+    let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+    let id = || rest.parse::<u32>().map_err(|_| bad());
+    match kind {
+        "uid" => id().map(Principal::Uid),
+        "gid" => id().map(Principal::Gid),
+        "user" if !rest.is_empty() => Ok(Principal::User(rest.into())),
+        "group" if !rest.is_empty() => Ok(Principal::Group(rest.into())),
+        _ => Err(bad()),
+    }
+}
+
+fn read_heartbeat(r: &mut Report, mut t: Table<'_>) -> HeartbeatConfig {
+    let hb = HeartbeatConfig {
+        ping_interval: t.or(r, "ping_interval", positive, secs(20)),
+        pong_timeout: t.or(r, "pong_timeout", positive, secs(10)),
+        idle_timeout: t.opt(r, "idle_timeout", duration).filter(|d| !d.is_zero()),
+        app_ping: t.opt(r, "app_ping", non_empty),
+        app_ping_interval: t.or(r, "app_ping_interval", positive, secs(30)),
+    };
+    t.finish(r);
+    hb
+}
+
+fn read_backoff(r: &mut Report, mut t: Table<'_>) -> BackoffConfig {
+    let errors_before = r.errors.len();
+    let b = BackoffConfig {
+        initial: t.or(r, "initial", positive, millis(500)),
+        max: t.or(r, "max", positive, secs(30)),
+        multiplier: t.or(
+            r,
+            "multiplier",
+            |v| {
+                let m = number(v)?;
+                if m < 1.0 {
+                    return Err("must be at least 1.0".into());
+                }
+                Ok(m)
+            },
+            2.0,
+        ),
+        min_delay: t.or(r, "min_delay", duration, millis(100)),
+        reset_after: t.or(r, "reset_after", duration, secs(30)),
+        fallback_after: t.or(r, "fallback_after", at_least(1u32), 3),
+    };
+    // Comparing against a default that stands in for an invalid value would only add noise.
+    if r.errors.len() == errors_before {
+        if b.max < b.initial {
+            r.at(
+                &t.path_of("max"),
+                format!(
+                    "must not be less than backoff.initial ({})",
+                    format_duration(b.initial)
+                ),
+            );
+        }
+        if b.min_delay > b.max {
+            r.at(
+                &t.path_of("min_delay"),
+                format!(
+                    "must not be more than backoff.max ({})",
+                    format_duration(b.max)
+                ),
+            );
+        }
+    }
+    t.finish(r);
+    b
+}
+
+fn read_resume(r: &mut Report, node: &Node<'_>) -> Option<ResumeConfig> {
+    let mut t = Table::open(r, node)?;
+    let id_pointer = t.required(r, "id_pointer", pointer);
+    let id_kind = t.or(
+        r,
+        "id_kind",
+        |v| {
+            one_of(
+                v,
+                &[("integer", IdKind::Integer), ("string", IdKind::String)],
+            )
+        },
+        IdKind::Integer,
+    );
+    let resume = ResumeConfig {
+        id_pointer: id_pointer.unwrap_or_default(),
+        id_kind,
+        query: t.opt(r, "query", non_empty),
+        frame: t.opt(r, "frame", template),
+        dedup_window: t.or(r, "dedup_window", at_least(1usize), 10_000),
+        contiguous: t.or(r, "contiguous", boolean, false),
+    };
+    if resume.contiguous && resume.id_kind == IdKind::String {
+        r.at(
+            &t.path_of("contiguous"),
+            "only applies to id_kind = \"integer\"",
+        );
+    }
+    t.finish(r);
+    Some(resume)
+}
+
+fn read_replay(r: &mut Report, mut t: Table<'_>) -> ReplayConfig {
+    let replay = ReplayConfig {
+        messages: t.or(r, "messages", at_least(1usize), 10_000),
+        bytes: t.or(r, "bytes", size_at_least(1), 64 << 20),
+        persist: t.or(r, "persist", boolean, false),
+        slow_subscriber: t.or(
+            r,
+            "slow_subscriber",
+            |v| {
+                one_of(
+                    v,
+                    &[
+                        ("skip", SlowPolicy::Skip),
+                        ("disconnect", SlowPolicy::Disconnect),
+                    ],
+                )
+            },
+            SlowPolicy::Skip,
+        ),
+    };
+    t.finish(r);
+    replay
+}
+
+fn read_outbox(r: &mut Report, mut t: Table<'_>) -> OutboxConfig {
+    let outbox = OutboxConfig {
+        max_messages: t.or(r, "max_messages", at_least(1usize), 100_000),
+        max_bytes: t.or(r, "max_bytes", size_at_least(1), 256 << 20),
+        max_age: t.or(r, "max_age", positive, secs(3600)),
+        durable: t.or(r, "durable", boolean, true),
+    };
+    t.finish(r);
+    outbox
+}

@@ -1,0 +1,620 @@
+//! The config contract of SPEC §4, through the public `load_str`/`load` API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ws_sidecar::config::{
+    load, load_str, AccessConfig, AuthConfig, AuthPlacement, BackoffConfig, CloseAction, Config,
+    ConfigError, EndpointConfig, FilterConfig, GrpcConfig, HeartbeatConfig, HttpConfig, IdKind,
+    LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, RenewMode,
+    ReplayConfig, SlowPolicy, SocketsConfig, StoreConfig, StreamConfig, TlsConfig, TokenSource,
+};
+use ws_sidecar::secret::Secret;
+
+const MINIMAL: &str = r#"
+[endpoints.prices]
+url = "wss://stream.example.com/prices"
+"#;
+
+fn no_env() -> HashMap<String, String> {
+    HashMap::new()
+}
+
+fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
+    vars.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn ok(text: &str) -> Config {
+    ok_env(text, &no_env())
+}
+
+fn ok_env(text: &str, env: &HashMap<String, String>) -> Config {
+    match load_str(text, Path::new("config.toml"), env) {
+        Ok(config) => config,
+        Err(e) => panic!("config should load, got:\n{e}"),
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    errors_env(text, &no_env())
+}
+
+fn errors_env(text: &str, env: &HashMap<String, String>) -> Vec<String> {
+    match load_str(text, Path::new("config.toml"), env) {
+        Ok(_) => panic!("config should be refused:\n{text}"),
+        Err(ConfigError { errors }) => errors,
+    }
+}
+
+/// MINIMAL plus `extra` lines inside `[endpoints.prices]`.
+fn prices(extra: &str) -> String {
+    format!("{MINIMAL}{extra}\n")
+}
+
+fn ep<'c>(config: &'c Config, name: &str) -> &'c EndpointConfig {
+    config
+        .endpoints
+        .get(name)
+        .unwrap_or_else(|| panic!("endpoint {name} missing"))
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn default_endpoint(url: &str) -> EndpointConfig {
+    EndpointConfig {
+        url: url::Url::parse(url).expect("test URL"),
+        fallback_urls: vec![],
+        headers: vec![],
+        subprotocols: vec![],
+        on_connect: vec![],
+        connect_timeout: secs(10),
+        max_message_size: 16 * 1024 * 1024,
+        proxy: None,
+        tls: TlsConfig::default(),
+        close_codes: BTreeMap::new(),
+        drop: vec![],
+        auth: None,
+        heartbeat: HeartbeatConfig {
+            ping_interval: secs(20),
+            pong_timeout: secs(10),
+            idle_timeout: None,
+            app_ping: None,
+            app_ping_interval: secs(30),
+        },
+        backoff: BackoffConfig {
+            initial: Duration::from_millis(500),
+            max: secs(30),
+            multiplier: 2.0,
+            min_delay: Duration::from_millis(100),
+            reset_after: secs(30),
+            fallback_after: 3,
+        },
+        resume: None,
+        replay: ReplayConfig {
+            messages: 10_000,
+            bytes: 64 * 1024 * 1024,
+            persist: false,
+            slow_subscriber: SlowPolicy::Skip,
+        },
+        outbox: OutboxConfig {
+            max_messages: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+            max_age: secs(3600),
+            durable: true,
+        },
+        access: AccessConfig::default(),
+    }
+}
+
+#[test]
+fn minimal_file_loads_with_every_default() {
+    let config = ok(MINIMAL);
+    let expected = Config {
+        source: PathBuf::from("config.toml"),
+        log: LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        },
+        grpc: GrpcConfig {
+            listen: vec![ListenAddr::Unix("/run/ws-sidecar/grpc.sock".into())],
+            allow_remote: false,
+        },
+        stream: StreamConfig {
+            path: Some("/run/ws-sidecar/stream.sock".into()),
+        },
+        sockets: SocketsConfig {
+            mode: 0o660,
+            group: None,
+        },
+        http: HttpConfig {
+            listen: Some("127.0.0.1:9750".parse().expect("addr")),
+        },
+        store: StoreConfig {
+            path: "/var/lib/ws-sidecar/store".into(),
+        },
+        limits: LimitsConfig {
+            max_subscribers: 1024,
+        },
+        endpoints: BTreeMap::from([(
+            "prices".to_owned(),
+            default_endpoint("wss://stream.example.com/prices"),
+        )]),
+    };
+    assert_eq!(config, expected);
+    assert!(config.warnings().is_empty());
+}
+
+#[test]
+fn systemd_directories_move_the_default_paths() {
+    let vars = env(&[
+        ("RUNTIME_DIRECTORY", "/run/a:/run/b"),
+        ("STATE_DIRECTORY", "/var/lib/x"),
+    ]);
+    let config = ok_env(MINIMAL, &vars);
+    assert_eq!(
+        config.grpc.listen,
+        [ListenAddr::Unix("/run/a/grpc.sock".into())]
+    );
+    assert_eq!(config.stream.path, Some("/run/a/stream.sock".into()));
+    assert_eq!(config.store.path, PathBuf::from("/var/lib/x/store"));
+}
+
+#[test]
+fn three_mistakes_are_all_reported() {
+    let text = r#"
+[log]
+format = "xml"
+
+[endpoints.prices]
+url = "wss://stream.example.com/prices"
+heartbeat = { ping_interval = "ten seconds" }
+backoff = { multiplier = 0.5 }
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            r#"config.toml: log.format: invalid value "xml", expected one of text, json, journald"#,
+            r#"config.toml: endpoints.prices.heartbeat.ping_interval: invalid duration "ten seconds""#,
+            "config.toml: endpoints.prices.backoff.multiplier: must be at least 1.0",
+        ]
+    );
+}
+
+#[test]
+fn bad_duration_matches_the_spec_example() {
+    let text = prices("heartbeat.ping_interval = \"ten seconds\"");
+    assert_eq!(
+        errors(&text),
+        [
+            r#"config.toml: endpoints.prices.heartbeat.ping_interval: invalid duration "ten seconds""#
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_at_every_level() {
+    let text = r#"
+colour = "blue"
+[log]
+levle = "debug"
+[endpoints.prices]
+url = "wss://stream.example.com/prices"
+heartbeat = { pingg_interval = "5s" }
+auth = { token = { env = "T", vault = "x" } }
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "config.toml: log.levle: unknown key",
+            "config.toml: endpoints.prices.auth.token.vault: unknown key",
+            "config.toml: endpoints.prices.heartbeat.pingg_interval: unknown key",
+            "config.toml: colour: unknown key",
+        ]
+    );
+}
+
+#[test]
+fn env_overrides_a_duration_and_keeps_strings_as_written() {
+    let text = r#"
+[endpoints.Prices]
+url = "wss://stream.example.com/prices"
+headers = { X-Api-Key = { env = "KEY" }, X-Client = "file" }
+auth = { token = { env = "TOKEN" } }
+"#;
+    let vars = env(&[
+        (
+            "WS_SIDECAR__ENDPOINTS__PRICES__HEARTBEAT__PING_INTERVAL",
+            "5s",
+        ),
+        ("WS_SIDECAR__ENDPOINTS__PRICES__HEADERS__X_API_KEY", "00123"),
+        ("WS_SIDECAR__ENDPOINTS__PRICES__AUTH__TOKEN", "0042"),
+        ("WS_SIDECAR__LIMITS__MAX_SUBSCRIBERS", "2048"),
+        ("WS_SIDECAR__GRPC__ALLOW_REMOTE", "true"),
+        ("WS_SIDECAR__GRPC__LISTEN", "0.0.0.0:7750"),
+        ("WS_SIDECAR_CONFIG", "/not/a/key"),
+    ]);
+    let config = ok_env(text, &vars);
+    // The overrides reached the file's `Prices` and `X-Api-Key` although the environment
+    // lowercases keys and cannot spell `-`.
+    assert_eq!(config.endpoints.keys().collect::<Vec<_>>(), ["Prices"]);
+    let prices = ep(&config, "Prices");
+    assert_eq!(prices.heartbeat.ping_interval, secs(5));
+    assert_eq!(
+        prices.headers,
+        [
+            ("X-Api-Key".to_owned(), Secret::Plain("00123".into())),
+            ("X-Client".to_owned(), Secret::Plain("file".into())),
+        ]
+    );
+    // A string replaces the file's `{ env = "TOKEN" }` reference, digits and zeros intact.
+    assert_eq!(
+        prices.auth.as_ref().map(|a| &a.token),
+        Some(&TokenSource::Secret(Secret::Plain("0042".into())))
+    );
+    assert_eq!(config.limits.max_subscribers, 2048);
+    assert_eq!(
+        config.grpc.listen,
+        [ListenAddr::Tcp("0.0.0.0:7750".parse().expect("addr"))]
+    );
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    let vars = env(&[("WS_SIDECAR__ENDPOINTS__PRICES__BACKOFF__MAX", "forever")]);
+    assert_eq!(
+        errors_env(MINIMAL, &vars),
+        [
+            "config.toml: endpoints.prices.backoff.max: invalid duration \"forever\" \
+             (set by WS_SIDECAR__ENDPOINTS__PRICES__BACKOFF__MAX)"
+        ]
+    );
+    let vars = env(&[("WS_SIDECAR__LOG__LEVL", "debug")]);
+    assert_eq!(
+        errors_env(MINIMAL, &vars),
+        ["config.toml: log.levl: unknown key (set by WS_SIDECAR__LOG__LEVL)"]
+    );
+}
+
+#[test]
+fn non_loopback_grpc_needs_allow_remote() {
+    let refused = format!("[grpc]\nlisten = [\"unix:/tmp/g.sock\", \"0.0.0.0:7750\"]\n{MINIMAL}");
+    assert_eq!(
+        errors(&refused),
+        [
+            "config.toml: grpc.listen[1]: 0.0.0.0:7750 is not a loopback address; \
+          set grpc.allow_remote = true to listen on it"
+        ]
+    );
+    let allowed = format!(
+        "[grpc]\nlisten = [\"0.0.0.0:7750\", \"localhost:7751\", \"[::1]:7752\"]\n\
+         allow_remote = true\n{MINIMAL}"
+    );
+    let config = ok(&allowed);
+    let addr = |s: &str| ListenAddr::Tcp(s.parse::<SocketAddr>().expect("addr"));
+    assert_eq!(
+        config.grpc.listen,
+        [
+            addr("0.0.0.0:7750"),
+            addr("127.0.0.1:7751"),
+            addr("[::1]:7752")
+        ]
+    );
+    assert!(config.grpc.allow_remote);
+    let loopback = format!("[grpc]\nlisten = [\"localhost:7750\"]\n{MINIMAL}");
+    assert_eq!(ok(&loopback).grpc.listen, [addr("127.0.0.1:7750")]);
+    let none = format!("[grpc]\nlisten = []\n{MINIMAL}");
+    assert_eq!(
+        errors(&none),
+        ["config.toml: grpc.listen: at least one listener is required"]
+    );
+}
+
+#[test]
+fn close_codes_parse_from_string_keys() {
+    let config = ok(&prices(
+        r#"close_codes = { 4001 = "reauth", 4500 = "fail", 1001 = "retry" }"#,
+    ));
+    assert_eq!(
+        ep(&config, "prices").close_codes,
+        BTreeMap::from([
+            (1001, CloseAction::Retry),
+            (4001, CloseAction::Reauth),
+            (4500, CloseAction::Fail),
+        ])
+    );
+    let bad = prices(r#"close_codes = { 999 = "retry", 4002 = "explode", abc = "fail" }"#);
+    assert_eq!(
+        errors(&bad),
+        [
+            "config.toml: endpoints.prices.close_codes.4002: invalid value \"explode\", \
+             expected one of retry, reauth, fail",
+            "config.toml: endpoints.prices.close_codes.999: close code must be an integer \
+             from 1000 to 4999",
+            "config.toml: endpoints.prices.close_codes.abc: close code must be an integer \
+             from 1000 to 4999",
+        ]
+    );
+}
+
+#[test]
+fn secret_reference_forms() {
+    let text = prices(
+        r#"
+[endpoints.prices.headers]
+X-Plain = "12345"
+X-Env = { env = "API_KEY" }
+X-File = { file = "api-key" }
+X-Cmd = { command = ["pass", "show", "api"] }
+[endpoints.prices.auth]
+token = { oauth2 = { token_url = "https://auth.example.com/token", client_id = "me", client_secret = { env = "CS" }, scope = "read" } }
+"#,
+    );
+    let config = ok(&text);
+    let p = ep(&config, "prices");
+    let header = |name: &str| {
+        p.headers
+            .iter()
+            .find(|(h, _)| h == name)
+            .map(|(_, s)| s.clone())
+    };
+    assert_eq!(header("X-Plain"), Some(Secret::Plain("12345".into())));
+    assert_eq!(header("X-Env"), Some(Secret::Env("API_KEY".into())));
+    assert_eq!(header("X-File"), Some(Secret::File("api-key".into())));
+    assert_eq!(
+        header("X-Cmd"),
+        Some(Secret::Command(vec![
+            "pass".into(),
+            "show".into(),
+            "api".into()
+        ]))
+    );
+    assert_eq!(
+        p.auth,
+        Some(AuthConfig {
+            token: TokenSource::OAuth2 {
+                token_url: url::Url::parse("https://auth.example.com/token").expect("url"),
+                client_id: "me".into(),
+                client_secret: Secret::Env("CS".into()),
+                scope: Some("read".into()),
+            },
+            placement: AuthPlacement::Header {
+                name: "Authorization".into(),
+                format: "Bearer {{token}}".into(),
+            },
+            max_failures: 3,
+            refresh_before: secs(60),
+            ttl: None,
+            renew: RenewMode::Reconnect,
+            renew_frame: None,
+        })
+    );
+
+    let plain_token = ok(&prices("auth = { token = \"s3cret\", query = \"t\" }"));
+    let auth = ep(&plain_token, "prices").auth.as_ref().expect("auth");
+    assert_eq!(
+        auth.token,
+        TokenSource::Secret(Secret::Plain("s3cret".into()))
+    );
+    assert_eq!(auth.placement, AuthPlacement::Query { name: "t".into() });
+
+    let bad = prices(
+        r#"
+[endpoints.prices.headers]
+A = { vault = "x" }
+B = { command = [] }
+C = { env = "A", file = "b" }
+D = 42
+E = { env = "" }
+"#,
+    );
+    assert_eq!(
+        errors(&bad),
+        [
+            "config.toml: endpoints.prices.headers.A.vault: unknown key",
+            "config.toml: endpoints.prices.headers.A: a secret reference takes exactly one of \
+             env, file or command",
+            "config.toml: endpoints.prices.headers.B.command: must not be empty",
+            "config.toml: endpoints.prices.headers.C: a secret reference takes exactly one of \
+             env, file or command",
+            "config.toml: endpoints.prices.headers.D: expected a secret (a string, \
+             { env = \"VAR\" }, { file = \"path\" } or { command = [\"prog\", \"arg\"] }), \
+             found an integer",
+            "config.toml: endpoints.prices.headers.E.env: must not be empty",
+        ]
+    );
+}
+
+#[test]
+fn example_file_loads_and_documents_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let text = std::fs::read_to_string(&path).expect("example exists");
+    let config = ok(&text);
+    assert_eq!(config.endpoints.len(), 2);
+    // Keys the example spells out must be the defaults, or the documentation lies.
+    let defaults = default_endpoint("wss://stream.example.com/prices");
+    let prices = ep(&config, "prices");
+    assert_eq!(prices.heartbeat, defaults.heartbeat);
+    assert_eq!(prices.backoff, defaults.backoff);
+    assert_eq!(prices.replay, defaults.replay);
+    assert_eq!(prices.outbox, defaults.outbox);
+    assert_eq!(prices.connect_timeout, defaults.connect_timeout);
+    assert_eq!(prices.max_message_size, defaults.max_message_size);
+    let auth = prices.auth.as_ref().expect("example has auth");
+    assert_eq!(auth.max_failures, 3);
+    assert_eq!(auth.refresh_before, secs(60));
+    assert_eq!(
+        prices.drop,
+        [FilterConfig {
+            pointer: "/type".into(),
+            equals: serde_json::json!("heartbeat"),
+        }]
+    );
+    let resume = prices.resume.as_ref().expect("example has resume");
+    assert_eq!(
+        (resume.id_kind, resume.dedup_window),
+        (IdKind::Integer, 10_000)
+    );
+    let minimal = ok(MINIMAL);
+    assert_eq!(config.log, minimal.log);
+    assert_eq!(config.grpc, minimal.grpc);
+    assert_eq!(config.sockets, minimal.sockets);
+    assert_eq!(config.http, minimal.http);
+    assert_eq!(config.limits, minimal.limits);
+    let chat = ep(&config, "chat");
+    let chat_auth = chat.auth.as_ref().expect("chat has auth");
+    assert_eq!(
+        chat_auth.placement,
+        AuthPlacement::Query {
+            name: "access_token".into()
+        }
+    );
+    // Also through `load`, which reads the file itself.
+    assert_eq!(load(&path).map(|c| c.endpoints.len()), Ok(2));
+}
+
+#[test]
+fn unreadable_file_and_syntax_errors_name_the_file() {
+    let missing = load(Path::new("/nonexistent/ws-sidecar.toml")).expect_err("no such file");
+    assert_eq!(missing.errors.len(), 1);
+    assert!(
+        missing.errors[0].starts_with("/nonexistent/ws-sidecar.toml: cannot read file: "),
+        "{missing}"
+    );
+    let syntax = errors("[endpoints.prices]\nurl = wss://x\n");
+    assert_eq!(syntax.len(), 1);
+    assert!(
+        syntax[0].starts_with("config.toml: TOML syntax error at line 2, column 7: "),
+        "{syntax:?}"
+    );
+    assert!(!syntax[0].contains('\n'));
+}
+
+#[test]
+fn invalid_values_are_reported_at_their_key() {
+    let cases: &[(&str, &str)] = &[
+        ("", "config.toml: endpoints: at least one endpoint is required"),
+        ("[endpoints]", "config.toml: endpoints: at least one endpoint is required"),
+        ("[endpoints.\"a b\"]\nurl = \"ws://x\"", "config.toml: endpoints.\"a b\": invalid endpoint name"),
+        ("[endpoints.p]\nsubprotocols = []", "config.toml: endpoints.p.url: required key is missing"),
+        ("[endpoints.p]\nurl = \"https://x\"", "config.toml: endpoints.p.url: URL scheme must be ws or wss, not \"https\""),
+        ("[endpoints.p]\nurl = \"not a url\"", "config.toml: endpoints.p.url: invalid URL: "),
+        ("[endpoints.p]\nurl = \"ws://x\"\nfallback_urls = [\"ws://y\", \"ftp://z\"]", "endpoints.p.fallback_urls[1]: URL scheme must be ws or wss"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nproxy = \"socks5://p:1080\"", "endpoints.p.proxy: proxy URL scheme must be http"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nheaders = { \"Bad Name\" = \"v\" }", "endpoints.p.headers.\"Bad Name\": invalid header name"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nheaders = { X-A = \"a\\r\\nb\" }", "endpoints.p.headers.X-A: header value must not contain CR, LF or NUL"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nheaders = { Sec-WebSocket-Key = \"a\" }", "endpoints.p.headers.Sec-WebSocket-Key: set by the WebSocket handshake itself"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nconnect_timeout = \"0s\"", "endpoints.p.connect_timeout: must be greater than zero"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nmax_message_size = \"512B\"", "endpoints.p.max_message_size: must be at least 1KiB"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nbackoff = { initial = \"1m\" }", "endpoints.p.backoff.max: must not be less than backoff.initial"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nbackoff = { min_delay = \"1m\" }", "endpoints.p.backoff.min_delay: must not be more than backoff.max (30s)"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nbackoff = { multiplier = \"nan\" }", "endpoints.p.backoff.multiplier: NaN is not a finite number"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nheartbeat = { pong_timeout = 10 }", "endpoints.p.heartbeat.pong_timeout: expected a duration string such as \"20s\", found an integer"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nreplay = { messages = 0 }", "endpoints.p.replay.messages: must be at least 1"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nreplay = { slow_subscriber = \"wait\" }", "endpoints.p.replay.slow_subscriber: invalid value \"wait\", expected one of skip, disconnect"),
+        ("[endpoints.p]\nurl = \"ws://x\"\noutbox = { max_bytes = 0 }", "endpoints.p.outbox.max_bytes: must be at least 1B"),
+        ("[endpoints.p]\nurl = \"ws://x\"\noutbox = { max_age = \"0s\" }", "endpoints.p.outbox.max_age: must be greater than zero"),
+        ("[endpoints.p]\nurl = \"ws://x\"\ndrop = [{ pointer = \"type\", equals = 1 }]", "endpoints.p.drop[0].pointer: invalid JSON pointer \"type\""),
+        ("[endpoints.p]\nurl = \"ws://x\"\ndrop = [{ pointer = \"/type\" }]", "endpoints.p.drop[0].equals: required key is missing"),
+        ("[endpoints.p]\nurl = \"ws://x\"\naccess = { publish = [\"uid:x\"] }", "endpoints.p.access.publish[0]: invalid principal \"uid:x\""),
+        ("[endpoints.p]\nurl = \"ws://x\"\nresume = { query = \"since\" }", "endpoints.p.resume.id_pointer: required key is missing"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nresume = { id_pointer = \"/id\", id_kind = \"uuid\" }", "endpoints.p.resume.id_kind: invalid value \"uuid\", expected one of integer, string"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nauth = { token = \"t\", renew = \"frame\" }", "endpoints.p.auth.renew_frame: required key is missing"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nauth = { token = \"t\", header = \"X\", query = \"t\" }", "endpoints.p.auth.query: set either header or query, not both"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nauth = { token = \"t\", format = \"Token\" }", "endpoints.p.auth.format: must contain {{token}}"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nauth = { token = \"t\" }\nheaders = { authorization = \"x\" }", "endpoints.p.headers.authorization: conflicts with auth.header"),
+        ("[endpoints.p]\nurl = \"ws://x\"\non_connect = [\"{{tokn}}\"]", "endpoints.p.on_connect[0]: unknown placeholder {{tokn}}"),
+        ("[endpoints.p]\nurl = \"ws://x\"\ntls = { client_cert = \"/c.pem\" }", "endpoints.p.tls: client_cert and client_key must be set together"),
+        ("[log]\nformat = \"yaml\"\n[endpoints.p]\nurl = \"ws://x\"", "log.format: invalid value \"yaml\", expected one of text, json, journald"),
+        ("[grpc]\nlisten = [\"tcp://1.2.3.4\"]\n[endpoints.p]\nurl = \"ws://x\"", "grpc.listen[0]: invalid listen address \"tcp://1.2.3.4\""),
+        ("[sockets]\nmode = \"0999\"\n[endpoints.p]\nurl = \"ws://x\"", "sockets.mode: invalid mode \"0999\""),
+        ("[http]\nlisten = \"nowhere\"\n[endpoints.p]\nurl = \"ws://x\"", "http.listen: invalid address \"nowhere\""),
+        ("[limits]\nmax_subscribers = \"many\"\n[endpoints.p]\nurl = \"ws://x\"", "limits.max_subscribers: invalid integer \"many\""),
+        ("[stream]\npath = \"/run/g.sock\"\n[grpc]\nlisten = [\"unix:/run/g.sock\"]\n[endpoints.p]\nurl = \"ws://x\"", "stream.path: is also a grpc.listen socket"),
+        ("log = 1\n[endpoints.p]\nurl = \"ws://x\"", "config.toml: log: expected a table, found an integer"),
+    ];
+    for (text, expected) in cases {
+        let found = errors(text);
+        assert!(
+            found.iter().any(|e| e.contains(expected)),
+            "for {text:?} expected an error containing {expected:?}, got {found:#?}"
+        );
+        assert!(
+            found.iter().all(|e| e.starts_with("config.toml: ")),
+            "{found:#?}"
+        );
+    }
+}
+
+#[test]
+fn scalar_forms_and_disabling() {
+    let text = r#"
+[stream]
+path = ""
+[http]
+listen = ""
+[sockets]
+mode = 0o600
+[endpoints.p]
+url = "ws://x"
+heartbeat = { idle_timeout = "0s" }
+resume = { id_pointer = "/id", id_kind = "string" }
+access = { subscribe = ["uid:0", "gid:10", "user:alice", "group:ops"], publish = [] }
+drop = [{ pointer = "/a", equals = { b = [1, 2.5, true] } }]
+"#;
+    let config = ok(text);
+    assert_eq!(config.stream.path, None);
+    assert_eq!(config.http.listen, None);
+    assert_eq!(config.sockets.mode, 0o600);
+    let p = ep(&config, "p");
+    assert_eq!(p.heartbeat.idle_timeout, None);
+    assert_eq!(p.resume.as_ref().map(|r| r.id_kind), Some(IdKind::String));
+    assert_eq!(
+        p.access.subscribe,
+        Some(vec![
+            Principal::Uid(0),
+            Principal::Gid(10),
+            Principal::User("alice".into()),
+            Principal::Group("ops".into()),
+        ])
+    );
+    assert_eq!(p.access.publish, Some(vec![]));
+    assert_eq!(p.drop[0].equals, serde_json::json!({ "b": [1, 2.5, true] }));
+}
+
+#[test]
+fn warnings_and_summary_never_show_secrets() {
+    let text = r#"
+[endpoints.p]
+url = "wss://user:pw-in-url@x.example/feed?apikey=k-in-url&room=1"
+headers = { Authorization = "hdr-secret", User-Agent = "app/1" }
+auth = { token = "tok-secret", query = "c" }
+"#;
+    let config = ok(text);
+    let warnings = config.warnings();
+    assert_eq!(
+        warnings
+            .iter()
+            .map(|w| w.split(": ").nth(1).unwrap_or(""))
+            .collect::<Vec<_>>(),
+        [
+            "endpoints.p.url",
+            "endpoints.p.headers.Authorization",
+            "endpoints.p.auth.token"
+        ]
+    );
+    let summary = config.summary();
+    for secret in ["pw-in-url", "k-in-url", "hdr-secret", "tok-secret"] {
+        assert!(!summary.contains(secret), "{secret} leaked:\n{summary}");
+        assert!(!warnings.iter().any(|w| w.contains(secret)));
+    }
+    assert!(summary.contains("wss://user:***@x.example/feed?apikey=***&room=1"));
+    assert!(summary.contains("ping 20s, pong timeout 10s, idle timeout off"));
+    assert!(summary.contains("unix:/run/ws-sidecar/grpc.sock"));
+    assert!(summary.contains("store     /var/lib/ws-sidecar/store"));
+}
