@@ -80,6 +80,8 @@ pub fn sim_message(n: u64) -> String {
     format!(r#"{{"id":{n},"type":"tick","price":{price:.2}}}"#)
 }
 
+// tungstenite's handshake callback type fixes the large error variant.
+#[allow(clippy::result_large_err)]
 async fn serve_conn(
     sock: TcpStream,
     mut produced: watch::Receiver<u64>,

@@ -37,7 +37,8 @@ impl Filter {
         }
         match (&self.equals, found) {
             (Value::String(want), Value::Number(_) | Value::Bool(_) | Value::Null) => {
-                found.to_string() == *want
+                let text = found.to_string();
+                text == *want
             }
             _ => false,
         }

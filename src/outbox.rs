@@ -278,8 +278,8 @@ mod tests {
         o.push(Kind::Text, b("ab"), None, false).expect("room");
         assert!(o.push(Kind::Text, b("cd"), None, false).is_err());
         assert_eq!(
-            o.push(Kind::Text, b("abcd"), None, false),
-            Err(PublishError::TooLarge(4))
+            o.push(Kind::Text, b("abcd"), None, false).err(),
+            Some(PublishError::TooLarge(4))
         );
     }
 

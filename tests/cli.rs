@@ -56,13 +56,21 @@ ping_interval = "ten seconds"
 #[test]
 fn check_config_accepts_a_minimal_file() {
     let dir = support::temp_dir();
-    let path = write_config(dir.path(), "[endpoints.prices]\nurl = \"wss://stream.example.com/prices\"\n");
+    let path = write_config(
+        dir.path(),
+        "[endpoints.prices]\nurl = \"wss://stream.example.com/prices\"\n",
+    );
     let out = Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&path)
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("prices"));
 }
 
@@ -70,9 +78,16 @@ fn check_config_accepts_a_minimal_file() {
 fn run_with_a_bad_config_exits_78_and_usage_errors_64() {
     let dir = support::temp_dir();
     let path = write_config(dir.path(), "[endpoints.a]\n");
-    let st = Command::new(BIN).args(["run", "--config"]).arg(&path).output().expect("run");
+    let st = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
     assert_eq!(st.status.code(), Some(78));
-    let st = Command::new(BIN).args(["frobnicate"]).output().expect("run");
+    let st = Command::new(BIN)
+        .args(["frobnicate"])
+        .output()
+        .expect("run");
     assert_eq!(st.status.code(), Some(64));
 }
 
@@ -80,9 +95,23 @@ fn run_with_a_bad_config_exits_78_and_usage_errors_64() {
 fn client_commands_exit_69_when_the_daemon_is_unreachable() {
     let dir = support::temp_dir();
     let sock = format!("unix:{}", dir.path().join("none.sock").display());
-    for args in [vec!["status"], vec!["reconnect", "a"], vec!["send", "a", "x"], vec!["tail", "a"]] {
-        let out = Command::new(BIN).args(&args).args(["--grpc", &sock]).output().expect("run");
-        assert_eq!(out.status.code(), Some(69), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    for args in [
+        vec!["status"],
+        vec!["reconnect", "a"],
+        vec!["send", "a", "x"],
+        vec!["tail", "a"],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .args(["--grpc", &sock])
+            .output()
+            .expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(69),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -107,7 +136,11 @@ fn spawn_daemon(dir: &std::path::Path, upstream_url: &str, extra: &str) -> std::
 fn wait_for_socket(path: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "daemon did not bind {}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not bind {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -115,14 +148,20 @@ fn wait_for_socket(path: &std::path::Path) {
 fn sigterm_exits_promptly(mut child: std::process::Child) {
     let pid = child.id().to_string();
     let sent = Instant::now();
-    let st = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let st = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(st.success());
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
             assert_eq!(status.code(), Some(0), "exit code after SIGTERM");
             break;
         }
-        assert!(sent.elapsed() < Duration::from_secs(5), "daemon did not exit within 5 s");
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "daemon did not exit within 5 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -137,17 +176,26 @@ async fn sigterm_mid_backoff_and_mid_connect_exits_0_within_5s() {
         &refusing.url("/"),
         "[endpoints.a.backoff]\ninitial = \"60s\"\nmin_delay = \"30s\"\nmax = \"60s\"",
     );
-    refusing.wait_attempts(1, Duration::from_secs(10)).await.expect("first attempt");
+    refusing
+        .wait_attempts(1, Duration::from_secs(10))
+        .await
+        .expect("first attempt");
     sigterm_exits_promptly(child);
 
     // Mid-connect: the handshake never completes and connect_timeout is long.
     let hanging = FakeUpstream::start_with(|_, _| Reply::Hang).await;
     let dir = support::temp_dir();
     let child = spawn_daemon(dir.path(), &hanging.url("/"), "connect_timeout = \"60s\"");
-    hanging.wait_attempts(1, Duration::from_secs(10)).await.expect("attempt");
+    hanging
+        .wait_attempts(1, Duration::from_secs(10))
+        .await
+        .expect("attempt");
     wait_for_socket(&dir.path().join("grpc.sock"));
     sigterm_exits_promptly(child);
-    assert!(!dir.path().join("grpc.sock").exists(), "socket removed at exit");
+    assert!(
+        !dir.path().join("grpc.sock").exists(),
+        "socket removed at exit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -155,29 +203,59 @@ async fn status_send_and_reconnect_against_a_running_daemon() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let dir = support::temp_dir();
     let mut child = spawn_daemon(dir.path(), &up.url("/feed"), "");
-    let conn = up.next_accepted_within(Duration::from_secs(10)).await.expect("connects");
+    let conn = up
+        .next_accepted_within(Duration::from_secs(10))
+        .await
+        .expect("connects");
     let sock = format!("unix:{}", dir.path().join("grpc.sock").display());
     wait_for_socket(&dir.path().join("grpc.sock"));
 
-    let out = Command::new(BIN).args(["send", "a", "hello", "--grpc", &sock]).output().expect("send");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "prints the outbox id");
-    let frame = tokio::time::timeout(Duration::from_secs(10), conn.recv_text()).await.expect("sent");
+    let out = Command::new(BIN)
+        .args(["send", "a", "hello", "--grpc", &sock])
+        .output()
+        .expect("send");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "prints the outbox id"
+    );
+    let frame = tokio::time::timeout(Duration::from_secs(10), conn.recv_text())
+        .await
+        .expect("sent");
     assert_eq!(frame, "hello");
 
-    let out = Command::new(BIN).args(["status", "--json", "--grpc", &sock]).output().expect("status");
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--grpc", &sock])
+        .output()
+        .expect("status");
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v[0]["name"], "a");
     assert_eq!(v[0]["state"], "connected");
 
-    let out = Command::new(BIN).args(["reconnect", "nope", "--grpc", &sock]).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["reconnect", "nope", "--grpc", &sock])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1), "unknown endpoint is refused");
-    let out = Command::new(BIN).args(["reconnect", "a", "--grpc", &sock]).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["reconnect", "a", "--grpc", &sock])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(0));
-    let close = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("closed");
+    let close = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("closed");
     assert_eq!(close.map(|c| c.code), Some(1000));
-    up.next_accepted_within(Duration::from_secs(10)).await.expect("reconnected");
+    up.next_accepted_within(Duration::from_secs(10))
+        .await
+        .expect("reconnected");
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -190,9 +268,20 @@ fn demo_shows_a_reconnect_with_contiguous_seqs() {
         .output()
         .expect("run demo");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("resumed: upstream resent"), "a resume is shown:\n{text}");
-    let summary = text.lines().find(|l| l.starts_with("summary:")).expect("summary line");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("resumed: upstream resent"),
+        "a resume is shown:\n{text}"
+    );
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .expect("summary line");
     assert!(summary.ends_with("contiguous: yes"), "{summary}");
     let reconnects: u64 = summary
         .split(", ")

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -96,11 +96,51 @@ struct FilterReq {
     equals: Value,
 }
 
+/// A request line, or the news that one was too long (and skipped).
+enum Line {
+    Text(String),
+    TooLong,
+    NotUtf8,
+}
+
+/// `LinesCodec` whose over-long line is an item, not a stream error: `FramedRead` ends the
+/// stream after an error, and one bad line must not end the connection.
+struct Lines(LinesCodec);
+
+impl Decoder for Lines {
+    type Item = Line;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Line>, std::io::Error> {
+        match self.0.decode(src) {
+            Ok(l) => Ok(l.map(Line::Text)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
+            // The codec consumed the line before checking it, so reading can go on.
+            Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Ok(Some(Line::NotUtf8))
+            }
+            Err(LinesCodecError::Io(e)) => Err(e),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Line>, std::io::Error> {
+        match self.0.decode_eof(src) {
+            Ok(l) => Ok(l.map(Line::Text)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
+            // The codec consumed the line before checking it, so reading can go on.
+            Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Ok(Some(Line::NotUtf8))
+            }
+            Err(LinesCodecError::Io(e)) => Err(e),
+        }
+    }
+}
+
 async fn handle(sock: UnixStream, registry: Arc<Registry>, shutdown: CancellationToken) {
     let (rd, wr) = sock.into_split();
     let (tx, rx) = mpsc::channel::<Out>(REPLY_QUEUE);
     let writer = tokio::spawn(write_loop(wr, rx, shutdown.clone()));
-    let mut lines = FramedRead::new(rd, LinesCodec::new_with_max_length(MAX_LINE));
+    let mut lines = FramedRead::new(rd, Lines(LinesCodec::new_with_max_length(MAX_LINE)));
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -108,14 +148,19 @@ async fn handle(sock: UnixStream, registry: Arc<Registry>, shutdown: Cancellatio
         };
         let out = match next {
             None => break,
-            Some(Ok(line)) if line.trim().is_empty() => continue,
-            Some(Ok(line)) => request(&line, &registry, &tx).await,
-            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => Some(Out::Line(error_line(
+            Some(Ok(Line::Text(line))) if line.trim().is_empty() => continue,
+            Some(Ok(Line::Text(line))) => request(&line, &registry, &tx).await,
+            Some(Ok(Line::TooLong)) => Some(Out::Line(error_line(
                 "line_too_long",
                 &format!("request line longer than {MAX_LINE} bytes ignored"),
                 None,
             ))),
-            Some(Err(LinesCodecError::Io(_))) => break,
+            Some(Ok(Line::NotUtf8)) => Some(Out::Line(error_line(
+                "bad_request",
+                "request line is not valid UTF-8",
+                None,
+            ))),
+            Some(Err(_)) => break,
         };
         if let Some(out) = out {
             if tx.send(out).await.is_err() {

@@ -18,7 +18,10 @@ async fn attempts_follow_full_jitter_within_bounds() {
     ))
     .await;
     let n = 9;
-    let attempts = up.wait_attempts(n, Duration::from_secs(20)).await.expect("attempts");
+    let attempts = up
+        .wait_attempts(n, Duration::from_secs(20))
+        .await
+        .expect("attempts");
     let floor = Duration::from_millis(30);
     // What the daemon adds around the sleep: a failed local handshake and scheduling.
     let slack = Duration::from_millis(150);
@@ -27,7 +30,10 @@ async fn attempts_follow_full_jitter_within_bounds() {
         let gap = attempts[i].at - attempts[i - 1].at;
         let cap = Duration::from_millis((40u64 << (i - 1)).min(320)).max(floor);
         assert!(gap >= floor, "attempt {i}: {gap:?} is below the floor");
-        assert!(gap <= cap + slack, "attempt {i}: {gap:?} exceeds cap {cap:?} + slack");
+        assert!(
+            gap <= cap + slack,
+            "attempt {i}: {gap:?} exceeds cap {cap:?} + slack"
+        );
         gaps.push(gap);
     }
     // Full jitter: the later (capped) delays are not all the same.
@@ -63,7 +69,11 @@ async fn attempt_count_resets_after_reset_after() {
     b.on_connected(now());
     tokio::time::sleep(Duration::from_secs(30)).await;
     let d = b.after_disconnect(now(), None, 0.5);
-    assert_eq!(d, Duration::ZERO, "first reconnect after a healthy connection is immediate");
+    assert_eq!(
+        d,
+        Duration::ZERO,
+        "first reconnect after a healthy connection is immediate"
+    );
     assert_eq!(b.attempt(), 0);
     assert_eq!(b.cap(), Duration::from_millis(500));
     let d = b.after_failure(None, 1.0);

@@ -20,19 +20,27 @@ async fn ndjson_garbage_gets_an_error_line_and_hurts_no_one() {
     d.wait_state("feed", State::Connected, T).await;
 
     let mut good = d.ndjson().await;
-    good.send(json!({"op": "subscribe", "endpoint": "feed"})).await;
+    good.send(json!({"op": "subscribe", "endpoint": "feed"}))
+        .await;
     good.recv_type("state", T).await;
 
     let mut bad = d.ndjson().await;
     bad.send_line("this is not json").await;
     let e = bad.recv(T).await;
-    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("bad_request")));
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("bad_request"))
+    );
     bad.send(json!({"op": "dance"})).await;
     let e = bad.recv(T).await;
     assert_eq!(e["code"], "bad_request", "unknown op: {e}");
-    bad.send(json!({"op": "subscribe", "endpoint": "missing"})).await;
+    bad.send(json!({"op": "subscribe", "endpoint": "missing"}))
+        .await;
     assert_eq!(bad.recv(T).await["code"], "not_found");
-    bad.send(json!({"op": "subscribe", "endpoint": "feed", "filters": [{"pointer": "x", "equals": 1}]})).await;
+    bad.send(
+        json!({"op": "subscribe", "endpoint": "feed", "filters": [{"pointer": "x", "equals": 1}]}),
+    )
+    .await;
     assert_eq!(bad.recv(T).await["code"], "invalid_argument");
     bad.send_line(&"x".repeat(1024 * 1024 + 10)).await;
     assert_eq!(bad.recv(T).await["code"], "line_too_long");
@@ -65,13 +73,19 @@ async fn oversize_and_invalid_utf8_frames_reconnect_with_a_reason() {
     assert_eq!(&next_message(&mut s, T).await.data[..], b"ok1");
     c1.send_text(&"y".repeat(2048)).await.expect("send");
     let ev = d.wait_state("feed", State::Backoff, T).await;
-    assert!(ev.reason.contains("max_message_size"), "reason: {}", ev.reason);
+    assert!(
+        ev.reason.contains("max_message_size"),
+        "reason: {}",
+        ev.reason
+    );
     let close = tokio::time::timeout(T, c1.closed()).await.expect("closed");
     assert_eq!(close.map(|c| c.code), Some(1009));
 
     let c2 = up.next_accepted_within(T).await.expect("reconnects");
     d.wait_state("feed", State::Connected, T).await;
-    c2.send_raw_bytes(frame_bytes(0x1, true, &[b'a', 0xff, 0xfe])).await.expect("send");
+    c2.send_raw_bytes(frame_bytes(0x1, true, &[b'a', 0xff, 0xfe]))
+        .await
+        .expect("send");
     let ev = d.wait_state("feed", State::Backoff, T).await;
     assert!(ev.reason.contains("UTF-8"), "reason: {}", ev.reason);
 
@@ -79,6 +93,10 @@ async fn oversize_and_invalid_utf8_frames_reconnect_with_a_reason() {
     d.wait_state("feed", State::Connected, T).await;
     c3.send_text("ok2").await.expect("send");
     let m = next_message(&mut s, T).await;
-    assert_eq!((&m.data[..], m.seq), (&b"ok2"[..], 2), "same subscription, seq continues");
+    assert_eq!(
+        (&m.data[..], m.seq),
+        (&b"ok2"[..], 2),
+        "same subscription, seq continues"
+    );
     d.stop().await;
 }

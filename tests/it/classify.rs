@@ -24,7 +24,11 @@ async fn unauthorized_fails_after_max_failures() {
     let up = FakeUpstream::start_with(|_, _| Reply::reject(401, &[])).await;
     let d = start_daemon(&fast("a", &up.url("/"), "")).await;
     let ev = d.wait_state("a", State::Failed, T).await;
-    assert!(ev.reason.contains("401"), "reason names the status: {}", ev.reason);
+    assert!(
+        ev.reason.contains("401"),
+        "reason names the status: {}",
+        ev.reason
+    );
     assert_eq!(up.attempts().len(), 3, "default auth.max_failures is 3");
     d.stop().await;
 }
@@ -48,7 +52,10 @@ async fn retry_after_is_honoured_for_503_and_429() {
     for up in [&u503, &u429] {
         let at = up.wait_attempts(2, T).await.expect("a retry");
         let gap = at[1].at - at[0].at;
-        assert!(gap >= Duration::from_millis(1990), "retried after {gap:?}, Retry-After was 2 s");
+        assert!(
+            gap >= Duration::from_millis(1990),
+            "retried after {gap:?}, Retry-After was 2 s"
+        );
         assert!(gap < Duration::from_millis(3000), "retried late: {gap:?}");
     }
     let ev = d.endpoint("s429").state();
@@ -76,7 +83,10 @@ async fn close_1008_fails_and_overrides_apply() {
     let c = up2.next_accepted_within(T).await.expect("connects");
     d.wait_state("retry1008", State::Connected, T).await;
     c.close(1008, "policy violation").await.expect("close");
-    let _ = up2.next_accepted_within(T).await.expect("1008 overridden to retry: reconnects");
+    let _ = up2
+        .next_accepted_within(T)
+        .await
+        .expect("1008 overridden to retry: reconnects");
     assert_ne!(d.endpoint("retry1008").state().state, State::Failed);
 
     let c = up3.next_accepted_within(T).await.expect("connects");
@@ -114,12 +124,16 @@ async fn reconnect_rpc_leaves_failed() {
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
 
     healthy.store(true, Ordering::SeqCst);
-    c.reconnect(proto::ReconnectRequest { endpoint: "a".into() })
-        .await
-        .expect("reconnect accepted");
+    c.reconnect(proto::ReconnectRequest {
+        endpoint: "a".into(),
+    })
+    .await
+    .expect("reconnect accepted");
     d.wait_state("a", State::Connected, T).await;
     let unknown = c
-        .reconnect(proto::ReconnectRequest { endpoint: "nope".into() })
+        .reconnect(proto::ReconnectRequest {
+            endpoint: "nope".into(),
+        })
         .await
         .expect_err("unknown endpoint");
     assert_eq!(unknown.code(), tonic::Code::NotFound);

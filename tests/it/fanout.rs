@@ -15,7 +15,11 @@ const T: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn one_upstream_fans_out_to_grpc_and_ndjson() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let d = start_daemon(&format!("[endpoints.feed]\nurl = \"{}\"\n", up.url("/feed"))).await;
+    let d = start_daemon(&format!(
+        "[endpoints.feed]\nurl = \"{}\"\n",
+        up.url("/feed")
+    ))
+    .await;
     let conn = up.next_accepted_within(T).await.expect("daemon connects");
     d.wait_state("feed", State::Connected, T).await;
 
@@ -25,14 +29,17 @@ async fn one_upstream_fans_out_to_grpc_and_ndjson() {
         grpc.push(subscribe(&mut c, "feed", None).await);
     }
     let mut nd = d.ndjson().await;
-    nd.send(json!({"op": "subscribe", "endpoint": "feed"})).await;
+    nd.send(json!({"op": "subscribe", "endpoint": "feed"}))
+        .await;
     let st = nd.recv_type("state", T).await;
     assert_eq!(st["state"], "connected");
 
     const N: usize = 60;
     for i in 0..N {
         if i % 2 == 0 {
-            conn.send_text(&format!("{{\"n\":{i}}}")).await.expect("send");
+            conn.send_text(&format!("{{\"n\":{i}}}"))
+                .await
+                .expect("send");
         } else {
             conn.send_binary([i as u8, 0xff, 0x00]).await.expect("send");
         }

@@ -44,11 +44,15 @@ async fn published_while_down_arrive_in_order_after_on_connect() {
 
     let mut c = d.grpc().await;
     for i in 1..=5u64 {
-        let r = c.publish(publish("feed", &format!("p{i}"))).await.expect("queued");
+        let r = c
+            .publish(publish("feed", &format!("p{i}")))
+            .await
+            .expect("queued");
         assert_eq!(r.into_inner().outbox_id, i);
     }
     let mut nd = d.ndjson().await;
-    nd.send(json!({"op": "publish", "endpoint": "feed", "data": "p6", "id": "c1"})).await;
+    nd.send(json!({"op": "publish", "endpoint": "feed", "data": "p6", "id": "c1"}))
+        .await;
     let ack = nd.recv_type("ack", T).await;
     assert_eq!(ack["id"], "c1");
     assert_eq!(ack["outbox_id"], 6);
@@ -58,19 +62,35 @@ async fn published_while_down_arrive_in_order_after_on_connect() {
     let conn = up.next_accepted_within(T).await.expect("connects");
     let mut got = Vec::new();
     while got.len() < 8 {
-        match tokio::time::timeout(T, conn.recv()).await.expect("frames arrive") {
+        match tokio::time::timeout(T, conn.recv())
+            .await
+            .expect("frames arrive")
+        {
             Some(Message::Text(t)) => got.push(t.to_string()),
             other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(
         got,
-        vec![r#"{"op":"sub","ch":1}"#, "hello", "p1", "p2", "p3", "p4", "p5", "p6"]
+        vec![
+            r#"{"op":"sub","ch":1}"#,
+            "hello",
+            "p1",
+            "p2",
+            "p3",
+            "p4",
+            "p5",
+            "p6"
+        ]
     );
     let ep = d.endpoint("feed");
-    tokio::time::timeout(T, async { while ep.outbox.depth() > 0 { tokio::task::yield_now().await } })
-        .await
-        .expect("entries leave the outbox once flushed");
+    tokio::time::timeout(T, async {
+        while ep.outbox.depth() > 0 {
+            tokio::task::yield_now().await
+        }
+    })
+    .await
+    .expect("entries leave the outbox once flushed");
 
     // wait = SENT returns once written.
     let mut req = publish("feed", "p7");
@@ -93,11 +113,19 @@ async fn full_outbox_is_resource_exhausted() {
     .await;
     let mut c = d.grpc().await;
     for i in 0..3 {
-        c.publish(publish("feed", &format!("m{i}"))).await.expect("room");
+        c.publish(publish("feed", &format!("m{i}")))
+            .await
+            .expect("room");
     }
-    let err = c.publish(publish("feed", "m3")).await.expect_err("outbox full");
+    let err = c
+        .publish(publish("feed", "m3"))
+        .await
+        .expect_err("outbox full");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-    let err = c.publish(publish("nope", "m")).await.expect_err("unknown endpoint");
+    let err = c
+        .publish(publish("nope", "m"))
+        .await
+        .expect_err("unknown endpoint");
     assert_eq!(err.code(), tonic::Code::NotFound);
     let mut key = publish("feed", "k");
     key.idempotency_key = "dup".into();

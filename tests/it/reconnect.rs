@@ -52,13 +52,32 @@ async fn reset_mid_stream_reconnects_and_subscribers_keep_their_stream() {
             Ev::Gap(g) => panic!("unexpected gap {g:?}"),
         }
     }
-    assert_eq!(seqs, vec![6, 7, 8, 9, 10], "seq continues on the same stream");
+    assert_eq!(
+        seqs,
+        vec![6, 7, 8, 9, 10],
+        "seq continues on the same stream"
+    );
     let names: Vec<&str> = states.iter().map(|(n, _)| n.as_str()).collect();
-    let b = names.iter().position(|n| *n == "backoff").expect("a backoff state event");
-    let c = names.iter().rposition(|n| *n == "connected").expect("a connected state event");
+    let b = names
+        .iter()
+        .position(|n| *n == "backoff")
+        .expect("a backoff state event");
+    let c = names
+        .iter()
+        .rposition(|n| *n == "connected")
+        .expect("a connected state event");
     assert!(b < c, "backoff before connected: {states:?}");
-    assert!(states.iter().all(|(_, r)| !r.is_empty()), "every transition has a reason: {states:?}");
-    assert_eq!(d.endpoint("feed").stats.reconnects.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(
+        states.iter().all(|(_, r)| !r.is_empty()),
+        "every transition has a reason: {states:?}"
+    );
+    assert_eq!(
+        d.endpoint("feed")
+            .stats
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     d.stop().await;
 }
 
@@ -86,7 +105,10 @@ async fn blackholed_connection_is_detected_by_pong_timeout() {
         "dead connection found after {took:?}, bound is ping_interval + pong_timeout + slack"
     );
 
-    let _c2 = up.next_accepted_within(T).await.expect("reconnects once the path is back");
+    let _c2 = up
+        .next_accepted_within(T)
+        .await
+        .expect("reconnects once the path is back");
     d.wait_state("feed", State::Connected, T).await;
     d.stop().await;
 }
@@ -114,7 +136,11 @@ async fn silent_upstream_hits_idle_timeout() {
 #[tokio::test]
 async fn shutdown_closes_upstream_with_1001() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let d = start_daemon(&format!("[endpoints.feed]\nurl = \"{}\"\n", up.url("/feed"))).await;
+    let d = start_daemon(&format!(
+        "[endpoints.feed]\nurl = \"{}\"\n",
+        up.url("/feed")
+    ))
+    .await;
     let c = up.next_accepted_within(T).await.expect("connection");
     d.wait_state("feed", State::Connected, T).await;
     let mut client = d.grpc().await;

@@ -25,9 +25,13 @@ async fn from_seq_inside_and_before_the_window() {
     for i in 1..=10 {
         conn.send_text(&format!("m{i}")).await.expect("send");
     }
-    tokio::time::timeout(T, async { while ep.log.last_seq() < 10 { tokio::task::yield_now().await } })
-        .await
-        .expect("10 messages logged");
+    tokio::time::timeout(T, async {
+        while ep.log.last_seq() < 10 {
+            tokio::task::yield_now().await
+        }
+    })
+    .await
+    .expect("10 messages logged");
 
     let mut c = d.grpc().await;
     let mut s = subscribe(&mut c, "feed", Some(4)).await;
@@ -36,14 +40,22 @@ async fn from_seq_inside_and_before_the_window() {
         assert_eq!((m.seq, &m.data[..]), (seq, format!("m{seq}").as_bytes()));
     }
     conn.send_text("m11").await.expect("send");
-    assert_eq!(next_message(&mut s, T).await.seq, 11, "then the live stream");
+    assert_eq!(
+        next_message(&mut s, T).await.seq,
+        11,
+        "then the live stream"
+    );
 
     for i in 12..=40 {
         conn.send_text(&format!("m{i}")).await.expect("send");
     }
-    tokio::time::timeout(T, async { while ep.log.last_seq() < 40 { tokio::task::yield_now().await } })
-        .await
-        .expect("40 messages logged");
+    tokio::time::timeout(T, async {
+        while ep.log.last_seq() < 40 {
+            tokio::task::yield_now().await
+        }
+    })
+    .await
+    .expect("40 messages logged");
     let mut s = subscribe(&mut c, "feed", Some(5)).await;
     let mut gap = None;
     loop {
@@ -86,7 +98,9 @@ async fn a_subscriber_that_never_reads_gets_slow_subscriber_and_slows_no_one() {
     let payload = "x".repeat(1000);
     let sender = tokio::spawn(async move {
         for i in 1..=N {
-            conn.send_text(&format!("{i:08}{payload}")).await.expect("send");
+            conn.send_text(&format!("{i:08}{payload}"))
+                .await
+                .expect("send");
         }
         conn
     });
@@ -108,7 +122,11 @@ async fn a_subscriber_that_never_reads_gets_slow_subscriber_and_slows_no_one() {
             Ev::State(_) => {}
             Ev::Gap(g) => {
                 assert_eq!(g.reason, GapReason::SlowSubscriber as i32);
-                assert_eq!(g.from_seq, last + 1, "gap starts right after what was delivered");
+                assert_eq!(
+                    g.from_seq,
+                    last + 1,
+                    "gap starts right after what was delivered"
+                );
                 last = g.to_seq;
                 gap = Some(g);
             }
@@ -118,6 +136,9 @@ async fn a_subscriber_that_never_reads_gets_slow_subscriber_and_slows_no_one() {
             }
         }
     }
-    assert!(gap.is_some(), "the stalled subscriber was told it missed messages");
+    assert!(
+        gap.is_some(),
+        "the stalled subscriber was told it missed messages"
+    );
     d.stop().await;
 }

@@ -49,7 +49,9 @@ pub async fn start_with(mut cfg: Config) -> TestDaemon {
     cfg.stream.path = Some(stream_path.clone());
     cfg.store.path = dir.path().join("store");
     cfg.http.listen = None;
-    let listeners = ws_sidecar::listen::bind(&cfg).await.expect("bind listeners");
+    let listeners = ws_sidecar::listen::bind(&cfg)
+        .await
+        .expect("bind listeners");
     let shutdown = CancellationToken::new();
     let daemon = ws_sidecar::supervisor::Daemon::start(cfg, listeners, shutdown.clone());
     let registry = Arc::clone(&daemon.registry);
@@ -190,7 +192,10 @@ pub async fn next_event(s: &mut tonic::Streaming<proto::Event>, within: Duration
 }
 
 /// Next message event (skipping state changes), bounded in time; panics on a gap.
-pub async fn next_message(s: &mut tonic::Streaming<proto::Event>, within: Duration) -> proto::Message {
+pub async fn next_message(
+    s: &mut tonic::Streaming<proto::Event>,
+    within: Duration,
+) -> proto::Message {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
