@@ -9,6 +9,7 @@ mod backoff;
 mod bad_input;
 mod classify;
 mod fanout;
+mod features;
 mod publish;
 mod reconnect;
 mod replay;

@@ -21,6 +21,8 @@ pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub grpc_path: PathBuf,
     pub stream_path: PathBuf,
+    /// The TCP gRPC listener, when the config asked for one (e.g. `127.0.0.1:0`).
+    pub grpc_tcp: Option<std::net::SocketAddr>,
     pub registry: Arc<Registry>,
     pub shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<bool>>,
@@ -45,13 +47,22 @@ pub async fn start_with(mut cfg: Config) -> TestDaemon {
     let dir = tempfile::tempdir().expect("temp dir");
     let grpc_path = dir.path().join("run/grpc.sock");
     let stream_path = dir.path().join("run/stream.sock");
+    let tcp: Vec<ListenAddr> = cfg
+        .grpc
+        .listen
+        .iter()
+        .filter(|l| matches!(l, ListenAddr::Tcp(_)))
+        .cloned()
+        .collect();
     cfg.grpc.listen = vec![ListenAddr::Unix(grpc_path.clone())];
+    cfg.grpc.listen.extend(tcp);
     cfg.stream.path = Some(stream_path.clone());
     cfg.store.path = dir.path().join("store");
     cfg.http.listen = None;
     let listeners = ws_sidecar::listen::bind(&cfg)
         .await
         .expect("bind listeners");
+    let grpc_tcp = listeners.grpc_tcp_addr();
     let shutdown = CancellationToken::new();
     let daemon = ws_sidecar::supervisor::Daemon::start(cfg, listeners, shutdown.clone());
     let registry = Arc::clone(&daemon.registry);
@@ -60,6 +71,7 @@ pub async fn start_with(mut cfg: Config) -> TestDaemon {
         dir,
         grpc_path,
         stream_path,
+        grpc_tcp,
         registry,
         shutdown,
         task: Some(task),
