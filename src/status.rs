@@ -59,16 +59,30 @@ pub fn proto_state(s: State) -> proto::State {
     }
 }
 
+/// The endpoint state named by a proto enum value, if any.
+fn state_from_proto(v: i32) -> Option<State> {
+    Some(match proto::State::try_from(v).ok()? {
+        proto::State::Connecting => State::Connecting,
+        proto::State::Connected => State::Connected,
+        proto::State::Backoff => State::Backoff,
+        proto::State::Failed => State::Failed,
+        proto::State::Closed => State::Closed,
+        proto::State::Unspecified => return None,
+    })
+}
+
 impl From<EndpointStatus> for proto::EndpointStatus {
     fn from(s: EndpointStatus) -> Self {
-        let state = match s.state.as_str() {
-            "connecting" => proto::State::Connecting,
-            "connected" => proto::State::Connected,
-            "backoff" => proto::State::Backoff,
-            "failed" => proto::State::Failed,
-            "closed" => proto::State::Closed,
-            _ => proto::State::Unspecified,
-        };
+        let state = [
+            State::Connecting,
+            State::Connected,
+            State::Backoff,
+            State::Failed,
+            State::Closed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s.state)
+        .map_or(proto::State::Unspecified, proto_state);
         proto::EndpointStatus {
             name: s.name,
             url: s.url,
@@ -89,14 +103,7 @@ impl From<EndpointStatus> for proto::EndpointStatus {
 
 impl From<proto::EndpointStatus> for EndpointStatus {
     fn from(s: proto::EndpointStatus) -> Self {
-        let state = match proto::State::try_from(s.state) {
-            Ok(proto::State::Connecting) => "connecting",
-            Ok(proto::State::Connected) => "connected",
-            Ok(proto::State::Backoff) => "backoff",
-            Ok(proto::State::Failed) => "failed",
-            Ok(proto::State::Closed) => "closed",
-            _ => "unknown",
-        };
+        let state = state_from_proto(s.state).map_or("unknown", State::as_str);
         EndpointStatus {
             name: s.name,
             url: s.url,

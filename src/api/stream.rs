@@ -112,27 +112,23 @@ impl Decoder for Lines {
     type Error = std::io::Error;
 
     fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Line>, std::io::Error> {
-        match self.0.decode(src) {
-            Ok(l) => Ok(l.map(Line::Text)),
-            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
-            // The codec consumed the line before checking it, so reading can go on.
-            Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                Ok(Some(Line::NotUtf8))
-            }
-            Err(LinesCodecError::Io(e)) => Err(e),
-        }
+        line(self.0.decode(src))
     }
 
     fn decode_eof(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Line>, std::io::Error> {
-        match self.0.decode_eof(src) {
-            Ok(l) => Ok(l.map(Line::Text)),
-            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
-            // The codec consumed the line before checking it, so reading can go on.
-            Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                Ok(Some(Line::NotUtf8))
-            }
-            Err(LinesCodecError::Io(e)) => Err(e),
+        line(self.0.decode_eof(src))
+    }
+}
+
+fn line(r: Result<Option<String>, LinesCodecError>) -> Result<Option<Line>, std::io::Error> {
+    match r {
+        Ok(l) => Ok(l.map(Line::Text)),
+        Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
+        // The codec consumed the line before checking it, so reading can go on.
+        Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Ok(Some(Line::NotUtf8))
         }
+        Err(LinesCodecError::Io(e)) => Err(e),
     }
 }
 
