@@ -43,7 +43,10 @@ async fn ndjson_garbage_gets_an_error_line_and_hurts_no_one() {
     .await;
     assert_eq!(bad.recv(T).await["code"], "invalid_argument");
     use tokio::io::AsyncWriteExt;
-    bad.w.write_all(b"{\"op\":\"st\xffatus\"}\n").await.expect("write");
+    bad.w
+        .write_all(b"{\"op\":\"st\xffatus\"}\n")
+        .await
+        .expect("write");
     assert_eq!(bad.recv(T).await["code"], "bad_request", "non-UTF-8 line");
     bad.send_line(&"x".repeat(1024 * 1024 + 10)).await;
     assert_eq!(bad.recv(T).await["code"], "line_too_long");
