@@ -169,6 +169,7 @@ async fn run_in(dir: &std::path::Path, stop: CancellationToken) -> anyhow::Resul
         ep.url = url::Url::parse(&sim.url())?;
     }
 
+    let store = crate::store::Store::open(&cfg.store.path)?;
     let listeners = crate::listen::bind(&cfg).await?;
     println!(
         "ws-sidecar demo: simulated feed at {} (drops every 2-4 s), daemon sockets in {}",
@@ -180,7 +181,7 @@ async fn run_in(dir: &std::path::Path, stop: CancellationToken) -> anyhow::Resul
         dir.join("stream.sock").display()
     );
     println!("  Ctrl-C to stop\n");
-    let daemon = crate::supervisor::Daemon::start(cfg, listeners, stop.clone());
+    let daemon = crate::supervisor::Daemon::start(cfg, listeners, Some(store), stop.clone())?;
     let daemon_task = tokio::spawn(daemon.run_until_stopped());
 
     let target = crate::client::Target::Unix(grpc_path);

@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, watch, Notify};
 use crate::config::EndpointConfig;
 use crate::log::Log;
 use crate::outbox::Outbox;
+use crate::store::{Restored, Store};
 
 /// Endpoint connection state (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,13 @@ pub struct Endpoint {
     last_upstream_id: Mutex<String>,
     /// Asks the upstream task to drop its connection (or leave `failed`) and connect now.
     reconnect: Notify,
+    /// Where seq marks, upstream ids and persisted replay entries go; `None` keeps everything
+    /// in memory (seqs then restart at 1 with the process).
+    pub store: Option<Store>,
+    /// Highest seq durably reserved in the store; the upstream task raises it in blocks.
+    pub seq_leased: AtomicU64,
+    /// The last upstream id read back from the store, taken once by the upstream task.
+    restored_upstream_id: Mutex<Option<String>>,
 }
 
 /// Current time in Unix nanoseconds.
@@ -92,10 +100,25 @@ pub fn unix_nanos() -> u64 {
 }
 
 impl Endpoint {
-    /// A new endpoint in `connecting` state; its log's first seq is `next_seq`.
-    pub fn new(name: String, config: EndpointConfig, next_seq: u64) -> Arc<Endpoint> {
-        let log = Log::new(&config.replay, next_seq);
-        let outbox = Outbox::new(config.outbox.clone());
+    /// A new endpoint in `connecting` state, continuing from what the store had for it.
+    pub fn new(
+        name: String,
+        config: EndpointConfig,
+        store: Option<Store>,
+        restored: Restored,
+    ) -> Arc<Endpoint> {
+        let replay = if config.replay.persist {
+            restored.replay.clone()
+        } else {
+            Vec::new()
+        };
+        let log = Log::restored(&config.replay, restored.seq_mark + 1, replay);
+        let outbox = Outbox::restored(
+            config.outbox.clone(),
+            Arc::from(name.as_str()),
+            store.clone(),
+            &restored,
+        );
         let first = StateEvent {
             state: State::Connecting,
             reason: "starting".into(),
@@ -112,8 +135,19 @@ impl Endpoint {
             url: Mutex::new(url),
             last_upstream_id: Mutex::new(String::new()),
             reconnect: Notify::new(),
+            store,
+            seq_leased: AtomicU64::new(restored.seq_mark),
+            restored_upstream_id: Mutex::new(restored.upstream_id),
             config,
         })
+    }
+
+    /// The last upstream id the store had at startup (once).
+    pub fn take_restored_upstream_id(&self) -> Option<String> {
+        self.restored_upstream_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Records a transition; logs it and tells subscribers.

@@ -38,6 +38,7 @@ pub mod redact;
 pub mod registry;
 pub mod secret;
 pub mod status;
+pub mod store;
 pub mod supervisor;
 pub mod upstream;
 

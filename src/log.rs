@@ -86,6 +86,10 @@ struct Window {
     bytes: usize,
     /// The seq the next append gets.
     next_seq: u64,
+    /// Highest seq readers may see. Appends waiting for their durable commit sit above it.
+    visible: u64,
+    /// Payload bytes of the entries above `visible`; the window bounds count visible ones only.
+    pending_bytes: usize,
 }
 
 /// The log of one endpoint.
@@ -105,12 +109,40 @@ pub struct Log {
 impl Log {
     /// An empty log whose first message gets `next_seq` (1 for a fresh endpoint).
     pub fn new(cfg: &ReplayConfig, next_seq: u64) -> Arc<Log> {
-        let next_seq = next_seq.max(1);
+        Self::restored(cfg, next_seq, Vec::new())
+    }
+
+    /// A log holding `entries` (seq, kind, received_at, payload; oldest first, e.g. read back
+    /// from the store) whose next message gets `next_seq`. Seqs may jump between entries (seqs
+    /// leased before a restart were never used); readers skip such holes silently.
+    pub fn restored(
+        cfg: &ReplayConfig,
+        next_seq: u64,
+        entries: Vec<(u64, Kind, u64, Bytes)>,
+    ) -> Arc<Log> {
+        let last = entries.last().map_or(0, |e| e.0);
+        let next_seq = next_seq.max(last + 1).max(1);
+        let bytes = entries.iter().map(|e| e.3.len()).sum();
+        let entries = entries
+            .into_iter()
+            .map(|(seq, kind, received_at, data)| {
+                Arc::new(Entry {
+                    seq,
+                    received_at,
+                    kind,
+                    data,
+                    upstream_gap: None,
+                    json: OnceLock::new(),
+                })
+            })
+            .collect();
         Arc::new(Log {
             window: Mutex::new(Window {
-                entries: VecDeque::new(),
-                bytes: 0,
+                entries,
+                bytes,
                 next_seq,
+                visible: next_seq - 1,
+                pending_bytes: 0,
             }),
             max_messages: cfg.messages.max(1),
             max_bytes: cfg.bytes.max(1),
@@ -140,7 +172,93 @@ impl Log {
         received_at: u64,
         upstream_gap: Option<(u64, u64)>,
     ) -> u64 {
-        let seq = {
+        let seq = self.insert(kind, data, received_at, upstream_gap, true);
+        self.last_seq.send_replace(seq);
+        seq
+    }
+
+    /// Assigns a seq and retains the message without showing it to readers yet: it becomes
+    /// visible with [`publish_upto`](Self::publish_upto), once durably recorded.
+    pub fn append_pending(
+        &self,
+        kind: Kind,
+        data: Bytes,
+        received_at: u64,
+        upstream_gap: Option<(u64, u64)>,
+    ) -> u64 {
+        self.insert(kind, data, received_at, upstream_gap, false)
+    }
+
+    /// Makes every message up to `seq` visible and wakes subscribers.
+    pub fn publish_upto(&self, seq: u64) {
+        let visible = {
+            let mut w = self.lock();
+            let old = w.visible;
+            let new = old.max(seq.min(w.next_seq - 1));
+            let first_pending = w.entries.len() - (w.next_seq - 1 - old) as usize;
+            let became: usize = w
+                .entries
+                .range(first_pending..)
+                .take_while(|e| e.seq <= new)
+                .map(|e| e.data.len())
+                .sum();
+            w.pending_bytes -= became;
+            w.visible = new;
+            self.evict(&mut w);
+            w.visible
+        };
+        self.last_seq.send_if_modified(|v| {
+            let changed = *v != visible;
+            *v = visible;
+            changed
+        });
+    }
+
+    /// Appends not yet visible.
+    pub fn pending(&self) -> u64 {
+        let w = self.lock();
+        w.next_seq - 1 - w.visible
+    }
+
+    /// Waits until at most `max` appends are waiting to become visible.
+    pub async fn wait_pending_at_most(&self, max: u64) {
+        let mut rx = self.last_seq.subscribe();
+        while self.pending() > max {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The seq the next append gets.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    fn evict(&self, w: &mut Window) {
+        // The bounds apply to what readers can see: entries waiting for their commit neither
+        // count nor get evicted, so a slow commit cannot push visible entries out early. The
+        // newest visible message is always kept, even when it alone exceeds the byte bound.
+        let pending = (w.next_seq - 1 - w.visible) as usize;
+        while w.entries.len() > pending + 1
+            && (w.entries.len() - pending > self.max_messages
+                || w.bytes - w.pending_bytes > self.max_bytes)
+        {
+            if let Some(old) = w.entries.pop_front() {
+                w.bytes -= old.data.len();
+            }
+        }
+    }
+
+    fn insert(
+        &self,
+        kind: Kind,
+        data: Bytes,
+        received_at: u64,
+        upstream_gap: Option<(u64, u64)>,
+        visible: bool,
+    ) -> u64 {
+        {
             let mut w = self.lock();
             let seq = w.next_seq;
             w.next_seq += 1;
@@ -153,21 +271,17 @@ impl Log {
                 upstream_gap,
                 json: OnceLock::new(),
             }));
-            // The newest message is always kept, even when it alone exceeds the byte bound.
-            while w.entries.len() > 1
-                && (w.entries.len() > self.max_messages || w.bytes > self.max_bytes)
-            {
-                if let Some(old) = w.entries.pop_front() {
-                    w.bytes -= old.data.len();
-                }
+            if visible {
+                w.visible = seq;
+            } else {
+                w.pending_bytes += w.entries.back().map_or(0, |e| e.data.len());
             }
+            self.evict(&mut w);
             seq
-        };
-        self.last_seq.send_replace(seq);
-        seq
+        }
     }
 
-    /// The last assigned seq (0 before the first message).
+    /// The last seq readers can see (0 before the first message).
     pub fn last_seq(&self) -> u64 {
         *self.last_seq.borrow()
     }
@@ -196,7 +310,8 @@ impl Log {
         let changes = WatchStream::from_changes(self.last_seq.subscribe());
         let (first, next_seq) = {
             let w = self.lock();
-            (w.entries.front().map_or(w.next_seq, |e| e.seq), w.next_seq)
+            let live = w.visible + 1;
+            (w.entries.front().map_or(live, |e| e.seq), live)
         };
         let (next, pending_gap) = match from_seq {
             None => (next_seq, None),
@@ -228,16 +343,20 @@ impl Log {
     /// and, when the cursor had fallen out of the window, the missed range.
     fn read(&self, next: u64, filters: &[Filter], out: &mut Vec<Item>, max: usize) -> Read {
         let w = self.lock();
-        let first = w.entries.front().map_or(w.next_seq, |e| e.seq);
+        let first = w.entries.front().map_or(w.visible + 1, |e| e.seq);
         let mut pos = next;
         let mut missed = None;
         if pos < first {
             missed = Some((pos, first - 1));
             pos = first;
         }
-        let start = (pos - first) as usize;
+        // Seqs are increasing but may have holes (after a restart), so search, don't index.
+        let start = w.entries.partition_point(|e| e.seq < pos);
         let mut taken = 0;
         for e in w.entries.iter().skip(start) {
+            if e.seq > w.visible {
+                break;
+            }
             pos = e.seq + 1;
             if let Some((from, to)) = e.upstream_gap {
                 out.push(Item::Gap {
@@ -467,6 +586,51 @@ mod tests {
         c.try_read(&mut out, 100).expect("no lag");
         assert_eq!(seqs(&out), vec![2, 4]);
         assert_eq!(c.position(), 5);
+    }
+
+    #[test]
+    fn pending_appends_are_invisible_until_published() {
+        let log = Log::new(&cfg(2, 1 << 20, SlowPolicy::Skip), 1);
+        let mut c = log.subscribe(None, vec![]);
+        for _ in 0..4 {
+            log.append_pending(Kind::Text, Bytes::from_static(b"p"), 0, None);
+        }
+        assert_eq!((log.last_seq(), log.pending(), log.next_seq()), (0, 4, 5));
+        // Over the 2-message window, but nothing is evicted before readers could see it.
+        assert_eq!(log.first_retained(), 1);
+        let mut out = vec![];
+        c.try_read(&mut out, 100).expect("no lag");
+        assert!(out.is_empty(), "nothing visible yet");
+        log.publish_upto(1);
+        c.try_read(&mut out, 100).expect("no lag");
+        assert_eq!(seqs(&out), vec![1]);
+        log.publish_upto(4);
+        out.clear();
+        c.try_read(&mut out, 100).expect("no lag");
+        assert!(
+            matches!(out[0], Item::Gap { from: 2, to: 2, .. }),
+            "{out:?}"
+        );
+        assert_eq!(seqs(&out), vec![3, 4]);
+    }
+
+    #[test]
+    fn restored_window_with_a_hole_reads_through_it() {
+        let e = |seq| (seq, Kind::Text, 0, Bytes::from_static(b"r"));
+        let log = Log::restored(
+            &cfg(100, 1 << 20, SlowPolicy::Skip),
+            20_001,
+            vec![e(7), e(8)],
+        );
+        log.append(Kind::Text, Bytes::from_static(b"n"), 0);
+        let mut c = log.subscribe(Some(7), vec![]);
+        let mut out = vec![];
+        c.try_read(&mut out, 100).expect("no lag");
+        assert_eq!(seqs(&out), vec![8, 20_001]);
+        assert!(
+            out.iter().all(|i| matches!(i, Item::Message(_))),
+            "a hole is not a gap"
+        );
     }
 
     #[tokio::test]

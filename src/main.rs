@@ -166,6 +166,14 @@ async fn run(arg: Option<PathBuf>) -> u8 {
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
+    let store = match ws_sidecar::store::Store::open(&cfg.store.path) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ws-sidecar: {e}");
+            return exit::CONFIG;
+        }
+    };
     let listeners = match ws_sidecar::listen::bind(&cfg).await {
         Ok(l) => l,
         Err(e) => {
@@ -181,7 +189,15 @@ async fn run(arg: Option<PathBuf>) -> u8 {
         config = %cfg.source.display(),
         "ws-sidecar started"
     );
-    let daemon = ws_sidecar::supervisor::Daemon::start(cfg, listeners, shutdown);
+    let daemon = match ws_sidecar::supervisor::Daemon::start(cfg, listeners, Some(store), shutdown)
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ws-sidecar: {e}");
+            return exit::CONFIG;
+        }
+    };
     daemon.run_until_stopped().await;
     0
 }

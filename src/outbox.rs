@@ -1,20 +1,24 @@
-//! The per-endpoint outbox (SPEC §11): a FIFO of published messages waiting to go upstream.
+//! The per-endpoint outbox (SPEC §11): a FIFO of published messages waiting to go upstream,
+//! durable in the store when `outbox.durable` is set.
 //!
-//! Publishers `push`; the upstream writer `peek_after`s, writes and flushes, then `mark_sent`s.
-//! An entry leaves the queue only once its frame was flushed to the socket (or it expired), so a
-//! connection lost mid-write resends it on the next connection. This is the in-memory queue; the
-//! durable store plugs in behind the same methods.
+//! Publishers `push` and are acknowledged once the entry is committed. The upstream writer
+//! `peek_after`s committed entries, writes and flushes them, then `mark_sent`s: an entry leaves
+//! the queue (and the store) only once its frame was flushed to the socket, or when it expires,
+//! so a connection lost mid-write resends it on the next connection. Ids are assigned and jobs
+//! submitted under one lock, and the store commits jobs in order, so committed entries are
+//! always a prefix of the queue and FIFO order survives group commit.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::OutboxConfig;
 use crate::log::Kind;
+use crate::store::{Op, Restored, Store, StoreError};
 
 /// A queued publish.
 #[derive(Debug, Clone)]
@@ -23,6 +27,8 @@ pub struct OutEntry {
     pub kind: Kind,
     pub data: Bytes,
     enqueued_at: Instant,
+    /// Committed to the store (always true for a memory-only outbox).
+    committed: bool,
 }
 
 /// Why a publish was refused.
@@ -37,6 +43,20 @@ pub enum PublishError {
     },
     #[error("message of {0} bytes is larger than the outbox max_bytes")]
     TooLarge(usize),
+    #[error("cannot store the message: {0}")]
+    StoreFull(String),
+    #[error("cannot store the message: {0}")]
+    Store(String),
+}
+
+impl From<StoreError> for PublishError {
+    fn from(e: StoreError) -> Self {
+        if e.full {
+            PublishError::StoreFull(e.to_string())
+        } else {
+            PublishError::Store(e.to_string())
+        }
+    }
 }
 
 /// What a `wait = SENT` publisher learns.
@@ -50,6 +70,15 @@ pub enum SentOutcome {
 /// Receives the outcome of one `wait = SENT` publish.
 pub type SentReceiver = oneshot::Receiver<SentOutcome>;
 
+/// How `push` placed a message.
+enum Queued {
+    /// The idempotency key was seen: this is the first publish's id.
+    Repeat(u64),
+    InMemory(u64),
+    /// Waiting for the store's commit.
+    Committing(u64, oneshot::Receiver<Result<(), StoreError>>),
+}
+
 struct Queue {
     entries: VecDeque<OutEntry>,
     bytes: usize,
@@ -60,58 +89,150 @@ struct Queue {
     keys: HashMap<String, (u64, Instant)>,
     /// `wait = SENT` publishers by outbox id.
     waiters: HashMap<u64, Vec<oneshot::Sender<SentOutcome>>>,
+    /// When idempotency keys were last pruned in the store.
+    pruned_at: Instant,
+}
+
+/// State the store's commit callbacks update, so an entry becomes sendable even when its
+/// publisher went away before the commit finished.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the upstream writer when an entry becomes sendable.
+    pushed: Notify,
+    /// Highest outbox id whose commit finished, well or badly (commits finish in id order).
+    settled: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// One endpoint's outbox.
 pub struct Outbox {
     cfg: OutboxConfig,
-    queue: Mutex<Queue>,
-    /// Wakes the upstream writer when something is pushed.
-    pushed: Notify,
+    endpoint: Arc<str>,
+    /// `None` keeps the outbox in memory only (`outbox.durable = false` or no store).
+    store: Option<Store>,
+    shared: Arc<Shared>,
     /// Messages dropped after `max_age`, for status and metrics.
     expired: AtomicU64,
 }
 
+fn unix_ms_ago(ms: u64) -> Instant {
+    let now_ms = crate::endpoint::unix_nanos() / 1_000_000;
+    let age = Duration::from_millis(now_ms.saturating_sub(ms));
+    Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
+}
+
 impl Outbox {
-    /// An empty outbox; ids start at 1.
+    /// An empty in-memory outbox; ids start at 1.
     pub fn new(cfg: OutboxConfig) -> Self {
+        Self::restored(cfg, Arc::from(""), None, &Restored::default())
+    }
+
+    /// An outbox holding what the store had for `endpoint`; with `store`, new entries are
+    /// committed to it (when `cfg.durable`).
+    pub fn restored(
+        cfg: OutboxConfig,
+        endpoint: Arc<str>,
+        store: Option<Store>,
+        restored: &Restored,
+    ) -> Self {
+        let entries: VecDeque<OutEntry> = restored
+            .outbox
+            .iter()
+            .map(|(id, kind, at_ms, data)| OutEntry {
+                id: *id,
+                kind: *kind,
+                data: data.clone(),
+                enqueued_at: unix_ms_ago(*at_ms),
+                committed: true,
+            })
+            .collect();
+        let next_id = restored
+            .outbox_next
+            .max(entries.back().map_or(1, |e| e.id + 1))
+            .max(1);
+        let keys = restored
+            .idempotency
+            .iter()
+            .map(|(k, id, at)| (k.clone(), (*id, unix_ms_ago(*at))))
+            .collect();
+        let bytes = entries.iter().map(|e| e.data.len()).sum();
+        let store = store.filter(|_| cfg.durable);
         Outbox {
             cfg,
-            queue: Mutex::new(Queue {
-                entries: VecDeque::new(),
-                bytes: 0,
-                next_id: 1,
-                sent_upto: 0,
-                keys: HashMap::new(),
-                waiters: HashMap::new(),
+            endpoint,
+            store,
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue {
+                    entries,
+                    bytes,
+                    next_id,
+                    sent_upto: 0,
+                    keys,
+                    waiters: HashMap::new(),
+                    pruned_at: Instant::now(),
+                }),
+                pushed: Notify::new(),
+                settled: watch::Sender::new(next_id - 1),
             }),
-            pushed: Notify::new(),
             expired: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues a message and returns its outbox id. A repeated `idempotency_key` returns the
-    /// first id and queues nothing. With `want_sent`, also returns a receiver for the outcome.
-    pub fn push(
+    /// Queues a message and returns its outbox id once it is stored. A repeated
+    /// `idempotency_key` returns the first id and queues nothing. With `want_sent`, also
+    /// returns a receiver for the outcome.
+    pub async fn push(
         &self,
         kind: Kind,
         data: Bytes,
         idempotency_key: Option<&str>,
         want_sent: bool,
     ) -> Result<(u64, Option<SentReceiver>), PublishError> {
-        let now = Instant::now();
-        let mut q = self.lock();
-        self.expire_locked(&mut q, now);
-        if let Some(key) = idempotency_key {
-            if let Some(&(id, _)) = q.keys.get(key) {
-                let rx = want_sent.then(|| Self::waiter_locked(&mut q, id));
-                return Ok((id, rx));
+        let queued = {
+            let mut q = self.shared.lock();
+            let now = Instant::now();
+            self.expire_locked(&mut q, now);
+            // Checked under the same lock as the insert, so two concurrent publishes with one
+            // new key cannot both queue.
+            match idempotency_key.and_then(|k| q.keys.get(k)) {
+                Some(&(id, _)) => Queued::Repeat(id),
+                None => self.queue_locked(&mut q, kind, data, idempotency_key, now)?,
             }
-        }
+        };
+        let id = match queued {
+            Queued::Repeat(id) => return self.repeated(id, want_sent).await,
+            Queued::InMemory(id) => {
+                self.shared.pushed.notify_one();
+                self.shared.settled.send_replace(id);
+                id
+            }
+            Queued::Committing(id, rx) => match rx.await {
+                Ok(Ok(())) => id,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(PublishError::Store("store stopped".into())),
+            },
+        };
+        let rx = want_sent.then(|| {
+            let mut q = self.shared.lock();
+            Self::waiter_locked(&mut q, id)
+        });
+        Ok((id, rx))
+    }
+
+    /// Appends a new entry under the lock and, for a durable outbox, submits its commit.
+    fn queue_locked(
+        &self,
+        q: &mut Queue,
+        kind: Kind,
+        data: Bytes,
+        idempotency_key: Option<&str>,
+        now: Instant,
+    ) -> Result<Queued, PublishError> {
         if data.len() > self.cfg.max_bytes {
             return Err(PublishError::TooLarge(data.len()));
         }
@@ -129,15 +250,55 @@ impl Outbox {
         q.entries.push_back(OutEntry {
             id,
             kind,
-            data,
+            data: data.clone(),
             enqueued_at: now,
+            committed: self.store.is_none(),
         });
         if let Some(key) = idempotency_key {
             q.keys.insert(key.to_owned(), (id, now));
         }
+        let Some(store) = &self.store else {
+            return Ok(Queued::InMemory(id));
+        };
+        let (tx, rx) = oneshot::channel();
+        let shared = Arc::clone(&self.shared);
+        let op = Op::OutboxPut {
+            endpoint: Arc::clone(&self.endpoint),
+            id,
+            kind,
+            enqueued_ms: crate::endpoint::unix_nanos() / 1_000_000,
+            data,
+            idempotency_key: idempotency_key.map(str::to_owned),
+        };
+        // Submitted under the lock: the store commits in submission order, which is id order.
+        store.submit(
+            vec![op],
+            Some(Box::new(move |r| {
+                settle(&shared, id, r.is_ok());
+                let _ = tx.send(r);
+            })),
+        );
+        Ok(Queued::Committing(id, rx))
+    }
+
+    /// A publish with a known idempotency key: wait until the first one's commit settled, then
+    /// answer as it was answered.
+    async fn repeated(
+        &self,
+        id: u64,
+        want_sent: bool,
+    ) -> Result<(u64, Option<SentReceiver>), PublishError> {
+        let mut settled = self.shared.settled.subscribe();
+        let _ = settled.wait_for(|s| *s >= id).await;
+        let mut q = self.shared.lock();
+        let known = id <= q.sent_upto || q.entries.iter().any(|e| e.id == id && e.committed);
+        // Not sent and not queued: expired (its key remains) or never stored (key removed).
+        if !known && !q.keys.values().any(|(kid, _)| *kid == id) {
+            return Err(PublishError::Store(
+                "the first publish with this idempotency key was not stored".into(),
+            ));
+        }
         let rx = want_sent.then(|| Self::waiter_locked(&mut q, id));
-        drop(q);
-        self.pushed.notify_one();
         Ok((id, rx))
     }
 
@@ -153,25 +314,33 @@ impl Outbox {
         rx
     }
 
-    /// The first queued entries with id > `after`, at most `max` of them, oldest first.
+    /// The first committed entries with id > `after`, at most `max` of them, oldest first.
     pub fn peek_after(&self, after: u64, max: usize) -> Vec<OutEntry> {
-        let mut q = self.lock();
+        let mut q = self.shared.lock();
         self.expire_locked(&mut q, Instant::now());
         q.entries
             .iter()
             .filter(|e| e.id > after)
+            .take_while(|e| e.committed)
             .take(max)
             .cloned()
             .collect()
     }
 
-    /// Waits until an entry with id > `after` is queued; returns at once if one is.
+    /// Waits until a committed entry with id > `after` is queued; returns at once if one is.
     pub async fn wait_after(&self, after: u64) {
         loop {
-            let notified = self.pushed.notified();
+            let notified = self.shared.pushed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.lock().entries.back().is_some_and(|e| e.id > after) {
+            let ready = {
+                let q = self.shared.lock();
+                q.entries
+                    .iter()
+                    .find(|e| e.id > after)
+                    .is_some_and(|e| e.committed)
+            };
+            if ready {
                 return;
             }
             notified.await;
@@ -180,50 +349,89 @@ impl Outbox {
 
     /// Removes every entry up to `id`: they were flushed to the upstream socket.
     pub fn mark_sent(&self, id: u64) {
-        let mut q = self.lock();
+        let mut q = self.shared.lock();
+        let mut removed = false;
         while q.entries.front().is_some_and(|e| e.id <= id) {
             if let Some(e) = q.entries.pop_front() {
                 q.bytes -= e.data.len();
+                removed = true;
                 for w in q.waiters.remove(&e.id).unwrap_or_default() {
                     let _ = w.send(SentOutcome::Sent);
                 }
             }
         }
         q.sent_upto = q.sent_upto.max(id);
+        drop(q);
+        if removed {
+            self.forget_upto(id);
+        }
         // Re-wake the writer: it may have been waiting with a stale position.
-        self.pushed.notify_one();
+        self.shared.pushed.notify_one();
+    }
+
+    /// Deletes entries up to `id` from the store. Not awaited: if the daemon dies before this
+    /// commits, the entries are sent again after the restart (at-least-once upstream).
+    fn forget_upto(&self, id: u64) {
+        if let Some(store) = &self.store {
+            store.submit(
+                vec![Op::OutboxRemoveUpTo {
+                    endpoint: Arc::clone(&self.endpoint),
+                    upto: id,
+                }],
+                None,
+            );
+        }
     }
 
     /// Drops entries older than `max_age`, and idempotency keys too old to matter.
     pub fn expire(&self) {
-        let mut q = self.lock();
+        let mut q = self.shared.lock();
         self.expire_locked(&mut q, Instant::now());
     }
 
     fn expire_locked(&self, q: &mut Queue, now: Instant) {
         let max_age = self.cfg.max_age;
+        let mut last_expired = None;
         while q
             .entries
             .front()
-            .is_some_and(|e| now.saturating_duration_since(e.enqueued_at) > max_age)
+            .is_some_and(|e| e.committed && now.saturating_duration_since(e.enqueued_at) > max_age)
         {
             if let Some(e) = q.entries.pop_front() {
                 q.bytes -= e.data.len();
+                last_expired = Some(e.id);
                 self.expired.fetch_add(1, Ordering::Relaxed);
                 for w in q.waiters.remove(&e.id).unwrap_or_default() {
                     let _ = w.send(SentOutcome::Expired);
                 }
             }
         }
-        if q.keys.len() > 1024 || q.entries.is_empty() {
+        if let Some(id) = last_expired {
+            tracing::warn!(endpoint = %self.endpoint, upto = id, "outbox messages expired unsent");
+            self.forget_upto(id);
+        }
+        if now.saturating_duration_since(q.pruned_at) > Duration::from_secs(60)
+            || q.keys.len() > 100_000
+        {
+            q.pruned_at = now;
             q.keys
                 .retain(|_, (_, at)| now.saturating_duration_since(*at) <= max_age);
+            if let Some(store) = &self.store {
+                let before = crate::endpoint::unix_nanos() / 1_000_000;
+                store.submit(
+                    vec![Op::IdemPrune {
+                        endpoint: Arc::clone(&self.endpoint),
+                        before_ms: before.saturating_sub(max_age.as_millis() as u64),
+                    }],
+                    None,
+                );
+            }
         }
     }
 
     /// Entries queued.
     pub fn depth(&self) -> usize {
-        self.lock().entries.len()
+        self.shared.lock().entries.len()
     }
 
     /// Entries dropped after `max_age` so far.
@@ -232,10 +440,30 @@ impl Outbox {
     }
 }
 
+/// Records the outcome of entry `id`'s commit: sendable, or gone with its key.
+fn settle(shared: &Shared, id: u64, ok: bool) {
+    {
+        let mut q = shared.lock();
+        if ok {
+            if let Some(e) = q.entries.iter_mut().rev().find(|e| e.id == id) {
+                e.committed = true;
+            }
+        } else if let Some(pos) = q.entries.iter().position(|e| e.id == id) {
+            if let Some(e) = q.entries.remove(pos) {
+                q.bytes -= e.data.len();
+            }
+            q.keys.retain(|_, (kid, _)| *kid != id);
+        }
+    }
+    shared.settled.send_modify(|s| *s = (*s).max(id));
+    if ok {
+        shared.pushed.notify_one();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn outbox(max_messages: usize, max_bytes: usize, max_age: Duration) -> Outbox {
         Outbox::new(OutboxConfig {
@@ -250,11 +478,15 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
-    #[test]
-    fn fifo_and_removal_only_after_sent() {
+    async fn push(o: &Outbox, s: &'static str) -> Result<u64, PublishError> {
+        o.push(Kind::Text, b(s), None, false).await.map(|r| r.0)
+    }
+
+    #[tokio::test]
+    async fn fifo_and_removal_only_after_sent() {
         let o = outbox(10, 1000, Duration::from_secs(60));
         for s in ["a", "b", "c"] {
-            o.push(Kind::Text, b(s), None, false).expect("room");
+            push(&o, s).await.expect("room");
         }
         let first = o.peek_after(0, 2);
         assert_eq!(first.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1, 2]);
@@ -265,29 +497,32 @@ mod tests {
         assert_eq!(o.peek_after(0, 10)[0].data, b("c"));
     }
 
-    #[test]
-    fn limits_refuse() {
+    #[tokio::test]
+    async fn limits_refuse() {
         let o = outbox(2, 1000, Duration::from_secs(60));
-        o.push(Kind::Text, b("a"), None, false).expect("room");
-        o.push(Kind::Text, b("b"), None, false).expect("room");
+        push(&o, "a").await.expect("room");
+        push(&o, "b").await.expect("room");
         assert!(matches!(
-            o.push(Kind::Text, b("c"), None, false),
+            push(&o, "c").await,
             Err(PublishError::Full { depth: 2, .. })
         ));
         let o = outbox(10, 3, Duration::from_secs(60));
-        o.push(Kind::Text, b("ab"), None, false).expect("room");
-        assert!(o.push(Kind::Text, b("cd"), None, false).is_err());
-        assert_eq!(
-            o.push(Kind::Text, b("abcd"), None, false).err(),
-            Some(PublishError::TooLarge(4))
-        );
+        push(&o, "ab").await.expect("room");
+        assert!(push(&o, "cd").await.is_err());
+        assert_eq!(push(&o, "abcd").await, Err(PublishError::TooLarge(4)));
     }
 
-    #[test]
-    fn idempotency_key_queues_once() {
+    #[tokio::test]
+    async fn idempotency_key_queues_once() {
         let o = outbox(10, 1000, Duration::from_secs(60));
-        let (a, _) = o.push(Kind::Text, b("x"), Some("k1"), false).expect("room");
-        let (b2, _) = o.push(Kind::Text, b("x"), Some("k1"), false).expect("room");
+        let (a, _) = o
+            .push(Kind::Text, b("x"), Some("k1"), false)
+            .await
+            .expect("room");
+        let (b2, _) = o
+            .push(Kind::Text, b("x"), Some("k1"), false)
+            .await
+            .expect("room");
         assert_eq!(a, b2);
         assert_eq!(o.depth(), 1);
     }
@@ -295,14 +530,76 @@ mod tests {
     #[tokio::test]
     async fn wait_sent_and_expiry() {
         let o = outbox(10, 1000, Duration::from_millis(50));
-        let (id, rx) = o.push(Kind::Text, b("x"), None, true).expect("room");
+        let (id, rx) = o.push(Kind::Text, b("x"), None, true).await.expect("room");
         o.mark_sent(id);
         assert_eq!(rx.expect("asked").await, Ok(SentOutcome::Sent));
-        let (_, rx) = o.push(Kind::Text, b("y"), None, true).expect("room");
+        let (_, rx) = o.push(Kind::Text, b("y"), None, true).await.expect("room");
         tokio::time::sleep(Duration::from_millis(80)).await;
         o.expire();
         assert_eq!(rx.expect("asked").await, Ok(SentOutcome::Expired));
         assert_eq!(o.expired(), 1);
         assert_eq!(o.depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn durable_entries_survive_a_reopen_in_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("store");
+        let cfg = OutboxConfig {
+            max_messages: 1000,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+            durable: true,
+        };
+        let store = Store::open(&path).expect("open");
+        let o = Arc::new(Outbox::restored(
+            cfg.clone(),
+            Arc::from("ep"),
+            Some(store.clone()),
+            &Restored::default(),
+        ));
+        let mut tasks = Vec::new();
+        for i in 0..64u32 {
+            let o = Arc::clone(&o);
+            tasks.push(tokio::spawn(async move {
+                o.push(
+                    Kind::Binary,
+                    Bytes::from(i.to_be_bytes().to_vec()),
+                    None,
+                    false,
+                )
+                .await
+                .map(|r| r.0)
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task").expect("stored");
+        }
+        o.push(Kind::Text, b("k"), Some("key"), false)
+            .await
+            .expect("stored");
+        o.mark_sent(10);
+        store.close();
+        drop((o, store));
+
+        let store = Store::open(&path).expect("reopen");
+        let restored = store.restore("ep", 0).expect("restore");
+        let o = Outbox::restored(cfg, Arc::from("ep"), Some(store), &restored);
+        let ids: Vec<u64> = o.peek_after(0, 1000).iter().map(|e| e.id).collect();
+        assert_eq!(
+            ids,
+            (11..=65).collect::<Vec<_>>(),
+            "unsent entries come back in order"
+        );
+        let (again, _) = o
+            .push(Kind::Text, b("k"), Some("key"), false)
+            .await
+            .expect("known");
+        assert_eq!(again, 65, "idempotency key survives the restart");
+        let (next, _) = o
+            .push(Kind::Text, b("n"), None, false)
+            .await
+            .expect("stored");
+        assert_eq!(next, 66, "ids continue");
     }
 }

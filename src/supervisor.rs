@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::endpoint::Endpoint;
 use crate::listen::{self, Listeners};
 use crate::registry::Registry;
+use crate::store::{Restored, Store, StoreError};
 
 /// Time allowed for everything to stop after the shutdown signal (SPEC §14: exit within 5 s).
 pub const GRACE: Duration = Duration::from_millis(4500);
@@ -26,16 +27,31 @@ pub struct Daemon {
     upstreams: TaskTracker,
     servers: TaskTracker,
     sockets: Vec<std::path::PathBuf>,
+    store: Option<Store>,
 }
 
 impl Daemon {
-    /// Starts every endpoint and serves the given listeners until `shutdown` is cancelled.
-    pub fn start(cfg: Config, listeners: Listeners, shutdown: CancellationToken) -> Daemon {
-        let endpoints: Vec<Arc<Endpoint>> = cfg
-            .endpoints
-            .iter()
-            .map(|(name, ec)| Endpoint::new(name.clone(), ec.clone(), 1))
-            .collect();
+    /// Restores every endpoint from `store`, starts it, and serves the given listeners until
+    /// `shutdown` is cancelled. Without a store everything stays in memory.
+    pub fn start(
+        cfg: Config,
+        listeners: Listeners,
+        store: Option<Store>,
+        shutdown: CancellationToken,
+    ) -> Result<Daemon, StoreError> {
+        let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
+        for (name, ec) in &cfg.endpoints {
+            let restored = match &store {
+                Some(s) => s.restore(name, ec.replay.messages)?,
+                None => Restored::default(),
+            };
+            endpoints.push(Endpoint::new(
+                name.clone(),
+                ec.clone(),
+                store.clone(),
+                restored,
+            ));
+        }
         let registry = Registry::new(endpoints, cfg.limits.max_subscribers);
         let upstreams = TaskTracker::new();
         for ep in registry.all() {
@@ -68,13 +84,14 @@ impl Daemon {
             ));
         }
         servers.close();
-        Daemon {
+        Ok(Daemon {
             registry,
             shutdown,
             upstreams,
             servers,
             sockets,
-        }
+            store,
+        })
     }
 
     /// Waits for the shutdown signal, then stops everything within [`GRACE`]. Returns false when
@@ -96,6 +113,14 @@ impl Daemon {
             .await
             .is_ok();
         listen::remove_sockets(&self.sockets);
+        // Commit whatever is still queued (e.g. outbox deletions) before the process ends.
+        if let Some(store) = self.store {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let closing = tokio::task::spawn_blocking(move || store.close());
+            if tokio::time::timeout(left, closing).await.is_err() {
+                tracing::warn!("store did not finish its last commit in time");
+            }
+        }
         if !(upstreams_done && servers_done) {
             tracing::warn!(
                 upstreams_done,

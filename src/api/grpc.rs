@@ -291,7 +291,8 @@ fn publish_status(e: PublishError) -> Status {
         PublishError::NotFound(_) => Status::not_found(e.to_string()),
         PublishError::Failed(_) => Status::failed_precondition(e.to_string()),
         PublishError::InvalidText => Status::invalid_argument(e.to_string()),
-        PublishError::Outbox(_) => Status::resource_exhausted(e.to_string()),
+        PublishError::Outbox(_) if e.is_exhausted() => Status::resource_exhausted(e.to_string()),
+        PublishError::Outbox(_) => Status::unavailable(e.to_string()),
         PublishError::Expired => Status::deadline_exceeded(e.to_string()),
         PublishError::Closed => Status::unavailable(e.to_string()),
     }

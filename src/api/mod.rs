@@ -28,6 +28,20 @@ pub enum PublishError {
     Closed,
 }
 
+impl PublishError {
+    /// True when the refusal is about room (outbox limits or a full disk).
+    pub fn is_exhausted(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Outbox(
+                outbox::PublishError::Full { .. }
+                    | outbox::PublishError::TooLarge(_)
+                    | outbox::PublishError::StoreFull(_)
+            )
+        )
+    }
+}
+
 /// Appends a message to an endpoint's outbox; with `wait_sent`, returns once it was flushed to
 /// the upstream socket.
 pub async fn publish(
@@ -47,7 +61,10 @@ pub async fn publish(
     if kind == Kind::Text && std::str::from_utf8(&data).is_err() {
         return Err(PublishError::InvalidText);
     }
-    let (id, rx) = ep.outbox.push(kind, data, idempotency_key, wait_sent)?;
+    let (id, rx) = ep
+        .outbox
+        .push(kind, data, idempotency_key, wait_sent)
+        .await?;
     if let Some(rx) = rx {
         match rx.await {
             Ok(SentOutcome::Sent) => {}

@@ -309,7 +309,8 @@ fn publish_code(e: &PublishError) -> &'static str {
         PublishError::NotFound(_) => "not_found",
         PublishError::Failed(_) => "failed_precondition",
         PublishError::InvalidText => "invalid_argument",
-        PublishError::Outbox(_) => "resource_exhausted",
+        PublishError::Outbox(_) if e.is_exhausted() => "resource_exhausted",
+        PublishError::Outbox(_) => "unavailable",
         PublishError::Expired => "deadline_exceeded",
         PublishError::Closed => "unavailable",
     }

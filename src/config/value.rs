@@ -505,7 +505,7 @@ pub(crate) fn format_size(bytes: usize) -> String {
         ("MB", 1_000_000),
         ("kB", 1_000),
     ] {
-        if n >= scale && n % scale == 0 {
+        if n >= scale && n.is_multiple_of(scale) {
             return format!("{}{unit}", n / scale);
         }
     }

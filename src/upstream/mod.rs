@@ -45,7 +45,13 @@ pub async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken) {
 async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
     let cfg = &ep.config;
     let mut backoff = Backoff::new(cfg.backoff.clone());
-    let mut resume = cfg.resume.clone().map(|c| Resume::new(c, None));
+    let restored_id = ep
+        .take_restored_upstream_id()
+        .and_then(|s| resume::UpstreamId::decode(&s));
+    let mut resume = cfg.resume.clone().map(|c| Resume::new(c, restored_id));
+    if let Some(id) = resume.as_ref().and_then(Resume::last_id) {
+        ep.set_last_upstream_id(id.to_string());
+    }
     let drop_filters: Vec<Filter> = cfg
         .drop
         .iter()
@@ -107,6 +113,7 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
                     resume: &mut resume,
                     drop_filters: &drop_filters,
                     shutdown,
+                    durable: cfg.resume.is_some() || cfg.replay.persist,
                 };
                 match session.run(ws).instrument(attempt_span).await {
                     End::Shutdown => Next::Stop,

@@ -12,6 +12,24 @@ pub enum UpstreamId {
     Str(String),
 }
 
+impl UpstreamId {
+    /// The form kept in the store: `i:<n>` or `s:<text>`.
+    pub fn encode(&self) -> String {
+        match self {
+            UpstreamId::Int(n) => format!("i:{n}"),
+            UpstreamId::Str(s) => format!("s:{s}"),
+        }
+    }
+
+    /// Reads [`encode`](Self::encode)'s form back; `None` for anything else.
+    pub fn decode(s: &str) -> Option<UpstreamId> {
+        if let Some(n) = s.strip_prefix("i:") {
+            return n.parse().ok().map(UpstreamId::Int);
+        }
+        s.strip_prefix("s:").map(|t| UpstreamId::Str(t.to_owned()))
+    }
+}
+
 impl std::fmt::Display for UpstreamId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -43,11 +61,23 @@ pub struct Resume {
 impl Resume {
     /// Starts with `last` as the last delivered id (from the store after a restart).
     pub fn new(cfg: ResumeConfig, last: Option<UpstreamId>) -> Self {
+        // Only the last string id is stored, so after a restart the window restarts with it.
+        let (recent, recent_set) = match &last {
+            Some(UpstreamId::Str(s)) => (VecDeque::from([s.clone()]), HashSet::from([s.clone()])),
+            _ => (VecDeque::new(), HashSet::new()),
+        };
+        // An id of the other kind (the config changed) is no position at all.
+        let last = last.filter(|l| {
+            matches!(
+                (l, cfg.id_kind),
+                (UpstreamId::Int(_), IdKind::Integer) | (UpstreamId::Str(_), IdKind::String)
+            )
+        });
         Resume {
             cfg,
             last,
-            recent: VecDeque::new(),
-            recent_set: HashSet::new(),
+            recent,
+            recent_set,
         }
     }
 
@@ -197,6 +227,21 @@ mod tests {
         assert_eq!(r.accept(s("a")), Verdict::Deliver { gap: None });
         let doc = serde_json::json!({"id": "x\"y"});
         assert_eq!(r.extract(&doc), Some(UpstreamId::Str("x\"y".into())));
+    }
+
+    #[test]
+    fn stored_form_round_trips_and_seeds_dedup() {
+        for id in [UpstreamId::Int(42), UpstreamId::Str("a:b".into())] {
+            assert_eq!(UpstreamId::decode(&id.encode()), Some(id));
+        }
+        assert_eq!(UpstreamId::decode("x"), None);
+        let mut r = Resume::new(
+            cfg(IdKind::String, false),
+            Some(UpstreamId::Str("z".into())),
+        );
+        assert_eq!(r.accept(UpstreamId::Str("z".into())), Verdict::Duplicate);
+        let r = Resume::new(cfg(IdKind::String, false), Some(UpstreamId::Int(3)));
+        assert_eq!(r.last_id(), None, "an id of the wrong kind is dropped");
     }
 
     #[test]

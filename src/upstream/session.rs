@@ -18,6 +18,7 @@ use super::resume::{Resume, Verdict};
 use crate::endpoint::{unix_nanos, Endpoint};
 use crate::filter::Filter;
 use crate::log::Kind;
+use crate::store::Op;
 
 /// How a connection ended.
 #[derive(Debug)]
@@ -40,12 +41,25 @@ enum Ctl {
 /// heartbeat frame is not stuck behind a long batch.
 const OUTBOX_BATCH: usize = 256;
 
+/// Inbound messages allowed to wait for their durable commit before reading pauses (which
+/// pushes back on the upstream through TCP).
+const MAX_PENDING: u64 = 8192;
+
+/// Seqs reserved in the store at a time where messages are not committed one by one: a restart
+/// continues above the reservation, so a seq is never reused.
+const SEQ_LEASE: u64 = 10_000;
+
+/// Persisted replay entries below the window are deleted every this many messages.
+const TRIM_EVERY: u64 = 512;
+
 /// Per-connection context borrowed from the endpoint task.
 pub struct Session<'a> {
     pub ep: &'a Endpoint,
     pub resume: &'a mut Option<Resume>,
     pub drop_filters: &'a [Filter],
     pub shutdown: &'a CancellationToken,
+    /// Commit each message before delivering it (resume or persisted replay configured).
+    pub durable: bool,
 }
 
 impl Session<'_> {
@@ -121,8 +135,8 @@ impl Session<'_> {
                     let now = Instant::now();
                     hb.on_inbound(now);
                     match msg {
-                        Some(Ok(Message::Text(t))) => self.ingest(Kind::Text, Bytes::from(t)),
-                        Some(Ok(Message::Binary(b))) => self.ingest(Kind::Binary, b),
+                        Some(Ok(Message::Text(t))) => self.ingest(Kind::Text, Bytes::from(t)).await,
+                        Some(Ok(Message::Binary(b))) => self.ingest(Kind::Binary, b).await,
                         Some(Ok(Message::Pong(p))) => {
                             if let Some(rtt) = hb.on_pong(&p, now) {
                                 ep.stats.rtt_micros.store(rtt.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -154,7 +168,12 @@ impl Session<'_> {
     }
 
     /// Fans out one inbound message, after resume dedup and `drop` filters.
-    fn ingest(&mut self, kind: Kind, data: Bytes) {
+    ///
+    /// With resume or `replay.persist`, the message's seq, upstream id (and payload) are
+    /// committed before subscribers see it, so a crash can neither reuse a delivered seq nor
+    /// make the upstream resend what was delivered. Otherwise only a block of seqs is reserved
+    /// now and then.
+    async fn ingest(&mut self, kind: Kind, data: Bytes) {
         let ep = self.ep;
         let needs_json = self.resume.is_some() || !self.drop_filters.is_empty();
         let doc = if needs_json {
@@ -163,8 +182,10 @@ impl Session<'_> {
             None
         };
         let mut gap = None;
+        let mut new_id = None;
         if let (Some(resume), Some(doc)) = (self.resume.as_mut(), doc.as_ref()) {
             if let Some(id) = resume.extract(doc) {
+                let stored = id.encode();
                 let shown = id.to_string();
                 match resume.accept(id) {
                     Verdict::Duplicate => {
@@ -174,6 +195,7 @@ impl Session<'_> {
                     Verdict::Deliver { gap: g } => {
                         gap = g;
                         ep.set_last_upstream_id(shown);
+                        new_id = Some(stored);
                     }
                 }
             }
@@ -186,7 +208,72 @@ impl Session<'_> {
         }
         Endpoint::count(&ep.stats.messages_received, 1);
         Endpoint::count(&ep.stats.bytes_received, data.len() as u64);
-        ep.log.append_after_gap(kind, data, unix_nanos(), gap);
+        let Some(store) = &ep.store else {
+            ep.log.append_after_gap(kind, data, unix_nanos(), gap);
+            return;
+        };
+        let endpoint: std::sync::Arc<str> = std::sync::Arc::from(ep.name.as_str());
+        if !self.durable {
+            let next = ep.log.next_seq();
+            if next > ep.seq_leased.load(std::sync::atomic::Ordering::Relaxed) {
+                let upto = next + SEQ_LEASE - 1;
+                match store
+                    .commit(vec![Op::SeqMark {
+                        endpoint,
+                        seq: upto,
+                    }])
+                    .await
+                {
+                    Ok(()) => ep
+                        .seq_leased
+                        .store(upto, std::sync::atomic::Ordering::Relaxed),
+                    Err(e) => tracing::error!(error = %e, "cannot reserve seqs; delivering anyway"),
+                }
+            }
+            ep.log.append_after_gap(kind, data, unix_nanos(), gap);
+            return;
+        }
+        if ep.log.pending() >= MAX_PENDING {
+            ep.log.wait_pending_at_most(MAX_PENDING / 2).await;
+        }
+        let received_at = unix_nanos();
+        let seq = ep.log.append_pending(kind, data.clone(), received_at, gap);
+        let mut ops = vec![Op::SeqMark {
+            endpoint: std::sync::Arc::clone(&endpoint),
+            seq,
+        }];
+        if let Some(id) = new_id {
+            ops.push(Op::UpstreamId {
+                endpoint: std::sync::Arc::clone(&endpoint),
+                id,
+            });
+        }
+        if ep.config.replay.persist {
+            ops.push(Op::ReplayPut {
+                endpoint: std::sync::Arc::clone(&endpoint),
+                seq,
+                kind,
+                received_at,
+                data,
+            });
+            if seq.is_multiple_of(TRIM_EVERY) {
+                ops.push(Op::ReplayTrim {
+                    endpoint,
+                    below: ep.log.first_retained(),
+                });
+            }
+        }
+        let log = std::sync::Arc::clone(&ep.log);
+        store.submit(
+            ops,
+            Some(Box::new(move |r| {
+                if let Err(e) = r {
+                    // Subscribers come first: deliver, and say loudly that it is not recorded.
+                    tracing::error!(error = %e, seq, "cannot record message; delivering it anyway");
+                }
+                log.publish_upto(seq);
+            })),
+        );
     }
 
     /// Sends a close frame through the writer, waiting briefly for it to be flushed.

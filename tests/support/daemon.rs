@@ -63,8 +63,11 @@ pub async fn start_with(mut cfg: Config) -> TestDaemon {
         .await
         .expect("bind listeners");
     let grpc_tcp = listeners.grpc_tcp_addr();
+    let store = ws_sidecar::store::Store::open(&cfg.store.path).expect("open store");
     let shutdown = CancellationToken::new();
-    let daemon = ws_sidecar::supervisor::Daemon::start(cfg, listeners, shutdown.clone());
+    let daemon =
+        ws_sidecar::supervisor::Daemon::start(cfg, listeners, Some(store), shutdown.clone())
+            .expect("start daemon");
     let registry = Arc::clone(&daemon.registry);
     let task = tokio::spawn(daemon.run_until_stopped());
     TestDaemon {

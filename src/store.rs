@@ -1,0 +1,531 @@
+//! The embedded database (one redb file): outboxes, idempotency keys, per-endpoint sequence
+//! marks, the last upstream id, and the persisted replay log.
+//!
+//! All writes go through one committer thread that drains every queued job into a single write
+//! transaction and commits it durably: many concurrent publishers (and the upstream tasks) share
+//! one fsync. A job's completion runs on the committer thread once its commit is known, so it
+//! must be quick (set a flag, wake a task).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::log::Kind;
+
+/// Outbox entries: (endpoint, outbox id) → kind, enqueue time (Unix ms), payload.
+const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
+/// Idempotency keys: (endpoint, key) → (outbox id, first seen Unix ms).
+const IDEM: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("idempotency");
+/// Marks: (endpoint, name) → value; names are `seq` (highest seq that may have been used) and
+/// `outbox_next` (next outbox id).
+const MARKS: TableDefinition<(&str, &str), u64> = TableDefinition::new("marks");
+/// Last delivered upstream id per endpoint, encoded by [`crate::upstream::resume`].
+const UPSTREAM_IDS: TableDefinition<&str, &str> = TableDefinition::new("upstream_ids");
+/// Persisted replay log: (endpoint, seq) → kind, receive time (Unix ns), payload.
+const REPLAY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("replay");
+
+/// Jobs committed together at most; bounds one transaction's size and latency.
+const MAX_GROUP: usize = 8192;
+
+/// A store failure; the message names the file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("store {path}: {msg}")]
+pub struct StoreError {
+    pub path: PathBuf,
+    pub msg: String,
+    /// The disk (or file size limit) is full: publishers get RESOURCE_EXHAUSTED.
+    pub full: bool,
+}
+
+/// One change to the database.
+#[derive(Debug)]
+pub enum Op {
+    OutboxPut {
+        endpoint: Arc<str>,
+        id: u64,
+        kind: Kind,
+        enqueued_ms: u64,
+        data: Bytes,
+        idempotency_key: Option<String>,
+    },
+    /// Every entry with id ≤ `upto` left the outbox (sent or expired).
+    OutboxRemoveUpTo { endpoint: Arc<str>, upto: u64 },
+    /// Forget idempotency keys first seen before `before_ms`.
+    IdemPrune { endpoint: Arc<str>, before_ms: u64 },
+    /// Raise the endpoint's seq mark (never lowers it).
+    SeqMark { endpoint: Arc<str>, seq: u64 },
+    /// Remember the last delivered upstream id.
+    UpstreamId { endpoint: Arc<str>, id: String },
+    /// Persist one replay entry.
+    ReplayPut {
+        endpoint: Arc<str>,
+        seq: u64,
+        kind: Kind,
+        received_at: u64,
+        data: Bytes,
+    },
+    /// Drop persisted replay entries below `seq`.
+    ReplayTrim { endpoint: Arc<str>, below: u64 },
+}
+
+/// Called on the committer thread with the commit's outcome.
+pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+struct Job {
+    ops: Vec<Op>,
+    done: Option<Done>,
+}
+
+/// Handle to the database and its committer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    path: PathBuf,
+    /// `None` once closed: later submissions fail instead of being lost silently.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What the store knows about one endpoint at startup.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Highest seq that may have been used; the log continues above it.
+    pub seq_mark: u64,
+    pub outbox_next: u64,
+    /// (id, kind, enqueued Unix ms, payload), oldest first.
+    pub outbox: Vec<(u64, Kind, u64, Bytes)>,
+    /// (key, outbox id, first seen Unix ms).
+    pub idempotency: Vec<(String, u64, u64)>,
+    pub upstream_id: Option<String>,
+    /// (seq, kind, received_at, payload), oldest first.
+    pub replay: Vec<(u64, Kind, u64, Bytes)>,
+}
+
+fn kind_byte(k: Kind) -> u8 {
+    match k {
+        Kind::Text => 0,
+        Kind::Binary => 1,
+    }
+}
+
+fn encode(kind: Kind, at: u64, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + data.len());
+    v.push(kind_byte(kind));
+    v.extend_from_slice(&at.to_le_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+fn decode(v: &[u8]) -> Option<(Kind, u64, Bytes)> {
+    let (&k, rest) = v.split_first()?;
+    let kind = match k {
+        0 => Kind::Text,
+        1 => Kind::Binary,
+        _ => return None,
+    };
+    let at = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+    Some((kind, at, Bytes::copy_from_slice(rest.get(8..)?)))
+}
+
+impl Store {
+    /// Opens (or creates) the database file and starts the committer. A file that is not a
+    /// readable database is an error naming it: never a silent reset.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = |msg: String| StoreError {
+            path: path.to_path_buf(),
+            msg,
+            full: false,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| err(format!("cannot create directory {}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| err(format!("cannot open database: {e}")))?;
+        // Create every table now, so readers never meet a missing one.
+        let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
+        {
+            txn.open_table(OUTBOX).map_err(|e| err(e.to_string()))?;
+            txn.open_table(IDEM).map_err(|e| err(e.to_string()))?;
+            txn.open_table(MARKS).map_err(|e| err(e.to_string()))?;
+            txn.open_table(UPSTREAM_IDS)
+                .map_err(|e| err(e.to_string()))?;
+            txn.open_table(REPLAY).map_err(|e| err(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| storage_err(path, e))?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (db2, path2) = (Arc::clone(&db), path.to_path_buf());
+        let handle = std::thread::Builder::new()
+            .name("store-committer".into())
+            .spawn(move || committer(&db2, &path2, rx))
+            .map_err(|e| err(format!("cannot start committer thread: {e}")))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_path_buf(),
+                jobs: Mutex::new(Some(tx)),
+                committer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Queues ops for the next group commit; `done` runs with the outcome.
+    pub fn submit(&self, ops: Vec<Op>, done: Option<Done>) {
+        let job = Job { ops, done };
+        let sender = self
+            .inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let refused = match sender {
+            Some(tx) => tx.send(job).err().map(|mpsc::SendError(j)| j),
+            None => Some(job),
+        };
+        if let Some(Job {
+            done: Some(done), ..
+        }) = refused
+        {
+            done(Err(StoreError {
+                path: self.inner.path.clone(),
+                msg: "store is closed".into(),
+                full: false,
+            }));
+        }
+    }
+
+    /// Commits everything queued, then stops the committer; later writes fail.
+    pub fn close(&self) {
+        drop(
+            self.inner
+                .jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        let handle = self
+            .inner
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Queues ops and waits for their commit.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(
+            ops,
+            Some(Box::new(move |r| {
+                let _ = tx.send(r);
+            })),
+        );
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError {
+                path: self.inner.path.clone(),
+                msg: "committer stopped".into(),
+                full: false,
+            })
+        })
+    }
+
+    /// Reads what the store holds for `endpoint`, keeping at most `replay_messages` replay
+    /// entries (the newest).
+    pub fn restore(&self, endpoint: &str, replay_messages: usize) -> Result<Restored, StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError {
+            path: self.inner.path.clone(),
+            msg: format!("cannot read: {e}"),
+            full: false,
+        };
+        let txn = self.inner.db.begin_read().map_err(|e| err(&e))?;
+        let mut r = Restored::default();
+        let marks = txn.open_table(MARKS).map_err(|e| err(&e))?;
+        r.seq_mark = marks
+            .get((endpoint, "seq"))
+            .map_err(|e| err(&e))?
+            .map_or(0, |g| g.value());
+        r.outbox_next = marks
+            .get((endpoint, "outbox_next"))
+            .map_err(|e| err(&e))?
+            .map_or(1, |g| g.value());
+        let outbox = txn.open_table(OUTBOX).map_err(|e| err(&e))?;
+        for item in outbox
+            .range((endpoint, 0)..=(endpoint, u64::MAX))
+            .map_err(|e| err(&e))?
+        {
+            let (k, v) = item.map_err(|e| err(&e))?;
+            let (id, value) = (k.value().1, v.value());
+            match decode(value) {
+                Some((kind, at, data)) => r.outbox.push((id, kind, at, data)),
+                None => return Err(err(&format!("outbox entry {endpoint}/{id} is corrupt"))),
+            }
+        }
+        let idem = txn.open_table(IDEM).map_err(|e| err(&e))?;
+        for item in idem.range((endpoint, "")..).map_err(|e| err(&e))? {
+            let (k, v) = item.map_err(|e| err(&e))?;
+            let (ep, key) = k.value();
+            if ep != endpoint {
+                break;
+            }
+            let (id, at) = v.value();
+            r.idempotency.push((key.to_owned(), id, at));
+        }
+        let ids = txn.open_table(UPSTREAM_IDS).map_err(|e| err(&e))?;
+        r.upstream_id = ids
+            .get(endpoint)
+            .map_err(|e| err(&e))?
+            .map(|g| g.value().to_owned());
+        let replay = txn.open_table(REPLAY).map_err(|e| err(&e))?;
+        let mut tail = Vec::new();
+        for item in replay
+            .range((endpoint, 0)..=(endpoint, u64::MAX))
+            .map_err(|e| err(&e))?
+            .rev()
+            .take(replay_messages)
+        {
+            let (k, v) = item.map_err(|e| err(&e))?;
+            let seq = k.value().1;
+            match decode(v.value()) {
+                Some((kind, at, data)) => tail.push((seq, kind, at, data)),
+                None => return Err(err(&format!("replay entry {endpoint}/{seq} is corrupt"))),
+            }
+        }
+        tail.reverse();
+        r.replay = tail;
+        Ok(r)
+    }
+}
+
+fn storage_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    let msg = e.to_string();
+    // redb reports I/O errors by their OS text; ENOSPC, EDQUOT and EFBIG all mean "full".
+    let lower = msg.to_ascii_lowercase();
+    let full = lower.contains("no space left")
+        || lower.contains("quota exceeded")
+        || lower.contains("file too large");
+    StoreError {
+        path: path.to_path_buf(),
+        msg,
+        full,
+    }
+}
+
+fn committer(db: &Database, path: &Path, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let result = apply(db, path, &jobs);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
+        }
+        for job in jobs {
+            if let Some(done) = job.done {
+                done(result.clone());
+            }
+        }
+    }
+}
+
+fn apply(db: &Database, path: &Path, jobs: &[Job]) -> Result<(), StoreError> {
+    let e = |e: &dyn std::fmt::Display| storage_err(path, e);
+    let txn = db.begin_write().map_err(|x| e(&x))?;
+    {
+        let mut outbox = txn.open_table(OUTBOX).map_err(|x| e(&x))?;
+        let mut idem = txn.open_table(IDEM).map_err(|x| e(&x))?;
+        let mut marks = txn.open_table(MARKS).map_err(|x| e(&x))?;
+        let mut ids = txn.open_table(UPSTREAM_IDS).map_err(|x| e(&x))?;
+        let mut replay = txn.open_table(REPLAY).map_err(|x| e(&x))?;
+        for op in jobs.iter().flat_map(|j| j.ops.iter()) {
+            match op {
+                Op::OutboxPut {
+                    endpoint,
+                    id,
+                    kind,
+                    enqueued_ms,
+                    data,
+                    idempotency_key,
+                } => {
+                    let value = encode(*kind, *enqueued_ms, data);
+                    outbox
+                        .insert((&**endpoint, *id), value.as_slice())
+                        .map_err(|x| e(&x))?;
+                    marks
+                        .insert((&**endpoint, "outbox_next"), id + 1)
+                        .map_err(|x| e(&x))?;
+                    if let Some(key) = idempotency_key {
+                        idem.insert((&**endpoint, key.as_str()), (*id, *enqueued_ms))
+                            .map_err(|x| e(&x))?;
+                    }
+                }
+                Op::OutboxRemoveUpTo { endpoint, upto } => {
+                    outbox
+                        .retain_in((&**endpoint, 0)..=(&**endpoint, *upto), |_, _| false)
+                        .map_err(|x| e(&x))?;
+                }
+                Op::IdemPrune {
+                    endpoint,
+                    before_ms,
+                } => {
+                    let cutoff = *before_ms;
+                    idem.retain(|(ep, _), (_, at)| ep != &**endpoint || at >= cutoff)
+                        .map_err(|x| e(&x))?;
+                }
+                Op::SeqMark { endpoint, seq } => {
+                    let current = marks
+                        .get((&**endpoint, "seq"))
+                        .map_err(|x| e(&x))?
+                        .map_or(0, |g| g.value());
+                    if *seq > current {
+                        marks
+                            .insert((&**endpoint, "seq"), *seq)
+                            .map_err(|x| e(&x))?;
+                    }
+                }
+                Op::UpstreamId { endpoint, id } => {
+                    ids.insert(&**endpoint, id.as_str()).map_err(|x| e(&x))?;
+                }
+                Op::ReplayPut {
+                    endpoint,
+                    seq,
+                    kind,
+                    received_at,
+                    data,
+                } => {
+                    let value = encode(*kind, *received_at, data);
+                    replay
+                        .insert((&**endpoint, *seq), value.as_slice())
+                        .map_err(|x| e(&x))?;
+                }
+                Op::ReplayTrim { endpoint, below } => {
+                    if *below > 0 {
+                        replay
+                            .retain_in((&**endpoint, 0)..(&**endpoint, *below), |_, _| false)
+                            .map_err(|x| e(&x))?;
+                    }
+                }
+            }
+        }
+    }
+    txn.commit().map_err(|x| e(&x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_group_commit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("store");
+        let s = Store::open(&path).expect("open");
+        let mut waits = Vec::new();
+        for id in 1..=50u64 {
+            let s = s.clone();
+            waits.push(tokio::spawn(async move {
+                s.commit(vec![Op::OutboxPut {
+                    endpoint: ep("a"),
+                    id,
+                    kind: Kind::Text,
+                    enqueued_ms: 7,
+                    data: Bytes::from(format!("m{id}")),
+                    idempotency_key: (id == 3).then(|| "k".to_owned()),
+                }])
+                .await
+            }));
+        }
+        for w in waits {
+            w.await.expect("task").expect("commit");
+        }
+        s.commit(vec![
+            Op::OutboxRemoveUpTo {
+                endpoint: ep("a"),
+                upto: 10,
+            },
+            Op::SeqMark {
+                endpoint: ep("a"),
+                seq: 99,
+            },
+            Op::SeqMark {
+                endpoint: ep("a"),
+                seq: 5,
+            },
+            Op::UpstreamId {
+                endpoint: ep("a"),
+                id: "i:42".into(),
+            },
+            Op::ReplayPut {
+                endpoint: ep("a"),
+                seq: 98,
+                kind: Kind::Binary,
+                received_at: 1,
+                data: Bytes::from_static(b"\x00\x01"),
+            },
+            Op::ReplayPut {
+                endpoint: ep("a"),
+                seq: 99,
+                kind: Kind::Text,
+                received_at: 2,
+                data: Bytes::from_static(b"x"),
+            },
+            Op::ReplayTrim {
+                endpoint: ep("a"),
+                below: 99,
+            },
+        ])
+        .await
+        .expect("commit");
+        s.close();
+        drop(s);
+        let s = Store::open(&path).expect("reopen");
+        let r = s.restore("a", 10).expect("restore");
+        assert_eq!(r.outbox.len(), 40);
+        assert_eq!(r.outbox[0].0, 11);
+        assert_eq!(r.outbox[0].3, Bytes::from_static(b"m11"));
+        assert_eq!(r.outbox_next, 51);
+        assert_eq!(r.seq_mark, 99);
+        assert_eq!(r.idempotency, vec![("k".to_owned(), 3, 7)]);
+        assert_eq!(r.upstream_id.as_deref(), Some("i:42"));
+        assert_eq!(r.replay.len(), 1);
+        assert_eq!(r.replay[0].0, 99);
+        let other = s.restore("b", 10).expect("restore");
+        assert_eq!(
+            (other.seq_mark, other.outbox_next, other.outbox.len()),
+            (0, 1, 0)
+        );
+    }
+
+    #[test]
+    fn garbage_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("store");
+        std::fs::write(&path, vec![0x5au8; 8192]).expect("write");
+        let e = Store::open(&path).err().expect("garbage refused");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        // The file is left as it was.
+        assert_eq!(std::fs::read(&path).expect("read")[..4], [0x5a; 4]);
+    }
+}
