@@ -74,9 +74,17 @@ pub enum Op {
 /// Called on the committer thread with the commit's outcome.
 pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
-struct Job {
-    ops: Vec<Op>,
-    done: Option<Done>,
+/// Work for the committer thread, which alone owns the database.
+enum Job {
+    Write {
+        ops: Vec<Op>,
+        done: Option<Done>,
+    },
+    Restore {
+        endpoint: String,
+        replay_messages: usize,
+        reply: mpsc::Sender<Result<Restored, StoreError>>,
+    },
 }
 
 /// Handle to the database and its committer thread; cheap to clone.
@@ -86,7 +94,6 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Arc<Database>,
     path: PathBuf,
     /// `None` once closed: later submissions fail instead of being lost silently.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
@@ -159,16 +166,17 @@ impl Store {
             txn.open_table(REPLAY).map_err(|e| err(e.to_string()))?;
         }
         txn.commit().map_err(|e| storage_err(path, e))?;
-        let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Job>();
-        let (db2, path2) = (Arc::clone(&db), path.to_path_buf());
+        let mut committer = Committer {
+            db: Some(db),
+            path: path.to_path_buf(),
+        };
         let handle = std::thread::Builder::new()
             .name("store-committer".into())
-            .spawn(move || committer(&db2, &path2, rx))
+            .spawn(move || committer.run(rx))
             .map_err(|e| err(format!("cannot start committer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
                 path: path.to_path_buf(),
                 jobs: Mutex::new(Some(tx)),
                 committer: Mutex::new(Some(handle)),
@@ -183,26 +191,32 @@ impl Store {
 
     /// Queues ops for the next group commit; `done` runs with the outcome.
     pub fn submit(&self, ops: Vec<Op>, done: Option<Done>) {
-        let job = Job { ops, done };
+        if let Err(Job::Write {
+            done: Some(done), ..
+        }) = self.send(Job::Write { ops, done })
+        {
+            done(Err(self.closed()));
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<(), Job> {
         let sender = self
             .inner
             .jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let refused = match sender {
-            Some(tx) => tx.send(job).err().map(|mpsc::SendError(j)| j),
-            None => Some(job),
-        };
-        if let Some(Job {
-            done: Some(done), ..
-        }) = refused
-        {
-            done(Err(StoreError {
-                path: self.inner.path.clone(),
-                msg: "store is closed".into(),
-                full: false,
-            }));
+        match sender {
+            Some(tx) => tx.send(job).map_err(|mpsc::SendError(j)| j),
+            None => Err(job),
+        }
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError {
+            path: self.inner.path.clone(),
+            msg: "store is closed".into(),
+            full: false,
         }
     }
 
@@ -245,14 +259,94 @@ impl Store {
     }
 
     /// Reads what the store holds for `endpoint`, keeping at most `replay_messages` replay
-    /// entries (the newest).
+    /// entries (the newest). Blocks until the committer has read it: for startup.
     pub fn restore(&self, endpoint: &str, replay_messages: usize) -> Result<Restored, StoreError> {
+        let (reply, rx) = mpsc::channel();
+        let job = Job::Restore {
+            endpoint: endpoint.to_owned(),
+            replay_messages,
+            reply,
+        };
+        if self.send(job).is_err() {
+            return Err(self.closed());
+        }
+        rx.recv().unwrap_or_else(|_| Err(self.closed()))
+    }
+}
+
+/// The committer thread's state. It owns the database so that, after an I/O error (which
+/// redb latches until the file is reopened), it can close and reopen it: a disk that was
+/// full works again once space is freed, without restarting the daemon.
+struct Committer {
+    db: Option<Database>,
+    path: PathBuf,
+}
+
+impl Committer {
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut writes = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write { ops, done } => writes.push((ops, done)),
+                    Job::Restore {
+                        endpoint,
+                        replay_messages,
+                        reply,
+                    } => {
+                        // Earlier writes first, so a restore sees them.
+                        self.commit(std::mem::take(&mut writes));
+                        let _ = reply.send(self.restore(&endpoint, replay_messages));
+                    }
+                }
+                if writes.len() < MAX_GROUP {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(writes);
+        }
+    }
+
+    fn database(&mut self) -> Result<&Database, StoreError> {
+        if self.db.is_none() {
+            let db = Database::create(&self.path).map_err(|e| storage_err(&self.path, e))?;
+            tracing::info!(path = %self.path.display(), "store reopened after an I/O error");
+            self.db = Some(db);
+        }
+        self.db
+            .as_ref()
+            .ok_or_else(|| storage_err(&self.path, "not open"))
+    }
+
+    fn commit(&mut self, writes: Vec<(Vec<Op>, Option<Done>)>) {
+        if writes.is_empty() {
+            return;
+        }
+        let path = self.path.clone();
+        let result = self
+            .database()
+            .and_then(|db| apply(db, &path, writes.iter().flat_map(|w| w.0.iter())));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, jobs = writes.len(), "store commit failed");
+            // Reopen before the next commit: redb refuses everything after an I/O error.
+            self.db = None;
+        }
+        for (_, done) in writes {
+            if let Some(done) = done {
+                done(result.clone());
+            }
+        }
+    }
+
+    fn restore(&mut self, endpoint: &str, replay_messages: usize) -> Result<Restored, StoreError> {
+        let path = self.path.clone();
         let err = |e: &dyn std::fmt::Display| StoreError {
-            path: self.inner.path.clone(),
+            path: path.clone(),
             msg: format!("cannot read: {e}"),
             full: false,
         };
-        let txn = self.inner.db.begin_read().map_err(|e| err(&e))?;
+        let txn = self.database()?.begin_read().map_err(|e| err(&e))?;
         let mut r = Restored::default();
         let marks = txn.open_table(MARKS).map_err(|e| err(&e))?;
         r.seq_mark = marks
@@ -269,8 +363,8 @@ impl Store {
             .map_err(|e| err(&e))?
         {
             let (k, v) = item.map_err(|e| err(&e))?;
-            let (id, value) = (k.value().1, v.value());
-            match decode(value) {
+            let id = k.value().1;
+            match decode(v.value()) {
                 Some((kind, at, data)) => r.outbox.push((id, kind, at, data)),
                 None => return Err(err(&format!("outbox entry {endpoint}/{id} is corrupt"))),
             }
@@ -325,28 +419,11 @@ fn storage_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
-fn committer(db: &Database, path: &Path, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        let result = apply(db, path, &jobs);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
-        }
-        for job in jobs {
-            if let Some(done) = job.done {
-                done(result.clone());
-            }
-        }
-    }
-}
-
-fn apply(db: &Database, path: &Path, jobs: &[Job]) -> Result<(), StoreError> {
+fn apply<'a>(
+    db: &Database,
+    path: &Path,
+    ops: impl Iterator<Item = &'a Op>,
+) -> Result<(), StoreError> {
     let e = |e: &dyn std::fmt::Display| storage_err(path, e);
     let txn = db.begin_write().map_err(|x| e(&x))?;
     {
@@ -355,7 +432,7 @@ fn apply(db: &Database, path: &Path, jobs: &[Job]) -> Result<(), StoreError> {
         let mut marks = txn.open_table(MARKS).map_err(|x| e(&x))?;
         let mut ids = txn.open_table(UPSTREAM_IDS).map_err(|x| e(&x))?;
         let mut replay = txn.open_table(REPLAY).map_err(|x| e(&x))?;
-        for op in jobs.iter().flat_map(|j| j.ops.iter()) {
+        for op in ops {
             match op {
                 Op::OutboxPut {
                     endpoint,
