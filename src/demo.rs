@@ -256,7 +256,11 @@ impl Continuity {
                 }
                 let text = String::from_utf8_lossy(&m.data);
                 let mark = if seq_ok && id_ok { "" } else { "  <-- BREAK" };
-                println!("{now}  seq {:>5}  {text}{mark}", m.seq);
+                let shown_id = id.map_or_else(|| "-".to_owned(), |i| i.to_string());
+                println!(
+                    "{now}  seq {:>5}  upstream id {shown_id:>5}  {text}{mark}",
+                    m.seq
+                );
                 self.last_seq = Some(m.seq);
                 if id.is_some() {
                     self.last_id = id;

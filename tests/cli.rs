@@ -4,20 +4,12 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{FakeUpstream, Reply};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ws-sidecar");
-
-fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
-    let path = dir.join("config.toml");
-    let mut f = std::fs::File::create(&path).expect("create config");
-    f.write_all(body.as_bytes()).expect("write config");
-    path
-}
+use support::process::{write_config, BIN};
 
 #[test]
 fn check_config_reports_every_mistake_and_exits_78() {
@@ -115,22 +107,11 @@ fn client_commands_exit_69_when_the_daemon_is_unreachable() {
     }
 }
 
-/// Starts `run` against `upstream_url`; returns the child and its socket dir.
 fn spawn_daemon(dir: &std::path::Path, upstream_url: &str, extra: &str) -> std::process::Child {
-    let cfg = format!(
-        "[grpc]\nlisten = [\"unix:{0}/grpc.sock\"]\n[stream]\npath = \"{0}/stream.sock\"\n[http]\nlisten = \"\"\n[store]\npath = \"{0}/store\"\n[endpoints.a]\nurl = \"{1}\"\n{2}\n",
-        dir.display(),
-        upstream_url,
-        extra
-    );
-    let path = write_config(dir, &cfg);
-    Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn daemon")
+    support::process::spawn_daemon(
+        dir,
+        &format!("[endpoints.a]\nurl = \"{upstream_url}\"\n{extra}"),
+    )
 }
 
 fn wait_for_socket(path: &std::path::Path) {

@@ -11,6 +11,7 @@
 
 pub mod daemon;
 pub mod frame;
+pub mod process;
 pub mod proxy;
 pub mod ticks;
 pub mod upstream;

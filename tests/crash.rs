@@ -1,0 +1,232 @@
+//! Durability across crashes, with the real binary killed by SIGKILL: acknowledged publishes,
+//! persisted seqs and replay; an unreadable store; a full disk.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::daemon::{next_message, subscribe};
+use support::process::{
+    crash, daemon_config, grpc_addr, spawn_daemon, wait_ready, write_config, BIN,
+};
+use support::{tick_id, FakeUpstream, Reply, TickOptions};
+use tokio_tungstenite::tungstenite::Message;
+use ws_sidecar::client::{self, Target};
+use ws_sidecar::proto;
+
+const T: Duration = Duration::from_secs(20);
+
+async fn grpc(
+    dir: &std::path::Path,
+) -> proto::sidecar_client::SidecarClient<tonic::transport::Channel> {
+    let target = Target::parse(&grpc_addr(dir)).expect("address");
+    client::connect(&target).await.expect("daemon reachable")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_publishes_survive_sigkill() {
+    let accept = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&accept);
+    let up = FakeUpstream::start_with(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::Accept
+        } else {
+            Reply::reject(503, &[])
+        }
+    })
+    .await;
+    let dir = support::temp_dir();
+    let eps = format!(
+        "[endpoints.a]\nurl = \"{}\"\n[endpoints.a.backoff]\ninitial = \"50ms\"\nmax = \"100ms\"\nmin_delay = \"20ms\"\n",
+        up.url("/")
+    );
+    let child = spawn_daemon(dir.path(), &eps);
+    wait_ready(dir.path());
+    let mut c = grpc(dir.path()).await;
+    for i in 0..1000u64 {
+        let r = c
+            .publish(proto::PublishRequest {
+                endpoint: "a".into(),
+                data: format!("msg-{i:04}").into(),
+                ..Default::default()
+            })
+            .await
+            .expect("acknowledged");
+        assert_eq!(r.into_inner().outbox_id, i + 1);
+    }
+    crash(child);
+
+    let child = spawn_daemon(dir.path(), &eps);
+    wait_ready(dir.path());
+    accept.store(true, Ordering::SeqCst);
+    let conn = up
+        .next_accepted_within(T)
+        .await
+        .expect("reconnects after restart");
+    for i in 0..1000 {
+        match conn.recv_timeout(T).await.expect("frame in time") {
+            Some(Message::Text(t)) => assert_eq!(t.as_str(), format!("msg-{i:04}"), "in order"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let extra = conn.recv_timeout(Duration::from_millis(500)).await;
+    assert!(extra.is_err(), "each message once: {extra:?}");
+    crash(child);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persisted_replay_and_seq_survive_sigkill() {
+    let up = FakeUpstream::start_ticking(TickOptions {
+        interval: Duration::from_millis(2),
+        ..TickOptions::default()
+    })
+    .await;
+    let dir = support::temp_dir();
+    let eps = format!(
+        "[endpoints.feed]\nurl = \"{}\"\n[endpoints.feed.backoff]\ninitial = \"20ms\"\nmin_delay = \"10ms\"\n[endpoints.feed.resume]\nid_pointer = \"/id\"\nquery = \"since\"\n[endpoints.feed.replay]\npersist = true\n",
+        up.url("/feed")
+    );
+    let child = spawn_daemon(dir.path(), &eps);
+    wait_ready(dir.path());
+    let mut c = grpc(dir.path()).await;
+    let mut s = subscribe(&mut c, "feed", Some(0)).await;
+    let (mut last_seq, mut last_id) = (0, 0);
+    for _ in 0..300 {
+        let m = next_message(&mut s, T).await;
+        let id = tick_id(std::str::from_utf8(&m.data).expect("utf8")).expect("id");
+        assert_eq!((m.seq, id), (last_seq + 1, last_id + 1));
+        (last_seq, last_id) = (m.seq, id);
+    }
+    crash(child);
+    drop((s, c));
+
+    let child = spawn_daemon(dir.path(), &eps);
+    wait_ready(dir.path());
+    let mut c = grpc(dir.path()).await;
+    let mut s = subscribe(&mut c, "feed", Some(last_seq)).await;
+    for _ in 0..300 {
+        let m = next_message(&mut s, T).await;
+        let id = tick_id(std::str::from_utf8(&m.data).expect("utf8")).expect("id");
+        assert!(
+            m.seq > last_seq,
+            "seq {} after {last_seq}: never reused",
+            m.seq
+        );
+        assert_eq!(
+            id,
+            last_id + 1,
+            "nothing missed, nothing twice across the crash"
+        );
+        (last_seq, last_id) = (m.seq, id);
+    }
+    crash(child);
+}
+
+#[test]
+fn an_unreadable_store_exits_78_naming_the_file() {
+    let dir = support::temp_dir();
+    std::fs::write(dir.path().join("store"), vec![0xa5u8; 16 * 1024]).expect("garbage");
+    let cfg = daemon_config(dir.path(), "[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n");
+    let path = write_config(dir.path(), &cfg);
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let store = dir.path().join("store").display().to_string();
+    assert!(err.contains(&store), "the message names {store}:\n{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("store")).expect("still there")[..4],
+        [0xa5; 4]
+    );
+}
+
+/// The daemon runs with a file size limit (RLIMIT_FSIZE through `ulimit -f`, SIGXFSZ ignored):
+/// once the store file reaches it, writes fail with EFBIG, as they would with ENOSPC on a full
+/// volume. Mounting a small tmpfs needs privileges the CI machine may not grant.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_store_refuses_publishes_and_keeps_serving() {
+    let down = FakeUpstream::start_with(|_, _| Reply::reject(503, &[])).await;
+    let live = FakeUpstream::start_ticking(TickOptions {
+        interval: Duration::from_millis(5),
+        ..TickOptions::default()
+    })
+    .await;
+    let dir = support::temp_dir();
+    let eps = format!(
+        "[endpoints.down]\nurl = \"{}\"\n[endpoints.down.backoff]\ninitial = \"1s\"\nmin_delay = \"1s\"\n[endpoints.live]\nurl = \"{}\"\n",
+        down.url("/"),
+        live.url("/")
+    );
+    let cfg = write_config(dir.path(), &daemon_config(dir.path(), &eps));
+    // dash counts `ulimit -f` in 512-byte blocks: 8 MiB.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "trap '' XFSZ; ulimit -f 16384; exec \"$0\" run --config \"$1\"",
+        ])
+        .arg(BIN)
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_ready(dir.path());
+    let mut c = grpc(dir.path()).await;
+    let mut s = subscribe(&mut c, "live", None).await;
+    next_message(&mut s, T).await;
+
+    let payload = vec![b'x'; 64 * 1024];
+    let mut refused = None;
+    for i in 0..400 {
+        let r = c
+            .publish(proto::PublishRequest {
+                endpoint: "down".into(),
+                data: payload.clone().into(),
+                kind: proto::Kind::Binary as i32,
+                ..Default::default()
+            })
+            .await;
+        if let Err(status) = r {
+            refused = Some((i, status));
+            break;
+        }
+    }
+    let (accepted, status) = refused.expect("the size limit is reached within 25 MiB");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        accepted > 10,
+        "the store held {accepted} messages before filling up"
+    );
+    // Still serving: the live feed keeps flowing, status answers, and the next publish is
+    // refused the same way rather than crashing anything.
+    for _ in 0..20 {
+        next_message(&mut s, T).await;
+    }
+    let st = c
+        .get_status(proto::GetStatusRequest { endpoint: None })
+        .await
+        .expect("status");
+    assert_eq!(st.into_inner().endpoints.len(), 2);
+    let again = c
+        .publish(proto::PublishRequest {
+            endpoint: "down".into(),
+            data: payload.into(),
+            kind: proto::Kind::Binary as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("still full");
+    assert_eq!(again.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the daemon is still running"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,63 @@
+//! The real binary as a child process, for tests that need signals, crashes or exit codes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `ws-sidecar` binary cargo built for this test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ws-sidecar");
+
+/// Writes `body` as `dir/config.toml`.
+pub fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    let mut f = std::fs::File::create(&path).expect("create config");
+    f.write_all(body.as_bytes()).expect("write config");
+    path
+}
+
+/// Config sections putting sockets and the store in `dir`, plus `endpoints` verbatim.
+pub fn daemon_config(dir: &Path, endpoints: &str) -> String {
+    format!(
+        "[grpc]\nlisten = [\"unix:{0}/grpc.sock\"]\n[stream]\npath = \"{0}/stream.sock\"\n[http]\nlisten = \"\"\n[store]\npath = \"{0}/store\"\n{1}\n",
+        dir.display(),
+        endpoints
+    )
+}
+
+/// Starts `ws-sidecar run` with `daemon_config(dir, endpoints)`; stderr is kept for failures.
+pub fn spawn_daemon(dir: &Path, endpoints: &str) -> Child {
+    let path = write_config(dir, &daemon_config(dir, endpoints));
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daemon")
+}
+
+/// Waits until `dir/grpc.sock` answers connections.
+pub fn wait_ready(dir: &Path) {
+    let sock = dir.join("grpc.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not listen on {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `unix:` address of the daemon's gRPC socket in `dir`.
+pub fn grpc_addr(dir: &Path) -> String {
+    format!("unix:{}", dir.join("grpc.sock").display())
+}
+
+/// Kills the child with SIGKILL, as a crash would.
+pub fn crash(mut child: Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+}
