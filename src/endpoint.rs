@@ -64,6 +64,10 @@ pub struct Stats {
     pub rtt_micros: AtomicU64,
     /// Current credential's expiry in Unix nanoseconds; 0 when unknown.
     pub auth_expires_at: AtomicU64,
+    /// Credential renewals on a live connection that worked.
+    pub auth_renewals_ok: AtomicU64,
+    /// Credential renewals that failed (retried while the old credential is valid).
+    pub auth_renewals_failed: AtomicU64,
 }
 
 /// One configured endpoint, shared by its upstream task and the APIs.

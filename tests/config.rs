@@ -8,8 +8,9 @@ use std::time::Duration;
 use ws_sidecar::config::{
     load, load_str, AccessConfig, AuthConfig, AuthPlacement, BackoffConfig, CloseAction, Config,
     ConfigError, EndpointConfig, FilterConfig, GrpcConfig, HeartbeatConfig, HttpConfig, IdKind,
-    LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, RenewMode,
-    ReplayConfig, SlowPolicy, SocketsConfig, StoreConfig, StreamConfig, TlsConfig, TokenSource,
+    LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, ProxyConfig,
+    RenewMode, ReplayConfig, SlowPolicy, SocketsConfig, StoreConfig, StreamConfig, TlsConfig,
+    TokenSource,
 };
 use ws_sidecar::secret::Secret;
 
@@ -75,7 +76,7 @@ fn default_endpoint(url: &str) -> EndpointConfig {
         on_connect: vec![],
         connect_timeout: secs(10),
         max_message_size: 16 * 1024 * 1024,
-        proxy: None,
+        proxy: ProxyConfig::Env,
         tls: TlsConfig::default(),
         close_codes: BTreeMap::new(),
         drop: vec![],

@@ -12,8 +12,8 @@ use super::value::{
 };
 use super::{
     AccessConfig, AuthConfig, AuthPlacement, BackoffConfig, CloseAction, EndpointConfig,
-    FilterConfig, HeartbeatConfig, IdKind, OutboxConfig, Principal, RenewMode, ReplayConfig,
-    ResumeConfig, SlowPolicy, TlsConfig, TokenSource,
+    FilterConfig, HeartbeatConfig, IdKind, OutboxConfig, Principal, ProxyConfig, RenewMode,
+    ReplayConfig, ResumeConfig, SlowPolicy, TlsConfig, TokenSource,
 };
 use crate::redact::redact_url;
 use crate::secret::Secret;
@@ -57,7 +57,7 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     let on_connect = list(r, &mut t, "on_connect", template);
     let connect_timeout = t.or(r, "connect_timeout", positive, secs(10));
     let max_message_size = t.or(r, "max_message_size", size_at_least(1024), 16 << 20);
-    let proxy = t.opt(r, "proxy", proxy_url);
+    let proxy = t.or(r, "proxy", proxy_setting, ProxyConfig::Env);
     let tls = t.get("tls").map(|n| read_tls(r, &n)).unwrap_or_default();
     let close_codes = t.get("close_codes").map(|n| read_close_codes(r, &n));
     let drop = t
@@ -138,7 +138,14 @@ fn parse_url(v: &Value) -> Result<url::Url, String> {
     Ok(url)
 }
 
-/// `http://host:port`, the only kind of proxy the connector speaks (HTTP CONNECT).
+/// `""` (direct) or `http://[user:pass@]host:port`: the connector speaks HTTP CONNECT only.
+fn proxy_setting(v: &Value) -> Result<ProxyConfig, String> {
+    if string(v)?.is_empty() {
+        return Ok(ProxyConfig::Direct);
+    }
+    proxy_url(v).map(ProxyConfig::Url)
+}
+
 fn proxy_url(v: &Value) -> Result<url::Url, String> {
     let url = parse_url(v)?;
     if url.scheme() != "http" {

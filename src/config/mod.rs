@@ -115,7 +115,7 @@ pub struct EndpointConfig {
     pub on_connect: Vec<String>,
     pub connect_timeout: Duration,
     pub max_message_size: usize,
-    pub proxy: Option<url::Url>,
+    pub proxy: ProxyConfig,
     pub tls: TlsConfig,
     /// Overrides of the default close-code classification.
     pub close_codes: BTreeMap<u16, CloseAction>,
@@ -128,6 +128,28 @@ pub struct EndpointConfig {
     pub replay: ReplayConfig,
     pub outbox: OutboxConfig,
     pub access: AccessConfig,
+}
+
+/// Which HTTP CONNECT proxy an endpoint uses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ProxyConfig {
+    /// From `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY`, as curl reads them.
+    #[default]
+    Env,
+    /// `proxy = ""`: connect directly whatever the environment says.
+    Direct,
+    /// `http://[user:pass@]host:port`.
+    Url(url::Url),
+}
+
+impl ProxyConfig {
+    /// The configured URL, when one is written in the config.
+    pub fn url(&self) -> Option<&url::Url> {
+        match self {
+            ProxyConfig::Url(u) => Some(u),
+            ProxyConfig::Env | ProxyConfig::Direct => None,
+        }
+    }
 }
 
 /// `endpoints.NAME.tls`.

@@ -4,7 +4,7 @@
 use super::value::{format_duration, format_size, join_key};
 use super::{
     AccessConfig, AuthConfig, AuthPlacement, Config, EndpointConfig, IdKind, ListenAddr, LogFormat,
-    Principal, RenewMode, SlowPolicy, TokenSource,
+    Principal, ProxyConfig, RenewMode, SlowPolicy, TokenSource,
 };
 use crate::redact::{is_secret_name, redact_url, redact_url_with};
 use crate::secret::Secret;
@@ -26,7 +26,7 @@ impl Config {
                     .enumerate()
                     .map(|(i, u)| (format!("{}[{i}]", at(&["fallback_urls"])), u)),
             );
-            urls.extend(ep.proxy.iter().map(|u| (at(&["proxy"]), u)));
+            urls.extend(ep.proxy.url().map(|u| (at(&["proxy"]), u)));
             for (key, url) in urls {
                 let extra = auth_query(ep).into_iter().collect::<Vec<_>>();
                 if redact_url_with(url, &extra) != url.as_str() {
@@ -153,10 +153,11 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
         // Frames may carry credentials of their own: count them, do not print them.
         line("on_connect", format!("{} frame(s)", ep.on_connect.len()));
     }
-    let proxy = ep
-        .proxy
-        .as_ref()
-        .map_or("from HTTPS_PROXY/NO_PROXY".into(), redact_url);
+    let proxy = match &ep.proxy {
+        ProxyConfig::Env => "from HTTPS_PROXY/NO_PROXY".into(),
+        ProxyConfig::Direct => "none (direct)".into(),
+        ProxyConfig::Url(u) => redact_url(u),
+    };
     line(
         "connect",
         format!(

@@ -1,10 +1,18 @@
-//! The credential put on each connection attempt (SPEC §6), resolved afresh every time so a
-//! reconnect never reuses a stale token.
+//! Credentials (SPEC §6): where the token comes from (a secret reference or OAuth2 client
+//! credentials), when it expires (JWT `exp`, OAuth2 `expires_in`, or `ttl`), when to renew it
+//! (`refresh_before` ahead), and how it is put on a connection attempt (header or query).
+//!
+//! Secret references are resolved afresh for every attempt, so a rotated file or env value is
+//! used at once; an OAuth2 token is reused until it nears expiry or is refused.
 
-use crate::config::{AuthConfig, AuthPlacement, TokenSource};
-use crate::secret::SecretString;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
 
 use super::failure::Failure;
+use super::oauth2;
+use crate::config::{AuthConfig, AuthPlacement, EndpointConfig, TokenSource};
+use crate::secret::SecretString;
 
 /// Where this attempt's credential goes.
 pub enum Credential {
@@ -12,24 +20,169 @@ pub enum Credential {
     Query(String, SecretString),
 }
 
-/// Resolves the token and formats it for its placement.
-pub async fn credential(auth: &AuthConfig) -> Result<Credential, Failure> {
-    let token = match &auth.token {
-        TokenSource::Secret(secret) => secret
-            .resolve()
-            .await
-            .map_err(|e| Failure::retry(format!("auth token: {e}")))?,
-        TokenSource::OAuth2 { .. } => {
-            return Err(Failure::fatal(
-                "auth token: the oauth2 token source is not available in this version",
-            ))
+/// A token and when it stops being valid.
+#[derive(Clone)]
+struct Token {
+    value: SecretString,
+    expires_at: Option<SystemTime>,
+}
+
+/// The credential state of one endpoint; outlives connections.
+pub struct Auth {
+    cfg: AuthConfig,
+    current: Option<Token>,
+}
+
+impl Auth {
+    /// Starts with no token; the first attempt fetches one.
+    pub fn new(cfg: AuthConfig) -> Self {
+        Auth { cfg, current: None }
+    }
+
+    /// How a renewed token reaches a live connection.
+    pub fn renew_mode(&self) -> crate::config::RenewMode {
+        self.cfg.renew
+    }
+
+    /// When the current token expires, if known.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.current.as_ref().and_then(|t| t.expires_at)
+    }
+
+    /// When renewal should start: `refresh_before` ahead of expiry.
+    pub fn renew_at(&self) -> Option<SystemTime> {
+        self.expires_at().map(|e| {
+            e.checked_sub(self.cfg.refresh_before)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        })
+    }
+
+    /// Forgets the token, e.g. after the upstream refused it.
+    pub fn invalidate(&mut self) {
+        self.current = None;
+    }
+
+    /// The credential for a connection attempt: re-resolved for secret references, reused for
+    /// OAuth2 while it is not due for renewal.
+    pub async fn credential(&mut self, ep: &EndpointConfig) -> Result<Credential, Failure> {
+        let reuse = matches!(self.cfg.token, TokenSource::OAuth2 { .. })
+            && self.current.is_some()
+            && self.renew_at().is_none_or(|r| SystemTime::now() < r);
+        if !reuse {
+            self.renew(ep).await.map_err(Failure::retry)?;
         }
-    };
-    Ok(match &auth.placement {
-        AuthPlacement::Header { name, format } => Credential::Header(
-            name.clone(),
-            SecretString::new(format.replace("{{token}}", token.expose())),
-        ),
-        AuthPlacement::Query { name } => Credential::Query(name.clone(), token),
-    })
+        let token = self
+            .current
+            .as_ref()
+            .map(|t| t.value.clone())
+            .ok_or_else(|| Failure::retry("auth token: none available"))?;
+        Ok(self.place(token))
+    }
+
+    /// Fetches a new token now; the old one stays in use if this fails.
+    pub async fn renew(&mut self, ep: &EndpointConfig) -> Result<(), String> {
+        let fetched_at = SystemTime::now();
+        let (value, expires_in) = match &self.cfg.token {
+            TokenSource::Secret(secret) => {
+                let v = secret
+                    .resolve()
+                    .await
+                    .map_err(|e| format!("auth token: {e}"))?;
+                (v, None)
+            }
+            TokenSource::OAuth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => {
+                let secret = client_secret
+                    .resolve()
+                    .await
+                    .map_err(|e| format!("auth client_secret: {e}"))?;
+                let granted = oauth2::fetch(oauth2::Request {
+                    token_url,
+                    client_id,
+                    client_secret: &secret,
+                    scope: scope.as_deref(),
+                    tls: &ep.tls,
+                    proxy: &ep.proxy,
+                    timeout: ep.connect_timeout,
+                })
+                .await
+                .map_err(|e| format!("auth token: {e}"))?;
+                (granted.access_token, granted.expires_in)
+            }
+        };
+        if value.expose().is_empty() {
+            return Err("auth token: the source gave an empty token".into());
+        }
+        let expires_at = jwt_expiry(value.expose())
+            .or_else(|| expires_in.map(|d| fetched_at + d))
+            .or_else(|| self.cfg.ttl.map(|d| fetched_at + d));
+        self.current = Some(Token { value, expires_at });
+        Ok(())
+    }
+
+    /// The renewal frame for a live connection (`renew = "frame"`).
+    pub fn renew_frame(&self) -> Option<SecretString> {
+        let template = self.cfg.renew_frame.as_ref()?;
+        let token = self.current.as_ref()?;
+        Some(SecretString::new(
+            template.replace("{{token}}", token.value.expose()),
+        ))
+    }
+
+    fn place(&self, token: SecretString) -> Credential {
+        match &self.cfg.placement {
+            AuthPlacement::Header { name, format } => Credential::Header(
+                name.clone(),
+                SecretString::new(format.replace("{{token}}", token.expose())),
+            ),
+            AuthPlacement::Query { name } => Credential::Query(name.clone(), token),
+        }
+    }
+}
+
+/// The `exp` claim of a JWT, if the token is one.
+pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_f64()?;
+    if !exp.is_finite() || exp < 0.0 {
+        return None;
+    }
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(exp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(exp: u64) -> String {
+        let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "{}.{}.sig",
+            b(r#"{"alg":"none"}"#),
+            b(&format!(r#"{{"exp":{exp},"sub":"x"}}"#))
+        )
+    }
+
+    #[test]
+    fn reads_jwt_exp() {
+        assert_eq!(
+            jwt_expiry(&jwt(2_000_000_000)),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+        );
+        assert_eq!(jwt_expiry("opaque-token"), None);
+        assert_eq!(jwt_expiry("a.b.c.d"), None);
+        assert_eq!(jwt_expiry("a.!!!.c"), None);
+    }
 }

@@ -1,8 +1,6 @@
 //! Opening one upstream connection: TCP, TLS (rustls, system roots), the HTTP upgrade with the
 //! endpoint's headers, subprotocols and credential; every failure classified.
 
-use std::sync::{Arc, OnceLock};
-
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -57,21 +55,20 @@ async fn connect_inner(attempt: Attempt<'_>) -> Result<Ws, Failure> {
         .unwrap_or(if tls { 443 } else { 80 });
     let request = build_request(&attempt)?;
 
-    let tcp = TcpStream::connect((trim_brackets(&host), port))
-        .await
-        .map_err(|e| Failure::retry(format!("tcp connect to {host}:{port}: {e}")))?;
+    let tcp = match super::proxy::for_url(&cfg.proxy, url) {
+        Some(proxy) => super::proxy::connect(&proxy, trim_brackets(&host), port).await?,
+        None => TcpStream::connect((trim_brackets(&host), port))
+            .await
+            .map_err(|e| Failure::retry(format!("tcp connect to {host}:{port}: {e}")))?,
+    };
     // Frames are written in batches and flushed once: Nagle would only add latency.
     let _ = tcp.set_nodelay(true);
     let stream: Box<dyn Io> = if tls {
-        let server_name = cfg.tls.server_name.clone().unwrap_or_else(|| host.clone());
-        let name = rustls::pki_types::ServerName::try_from(trim_brackets(&server_name).to_owned())
-            .map_err(|e| Failure::fatal(format!("invalid TLS server name {server_name:?}: {e}")))?;
-        let config = tls_config().map_err(Failure::fatal)?;
-        let conn = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| Failure::retry(format!("tls handshake with {host}: {e}")))?;
-        Box::new(conn)
+        match super::tls::connect(&cfg.tls, &host, tcp).await {
+            Ok(conn) => Box::new(conn),
+            Err(e @ super::tls::TlsError::Setup(_)) => return Err(Failure::fatal(e.to_string())),
+            Err(e) => return Err(Failure::retry(format!("{e} (with {host})"))),
+        }
     } else {
         Box::new(tcp)
     };
@@ -157,29 +154,4 @@ fn classify_handshake(e: WsError) -> Failure {
         WsError::Url(e) => Failure::fatal(format!("invalid url: {e}")),
         other => Failure::retry(format!("handshake failed: {other}")),
     }
-}
-
-/// The shared rustls client config with the system's root certificates, loaded once.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let loaded = rustls_native_certs::load_native_certs();
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
-            if added == 0 {
-                return Err(format!(
-                    "no usable system root certificates ({} errors)",
-                    loaded.errors.len()
-                ));
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("tls setup: {e}"))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Ok(Arc::new(config))
-        })
-        .clone()
 }

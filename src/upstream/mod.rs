@@ -8,8 +8,11 @@ mod auth;
 pub mod connect;
 pub mod failure;
 pub mod heartbeat;
+mod oauth2;
+mod proxy;
 pub mod resume;
 mod session;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +23,7 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::endpoint::{Endpoint, State};
 use crate::filter::Filter;
+use auth::{Auth, Credential};
 use failure::{Class, Failure};
 use resume::Resume;
 use session::{End, Session};
@@ -52,6 +56,7 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
     if let Some(id) = resume.as_ref().and_then(Resume::last_id) {
         ep.set_last_upstream_id(id.to_string());
     }
+    let mut auth = cfg.auth.clone().map(Auth::new);
     let drop_filters: Vec<Filter> = cfg
         .drop
         .iter()
@@ -64,41 +69,33 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
     let (mut url_idx, mut url_failures, mut auth_failures) = (0usize, 0u32, 0u32);
     let mut connections = 0u64;
     let mut ever_connected = false;
+    // A connection already open (make-before-break credential renewal) to continue on.
+    let mut switched: Option<(connect::Ws, String)> = None;
 
     loop {
-        let base = &urls[url_idx];
-        let prepared = prepare(ep, base, resume.as_ref()).await;
-        let shown = prepared
-            .as_ref()
-            .map_or_else(|_| crate::redact::redact_url(base), |(_, s)| s.clone());
-        ep.set_url(shown.clone());
-        ep.set_state(State::Connecting, format!("connecting to {shown}"));
-        connections += 1;
-        let attempt_span = tracing::info_span!("connection", attempt = connections, url = %shown);
-
-        let outcome = async {
-            let attempt = match prepared {
-                Ok((attempt, _)) => attempt,
-                Err(f) => return Err(f),
-            };
-            let connecting = connect::connect(attempt);
-            tokio::pin!(connecting);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(None),
-                    r = &mut connecting => return r.map(Some),
-                    // The attempt under way is the reconnect asked for: take the request so it
-                    // does not tear down the connection this attempt is about to open.
-                    _ = ep.reconnect_requested() => {}
-                }
+        let base = urls[url_idx].clone();
+        let outcome = match switched.take() {
+            Some((ws, shown)) => {
+                ep.set_url(shown.clone());
+                Ok(Some((ws, format!("{shown} (credential renewed)"))))
             }
-        }
-        .instrument(attempt_span.clone())
-        .await;
+            None => {
+                connections += 1;
+                attempt(
+                    ep,
+                    &base,
+                    resume.as_ref(),
+                    auth.as_mut(),
+                    shutdown,
+                    connections,
+                )
+                .await
+            }
+        };
 
         let next = match outcome {
             Ok(None) => Next::Stop,
-            Ok(Some(ws)) => {
+            Ok(Some((ws, shown))) => {
                 if ever_connected {
                     Endpoint::count(&ep.stats.reconnects, 1);
                 }
@@ -111,19 +108,33 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
                 let session = Session {
                     ep,
                     resume: &mut resume,
+                    auth: &mut auth,
+                    base: &base,
                     drop_filters: &drop_filters,
                     shutdown,
                     durable: cfg.resume.is_some() || cfg.replay.persist,
                 };
-                match session.run(ws).instrument(attempt_span).await {
+                let span = tracing::info_span!("connection", attempt = connections);
+                match session.run(ws).instrument(span).await {
                     End::Shutdown => Next::Stop,
                     End::Reconnect => {
                         backoff.reset();
                         Next::Now
                     }
-                    End::Lost(f) => classify(f, &mut auth_failures, max_auth_failures, |ra| {
-                        backoff.after_disconnect(Instant::now(), ra, fastrand::f64())
-                    }),
+                    End::Switch(ws, shown) => {
+                        switched = Some((*ws, shown));
+                        Next::Now
+                    }
+                    End::Lost(f) => {
+                        if f.class == Class::Auth {
+                            if let Some(a) = auth.as_mut() {
+                                a.invalidate();
+                            }
+                        }
+                        classify(f, &mut auth_failures, max_auth_failures, |ra| {
+                            backoff.after_disconnect(Instant::now(), ra, fastrand::f64())
+                        })
+                    }
                 }
             }
             Err(f) => {
@@ -131,6 +142,12 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
                 if urls.len() > 1 && url_failures >= cfg.backoff.fallback_after.max(1) {
                     url_idx = (url_idx + 1) % urls.len();
                     url_failures = 0;
+                }
+                if f.class == Class::Auth {
+                    // Refused credentials are renewed before the next attempt.
+                    if let Some(a) = auth.as_mut() {
+                        a.invalidate();
+                    }
                 }
                 classify(f, &mut auth_failures, max_auth_failures, |ra| {
                     backoff.after_failure(ra, fastrand::f64())
@@ -168,6 +185,48 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
     }
 }
 
+/// One connection attempt in the `connecting` state; `Ok(None)` when shutdown came first.
+async fn attempt(
+    ep: &Endpoint,
+    base: &url::Url,
+    resume: Option<&Resume>,
+    auth: Option<&mut Auth>,
+    shutdown: &CancellationToken,
+    n: u64,
+) -> Result<Option<(connect::Ws, String)>, Failure> {
+    let mut url = base.clone();
+    if let Some(r) = resume {
+        r.apply_query(&mut url);
+    }
+    ep.set_url(crate::redact::redact_url(&url));
+    ep.set_state(
+        State::Connecting,
+        format!("connecting to {}", crate::redact::redact_url(&url)),
+    );
+    let span =
+        tracing::info_span!("connection", attempt = n, url = %crate::redact::redact_url(&url));
+    async {
+        let (attempt, shown) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            p = prepare(ep, url, auth) => p?,
+        };
+        ep.set_url(shown.clone());
+        let connecting = connect::connect(attempt);
+        tokio::pin!(connecting);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                r = &mut connecting => return r.map(|ws| Some((ws, shown))),
+                // The attempt under way is the reconnect asked for: take the request so it
+                // does not tear down the connection this attempt is about to open.
+                _ = ep.reconnect_requested() => {}
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
 /// Turns a failure into the next step, counting consecutive auth failures.
 fn classify(
     f: Failure,
@@ -196,18 +255,14 @@ fn classify(
     }
 }
 
-/// Builds this attempt's URL and headers: resume query, credential, configured headers.
-/// Returns the attempt and the URL as it may be shown.
+/// Builds an attempt from `url` (resume query already applied): configured headers and the
+/// credential, resolved now. Returns the attempt and the URL as it may be shown.
 async fn prepare<'a>(
     ep: &'a Endpoint,
-    base: &url::Url,
-    resume: Option<&Resume>,
+    mut url: url::Url,
+    auth: Option<&mut Auth>,
 ) -> Result<(connect::Attempt<'a>, String), Failure> {
     let cfg = &ep.config;
-    let mut url = base.clone();
-    if let Some(r) = resume {
-        r.apply_query(&mut url);
-    }
     let mut headers = Vec::with_capacity(cfg.headers.len() + 1);
     for (name, secret) in &cfg.headers {
         let value = secret
@@ -217,10 +272,12 @@ async fn prepare<'a>(
         headers.push((name.clone(), value));
     }
     let mut secret_params: Vec<String> = Vec::new();
-    if let Some(a) = &cfg.auth {
-        match auth::credential(a).await? {
-            auth::Credential::Header(name, value) => headers.push((name, value)),
-            auth::Credential::Query(name, value) => {
+    if let Some(a) = auth {
+        let credential = a.credential(cfg).await;
+        record_expiry(ep, a);
+        match credential? {
+            Credential::Header(name, value) => headers.push((name, value)),
+            Credential::Query(name, value) => {
                 url.query_pairs_mut().append_pair(&name, value.expose());
                 secret_params.push(name);
             }
@@ -229,4 +286,15 @@ async fn prepare<'a>(
     let params: Vec<&str> = secret_params.iter().map(String::as_str).collect();
     let shown = crate::redact::redact_url_with(&url, &params);
     Ok((connect::Attempt { cfg, url, headers }, shown))
+}
+
+/// Shows the credential's expiry in status and metrics.
+fn record_expiry(ep: &Endpoint, auth: &Auth) {
+    let nanos = auth
+        .expires_at()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    ep.stats
+        .auth_expires_at
+        .store(nanos, std::sync::atomic::Ordering::Relaxed);
 }

@@ -11,17 +11,18 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Auth;
 use super::connect::Ws;
 use super::failure::Failure;
 use super::heartbeat::{Action, Heartbeat};
 use super::resume::{Resume, Verdict};
+use crate::config::RenewMode;
 use crate::endpoint::{unix_nanos, Endpoint};
 use crate::filter::Filter;
 use crate::log::Kind;
 use crate::store::Op;
 
 /// How a connection ended.
-#[derive(Debug)]
 pub enum End {
     /// The daemon is stopping; the upstream got a 1001 close.
     Shutdown,
@@ -29,7 +30,16 @@ pub enum End {
     Reconnect,
     /// The connection failed or the upstream closed it.
     Lost(Failure),
+    /// A renewed credential's connection is up (and the old one closed with 1000): continue
+    /// on it. The string is its URL as it may be shown.
+    Switch(Box<Ws>, String),
 }
+
+/// A credential renewal under way: it owns the endpoint's `Auth` until it finishes, and for
+/// `renew = "reconnect"` also opens the replacement connection.
+type Renewal<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Auth, Result<Option<(Ws, String)>, String>)> + Send + 'a>,
+>;
 
 /// Frames the connection loop asks the writer to send ahead of the outbox.
 enum Ctl {
@@ -49,6 +59,27 @@ const MAX_PENDING: u64 = 8192;
 /// continues above the reservation, so a seq is never reused.
 const SEQ_LEASE: u64 = 10_000;
 
+/// First and longest wait between failed credential renewals while the old one is in use.
+const RENEW_RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const RENEW_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When the next renewal is due, as a timer deadline.
+fn renew_deadline(auth: Option<&Auth>) -> tokio::time::Instant {
+    match auth.and_then(Auth::renew_at) {
+        Some(at) => {
+            let wait = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::Instant::now() + wait
+        }
+        None => far_future(),
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600)
+}
+
 /// Persisted replay entries below the window are deleted every this many messages.
 const TRIM_EVERY: u64 = 512;
 
@@ -56,13 +87,17 @@ const TRIM_EVERY: u64 = 512;
 pub struct Session<'a> {
     pub ep: &'a Endpoint,
     pub resume: &'a mut Option<Resume>,
+    /// The endpoint's credential state; taken by a renewal while it runs.
+    pub auth: &'a mut Option<Auth>,
+    /// The URL this connection was opened on, for a make-before-break replacement.
+    pub base: &'a url::Url,
     pub drop_filters: &'a [Filter],
     pub shutdown: &'a CancellationToken,
     /// Commit each message before delivering it (resume or persisted replay configured).
     pub durable: bool,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
     /// Runs the connection until it ends.
     pub async fn run(mut self, ws: Ws) -> End {
         let (mut sink, mut stream) = ws.split();
@@ -103,6 +138,10 @@ impl Session<'_> {
         let mut hb = Heartbeat::new(cfg.heartbeat.clone(), Instant::now());
         let sleep = tokio::time::sleep_until(hb.deadline().into());
         tokio::pin!(sleep);
+        let renew_sleep = tokio::time::sleep_until(renew_deadline(self.auth.as_ref()));
+        tokio::pin!(renew_sleep);
+        let mut renew_retry = RENEW_RETRY_MIN;
+        let mut renewing: Option<Renewal<'a>> = None;
 
         let end = loop {
             tokio::select! {
@@ -114,6 +153,41 @@ impl Session<'_> {
                 }
                 r = &mut writer => {
                     break End::Lost(r.err().unwrap_or_else(|| Failure::retry("writer stopped")));
+                }
+                _ = &mut renew_sleep, if renewing.is_none() && self.auth.is_some() => {
+                    renewing = self.start_renewal();
+                    renew_sleep.as_mut().reset(far_future());
+                }
+                (auth, result) = async { match renewing.as_mut() {
+                    Some(r) => r.await,
+                    None => std::future::pending().await,
+                } } => {
+                    renewing = None;
+                    super::record_expiry(ep, &auth);
+                    let frame = auth.renew_frame();
+                    *self.auth = Some(auth);
+                    match result {
+                        Ok(None) => {
+                            Endpoint::count(&ep.stats.auth_renewals_ok, 1);
+                            if let Some(frame) = frame {
+                                let _ = ctl_tx.try_send(Ctl::Frame(Message::text(frame.expose().to_owned())));
+                            }
+                            tracing::info!("credential renewed on the live connection");
+                            renew_retry = RENEW_RETRY_MIN;
+                            renew_sleep.as_mut().reset(renew_deadline(self.auth.as_ref()));
+                        }
+                        Ok(Some((ws, shown))) => {
+                            Endpoint::count(&ep.stats.auth_renewals_ok, 1);
+                            tracing::info!("credential renewed: switching to the new connection");
+                            return self.close(&ctl_tx, &mut writer, CloseCode::Normal, "credential renewed", End::Switch(Box::new(ws), shown)).await;
+                        }
+                        Err(reason) => {
+                            Endpoint::count(&ep.stats.auth_renewals_failed, 1);
+                            tracing::warn!(%reason, retry_in = %crate::fmt::duration(renew_retry), "credential renewal failed; the current connection stays");
+                            renew_sleep.as_mut().reset(tokio::time::Instant::now() + renew_retry);
+                            renew_retry = (renew_retry * 2).min(RENEW_RETRY_MAX);
+                        }
+                    }
                 }
                 _ = &mut sleep => {
                     let now = Instant::now();
@@ -165,6 +239,33 @@ impl Session<'_> {
             }
         };
         end
+    }
+
+    /// Starts renewing the credential: fetch a new token, and for `renew = "reconnect"` open
+    /// the replacement connection (resumed from the last id) before the old one is closed.
+    fn start_renewal(&mut self) -> Option<Renewal<'a>> {
+        let mut auth = self.auth.take()?;
+        let ep: &'a Endpoint = self.ep;
+        let mut url = self.base.clone();
+        if let Some(r) = self.resume.as_ref() {
+            r.apply_query(&mut url);
+        }
+        Some(Box::pin(async move {
+            if let Err(e) = auth.renew(&ep.config).await {
+                return (auth, Err(e));
+            }
+            if auth.renew_mode() == RenewMode::Frame {
+                return (auth, Ok(None));
+            }
+            let r = match super::prepare(ep, url, Some(&mut auth)).await {
+                Ok((attempt, shown)) => super::connect::connect(attempt)
+                    .await
+                    .map(|ws| Some((ws, shown)))
+                    .map_err(|f| format!("replacement connection: {}", f.reason)),
+                Err(f) => Err(f.reason),
+            };
+            (auth, r)
+        }))
     }
 
     /// Fans out one inbound message, after resume dedup and `drop` filters.
