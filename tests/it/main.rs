@@ -14,3 +14,4 @@ mod features;
 mod publish;
 mod reconnect;
 mod replay;
+mod upstream_access;

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod process;
 pub mod proxy;
 pub mod ticks;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;

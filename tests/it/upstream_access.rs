@@ -1,0 +1,456 @@
+//! Upstream access (SPEC §4 proxy/tls, §5 auth, §6): token renewal in both modes, OAuth2,
+//! 401 storms, TLS with a test CA and mTLS, HTTP CONNECT proxies.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use ws_sidecar::endpoint::State;
+
+use crate::support::daemon::{next_message, start_daemon, subscribe};
+use crate::support::tls::{TestPki, TlsUpstream};
+use crate::support::{since_param, tick_id, tick_message, FakeUpstream, Reply};
+
+const T: Duration = Duration::from_secs(15);
+
+/// An unsigned JWT whose `exp` is `secs` from now, marked with `tag`.
+fn jwt(tag: &str, secs: u64) -> String {
+    let exp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + secs;
+    let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!(
+        "{}.{}.sig",
+        b(r#"{"alg":"none"}"#),
+        b(&format!(r#"{{"exp":{exp},"tag":"{tag}"}}"#))
+    )
+}
+
+#[tokio::test]
+async fn jwt_renewed_by_frame_before_expiry() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = crate::support::temp_dir();
+    let token_file = dir.path().join("token");
+    let first = jwt("first", 3);
+    std::fs::write(&token_file, &first).expect("token");
+    let d = start_daemon(&format!(
+        "[endpoints.a]\nurl = \"{}\"\n[endpoints.a.auth]\ntoken = {{ file = \"{}\" }}\nrefresh_before = \"1s\"\nrenew = \"frame\"\nrenew_frame = '{{\"op\":\"auth\",\"token\":\"{{{{token}}}}\"}}'\n",
+        up.url("/"),
+        token_file.display()
+    ))
+    .await;
+    let c = up.next_accepted_within(T).await.expect("connects");
+    assert_eq!(
+        c.header("authorization"),
+        Some(format!("Bearer {first}").as_str())
+    );
+    let issued = Instant::now();
+    let second = jwt("second", 3);
+    std::fs::write(&token_file, &second).expect("rotate");
+    let frame = match c.recv_timeout(T).await.expect("renewal frame") {
+        Some(Message::Text(t)) => t.to_string(),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(
+        issued.elapsed() < Duration::from_secs(3),
+        "renewed before expiry"
+    );
+    assert_eq!(frame, format!(r#"{{"op":"auth","token":"{second}"}}"#));
+    assert!(!c.is_closed(), "the connection stays");
+    assert!(
+        d.endpoint("a")
+            .stats
+            .auth_expires_at
+            .load(Ordering::Relaxed)
+            > 0
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn jwt_renewed_by_reconnect_is_make_before_break_without_gap_or_duplicate() {
+    // A feed that resends from ?since=, ticking every 5 ms on every connection.
+    let up = FakeUpstream::start_with_handler(
+        |_, _| Reply::Accept,
+        |conn| {
+            tokio::spawn(async move {
+                let mut id = since_param(conn.uri()).map_or(1, |s| s + 1);
+                loop {
+                    if conn.send_text(&tick_message(id)).await.is_err() {
+                        return;
+                    }
+                    id += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+        },
+    )
+    .await;
+    let dir = crate::support::temp_dir();
+    let token_file = dir.path().join("token");
+    let first = jwt("first", 3);
+    std::fs::write(&token_file, &first).expect("token");
+    let d = start_daemon(&format!(
+        "[endpoints.a]\nurl = \"{}\"\n[endpoints.a.auth]\ntoken = {{ file = \"{}\" }}\nrefresh_before = \"1s\"\n[endpoints.a.resume]\nid_pointer = \"/id\"\nquery = \"since\"\n",
+        up.url("/feed"),
+        token_file.display()
+    ))
+    .await;
+    let c1 = up.next_accepted_within(T).await.expect("connects");
+    assert_eq!(
+        c1.header("authorization"),
+        Some(format!("Bearer {first}").as_str())
+    );
+    let mut client = d.grpc().await;
+    let mut s = subscribe(&mut client, "a", Some(0)).await;
+    let second = jwt("second", 30);
+    std::fs::write(&token_file, &second).expect("rotate");
+
+    let c2 = up
+        .next_accepted_within(T)
+        .await
+        .expect("replacement connection");
+    assert_eq!(
+        c2.header("authorization"),
+        Some(format!("Bearer {second}").as_str())
+    );
+    let close = tokio::time::timeout(T, c1.closed())
+        .await
+        .expect("old one closes");
+    assert_eq!(
+        close.map(|c| c.code),
+        Some(1000),
+        "the old connection closes with 1000"
+    );
+    assert!(since_param(c2.uri()).is_some(), "the replacement resumes");
+
+    // Every id once, in order, across the switch.
+    let mut last = 0;
+    let until = Instant::now() + Duration::from_millis(700);
+    while Instant::now() < until || last == 0 {
+        let m = next_message(&mut s, T).await;
+        let id = tick_id(std::str::from_utf8(&m.data).expect("utf8")).expect("id");
+        assert_eq!(id, last + 1, "no gap, no duplicate");
+        assert_eq!(m.seq, id);
+        last = id;
+    }
+    assert!(
+        last > since_param(c2.uri()).unwrap_or(0),
+        "read past the switch"
+    );
+    assert_eq!(d.endpoint("a").state().state, State::Connected);
+    d.stop().await;
+}
+
+/// A token endpoint issuing `tok-N` with `expires_in = 2`; `down` makes it answer 503.
+struct TokenEndpoint {
+    url: String,
+    issued: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+}
+
+async fn token_endpoint() -> TokenEndpoint {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!(
+        "http://{}/oauth/token",
+        listener.local_addr().expect("addr")
+    );
+    let issued = Arc::new(AtomicUsize::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let (i2, d2) = (Arc::clone(&issued), Arc::clone(&down));
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (issued, down) = (Arc::clone(&i2), Arc::clone(&d2));
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Head, then the body by Content-Length.
+                let body_start = loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..body_start]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < body_start + len {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = String::from_utf8_lossy(&buf[body_start..]).to_string();
+                let basic = base64::engine::general_purpose::STANDARD.encode("app:s3cret-client");
+                let ok_auth = head.contains(&format!(
+                    "authorization: basic {}",
+                    basic.to_ascii_lowercase()
+                ));
+                let (status, json) = if down.load(Ordering::SeqCst) {
+                    (
+                        "503 Service Unavailable",
+                        r#"{"error":"temporarily_unavailable"}"#.to_owned(),
+                    )
+                } else if !ok_auth || !body.contains("grant_type=client_credentials") {
+                    (
+                        "401 Unauthorized",
+                        r#"{"error":"invalid_client"}"#.to_owned(),
+                    )
+                } else {
+                    let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+                    (
+                        "200 OK",
+                        format!(
+                            r#"{{"access_token":"tok-{n}","expires_in":2,"token_type":"Bearer"}}"#
+                        ),
+                    )
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    TokenEndpoint { url, issued, down }
+}
+
+#[tokio::test]
+async fn oauth2_tokens_are_renewed_and_an_outage_keeps_the_connection() {
+    let tokens = token_endpoint().await;
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let d = start_daemon(&format!(
+        "[endpoints.a]\nurl = \"{}\"\n[endpoints.a.auth]\ntoken = {{ oauth2 = {{ token_url = \"{}\", client_id = \"app\", client_secret = \"s3cret-client\" }} }}\nrefresh_before = \"1s\"\nrenew = \"frame\"\nrenew_frame = '{{\"op\":\"auth\",\"token\":\"{{{{token}}}}\"}}'\n",
+        up.url("/"),
+        tokens.url
+    ))
+    .await;
+    let c = up.next_accepted_within(T).await.expect("connects");
+    assert_eq!(c.header("authorization"), Some("Bearer tok-1"));
+    match c.recv_timeout(T).await.expect("renewal") {
+        Some(Message::Text(t)) => assert_eq!(t.as_str(), r#"{"op":"auth","token":"tok-2"}"#),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The token endpoint goes down while tok-2 is still valid: renewals fail and are retried,
+    // the upstream connection stays.
+    tokens.down.store(true, Ordering::SeqCst);
+    let ep = d.endpoint("a");
+    tokio::time::timeout(T, async {
+        while ep.stats.auth_renewals_failed.load(Ordering::Relaxed) < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("renewal retried");
+    assert_eq!(ep.state().state, State::Connected);
+    assert!(!c.is_closed());
+    assert_eq!(up.accepted(), 1, "no reconnect during the token outage");
+    tokens.down.store(false, Ordering::SeqCst);
+    match c.recv_timeout(T).await.expect("renewal after the outage") {
+        Some(Message::Text(t)) => assert!(t.starts_with(r#"{"op":"auth","token":"tok-"#)),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(tokens.issued.load(Ordering::SeqCst) >= 3);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn unauthorized_storm_fails_after_max_failures_without_a_hot_loop() {
+    let up = FakeUpstream::start_with(|_, _| Reply::reject(401, &[])).await;
+    let d = start_daemon(&format!(
+        "[endpoints.a]\nurl = \"{}\"\n[endpoints.a.auth]\ntoken = \"static-token\"\nmax_failures = 4\n[endpoints.a.backoff]\ninitial = \"50ms\"\nmin_delay = \"40ms\"\n",
+        up.url("/")
+    ))
+    .await;
+    let ev = d.wait_state("a", State::Failed, T).await;
+    assert!(ev.reason.contains("401"), "{}", ev.reason);
+    assert!(
+        ev.reason.contains("4 consecutive auth failures"),
+        "{}",
+        ev.reason
+    );
+    let at = up.attempts();
+    assert_eq!(at.len(), 4);
+    for w in at.windows(2) {
+        assert!(
+            w[1].at - w[0].at >= Duration::from_millis(38),
+            "no hot loop: {:?}",
+            w[1].at - w[0].at
+        );
+    }
+    assert!(at
+        .iter()
+        .all(|a| a.header("authorization") == Some("Bearer static-token")));
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn tls_with_a_test_ca_mtls_and_host_names() {
+    let pki = TestPki::new();
+    // Refused without ca_file (the CA is not a system root), accepted with it.
+    let mut up = TlsUpstream::start(pki.server_config(&["localhost"], false)).await;
+    let d = start_daemon(&format!(
+        "[endpoints.sys]\nurl = \"{0}\"\n[endpoints.ca]\nurl = \"{0}\"\ntls = {{ ca_file = \"{1}\" }}\n",
+        up.url("localhost"),
+        pki.ca_file.display()
+    ))
+    .await;
+    let ev = d.wait_state("sys", State::Backoff, T).await;
+    assert!(ev.reason.contains("tls handshake"), "{}", ev.reason);
+    assert!(
+        ev.reason.to_ascii_lowercase().contains("unknownissuer")
+            || ev.reason.contains("certificate"),
+        "{}",
+        ev.reason
+    );
+    d.wait_state("ca", State::Connected, T).await;
+    let mut c = d.grpc().await;
+    let _ = up.next_outcome().await;
+    let mut s = subscribe(&mut c, "ca", Some(0)).await;
+    assert_eq!(&next_message(&mut s, T).await.data[..], b"hello");
+    d.stop().await;
+
+    // A certificate for another name is refused; server_name makes it acceptable.
+    let up = TlsUpstream::start(pki.server_config(&["other.test"], false)).await;
+    let d = start_daemon(&format!(
+        "[endpoints.wrong]\nurl = \"{0}\"\ntls = {{ ca_file = \"{1}\" }}\n[endpoints.named]\nurl = \"{0}\"\ntls = {{ ca_file = \"{1}\", server_name = \"other.test\" }}\n",
+        up.url("localhost"),
+        pki.ca_file.display()
+    ))
+    .await;
+    let ev = d.wait_state("wrong", State::Backoff, T).await;
+    assert!(ev.reason.contains("tls handshake"), "{}", ev.reason);
+    d.wait_state("named", State::Connected, T).await;
+    d.stop().await;
+
+    // mTLS: without a client certificate the server refuses; with one it accepts.
+    let (cert, key) = pki.leaf("client", &["client.test"]);
+    let mut up = TlsUpstream::start(pki.server_config(&["localhost"], true)).await;
+    let d = start_daemon(&format!(
+        "[endpoints.anon]\nurl = \"{0}\"\ntls = {{ ca_file = \"{1}\" }}\n",
+        up.url("localhost"),
+        pki.ca_file.display()
+    ))
+    .await;
+    assert!(
+        up.next_outcome().await.is_err(),
+        "no client certificate, no connection"
+    );
+    assert_ne!(d.endpoint("anon").state().state, State::Connected);
+    d.stop().await;
+    let d = start_daemon(&format!(
+        "[endpoints.mtls]\nurl = \"{0}\"\ntls = {{ ca_file = \"{1}\", client_cert = \"{2}\", client_key = \"{3}\" }}\n",
+        up.url("localhost"),
+        pki.ca_file.display(),
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    d.wait_state("mtls", State::Connected, T).await;
+    d.stop().await;
+}
+
+/// An HTTP CONNECT proxy counting tunnels; with `auth`, it wants that Basic credential.
+async fn connect_proxy(auth: Option<&'static str>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let tunnels = Arc::new(AtomicUsize::new(0));
+    let t2 = Arc::clone(&tunnels);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let tunnels = Arc::clone(&t2);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if sock.read(&mut b).await.map_or(true, |n| n == 0) {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                if let Some(cred) = auth {
+                    let want = format!(
+                        "proxy-authorization: basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(cred)
+                    );
+                    if !head
+                        .to_ascii_lowercase()
+                        .contains(&want.to_ascii_lowercase())
+                    {
+                        let _ = sock.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n").await;
+                        return;
+                    }
+                }
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    let _ = sock.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                tunnels.fetch_add(1, Ordering::SeqCst);
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut sock, &mut upstream).await;
+            });
+        }
+    });
+    (addr, tunnels)
+}
+
+#[tokio::test]
+async fn connect_proxy_with_basic_auth_and_407() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let (proxy, tunnels) = connect_proxy(Some("user:p@ss")).await;
+    let d = start_daemon(&format!(
+        "[endpoints.via]\nurl = \"{0}\"\nproxy = \"http://user:p%40ss@{1}\"\n[endpoints.badauth]\nurl = \"{0}\"\nproxy = \"http://user:wrong@{1}\"\n[endpoints.direct]\nurl = \"{0}\"\nproxy = \"\"\n",
+        up.url("/"),
+        proxy
+    ))
+    .await;
+    d.wait_state("via", State::Connected, T).await;
+    d.wait_state("direct", State::Connected, T).await;
+    assert_eq!(
+        tunnels.load(Ordering::SeqCst),
+        1,
+        "one tunnel: `via` went through, `direct` did not"
+    );
+    let ev = d.wait_state("badauth", State::Backoff, T).await;
+    assert!(
+        ev.reason
+            .contains("proxy authentication required (HTTP 407)"),
+        "{}",
+        ev.reason
+    );
+    assert!(
+        !ev.reason.contains("wrong"),
+        "proxy password never shown: {}",
+        ev.reason
+    );
+    let status = ws_sidecar::status::EndpointStatus::of(&d.endpoint("via"));
+    assert!(
+        !status.url.contains("p@ss") && !status.url.contains("p%40ss"),
+        "{}",
+        status.url
+    );
+    d.stop().await;
+}
