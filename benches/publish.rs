@@ -1,0 +1,890 @@
+//! Publish-path benchmark (BENCHMARKING.md, "durable publishes, 64 concurrent publishers").
+//!
+//! `cargo bench --bench publish` (5 repetitions of 3 s per scenario) or
+//! `cargo bench --bench publish -- --quick` (3 repetitions of 1 s); `--reps N` and `--secs S`
+//! override either, and scenario names (e.g. `-- B`) run only those, plus the baseline B0.
+//!
+//! The daemon runs in this process, on its own tokio runtime (as `main.rs` builds it), with one
+//! endpoint whose upstream refuses connections and backs off for an hour, so every publish stays
+//! in the durable outbox. The publishers run on a second runtime and reach it over the gRPC Unix
+//! socket. Each scenario run gets a fresh daemon and store, in a temp dir under `target/bench/`.
+//!
+//! Scenarios, interleaved in this order in every repetition:
+//! - `B0`: baseline, one durable redb commit per insert in a plain loop (separate redb file,
+//!   same key and value shape as the outbox): what the disk gives without group commit.
+//! - `A`: 1 publisher, sequential `Publish` (wait = STORED, 64-byte payload).
+//! - `B`: 64 concurrent publishers, each its own task, sharing 4 gRPC channels.
+//! - `B1`: 1 caller, sequential `GetStatus`: the RPC floor for `A` (no store work).
+//! - `B1x64`: 64 concurrent `GetStatus` callers on 4 channels: the RPC floor for `B`.
+//!
+//! Checked while measuring (any failure makes the bench exit 1): every publish is acked; every
+//! acked outbox id is unique and each publisher's acked ids increase; the outbox depth reported
+//! by `GetStatus` equals the number of acks; after the daemon stopped, the store holds exactly the
+//! acked ids, each with the payload its publisher sent.
+//!
+//! Prints a table (median and min–max over repetitions) and writes `target/bench/publish.json`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use ws_sidecar::client::{self, Target};
+use ws_sidecar::proto::sidecar_client::SidecarClient;
+use ws_sidecar::proto::{self, GetStatusRequest, PublishRequest};
+
+const ENDPOINT: &str = "bench";
+const PAYLOAD: usize = 64;
+const PUBLISHERS: usize = 64;
+const CHANNELS: usize = 4;
+/// The publish-path target of BENCHMARKING.md.
+const TARGET_RATE: f64 = 50_000.0;
+const TARGET_P99_US: f64 = 5_000.0;
+
+type Client = SidecarClient<tonic::transport::Channel>;
+
+struct Args {
+    reps: usize,
+    secs: f64,
+    quick: bool,
+    /// Scenario names to run (B0 always runs: it is the baseline); empty means all.
+    only: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        reps: 5,
+        secs: 3.0,
+        quick: false,
+        only: Vec::new(),
+    };
+    let (mut reps, mut secs) = (None, None);
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => args.quick = true,
+            "--reps" => {
+                let v = it.next().ok_or("--reps needs a number")?;
+                reps = Some(v.parse::<usize>().map_err(|e| format!("--reps {v}: {e}"))?);
+            }
+            "--secs" => {
+                let v = it.next().ok_or("--secs needs a number")?;
+                secs = Some(v.parse::<f64>().map_err(|e| format!("--secs {v}: {e}"))?);
+            }
+            // `cargo bench` passes `--bench`; other harness flags do not apply here.
+            f if f.starts_with('-') => {}
+            name => args.only.push(name.to_owned()),
+        }
+    }
+    if args.quick {
+        (args.reps, args.secs) = (3, 1.0);
+    }
+    args.reps = reps.unwrap_or(args.reps).max(1);
+    args.secs = secs.unwrap_or(args.secs).max(0.1);
+    Ok(args)
+}
+
+/// One measured run of one scenario.
+struct Run {
+    ops: u64,
+    elapsed: Duration,
+    /// Per-operation latencies in ns, sorted.
+    lat_ns: Vec<u64>,
+    cpu: CpuUse,
+}
+
+impl Run {
+    fn new(mut lat_ns: Vec<u64>, elapsed: Duration, cpu: CpuUse) -> Run {
+        lat_ns.sort_unstable();
+        Run {
+            ops: lat_ns.len() as u64,
+            elapsed,
+            lat_ns,
+            cpu,
+        }
+    }
+
+    /// CPU µs per operation used by thread group `g`.
+    fn cpu_us_per_op(&self, g: usize) -> f64 {
+        self.cpu.ns[g] as f64 / 1000.0 / self.ops.max(1) as f64
+    }
+
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Nearest-rank percentile in µs (`q` in 0..=1).
+    fn pct_us(&self, q: f64) -> f64 {
+        if self.lat_ns.is_empty() {
+            return f64::NAN;
+        }
+        let rank = (q * self.lat_ns.len() as f64).ceil() as usize;
+        self.lat_ns[rank.clamp(1, self.lat_ns.len()) - 1] as f64 / 1000.0
+    }
+}
+
+/// Correctness failures found while measuring.
+#[derive(Default)]
+struct Checks {
+    failed: Vec<String>,
+}
+
+impl Checks {
+    fn fail(&mut self, what: String) {
+        eprintln!("CHECK FAILED: {what}");
+        self.failed.push(what);
+    }
+}
+
+/// The target directory: the bench binary is `<target>/<profile>/deps/publish-<hash>`.
+fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// (mount point, filesystem type, source) of the mount holding `dir`, from /proc/self/mounts.
+fn filesystem_of(dir: &Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return "unknown".into();
+    };
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && dir.starts_with(f[1])).then(|| (f[1], f[2], f[0]))
+        })
+        .max_by_key(|(mp, _, _)| mp.len())
+        .map_or("unknown".into(), |(mp, ty, src)| {
+            format!("{ty} ({src} on {mp})")
+        })
+}
+
+/// CPU time (ns) used so far by this process's live threads, by group: the daemon's runtime
+/// ("daemon" threads), the store's committer thread, the publishers' runtime, and the rest (the
+/// main thread, which runs B0). From /proc/self/task/*/schedstat.
+fn cpu_ns() -> [u64; 4] {
+    let mut by = [0u64; 4];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by;
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let ns: u64 = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let g = match comm.trim() {
+            "daemon" => 0,
+            "store-committer" => 1,
+            "publishers" => 2,
+            _ => 3,
+        };
+        by[g] += ns;
+    }
+    by
+}
+
+/// (busy, total) jiffies of the whole machine, from /proc/stat.
+fn machine_jiffies() -> (u64, u64) {
+    let Ok(s) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle and iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// CPU used between two points: by this process's thread groups, and by the whole machine.
+#[derive(Clone, Copy)]
+struct Cpu {
+    start: [u64; 4],
+    machine: (u64, u64),
+    at: Instant,
+}
+
+/// What a run cost in CPU.
+#[derive(Clone, Copy, Default)]
+struct CpuUse {
+    /// ns per group.
+    ns: [u64; 4],
+    /// Cores busy on the whole machine during the run (all processes).
+    machine_cores: f64,
+    /// Cores this process used during the run.
+    own_cores: f64,
+}
+
+impl Cpu {
+    fn start() -> Cpu {
+        Cpu {
+            start: cpu_ns(),
+            machine: machine_jiffies(),
+            at: Instant::now(),
+        }
+    }
+
+    fn stop(self) -> CpuUse {
+        let end = cpu_ns();
+        let (busy, total) = machine_jiffies();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let (db, dt) = (
+            busy.saturating_sub(self.machine.0),
+            total.saturating_sub(self.machine.1),
+        );
+        let mut ns = [0u64; 4];
+        for (i, n) in ns.iter_mut().enumerate() {
+            *n = end[i].saturating_sub(self.start[i]);
+        }
+        let wall = self.at.elapsed().as_nanos().max(1) as f64;
+        CpuUse {
+            ns,
+            machine_cores: if dt == 0 {
+                f64::NAN
+            } else {
+                cores * db as f64 / dt as f64
+            },
+            own_cores: ns.iter().sum::<u64>() as f64 / wall,
+        }
+    }
+}
+
+/// The payload of publisher `p`'s `n`-th publish: who sent it, then filler up to 64 bytes.
+fn payload(p: usize, n: u64) -> Bytes {
+    let mut v = Vec::with_capacity(PAYLOAD);
+    v.extend_from_slice(&(p as u64).to_le_bytes());
+    v.extend_from_slice(&n.to_le_bytes());
+    v.resize(PAYLOAD, b'x');
+    Bytes::from(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// B0: one durable redb commit per insert.
+
+const B0_TABLE: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("outbox");
+
+fn run_b0(base: &Path, dur: Duration) -> Result<Run, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("b0-")
+        .tempdir_in(base)
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let db = redb::Database::create(dir.path().join("b0.redb")).map_err(|e| e.to_string())?;
+    let mut lat = Vec::new();
+    let cpu = Cpu::start();
+    let start = Instant::now();
+    let deadline = start + dur;
+    let mut id = 0u64;
+    while Instant::now() < deadline {
+        id += 1;
+        let t0 = Instant::now();
+        // The value the store writes: kind byte, enqueue time, payload.
+        let mut value = Vec::with_capacity(9 + PAYLOAD);
+        value.push(1);
+        value.extend_from_slice(&id.to_le_bytes());
+        value.extend_from_slice(&payload(0, id));
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut t = txn.open_table(B0_TABLE).map_err(|e| e.to_string())?;
+            t.insert((ENDPOINT, id), value.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        lat.push(t0.elapsed().as_nanos() as u64);
+    }
+    let elapsed = start.elapsed();
+    Ok(Run::new(lat, elapsed, cpu.stop()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon, in this process on its own runtime.
+
+struct Daemon {
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    grpc: PathBuf,
+    store: PathBuf,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<bool>,
+}
+
+fn start_daemon(base: &Path) -> Result<Daemon, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("daemon-")
+        .tempdir_in(base)
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let grpc = dir.path().join("run/grpc.sock");
+    let store = dir.path().join("store");
+    // Port 1 refuses connections; the one-hour backoff keeps the endpoint from retrying, so
+    // nothing ever leaves the outbox.
+    let toml = format!(
+        r#"
+[grpc]
+listen = ["unix:{grpc}"]
+[stream]
+path = ""
+[http]
+listen = ""
+[store]
+path = "{store}"
+[endpoints.{ENDPOINT}]
+url = "ws://127.0.0.1:1/"
+[endpoints.{ENDPOINT}.backoff]
+initial = "1h"
+max = "1h"
+min_delay = "1h"
+[endpoints.{ENDPOINT}.outbox]
+max_messages = 100000000
+max_bytes = "16GiB"
+max_age = "1h"
+durable = true
+"#,
+        grpc = grpc.display(),
+        store = store.display(),
+    );
+    let cfg = ws_sidecar::config::load_str(&toml, Path::new("bench.toml"), &HashMap::new())
+        .map_err(|e| format!("bench config: {e}"))?;
+    // Built like main.rs builds the daemon's runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("daemon")
+        .build()
+        .map_err(|e| format!("daemon runtime: {e}"))?;
+    let shutdown = CancellationToken::new();
+    let task = rt.block_on(async {
+        let listeners = ws_sidecar::listen::bind(&cfg)
+            .await
+            .map_err(|e| format!("bind: {e}"))?;
+        let store = ws_sidecar::store::Store::open(&cfg.store.path).map_err(|e| e.to_string())?;
+        let daemon =
+            ws_sidecar::supervisor::Daemon::start(cfg, listeners, Some(store), shutdown.clone())
+                .map_err(|e| e.to_string())?;
+        Ok::<_, String>(tokio::spawn(daemon.run_until_stopped()))
+    })?;
+    Ok(Daemon {
+        rt,
+        dir,
+        grpc,
+        store,
+        shutdown,
+        task,
+    })
+}
+
+impl Daemon {
+    /// Stops the daemon, drops its runtime (and with it the store), and returns what the store
+    /// file holds for the endpoint.
+    fn stop(self, checks: &mut Checks) -> Option<ws_sidecar::store::Restored> {
+        self.shutdown.cancel();
+        let clean = self
+            .rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(6), self.task).await });
+        if !matches!(clean, Ok(Ok(true))) {
+            checks.fail(format!("daemon did not stop cleanly: {clean:?}"));
+        }
+        self.rt.shutdown_timeout(Duration::from_secs(2));
+        let restored = ws_sidecar::store::Store::open(&self.store)
+            .and_then(|s| {
+                let r = s.restore(ENDPOINT, 0);
+                s.close();
+                r
+            })
+            .map_err(|e| checks.fail(format!("reopening the store: {e}")))
+            .ok();
+        drop(self.dir);
+        restored
+    }
+}
+
+async fn connect(grpc: &Path, n: usize) -> Result<Vec<Client>, String> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let mut c = client::connect(&Target::Unix(grpc.to_path_buf()))
+            .await
+            .map_err(|e| format!("connect {}: {e}", grpc.display()))?;
+        // Warm the connection up (HTTP/2 handshake, first request) before the clock starts.
+        c.get_status(GetStatusRequest { endpoint: None })
+            .await
+            .map_err(|e| format!("warm-up GetStatus: {e}"))?;
+        clients.push(c);
+    }
+    Ok(clients)
+}
+
+async fn outbox_depth(c: &mut Client) -> Result<u64, String> {
+    let st = c
+        .get_status(GetStatusRequest {
+            endpoint: Some(ENDPOINT.into()),
+        })
+        .await
+        .map_err(|e| format!("GetStatus: {e}"))?
+        .into_inner();
+    st.endpoints
+        .first()
+        .map(|e| e.outbox_depth)
+        .ok_or_else(|| "GetStatus returned no endpoint".into())
+}
+
+/// What one publisher saw: (outbox id, its own publish number) per ack, latencies, first error.
+struct PublisherLog {
+    acks: Vec<(u64, u64)>,
+    lat_ns: Vec<u64>,
+    error: Option<String>,
+}
+
+async fn publisher(mut c: Client, p: usize, deadline: Instant) -> PublisherLog {
+    let mut log = PublisherLog {
+        acks: Vec::new(),
+        lat_ns: Vec::new(),
+        error: None,
+    };
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        let req = PublishRequest {
+            endpoint: ENDPOINT.into(),
+            data: payload(p, n),
+            kind: proto::Kind::Binary as i32,
+            idempotency_key: String::new(),
+            wait: proto::Wait::Stored as i32,
+        };
+        let t0 = Instant::now();
+        let r = c.publish(req).await;
+        let dt = t0.elapsed().as_nanos() as u64;
+        match r {
+            Ok(resp) => {
+                log.acks.push((resp.into_inner().outbox_id, n));
+                log.lat_ns.push(dt);
+            }
+            Err(e) => {
+                log.error = Some(format!("publisher {p}, publish {n}: {e}"));
+                return log;
+            }
+        }
+        if Instant::now() >= deadline {
+            return log;
+        }
+    }
+}
+
+/// Runs `publishers` concurrent sequential publishers for `dur` against a fresh daemon, and
+/// checks what they were told against what the daemon and its store hold.
+fn run_publish(
+    crt: &tokio::runtime::Runtime,
+    base: &Path,
+    publishers: usize,
+    dur: Duration,
+    checks: &mut Checks,
+) -> Result<Run, String> {
+    let daemon = start_daemon(base)?;
+    let channels = publishers.min(CHANNELS);
+    let (logs, elapsed, cpu, depth) = crt.block_on(async {
+        let clients = connect(&daemon.grpc, channels).await?;
+        let cpu = Cpu::start();
+        let start = Instant::now();
+        let deadline = start + dur;
+        let tasks: Vec<_> = (0..publishers)
+            .map(|p| tokio::spawn(publisher(clients[p % channels].clone(), p, deadline)))
+            .collect();
+        let mut logs = Vec::new();
+        for t in tasks {
+            logs.push(t.await.map_err(|e| format!("publisher task: {e}"))?);
+        }
+        let elapsed = start.elapsed();
+        let cpu = cpu.stop();
+        let depth = outbox_depth(&mut clients[0].clone()).await?;
+        Ok::<_, String>((logs, elapsed, cpu, depth))
+    })?;
+    let restored = daemon.stop(checks);
+
+    // What was acked: outbox id → (publisher, publish number).
+    let mut acked: HashMap<u64, (usize, u64)> = HashMap::new();
+    let mut lat = Vec::new();
+    for (p, log) in logs.iter().enumerate() {
+        if let Some(e) = &log.error {
+            checks.fail(format!("publish refused: {e}"));
+        }
+        let mut last = 0;
+        for &(id, n) in &log.acks {
+            if id <= last {
+                checks.fail(format!(
+                    "publisher {p}: acked id {id} after {last} (not increasing)"
+                ));
+            }
+            last = id;
+            if let Some(prev) = acked.insert(id, (p, n)) {
+                checks.fail(format!(
+                    "outbox id {id} acked twice: publisher {} #{} and publisher {p} #{n}",
+                    prev.0, prev.1
+                ));
+            }
+        }
+        lat.extend_from_slice(&log.lat_ns);
+    }
+    let acks = lat.len() as u64;
+    if depth != acks {
+        checks.fail(format!("outbox depth {depth} after {acks} acks"));
+    }
+    if let Some(r) = restored {
+        if r.outbox.len() as u64 != acks {
+            checks.fail(format!(
+                "store holds {} outbox entries after {acks} acks",
+                r.outbox.len()
+            ));
+        }
+        let mut bad = 0usize;
+        for (id, _, _, data) in &r.outbox {
+            match acked.get(id) {
+                Some(&(p, n)) if *data == payload(p, n) => {}
+                _ => bad += 1,
+            }
+        }
+        if bad > 0 {
+            checks.fail(format!(
+                "{bad} stored outbox entries do not match an acked publish"
+            ));
+        }
+    }
+    Ok(Run::new(lat, elapsed, cpu))
+}
+
+/// `callers` concurrent sequential `GetStatus` callers for `dur`: the RPC floor.
+fn run_status(
+    crt: &tokio::runtime::Runtime,
+    base: &Path,
+    callers: usize,
+    dur: Duration,
+    checks: &mut Checks,
+) -> Result<Run, String> {
+    let daemon = start_daemon(base)?;
+    let channels = callers.min(CHANNELS);
+    let r = crt.block_on(async {
+        let clients = connect(&daemon.grpc, channels).await?;
+        let cpu = Cpu::start();
+        let start = Instant::now();
+        let deadline = start + dur;
+        let tasks: Vec<_> = (0..callers)
+            .map(|i| {
+                let mut c = clients[i % channels].clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    loop {
+                        let t0 = Instant::now();
+                        let req = GetStatusRequest {
+                            endpoint: Some(ENDPOINT.into()),
+                        };
+                        if let Err(e) = c.get_status(req).await {
+                            return Err(format!("GetStatus: {e}"));
+                        }
+                        lat.push(t0.elapsed().as_nanos() as u64);
+                        if Instant::now() >= deadline {
+                            return Ok(lat);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut lat = Vec::new();
+        for t in tasks {
+            match t.await.map_err(|e| format!("caller task: {e}"))? {
+                Ok(l) => lat.extend(l),
+                Err(e) => checks.fail(e),
+            }
+        }
+        let elapsed = start.elapsed();
+        Ok::<_, String>(Run::new(lat, elapsed, cpu.stop()))
+    });
+    daemon.stop(checks);
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting.
+
+/// Median, min and max of `v`.
+fn summary(v: &[f64]) -> (f64, f64, f64) {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    if s.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let med = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    (med, s[0], s[n - 1])
+}
+
+fn fmt_range(v: &[f64], decimals: usize) -> String {
+    let (m, lo, hi) = summary(v);
+    format!("{m:.decimals$} ({lo:.decimals$}–{hi:.decimals$})")
+}
+
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    runs: Vec<Run>,
+}
+
+impl Scenario {
+    fn metric(&self, f: impl Fn(&Run) -> f64) -> Vec<f64> {
+        self.runs.iter().map(f).collect()
+    }
+}
+
+fn stats_json(v: &[f64]) -> serde_json::Value {
+    let (m, lo, hi) = summary(v);
+    serde_json::json!({"median": m, "min": lo, "max": hi})
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("publish bench: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let target = target_dir();
+    let out_dir = target.join("bench");
+    let tmp = out_dir.join("tmp");
+    if let Err(e) = std::fs::create_dir_all(&tmp) {
+        eprintln!("publish bench: cannot create {}: {e}", tmp.display());
+        return ExitCode::FAILURE;
+    }
+    let dur = Duration::from_secs_f64(args.secs);
+    println!("publish bench: durable publishes through gRPC over a Unix socket");
+    println!(
+        "  daemon: in this process, on its own multi-thread tokio runtime; publishers on another"
+    );
+    println!(
+        "  upstream ws://127.0.0.1:1/ (refused, 1 h backoff): every publish stays in the outbox"
+    );
+    println!(
+        "  store and B0 temp dirs in {} — filesystem {}",
+        tmp.display(),
+        filesystem_of(&tmp)
+    );
+    println!(
+        "  {} repetitions × {:.1} s per scenario{}, interleaved B0 A B B1 B1x64; {} cores",
+        args.reps,
+        args.secs,
+        if args.quick { " (--quick)" } else { "" },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let crt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("publishers")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("publish bench: client runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut scenarios = [
+        Scenario {
+            name: "B0",
+            what: "redb, 1 durable commit per insert",
+            runs: vec![],
+        },
+        Scenario {
+            name: "A",
+            what: "1 publisher, sequential Publish",
+            runs: vec![],
+        },
+        Scenario {
+            name: "B",
+            what: "64 publishers, 4 channels",
+            runs: vec![],
+        },
+        Scenario {
+            name: "B1",
+            what: "1 caller, sequential GetStatus",
+            runs: vec![],
+        },
+        Scenario {
+            name: "B1x64",
+            what: "64 GetStatus callers, 4 channels",
+            runs: vec![],
+        },
+    ];
+    let mut checks = Checks::default();
+    for rep in 1..=args.reps {
+        for s in scenarios.iter_mut() {
+            if !(s.name == "B0" || args.only.is_empty() || args.only.iter().any(|o| o == s.name)) {
+                continue;
+            }
+            let r = match s.name {
+                "B0" => run_b0(&tmp, dur),
+                "A" => run_publish(&crt, &tmp, 1, dur, &mut checks),
+                "B" => run_publish(&crt, &tmp, PUBLISHERS, dur, &mut checks),
+                "B1" => run_status(&crt, &tmp, 1, dur, &mut checks),
+                _ => run_status(&crt, &tmp, PUBLISHERS, dur, &mut checks),
+            };
+            match r {
+                Ok(run) => {
+                    println!(
+                        "  rep {rep} {:<6} {:>7.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs  max {:>7.0} µs  \
+                         CPU µs/op daemon {:.1} committer {:.1} client {:.1} other {:.1}  \
+                         cores: ours {:.2}, machine {:.2}",
+                        s.name,
+                        run.rate(),
+                        run.pct_us(0.5),
+                        run.pct_us(0.99),
+                        run.pct_us(1.0),
+                        run.cpu_us_per_op(0),
+                        run.cpu_us_per_op(1),
+                        run.cpu_us_per_op(2),
+                        run.cpu_us_per_op(3),
+                        run.cpu.own_cores,
+                        run.cpu.machine_cores,
+                    );
+                    s.runs.push(run);
+                }
+                Err(e) => {
+                    eprintln!("publish bench: {} failed to run: {e}", s.name);
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+
+    // Ratios to B0 of the same repetition.
+    let b0: Vec<f64> = scenarios[0].metric(Run::rate);
+    let ratios = |s: &Scenario| -> Vec<f64> {
+        s.runs
+            .iter()
+            .zip(&b0)
+            .map(|(r, base)| r.rate() / base)
+            .collect()
+    };
+    println!();
+    println!(
+        "| scenario | what | ops/s median (min–max) | ratio to B0 | p50 µs | p99 µs | p999 µs | max µs |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut json = Vec::new();
+    for s in scenarios.iter().filter(|s| !s.runs.is_empty()) {
+        let rate = s.metric(Run::rate);
+        let ratio = ratios(s);
+        let pcts = [0.5, 0.99, 0.999, 1.0].map(|q| s.metric(|r| r.pct_us(q)));
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.name,
+            s.what,
+            fmt_range(&rate, 0),
+            fmt_range(&ratio, 2),
+            fmt_range(&pcts[0], 0),
+            fmt_range(&pcts[1], 0),
+            fmt_range(&pcts[2], 0),
+            fmt_range(&pcts[3], 0),
+        );
+        json.push(serde_json::json!({
+            "name": s.name,
+            "what": s.what,
+            "ops_per_s": stats_json(&rate),
+            "ratio_to_b0": stats_json(&ratio),
+            "latency_us": {
+                "p50": stats_json(&pcts[0]),
+                "p99": stats_json(&pcts[1]),
+                "p999": stats_json(&pcts[2]),
+                "max": stats_json(&pcts[3]),
+            },
+            "ops_per_run": s.runs.iter().map(|r| r.ops).collect::<Vec<_>>(),
+            "cpu_us_per_op": {
+                "daemon": stats_json(&s.metric(|r| r.cpu_us_per_op(0))),
+                "committer": stats_json(&s.metric(|r| r.cpu_us_per_op(1))),
+                "client": stats_json(&s.metric(|r| r.cpu_us_per_op(2))),
+                "other": stats_json(&s.metric(|r| r.cpu_us_per_op(3))),
+            },
+            "cores_busy": {
+                "ours": stats_json(&s.metric(|r| r.cpu.own_cores)),
+                "machine": stats_json(&s.metric(|r| r.cpu.machine_cores)),
+            },
+        }));
+    }
+    println!("(latencies: median over repetitions of each run's percentile, with min–max)");
+    println!();
+    println!("| scenario | CPU µs/op: daemon runtime | store committer | publishers (client) | other (main) | cores busy: this process | whole machine |");
+    println!("|---|---|---|---|---|---|---|");
+    for s in scenarios.iter().filter(|s| !s.runs.is_empty()) {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            s.name,
+            fmt_range(&s.metric(|r| r.cpu_us_per_op(0)), 1),
+            fmt_range(&s.metric(|r| r.cpu_us_per_op(1)), 1),
+            fmt_range(&s.metric(|r| r.cpu_us_per_op(2)), 1),
+            fmt_range(&s.metric(|r| r.cpu_us_per_op(3)), 1),
+            fmt_range(&s.metric(|r| r.cpu.own_cores), 2),
+            fmt_range(&s.metric(|r| r.cpu.machine_cores), 2),
+        );
+    }
+    println!(
+        "(whole machine includes other processes: above \"this process\" means the run was shared)"
+    );
+
+    let b = &scenarios[2];
+    let met = if b.runs.is_empty() {
+        println!("target: not measured (scenario B did not run)");
+        None
+    } else {
+        let (rate_b, _, _) = summary(&b.metric(Run::rate));
+        let (p99_b, _, _) = summary(&b.metric(|r| r.pct_us(0.99)));
+        let met = rate_b >= TARGET_RATE && p99_b <= TARGET_P99_US;
+        println!(
+            "target (B: ≥ {TARGET_RATE:.0} publishes/s, ack p99 ≤ {TARGET_P99_US:.0} µs): {} — \
+             median {rate_b:.0}/s, p99 {p99_b:.0} µs",
+            if met { "MET" } else { "NOT MET" }
+        );
+        Some(met)
+    };
+
+    let doc = serde_json::json!({
+        "bench": "publish",
+        "daemon": "in-process",
+        "repetitions": args.reps,
+        "seconds_per_run": args.secs,
+        "payload_bytes": PAYLOAD,
+        "publishers": PUBLISHERS,
+        "channels": CHANNELS,
+        "temp_dir": tmp.display().to_string(),
+        "filesystem": filesystem_of(&tmp),
+        "target": {"publishes_per_s": TARGET_RATE, "p99_us": TARGET_P99_US, "met": met},
+        "checks_failed": checks.failed,
+        "scenarios": json,
+    });
+    let path = out_dir.join("publish.json");
+    match serde_json::to_string_pretty(&doc).map(|s| std::fs::write(&path, s + "\n")) {
+        Ok(Ok(())) => println!("wrote {}", path.display()),
+        Ok(Err(e)) => eprintln!("publish bench: cannot write {}: {e}", path.display()),
+        Err(e) => eprintln!("publish bench: cannot encode JSON: {e}"),
+    }
+
+    if checks.failed.is_empty() {
+        println!("checks: all passed (ids unique and increasing per publisher, depth = acks, store = acks)");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("checks: {} FAILED", checks.failed.len());
+        ExitCode::FAILURE
+    }
+}
