@@ -81,6 +81,24 @@ fn redact_pairs(raw: &str, is_secret: impl Fn(&str) -> bool) -> String {
         .join("&")
 }
 
+/// Targets whose trace level prints raw handshake requests or frames, credentials included.
+const LEAKY_AT_TRACE: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+/// Caps the libraries that would print credentials at trace level to `debug`, when the filter
+/// enables trace at all: `RUST_LOG=trace` must not put tokens in the journal.
+pub fn cap_leaky_targets(filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::filter::LevelFilter;
+    if filter.max_level_hint() != Some(LevelFilter::TRACE) {
+        return filter;
+    }
+    LEAKY_AT_TRACE.iter().fold(filter, |f, target| {
+        match format!("{target}=debug").parse() {
+            Ok(d) => f.add_directive(d),
+            Err(_) => f,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //! timeout here would fire at once. Keep paused time for logic that touches no socket.
 #![allow(dead_code, unused_imports)]
 
+pub mod access;
 pub mod daemon;
 pub mod frame;
 pub mod process;

@@ -1,0 +1,256 @@
+//! Upstream access with the real binary, where the process environment matters: secret
+//! sources and `$CREDENTIALS_DIRECTORY`, proxy environment variables, and redaction of every
+//! secret in logs (trace level, both formats), status output and errors.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use support::access::{connect_proxy, token_endpoint};
+use support::process::{daemon_config, grpc_addr, wait_ready, write_config, BIN};
+use support::{FakeUpstream, Reply};
+use ws_sidecar::client::{self, Target};
+use ws_sidecar::proto;
+
+const T: Duration = Duration::from_secs(15);
+
+/// Starts the daemon with its stderr going to `dir/stderr.log`: a pipe nobody reads would
+/// fill up with trace logs and block the daemon.
+fn spawn(dir: &std::path::Path, endpoints: &str, env: &[(&str, &str)]) -> std::process::Child {
+    let cfg = write_config(dir, &daemon_config(dir, endpoints));
+    let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"]).arg(cfg);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn daemon")
+}
+
+/// SIGTERM, wait, and the daemon's stderr.
+fn stop(dir: &std::path::Path, mut child: std::process::Child) -> String {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "clean exit after SIGTERM");
+    std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secret_sources_resolve_with_the_credentials_directory() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = support::temp_dir();
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).expect("creds dir");
+    std::fs::write(creds.join("token"), "file-token-1\n").expect("token");
+    std::fs::write(creds.join("header"), "file-header-1").expect("header");
+    let eps = format!(
+        "[endpoints.a]\nurl = \"{}\"\nheaders = {{ \"X-File\" = {{ file = \"header\" }}, \"X-Cmd\" = {{ command = [\"sh\", \"-c\", \"echo '  cmd-secret-1  '\"] }}, \"X-Env\" = {{ env = \"A_SECRET\" }} }}\n[endpoints.a.auth]\ntoken = {{ file = \"token\" }}\n",
+        up.url("/")
+    );
+    let child = spawn(
+        dir.path(),
+        &eps,
+        &[
+            ("CREDENTIALS_DIRECTORY", creds.to_str().expect("utf8")),
+            ("A_SECRET", "env-secret-1"),
+        ],
+    );
+    let c = up.next_accepted_within(T).await.expect("connects");
+    assert_eq!(
+        c.header("authorization"),
+        Some("Bearer file-token-1"),
+        "relative file in $CREDENTIALS_DIRECTORY"
+    );
+    assert_eq!(c.header("x-file"), Some("file-header-1"));
+    assert_eq!(
+        c.header("x-cmd"),
+        Some("cmd-secret-1"),
+        "command output, trimmed"
+    );
+    assert_eq!(c.header("x-env"), Some("env-secret-1"));
+    // A rotated file is used by the next connection.
+    std::fs::write(creds.join("token"), "file-token-2").expect("rotate");
+    c.reset().await.expect("reset");
+    let c = up.next_accepted_within(T).await.expect("reconnects");
+    assert_eq!(c.header("authorization"), Some("Bearer file-token-2"));
+    stop(dir.path(), child);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_environment_and_no_proxy() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let (proxy, tunnels) = connect_proxy(None).await;
+    let dir = support::temp_dir();
+    let port = up.addr().port();
+    let eps = format!(
+        "[endpoints.proxied]\nurl = \"ws://127.0.0.1:{port}/p\"\n[endpoints.bypassed]\nurl = \"ws://localhost:{port}/b\"\n"
+    );
+    let proxy_url = format!("http://{proxy}");
+    let child = spawn(
+        dir.path(),
+        &eps,
+        &[
+            ("http_proxy", &proxy_url),
+            ("NO_PROXY", "localhost,.internal"),
+        ],
+    );
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(
+            up.next_accepted_within(T)
+                .await
+                .expect("connects")
+                .uri()
+                .path()
+                .to_owned(),
+        );
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["/b", "/p"]);
+    assert_eq!(
+        tunnels.load(Ordering::SeqCst),
+        1,
+        "only the endpoint not in NO_PROXY used the proxy"
+    );
+    stop(dir.path(), child);
+}
+
+/// Every secret below must appear nowhere: logs at trace level in both formats, status over
+/// gRPC and the CLI, state reasons.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_reach_logs_status_or_errors() {
+    const HEADER_TOKEN: &str = "SECRET-HEADER-TOKEN-1";
+    const QUERY_TOKEN: &str = "SECRET-QUERY-TOKEN-2";
+    const REFUSED_TOKEN: &str = "SECRET-REFUSED-TOKEN-3";
+    const PROXY_PASS: &str = "SECRETPROXYPASS4";
+    const CLIENT_SECRET: &str = "s3cret-client";
+    const OAUTH_PREFIX: &str = "SECRET-OAUTH-TOKEN-";
+    const HEADER_VALUE: &str = "SECRET-HEADER-VALUE-6";
+    let secrets = [
+        HEADER_TOKEN,
+        QUERY_TOKEN,
+        REFUSED_TOKEN,
+        PROXY_PASS,
+        CLIENT_SECRET,
+        OAUTH_PREFIX,
+        HEADER_VALUE,
+    ];
+
+    for format in ["text", "json"] {
+        let up = FakeUpstream::start_with(|_, req| {
+            if req.uri().path() == "/refuse" {
+                Reply::reject(401, &[])
+            } else {
+                Reply::Accept
+            }
+        })
+        .await;
+        let tokens = token_endpoint(OAUTH_PREFIX).await;
+        let (proxy, tunnels) = connect_proxy(Some("user:SECRETPROXYPASS4")).await;
+        let dir = support::temp_dir();
+        let eps = format!(
+            "[log]\nformat = \"{format}\"\n\
+             [endpoints.header]\nurl = \"{u}/h\"\nheaders = {{ \"X-Api-Key\" = {{ env = \"HDR\" }} }}\n[endpoints.header.auth]\ntoken = {{ env = \"TOK\" }}\nttl = \"2s\"\nrefresh_before = \"1s\"\nrenew = \"frame\"\nrenew_frame = '{{\"auth\":\"{{{{token}}}}\"}}'\n\
+             [endpoints.query]\nurl = \"{u}/q\"\nproxy = \"http://user:{PROXY_PASS}@{proxy}\"\n[endpoints.query.auth]\ntoken = \"{QUERY_TOKEN}\"\nquery = \"access_token\"\n\
+             [endpoints.refused]\nurl = \"{u}/refuse\"\n[endpoints.refused.auth]\ntoken = {{ env = \"REFUSED\" }}\n[endpoints.refused.backoff]\ninitial = \"20ms\"\nmin_delay = \"10ms\"\n\
+             [endpoints.oauth]\nurl = \"{u}/o\"\n[endpoints.oauth.auth]\ntoken = {{ oauth2 = {{ token_url = \"{t}\", client_id = \"app\", client_secret = {{ env = \"CS\" }} }} }}\nrefresh_before = \"1s\"\nrenew = \"reconnect\"\n",
+            u = up.url("").trim_end_matches('/'),
+            t = tokens.url,
+        );
+        let child = spawn(
+            dir.path(),
+            &eps,
+            &[
+                ("RUST_LOG", "trace"),
+                ("TOK", HEADER_TOKEN),
+                ("HDR", HEADER_VALUE),
+                ("REFUSED", REFUSED_TOKEN),
+                ("CS", CLIENT_SECRET),
+            ],
+        );
+        wait_ready(dir.path());
+        let target = Target::parse(&grpc_addr(dir.path())).expect("addr");
+        let mut c = client::connect(&target).await.expect("grpc");
+        // Let renewals (header every ~1 s, oauth every ~1 s) and the 401 storm happen.
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let st = c
+                .get_status(proto::GetStatusRequest { endpoint: None })
+                .await
+                .expect("status")
+                .into_inner();
+            let by = |n: &str| {
+                st.endpoints
+                    .iter()
+                    .find(|e| e.name == n)
+                    .cloned()
+                    .expect("endpoint")
+            };
+            let done = by("refused").state == proto::State::Failed as i32
+                && by("query").state == proto::State::Connected as i32
+                && tokens.issued.load(Ordering::SeqCst) >= 2
+                && up.accepted() >= 5;
+            if done {
+                let text = format!("{st:?}");
+                for s in secrets {
+                    assert!(!text.contains(s), "{s} in GetStatus: {text}");
+                }
+                assert!(
+                    by("query").url.contains("access_token=***"),
+                    "{}",
+                    by("query").url
+                );
+                assert!(by("refused").reason.contains("401"));
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "scenarios did not all run: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            tunnels.load(Ordering::SeqCst) >= 1,
+            true,
+            "the proxy was used"
+        );
+        for args in [vec!["status"], vec!["status", "--json"]] {
+            let out = Command::new(BIN)
+                .args(&args)
+                .args(["--grpc", &grpc_addr(dir.path())])
+                .output()
+                .expect("status");
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            for s in secrets {
+                assert!(!text.contains(s), "{s} in `ws-sidecar {args:?}`:\n{text}");
+            }
+        }
+        let logs = stop(dir.path(), child);
+        assert!(
+            logs.lines().count() > 50,
+            "trace logs were captured ({format})"
+        );
+        if format == "json" {
+            assert!(
+                logs.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .all(|l| l.trim_start().starts_with('{')),
+                "json lines"
+            );
+        }
+        for s in secrets {
+            if let Some(line) = logs.lines().find(|l| l.contains(s)) {
+                panic!("{s} appears in the {format} logs:\n{line}");
+            }
+        }
+    }
+}
