@@ -1,5 +1,5 @@
-//! Binding the daemon's listeners before anything starts: gRPC (Unix and TCP) and the NDJSON
-//! socket. Unix sockets go in a 0750 directory, get the configured mode and group, and replace a
+//! Binding the daemon's listeners before anything starts: gRPC (Unix and TCP), the NDJSON
+//! socket and HTTP. Unix sockets go in a 0750 directory, get the configured mode and group, and replace a
 //! stale socket file left by a crash (but never a live daemon's socket).
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -21,6 +21,8 @@ pub enum GrpcListener {
 pub struct Listeners {
     pub grpc: Vec<GrpcListener>,
     pub stream: Option<(UnixListener, PathBuf)>,
+    /// `/metrics`, `/healthz`, `/readyz`, `/status`.
+    pub http: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -30,6 +32,11 @@ impl Listeners {
             GrpcListener::Tcp(t) => t.local_addr().ok(),
             GrpcListener::Unix(..) => None,
         })
+    }
+
+    /// Local address of the HTTP listener (useful when bound to port 0).
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Unix socket paths to remove at exit.
@@ -72,7 +79,15 @@ pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
         Some(path) => Some((bind_unix(path, cfg.sockets.mode, gid)?, path.clone())),
         None => None,
     };
-    Ok(Listeners { grpc, stream })
+    let http = match &cfg.http.listen {
+        Some(sa) => Some(
+            TcpListener::bind(sa)
+                .await
+                .with_context(|| format!("cannot listen on {sa}"))?,
+        ),
+        None => None,
+    };
+    Ok(Listeners { grpc, stream, http })
 }
 
 fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<UnixListener> {

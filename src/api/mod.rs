@@ -1,6 +1,8 @@
-//! The local APIs: gRPC (`grpc`) and NDJSON (`stream`), sharing subscriptions and publishing.
+//! The local APIs: gRPC (`grpc`) and NDJSON (`stream`), sharing subscriptions and publishing;
+//! and HTTP (`http`) for metrics and health.
 
 pub mod grpc;
+pub mod http;
 pub mod stream;
 pub mod subscription;
 
