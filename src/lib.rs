@@ -42,6 +42,7 @@ pub mod secret;
 pub mod status;
 pub mod store;
 pub mod supervisor;
+pub mod systemd;
 pub mod upstream;
 
 /// Generated gRPC types and services for `ws_sidecar.v1`.
