@@ -34,6 +34,7 @@ pub mod fmt;
 pub mod health;
 pub mod listen;
 pub mod log;
+pub mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod redact;

@@ -7,6 +7,7 @@ mod support;
 
 mod activation;
 mod http;
+mod logs;
 mod notify;
 
 use std::io::{BufRead, BufReader, Read, Write};
