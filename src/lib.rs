@@ -23,6 +23,7 @@
 //!   entry leaves the queue only after its frame was flushed to the upstream socket.
 //! - Config is validated completely before anything starts.
 
+pub mod access;
 pub mod api;
 pub mod backoff;
 pub mod client;

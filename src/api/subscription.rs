@@ -10,6 +10,7 @@ use futures_util::Stream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::access::{self, Denied, Op, Peer};
 use crate::endpoint::{Endpoint, StateEvent};
 use crate::filter::Filter;
 use crate::log::{Cursor, GapReason, Item, Lagged};
@@ -34,6 +35,8 @@ pub enum SubscribeError {
     NotFound(String),
     #[error(transparent)]
     TooMany(#[from] TooManySubscribers),
+    #[error(transparent)]
+    Denied(#[from] Denied),
 }
 
 /// A live subscription; ends when the endpoint's log closes.
@@ -50,16 +53,18 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Opens a subscription on `endpoint`, taking one slot of the subscriber budget.
+    /// Opens a subscription on `endpoint` for `peer`, taking one slot of the subscriber budget.
     pub fn open(
         registry: &Registry,
         endpoint: &str,
         from_seq: Option<u64>,
         filters: Vec<Filter>,
+        peer: Peer,
     ) -> Result<Subscription, SubscribeError> {
         let ep = registry
             .get(endpoint)
             .ok_or_else(|| SubscribeError::NotFound(endpoint.to_owned()))?;
+        access::check(&ep.config.access, &ep.name, Op::Subscribe, peer)?;
         let slot = registry.subscriber_slot()?;
         // Transitions are subscribed before the current state is read, so none is lost between.
         let states = BroadcastStream::new(ep.state_events());

@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod access;
 mod activation;
 mod http;
 mod logs;
@@ -122,4 +123,11 @@ pub async fn http_async(addr: SocketAddr, method: &str, path: &str) -> (u16, Str
     tokio::task::spawn_blocking(move || http(addr, &method, &path))
         .await
         .expect("http task")
+}
+
+/// The uid and gid of this process (the owner of its /proc entry).
+pub fn my_ids() -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/self").expect("/proc/self");
+    (m.uid(), m.gid())
 }
