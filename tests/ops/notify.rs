@@ -12,26 +12,41 @@ use crate::support::process::{daemon_config, write_config, BIN};
 use crate::support::{self, FakeUpstream, Reply};
 use crate::{free_port, sigterm_and_wait, T};
 
-/// Datagrams from the daemon, kept in order.
+/// Assignments from the daemon's datagrams, one per line (READY=1 and its STATUS= come in
+/// one datagram), in order.
 struct Notifications {
     sock: UnixDatagram,
     seen: Vec<String>,
+    /// Entries of `seen` already looked at by a `wait_for`.
+    read: usize,
 }
 
 impl Notifications {
-    /// The next datagram satisfying `pred` (earlier ones are kept in `seen`).
+    fn bind(path: &std::path::Path) -> Notifications {
+        Notifications {
+            sock: UnixDatagram::bind(path).expect("bind notify socket"),
+            seen: Vec::new(),
+            read: 0,
+        }
+    }
+
+    /// The next assignment satisfying `pred`; the ones before it are passed over.
     async fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let mut buf = vec![0u8; 4096];
         let deadline = tokio::time::Instant::now() + T;
         loop {
-            match tokio::time::timeout_at(deadline, self.sock.recv(&mut buf)).await {
-                Ok(Ok(n)) => {
-                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    self.seen.push(msg.clone());
-                    if pred(&msg) {
-                        return msg;
-                    }
+            while self.read < self.seen.len() {
+                self.read += 1;
+                if pred(&self.seen[self.read - 1]) {
+                    return self.seen[self.read - 1].clone();
                 }
+            }
+            match tokio::time::timeout_at(deadline, self.sock.recv(&mut buf)).await {
+                Ok(Ok(n)) => self.seen.extend(
+                    String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .map(str::to_owned),
+                ),
                 Ok(Err(e)) => panic!("notify socket: {e}"),
                 Err(_) => panic!("no {what} within {T:?}; got {:?}", self.seen),
             }
@@ -53,10 +68,7 @@ async fn ready_status_watchdog_and_stopping_reach_notify_socket() {
     .await;
     let dir = support::temp_dir();
     let notify_path = dir.path().join("notify.sock");
-    let mut notes = Notifications {
-        sock: UnixDatagram::bind(&notify_path).expect("bind notify socket"),
-        seen: Vec::new(),
-    };
+    let mut notes = Notifications::bind(&notify_path);
     let backoff = "initial = \"100ms\"\nmax = \"200ms\"\nmin_delay = \"50ms\"";
     // `b` points at a port nothing listens on, so it stays in backoff.
     let eps = format!(
@@ -77,8 +89,8 @@ async fn ready_status_watchdog_and_stopping_reach_notify_socket() {
         .spawn()
         .expect("spawn daemon");
 
-    let ready = notes.wait_for("READY=1", |m| m.contains("READY=1")).await;
-    assert!(ready.contains("STATUS=2 endpoints: "), "{ready:?}");
+    notes.wait_for("READY=1", |m| m == "READY=1").await;
+    assert_eq!(notes.read, 1, "READY=1 comes first: {:?}", notes.seen);
     // READY=1 promises every listener is bound: they answer at once.
     std::os::unix::net::UnixStream::connect(dir.path().join("grpc.sock")).expect("grpc socket");
     std::os::unix::net::UnixStream::connect(dir.path().join("stream.sock")).expect("stream socket");
@@ -108,9 +120,7 @@ async fn ready_status_watchdog_and_stopping_reach_notify_socket() {
         .await;
 
     tokio::task::block_in_place(|| sigterm_and_wait(&mut child));
-    notes
-        .wait_for("STOPPING=1", |m| m.starts_with("STOPPING=1"))
-        .await;
+    notes.wait_for("STOPPING=1", |m| m == "STOPPING=1").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,10 +128,7 @@ async fn no_watchdog_pings_for_another_pid() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let dir = support::temp_dir();
     let notify_path = dir.path().join("notify.sock");
-    let mut notes = Notifications {
-        sock: UnixDatagram::bind(&notify_path).expect("bind notify socket"),
-        seen: Vec::new(),
-    };
+    let mut notes = Notifications::bind(&notify_path);
     let eps = format!("[endpoints.a]\nurl = \"{}\"\n", up.url("/"));
     let config = write_config(dir.path(), &daemon_config(dir.path(), &eps));
     let mut child = Command::new(BIN)
@@ -135,7 +142,7 @@ async fn no_watchdog_pings_for_another_pid() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn daemon");
-    notes.wait_for("READY=1", |m| m.contains("READY=1")).await;
+    notes.wait_for("READY=1", |m| m == "READY=1").await;
     notes
         .wait_for("STATUS connected", |m| {
             m == "STATUS=1 endpoint: 1 connected"
@@ -144,9 +151,7 @@ async fn no_watchdog_pings_for_another_pid() {
     // Ten watchdog periods with no WATCHDOG=1; the STOPPING=1 at the end shows the socket works.
     tokio::time::sleep(Duration::from_secs(1)).await;
     tokio::task::block_in_place(|| sigterm_and_wait(&mut child));
-    notes
-        .wait_for("STOPPING=1", |m| m.starts_with("STOPPING=1"))
-        .await;
+    notes.wait_for("STOPPING=1", |m| m == "STOPPING=1").await;
     assert!(
         !notes.seen.iter().any(|m| m.contains("WATCHDOG=1")),
         "{:?}",
