@@ -7,7 +7,7 @@ use tonic::Code;
 
 use crate::exit;
 use ws_sidecar::client::{self, Target};
-use ws_sidecar::config::{LogConfig, LogFormat};
+use ws_sidecar::config::LogConfig;
 use ws_sidecar::proto;
 use ws_sidecar::status::EndpointStatus;
 
@@ -49,21 +49,9 @@ impl TargetArg {
     }
 }
 
-/// Sets up tracing from `[log]`; `RUST_LOG` wins over `log.level`.
+/// Sets up tracing from `[log]` (see `ws_sidecar::logging`).
 pub fn init_logging(cfg: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let filter = ws_sidecar::redact::cap_leaky_targets(filter);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.format {
-        LogFormat::Json => builder.json().try_init(),
-        // journald reads stderr lines and stamps them itself.
-        LogFormat::Journald => builder.without_time().with_ansi(false).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    ws_sidecar::logging::init(cfg);
 }
 
 /// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.

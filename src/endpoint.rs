@@ -64,10 +64,37 @@ pub struct Stats {
     pub rtt_micros: AtomicU64,
     /// Current credential's expiry in Unix nanoseconds; 0 when unknown.
     pub auth_expires_at: AtomicU64,
-    /// Credential renewals on a live connection that worked.
+    /// Payload bytes of outbox messages flushed upstream (the upstream writer counts them).
+    pub bytes_sent: AtomicU64,
+    /// Credential renewals that succeeded / failed (the auth code counts them).
     pub auth_renewals_ok: AtomicU64,
-    /// Credential renewals that failed (retried while the old credential is valid).
     pub auth_renewals_failed: AtomicU64,
+    /// Connection attempts by outcome, counted from state transitions in `set_state`.
+    pub connects: ConnectStats,
+    /// What subscribers were handed, counted by `api::subscription` per batch read.
+    pub delivery: DeliveryStats,
+}
+
+/// Connection attempts by outcome: an attempt is a `connecting` state that ends.
+#[derive(Debug, Default)]
+pub struct ConnectStats {
+    /// `connecting` → `connected`.
+    pub ok: AtomicU64,
+    /// `connecting` → `backoff`: failed, will be retried.
+    pub error: AtomicU64,
+    /// `connecting` → `failed`: failed, retrying cannot help.
+    pub fatal: AtomicU64,
+}
+
+/// Messages and gaps handed to subscribers (summed over all of them).
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Messages handed to a subscriber stream; one per subscriber per message.
+    pub messages: AtomicU64,
+    pub gaps_replay_expired: AtomicU64,
+    /// Includes subscribers disconnected under `slow_subscriber = "disconnect"`.
+    pub gaps_slow_subscriber: AtomicU64,
+    pub gaps_upstream: AtomicU64,
 }
 
 /// One configured endpoint, shared by its upstream task and the APIs.
@@ -172,7 +199,17 @@ impl Endpoint {
                 tracing::info!(endpoint = %self.name, state = state.as_str(), reason = %ev.reason, "endpoint state")
             }
         }
-        self.state.send_replace(ev.clone());
+        let previous = self.state.send_replace(ev.clone());
+        if previous.state == State::Connecting {
+            let c = &self.stats.connects;
+            match state {
+                State::Connected => Self::count(&c.ok, 1),
+                State::Backoff => Self::count(&c.error, 1),
+                State::Failed => Self::count(&c.fatal, 1),
+                // Shutdown or a new attempt interrupted this one: it has no outcome.
+                State::Connecting | State::Closed => {}
+            }
+        }
         let _ = self.events.send(ev);
     }
 

@@ -23,6 +23,7 @@
 //!   entry leaves the queue only after its frame was flushed to the upstream socket.
 //! - Config is validated completely before anything starts.
 
+pub mod access;
 pub mod api;
 pub mod backoff;
 pub mod client;
@@ -31,8 +32,11 @@ pub mod demo;
 pub mod endpoint;
 pub mod filter;
 pub mod fmt;
+pub mod health;
 pub mod listen;
 pub mod log;
+pub mod logging;
+pub mod metrics;
 pub mod outbox;
 pub mod redact;
 pub mod registry;
@@ -40,6 +44,7 @@ pub mod secret;
 pub mod status;
 pub mod store;
 pub mod supervisor;
+pub mod systemd;
 pub mod upstream;
 
 /// Generated gRPC types and services for `ws_sidecar.v1`.

@@ -1,6 +1,10 @@
-//! Binding the daemon's listeners before anything starts: gRPC (Unix and TCP) and the NDJSON
-//! socket. Unix sockets go in a 0750 directory, get the configured mode and group, and replace a
-//! stale socket file left by a crash (but never a live daemon's socket).
+//! Binding the daemon's listeners before anything starts: gRPC (Unix and TCP), the NDJSON
+//! socket and HTTP. Unix sockets go in a 0750 directory, get the configured mode and group, and
+//! replace a stale socket file left by a crash (but never a live daemon's socket).
+//!
+//! Under socket activation the sockets systemd passed are used instead, per kind: a kind
+//! systemd passed (`grpc`, `stream`, `http`) ignores its config entries; a kind it did not pass
+//! is bound from the config as usual. Passed socket files belong to systemd and are not removed.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -9,10 +13,11 @@ use anyhow::{bail, Context};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::{Config, ListenAddr};
+use crate::systemd::{Activation, PassedGrpc};
 
 /// A bound gRPC listener.
 pub enum GrpcListener {
-    /// The listener and the socket path to remove at exit.
+    /// The listener and its socket path.
     Unix(UnixListener, PathBuf),
     Tcp(TcpListener),
 }
@@ -21,6 +26,10 @@ pub enum GrpcListener {
 pub struct Listeners {
     pub grpc: Vec<GrpcListener>,
     pub stream: Option<(UnixListener, PathBuf)>,
+    /// `/metrics`, `/healthz`, `/readyz`, `/status`.
+    pub http: Option<TcpListener>,
+    /// Socket files this daemon created, removed at exit; passed sockets are systemd's.
+    owned: Vec<PathBuf>,
 }
 
 impl Listeners {
@@ -32,47 +41,101 @@ impl Listeners {
         })
     }
 
-    /// Unix socket paths to remove at exit.
+    /// Local address of the HTTP listener (useful when bound to port 0).
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Unix socket paths to remove at exit: the ones this daemon created.
     pub fn socket_paths(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = self
-            .grpc
-            .iter()
-            .filter_map(|l| match l {
-                GrpcListener::Unix(_, p) => Some(p.clone()),
-                GrpcListener::Tcp(_) => None,
-            })
-            .collect();
-        v.extend(self.stream.as_ref().map(|(_, p)| p.clone()));
-        v
+        self.owned.clone()
     }
 }
 
 /// Binds everything the config asks for.
 pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
+    bind_with(cfg, None).await
+}
+
+/// Like [`bind`], but each kind of socket that systemd passed is used instead of the config's.
+pub async fn bind_with(cfg: &Config, passed: Option<Activation>) -> anyhow::Result<Listeners> {
+    let passed = passed.unwrap_or_default();
+    let mut owned = Vec::new();
     let gid = match &cfg.sockets.group {
         Some(g) => Some(lookup_group(g)?),
         None => None,
     };
     let mut grpc = Vec::new();
-    for addr in &cfg.grpc.listen {
-        match addr {
-            ListenAddr::Unix(path) => {
-                let l = bind_unix(path, cfg.sockets.mode, gid)?;
-                grpc.push(GrpcListener::Unix(l, path.clone()));
-            }
-            ListenAddr::Tcp(sa) => {
-                let l = TcpListener::bind(sa)
-                    .await
-                    .with_context(|| format!("cannot listen on {sa}"))?;
-                grpc.push(GrpcListener::Tcp(l));
+    if !passed.grpc.is_empty() {
+        for l in passed.grpc {
+            grpc.push(match l {
+                PassedGrpc::Unix(l) => {
+                    let path = unix_path(&l);
+                    GrpcListener::Unix(unix_from_std(l)?, path)
+                }
+                PassedGrpc::Tcp(l) => GrpcListener::Tcp(tcp_from_std(l)?),
+            });
+        }
+    } else {
+        for addr in &cfg.grpc.listen {
+            match addr {
+                ListenAddr::Unix(path) => {
+                    let l = bind_unix(path, cfg.sockets.mode, gid)?;
+                    owned.push(path.clone());
+                    grpc.push(GrpcListener::Unix(l, path.clone()));
+                }
+                ListenAddr::Tcp(sa) => grpc.push(GrpcListener::Tcp(bind_tcp(sa).await?)),
             }
         }
     }
-    let stream = match &cfg.stream.path {
-        Some(path) => Some((bind_unix(path, cfg.sockets.mode, gid)?, path.clone())),
-        None => None,
+    let stream = match (passed.stream, &cfg.stream.path) {
+        (Some(l), _) => {
+            let path = unix_path(&l);
+            Some((unix_from_std(l)?, path))
+        }
+        (None, Some(path)) => {
+            let l = bind_unix(path, cfg.sockets.mode, gid)?;
+            owned.push(path.clone());
+            Some((l, path.clone()))
+        }
+        (None, None) => None,
     };
-    Ok(Listeners { grpc, stream })
+    let http = match (passed.http, &cfg.http.listen) {
+        (Some(l), _) => Some(tcp_from_std(l)?),
+        (None, Some(sa)) => Some(bind_tcp(sa).await?),
+        (None, None) => None,
+    };
+    Ok(Listeners {
+        grpc,
+        stream,
+        http,
+        owned,
+    })
+}
+
+async fn bind_tcp(sa: &std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(sa)
+        .await
+        .with_context(|| format!("cannot listen on {sa}"))
+}
+
+fn unix_path(l: &std::os::unix::net::UnixListener) -> PathBuf {
+    l.local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        .unwrap_or_default()
+}
+
+fn unix_from_std(l: std::os::unix::net::UnixListener) -> anyhow::Result<UnixListener> {
+    l.set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(l))
+        .context("cannot use a Unix socket passed by systemd")
+}
+
+fn tcp_from_std(l: std::net::TcpListener) -> anyhow::Result<TcpListener> {
+    l.set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(l))
+        .context("cannot use a TCP socket passed by systemd")
 }
 
 fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<UnixListener> {
@@ -96,7 +159,10 @@ fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<UnixLis
     let l = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
-    if let Some(gid) = gid {
+    // Skipped when the group is already right: the systemd unit's system-call filter denies
+    // chown, and there the socket already has the daemon's group.
+    let current = std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::gid(&m));
+    if let Some(gid) = gid.filter(|g| current.ok() != Some(*g)) {
         std::os::unix::fs::chown(path, None, Some(gid))
             .with_context(|| format!("cannot set group of {}", path.display()))?;
     }

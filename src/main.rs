@@ -8,6 +8,7 @@ mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -96,6 +97,17 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Taken before the runtime starts any thread: it edits the environment.
+    let activation = match &cli.command {
+        Command::Run { .. } => match ws_sidecar::systemd::take_activation() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("ws-sidecar: {e}");
+                return ExitCode::from(exit::OSERR);
+            }
+        },
+        _ => None,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -108,7 +120,7 @@ fn main() -> ExitCode {
     };
     let code = rt.block_on(async move {
         match cli.command {
-            Command::Run { config } => run(config).await,
+            Command::Run { config } => run(config, activation).await,
             Command::CheckConfig { config } => check_config(config),
             Command::Demo { duration } => cli::demo(duration).await,
             Command::Status { json, target } => cli::status(&target, json).await,
@@ -157,7 +169,7 @@ fn check_config(arg: Option<PathBuf>) -> u8 {
     0
 }
 
-async fn run(arg: Option<PathBuf>) -> u8 {
+async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activation>) -> u8 {
     let cfg = match load(arg) {
         Ok(c) => c,
         Err(code) => return code,
@@ -174,7 +186,7 @@ async fn run(arg: Option<PathBuf>) -> u8 {
             return exit::CONFIG;
         }
     };
-    let listeners = match ws_sidecar::listen::bind(&cfg).await {
+    let listeners = match ws_sidecar::listen::bind_with(&cfg, activation).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -189,8 +201,12 @@ async fn run(arg: Option<PathBuf>) -> u8 {
         config = %cfg.source.display(),
         "ws-sidecar started"
     );
-    let daemon = match ws_sidecar::supervisor::Daemon::start(cfg, listeners, Some(store), shutdown)
-    {
+    let daemon = match ws_sidecar::supervisor::Daemon::start(
+        cfg,
+        listeners,
+        Some(store),
+        shutdown.clone(),
+    ) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!("{e}");
@@ -198,6 +214,14 @@ async fn run(arg: Option<PathBuf>) -> u8 {
             return exit::CONFIG;
         }
     };
+    // Every listener is bound, so READY=1 can go now; the upstreams connect on their own.
+    let notifier = ws_sidecar::systemd::Notifier::from_env();
+    ws_sidecar::systemd::start(
+        notifier,
+        Arc::clone(&daemon.registry),
+        daemon.liveness.clone(),
+        shutdown,
+    );
     daemon.run_until_stopped().await;
     0
 }

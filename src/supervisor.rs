@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::api;
 use crate::config::Config;
 use crate::endpoint::Endpoint;
+use crate::health::Liveness;
 use crate::listen::{self, Listeners};
 use crate::registry::Registry;
 use crate::store::{Restored, Store, StoreError};
@@ -23,6 +24,8 @@ pub const GRACE: Duration = Duration::from_millis(4500);
 /// A running daemon: what tests and `demo` need to reach it.
 pub struct Daemon {
     pub registry: Arc<Registry>,
+    /// The probe behind the systemd watchdog and `/healthz`.
+    pub liveness: Liveness,
     shutdown: CancellationToken,
     upstreams: TaskTracker,
     servers: TaskTracker,
@@ -83,8 +86,18 @@ impl Daemon {
                 shutdown.clone(),
             ));
         }
+        let liveness = Liveness::new(Arc::clone(&registry), upstreams.clone(), shutdown.clone());
+        if let Some(l) = listeners.http {
+            servers.spawn(api::http::serve(
+                l,
+                Arc::clone(&registry),
+                liveness.clone(),
+                shutdown.clone(),
+            ));
+        }
         servers.close();
         Ok(Daemon {
+            liveness,
             registry,
             shutdown,
             upstreams,

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::subscription::{SubEvent, SubscribeError, Subscription};
 use super::PublishError;
+use crate::access::{self, Op, Peer};
 use crate::endpoint::State;
 use crate::filter::Filter;
 use crate::listen::GrpcListener;
@@ -209,6 +210,7 @@ impl Sidecar for SidecarService {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let peer = peer(&request);
         let req = request.into_inner();
         let filters = req
             .filters
@@ -216,10 +218,11 @@ impl Sidecar for SidecarService {
             .map(|f| Filter::new(f.pointer, serde_json::Value::String(f.equals)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let sub = Subscription::open(&self.registry, &req.endpoint, req.from_seq, filters)
+        let sub = Subscription::open(&self.registry, &req.endpoint, req.from_seq, filters, peer)
             .map_err(|e| match e {
                 SubscribeError::NotFound(_) => Status::not_found(e.to_string()),
                 SubscribeError::TooMany(_) => Status::resource_exhausted(e.to_string()),
+                SubscribeError::Denied(_) => Status::permission_denied(e.to_string()),
             })?;
         Ok(Response::new(EventStream { sub, failed: false }))
     }
@@ -228,6 +231,7 @@ impl Sidecar for SidecarService {
         &self,
         request: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::PublishResponse>, Status> {
+        let peer = peer(&request);
         let req = request.into_inner();
         let kind = match proto::Kind::try_from(req.kind) {
             Ok(proto::Kind::Binary) => Kind::Binary,
@@ -239,6 +243,7 @@ impl Sidecar for SidecarService {
         let id = super::publish(
             &self.registry,
             &req.endpoint,
+            peer,
             kind,
             req.data,
             key,
@@ -276,11 +281,14 @@ impl Sidecar for SidecarService {
         &self,
         request: Request<proto::ReconnectRequest>,
     ) -> Result<Response<proto::ReconnectResponse>, Status> {
+        let peer = peer(&request);
         let name = request.into_inner().endpoint;
         let ep = self
             .registry
             .get(&name)
             .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
+        access::check(&ep.config.access, &ep.name, Op::Reconnect, peer)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         ep.request_reconnect();
         Ok(Response::new(proto::ReconnectResponse {}))
     }
@@ -295,5 +303,18 @@ fn publish_status(e: PublishError) -> Status {
         PublishError::Outbox(_) => Status::unavailable(e.to_string()),
         PublishError::Expired => Status::deadline_exceeded(e.to_string()),
         PublishError::Closed => Status::unavailable(e.to_string()),
+        PublishError::Denied(_) => Status::permission_denied(e.to_string()),
     }
+}
+
+/// The caller's credentials: tonic puts the connection's info in the request extensions.
+fn peer<T>(request: &Request<T>) -> Peer {
+    use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
+    if let Some(uds) = request.extensions().get::<UdsConnectInfo>() {
+        return uds.peer_cred.map_or(Peer::Unknown, Peer::from);
+    }
+    if request.extensions().get::<TcpConnectInfo>().is_some() {
+        return Peer::Tcp;
+    }
+    Peer::Unknown
 }

@@ -1,11 +1,14 @@
-//! The local APIs: gRPC (`grpc`) and NDJSON (`stream`), sharing subscriptions and publishing.
+//! The local APIs: gRPC (`grpc`) and NDJSON (`stream`), sharing subscriptions and publishing;
+//! and HTTP (`http`) for metrics and health.
 
 pub mod grpc;
+pub mod http;
 pub mod stream;
 pub mod subscription;
 
 use bytes::Bytes;
 
+use crate::access::{self, Denied, Op, Peer};
 use crate::endpoint::State;
 use crate::log::Kind;
 use crate::outbox::{self, SentOutcome};
@@ -26,6 +29,8 @@ pub enum PublishError {
     Expired,
     #[error("daemon is shutting down")]
     Closed,
+    #[error(transparent)]
+    Denied(#[from] Denied),
 }
 
 impl PublishError {
@@ -42,11 +47,12 @@ impl PublishError {
     }
 }
 
-/// Appends a message to an endpoint's outbox; with `wait_sent`, returns once it was flushed to
-/// the upstream socket.
+/// Appends a message from `peer` to an endpoint's outbox; with `wait_sent`, returns once it was
+/// flushed to the upstream socket.
 pub async fn publish(
     registry: &Registry,
     endpoint: &str,
+    peer: Peer,
     kind: Kind,
     data: Bytes,
     idempotency_key: Option<&str>,
@@ -55,6 +61,7 @@ pub async fn publish(
     let ep = registry
         .get(endpoint)
         .ok_or_else(|| PublishError::NotFound(endpoint.to_owned()))?;
+    access::check(&ep.config.access, &ep.name, Op::Publish, peer)?;
     if ep.state().state == State::Failed {
         return Err(PublishError::Failed(endpoint.to_owned()));
     }

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::subscription::{SubEvent, SubscribeError, Subscription};
 use super::PublishError;
+use crate::access::Peer;
 use crate::filter::Filter;
 use crate::log::{GapReason, Item, Kind};
 use crate::registry::Registry;
@@ -42,7 +43,8 @@ pub async fn serve(listener: UnixListener, registry: Arc<Registry>, shutdown: Ca
         };
         match accepted {
             Ok((sock, _)) => {
-                conns.spawn(handle(sock, Arc::clone(&registry), shutdown.clone()));
+                let peer = sock.peer_cred().map_or(Peer::Unknown, Peer::from);
+                conns.spawn(handle(sock, peer, Arc::clone(&registry), shutdown.clone()));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning on accept.
@@ -132,7 +134,12 @@ fn line(r: Result<Option<String>, LinesCodecError>) -> Result<Option<Line>, std:
     }
 }
 
-async fn handle(sock: UnixStream, registry: Arc<Registry>, shutdown: CancellationToken) {
+async fn handle(
+    sock: UnixStream,
+    peer: Peer,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) {
     let (rd, wr) = sock.into_split();
     let (tx, rx) = mpsc::channel::<Out>(REPLY_QUEUE);
     let writer = tokio::spawn(write_loop(wr, rx, shutdown.clone()));
@@ -145,7 +152,7 @@ async fn handle(sock: UnixStream, registry: Arc<Registry>, shutdown: Cancellatio
         let out = match next {
             None => break,
             Some(Ok(Line::Text(line))) if line.trim().is_empty() => continue,
-            Some(Ok(Line::Text(line))) => request(&line, &registry, &tx).await,
+            Some(Ok(Line::Text(line))) => request(&line, peer, &registry, &tx).await,
             Some(Ok(Line::TooLong)) => Some(Out::Line(error_line(
                 "line_too_long",
                 &format!("request line longer than {MAX_LINE} bytes ignored"),
@@ -170,7 +177,12 @@ async fn handle(sock: UnixStream, registry: Arc<Registry>, shutdown: Cancellatio
 }
 
 /// Handles one request line; returns the reply to queue, if any.
-async fn request(line: &str, registry: &Arc<Registry>, tx: &mpsc::Sender<Out>) -> Option<Out> {
+async fn request(
+    line: &str,
+    peer: Peer,
+    registry: &Arc<Registry>,
+    tx: &mpsc::Sender<Out>,
+) -> Option<Out> {
     let req: Request = match serde_json::from_str(line) {
         Ok(r) => r,
         Err(e) => {
@@ -201,13 +213,18 @@ async fn request(line: &str, registry: &Arc<Registry>, tx: &mpsc::Sender<Out>) -
                     )))
                 }
             };
-            match Subscription::open(registry, &endpoint, from_seq, filters) {
+            match Subscription::open(registry, &endpoint, from_seq, filters, peer) {
                 Ok(sub) => Some(Out::Subscribe(Box::new(sub))),
                 Err(e @ SubscribeError::NotFound(_)) => {
                     Some(Out::Line(error_line("not_found", &e.to_string(), None)))
                 }
                 Err(e @ SubscribeError::TooMany(_)) => Some(Out::Line(error_line(
                     "resource_exhausted",
+                    &e.to_string(),
+                    None,
+                ))),
+                Err(e @ SubscribeError::Denied(_)) => Some(Out::Line(error_line(
+                    "permission_denied",
                     &e.to_string(),
                     None,
                 ))),
@@ -245,6 +262,7 @@ async fn request(line: &str, registry: &Arc<Registry>, tx: &mpsc::Sender<Out>) -
                 let r = super::publish(
                     &registry,
                     &endpoint,
+                    peer,
                     kind,
                     payload,
                     idempotency_key.as_deref(),
@@ -313,6 +331,7 @@ fn publish_code(e: &PublishError) -> &'static str {
         PublishError::Outbox(_) => "unavailable",
         PublishError::Expired => "deadline_exceeded",
         PublishError::Closed => "unavailable",
+        PublishError::Denied(_) => "permission_denied",
     }
 }
 

@@ -10,9 +10,10 @@ use futures_util::Stream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::access::{self, Denied, Op, Peer};
 use crate::endpoint::{Endpoint, StateEvent};
 use crate::filter::Filter;
-use crate::log::{Cursor, Item, Lagged};
+use crate::log::{Cursor, GapReason, Item, Lagged};
 use crate::registry::{Registry, SubscriberSlot, TooManySubscribers};
 
 /// Items taken from the log per lock: enough to fill a write, small enough to stay fair.
@@ -34,6 +35,8 @@ pub enum SubscribeError {
     NotFound(String),
     #[error(transparent)]
     TooMany(#[from] TooManySubscribers),
+    #[error(transparent)]
+    Denied(#[from] Denied),
 }
 
 /// A live subscription; ends when the endpoint's log closes.
@@ -50,16 +53,18 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Opens a subscription on `endpoint`, taking one slot of the subscriber budget.
+    /// Opens a subscription on `endpoint` for `peer`, taking one slot of the subscriber budget.
     pub fn open(
         registry: &Registry,
         endpoint: &str,
         from_seq: Option<u64>,
         filters: Vec<Filter>,
+        peer: Peer,
     ) -> Result<Subscription, SubscribeError> {
         let ep = registry
             .get(endpoint)
             .ok_or_else(|| SubscribeError::NotFound(endpoint.to_owned()))?;
+        access::check(&ep.config.access, &ep.name, Op::Subscribe, peer)?;
         let slot = registry.subscriber_slot()?;
         // Transitions are subscribed before the current state is read, so none is lost between.
         let states = BroadcastStream::new(ep.state_events());
@@ -114,6 +119,7 @@ impl Stream for Subscription {
         this.scratch.clear();
         match this.cursor.poll_read(cx, &mut this.scratch, BATCH) {
             Poll::Ready(Ok(true)) => {
+                count_delivered(&this.ep, &this.scratch);
                 this.ready
                     .extend(this.scratch.drain(..).map(SubEvent::Item));
             }
@@ -123,6 +129,7 @@ impl Stream for Subscription {
                 this.poll_states(cx);
             }
             Poll::Ready(Err(lagged)) => {
+                Endpoint::count(&this.ep.stats.delivery.gaps_slow_subscriber, 1);
                 this.done = true;
                 this.ready.push_back(SubEvent::Lagged(lagged));
             }
@@ -131,6 +138,33 @@ impl Stream for Subscription {
         match this.ready.pop_front() {
             Some(ev) => Poll::Ready(Some(ev)),
             None => Poll::Ready(None),
+        }
+    }
+}
+
+/// Adds one batch to the endpoint's delivery counters: one relaxed add per counter that moved,
+/// per batch rather than per message.
+fn count_delivered(ep: &Endpoint, batch: &[Item]) {
+    let (mut messages, mut expired, mut slow, mut upstream) = (0, 0, 0, 0);
+    for item in batch {
+        match item {
+            Item::Message(_) => messages += 1,
+            Item::Gap { reason, .. } => match reason {
+                GapReason::ReplayExpired => expired += 1,
+                GapReason::SlowSubscriber => slow += 1,
+                GapReason::UpstreamGap => upstream += 1,
+            },
+        }
+    }
+    let d = &ep.stats.delivery;
+    for (counter, n) in [
+        (&d.messages, messages),
+        (&d.gaps_replay_expired, expired),
+        (&d.gaps_slow_subscriber, slow),
+        (&d.gaps_upstream, upstream),
+    ] {
+        if n > 0 {
+            Endpoint::count(counter, n);
         }
     }
 }

@@ -445,6 +445,7 @@ where
                 let batch = ep.outbox.peek_after(last, OUTBOX_BATCH);
                 let Some(tail) = batch.last().map(|e| e.id) else { continue };
                 let n = batch.len() as u64;
+                let bytes: u64 = batch.iter().map(|e| e.data.len() as u64).sum();
                 for e in batch {
                     let msg = match e.kind {
                         Kind::Binary => Message::Binary(e.data),
@@ -459,6 +460,7 @@ where
                 sink.flush().await.map_err(werr)?;
                 ep.outbox.mark_sent(tail);
                 Endpoint::count(&ep.stats.messages_sent, n);
+                Endpoint::count(&ep.stats.bytes_sent, bytes);
                 last = tail;
             }
         }

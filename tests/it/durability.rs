@@ -22,33 +22,37 @@ fn resume_cfg(url: &str, resume: &str) -> String {
 }
 
 /// Sends ids `from..=to` as fast as the socket takes them, resetting the connection after
-/// `drop_after` of them if given.
-async fn stream_ids(conn: &UpConn, from: u64, to: u64, drop_after: Option<u64>) {
+/// `drop_after` of them if given; true when it reset.
+async fn stream_ids(conn: &UpConn, from: u64, to: u64, drop_after: Option<u64>) -> bool {
     for (n, id) in (from..=to).enumerate() {
         if drop_after.is_some_and(|d| n as u64 >= d) {
             let _ = conn.reset().await;
-            return;
+            return true;
         }
         if conn.send_text(&tick_message(id)).await.is_err() {
-            return;
+            return false;
         }
     }
+    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_by_query_across_20_random_drops_delivers_every_id_once() {
     const LAST: u64 = 10_000;
-    let drops = Arc::new(AtomicUsize::new(0));
-    let d2 = Arc::clone(&drops);
+    let (conns, drops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c2, d2) = (Arc::clone(&conns), Arc::clone(&drops));
     let up = FakeUpstream::start_with_handler(
         |_, _| Reply::Accept,
         move |conn| {
-            let drops = Arc::clone(&d2);
+            let (conns, drops) = (Arc::clone(&c2), Arc::clone(&d2));
             tokio::spawn(async move {
                 let from = since_param(conn.uri()).map_or(1, |s| s + 1);
+                // At most 20 × 450 ids before the last drop, so all 20 happen within 10,000.
                 let drop_after =
-                    (drops.fetch_add(1, Ordering::SeqCst) < 20).then(|| fastrand::u64(50..900));
-                stream_ids(&conn, from, LAST, drop_after).await;
+                    (conns.fetch_add(1, Ordering::SeqCst) < 20).then(|| fastrand::u64(20..450));
+                if stream_ids(&conn, from, LAST, drop_after).await {
+                    drops.fetch_add(1, Ordering::SeqCst);
+                }
             });
         },
     )
@@ -67,7 +71,7 @@ async fn resume_by_query_across_20_random_drops_delivers_every_id_once() {
         expect_id += 1;
     }
     assert!(
-        drops.load(Ordering::SeqCst) > 20,
+        drops.load(Ordering::SeqCst) == 20,
         "the upstream dropped 20 times"
     );
     let ep = d.endpoint("feed");

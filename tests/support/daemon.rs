@@ -23,6 +23,8 @@ pub struct TestDaemon {
     pub stream_path: PathBuf,
     /// The TCP gRPC listener, when the config asked for one (e.g. `127.0.0.1:0`).
     pub grpc_tcp: Option<std::net::SocketAddr>,
+    /// The HTTP listener, when the config asked for `http.listen = "127.0.0.1:0"`.
+    pub http: Option<std::net::SocketAddr>,
     pub registry: Arc<Registry>,
     pub shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<bool>>,
@@ -58,11 +60,13 @@ pub async fn start_with(mut cfg: Config) -> TestDaemon {
     cfg.grpc.listen.extend(tcp);
     cfg.stream.path = Some(stream_path.clone());
     cfg.store.path = dir.path().join("store");
-    cfg.http.listen = None;
+    // Port 0 means the test wants HTTP; anything else (the default 9750) would collide.
+    cfg.http.listen = cfg.http.listen.filter(|a| a.port() == 0);
     let listeners = ws_sidecar::listen::bind(&cfg)
         .await
         .expect("bind listeners");
     let grpc_tcp = listeners.grpc_tcp_addr();
+    let http = listeners.http_addr();
     let store = ws_sidecar::store::Store::open(&cfg.store.path).expect("open store");
     let shutdown = CancellationToken::new();
     let daemon =
@@ -75,6 +79,7 @@ pub async fn start_with(mut cfg: Config) -> TestDaemon {
         grpc_path,
         stream_path,
         grpc_tcp,
+        http,
         registry,
         shutdown,
         task: Some(task),

@@ -1,0 +1,181 @@
+//! Log output on stderr (SPEC §4 `log.format`): `text`, `json`, or `journald`.
+//!
+//! `journald` is the text format without timestamps (the journal stamps each line itself) and
+//! with a syslog priority prefix on every line (`<3>` error, `<4>` warning, `<6>` info, `<7>`
+//! debug), which systemd's stream reader turns into the entry's priority. It is chosen by
+//! `log.format = "journald"`, or automatically for `text` when stderr is the journal
+//! (`$JOURNAL_STREAM` names stderr's device and inode). Writing to stderr rather than to the
+//! journal's native socket needs no extra crate and no socket access from a sandboxed service;
+//! the cost is that span fields are in the message text instead of separate journal fields.
+
+use std::fmt;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Sets up tracing from `[log]`; `RUST_LOG` wins over `log.level`.
+pub fn init(cfg: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = crate::redact::cap_leaky_targets(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let format = effective_format(
+        cfg.format,
+        std::env::var("JOURNAL_STREAM").ok().as_deref(),
+        stderr_id(),
+    );
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Journald => builder
+            .with_ansi(false)
+            .event_format(Journald(format::format().without_time().with_ansi(false)))
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The format to use: `text` becomes `journald` when `journal_stream` (`$JOURNAL_STREAM`,
+/// `DEVICE:INODE`) names stderr.
+pub fn effective_format(
+    configured: LogFormat,
+    journal_stream: Option<&str>,
+    stderr: Option<(u64, u64)>,
+) -> LogFormat {
+    if configured != LogFormat::Text {
+        return configured;
+    }
+    let named = journal_stream.and_then(|v| {
+        let (dev, ino) = v.trim().split_once(':')?;
+        Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?))
+    });
+    match (named, stderr) {
+        (Some(j), Some(e)) if j == e => LogFormat::Journald,
+        _ => LogFormat::Text,
+    }
+}
+
+/// Device and inode of stderr, from a duplicate of its descriptor (no `unsafe` needed).
+fn stderr_id() -> Option<(u64, u64)> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let fd = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
+    let meta = std::fs::File::from(fd).metadata().ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// The syslog priority systemd reads from a `<N>` line prefix.
+pub fn priority(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// Wraps an event format so every output line starts with the event's `<N>` priority.
+pub struct Journald<F>(pub F);
+
+impl<S, N, F> FormatEvent<S, N> for Journald<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut buf = String::new();
+        self.0.format_event(ctx, Writer::new(&mut buf), event)?;
+        let prio = priority(event.metadata().level());
+        // A multi-line message (an error chain, say) keeps its priority on every line.
+        for line in buf.lines() {
+            writeln!(writer, "<{prio}>{line}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn journald_when_journal_stream_is_stderr() {
+        let text = LogFormat::Text;
+        let j = Some("8:1234");
+        assert_eq!(
+            effective_format(text, j, Some((8, 1234))),
+            LogFormat::Journald
+        );
+        assert_eq!(effective_format(text, j, Some((8, 99))), LogFormat::Text);
+        assert_eq!(
+            effective_format(text, None, Some((8, 1234))),
+            LogFormat::Text
+        );
+        assert_eq!(
+            effective_format(text, Some("junk"), Some((8, 1234))),
+            LogFormat::Text
+        );
+        assert_eq!(
+            effective_format(LogFormat::Json, j, Some((8, 1234))),
+            LogFormat::Json
+        );
+    }
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_line_gets_its_priority_and_spans_show() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .event_format(Journald(format::format().without_time().with_ansi(false)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("endpoint", endpoint = "prices");
+            let _g = span.enter();
+            tracing::warn!("first\nsecond");
+            tracing::error!(code = 7, "bad");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("<4>"), "{text}");
+        assert!(lines[0].contains("endpoint{endpoint=\"prices\"}"), "{text}");
+        assert_eq!(lines[1], "<4>second");
+        assert!(
+            lines[2].starts_with("<3>") && lines[2].contains("code=7"),
+            "{text}"
+        );
+    }
+}

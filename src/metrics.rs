@@ -1,0 +1,341 @@
+//! Every metric the daemon exposes, by name, and their rendering as Prometheus text exposition
+//! (format 0.0.4) for `GET /metrics` (SPEC §14).
+//!
+//! Names start with `ws_sidecar_`, counters end in `_total`, units are base units (seconds,
+//! bytes). Values are read from the endpoints' atomics at scrape time: nothing on the message
+//! path knows about metrics.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::endpoint::{Endpoint, State};
+use crate::registry::Registry;
+
+/// `version` label, value 1.
+pub const BUILD_INFO: &str = "ws_sidecar_build_info";
+/// 1 for the endpoint's current `state` label, 0 for the others.
+pub const ENDPOINT_STATE: &str = "ws_sidecar_endpoint_state";
+/// When the endpoint entered its current state.
+pub const ENDPOINT_STATE_SINCE: &str = "ws_sidecar_endpoint_state_since_timestamp_seconds";
+/// Connection attempts by `result`: `ok`, `error` (retried), `fatal` (endpoint failed).
+pub const CONNECTS: &str = "ws_sidecar_connects_total";
+/// Successful connections after the first.
+pub const RECONNECTS: &str = "ws_sidecar_reconnects_total";
+/// Upstream messages fanned out (after resume dedup and `drop` filters).
+pub const RECEIVED_MESSAGES: &str = "ws_sidecar_received_messages_total";
+pub const RECEIVED_BYTES: &str = "ws_sidecar_received_bytes_total";
+/// Upstream messages not fanned out, by `reason`: `duplicate`, `filtered`.
+pub const DROPPED_MESSAGES: &str = "ws_sidecar_dropped_messages_total";
+/// Outbox messages flushed to the upstream socket.
+pub const SENT_MESSAGES: &str = "ws_sidecar_sent_messages_total";
+pub const SENT_BYTES: &str = "ws_sidecar_sent_bytes_total";
+/// Last ping round trip; absent before the first pong.
+pub const RTT: &str = "ws_sidecar_rtt_seconds";
+/// Last seq assigned.
+pub const LAST_SEQ: &str = "ws_sidecar_last_seq";
+pub const SUBSCRIBERS: &str = "ws_sidecar_subscribers";
+/// Messages handed to subscribers, one per subscriber per message.
+pub const DELIVERIES: &str = "ws_sidecar_deliveries_total";
+/// Gaps handed to subscribers by `reason`: `replay_expired`, `slow_subscriber`, `upstream_gap`.
+pub const GAPS: &str = "ws_sidecar_gaps_total";
+pub const OUTBOX_MESSAGES: &str = "ws_sidecar_outbox_messages";
+pub const OUTBOX_EXPIRED: &str = "ws_sidecar_outbox_expired_total";
+/// Credential renewals by `result`: `ok`, `error`.
+pub const AUTH_RENEWALS: &str = "ws_sidecar_auth_renewals_total";
+/// When the current credential expires; absent when unknown.
+pub const AUTH_TOKEN_EXPIRY: &str = "ws_sidecar_auth_token_expiry_timestamp_seconds";
+
+const STATES: [State; 5] = [
+    State::Connecting,
+    State::Connected,
+    State::Backoff,
+    State::Failed,
+    State::Closed,
+];
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders every metric for every endpoint.
+pub fn render(registry: &Registry) -> String {
+    let eps = registry.all();
+    let mut out = Text(String::with_capacity(4096 + eps.len() * 2048));
+    out.family(BUILD_INFO, "gauge", "Version of the running daemon.");
+    out.sample(
+        BUILD_INFO,
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        Value::Int(1),
+    );
+
+    out.family(
+        ENDPOINT_STATE,
+        "gauge",
+        "1 for the endpoint's current state, 0 for the others.",
+    );
+    for ep in &eps {
+        let current = ep.state().state;
+        for st in STATES {
+            let v = u64::from(st == current);
+            out.sample(
+                ENDPOINT_STATE,
+                &[("endpoint", &ep.name), ("state", st.as_str())],
+                Value::Int(v),
+            );
+        }
+    }
+    out.per_endpoint(
+        &eps,
+        ENDPOINT_STATE_SINCE,
+        "gauge",
+        "Unix time the endpoint entered its current state.",
+        |ep| Some(Value::Seconds(ep.state().at)),
+    );
+
+    out.family(
+        CONNECTS,
+        "counter",
+        "Upstream connection attempts by result.",
+    );
+    for ep in &eps {
+        let c = &ep.stats.connects;
+        for (result, counter) in [("ok", &c.ok), ("error", &c.error), ("fatal", &c.fatal)] {
+            out.sample(
+                CONNECTS,
+                &[("endpoint", &ep.name), ("result", result)],
+                load(counter),
+            );
+        }
+    }
+    out.counter(
+        &eps,
+        RECONNECTS,
+        "Successful connections after the first.",
+        |ep| &ep.stats.reconnects,
+    );
+    out.counter(
+        &eps,
+        RECEIVED_MESSAGES,
+        "Upstream messages fanned out to subscribers.",
+        |ep| &ep.stats.messages_received,
+    );
+    out.counter(
+        &eps,
+        RECEIVED_BYTES,
+        "Payload bytes of upstream messages fanned out.",
+        |ep| &ep.stats.bytes_received,
+    );
+    out.family(
+        DROPPED_MESSAGES,
+        "counter",
+        "Upstream messages not fanned out, by reason.",
+    );
+    for ep in &eps {
+        for (reason, counter) in [
+            ("duplicate", &ep.stats.duplicates_dropped),
+            ("filtered", &ep.stats.filtered),
+        ] {
+            out.sample(
+                DROPPED_MESSAGES,
+                &[("endpoint", &ep.name), ("reason", reason)],
+                load(counter),
+            );
+        }
+    }
+    out.counter(
+        &eps,
+        SENT_MESSAGES,
+        "Published messages written to the upstream socket.",
+        |ep| &ep.stats.messages_sent,
+    );
+    out.counter(
+        &eps,
+        SENT_BYTES,
+        "Payload bytes of published messages written to the upstream socket.",
+        |ep| &ep.stats.bytes_sent,
+    );
+    out.per_endpoint(
+        &eps,
+        RTT,
+        "gauge",
+        "Round-trip time of the last WebSocket ping.",
+        |ep| match ep.stats.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Value::Float(us as f64 / 1e6)),
+        },
+    );
+    out.per_endpoint(
+        &eps,
+        LAST_SEQ,
+        "gauge",
+        "Last seq assigned to a message.",
+        |ep| Some(Value::Int(ep.log.last_seq())),
+    );
+    out.per_endpoint(
+        &eps,
+        SUBSCRIBERS,
+        "gauge",
+        "Open subscriptions, gRPC and NDJSON.",
+        |ep| Some(Value::Int(ep.log.subscribers() as u64)),
+    );
+    out.counter(
+        &eps,
+        DELIVERIES,
+        "Messages handed to subscribers, one per subscriber per message.",
+        |ep| &ep.stats.delivery.messages,
+    );
+    out.family(GAPS, "counter", "Gaps handed to subscribers, by reason.");
+    for ep in &eps {
+        let d = &ep.stats.delivery;
+        for (reason, counter) in [
+            ("replay_expired", &d.gaps_replay_expired),
+            ("slow_subscriber", &d.gaps_slow_subscriber),
+            ("upstream_gap", &d.gaps_upstream),
+        ] {
+            out.sample(
+                GAPS,
+                &[("endpoint", &ep.name), ("reason", reason)],
+                load(counter),
+            );
+        }
+    }
+    out.per_endpoint(
+        &eps,
+        OUTBOX_MESSAGES,
+        "gauge",
+        "Published messages waiting in the outbox.",
+        |ep| Some(Value::Int(ep.outbox.depth() as u64)),
+    );
+    out.per_endpoint(
+        &eps,
+        OUTBOX_EXPIRED,
+        "counter",
+        "Published messages dropped unsent after outbox.max_age.",
+        |ep| Some(Value::Int(ep.outbox.expired())),
+    );
+    out.family(AUTH_RENEWALS, "counter", "Credential renewals by result.");
+    for ep in &eps {
+        for (result, counter) in [
+            ("ok", &ep.stats.auth_renewals_ok),
+            ("error", &ep.stats.auth_renewals_failed),
+        ] {
+            out.sample(
+                AUTH_RENEWALS,
+                &[("endpoint", &ep.name), ("result", result)],
+                load(counter),
+            );
+        }
+    }
+    out.per_endpoint(
+        &eps,
+        AUTH_TOKEN_EXPIRY,
+        "gauge",
+        "Unix time the current credential expires.",
+        |ep| match ep.stats.auth_expires_at.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Value::Seconds(ns)),
+        },
+    );
+    out.0
+}
+
+fn load(counter: &AtomicU64) -> Value {
+    Value::Int(counter.load(Ordering::Relaxed))
+}
+
+/// A sample value.
+enum Value {
+    Int(u64),
+    Float(f64),
+    /// Unix nanoseconds, shown as seconds.
+    Seconds(u64),
+}
+
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: Value) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                self.0.push_str(k);
+                self.0.push_str("=\"");
+                escape_label(&mut self.0, v);
+                self.0.push('"');
+            }
+            self.0.push('}');
+        }
+        let _ = match value {
+            Value::Int(v) => writeln!(self.0, " {v}"),
+            Value::Float(v) => writeln!(self.0, " {v}"),
+            Value::Seconds(ns) => {
+                writeln!(self.0, " {}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000)
+            }
+        };
+    }
+
+    fn per_endpoint(
+        &mut self,
+        eps: &[std::sync::Arc<Endpoint>],
+        name: &str,
+        kind: &str,
+        help: &str,
+        value: impl Fn(&Endpoint) -> Option<Value>,
+    ) {
+        self.family(name, kind, help);
+        for ep in eps {
+            if let Some(v) = value(ep) {
+                self.sample(name, &[("endpoint", &ep.name)], v);
+            }
+        }
+    }
+
+    fn counter(
+        &mut self,
+        eps: &[std::sync::Arc<Endpoint>],
+        name: &str,
+        help: &str,
+        counter: impl Fn(&Endpoint) -> &AtomicU64,
+    ) {
+        self.per_endpoint(eps, name, "counter", help, |ep| Some(load(counter(ep))));
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape_label(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut s = String::new();
+        escape_label(&mut s, "a\"b\\c\nd");
+        assert_eq!(s, "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn timestamps_are_seconds_with_nanos() {
+        let mut t = Text(String::new());
+        t.sample("x", &[], Value::Seconds(1_500_000_000));
+        assert_eq!(t.0, "x 1.500000000\n");
+    }
+}

@@ -1,0 +1,92 @@
+//! Log formats of the real binary: JSON lines and journald-style `<N>` priority prefixes
+//! (chosen automatically when `$JOURNAL_STREAM` names stderr), both carrying the endpoint span
+//! and the connection-attempt span.
+
+use std::process::{Command, Stdio};
+
+use crate::support::process::{daemon_config, write_config, BIN};
+use crate::support::{self, FakeUpstream, Reply};
+use crate::{sigterm_and_wait, Lines, T};
+
+/// tungstenite logs its handshake at debug level, inside the connection-attempt span.
+const FILTER: &str = "info,tungstenite=debug";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_lines_carry_endpoint_and_connection_spans() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = support::temp_dir();
+    let eps = format!(
+        "[log]\nformat = \"json\"\n[endpoints.a]\nurl = \"{}\"\n",
+        up.url("/")
+    );
+    let config = write_config(dir.path(), &daemon_config(dir.path(), &eps));
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", FILTER)
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daemon");
+    let mut lines = Lines::spawn(child.stderr.take().expect("stderr"));
+    let json = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok();
+    let handshake = lines.wait_for("a JSON line inside the connection span", T, |l| {
+        json(l).is_some_and(|v| v["span"]["name"] == "connection")
+    });
+    let v = json(&handshake).expect("json");
+    assert_eq!(v["span"]["attempt"], 1, "{handshake}");
+    assert_eq!(v["spans"][0]["name"], "endpoint", "{handshake}");
+    let state = lines.wait_for("a JSON `connected` state line", T, |l| {
+        json(l).is_some_and(|v| v["fields"]["state"] == "connected")
+    });
+    let v = json(&state).expect("json");
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["span"]["name"], "endpoint", "{state}");
+    assert_eq!(v["span"]["endpoint"], "a", "{state}");
+    tokio::task::block_in_place(|| sigterm_and_wait(&mut child));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn journal_stream_on_stderr_switches_to_priority_prefixes() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = support::temp_dir();
+    let eps = format!("[endpoints.a]\nurl = \"{}\"\n", up.url("/"));
+    let config = write_config(dir.path(), &daemon_config(dir.path(), &eps));
+    // What systemd does: stderr is a stream it owns, named in JOURNAL_STREAM by device:inode.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let meta = std::fs::metadata(format!("/proc/self/fd/{}", writer.as_raw_fd())).expect("stat");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", FILTER)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .expect("spawn daemon");
+    let mut lines = Lines::spawn(reader);
+    let handshake = lines.wait_for("a line inside the connection span", T, |l| {
+        l.contains(":connection{attempt=1 ")
+    });
+    assert!(
+        handshake.starts_with("<7>DEBUG endpoint{endpoint=a}:connection{"),
+        "{handshake}"
+    );
+    let state = lines.wait_for("a `connected` state line", T, |l| {
+        l.contains("state=\"connected\"")
+    });
+    // Priority 6 (info), no timestamp of our own, the endpoint span.
+    assert!(
+        state.starts_with("<6> INFO endpoint{endpoint=a}: "),
+        "{state}"
+    );
+    tokio::task::block_in_place(|| sigterm_and_wait(&mut child));
+    assert!(
+        lines.seen.iter().all(|l| l.starts_with('<')),
+        "{:?}",
+        lines.seen
+    );
+}
