@@ -273,3 +273,35 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))
 }
+
+/// Re-reads the config on every SIGHUP: an invalid file is logged and changes nothing; a valid
+/// one is applied (see `ws_sidecar::reload`), bracketed by RELOADING=1 … READY=1.
+pub async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    path: std::path::PathBuf,
+    reloader: ws_sidecar::reload::Reloader,
+    registry: std::sync::Arc<ws_sidecar::registry::Registry>,
+    notifier: ws_sidecar::systemd::Notifier,
+) {
+    while hangups.recv().await.is_some() {
+        tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+        notifier.reloading();
+        match ws_sidecar::config::load(&path) {
+            Err(e) => {
+                for line in &e.errors {
+                    tracing::error!("reload refused, running config unchanged: {line}");
+                }
+            }
+            Ok(cfg) => {
+                for w in cfg.warnings() {
+                    tracing::warn!("{w}");
+                }
+                if let Err(e) = reloader.apply(cfg).await {
+                    tracing::error!("reload incomplete: {e}");
+                }
+            }
+        }
+        notifier.ready(&registry);
+        notifier.endpoints_changed();
+    }
+}

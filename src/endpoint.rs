@@ -4,7 +4,7 @@
 //! publish into the outbox and ask for a reconnect through [`Endpoint::request_reconnect`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, watch, Notify};
@@ -100,7 +100,12 @@ pub struct DeliveryStats {
 /// One configured endpoint, shared by its upstream task and the APIs.
 pub struct Endpoint {
     pub name: String,
-    pub config: EndpointConfig,
+    /// Swapped by a reload that changes this endpoint; the upstream task reads a snapshot per
+    /// run, the APIs read it per request (so access lists apply at once).
+    config: RwLock<Arc<EndpointConfig>>,
+    /// Set while a reload restarts the upstream task, so the old task does not announce
+    /// `closed` to subscribers that stay.
+    restarting: std::sync::atomic::AtomicBool,
     pub log: Arc<Log>,
     pub outbox: Outbox,
     pub stats: Stats,
@@ -169,8 +174,31 @@ impl Endpoint {
             store,
             seq_leased: AtomicU64::new(restored.seq_mark),
             restored_upstream_id: Mutex::new(restored.upstream_id),
-            config,
+            config: RwLock::new(Arc::new(config)),
+            restarting: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The endpoint's current settings.
+    pub fn config(&self) -> Arc<EndpointConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the settings; the next upstream run uses them. Replay and outbox sizes stay
+    /// those the endpoint started with.
+    pub fn set_config(&self, cfg: EndpointConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cfg);
+    }
+
+    /// Marks (or clears) an upstream restart by reload.
+    pub fn set_restarting(&self, on: bool) {
+        self.restarting
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True while a reload restarts the upstream task.
+    pub fn is_restarting(&self) -> bool {
+        self.restarting.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The last upstream id the store had at startup (once).

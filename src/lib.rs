@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod redact;
 pub mod registry;
+pub mod reload;
 pub mod secret;
 pub mod status;
 pub mod store;

@@ -170,9 +170,18 @@ fn check_config(arg: Option<PathBuf>) -> u8 {
 }
 
 async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activation>) -> u8 {
-    let cfg = match load(arg) {
+    let path = config_path(arg);
+    let cfg = match load(Some(path.clone())) {
         Ok(c) => c,
         Err(code) => return code,
+    };
+    // Installed before anything else runs: SIGHUP's default action would end the process.
+    let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ws-sidecar: cannot handle SIGHUP: {e}");
+            return exit::OSERR;
+        }
     };
     cli::init_logging(&cfg.log);
     for w in cfg.warnings() {
@@ -216,6 +225,13 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
     };
     // Every listener is bound, so READY=1 can go now; the upstreams connect on their own.
     let notifier = ws_sidecar::systemd::Notifier::from_env();
+    tokio::spawn(cli::reload_on_hangup(
+        hangups,
+        path,
+        daemon.reloader.clone(),
+        Arc::clone(&daemon.registry),
+        notifier.clone(),
+    ));
     ws_sidecar::systemd::start(
         notifier,
         Arc::clone(&daemon.registry),

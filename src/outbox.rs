@@ -410,9 +410,9 @@ impl Outbox {
             tracing::warn!(endpoint = %self.endpoint, upto = id, "outbox messages expired unsent");
             self.forget_upto(id);
         }
-        if now.saturating_duration_since(q.pruned_at) > Duration::from_secs(60)
-            || q.keys.len() > 100_000
-        {
+        // On a timer only: keys younger than max_age must stay however many there are, so a
+        // size trigger would rescan them on every publish.
+        if now.saturating_duration_since(q.pruned_at) > Duration::from_secs(60) {
             q.pruned_at = now;
             q.keys
                 .retain(|_, (_, at)| now.saturating_duration_since(*at) <= max_age);

@@ -59,6 +59,22 @@ impl Registry {
             .collect()
     }
 
+    /// Adds (or replaces) an endpoint, for reload.
+    pub fn insert(&self, ep: Arc<Endpoint>) {
+        self.endpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ep.name.clone(), ep);
+    }
+
+    /// Removes an endpoint, for reload.
+    pub fn remove(&self, name: &str) -> Option<Arc<Endpoint>> {
+        self.endpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+    }
+
     /// Takes one subscriber slot, or refuses when the limit is reached.
     pub fn subscriber_slot(&self) -> Result<SubscriberSlot, TooManySubscribers> {
         let prev = self.subscribers.fetch_add(1, Ordering::AcqRel);

@@ -16,6 +16,7 @@ use crate::endpoint::Endpoint;
 use crate::health::Liveness;
 use crate::listen::{self, Listeners};
 use crate::registry::Registry;
+use crate::reload::Reloader;
 use crate::store::{Restored, Store, StoreError};
 
 /// Time allowed for everything to stop after the shutdown signal (SPEC §14: exit within 5 s).
@@ -26,6 +27,8 @@ pub struct Daemon {
     pub registry: Arc<Registry>,
     /// The probe behind the systemd watchdog and `/healthz`.
     pub liveness: Liveness,
+    /// Applies a reloaded config (SIGHUP).
+    pub reloader: Reloader,
     shutdown: CancellationToken,
     upstreams: TaskTracker,
     servers: TaskTracker,
@@ -57,9 +60,13 @@ impl Daemon {
         }
         let registry = Registry::new(endpoints, cfg.limits.max_subscribers);
         let upstreams = TaskTracker::new();
-        for ep in registry.all() {
-            upstreams.spawn(crate::upstream::run(ep, shutdown.child_token()));
-        }
+        let reloader = Reloader::start(
+            cfg,
+            Arc::clone(&registry),
+            store.clone(),
+            upstreams.clone(),
+            shutdown.clone(),
+        );
         upstreams.close();
 
         let servers = TaskTracker::new();
@@ -97,6 +104,7 @@ impl Daemon {
         }
         servers.close();
         Ok(Daemon {
+            reloader,
             liveness,
             registry,
             shutdown,

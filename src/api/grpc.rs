@@ -287,7 +287,7 @@ impl Sidecar for SidecarService {
             .registry
             .get(&name)
             .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
-        access::check(&ep.config.access, &ep.name, Op::Reconnect, peer)
+        access::check(&ep.config().access, &ep.name, Op::Reconnect, peer)
             .map_err(|e| Status::permission_denied(e.to_string()))?;
         ep.request_reconnect();
         Ok(Response::new(proto::ReconnectResponse {}))

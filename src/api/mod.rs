@@ -61,7 +61,7 @@ pub async fn publish(
     let ep = registry
         .get(endpoint)
         .ok_or_else(|| PublishError::NotFound(endpoint.to_owned()))?;
-    access::check(&ep.config.access, &ep.name, Op::Publish, peer)?;
+    access::check(&ep.config().access, &ep.name, Op::Publish, peer)?;
     if ep.state().state == State::Failed {
         return Err(PublishError::Failed(endpoint.to_owned()));
     }

@@ -64,7 +64,7 @@ impl Subscription {
         let ep = registry
             .get(endpoint)
             .ok_or_else(|| SubscribeError::NotFound(endpoint.to_owned()))?;
-        access::check(&ep.config.access, &ep.name, Op::Subscribe, peer)?;
+        access::check(&ep.config().access, &ep.name, Op::Subscribe, peer)?;
         let slot = registry.subscriber_slot()?;
         // Transitions are subscribed before the current state is read, so none is lost between.
         let states = BroadcastStream::new(ep.state_events());

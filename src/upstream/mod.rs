@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::config::EndpointConfig;
 use crate::endpoint::{Endpoint, State};
 use crate::filter::Filter;
 use auth::{Auth, Credential};
@@ -43,15 +44,28 @@ enum Next {
 pub async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken) {
     let span = tracing::info_span!("endpoint", endpoint = %ep.name);
     run_inner(&ep, &shutdown).instrument(span).await;
-    ep.set_state(State::Closed, "shutting down");
+    if !ep.is_restarting() {
+        ep.set_state(State::Closed, "shutting down");
+    }
 }
 
 async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
-    let cfg = &ep.config;
+    // A snapshot: a reload that changes the endpoint restarts this task with the new one.
+    let cfg_now = ep.config();
+    let cfg: &EndpointConfig = &cfg_now;
     let mut backoff = Backoff::new(cfg.backoff.clone());
+    // The stored id at startup; after a reload restart, the last id this process delivered.
     let restored_id = ep
         .take_restored_upstream_id()
-        .and_then(|s| resume::UpstreamId::decode(&s));
+        .and_then(|s| resume::UpstreamId::decode(&s))
+        .or_else(|| {
+            let last = ep.last_upstream_id();
+            match cfg.resume.as_ref()?.id_kind {
+                _ if last.is_empty() => None,
+                crate::config::IdKind::Integer => last.parse().ok().map(resume::UpstreamId::Int),
+                crate::config::IdKind::String => Some(resume::UpstreamId::Str(last)),
+            }
+        });
     let mut resume = cfg.resume.clone().map(|c| Resume::new(c, restored_id));
     if let Some(id) = resume.as_ref().and_then(Resume::last_id) {
         ep.set_last_upstream_id(id.to_string());
@@ -83,6 +97,7 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
                 connections += 1;
                 attempt(
                     ep,
+                    cfg,
                     &base,
                     resume.as_ref(),
                     auth.as_mut(),
@@ -107,6 +122,7 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
                 ep.set_state(State::Connected, format!("connected to {shown}"));
                 let session = Session {
                     ep,
+                    cfg,
                     resume: &mut resume,
                     auth: &mut auth,
                     base: &base,
@@ -188,6 +204,7 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
 /// One connection attempt in the `connecting` state; `Ok(None)` when shutdown came first.
 async fn attempt(
     ep: &Endpoint,
+    cfg: &EndpointConfig,
     base: &url::Url,
     resume: Option<&Resume>,
     auth: Option<&mut Auth>,
@@ -208,7 +225,7 @@ async fn attempt(
     async {
         let (attempt, shown) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
-            p = prepare(ep, url, auth) => p?,
+            p = prepare(ep, cfg, url, auth) => p?,
         };
         ep.set_url(shown.clone());
         let connecting = connect::connect(attempt);
@@ -258,11 +275,11 @@ fn classify(
 /// Builds an attempt from `url` (resume query already applied): configured headers and the
 /// credential, resolved now. Returns the attempt and the URL as it may be shown.
 async fn prepare<'a>(
-    ep: &'a Endpoint,
+    ep: &Endpoint,
+    cfg: &'a EndpointConfig,
     mut url: url::Url,
     auth: Option<&mut Auth>,
 ) -> Result<(connect::Attempt<'a>, String), Failure> {
-    let cfg = &ep.config;
     let mut headers = Vec::with_capacity(cfg.headers.len() + 1);
     for (name, secret) in &cfg.headers {
         let value = secret

@@ -16,7 +16,7 @@ use super::connect::Ws;
 use super::failure::Failure;
 use super::heartbeat::{Action, Heartbeat};
 use super::resume::{Resume, Verdict};
-use crate::config::RenewMode;
+use crate::config::{EndpointConfig, RenewMode};
 use crate::endpoint::{unix_nanos, Endpoint};
 use crate::filter::Filter;
 use crate::log::Kind;
@@ -86,6 +86,8 @@ const TRIM_EVERY: u64 = 512;
 /// Per-connection context borrowed from the endpoint task.
 pub struct Session<'a> {
     pub ep: &'a Endpoint,
+    /// The settings this run started with.
+    pub cfg: &'a EndpointConfig,
     pub resume: &'a mut Option<Resume>,
     /// The endpoint's credential state; taken by a renewal while it runs.
     pub auth: &'a mut Option<Auth>,
@@ -102,7 +104,7 @@ impl<'a> Session<'a> {
     pub async fn run(mut self, ws: Ws) -> End {
         let (mut sink, mut stream) = ws.split();
         let ep = self.ep;
-        let cfg = &ep.config;
+        let cfg = self.cfg;
 
         // Resume frame first, then `on_connect`, then the outbox: upstreams expect to be told
         // where to resume before being asked for anything.
@@ -246,18 +248,19 @@ impl<'a> Session<'a> {
     fn start_renewal(&mut self) -> Option<Renewal<'a>> {
         let mut auth = self.auth.take()?;
         let ep: &'a Endpoint = self.ep;
+        let cfg: &'a EndpointConfig = self.cfg;
         let mut url = self.base.clone();
         if let Some(r) = self.resume.as_ref() {
             r.apply_query(&mut url);
         }
         Some(Box::pin(async move {
-            if let Err(e) = auth.renew(&ep.config).await {
+            if let Err(e) = auth.renew(cfg).await {
                 return (auth, Err(e));
             }
             if auth.renew_mode() == RenewMode::Frame {
                 return (auth, Ok(None));
             }
-            let r = match super::prepare(ep, url, Some(&mut auth)).await {
+            let r = match super::prepare(ep, cfg, url, Some(&mut auth)).await {
                 Ok((attempt, shown)) => super::connect::connect(attempt)
                     .await
                     .map(|ws| Some((ws, shown)))
@@ -349,7 +352,7 @@ impl<'a> Session<'a> {
                 id,
             });
         }
-        if ep.config.replay.persist {
+        if self.cfg.replay.persist {
             ops.push(Op::ReplayPut {
                 endpoint: std::sync::Arc::clone(&endpoint),
                 seq,

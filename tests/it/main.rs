@@ -13,5 +13,6 @@ mod fanout;
 mod features;
 mod publish;
 mod reconnect;
+mod reload;
 mod replay;
 mod upstream_access;

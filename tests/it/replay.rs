@@ -81,7 +81,7 @@ async fn from_seq_inside_and_before_the_window() {
 async fn a_subscriber_that_never_reads_gets_slow_subscriber_and_slows_no_one() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let d = start_daemon(&format!(
-        "[endpoints.feed]\nurl = \"{}\"\n[endpoints.feed.replay]\nmessages = 500\n",
+        "[endpoints.feed]\nurl = \"{}\"\n[endpoints.feed.replay]\nmessages = 6000\n",
         up.url("/")
     ))
     .await;
@@ -94,7 +94,7 @@ async fn a_subscriber_that_never_reads_gets_slow_subscriber_and_slows_no_one() {
     let mut reader = subscribe(&mut c2, "feed", None).await;
 
     // Far more than the HTTP/2 windows and buffers can hold for the stalled client.
-    const N: u64 = 20_000;
+    const N: u64 = 30_000;
     let payload = "x".repeat(1000);
     let sender = tokio::spawn(async move {
         for i in 1..=N {

@@ -158,3 +158,60 @@ async fn no_watchdog_pings_for_another_pid() {
         notes.seen
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_between_reloading_and_ready_and_refuses_an_invalid_file() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = support::temp_dir();
+    let notify_path = dir.path().join("notify.sock");
+    let mut notes = Notifications::bind(&notify_path);
+    let one = format!("[endpoints.a]\nurl = \"{}\"\n", up.url("/a"));
+    let config = write_config(dir.path(), &daemon_config(dir.path(), &one));
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn daemon");
+    notes.wait_for("READY=1", |m| m == "READY=1").await;
+    let _a = up.next_accepted_within(T).await.expect("a connects");
+
+    // Add `b`.
+    let two = format!("{one}[endpoints.b]\nurl = \"{}\"\n", up.url("/b"));
+    write_config(dir.path(), &daemon_config(dir.path(), &two));
+    let hup = || {
+        let st = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status();
+        assert!(st.expect("kill").success());
+    };
+    hup();
+    notes.wait_for("RELOADING=1", |m| m == "RELOADING=1").await;
+    notes
+        .wait_for("READY=1 after the reload", |m| m == "READY=1")
+        .await;
+    let b = up.next_accepted_within(T).await.expect("b connects");
+    assert_eq!(b.uri().path(), "/b");
+
+    // An invalid file changes nothing and the daemon stays up.
+    write_config(
+        dir.path(),
+        &daemon_config(dir.path(), "[endpoints.a]\nurl = 5\n"),
+    );
+    hup();
+    notes.wait_for("RELOADING=1", |m| m == "RELOADING=1").await;
+    notes
+        .wait_for("READY=1 after the refused reload", |m| m == "READY=1")
+        .await;
+    assert!(child.try_wait().expect("wait").is_none(), "still running");
+    assert_eq!(up.accepted(), 2, "no endpoint reconnected");
+    let status = notes
+        .wait_for("STATUS naming both endpoints", |m| {
+            m.starts_with("STATUS=2 endpoints")
+        })
+        .await;
+    assert!(status.contains("2 connected"), "{status}");
+    tokio::task::block_in_place(|| sigterm_and_wait(&mut child));
+}

@@ -26,6 +26,8 @@ pub struct TestDaemon {
     /// The HTTP listener, when the config asked for `http.listen = "127.0.0.1:0"`.
     pub http: Option<std::net::SocketAddr>,
     pub registry: Arc<Registry>,
+    /// Applies a new config as SIGHUP would.
+    pub reloader: ws_sidecar::reload::Reloader,
     pub shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<bool>>,
 }
@@ -73,8 +75,10 @@ pub async fn start_with(mut cfg: Config) -> TestDaemon {
         ws_sidecar::supervisor::Daemon::start(cfg, listeners, Some(store), shutdown.clone())
             .expect("start daemon");
     let registry = Arc::clone(&daemon.registry);
+    let reloader = daemon.reloader.clone();
     let task = tokio::spawn(daemon.run_until_stopped());
     TestDaemon {
+        reloader,
         dir,
         grpc_path,
         stream_path,
