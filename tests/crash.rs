@@ -4,8 +4,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::daemon::{next_message, subscribe};
@@ -28,16 +27,7 @@ async fn grpc(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_publishes_survive_sigkill() {
-    let accept = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&accept);
-    let up = FakeUpstream::start_with(move |_, _| {
-        if flag.load(Ordering::SeqCst) {
-            Reply::Accept
-        } else {
-            Reply::reject(503, &[])
-        }
-    })
-    .await;
+    let (up, accept) = FakeUpstream::start_gated(false, 503).await;
     let dir = support::temp_dir();
     let eps = format!(
         "[endpoints.a]\nurl = \"{}\"\n[endpoints.a.backoff]\ninitial = \"50ms\"\nmax = \"100ms\"\nmin_delay = \"20ms\"\n",

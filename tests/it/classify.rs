@@ -1,8 +1,7 @@
 //! Error classification (SPEC §5): auth failures, fatal statuses, Retry-After, close codes,
 //! close_codes overrides, and leaving `failed` with the Reconnect RPC.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ws_sidecar::endpoint::State;
@@ -99,16 +98,7 @@ async fn close_1008_fails_and_overrides_apply() {
 
 #[tokio::test]
 async fn reconnect_rpc_leaves_failed() {
-    let healthy = Arc::new(AtomicBool::new(false));
-    let h = Arc::clone(&healthy);
-    let up = FakeUpstream::start_with(move |_, _| {
-        if h.load(Ordering::SeqCst) {
-            Reply::Accept
-        } else {
-            Reply::reject(404, &[])
-        }
-    })
-    .await;
+    let (up, healthy) = FakeUpstream::start_gated(false, 404).await;
     let d = start_daemon(&fast("a", &up.url("/"), "")).await;
     d.wait_state("a", State::Failed, T).await;
 

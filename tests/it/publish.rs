@@ -1,8 +1,7 @@
 //! Publish and the outbox (SPEC §11): queued while down, sent in order after the on_connect
 //! frames once connected; a full outbox refuses.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
@@ -25,16 +24,7 @@ fn publish(endpoint: &str, data: &str) -> proto::PublishRequest {
 
 #[tokio::test]
 async fn published_while_down_arrive_in_order_after_on_connect() {
-    let up_now = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&up_now);
-    let up = FakeUpstream::start_with(move |_, _| {
-        if flag.load(Ordering::SeqCst) {
-            Reply::Accept
-        } else {
-            Reply::reject(503, &[])
-        }
-    })
-    .await;
+    let (up, up_now) = FakeUpstream::start_gated(false, 503).await;
     let d = start_daemon(&format!(
         "[endpoints.feed]\nurl = \"{}\"\non_connect = ['{{\"op\":\"sub\",\"ch\":1}}', 'hello']\n[endpoints.feed.backoff]\ninitial = \"50ms\"\nmax = \"200ms\"\nmin_delay = \"20ms\"\n",
         up.url("/")

@@ -3,8 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use ws_sidecar::endpoint::State;
 use ws_sidecar::proto;
@@ -194,16 +193,7 @@ async fn metrics_parse_and_counters_follow_traffic() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_follows_the_upstream_and_the_other_paths_answer() {
-    let accept = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&accept);
-    let up = FakeUpstream::start_with(move |_, _| {
-        if flag.load(Ordering::SeqCst) {
-            Reply::Accept
-        } else {
-            Reply::reject(503, &[])
-        }
-    })
-    .await;
+    let (up, accept) = FakeUpstream::start_gated(false, 503).await;
     let d = start_daemon(&format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n[endpoints.a]\nurl = \"{}\"\n\
          [endpoints.a.backoff]\ninitial = \"50ms\"\nmax = \"100ms\"\nmin_delay = \"20ms\"\n",

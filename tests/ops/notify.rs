@@ -2,8 +2,7 @@
 //! states, WATCHDOG=1 when asked for, STOPPING=1 on SIGTERM.
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::UnixDatagram;
@@ -56,16 +55,7 @@ impl Notifications {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ready_status_watchdog_and_stopping_reach_notify_socket() {
-    let accept = Arc::new(AtomicBool::new(true));
-    let flag = Arc::clone(&accept);
-    let up = FakeUpstream::start_with(move |_, _| {
-        if flag.load(Ordering::SeqCst) {
-            Reply::Accept
-        } else {
-            Reply::reject(503, &[])
-        }
-    })
-    .await;
+    let (up, accept) = FakeUpstream::start_gated(true, 503).await;
     let dir = support::temp_dir();
     let notify_path = dir.path().join("notify.sock");
     let mut notes = Notifications::bind(&notify_path);

@@ -130,6 +130,25 @@ impl Drop for FakeUpstream {
 }
 
 impl FakeUpstream {
+    /// A server that answers HTTP `refused_status` while the returned flag is false and
+    /// accepts while it is true: an upstream a test takes down and brings back.
+    pub async fn start_gated(
+        up: bool,
+        refused_status: u16,
+    ) -> (FakeUpstream, Arc<std::sync::atomic::AtomicBool>) {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(up));
+        let gate = Arc::clone(&flag);
+        let server = Self::start_with(move |_, _| {
+            if gate.load(std::sync::atomic::Ordering::SeqCst) {
+                Reply::Accept
+            } else {
+                Reply::reject(refused_status, &[])
+            }
+        })
+        .await;
+        (server, flag)
+    }
+
     /// A server where every handshake waits for the test on [`FakeUpstream::next_conn`].
     pub async fn start() -> FakeUpstream {
         Self::start_with(|_, _| Reply::Defer).await
