@@ -19,7 +19,11 @@ const T: Duration = Duration::from_secs(15);
 /// Starts the daemon with its stderr going to `dir/stderr.log`: a pipe nobody reads would
 /// fill up with trace logs and block the daemon.
 fn spawn(dir: &std::path::Path, endpoints: &str, env: &[(&str, &str)]) -> std::process::Child {
-    let cfg = write_config(dir, &daemon_config(dir, endpoints));
+    spawn_with(dir, &daemon_config(dir, endpoints), env)
+}
+
+fn spawn_with(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> std::process::Child {
+    let cfg = write_config(dir, config);
     let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--config"]).arg(cfg);
@@ -164,9 +168,17 @@ async fn secrets_never_reach_logs_status_or_errors() {
             u = up.url("").trim_end_matches('/'),
             t = tokens.url,
         );
-        let child = spawn(
+        let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config = daemon_config(dir.path(), &eps).replace(
+            "[http]\nlisten = \"\"",
+            &format!("[http]\nlisten = \"127.0.0.1:{http_port}\""),
+        );
+        let child = spawn_with(
             dir.path(),
-            &eps,
+            &config,
             &[
                 ("RUST_LOG", "trace"),
                 ("TOK", HEADER_TOKEN),
@@ -230,6 +242,13 @@ async fn secrets_never_reach_logs_status_or_errors() {
                 assert!(!text.contains(s), "{s} in `ws-sidecar {args:?}`:\n{text}");
             }
         }
+        for path in ["/status", "/metrics"] {
+            let body = http_get(http_port, path).await;
+            assert!(body.starts_with("HTTP/1.1 200"), "{path}: {body}");
+            for s in secrets {
+                assert!(!body.contains(s), "{s} in {path}:\n{body}");
+            }
+        }
         let logs = stop(dir.path(), child);
         assert!(
             logs.lines().count() > 50,
@@ -249,4 +268,20 @@ async fn secrets_never_reach_logs_status_or_errors() {
             }
         }
     }
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1, whole response as text.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("http connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -119,7 +119,8 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
                 url_failures = 0;
                 auth_failures = 0;
                 backoff.on_connected(Instant::now());
-                ep.set_state(State::Connected, format!("connected to {shown}"));
+                let span = tracing::info_span!("connection", attempt = connections);
+                span.in_scope(|| ep.set_state(State::Connected, format!("connected to {shown}")));
                 let session = Session {
                     ep,
                     cfg,
@@ -130,7 +131,6 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
                     shutdown,
                     durable: cfg.resume.is_some() || cfg.replay.persist,
                 };
-                let span = tracing::info_span!("connection", attempt = connections);
                 match session.run(ws).instrument(span).await {
                     End::Shutdown => Next::Stop,
                     End::Reconnect => {

@@ -101,6 +101,7 @@ async fn jwt_renewed_by_reconnect_is_make_before_break_without_gap_or_duplicate(
     ))
     .await;
     let c1 = up.next_accepted_within(T).await.expect("connects");
+    let issued = Instant::now();
     assert_eq!(
         c1.header("authorization"),
         Some(format!("Bearer {first}").as_str())
@@ -114,6 +115,10 @@ async fn jwt_renewed_by_reconnect_is_make_before_break_without_gap_or_duplicate(
         .next_accepted_within(T)
         .await
         .expect("replacement connection");
+    assert!(
+        issued.elapsed() < Duration::from_secs(3),
+        "the new credential is used before the old one expires"
+    );
     assert_eq!(
         c2.header("authorization"),
         Some(format!("Bearer {second}").as_str())
