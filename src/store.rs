@@ -6,6 +6,7 @@
 //! one fsync. A job's completion runs on the committer thread once its commit is known, so it
 //! must be quick (set a flag, wake a task).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -432,6 +433,10 @@ fn apply<'a>(
         let mut marks = txn.open_table(MARKS).map_err(|x| e(&x))?;
         let mut ids = txn.open_table(UPSTREAM_IDS).map_err(|x| e(&x))?;
         let mut replay = txn.open_table(REPLAY).map_err(|x| e(&x))?;
+        // Marks and ids are written once per endpoint per commit, whatever the batch holds.
+        let mut outbox_next: HashMap<&str, u64> = HashMap::new();
+        let mut seq_marks: HashMap<&str, u64> = HashMap::new();
+        let mut last_ids: HashMap<&str, &str> = HashMap::new();
         for op in ops {
             match op {
                 Op::OutboxPut {
@@ -446,9 +451,8 @@ fn apply<'a>(
                     outbox
                         .insert((&**endpoint, *id), value.as_slice())
                         .map_err(|x| e(&x))?;
-                    marks
-                        .insert((&**endpoint, "outbox_next"), id + 1)
-                        .map_err(|x| e(&x))?;
+                    let next = outbox_next.entry(&**endpoint).or_default();
+                    *next = (*next).max(id + 1);
                     if let Some(key) = idempotency_key {
                         idem.insert((&**endpoint, key.as_str()), (*id, *enqueued_ms))
                             .map_err(|x| e(&x))?;
@@ -468,18 +472,11 @@ fn apply<'a>(
                         .map_err(|x| e(&x))?;
                 }
                 Op::SeqMark { endpoint, seq } => {
-                    let current = marks
-                        .get((&**endpoint, "seq"))
-                        .map_err(|x| e(&x))?
-                        .map_or(0, |g| g.value());
-                    if *seq > current {
-                        marks
-                            .insert((&**endpoint, "seq"), *seq)
-                            .map_err(|x| e(&x))?;
-                    }
+                    let mark = seq_marks.entry(&**endpoint).or_default();
+                    *mark = (*mark).max(*seq);
                 }
                 Op::UpstreamId { endpoint, id } => {
-                    ids.insert(&**endpoint, id.as_str()).map_err(|x| e(&x))?;
+                    last_ids.insert(&**endpoint, id.as_str());
                 }
                 Op::ReplayPut {
                     endpoint,
@@ -501,6 +498,23 @@ fn apply<'a>(
                     }
                 }
             }
+        }
+        for (endpoint, next) in outbox_next {
+            marks
+                .insert((endpoint, "outbox_next"), next)
+                .map_err(|x| e(&x))?;
+        }
+        for (endpoint, seq) in seq_marks {
+            let current = marks
+                .get((endpoint, "seq"))
+                .map_err(|x| e(&x))?
+                .map_or(0, |g| g.value());
+            if seq > current {
+                marks.insert((endpoint, "seq"), seq).map_err(|x| e(&x))?;
+            }
+        }
+        for (endpoint, id) in last_ids {
+            ids.insert(endpoint, id).map_err(|x| e(&x))?;
         }
     }
     txn.commit().map_err(|x| e(&x))

@@ -42,8 +42,9 @@ async fn json_lines_carry_endpoint_and_connection_spans() {
     });
     let v = json(&state).expect("json");
     assert_eq!(v["level"], "INFO");
-    assert_eq!(v["span"]["name"], "endpoint", "{state}");
-    assert_eq!(v["span"]["endpoint"], "a", "{state}");
+    // The `connected` transition is logged inside its connection's span, under the endpoint's.
+    assert_eq!(v["span"]["name"], "connection", "{state}");
+    assert_eq!(v["spans"][0]["endpoint"], "a", "{state}");
     tokio::task::block_in_place(|| sigterm_and_wait(&mut child));
 }
 
@@ -78,9 +79,9 @@ async fn journal_stream_on_stderr_switches_to_priority_prefixes() {
     let state = lines.wait_for("a `connected` state line", T, |l| {
         l.contains("state=\"connected\"")
     });
-    // Priority 6 (info), no timestamp of our own, the endpoint span.
+    // Priority 6 (info), no timestamp of our own, the endpoint and connection spans.
     assert!(
-        state.starts_with("<6> INFO endpoint{endpoint=a}: "),
+        state.starts_with("<6> INFO endpoint{endpoint=a}:connection{attempt=1}: "),
         "{state}"
     );
     tokio::task::block_in_place(|| sigterm_and_wait(&mut child));
