@@ -171,15 +171,17 @@ fn main() -> ExitCode {
 
 /// Messages the upstream sends in a flat-out run: enough deliveries to measure, bounded in bytes.
 fn count(args: &Args, n: usize, payload: usize) -> u64 {
-    let (deliveries, bytes) = if args.quick {
-        (600_000u64, 64u64 << 20)
+    // (deliveries, bytes the upstream sends, bytes delivered in all) per run
+    let (deliveries, bytes, delivered) = if args.quick {
+        (600_000u64, 64u64 << 20, 1u64 << 30)
     } else {
-        (2_000_000, 128 << 20)
+        (2_000_000, 128 << 20, 2 << 30)
     };
     (deliveries / n as u64)
         .max(10_000)
         .min(bytes / payload as u64)
-        .max(1_000)
+        .min(delivered / (n * payload) as u64)
+        .max(200)
 }
 
 fn run_one(ctx: &Ctx, args: &Args, all: &[Scenario], i: usize) -> Result<runs::Run, String> {
