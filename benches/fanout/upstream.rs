@@ -183,7 +183,7 @@ where
             ws.feed(message(job.from + i, job.payload, job.text))
                 .await?;
             i += 1;
-            if i % FLUSH_EVERY == 0 {
+            if i.is_multiple_of(FLUSH_EVERY) {
                 ws.flush().await?;
             }
         }
