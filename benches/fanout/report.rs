@@ -1,0 +1,515 @@
+//! The scenario list, the table, the JSON and the targets.
+
+use std::path::Path;
+
+use crate::measure::{fmt_range, pct_us, stats_json, summary, GROUPS};
+use crate::runs::{Run, Transport};
+use crate::Args;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    B1 {
+        payload: usize,
+    },
+    B2 {
+        n: usize,
+        payload: usize,
+    },
+    B3 {
+        n: usize,
+        payload: usize,
+    },
+    Fan {
+        t: Transport,
+        n: usize,
+        payload: usize,
+        text: bool,
+    },
+    /// 9 reading subscribers and one that never reads, 64 B.
+    Stalled {
+        t: Transport,
+    },
+    /// Open-loop at 50% of the N=10 64 B gRPC-UDS saturation rate; `t = None` is B2.
+    Latency {
+        t: Option<Transport>,
+        n: usize,
+    },
+    Reconnect,
+    Idle,
+}
+
+pub struct Scenario {
+    pub name: String,
+    pub kind: Kind,
+    /// The scenario whose same-repetition run this one is compared with.
+    pub baseline: Option<String>,
+    pub runs: Vec<Run>,
+}
+
+fn size(p: usize) -> String {
+    if p >= 1024 {
+        format!("{}KiB", p / 1024)
+    } else {
+        format!("{p}B")
+    }
+}
+
+fn name(k: &Kind) -> String {
+    match *k {
+        Kind::B1 { payload } => format!("B1/{}", size(payload)),
+        Kind::B2 { n, payload } => format!("B2/N={n}/{}", size(payload)),
+        Kind::B3 { n, payload } => format!("B3/N={n}/{}", size(payload)),
+        Kind::Fan {
+            t,
+            n,
+            payload,
+            text,
+        } => format!(
+            "{}/N={n}/{}{}",
+            t.name(),
+            size(payload),
+            if text { "/text" } else { "" }
+        ),
+        Kind::Stalled { t } => format!("stalled/{}/N=9+1", t.name()),
+        Kind::Latency { t, n } => {
+            format!("latency/{}/N={n}/64B@50%", t.map_or("B2", Transport::name))
+        }
+        Kind::Reconnect => "reconnect/grpc-uds/N=3".into(),
+        Kind::Idle => "idle/3-endpoints".into(),
+    }
+}
+
+/// The scenarios of a mode, in the order each repetition runs them (baselines interleaved).
+pub fn scenarios(args: &Args) -> Vec<Scenario> {
+    use Kind::*;
+    use Transport::*;
+    let mut v: Vec<Kind> = Vec::new();
+    if args.quick {
+        v.extend([
+            B1 { payload: 64 },
+            Fan {
+                t: Uds,
+                n: 1,
+                payload: 64,
+                text: false,
+            },
+            Fan {
+                t: Ndjson,
+                n: 1,
+                payload: 64,
+                text: false,
+            },
+            B3 {
+                n: 100,
+                payload: 64,
+            },
+            Fan {
+                t: Uds,
+                n: 100,
+                payload: 64,
+                text: false,
+            },
+            Fan {
+                t: Ndjson,
+                n: 100,
+                payload: 64,
+                text: false,
+            },
+            Fan {
+                t: Uds,
+                n: 10,
+                payload: 64,
+                text: false,
+            },
+            Stalled { t: Uds },
+            Latency { t: None, n: 10 },
+            Latency {
+                t: Some(Uds),
+                n: 10,
+            },
+            Reconnect,
+            Idle,
+        ]);
+    } else {
+        for payload in [64, 1024, 64 * 1024] {
+            v.push(B1 { payload });
+            for n in [1, 10, 100] {
+                if n > 1 {
+                    v.push(B3 { n, payload });
+                    if payload == 64 {
+                        v.push(B2 { n, payload });
+                    }
+                }
+                for t in [Uds, Tcp, Ndjson] {
+                    v.push(Fan {
+                        t,
+                        n,
+                        payload,
+                        text: false,
+                    });
+                }
+            }
+        }
+        v.push(Fan {
+            t: Uds,
+            n: 10,
+            payload: 64,
+            text: true,
+        });
+        v.extend([
+            Stalled { t: Uds },
+            Stalled { t: Ndjson },
+            Latency { t: None, n: 10 },
+            Latency {
+                t: Some(Uds),
+                n: 10,
+            },
+            Latency {
+                t: Some(Ndjson),
+                n: 10,
+            },
+            Reconnect,
+            Idle,
+        ]);
+    }
+    let all: Vec<Scenario> = v
+        .into_iter()
+        .map(|kind| Scenario {
+            name: name(&kind),
+            baseline: match kind {
+                Fan { n: 1, payload, .. } => Some(name(&B1 { payload })),
+                Fan { n, payload, .. } => Some(name(&B3 { n, payload })),
+                B2 { payload, .. } => Some(name(&B1 { payload })),
+                Stalled { t } => Some(name(&Fan {
+                    t,
+                    n: 10,
+                    payload: 64,
+                    text: false,
+                })),
+                Latency { t: Some(_), n } => Some(name(&Latency { t: None, n })),
+                _ => None,
+            },
+            kind,
+            runs: vec![],
+        })
+        .collect();
+    if args.only.is_empty() {
+        return all;
+    }
+    // Keep the named ones, their baselines, and what latency needs.
+    let keep: Vec<String> = all
+        .iter()
+        .filter(|s| args.only.iter().any(|o| s.name.contains(o.as_str())))
+        .flat_map(|s| {
+            let mut k = vec![s.name.clone()];
+            k.extend(s.baseline.clone());
+            if matches!(s.kind, Latency { .. } | Stalled { .. }) {
+                k.push(name(&Fan {
+                    t: Uds,
+                    n: 10,
+                    payload: 64,
+                    text: false,
+                }));
+                k.push(name(&Latency { t: None, n: 10 }));
+            }
+            k
+        })
+        .collect();
+    all.into_iter().filter(|s| keep.contains(&s.name)).collect()
+}
+
+/// Per-subscriber rate for stalled runs (the 9 others vs 10 readers), delivered msgs/s else.
+fn ratio_metric(s: &Scenario, r: &Run) -> f64 {
+    match s.kind {
+        Kind::Stalled { .. } => r.per_sub_rate,
+        _ => r.rate(),
+    }
+}
+
+fn baseline_metric(s: &Scenario, b: &Run) -> f64 {
+    match s.kind {
+        Kind::Stalled { .. } => b.per_sub_rate,
+        _ => b.rate(),
+    }
+}
+
+fn find<'a>(all: &'a [Scenario], name: &str) -> Option<&'a Scenario> {
+    all.iter().find(|s| s.name == name)
+}
+
+fn ratios(all: &[Scenario], s: &Scenario) -> Vec<f64> {
+    let Some(b) = s.baseline.as_deref().and_then(|b| find(all, b)) else {
+        return vec![];
+    };
+    s.runs
+        .iter()
+        .zip(&b.runs)
+        .map(|(r, br)| ratio_metric(s, r) / baseline_metric(s, br))
+        .collect()
+}
+
+/// The CPU group that plays "the daemon" in a scenario (B3: its writer thread).
+fn server_group(s: &Scenario) -> Option<usize> {
+    match s.kind {
+        Kind::B3 { .. } => Some(3),
+        Kind::B1 { .. } | Kind::B2 { .. } | Kind::Latency { t: None, .. } | Kind::Idle => None,
+        _ => Some(0),
+    }
+}
+
+pub fn print_run(rep: usize, s: &Scenario, r: &Run) {
+    let cpu = server_group(s).map_or(f64::NAN, |g| r.cpu_per(g));
+    let mut line = format!(
+        "  rep {rep} {:<28} {:>10.0} msgs/s  p50 {:>8.1} µs  p99 {:>9.1} µs  max {:>9.1} µs  \
+         server CPU {:>6.0} ns/msg  subs CPU {:>6.0} ns/msg  peak RSS {:>6.1} MiB  lost {} dup {} gaps {}",
+        s.name,
+        r.rate(),
+        pct_us(&r.lat_ns, 0.5),
+        pct_us(&r.lat_ns, 0.99),
+        pct_us(&r.lat_ns, 1.0),
+        cpu,
+        r.cpu_per(2),
+        r.peak_rss_kib as f64 / 1024.0,
+        r.lost,
+        r.dup,
+        r.gaps,
+    );
+    for (k, v) in &r.extra {
+        line.push_str(&format!("  {k} {v:.2}"));
+    }
+    println!("{line}");
+    for e in &r.errors {
+        eprintln!("    error: {e}");
+    }
+}
+
+fn metric(s: &Scenario, f: impl Fn(&Run) -> f64) -> Vec<f64> {
+    s.runs.iter().map(f).collect()
+}
+
+fn med(v: &[f64]) -> f64 {
+    summary(v).0
+}
+
+/// Prints the table and the targets, writes the JSON; false if any check failed.
+pub fn report(args: &Args, all: &[Scenario], json_path: &Path, websocat: bool) -> bool {
+    let mut failed = Vec::new();
+    println!();
+    println!("| scenario | msgs/s delivered | ratio to baseline | p50 µs | p99 µs | p999 µs | max µs | server CPU ns/msg | subs CPU ns/msg | peak RSS MiB | lost/dup |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut json = Vec::new();
+    for s in all.iter().filter(|s| !s.runs.is_empty()) {
+        let rate = metric(s, Run::rate);
+        let ratio = ratios(all, s);
+        let pcts = [0.5, 0.99, 0.999, 1.0].map(|q| metric(s, |r| pct_us(&r.lat_ns, q)));
+        let cpu = metric(s, |r| server_group(s).map_or(f64::NAN, |g| r.cpu_per(g)));
+        let subs_cpu = metric(s, |r| r.cpu_per(2));
+        let rss = metric(s, |r| r.peak_rss_kib as f64 / 1024.0);
+        let lost: u64 = s.runs.iter().map(|r| r.lost).sum();
+        let dup: u64 = s.runs.iter().map(|r| r.dup).sum();
+        // The stalled subscriber's own gaps are expected; nobody else may see one.
+        if lost + dup > 0 || s.runs.iter().any(|r| !r.errors.is_empty()) {
+            failed.push(format!(
+                "{}: lost {lost}, dup {dup}, errors {:?}",
+                s.name,
+                s.runs
+                    .iter()
+                    .flat_map(|r| r.errors.clone())
+                    .collect::<Vec<_>>()
+            ));
+        }
+        let has_rate = !matches!(s.kind, Kind::Idle);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {lost}/{dup} |",
+            s.name,
+            if has_rate {
+                fmt_range(&rate, 0)
+            } else {
+                "–".into()
+            },
+            fmt_range(&ratio, 2),
+            fmt_range(&pcts[0], 0),
+            fmt_range(&pcts[1], 0),
+            fmt_range(&pcts[2], 0),
+            fmt_range(&pcts[3], 0),
+            fmt_range(&cpu, 0),
+            fmt_range(&subs_cpu, 0),
+            fmt_range(&rss, 1),
+        );
+        let mut extra = serde_json::Map::new();
+        if let Some(r) = s.runs.first() {
+            for (k, _) in &r.extra {
+                extra.insert((*k).into(), stats_json(&metric(s, |r| r.extra(k))));
+            }
+        }
+        let mut cpu_groups = serde_json::Map::new();
+        for (g, gname) in GROUPS.iter().enumerate() {
+            cpu_groups.insert((*gname).into(), stats_json(&metric(s, |r| r.cpu_per(g))));
+        }
+        json.push(serde_json::json!({
+            "name": s.name,
+            "baseline": s.baseline,
+            "msgs_per_s_delivered": stats_json(&rate),
+            "per_subscriber_msgs_per_s": stats_json(&metric(s, |r| r.per_sub_rate)),
+            "ratio_to_baseline": stats_json(&ratio),
+            "latency_us": {
+                "p50": stats_json(&pcts[0]), "p99": stats_json(&pcts[1]),
+                "p999": stats_json(&pcts[2]), "max": stats_json(&pcts[3]),
+            },
+            "daemon_cpu_ns_per_delivered_msg": stats_json(&cpu),
+            "cpu_ns_per_delivered_msg_by_thread_group": cpu_groups,
+            "peak_rss_mib": stats_json(&rss),
+            "deliveries_per_run": s.runs.iter().map(|r| r.deliveries).collect::<Vec<_>>(),
+            "lost": lost, "duplicated": dup,
+            "gap_events": s.runs.iter().map(|r| r.gaps).sum::<u64>(),
+            "extra": extra,
+        }));
+    }
+    println!("(median over repetitions, min–max in brackets; percentiles are per run over all subscribers' messages;");
+    println!(" server CPU = daemon threads, or the b3-writer thread for B3; peak RSS is this whole process, bench included;");
+    println!(" ratio: N=1 vs B1, N>1 vs B3 (same N, payload), B2 vs B1, stalled = per-subscriber rate of the 9 vs 10 readers, latency vs B2 rate)");
+
+    // Targets.
+    let mut targets = Vec::new();
+    let mut target = |what: &str, figure: String, met: Option<bool>| {
+        let verdict = match met {
+            Some(true) => "MET",
+            Some(false) => "NOT MET",
+            None => "not measured",
+        };
+        println!("target: {what}: {figure} — {verdict}");
+        targets.push(serde_json::json!({"target": what, "measured": figure, "met": met}));
+    };
+    println!();
+    let r = |n: &str| find(all, n).filter(|s| !s.runs.is_empty());
+    for (p, goal) in [(64, 0.8), (65536, 0.9)] {
+        let n = format!("grpc-uds/N=1/{}", size(p));
+        let v = r(&n).map(|s| med(&ratios(all, s)));
+        target(
+            &format!("N=1 {} gRPC-UDS ≥ {goal}× B1", size(p)),
+            v.map_or("–".into(), |v| format!("{v:.2}×")),
+            v.map(|v| v >= goal),
+        );
+    }
+    for t in ["grpc-uds", "grpc-tcp", "ndjson"] {
+        let v = r(&format!("{t}/N=100/64B")).map(|s| med(&metric(s, Run::rate)));
+        target(
+            &format!("N=100 64 B {t} ≥ 1,000,000 deliveries/s"),
+            v.map_or("–".into(), |v| format!("{v:.0}/s")),
+            v.map(|v| v >= 1e6),
+        );
+    }
+    for t in ["grpc-uds", "grpc-tcp", "ndjson"] {
+        let v = r(&format!("{t}/N=100/64B"))
+            .zip(r("B3/N=100/64B"))
+            .map(|(s, b)| {
+                let a = med(&metric(s, |x| x.cpu_per(0)));
+                let f = med(&metric(b, |x| x.cpu_per(3)));
+                (a, f, a / f)
+            });
+        target(
+            &format!("N=100 64 B {t} daemon CPU per delivery ≤ 1.5× B3"),
+            v.map_or("–".into(), |(a, f, x)| {
+                format!("{a:.0} ns vs {f:.0} ns = {x:.1}×")
+            }),
+            v.map(|v| v.2 <= 1.5),
+        );
+    }
+    for t in ["grpc-uds", "ndjson"] {
+        let v = r(&format!("latency/{t}/N=10/64B@50%"))
+            .zip(r("latency/B2/N=10/64B@50%"))
+            .map(|(s, b)| {
+                let d = |q| {
+                    med(&metric(s, |x| pct_us(&x.lat_ns, q)))
+                        - med(&metric(b, |x| pct_us(&x.lat_ns, q)))
+                };
+                (d(0.99), d(0.999))
+            });
+        target(
+            &format!("added latency vs B2, {t}, 10 subs, 50% load: p99 ≤ 100 µs, p999 ≤ 1 ms"),
+            v.map_or("–".into(), |(a, b)| {
+                format!("p99 +{a:.0} µs, p999 +{b:.0} µs")
+            }),
+            v.map(|(a, b)| a <= 100.0 && b <= 1000.0),
+        );
+    }
+    for t in ["grpc-uds", "ndjson"] {
+        let v = r(&format!("stalled/{t}/N=9+1")).map(|s| {
+            let rss = med(&metric(s, |x| x.peak_rss_kib as f64 / 1024.0));
+            (med(&ratios(all, s)), rss)
+        });
+        target(
+            &format!("one stalled {t} subscriber among 10: others ≥ 0.95×"),
+            v.map_or("–".into(), |(x, rss)| {
+                format!("{x:.2}× (peak RSS {rss:.0} MiB, whole process)")
+            }),
+            v.map(|(x, _)| x >= 0.95),
+        );
+    }
+    target(
+        "durable publishes ≥ 50,000/s, ack p99 ≤ 5 ms",
+        "see `cargo bench --bench publish`".into(),
+        None,
+    );
+    let v = r("reconnect/grpc-uds/N=3").map(|s| {
+        (
+            med(&metric(s, |x| x.extra("accept_to_first_delivery_ms"))),
+            s.runs.iter().map(|x| x.lost + x.dup).sum::<u64>(),
+        )
+    });
+    target(
+        "reconnect: accepted → first delivery ≤ 50 ms, 0 lost, 0 duplicated",
+        v.map_or("–".into(), |(ms, ld)| {
+            format!("{ms:.1} ms, lost+dup {ld}")
+        }),
+        v.map(|(ms, ld)| ms <= 50.0 && ld == 0),
+    );
+    target(
+        "dead connection detected ≤ ping_interval + pong_timeout + 100 ms",
+        "not in this harness".into(),
+        None,
+    );
+    let v = r("idle/3-endpoints").map(|s| {
+        (
+            med(&metric(s, |x| x.extra("idle_kib"))) / 1024.0,
+            med(&metric(s, |x| x.extra("ndjson_per100_kib"))) / 100.0,
+            med(&metric(s, |x| x.extra("grpc_per100_kib"))) / 100.0,
+        )
+    });
+    target(
+        "idle RSS, 3 endpoints ≤ 10 MiB; ≤ 64 KiB per extra subscriber",
+        v.map_or("–".into(), |(i, a, b)| {
+            format!("{i:.1} MiB; {a:.0} KiB/NDJSON sub, {b:.0} KiB/gRPC stream")
+        }),
+        v.map(|(i, a, b)| i <= 10.0 && a <= 64.0 && b <= 64.0),
+    );
+
+    let doc = serde_json::json!({
+        "bench": "fanout",
+        "daemon": "in-process, own multi-thread tokio runtime (threads \"daemon\"), fresh per run",
+        "quick": args.quick,
+        "repetitions": args.reps,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "b4": if websocat { "skipped (bridge not implemented)" } else { "skipped (websocat not on PATH)" },
+        "rss_note": "VmRSS of the bench process: includes the bench's own memory; idle runs in a fresh child process",
+        "checks_failed": failed,
+        "targets": targets,
+        "scenarios": json,
+    });
+    match serde_json::to_string_pretty(&doc).map(|s| std::fs::write(json_path, s + "\n")) {
+        Ok(Ok(())) => println!("wrote {}", json_path.display()),
+        Ok(Err(e)) => eprintln!("fanout bench: cannot write {}: {e}", json_path.display()),
+        Err(e) => eprintln!("fanout bench: cannot encode JSON: {e}"),
+    }
+    if failed.is_empty() {
+        println!(
+            "checks: all passed (no hole, no duplicate, no error in any subscriber that reads)"
+        );
+        true
+    } else {
+        for f in &failed {
+            eprintln!("CHECK FAILED: {f}");
+        }
+        false
+    }
+}
