@@ -12,6 +12,8 @@ pub struct Registry {
     /// Subscriptions open across gRPC and NDJSON.
     subscribers: Arc<AtomicUsize>,
     max_subscribers: usize,
+    /// Woken when a reload adds or removes an endpoint.
+    changed: tokio::sync::Notify,
 }
 
 /// Holds one unit of the subscriber budget until dropped.
@@ -37,6 +39,7 @@ impl Registry {
             endpoints: RwLock::new(endpoints.into_iter().map(|e| (e.name.clone(), e)).collect()),
             subscribers: Arc::new(AtomicUsize::new(0)),
             max_subscribers,
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -65,14 +68,23 @@ impl Registry {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(ep.name.clone(), ep);
+        self.changed.notify_waiters();
+    }
+
+    /// Notified when the set of endpoints changes; enable it before reading the set.
+    pub fn changes(&self) -> &tokio::sync::Notify {
+        &self.changed
     }
 
     /// Removes an endpoint, for reload.
     pub fn remove(&self, name: &str) -> Option<Arc<Endpoint>> {
-        self.endpoints
+        let removed = self
+            .endpoints
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
+            .remove(name);
+        self.changed.notify_waiters();
+        removed
     }
 
     /// Takes one subscriber slot, or refuses when the limit is reached.

@@ -114,9 +114,10 @@ impl Reloader {
             if let Some(ep) = inner.registry.get(name) {
                 ep.set_restarting(true);
                 stop(st.tasks.remove(name)).await;
+                // Out of the registry first, so whoever sees the final state also sees it gone.
+                inner.registry.remove(name);
                 ep.set_state(State::Closed, "removed from the config");
                 ep.log.close();
-                inner.registry.remove(name);
             }
             report.removed.push(name.clone());
         }

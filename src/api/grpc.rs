@@ -106,35 +106,70 @@ pub async fn run_health(
         .set_service_status("ws_sidecar.v1.Sidecar", ServingStatus::Serving)
         .await;
     let mut tasks = tokio::task::JoinSet::new();
-    for ep in registry.all() {
-        let reporter = reporter.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let mut events = ep.state_events();
-            let mut current = ep.state().state;
-            loop {
-                let status = if current == State::Connected {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
-                reporter.set_service_status(&ep.name, status).await;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    ev = events.recv() => match ev {
-                        Ok(ev) => current = ev.state,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => current = ep.state().state,
-                        Err(_) => return,
-                    }
-                }
+    // Which endpoint object each name is watched for: a reload may add, remove or re-add one.
+    let mut watched: std::collections::HashMap<String, Arc<crate::endpoint::Endpoint>> =
+        std::collections::HashMap::new();
+    loop {
+        let changed = registry.changes().notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let current = registry.all();
+        watched.retain(|name, _| current.iter().any(|e| &e.name == name));
+        for ep in current {
+            if watched.get(&ep.name).is_some_and(|w| Arc::ptr_eq(w, &ep)) {
+                continue;
             }
-        });
+            watched.insert(ep.name.clone(), Arc::clone(&ep));
+            tasks.spawn(watch_endpoint(
+                ep,
+                Arc::clone(&registry),
+                reporter.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = &mut changed => {}
+        }
     }
-    shutdown.cancelled().await;
     reporter
         .set_service_status("", ServingStatus::NotServing)
         .await;
     tasks.shutdown().await;
+}
+
+/// Keeps one endpoint's health status in step with its state until it is removed.
+async fn watch_endpoint(
+    ep: Arc<crate::endpoint::Endpoint>,
+    registry: Arc<Registry>,
+    mut reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    use tonic_health::ServingStatus;
+    let mut events = ep.state_events();
+    let mut current = ep.state().state;
+    loop {
+        let removed = current == State::Closed
+            && !registry.get(&ep.name).is_some_and(|e| Arc::ptr_eq(&e, &ep));
+        if removed {
+            reporter.clear_service_status(&ep.name).await;
+            return;
+        }
+        let status = if current == State::Connected {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status(&ep.name, status).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.recv() => match ev {
+                Ok(ev) => current = ev.state,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => current = ep.state().state,
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 /// The `Subscribe` response stream: subscription events rendered as proto `Event`s.

@@ -19,7 +19,7 @@ async fn add_change_remove_and_keep_endpoints() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let base = |extra: &str| {
         format!(
-            "[endpoints.keep]\nurl = \"{}\"\n[endpoints.change]\nurl = \"{}\"\n{extra}",
+            "[grpc]\nlisten = [\"127.0.0.1:0\"]\n[endpoints.keep]\nurl = \"{}\"\n[endpoints.change]\nurl = \"{}\"\n{extra}",
             up.url("/keep"),
             up.url("/change")
         )
@@ -113,5 +113,33 @@ async fn add_change_remove_and_keep_endpoints() {
         5,
         "3 at start, the changed one again, the added one"
     );
+
+    // grpc.health.v1 follows: the added endpoint is reported, the removed one is not.
+    let addr = d.grpc_tcp.expect("tcp listener");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("channel");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = |service: &str| tonic_health::pb::HealthCheckRequest {
+        service: service.into(),
+    };
+    tokio::time::timeout(T, async {
+        loop {
+            let added = health
+                .check(check("added"))
+                .await
+                .map(|r| r.into_inner().status)
+                .ok();
+            let gone = health.check(check("gone")).await.err().map(|s| s.code());
+            if added == Some(1) && gone == Some(tonic::Code::NotFound) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("health follows the reload");
     d.stop().await;
 }
