@@ -177,7 +177,8 @@ impl Accounts {
         self.users.iter().find(|u| u.name == name).map(|u| u.uid)
     }
 
-    fn gid_of(&self, name: &str) -> Option<u32> {
+    /// The gid of group `name`.
+    pub fn gid_of(&self, name: &str) -> Option<u32> {
         self.groups.iter().find(|g| g.name == name).map(|g| g.gid)
     }
 
@@ -191,7 +192,7 @@ impl Accounts {
 
 /// The system's accounts, re-read only when /etc/passwd or /etc/group changed (a stat of
 /// each per check, instead of parsing both files for every publish).
-fn accounts() -> Arc<Accounts> {
+pub fn accounts() -> Arc<Accounts> {
     type Cache = Mutex<Option<(Stamp, Arc<Accounts>)>>;
     type Stamp = (Option<SystemTime>, Option<SystemTime>);
     static CACHE: OnceLock<Cache> = OnceLock::new();

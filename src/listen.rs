@@ -169,19 +169,13 @@ fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<UnixLis
     Ok(l)
 }
 
-/// Group name (or number) to gid, read from /etc/group: no libc call needed for this one lookup.
+/// Group name (or number) to gid, from the same account cache access lists use.
 fn lookup_group(name: &str) -> anyhow::Result<u32> {
     if let Ok(gid) = name.parse() {
         return Ok(gid);
     }
-    let text = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            Some((f.next()?, f.nth(1)?))
-        })
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, gid)| gid.parse().ok())
+    crate::access::accounts()
+        .gid_of(name)
         .with_context(|| format!("sockets.group: unknown group {name:?}"))
 }
 
