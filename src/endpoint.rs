@@ -100,6 +100,8 @@ pub struct DeliveryStats {
 /// One configured endpoint, shared by its upstream task and the APIs.
 pub struct Endpoint {
     pub name: String,
+    /// The name as a shared string, for the store ops and events made per message.
+    pub key: Arc<str>,
     /// Swapped by a reload that changes this endpoint; the upstream task reads a snapshot per
     /// run, the APIs read it per request (so access lists apply at once).
     config: RwLock<Arc<EndpointConfig>>,
@@ -149,9 +151,10 @@ impl Endpoint {
             Vec::new()
         };
         let log = Log::restored(&config.replay, restored.seq_mark + 1, replay);
+        let key: Arc<str> = Arc::from(name.as_str());
         let outbox = Outbox::restored(
             config.outbox.clone(),
-            Arc::from(name.as_str()),
+            Arc::clone(&key),
             store.clone(),
             &restored,
         );
@@ -163,6 +166,7 @@ impl Endpoint {
         let url = crate::redact::redact_url(&config.url);
         Arc::new(Endpoint {
             name,
+            key,
             log,
             outbox,
             stats: Stats::default(),

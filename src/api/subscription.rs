@@ -71,7 +71,7 @@ impl Subscription {
         let first = ep.state();
         let cursor = ep.log.subscribe(from_seq, filters);
         Ok(Subscription {
-            endpoint: Arc::from(ep.name.as_str()),
+            endpoint: Arc::clone(&ep.key),
             cursor,
             states,
             ready: VecDeque::from([SubEvent::State(first)]),

@@ -316,7 +316,7 @@ impl<'a> Session<'a> {
             ep.log.append_after_gap(kind, data, unix_nanos(), gap);
             return;
         };
-        let endpoint: std::sync::Arc<str> = std::sync::Arc::from(ep.name.as_str());
+        let endpoint = std::sync::Arc::clone(&ep.key);
         if !self.durable {
             let next = ep.log.next_seq();
             if next > ep.seq_leased.load(std::sync::atomic::Ordering::Relaxed) {
