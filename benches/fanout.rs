@@ -27,6 +27,8 @@
 //!
 //! Prints a table and writes `target/bench/fanout.json`.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "fanout/daemon.rs"]
 mod daemon;
 #[path = "fanout/measure.rs"]
@@ -40,7 +42,7 @@ mod subs;
 #[path = "fanout/upstream.rs"]
 mod upstream;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use report::{Kind, Scenario};
@@ -78,17 +80,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// The target directory: the bench binary is `<target>/<profile>/deps/fanout-<hash>`.
-fn target_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(d);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
 fn on_path(prog: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
@@ -113,7 +104,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let out_dir = target_dir().join("bench");
+    let out_dir = common::target_dir().join("bench");
     let tmp = out_dir.join("tmp");
     if let Err(e) = std::fs::create_dir_all(&tmp) {
         eprintln!("fanout bench: cannot create {}: {e}", tmp.display());

@@ -24,6 +24,9 @@
 //!
 //! Prints a table (median and min–max over repetitions) and writes `target/bench/publish.json`.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -136,17 +139,6 @@ impl Checks {
         eprintln!("CHECK FAILED: {what}");
         self.failed.push(what);
     }
-}
-
-/// The target directory: the bench binary is `<target>/<profile>/deps/publish-<hash>`.
-fn target_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(d);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 /// (mount point, filesystem type, source) of the mount holding `dir`, from /proc/self/mounts.
@@ -357,25 +349,9 @@ durable = true
         grpc = grpc.display(),
         store = store.display(),
     );
-    let cfg = ws_sidecar::config::load_str(&toml, Path::new("bench.toml"), &HashMap::new())
-        .map_err(|e| format!("bench config: {e}"))?;
-    // Built like main.rs builds the daemon's runtime.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("daemon")
-        .build()
-        .map_err(|e| format!("daemon runtime: {e}"))?;
-    let shutdown = CancellationToken::new();
-    let task = rt.block_on(async {
-        let listeners = ws_sidecar::listen::bind(&cfg)
-            .await
-            .map_err(|e| format!("bind: {e}"))?;
-        let store = ws_sidecar::store::Store::open(&cfg.store.path).map_err(|e| e.to_string())?;
-        let daemon =
-            ws_sidecar::supervisor::Daemon::start(cfg, listeners, Some(store), shutdown.clone())
-                .map_err(|e| e.to_string())?;
-        Ok::<_, String>(tokio::spawn(daemon.run_until_stopped()))
-    })?;
+    let common::InProcess {
+        rt, shutdown, task, ..
+    } = common::start_daemon(&toml, "bench.toml")?;
     Ok(Daemon {
         rt,
         dir,
@@ -616,24 +592,8 @@ fn run_status(
 // ---------------------------------------------------------------------------------------------
 // Reporting.
 
-/// Median, min and max of `v`.
-fn summary(v: &[f64]) -> (f64, f64, f64) {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
-    if s.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    let med = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    (med, s[0], s[n - 1])
-}
-
 fn fmt_range(v: &[f64], decimals: usize) -> String {
-    let (m, lo, hi) = summary(v);
+    let (m, lo, hi) = common::summary(v);
     format!("{m:.decimals$} ({lo:.decimals$}–{hi:.decimals$})")
 }
 
@@ -650,7 +610,7 @@ impl Scenario {
 }
 
 fn stats_json(v: &[f64]) -> serde_json::Value {
-    let (m, lo, hi) = summary(v);
+    let (m, lo, hi) = common::summary(v);
     serde_json::json!({"median": m, "min": lo, "max": hi})
 }
 
@@ -662,7 +622,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let target = target_dir();
+    let target = common::target_dir();
     let out_dir = target.join("bench");
     let tmp = out_dir.join("tmp");
     if let Err(e) = std::fs::create_dir_all(&tmp) {
@@ -848,8 +808,8 @@ fn main() -> ExitCode {
         println!("target: not measured (scenario B did not run)");
         None
     } else {
-        let (rate_b, _, _) = summary(&b.metric(Run::rate));
-        let (p99_b, _, _) = summary(&b.metric(|r| r.pct_us(0.99)));
+        let (rate_b, _, _) = common::summary(&b.metric(Run::rate));
+        let (p99_b, _, _) = common::summary(&b.metric(|r| r.pct_us(0.99)));
         let met = rate_b >= TARGET_RATE && p99_b <= TARGET_P99_US;
         println!(
             "target (B: ≥ {TARGET_RATE:.0} publishes/s, ack p99 ≤ {TARGET_P99_US:.0} µs): {} — \

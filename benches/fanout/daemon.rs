@@ -1,6 +1,5 @@
 //! The daemon, in this process on its own multi-thread runtime (threads named "daemon").
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -70,26 +69,14 @@ bytes = "4GiB"
         ));
         names.push(name);
     }
-    let cfg = ws_sidecar::config::load_str(&toml, Path::new("fanout.toml"), &HashMap::new())
-        .map_err(|e| format!("bench config: {e}"))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("daemon")
-        .build()
-        .map_err(|e| format!("daemon runtime: {e}"))?;
-    let shutdown = CancellationToken::new();
-    let (task, registry, tcp) = rt.block_on(async {
-        let listeners = ws_sidecar::listen::bind(&cfg)
-            .await
-            .map_err(|e| format!("bind: {e}"))?;
-        let tcp = listeners.grpc_tcp_addr().ok_or("no TCP gRPC listener")?;
-        let store = ws_sidecar::store::Store::open(&cfg.store.path).map_err(|e| e.to_string())?;
-        let daemon =
-            ws_sidecar::supervisor::Daemon::start(cfg, listeners, Some(store), shutdown.clone())
-                .map_err(|e| e.to_string())?;
-        let registry = std::sync::Arc::clone(&daemon.registry);
-        Ok::<_, String>((tokio::spawn(daemon.run_until_stopped()), registry, tcp))
-    })?;
+    let crate::common::InProcess {
+        rt,
+        shutdown,
+        task,
+        registry,
+        tcp,
+    } = crate::common::start_daemon(&toml, "fanout.toml")?;
+    let tcp = tcp.ok_or("no TCP gRPC listener")?;
     Ok(Daemon {
         rt,
         uds: Target::Unix(d.join("grpc.sock")),

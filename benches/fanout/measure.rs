@@ -108,21 +108,7 @@ pub fn pct_us(v: &[u64], q: f64) -> f64 {
     v[rank.clamp(1, v.len()) - 1] as f64 / 1000.0
 }
 
-/// Median, min and max of `v` (NaNs ignored).
-pub fn summary(v: &[f64]) -> (f64, f64, f64) {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
-    if s.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    let med = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    (med, s[0], s[n - 1])
-}
+pub use crate::common::summary;
 
 pub fn fmt_range(v: &[f64], decimals: usize) -> String {
     let (m, lo, hi) = summary(v);
