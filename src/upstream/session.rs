@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -46,6 +46,17 @@ enum Ctl {
     Frame(Message),
     Close(CloseCode, &'static str),
 }
+
+/// What the connection loop does after a frame.
+enum Flow {
+    Continue,
+    End(End),
+    /// Send this close frame, then end.
+    Close(CloseCode, &'static str, End),
+}
+
+/// Inbound frames handled per wake-up of the connection loop.
+const INGEST_BATCH: usize = 256;
 
 /// Outbox entries written per flush: enough to amortise the flush, small enough that a
 /// heartbeat frame is not stuck behind a long batch.
@@ -144,6 +155,8 @@ impl<'a> Session<'a> {
         tokio::pin!(renew_sleep);
         let mut renew_retry = RENEW_RETRY_MIN;
         let mut renewing: Option<Renewal<'a>> = None;
+        // The last seq appended but not yet announced to subscribers.
+        let mut announce: Option<u64> = None;
 
         let end = loop {
             tokio::select! {
@@ -208,31 +221,25 @@ impl<'a> Session<'a> {
                     sleep.as_mut().reset(hb.deadline().into());
                 }
                 msg = stream.next() => {
-                    let now = Instant::now();
-                    hb.on_inbound(now);
-                    match msg {
-                        Some(Ok(Message::Text(t))) => self.ingest(Kind::Text, Bytes::from(t)).await,
-                        Some(Ok(Message::Binary(b))) => self.ingest(Kind::Binary, b).await,
-                        Some(Ok(Message::Pong(p))) => {
-                            if let Some(rtt) = hb.on_pong(&p, now) {
-                                ep.stats.rtt_micros.store(rtt.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-                            }
+                    // Take every frame already buffered (up to a bound, so timers and control
+                    // still get their turn) and wake subscribers once for the whole batch.
+                    let mut flow = self.on_frame(msg, &mut hb, &mut announce).await;
+                    let mut taken = 1;
+                    while matches!(flow, Flow::Continue) && taken < INGEST_BATCH {
+                        let Some(msg) = stream.next().now_or_never() else { break };
+                        flow = self.on_frame(msg, &mut hb, &mut announce).await;
+                        taken += 1;
+                    }
+                    if let Some(seq) = announce.take() {
+                        ep.log.announce(seq);
+                    }
+                    hb.on_inbound(Instant::now());
+                    match flow {
+                        Flow::Continue => {}
+                        Flow::End(end) => break end,
+                        Flow::Close(code, why, end) => {
+                            return self.close(&ctl_tx, &mut writer, code, why, end).await;
                         }
-                        Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
-                        Some(Ok(Message::Close(frame))) => {
-                            let (code, text) = frame
-                                .map(|f| (u16::from(f.code), f.reason.to_string()))
-                                .unwrap_or((1005, String::new()));
-                            break End::Lost(Failure::close(code, &text, &cfg.close_codes));
-                        }
-                        Some(Err(e)) => {
-                            let (failure, close) = classify_read_error(e, cfg.max_message_size);
-                            if let Some((code, why)) = close {
-                                return self.close(&ctl_tx, &mut writer, code, why, End::Lost(failure)).await;
-                            }
-                            break End::Lost(failure);
-                        }
-                        None => break End::Lost(Failure::retry("connection closed by upstream")),
                     }
                     if hb.deadline() != sleep.deadline().into_std() {
                         sleep.as_mut().reset(hb.deadline().into());
@@ -271,13 +278,57 @@ impl<'a> Session<'a> {
         }))
     }
 
+    /// Handles one frame read from the upstream.
+    async fn on_frame(
+        &mut self,
+        msg: Option<Result<Message, WsError>>,
+        hb: &mut Heartbeat,
+        announce: &mut Option<u64>,
+    ) -> Flow {
+        let ep = self.ep;
+        match msg {
+            Some(Ok(Message::Text(t))) => self.ingest(Kind::Text, Bytes::from(t), announce).await,
+            Some(Ok(Message::Binary(b))) => self.ingest(Kind::Binary, b, announce).await,
+            Some(Ok(Message::Pong(p))) => {
+                if let Some(rtt) = hb.on_pong(&p, Instant::now()) {
+                    ep.stats
+                        .rtt_micros
+                        .store(rtt.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Close(frame))) => {
+                let (code, text) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                return Flow::End(End::Lost(Failure::close(
+                    code,
+                    &text,
+                    &self.cfg.close_codes,
+                )));
+            }
+            Some(Err(e)) => {
+                let (failure, close) = classify_read_error(e, self.cfg.max_message_size);
+                return match close {
+                    Some((code, why)) => Flow::Close(code, why, End::Lost(failure)),
+                    None => Flow::End(End::Lost(failure)),
+                };
+            }
+            None => return Flow::End(End::Lost(Failure::retry("connection closed by upstream"))),
+        }
+        Flow::Continue
+    }
+
     /// Fans out one inbound message, after resume dedup and `drop` filters.
     ///
     /// With resume or `replay.persist`, the message's seq, upstream id (and payload) are
     /// committed before subscribers see it, so a crash can neither reuse a delivered seq nor
     /// make the upstream resend what was delivered. Otherwise only a block of seqs is reserved
     /// now and then.
-    async fn ingest(&mut self, kind: Kind, data: Bytes) {
+    ///
+    /// Where a message becomes visible at once it is appended without waking subscribers, and
+    /// its seq left in `announce` for the caller to announce with the rest of the batch.
+    async fn ingest(&mut self, kind: Kind, data: Bytes, announce: &mut Option<u64>) {
         let ep = self.ep;
         let needs_json = self.resume.is_some() || !self.drop_filters.is_empty();
         let doc = if needs_json {
@@ -313,13 +364,17 @@ impl<'a> Session<'a> {
         Endpoint::count(&ep.stats.messages_received, 1);
         Endpoint::count(&ep.stats.bytes_received, data.len() as u64);
         let Some(store) = &ep.store else {
-            ep.log.append_after_gap(kind, data, unix_nanos(), gap);
+            *announce = Some(ep.log.append_quiet(kind, data, unix_nanos(), gap));
             return;
         };
         let endpoint = std::sync::Arc::clone(&ep.key);
         if !self.durable {
             let next = ep.log.next_seq();
             if next > ep.seq_leased.load(std::sync::atomic::Ordering::Relaxed) {
+                // Subscribers should not wait on the commit for what is already appended.
+                if let Some(seq) = announce.take() {
+                    ep.log.announce(seq);
+                }
                 let upto = next + SEQ_LEASE - 1;
                 match store
                     .commit(vec![Op::SeqMark {
@@ -334,7 +389,7 @@ impl<'a> Session<'a> {
                     Err(e) => tracing::error!(error = %e, "cannot reserve seqs; delivering anyway"),
                 }
             }
-            ep.log.append_after_gap(kind, data, unix_nanos(), gap);
+            *announce = Some(ep.log.append_quiet(kind, data, unix_nanos(), gap));
             return;
         }
         if ep.log.pending() >= MAX_PENDING {

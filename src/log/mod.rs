@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -20,35 +20,14 @@ use tokio_stream::wrappers::WatchStream;
 use crate::config::{ReplayConfig, SlowPolicy};
 use crate::filter::{self, Filter};
 
+mod entry;
+pub use entry::{Encoding, Entry};
+
 /// WebSocket frame type, kept end to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Text,
     Binary,
-}
-
-/// One fanned-out message.
-#[derive(Debug)]
-pub struct Entry {
-    pub seq: u64,
-    /// Wall-clock receive time in Unix nanoseconds.
-    pub received_at: u64,
-    pub kind: Kind,
-    pub data: Bytes,
-    /// Upstream ids missing just before this message (resume with `contiguous = true`); every
-    /// reader gets an `UPSTREAM_GAP` before the message, filtered or not.
-    pub upstream_gap: Option<(u64, u64)>,
-    /// Parsed JSON, computed once on first use by a filter and shared by all subscribers.
-    json: OnceLock<Option<serde_json::Value>>,
-}
-
-impl Entry {
-    /// The payload as JSON, or `None` when it is not JSON.
-    pub fn json(&self) -> Option<&serde_json::Value> {
-        self.json
-            .get_or_init(|| serde_json::from_slice(&self.data).ok())
-            .as_ref()
-    }
 }
 
 /// Why a subscriber missed messages.
@@ -102,6 +81,8 @@ pub struct Log {
     last_seq: watch::Sender<u64>,
     /// Live cursors, for status and metrics.
     cursors: AtomicUsize,
+    /// Bytes of encodings cached on retained entries; they count against `max_bytes`.
+    cached: AtomicUsize,
     /// Set when the endpoint is removed or the daemon stops: cursors end after draining.
     closed: AtomicBool,
 }
@@ -126,14 +107,7 @@ impl Log {
         let entries = entries
             .into_iter()
             .map(|(seq, kind, received_at, data)| {
-                Arc::new(Entry {
-                    seq,
-                    received_at,
-                    kind,
-                    data,
-                    upstream_gap: None,
-                    json: OnceLock::new(),
-                })
+                Arc::new(Entry::new(seq, received_at, kind, data, None))
             })
             .collect();
         Arc::new(Log {
@@ -149,6 +123,7 @@ impl Log {
             slow_policy: cfg.slow_subscriber,
             last_seq: watch::Sender::new(next_seq - 1),
             cursors: AtomicUsize::new(0),
+            cached: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         })
     }
@@ -172,9 +147,32 @@ impl Log {
         received_at: u64,
         upstream_gap: Option<(u64, u64)>,
     ) -> u64 {
-        let seq = self.insert(kind, data, received_at, upstream_gap, true);
-        self.last_seq.send_replace(seq);
+        let seq = self.append_quiet(kind, data, received_at, upstream_gap);
+        self.announce(seq);
         seq
+    }
+
+    /// [`append_after_gap`](Self::append_after_gap) without waking subscribers: a caller
+    /// appending a batch wakes them once, with [`announce`](Self::announce).
+    pub fn append_quiet(
+        &self,
+        kind: Kind,
+        data: Bytes,
+        received_at: u64,
+        upstream_gap: Option<(u64, u64)>,
+    ) -> u64 {
+        self.insert(kind, data, received_at, upstream_gap, true)
+    }
+
+    /// Wakes subscribers for everything visible up to `seq`.
+    pub fn announce(&self, seq: u64) {
+        self.last_seq.send_if_modified(|v| {
+            let newer = seq > *v;
+            if newer {
+                *v = seq;
+            }
+            newer
+        });
     }
 
     /// Assigns a seq and retains the message without showing it to readers yet: it becomes
@@ -242,10 +240,11 @@ impl Log {
         let pending = (w.next_seq - 1 - w.visible) as usize;
         while w.entries.len() > pending + 1
             && (w.entries.len() - pending > self.max_messages
-                || w.bytes - w.pending_bytes > self.max_bytes)
+                || w.bytes - w.pending_bytes + self.cached.load(Ordering::Acquire) > self.max_bytes)
         {
             if let Some(old) = w.entries.pop_front() {
                 w.bytes -= old.data.len();
+                old.release(&self.cached);
             }
         }
     }
@@ -263,14 +262,13 @@ impl Log {
             let seq = w.next_seq;
             w.next_seq += 1;
             w.bytes += data.len();
-            w.entries.push_back(Arc::new(Entry {
+            w.entries.push_back(Arc::new(Entry::new(
                 seq,
                 received_at,
                 kind,
                 data,
                 upstream_gap,
-                json: OnceLock::new(),
-            }));
+            )));
             if visible {
                 w.visible = seq;
             } else {
@@ -283,13 +281,23 @@ impl Log {
 
     /// The last seq readers can see (0 before the first message).
     pub fn last_seq(&self) -> u64 {
-        *self.last_seq.borrow()
+        self.lock().visible
     }
 
     /// Oldest retained seq, or the next seq when the window is empty.
     pub fn first_retained(&self) -> u64 {
         let w = self.lock();
         w.entries.front().map_or(w.next_seq, |e| e.seq)
+    }
+
+    /// `entry`'s shared `encoding`, rendered by `render` the first time any subscriber asks.
+    pub fn encoding<'e>(
+        &self,
+        entry: &'e Entry,
+        encoding: Encoding,
+        render: impl FnOnce(&Entry) -> Bytes,
+    ) -> &'e Bytes {
+        entry.encoding(encoding, &self.cached, render)
     }
 
     /// Ends every cursor once it has read what is retained.
@@ -473,183 +481,4 @@ impl Drop for Cursor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(messages: usize, bytes: usize, slow: SlowPolicy) -> ReplayConfig {
-        ReplayConfig {
-            messages,
-            bytes,
-            persist: false,
-            slow_subscriber: slow,
-        }
-    }
-
-    fn seqs(items: &[Item]) -> Vec<u64> {
-        items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Message(m) => Some(m.seq),
-                Item::Gap { .. } => None,
-            })
-            .collect()
-    }
-
-    fn push(log: &Log, n: usize) {
-        for i in 0..n {
-            log.append(Kind::Text, Bytes::from(format!("{{\"i\":{i}}}")), 0);
-        }
-    }
-
-    #[test]
-    fn replay_from_inside_window_is_exact() {
-        let log = Log::new(&cfg(100, 1 << 20, SlowPolicy::Skip), 1);
-        push(&log, 10);
-        let mut c = log.subscribe(Some(4), vec![]);
-        let mut out = vec![];
-        c.try_read(&mut out, 100).expect("no lag");
-        assert_eq!(seqs(&out), (5..=10).collect::<Vec<_>>());
-        push(&log, 2);
-        out.clear();
-        c.try_read(&mut out, 100).expect("no lag");
-        assert_eq!(seqs(&out), vec![11, 12]);
-    }
-
-    #[test]
-    fn replay_before_window_gives_gap_first() {
-        let log = Log::new(&cfg(5, 1 << 20, SlowPolicy::Skip), 1);
-        push(&log, 20);
-        let mut c = log.subscribe(Some(3), vec![]);
-        let mut out = vec![];
-        c.try_read(&mut out, 100).expect("no lag");
-        assert!(matches!(
-            out[0],
-            Item::Gap {
-                from: 4,
-                to: 15,
-                reason: GapReason::ReplayExpired
-            }
-        ));
-        assert_eq!(seqs(&out), (16..=20).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn slow_cursor_gets_gap_then_continues() {
-        let log = Log::new(&cfg(5, 1 << 20, SlowPolicy::Skip), 1);
-        let mut c = log.subscribe(None, vec![]);
-        push(&log, 12);
-        let mut out = vec![];
-        c.try_read(&mut out, 2).expect("skip policy");
-        assert!(matches!(
-            out[0],
-            Item::Gap {
-                from: 1,
-                to: 7,
-                reason: GapReason::SlowSubscriber
-            }
-        ));
-        assert_eq!(seqs(&out), vec![8, 9]);
-        out.clear();
-        c.try_read(&mut out, 100).expect("no lag");
-        assert_eq!(seqs(&out), vec![10, 11, 12]);
-    }
-
-    #[test]
-    fn disconnect_policy_errors() {
-        let log = Log::new(&cfg(5, 1 << 20, SlowPolicy::Disconnect), 1);
-        let mut c = log.subscribe(Some(0), vec![]);
-        push(&log, 12);
-        let mut out = vec![];
-        assert_eq!(c.try_read(&mut out, 100), Err(Lagged { from: 1, to: 7 }));
-    }
-
-    #[test]
-    fn byte_bound_evicts_and_seq_starts_where_told() {
-        let log = Log::new(&cfg(100, 20, SlowPolicy::Skip), 41);
-        for _ in 0..5 {
-            log.append(Kind::Binary, Bytes::from_static(b"0123456789"), 0);
-        }
-        assert_eq!(log.last_seq(), 45);
-        assert_eq!(log.first_retained(), 44);
-    }
-
-    #[test]
-    fn filters_skip_non_matching() {
-        let log = Log::new(&cfg(100, 1 << 20, SlowPolicy::Skip), 1);
-        log.append(Kind::Text, Bytes::from_static(br#"{"type":"a"}"#), 0);
-        log.append(Kind::Text, Bytes::from_static(br#"{"type":"b"}"#), 0);
-        log.append(Kind::Binary, Bytes::from_static(b"\x00\x01"), 0);
-        log.append(Kind::Text, Bytes::from_static(br#"{"type":"b"}"#), 0);
-        let f = Filter::new("/type", serde_json::json!("b")).expect("valid");
-        let mut c = log.subscribe(Some(0), vec![f]);
-        let mut out = vec![];
-        c.try_read(&mut out, 100).expect("no lag");
-        assert_eq!(seqs(&out), vec![2, 4]);
-        assert_eq!(c.position(), 5);
-    }
-
-    #[test]
-    fn pending_appends_are_invisible_until_published() {
-        let log = Log::new(&cfg(2, 1 << 20, SlowPolicy::Skip), 1);
-        let mut c = log.subscribe(None, vec![]);
-        for _ in 0..4 {
-            log.append_pending(Kind::Text, Bytes::from_static(b"p"), 0, None);
-        }
-        assert_eq!((log.last_seq(), log.pending(), log.next_seq()), (0, 4, 5));
-        // Over the 2-message window, but nothing is evicted before readers could see it.
-        assert_eq!(log.first_retained(), 1);
-        let mut out = vec![];
-        c.try_read(&mut out, 100).expect("no lag");
-        assert!(out.is_empty(), "nothing visible yet");
-        log.publish_upto(1);
-        c.try_read(&mut out, 100).expect("no lag");
-        assert_eq!(seqs(&out), vec![1]);
-        log.publish_upto(4);
-        out.clear();
-        c.try_read(&mut out, 100).expect("no lag");
-        assert!(
-            matches!(out[0], Item::Gap { from: 2, to: 2, .. }),
-            "{out:?}"
-        );
-        assert_eq!(seqs(&out), vec![3, 4]);
-    }
-
-    #[test]
-    fn restored_window_with_a_hole_reads_through_it() {
-        let e = |seq| (seq, Kind::Text, 0, Bytes::from_static(b"r"));
-        let log = Log::restored(
-            &cfg(100, 1 << 20, SlowPolicy::Skip),
-            20_001,
-            vec![e(7), e(8)],
-        );
-        log.append(Kind::Text, Bytes::from_static(b"n"), 0);
-        let mut c = log.subscribe(Some(7), vec![]);
-        let mut out = vec![];
-        c.try_read(&mut out, 100).expect("no lag");
-        assert_eq!(seqs(&out), vec![8, 20_001]);
-        assert!(
-            out.iter().all(|i| matches!(i, Item::Message(_))),
-            "a hole is not a gap"
-        );
-    }
-
-    #[tokio::test]
-    async fn read_waits_for_append() {
-        let log = Log::new(&cfg(100, 1 << 20, SlowPolicy::Skip), 1);
-        let mut c = log.subscribe(None, vec![]);
-        let l2 = Arc::clone(&log);
-        let h = tokio::spawn(async move {
-            let mut out = vec![];
-            c.read(&mut out, 10).await.map(|_| seqs(&out))
-        });
-        tokio::task::yield_now().await;
-        l2.append(Kind::Text, Bytes::from_static(b"x"), 0);
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), h)
-            .await
-            .expect("woken")
-            .expect("task")
-            .expect("no lag");
-        assert_eq!(got, vec![1]);
-        assert_eq!(log.subscribers(), 0);
-    }
-}
+mod tests;
