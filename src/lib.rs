@@ -52,6 +52,8 @@ pub mod upstream;
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
     tonic::include_proto!("ws_sidecar.v1");
+    // The server, built against the types above but sending `Event`s pre-encoded (build.rs).
+    include!(concat!(env!("OUT_DIR"), "/server/ws_sidecar.v1.rs"));
 
     /// Encoded descriptor set, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

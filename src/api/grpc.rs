@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::subscription::{SubEvent, SubscribeError, Subscription};
+use super::wire::EventFrame;
 use super::PublishError;
 use crate::access::{self, Op, Peer};
 use crate::endpoint::State;
@@ -179,7 +180,7 @@ pub struct EventStream {
 }
 
 impl Stream for EventStream {
-    type Item = Result<proto::Event, Status>;
+    type Item = Result<EventFrame, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.failed {
@@ -190,23 +191,24 @@ impl Stream for EventStream {
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
-        let endpoint = self.sub.endpoint.to_string();
+        let endpoint = || self.sub.endpoint.to_string();
         let out = match ev {
+            SubEvent::Item(Item::Message(m)) => {
+                let sub = &self.sub;
+                return Poll::Ready(Some(Ok(EventFrame::message(
+                    &sub.endpoint().log,
+                    &sub.endpoint,
+                    &m,
+                ))));
+            }
             SubEvent::State(s) => event::Event::State(proto::StateChange {
-                endpoint,
+                endpoint: endpoint(),
                 state: proto_state(s.state) as i32,
                 reason: s.reason,
                 at_unix_nanos: s.at,
             }),
-            SubEvent::Item(Item::Message(m)) => event::Event::Message(proto::Message {
-                endpoint,
-                seq: m.seq,
-                received_at_unix_nanos: m.received_at,
-                kind: proto_kind(m.kind) as i32,
-                data: m.data.clone(),
-            }),
             SubEvent::Item(Item::Gap { from, to, reason }) => event::Event::Gap(proto::Gap {
-                endpoint,
+                endpoint: endpoint(),
                 from_seq: from,
                 to_seq: to,
                 reason: proto_gap(reason) as i32,
@@ -218,14 +220,9 @@ impl Stream for EventStream {
                 )))));
             }
         };
-        Poll::Ready(Some(Ok(proto::Event { event: Some(out) })))
-    }
-}
-
-fn proto_kind(k: Kind) -> proto::Kind {
-    match k {
-        Kind::Text => proto::Kind::Text,
-        Kind::Binary => proto::Kind::Binary,
+        Poll::Ready(Some(Ok(EventFrame::event(proto::Event {
+            event: Some(out),
+        }))))
     }
 }
 

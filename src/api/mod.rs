@@ -3,8 +3,10 @@
 
 pub mod grpc;
 pub mod http;
+pub mod ndjson;
 pub mod stream;
 pub mod subscription;
+pub mod wire;
 
 use bytes::Bytes;
 

@@ -19,11 +19,12 @@ use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::subscription::{SubEvent, SubscribeError, Subscription};
+use super::ndjson::EventLines;
+use super::subscription::{SubscribeError, Subscription};
 use super::PublishError;
 use crate::access::Peer;
 use crate::filter::Filter;
-use crate::log::{GapReason, Item, Kind};
+use crate::log::Kind;
 use crate::registry::Registry;
 use crate::status::EndpointStatus;
 
@@ -343,48 +344,6 @@ fn error_line(code: &str, message: &str, id: Option<&Value>) -> String {
     v.to_string()
 }
 
-/// Renders one subscription event as an NDJSON line (without the newline).
-fn event_line(endpoint: &str, ev: &SubEvent, buf: &mut Vec<u8>) {
-    let v = match ev {
-        SubEvent::State(s) => json!({
-            "type": "state", "endpoint": endpoint, "state": s.state.as_str(),
-            "reason": s.reason, "at_unix_nanos": s.at,
-        }),
-        SubEvent::Item(Item::Message(m)) => {
-            let (data, binary) = match (m.kind, std::str::from_utf8(&m.data)) {
-                (Kind::Text, Ok(s)) => (Value::String(s.to_owned()), false),
-                _ => (
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(&m.data)),
-                    true,
-                ),
-            };
-            json!({
-                "type": "message", "endpoint": endpoint, "seq": m.seq,
-                "received_at_unix_nanos": m.received_at, "data": data, "binary": binary,
-            })
-        }
-        SubEvent::Item(Item::Gap { from, to, reason }) => json!({
-            "type": "gap", "endpoint": endpoint, "from_seq": from, "to_seq": to,
-            "reason": gap_name(*reason),
-        }),
-        SubEvent::Lagged(l) => json!({
-            "type": "error", "code": "slow_subscriber", "endpoint": endpoint,
-            "message": format!("disconnected: {l}"),
-        }),
-    };
-    // Writing a Value into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, &v);
-    buf.push(b'\n');
-}
-
-fn gap_name(r: GapReason) -> &'static str {
-    match r {
-        GapReason::ReplayExpired => "REPLAY_EXPIRED",
-        GapReason::SlowSubscriber => "SLOW_SUBSCRIBER",
-        GapReason::UpstreamGap => "UPSTREAM_GAP",
-    }
-}
-
 /// Bytes gathered before a write even if more events are ready.
 const WRITE_CHUNK: usize = 256 * 1024;
 
@@ -393,7 +352,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Out>,
     shutdown: CancellationToken,
 ) {
-    let mut subs: SelectAll<Tagged> = SelectAll::new();
+    let mut subs: SelectAll<EventLines> = SelectAll::new();
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut replies_open = true;
     loop {
@@ -406,13 +365,13 @@ async fn write_loop(
             _ = shutdown.cancelled() => return,
             out = rx.recv(), if replies_open => match out {
                 Some(Out::Line(l)) => { buf.extend_from_slice(l.as_bytes()); buf.push(b'\n'); }
-                Some(Out::Subscribe(s)) => subs.push(Tagged(*s)),
+                Some(Out::Subscribe(s)) => subs.push(EventLines(*s)),
                 None => replies_open = false,
             },
-            ev = subs.next(), if !subs.is_empty() => {
-                if let Some((name, ev)) = ev {
-                    lagged |= matches!(ev, SubEvent::Lagged(_));
-                    event_line(&name, &ev, &mut buf);
+            line = subs.next(), if !subs.is_empty() => {
+                if let Some(line) = line {
+                    lagged |= line.last;
+                    buf.extend_from_slice(&line.bytes);
                 }
             }
         }
@@ -425,15 +384,15 @@ async fn write_loop(
                     continue;
                 }
                 Ok(Out::Subscribe(s)) => {
-                    subs.push(Tagged(*s));
+                    subs.push(EventLines(*s));
                     continue;
                 }
                 Err(_) => {}
             }
             match futures_util::FutureExt::now_or_never(subs.next()) {
-                Some(Some((name, ev))) => {
-                    lagged |= matches!(ev, SubEvent::Lagged(_));
-                    event_line(&name, &ev, &mut buf);
+                Some(Some(line)) => {
+                    lagged |= line.last;
+                    buf.extend_from_slice(&line.bytes);
                 }
                 _ => break,
             }
@@ -454,23 +413,5 @@ async fn write_loop(
             let _ = wr.shutdown().await;
             return;
         }
-    }
-}
-
-/// A subscription whose events carry its endpoint name, since `SelectAll` does not say which
-/// stream an item came from.
-struct Tagged(Subscription);
-
-impl futures_util::Stream for Tagged {
-    type Item = (Arc<str>, SubEvent);
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let name = Arc::clone(&self.0.endpoint);
-        std::pin::Pin::new(&mut self.0)
-            .poll_next(cx)
-            .map(|ev| ev.map(|ev| (name, ev)))
     }
 }

@@ -1,0 +1,126 @@
+//! Subscription events rendered as NDJSON lines (SPEC §13). A message's line depends only on
+//! the message and its endpoint, so it is rendered once per log entry and shared by every NDJSON
+//! subscriber; state changes and gaps are rare and rendered on the spot.
+
+use std::io::Write as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::Stream;
+use serde_json::json;
+
+use super::subscription::{SubEvent, Subscription};
+use crate::log::{Encoding, Entry, GapReason, Item, Kind};
+
+/// One rendered event.
+pub struct Line {
+    /// The JSON object and its newline.
+    pub bytes: Bytes,
+    /// The subscriber was dropped for falling behind: hang up once this line is written.
+    pub last: bool,
+}
+
+/// A subscription's events as NDJSON lines.
+pub struct EventLines(pub Subscription);
+
+impl Stream for EventLines {
+    type Item = Line;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Line>> {
+        let sub = &mut self.0;
+        let ev = match Pin::new(&mut *sub).poll_next(cx) {
+            Poll::Ready(Some(ev)) => ev,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        let endpoint = &sub.endpoint;
+        let line = match ev {
+            SubEvent::Item(Item::Message(m)) => Line {
+                bytes: sub
+                    .endpoint()
+                    .log
+                    .encoding(&m, Encoding::Ndjson, |e| message_line(endpoint, e))
+                    .clone(),
+                last: false,
+            },
+            SubEvent::State(s) => json_line(json!({
+                "type": "state", "endpoint": &**endpoint, "state": s.state.as_str(),
+                "reason": s.reason, "at_unix_nanos": s.at,
+            })),
+            SubEvent::Item(Item::Gap { from, to, reason }) => json_line(json!({
+                "type": "gap", "endpoint": &**endpoint, "from_seq": from, "to_seq": to,
+                "reason": gap_name(reason),
+            })),
+            SubEvent::Lagged(l) => Line {
+                last: true,
+                ..json_line(json!({
+                    "type": "error", "code": "slow_subscriber", "endpoint": &**endpoint,
+                    "message": format!("disconnected: {l}"),
+                }))
+            },
+        };
+        Poll::Ready(Some(line))
+    }
+}
+
+fn json_line(v: serde_json::Value) -> Line {
+    let mut buf = v.to_string().into_bytes();
+    buf.push(b'\n');
+    Line {
+        bytes: buf.into(),
+        last: false,
+    }
+}
+
+/// `{"type":"message",...}` for one entry: text payloads as JSON strings, anything else (or
+/// text that is not UTF-8) base64 with `"binary":true`.
+fn message_line(endpoint: &str, m: &Entry) -> Bytes {
+    let text = match m.kind {
+        Kind::Text => std::str::from_utf8(&m.data).ok(),
+        Kind::Binary => None,
+    };
+    let mut out = Vec::with_capacity(112 + endpoint.len() + m.data.len() * 4 / 3);
+    out.extend_from_slice(br#"{"type":"message","endpoint":"#);
+    write_str(&mut out, endpoint);
+    // Writing into a `Vec` cannot fail.
+    let _ = write!(
+        out,
+        r#","seq":{},"received_at_unix_nanos":{},"data":"#,
+        m.seq, m.received_at
+    );
+    match text {
+        Some(s) => write_str(&mut out, s),
+        None => {
+            out.push(b'"');
+            let at = out.len();
+            let b64 = &base64::engine::general_purpose::STANDARD;
+            out.resize(at + base64::encoded_len(m.data.len(), true).unwrap_or(0), 0);
+            let written = b64.encode_slice(&m.data, &mut out[at..]).unwrap_or(0);
+            out.truncate(at + written);
+            out.push(b'"');
+        }
+    }
+    out.extend_from_slice(if text.is_some() {
+        br#","binary":false}"#
+    } else {
+        br#","binary":true}"#
+    });
+    out.push(b'\n');
+    out.into()
+}
+
+/// Writes `s` as a JSON string literal.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a `str` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn gap_name(r: GapReason) -> &'static str {
+    match r {
+        GapReason::ReplayExpired => "REPLAY_EXPIRED",
+        GapReason::SlowSubscriber => "SLOW_SUBSCRIBER",
+        GapReason::UpstreamGap => "UPSTREAM_GAP",
+    }
+}
