@@ -198,7 +198,7 @@ impl Stream for EventStream {
                 return Poll::Ready(Some(Ok(EventFrame::message(
                     &sub.endpoint().log,
                     &sub.endpoint,
-                    &m,
+                    m,
                 ))));
             }
             SubEvent::State(s) => event::Event::State(proto::StateChange {

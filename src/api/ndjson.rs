@@ -4,6 +4,7 @@
 
 use std::io::Write as _;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
@@ -15,11 +16,30 @@ use super::subscription::{SubEvent, Subscription};
 use crate::log::{Encoding, Entry, GapReason, Item, Kind};
 
 /// One rendered event.
-pub struct Line {
+pub enum Line {
+    /// A message whose line is cached on its entry.
+    Message(Arc<Entry>),
+    Other {
+        bytes: Bytes,
+        /// The subscriber was dropped for falling behind: hang up once this line is written.
+        last: bool,
+    },
+}
+
+impl Line {
     /// The JSON object and its newline.
-    pub bytes: Bytes,
-    /// The subscriber was dropped for falling behind: hang up once this line is written.
-    pub last: bool,
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            // `EventLines` rendered the line before handing out the entry.
+            Line::Message(e) => e.cached(Encoding::Ndjson).unwrap_or_default(),
+            Line::Other { bytes, .. } => bytes,
+        }
+    }
+
+    /// Whether the connection should hang up after this line.
+    pub fn is_last(&self) -> bool {
+        matches!(self, Line::Other { last: true, .. })
+    }
 }
 
 /// A subscription's events as NDJSON lines.
@@ -37,14 +57,12 @@ impl Stream for EventLines {
         };
         let endpoint = &sub.endpoint;
         let line = match ev {
-            SubEvent::Item(Item::Message(m)) => Line {
-                bytes: sub
-                    .endpoint()
+            SubEvent::Item(Item::Message(m)) => {
+                sub.endpoint()
                     .log
-                    .encoding(&m, Encoding::Ndjson, |e| message_line(endpoint, e))
-                    .clone(),
-                last: false,
-            },
+                    .encoding(&m, Encoding::Ndjson, |e| message_line(endpoint, e));
+                Line::Message(m)
+            }
             SubEvent::State(s) => json_line(json!({
                 "type": "state", "endpoint": &**endpoint, "state": s.state.as_str(),
                 "reason": s.reason, "at_unix_nanos": s.at,
@@ -53,12 +71,12 @@ impl Stream for EventLines {
                 "type": "gap", "endpoint": &**endpoint, "from_seq": from, "to_seq": to,
                 "reason": gap_name(reason),
             })),
-            SubEvent::Lagged(l) => Line {
-                last: true,
-                ..json_line(json!({
+            SubEvent::Lagged(l) => Line::Other {
+                bytes: json_bytes(json!({
                     "type": "error", "code": "slow_subscriber", "endpoint": &**endpoint,
                     "message": format!("disconnected: {l}"),
-                }))
+                })),
+                last: true,
             },
         };
         Poll::Ready(Some(line))
@@ -66,12 +84,16 @@ impl Stream for EventLines {
 }
 
 fn json_line(v: serde_json::Value) -> Line {
-    let mut buf = v.to_string().into_bytes();
-    buf.push(b'\n');
-    Line {
-        bytes: buf.into(),
+    Line::Other {
+        bytes: json_bytes(v),
         last: false,
     }
+}
+
+fn json_bytes(v: serde_json::Value) -> Bytes {
+    let mut buf = v.to_string().into_bytes();
+    buf.push(b'\n');
+    buf.into()
 }
 
 /// `{"type":"message",...}` for one entry: text payloads as JSON strings, anything else (or

@@ -370,8 +370,8 @@ async fn write_loop(
             },
             line = subs.next(), if !subs.is_empty() => {
                 if let Some(line) = line {
-                    lagged |= line.last;
-                    buf.extend_from_slice(&line.bytes);
+                    lagged |= line.is_last();
+                    buf.extend_from_slice(line.bytes());
                 }
             }
         }
@@ -391,8 +391,8 @@ async fn write_loop(
             }
             match futures_util::FutureExt::now_or_never(subs.next()) {
                 Some(Some(line)) => {
-                    lagged |= line.last;
-                    buf.extend_from_slice(&line.bytes);
+                    lagged |= line.is_last();
+                    buf.extend_from_slice(line.bytes());
                 }
                 _ => break,
             }

@@ -5,6 +5,8 @@
 //! in place of `Event` (see build.rs), so a message's encoding is made once, cached on its log
 //! entry, and each stream only copies it into its buffer.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message as _;
@@ -12,62 +14,95 @@ use prost::Message as _;
 use crate::log::{Encoding, Entry, Kind, Log};
 use crate::proto;
 
-/// `Event.message`, `Message.data`: the only tags the hand-made framing writes.
+/// Tags of `Event.message` and of `Message`'s fields (proto/ws_sidecar/v1/sidecar.proto); the
+/// test below checks the hand-made encoding against prost's.
 const EVENT_MESSAGE_TAG: u32 = 1;
+const MESSAGE_ENDPOINT_TAG: u32 = 1;
+const MESSAGE_SEQ_TAG: u32 = 2;
+const MESSAGE_RECEIVED_TAG: u32 = 3;
+const MESSAGE_KIND_TAG: u32 = 4;
 const MESSAGE_DATA_TAG: u32 = 5;
 
-/// An encoded `Event`: `head` followed by `body` (the payload, or nothing).
-#[derive(Debug, Default, Clone)]
-pub struct EventFrame {
-    head: Bytes,
-    body: Bytes,
+/// An encoded `Event`.
+#[derive(Debug, Clone)]
+pub enum EventFrame {
+    /// A message: its entry's cached head, then its payload. Holding the entry (one reference
+    /// count) rather than clones of both byte buffers (two) matters when a hundred streams
+    /// share it across cores.
+    Message(Arc<Entry>),
+    /// Any other event, encoded on the spot.
+    Other(Bytes),
+}
+
+impl Default for EventFrame {
+    fn default() -> Self {
+        EventFrame::Other(Bytes::new())
+    }
 }
 
 impl EventFrame {
-    /// A message event, framed around the entry's own payload bytes: the head is rendered
-    /// once per entry and shared by every subscriber of `log`.
-    pub fn message(log: &Log, endpoint: &str, entry: &Entry) -> EventFrame {
-        let head = log.encoding(entry, Encoding::GrpcHead, |e| message_head(endpoint, e));
-        EventFrame {
-            head: head.clone(),
-            body: entry.data.clone(),
-        }
+    /// A message event; the head is rendered once per entry and shared by every subscriber of
+    /// `log`.
+    pub fn message(log: &Log, endpoint: &str, entry: Arc<Entry>) -> EventFrame {
+        log.encoding(&entry, Encoding::GrpcHead, |e| message_head(endpoint, e));
+        EventFrame::Message(entry)
     }
 
-    /// Any other event (state changes and gaps are rare), encoded on the spot.
+    /// Any other event (state changes and gaps are rare).
     pub fn event(ev: proto::Event) -> EventFrame {
-        EventFrame {
-            head: ev.encode_to_vec().into(),
-            body: Bytes::new(),
+        EventFrame::Other(ev.encode_to_vec().into())
+    }
+
+    fn parts(&self) -> (&[u8], &[u8]) {
+        match self {
+            // `message` rendered the head before building the frame, so it is there.
+            EventFrame::Message(e) => (e.cached(Encoding::GrpcHead).unwrap_or_default(), &e.data),
+            EventFrame::Other(b) => (b, &[]),
         }
     }
 }
 
-/// Everything of an `Event{message}` up to the payload: the fields of `Message` but `data`
-/// (prost writes fields in tag order and `data` is the last), then `data`'s key and length.
+/// Everything of an `Event{message}` up to the payload, written as prost writes it (fields in
+/// tag order, proto3 defaults left out; `data`, tag 5, is the last field) without building a
+/// `proto::Message` and its owned endpoint `String` for every message.
 fn message_head(endpoint: &str, e: &Entry) -> Bytes {
-    let fields = proto::Message {
-        endpoint: endpoint.to_owned(),
-        seq: e.seq,
-        received_at_unix_nanos: e.received_at,
-        kind: proto_kind(e.kind) as i32,
-        data: Bytes::new(),
+    use prost::encoding::{encoded_len_varint as vlen, key_len};
+    let varint_field = |tag: u32, v: u64| if v == 0 { 0 } else { key_len(tag) + vlen(v) };
+    let len_field = |tag: u32, len: usize| {
+        if len == 0 {
+            0
+        } else {
+            key_len(tag) + vlen(len as u64) + len
+        }
     };
-    let len = e.data.len() as u64;
-    // proto3 leaves an empty `data` out, as prost itself does.
-    let data_prefix = if len == 0 {
-        0
-    } else {
-        prost::encoding::key_len(MESSAGE_DATA_TAG) + prost::encoding::encoded_len_varint(len)
-    };
-    let inner = fields.encoded_len() + data_prefix + e.data.len();
-    let mut head = BytesMut::with_capacity(16 + fields.encoded_len() + data_prefix);
+    let kind = proto_kind(e.kind) as i32 as u64;
+    let inner = len_field(MESSAGE_ENDPOINT_TAG, endpoint.len())
+        + varint_field(MESSAGE_SEQ_TAG, e.seq)
+        + varint_field(MESSAGE_RECEIVED_TAG, e.received_at)
+        + varint_field(MESSAGE_KIND_TAG, kind)
+        + len_field(MESSAGE_DATA_TAG, e.data.len());
+    let head_len = key_len(EVENT_MESSAGE_TAG) + vlen(inner as u64) + inner - e.data.len();
+    let mut head = BytesMut::with_capacity(head_len);
     encode_key(EVENT_MESSAGE_TAG, WireType::LengthDelimited, &mut head);
     encode_varint(inner as u64, &mut head);
-    fields.encode_raw(&mut head);
-    if len > 0 {
+    if !endpoint.is_empty() {
+        encode_key(MESSAGE_ENDPOINT_TAG, WireType::LengthDelimited, &mut head);
+        encode_varint(endpoint.len() as u64, &mut head);
+        head.put_slice(endpoint.as_bytes());
+    }
+    for (tag, v) in [
+        (MESSAGE_SEQ_TAG, e.seq),
+        (MESSAGE_RECEIVED_TAG, e.received_at),
+        (MESSAGE_KIND_TAG, kind),
+    ] {
+        if v != 0 {
+            encode_key(tag, WireType::Varint, &mut head);
+            encode_varint(v, &mut head);
+        }
+    }
+    if !e.data.is_empty() {
         encode_key(MESSAGE_DATA_TAG, WireType::LengthDelimited, &mut head);
-        encode_varint(len, &mut head);
+        encode_varint(e.data.len() as u64, &mut head);
     }
     head.freeze()
 }
@@ -81,8 +116,9 @@ fn proto_kind(k: Kind) -> proto::Kind {
 
 impl prost::Message for EventFrame {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.head);
-        buf.put_slice(&self.body);
+        let (head, body) = self.parts();
+        buf.put_slice(head);
+        buf.put_slice(body);
     }
 
     fn merge_field(
@@ -98,7 +134,8 @@ impl prost::Message for EventFrame {
     }
 
     fn encoded_len(&self) -> usize {
-        self.head.len() + self.body.len()
+        let (head, body) = self.parts();
+        head.len() + body.len()
     }
 
     fn clear(&mut self) {
@@ -112,7 +149,7 @@ mod tests {
     use crate::config::{ReplayConfig, SlowPolicy};
     use crate::log::Item;
 
-    fn framed(kind: Kind, data: &[u8]) -> (Vec<u8>, proto::Event) {
+    fn framed(kind: Kind, data: &[u8], at: u64) -> (Vec<u8>, proto::Event) {
         let log = Log::new(
             &ReplayConfig {
                 messages: 10,
@@ -123,22 +160,18 @@ mod tests {
             41,
         );
         let mut cursor = log.subscribe(Some(0), vec![]);
-        log.append(
-            kind,
-            Bytes::copy_from_slice(data),
-            1_700_000_000_123_456_789,
-        );
+        log.append(kind, Bytes::copy_from_slice(data), at);
         let mut items = vec![];
         cursor.try_read(&mut items, 10).expect("no lag");
         let Some(Item::Message(entry)) = items.pop() else {
             panic!("expected a message, got {items:?}");
         };
-        let frame = EventFrame::message(&log, "ticker-β", &entry);
+        let frame = EventFrame::message(&log, "ticker-β", entry);
         let expected = proto::Event {
             event: Some(proto::event::Event::Message(proto::Message {
                 endpoint: "ticker-β".into(),
                 seq: 41,
-                received_at_unix_nanos: 1_700_000_000_123_456_789,
+                received_at_unix_nanos: at,
                 kind: proto_kind(kind) as i32,
                 data: Bytes::copy_from_slice(data),
             })),
@@ -161,8 +194,8 @@ mod tests {
             3 << 20,
         ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
-            for kind in [Kind::Binary, Kind::Text] {
-                let (bytes, expected) = framed(kind, &data);
+            for (kind, at) in [(Kind::Binary, 1_700_000_000_123_456_789), (Kind::Text, 0)] {
+                let (bytes, expected) = framed(kind, &data, at);
                 assert_eq!(bytes, expected.encode_to_vec(), "len {len} {kind:?}");
                 let decoded = proto::Event::decode(&bytes[..]).expect("decodes");
                 assert_eq!(decoded, expected);

@@ -71,6 +71,18 @@ impl Entry {
             .as_ref()
     }
 
+    /// The cached `encoding`, if a subscriber rendered it already.
+    pub fn cached(&self, encoding: Encoding) -> Option<&[u8]> {
+        self.slot(encoding).get().map(|b| &b[..])
+    }
+
+    fn slot(&self, encoding: Encoding) -> &OnceLock<Bytes> {
+        match encoding {
+            Encoding::GrpcHead => &self.grpc_head,
+            Encoding::Ndjson => &self.ndjson,
+        }
+    }
+
     /// The cached `encoding`, rendered by `render` on first use and charged to `budget` (the
     /// owning log's count of cached bytes) while the log retains the entry.
     pub(super) fn encoding(
@@ -79,10 +91,7 @@ impl Entry {
         budget: &AtomicUsize,
         render: impl FnOnce(&Entry) -> Bytes,
     ) -> &Bytes {
-        let slot = match encoding {
-            Encoding::GrpcHead => &self.grpc_head,
-            Encoding::Ndjson => &self.ndjson,
-        };
+        let slot = self.slot(encoding);
         if let Some(b) = slot.get() {
             return b;
         }
