@@ -42,8 +42,8 @@ impl Line {
     }
 }
 
-/// A subscription's events as NDJSON lines.
-pub struct EventLines(pub Subscription);
+/// A subscription's events as NDJSON lines, and whether it has ended.
+struct EventLines(Subscription, bool);
 
 impl Stream for EventLines {
     type Item = Line;
@@ -94,6 +94,71 @@ fn json_bytes(v: serde_json::Value) -> Bytes {
     let mut buf = v.to_string().into_bytes();
     buf.push(b'\n');
     buf.into()
+}
+
+/// A connection's subscriptions, drained in bulk into one write buffer.
+///
+/// A connection has few subscriptions, so each wake-up polls them all; unlike `SelectAll`,
+/// which re-queues (and allocates a task node for) a stream after every item, this costs
+/// nothing per line.
+#[derive(Default)]
+pub struct SubscriptionSet {
+    subs: Vec<EventLines>,
+}
+
+/// What [`SubscriptionSet::poll_fill`] did.
+pub struct Filled {
+    /// A subscriber was dropped for falling behind: hang up once the buffer is written.
+    pub hang_up: bool,
+}
+
+impl SubscriptionSet {
+    /// Adds a subscription to drain.
+    pub fn push(&mut self, sub: Subscription) {
+        self.subs.push(EventLines(sub, false));
+    }
+
+    /// Whether every subscription has ended (or none was made).
+    pub fn is_empty(&self) -> bool {
+        self.subs.is_empty()
+    }
+
+    /// Appends every ready line to `buf` until it holds `limit` bytes; `Pending` when nothing
+    /// was ready. Subscriptions that ended are dropped.
+    pub fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<u8>,
+        limit: usize,
+    ) -> Poll<Filled> {
+        let start = buf.len();
+        let mut hang_up = false;
+        let mut ended = false;
+        for sub in &mut self.subs {
+            while buf.len() < limit {
+                match Pin::new(&mut *sub).poll_next(cx) {
+                    Poll::Ready(Some(line)) => {
+                        hang_up |= line.is_last();
+                        buf.extend_from_slice(line.bytes());
+                    }
+                    Poll::Ready(None) => {
+                        sub.1 = true;
+                        ended = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if ended {
+            self.subs.retain(|s| !s.1);
+        }
+        if buf.len() > start || ended || hang_up {
+            Poll::Ready(Filled { hang_up })
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// `{"type":"message",...}` for one entry: text payloads as JSON strings, anything else (or

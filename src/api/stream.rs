@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::stream::{SelectAll, StreamExt};
+use futures_util::stream::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -19,7 +19,7 @@ use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::ndjson::EventLines;
+use super::ndjson::SubscriptionSet;
 use super::subscription::{SubscribeError, Subscription};
 use super::PublishError;
 use crate::access::Peer;
@@ -352,49 +352,36 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Out>,
     shutdown: CancellationToken,
 ) {
-    let mut subs: SelectAll<EventLines> = SelectAll::new();
+    let mut subs = SubscriptionSet::default();
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut replies_open = true;
     loop {
         if !replies_open && subs.is_empty() {
             return;
         }
-        let mut lagged = false;
+        let mut hang_up = false;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
             out = rx.recv(), if replies_open => match out {
                 Some(Out::Line(l)) => { buf.extend_from_slice(l.as_bytes()); buf.push(b'\n'); }
-                Some(Out::Subscribe(s)) => subs.push(EventLines(*s)),
+                Some(Out::Subscribe(s)) => subs.push(*s),
                 None => replies_open = false,
             },
-            line = subs.next(), if !subs.is_empty() => {
-                if let Some(line) = line {
-                    lagged |= line.is_last();
-                    buf.extend_from_slice(line.bytes());
-                }
+            filled = std::future::poll_fn(|cx| subs.poll_fill(cx, &mut buf, WRITE_CHUNK)), if !subs.is_empty() => {
+                hang_up = filled.hang_up;
             }
         }
-        // Coalesce: take whatever else is ready without waiting, then write once.
+        // Coalesce: take the other replies that are ready, then write once. (The subscriptions
+        // were drained up to the chunk size already.)
         while buf.len() < WRITE_CHUNK {
             match rx.try_recv() {
                 Ok(Out::Line(l)) => {
                     buf.extend_from_slice(l.as_bytes());
                     buf.push(b'\n');
-                    continue;
                 }
-                Ok(Out::Subscribe(s)) => {
-                    subs.push(EventLines(*s));
-                    continue;
-                }
-                Err(_) => {}
-            }
-            match futures_util::FutureExt::now_or_never(subs.next()) {
-                Some(Some(line)) => {
-                    lagged |= line.is_last();
-                    buf.extend_from_slice(line.bytes());
-                }
-                _ => break,
+                Ok(Out::Subscribe(s)) => subs.push(*s),
+                Err(_) => break,
             }
         }
         if !buf.is_empty() {
@@ -408,7 +395,7 @@ async fn write_loop(
             }
             buf.clear();
         }
-        if lagged {
+        if hang_up {
             // `slow_subscriber = "disconnect"`: the error line is out, now hang up.
             let _ = wr.shutdown().await;
             return;
