@@ -45,18 +45,29 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// The receive windows a client grants the daemon. With HTTP/2's default, 64 KiB, a busy stream
+/// stops every ~700 small messages to wait for a WINDOW_UPDATE; on a local socket fixed large
+/// windows give fewer, larger writes (the fan-out bench's single-stream run, N=1 64 B, went
+/// from 0.28x to 0.32x of B1, daemon CPU per message from ~1.8 to ~1.1 µs, on a loaded machine).
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// Opens a channel to the daemon. Over a Unix socket the HTTP/2 `:authority` is `localhost`:
 /// hyper rejects a socket path there.
 pub async fn connect(target: &Target) -> Result<SidecarClient<Channel>, tonic::transport::Error> {
+    let local = |e: Endpoint| {
+        e.initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+    };
     let channel = match target {
         Target::Tcp(addr) => {
-            Endpoint::from_shared(format!("http://{addr}"))?
+            local(Endpoint::from_shared(format!("http://{addr}"))?)
                 .connect()
                 .await?
         }
         Target::Unix(path) => {
             let path = path.clone();
-            Endpoint::from_static("http://localhost")
+            local(Endpoint::from_static("http://localhost"))
                 .connect_with_connector(tower::service_fn(move |_: http::Uri| {
                     let path = path.clone();
                     async move {
