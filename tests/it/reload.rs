@@ -2,6 +2,7 @@
 //! connection, subscribers and seq; changed ones reconnect keeping subscribers; removed ones
 //! close with 1001 and end their subscriptions with a final state; new ones start.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ws_sidecar::endpoint::State;
@@ -43,6 +44,10 @@ async fn add_change_remove_and_keep_endpoints() {
     assert_eq!(next_message(&mut keep_sub, T).await.seq, 1);
     assert_eq!(next_message(&mut change_sub, T).await.seq, 1);
 
+    // Nothing may keep a removed endpoint (and its log) alive: a reference cycle would leak
+    // its replay window on every reload that removes it.
+    let gone_ep = Arc::downgrade(&d.endpoint("gone"));
+
     // change: a new header; gone: removed; added: new.
     let new = base("headers = { \"X-Version\" = \"2\" }\n")
         + &format!("[endpoints.added]\nurl = \"{}\"\n", up.url("/added"));
@@ -71,6 +76,14 @@ async fn add_change_remove_and_keep_endpoints() {
         other => panic!("a removed endpoint's stream ends with its closed state: {other:?}"),
     }
     assert!(d.registry.get("gone").is_none());
+    drop(gone_sub);
+    let freed = tokio::time::timeout(T, async {
+        while gone_ep.upgrade().is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "the removed endpoint is still referenced");
 
     let mut fresh = Vec::new();
     for _ in 0..2 {
