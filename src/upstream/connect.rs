@@ -142,7 +142,7 @@ fn classify_handshake(e: WsError) -> Failure {
                     .get("location")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                format!("redirect to {} not followed", sanitize(loc))
+                format!("redirect to {} not followed", shown_location(loc))
             } else {
                 String::new()
             };
@@ -153,5 +153,44 @@ fn classify_handshake(e: WsError) -> Failure {
         WsError::Protocol(e) => Failure::retry(format!("handshake protocol error: {e}")),
         WsError::Url(e) => Failure::fatal(format!("invalid url: {e}")),
         other => Failure::retry(format!("handshake failed: {other}")),
+    }
+}
+
+/// A redirect target as it may be shown in a reason. Upstreams often echo the request in it,
+/// credential included, so the query and fragment are cut and any userinfo dropped.
+fn shown_location(loc: &str) -> String {
+    let cut = loc.find(['?', '#']).map_or(loc, |at| &loc[..at]);
+    let mut shown = match url::Url::parse(cut) {
+        Ok(mut url) => {
+            // Only fails for URLs that cannot carry userinfo, which then have none.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        // Relative (`/feed`) or unparsable: no userinfo to drop.
+        Err(_) => cut.to_owned(),
+    };
+    if cut.len() < loc.len() {
+        shown.push_str("?…");
+    }
+    sanitize(&shown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_location;
+
+    #[test]
+    fn redirect_targets_are_shown_without_credentials() {
+        assert_eq!(
+            shown_location("wss://user:pw@example.com/feed?token=abc#x"),
+            "wss://example.com/feed?…"
+        );
+        assert_eq!(shown_location("/feed?access_token=abc"), "/feed?…");
+        assert_eq!(
+            shown_location("https://example.com/"),
+            "https://example.com/"
+        );
+        assert_eq!(shown_location(""), "");
     }
 }

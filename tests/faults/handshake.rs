@@ -1,5 +1,5 @@
 //! Handshakes that go wrong: accepted TCP that never answers, half an answer, an endless
-//! header, 429 storms with Retry-After.
+//! header, redirect loops, 429 storms with Retry-After.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -164,6 +164,82 @@ async fn handshakes_that_never_complete_time_out_and_are_retried() {
     }
     assert!(half.accepted.load(Ordering::SeqCst) >= 2);
     assert!(dribble.accepted.load(Ordering::SeqCst) >= 2);
+    by.check(&d).await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn redirect_loops_are_not_followed_back_off_and_never_show_the_credential() {
+    const TOKEN: &str = "s3cr3t-t0ken";
+    // Each redirects to itself, echoing the request target (credential included); one also
+    // puts the credential in userinfo.
+    let port = Arc::new(std::sync::OnceLock::<u16>::new());
+    let p = Arc::clone(&port);
+    let looping = FakeUpstream::start_with(move |i, req| {
+        let target = req.uri().to_string();
+        let port = p.get().copied().unwrap_or(0);
+        let (status, location) = match i % 3 {
+            0 => (302, target),
+            1 => (301, format!("ws://127.0.0.1:{port}{target}")),
+            _ => (308, format!("ws://user:{TOKEN}@127.0.0.1:{port}{target}")),
+        };
+        Reply::reject(status, &[("Location", &location)])
+    })
+    .await;
+    port.set(looping.addr().port()).expect("set once");
+    let calm = Bystander::upstream().await;
+    let d = start_daemon(
+        &(endpoint("loop", &looping.url("/feed"), "")
+            + &format!("[endpoints.loop.auth]\ntoken = \"{TOKEN}\"\nquery = \"k\"\n")
+            + &Bystander::config(&calm)),
+    )
+    .await;
+    let mut by = Bystander::attach(calm, &d).await;
+    let ep = d.endpoint("loop");
+    let mut events = ep.state_events();
+    let failed = failed_attempts(&ep, &mut events, 6).await;
+    for (_, reason) in &failed {
+        assert!(reason.contains("not followed"), "{reason}");
+        assert!(!reason.contains(TOKEN), "the credential leaked: {reason}");
+        assert!(!reason.contains("user"), "userinfo shown: {reason}");
+    }
+    let codes: Vec<bool> = ["HTTP 302", "HTTP 301", "HTTP 308"]
+        .iter()
+        .map(|code| failed.iter().any(|(_, r)| r.contains(code)))
+        .collect();
+    assert_eq!(codes, [true, true, true], "{failed:?}");
+    let shown = &failed[0].1;
+    assert!(
+        shown.contains("/feed?…"),
+        "the target is shown, its query cut: {shown}"
+    );
+    // Never followed: every request went to the configured path, no tighter than min_delay.
+    let attempts = looping.attempts();
+    assert!(
+        attempts.iter().all(|a| a.target.starts_with("/feed?k=")),
+        "{attempts:?}"
+    );
+    for pair in attempts.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(10),
+            "a retry {gap:?} after the last"
+        );
+    }
+    let status = d
+        .grpc()
+        .await
+        .get_status(proto::GetStatusRequest {
+            endpoint: Some("loop".into()),
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    let shown = format!("{:?}", status.endpoints);
+    assert!(
+        !shown.contains(TOKEN),
+        "GetStatus shows the credential: {shown}"
+    );
     by.check(&d).await;
     d.stop().await;
 }
