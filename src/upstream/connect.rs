@@ -152,6 +152,10 @@ fn classify_handshake(e: WsError) -> Failure {
         WsError::Capacity(e) => Failure::retry(format!("handshake: {e}")),
         WsError::Protocol(e) => Failure::retry(format!("handshake protocol error: {e}")),
         WsError::Url(e) => Failure::fatal(format!("invalid url: {e}")),
+        // tungstenite's own wording ("Attack attempt detected") does not say what happened.
+        WsError::AttackAttempt => Failure::retry(
+            "handshake response refused: over 64 KiB, or in too many tiny TCP segments",
+        ),
         other => Failure::retry(format!("handshake failed: {other}")),
     }
 }

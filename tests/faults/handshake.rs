@@ -1,5 +1,5 @@
-//! Handshakes that go wrong: accepted TCP that never answers, half an answer, an endless
-//! header, redirect loops, 429 storms with Retry-After.
+//! Handshakes that go wrong: accepted TCP that never answers, half an answer, an endless or
+//! flooding header, something that is not HTTP, redirect loops, 429 storms with Retry-After.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -164,6 +164,84 @@ async fn handshakes_that_never_complete_time_out_and_are_retried() {
     }
     assert!(half.accepted.load(Ordering::SeqCst) >= 2);
     assert!(dribble.accepted.load(Ordering::SeqCst) >= 2);
+    by.check(&d).await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn handshake_answers_that_are_not_websocket_fail_fast_with_a_reason() {
+    // Header lines as fast as the socket takes them: the handshake reader must stop buffering.
+    let flood = RawServer::start(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n").await;
+            let line = format!("X-Flood: {}\r\n", "a".repeat(1000));
+            while s.write_all(line.as_bytes()).await.is_ok() {}
+        }
+    })
+    .await;
+    // Not HTTP at all.
+    let ssh = RawServer::start(|mut s| async move {
+        let _ = s.write_all(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+        hold(s).await;
+    })
+    .await;
+    // A web server that ignores the upgrade.
+    let web = RawServer::start(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                .await;
+            hold(s).await;
+        }
+    })
+    .await;
+    // A 101 whose Sec-WebSocket-Accept does not match the key.
+    let wrong_key = RawServer::start(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n",
+                )
+                .await;
+            hold(s).await;
+        }
+    })
+    .await;
+    // A proper 101 that reaches the daemon one byte per TCP segment.
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let sliced = ChaosProxy::start(up.addr()).await;
+    sliced.update(|link| link.to_client.shape.slice = Some(1));
+
+    let calm = Bystander::upstream().await;
+    let timeout = "connect_timeout = \"5s\"";
+    let d = start_daemon(
+        &(endpoint("flood", &flood.url(), timeout)
+            + &endpoint("ssh", &ssh.url(), timeout)
+            + &endpoint("web", &web.url(), timeout)
+            + &endpoint("wrong_key", &wrong_key.url(), timeout)
+            + &endpoint("sliced", &sliced.url("/feed"), timeout)
+            + &Bystander::config(&calm)),
+    )
+    .await;
+    let mut by = Bystander::attach(calm, &d).await;
+    let cases = [
+        ("flood", "handshake response refused: over 64 KiB"),
+        ("ssh", "HTTP"),
+        ("web", "HTTP 200 OK"),
+        ("wrong_key", "Sec-WebSocket-Accept"),
+        ("sliced", "in too many tiny TCP segments"),
+    ];
+    for (name, expect) in cases {
+        let ep = d.endpoint(name);
+        let mut events = ep.state_events();
+        for (took, reason) in failed_attempts(&ep, &mut events, 2).await {
+            assert!(reason.contains(expect), "{name}: {reason}");
+            assert!(
+                took < Duration::from_secs(2),
+                "{name}: not bounded by the 5 s timeout: {took:?}"
+            );
+        }
+    }
     by.check(&d).await;
     d.stop().await;
 }
