@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
 use super::failure::{parse_retry_after, sanitize, Failure};
+use super::wire::WireWatch;
 use crate::config::EndpointConfig;
 use crate::secret::SecretString;
 
@@ -72,6 +73,8 @@ async fn connect_inner(attempt: Attempt<'_>) -> Result<Ws, Failure> {
     } else {
         Box::new(tcp)
     };
+    let hb = &cfg.heartbeat;
+    let stream: Box<dyn Io> = Box::new(WireWatch::new(stream, hb.ping_interval + hb.pong_timeout));
 
     let ws_config = ws_config(cfg.max_message_size);
     match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {

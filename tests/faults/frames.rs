@@ -1,5 +1,5 @@
 //! A connected upstream that breaks the WebSocket protocol: garbage instead of frames, invalid
-//! UTF-8, oversize messages, ping floods. None of it may
+//! UTF-8, oversize and never-ending messages, ping floods. None of it may
 //! reach a subscriber; each ends the connection with a reason and the endpoint reconnects.
 
 use std::time::{Duration, Instant};
@@ -321,6 +321,68 @@ async fn a_17_mib_message_closes_with_1009_and_the_limit_is_exact() {
         "{}",
         ev.reason
     );
+    by.check(&d).await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_fragmented_message_that_never_completes_is_given_up() {
+    let (ping, pong) = (100u64, 300u64);
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let calm = Bystander::upstream().await;
+    let d = start_daemon(
+        &(endpoint("feed", &up.url("/feed"), "max_message_size = \"64KiB\"")
+            + &format!("[endpoints.feed.heartbeat]\nping_interval = \"{ping}ms\"\npong_timeout = \"{pong}ms\"\n")
+            + &Bystander::config(&calm)),
+    )
+    .await;
+    let mut by = Bystander::attach(calm, &d).await;
+
+    // Two fragments, then silence; the upstream still answers pings, so the connection looks
+    // alive to the heartbeat.
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("feed", State::Connected, T).await;
+    conn.send_raw_bytes(concat(&[
+        frame_bytes(OP_TEXT, false, b"part 1, "),
+        frame_bytes(OP_CONTINUATION, false, b"part 2, "),
+    ]))
+    .await
+    .expect("send");
+    let stalled = Instant::now();
+    let ev = d.wait_state("feed", State::Backoff, T).await;
+    let took = stalled.elapsed();
+    assert!(ev.reason.contains("fragmented message"), "{}", ev.reason);
+    assert!(
+        took < Duration::from_millis(ping + pong + 500),
+        "given up after {took:?}; bound is ping_interval + pong_timeout"
+    );
+    assert!(
+        conn.pings_seen() > 0,
+        "the heartbeat was answered all along"
+    );
+
+    // Fragments that keep coming, 1 KiB every 5 ms, never final: bounded by max_message_size.
+    let conn = up.next_accepted_within(T).await.expect("reconnects");
+    d.wait_state("feed", State::Connected, T).await;
+    let trickle = tokio::spawn({
+        let conn = conn.clone();
+        async move {
+            let mut frame = frame_bytes(OP_TEXT, false, &[b'a'; 1024]);
+            while conn.send_raw_bytes(&frame).await.is_ok() {
+                frame = frame_bytes(OP_CONTINUATION, false, &[b'a'; 1024]);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let ev = d.wait_state("feed", State::Backoff, T).await;
+    assert!(ev.reason.contains("max_message_size"), "{}", ev.reason);
+    trickle.abort();
+    let conn = up.next_accepted_within(T).await.expect("reconnects");
+    d.wait_state("feed", State::Connected, T).await;
+    let mut client = d.grpc().await;
+    let mut s = subscribe(&mut client, "feed", None).await;
+    conn.send_text("whole").await.expect("send");
+    assert_eq!(&next_message(&mut s, T).await.data[..], b"whole");
     by.check(&d).await;
     d.stop().await;
 }
