@@ -223,7 +223,9 @@ impl<'a> Session<'a> {
                             let (code, text) = frame
                                 .map(|f| (u16::from(f.code), f.reason.to_string()))
                                 .unwrap_or((1005, String::new()));
-                            break End::Lost(Failure::close(code, &text, &cfg.close_codes));
+                            // RFC 6455 §5.5.1: answer with a close; the writer flushes the echo.
+                            let lost = End::Lost(Failure::close(code, &text, &cfg.close_codes));
+                            return self.close(&ctl_tx, &mut writer, CloseCode::Normal, "closing", lost).await;
                         }
                         Some(Err(e)) => {
                             let (failure, close) = classify_read_error(e, cfg.max_message_size);
@@ -439,7 +441,11 @@ where
                 Some(Ctl::Frame(m)) => sink.send(m).await.map_err(werr)?,
                 Some(Ctl::Close(code, why)) => {
                     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    // After the upstream's own close this is refused, but a flush still sends
+                    // the echo tungstenite queued for it.
+                    if sink.send(Message::Close(Some(frame))).await.is_err() {
+                        let _ = sink.flush().await;
+                    }
                     return Ok(());
                 }
                 None => return Ok(()),

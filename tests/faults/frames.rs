@@ -1,10 +1,11 @@
 //! A connected upstream that breaks the WebSocket protocol: garbage instead of frames, invalid
-//! UTF-8, oversize and never-ending messages, ping floods. None of it may
+//! UTF-8, oversize and never-ending messages, ping floods, close-code storms. None of it may
 //! reach a subscriber; each ends the connection with a reason and the endpoint reconnects.
 
 use std::time::{Duration, Instant};
 
 use ws_sidecar::endpoint::State;
+use ws_sidecar::proto;
 
 use crate::support::daemon::{next_message, start_daemon, subscribe, TestDaemon};
 use crate::support::frame::{
@@ -447,6 +448,69 @@ async fn ping_and_pong_floods_do_not_disturb_delivery() {
         .rtt_micros
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(rtt > 0, "no round trip measured");
+    by.check(&d).await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_close_code_storm_is_classified_code_by_code() {
+    // (code sent, state that follows, words in the reason)
+    let storm: &[(u16, State, &str)] = &[
+        (1000, State::Backoff, "code 1000"),
+        (1001, State::Backoff, "code 1001"),
+        (1011, State::Backoff, "code 1011"),
+        (1012, State::Backoff, "code 1012"),
+        (1013, State::Backoff, "code 1013"),
+        (3000, State::Backoff, "code 3000"),
+        (4999, State::Backoff, "code 4999"),
+        (4001, State::Backoff, "code 4001"),
+        (1002, State::Failed, "code 1002"),
+        (1003, State::Failed, "code 1003"),
+        (1007, State::Failed, "code 1007"),
+        (1008, State::Failed, "code 1008"),
+        (4500, State::Failed, "code 4500"),
+    ];
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let calm = Bystander::upstream().await;
+    let d = start_daemon(
+        &(endpoint(
+            "feed",
+            &up.url("/feed"),
+            "close_codes = { 4500 = \"fail\" }",
+        ) + &Bystander::config(&calm)),
+    )
+    .await;
+    let mut by = Bystander::attach(calm, &d).await;
+    let ep = d.endpoint("feed");
+    let mut client = d.grpc().await;
+    for &(code, state, words) in storm {
+        let conn = up.next_accepted_within(T).await.expect("connects");
+        d.wait_state("feed", State::Connected, T).await;
+        conn.close(code, "storm").await.expect("close");
+        let ev = within(
+            T,
+            "the close is classified",
+            ep.wait_state(|s| matches!(s.state, State::Backoff | State::Failed)),
+        )
+        .await;
+        assert_eq!(ev.state, state, "code {code}: {}", ev.reason);
+        assert!(
+            ev.reason.contains(words) && ev.reason.contains("storm"),
+            "{}",
+            ev.reason
+        );
+        // The daemon answers a close with a close, as RFC 6455 asks.
+        let answer = within(T, "close answered", conn.closed()).await;
+        assert!(answer.is_some(), "code {code}: no close frame in answer");
+        if state == State::Failed {
+            client
+                .reconnect(proto::ReconnectRequest {
+                    endpoint: "feed".into(),
+                })
+                .await
+                .expect("reconnect");
+        }
+    }
     by.check(&d).await;
     d.stop().await;
 }
