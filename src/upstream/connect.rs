@@ -19,8 +19,8 @@ use crate::secret::SecretString;
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// An established upstream WebSocket.
-pub type Ws = WebSocketStream<Box<dyn Io>>;
+/// An established upstream WebSocket, over a byte stream that watches what tungstenite hides.
+pub type Ws = WebSocketStream<WireWatch<Box<dyn Io>>>;
 
 /// Everything an attempt needs beyond the endpoint config, computed fresh for each attempt.
 pub struct Attempt<'a> {
@@ -74,7 +74,7 @@ async fn connect_inner(attempt: Attempt<'_>) -> Result<Ws, Failure> {
         Box::new(tcp)
     };
     let hb = &cfg.heartbeat;
-    let stream: Box<dyn Io> = Box::new(WireWatch::new(stream, hb.ping_interval + hb.pong_timeout));
+    let stream = WireWatch::new(stream, hb.ping_interval + hb.pong_timeout);
 
     let ws_config = ws_config(cfg.max_message_size);
     match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {

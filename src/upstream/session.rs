@@ -102,6 +102,7 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// Runs the connection until it ends.
     pub async fn run(mut self, ws: Ws) -> End {
+        let wire_close = ws.get_ref().close_slot();
         let (mut sink, mut stream) = ws.split();
         let ep = self.ep;
         let cfg = self.cfg;
@@ -220,8 +221,9 @@ impl<'a> Session<'a> {
                         }
                         Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
                         Some(Ok(Message::Close(frame))) => {
-                            let (code, text) = frame
-                                .map(|f| (u16::from(f.code), f.reason.to_string()))
+                            // As sent: tungstenite turns codes it does not know into 1002.
+                            let (code, text) = wire_close.get()
+                                .or_else(|| frame.map(|f| (u16::from(f.code), f.reason.to_string())))
                                 .unwrap_or((1005, String::new()));
                             // RFC 6455 §5.5.1: answer with a close; the writer flushes the echo.
                             let lost = End::Lost(Failure::close(code, &text, &cfg.close_codes));

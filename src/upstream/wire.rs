@@ -1,7 +1,7 @@
-//! What the daemon learns from the raw inbound bytes beneath tungstenite (SPEC §15).
+//! What the daemon learns from the raw inbound bytes beneath tungstenite (SPEC §5, §15).
 //!
 //! [`WireWatch`] sits under tungstenite on the plaintext byte stream and follows the frame
-//! headers (payloads are skipped, not parsed) for what tungstenite does not say:
+//! headers (payloads are skipped, not parsed) for two things tungstenite does not say:
 //!
 //! - A fragmented message that stopped. An upstream that sends the first fragments of a message
 //!   and then only answers pings looks alive to the heartbeat, and tungstenite waits for the
@@ -9,10 +9,14 @@
 //!   incomplete with no new data for `limit` (the endpoint's `ping_interval + pong_timeout`,
 //!   the bound SPEC §7 sets for finding any dead connection), reads fail with a clear error.
 //!   Fragments that keep coming are progress; their total is bounded by `max_message_size`.
+//! - The close frame as the upstream sent it. tungstenite replaces a close code it does not
+//!   know (1014 "bad gateway", say, which SPEC §5 retries) with 1002 "Protocol violation",
+//!   which would fail the endpoint for good; [`CloseSlot`] keeps the original for classifying.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,7 +28,9 @@ use tokio::time::{Instant, Sleep};
 enum Payload {
     /// Text, binary or continuation: its bytes are progress.
     Data,
-    /// Control frames, or an opcode tungstenite refuses anyway.
+    /// A close frame: its bytes are kept (control frames carry at most 125).
+    Close,
+    /// Ping, pong, or an opcode tungstenite refuses anyway.
     Other,
 }
 
@@ -39,6 +45,9 @@ enum Scan {
     Payload { left: u64, kind: Payload },
 }
 
+/// Longest close payload kept: a control frame's limit.
+const MAX_CLOSE: usize = 125;
+
 /// Follows frame boundaries in the bytes read from an upstream.
 #[derive(Debug, Clone)]
 struct Scanner {
@@ -46,6 +55,10 @@ struct Scanner {
     header: [u8; 14],
     /// A data frame without FIN was seen and its final continuation has not been.
     in_message: bool,
+    /// The payload of the close frame being read.
+    close: Vec<u8>,
+    /// A close frame just read: code and reason as sent.
+    closed: Option<(u16, String)>,
 }
 
 impl Scanner {
@@ -54,6 +67,8 @@ impl Scanner {
             scan: Scan::Head { matched: 0 },
             header: [0; 14],
             in_message: false,
+            close: Vec::new(),
+            closed: None,
         }
     }
 
@@ -87,10 +102,16 @@ impl Scanner {
                 }
                 Scan::Payload { left, kind } => {
                     let take = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    bytes = &bytes[take..];
+                    let (taken, rest) = bytes.split_at(take);
+                    bytes = rest;
                     progress |= kind == Payload::Data && take > 0;
+                    if kind == Payload::Close {
+                        let room = MAX_CLOSE.saturating_sub(self.close.len());
+                        self.close.extend_from_slice(&taken[..take.min(room)]);
+                    }
                     let left = left - take as u64;
                     self.scan = if left == 0 {
+                        self.frame_done(kind);
                         Scan::Header { have: 0 }
                     } else {
                         Scan::Payload { left, kind }
@@ -104,8 +125,20 @@ impl Scanner {
     fn payload(&self) -> Payload {
         match self.header[0] & 0x0F {
             0x0..=0x2 => Payload::Data,
+            0x8 => Payload::Close,
             _ => Payload::Other,
         }
+    }
+
+    /// A frame's last byte was read.
+    fn frame_done(&mut self, kind: Payload) {
+        if kind == Payload::Close {
+            if let [hi, lo, reason @ ..] = self.close.as_slice() {
+                let reason = String::from_utf8_lossy(reason).into_owned();
+                self.closed = Some((u16::from_be_bytes([*hi, *lo]), reason));
+            }
+        }
+        self.close.clear();
     }
 
     /// With `have` header bytes, the state after the header if it is complete.
@@ -139,6 +172,7 @@ impl Scanner {
             self.in_message = !fin;
         }
         Some(if len == 0 {
+            self.frame_done(kind);
             Scan::Header { have: 0 }
         } else {
             Scan::Payload { left: len, kind }
@@ -146,13 +180,35 @@ impl Scanner {
     }
 }
 
-/// A byte stream whose reads fail once a fragmented message has made no progress for `limit`.
+/// The upstream's close frame as sent, shared between a [`WireWatch`] and the connection loop.
+#[derive(Debug, Clone, Default)]
+pub struct CloseSlot(Arc<Mutex<Option<(u16, String)>>>);
+
+impl CloseSlot {
+    /// Code and reason of the close frame the upstream sent, once one was read.
+    pub fn get(&self) -> Option<(u16, String)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps the first: tungstenite ignores anything after a close, and so does this.
+    fn set(&self, close: (u16, String)) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(close);
+    }
+}
+
+/// A byte stream whose reads fail once a fragmented message has made no progress for `limit`,
+/// and which records the upstream's close frame.
 pub struct WireWatch<S> {
     inner: S,
     limit: Duration,
     scanner: Scanner,
     /// Armed while a message is incomplete; pushed back on every data byte.
     deadline: Option<Pin<Box<Sleep>>>,
+    close: CloseSlot,
 }
 
 impl<S> WireWatch<S> {
@@ -163,7 +219,13 @@ impl<S> WireWatch<S> {
             limit,
             scanner: Scanner::new(),
             deadline: None,
+            close: CloseSlot::default(),
         }
+    }
+
+    /// Where the upstream's close frame appears once it was read.
+    pub fn close_slot(&self) -> CloseSlot {
+        self.close.clone()
     }
 
     fn stalled(&self) -> io::Error {
@@ -178,6 +240,9 @@ impl<S> WireWatch<S> {
 
     fn after_read(&mut self, bytes: &[u8]) {
         let progress = self.scanner.feed(bytes);
+        if let Some(close) = self.scanner.closed.take() {
+            self.close.set(close);
+        }
         if !self.scanner.in_message {
             self.deadline = None;
         } else if progress || self.deadline.is_none() {
@@ -317,6 +382,21 @@ mod tests {
         assert!(s.feed(&cont[1..2]), "a continuation header is progress");
         assert!(s.feed(&cont[2..]), "and so is its payload");
         assert!(s.in_message);
+    }
+
+    #[test]
+    fn keeps_the_close_frame_as_sent() {
+        let close = frame(0x88, &[&1014u16.to_be_bytes()[..], b"bad gateway"].concat());
+        let mut s = Scanner::new();
+        s.feed(&[HEAD, &frame(0x89, b"ping")].concat());
+        assert_eq!(s.closed, None);
+        for byte in &close {
+            s.feed(std::slice::from_ref(byte));
+        }
+        assert_eq!(s.closed, Some((1014, "bad gateway".to_owned())));
+        let mut empty = Scanner::new();
+        empty.feed(&[HEAD, &frame(0x88, b"")].concat());
+        assert_eq!(empty.closed, None, "no code: tungstenite's 1005 stands");
     }
 
     #[tokio::test(start_paused = true)]
