@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use super::subscription::{SubEvent, SubscribeError, Subscription};
 use super::PublishError;
 use crate::access::Peer;
-use crate::filter::Filter;
+use crate::filter;
 use crate::log::{GapReason, Item, Kind};
 use crate::registry::Registry;
 use crate::status::EndpointStatus;
@@ -199,11 +199,8 @@ async fn request(
             from_seq,
             filters,
         } => {
-            let filters = match filters
-                .into_iter()
-                .map(|f| Filter::new(f.pointer, f.equals))
-                .collect::<Result<Vec<_>, _>>()
-            {
+            let specs = filters.into_iter().map(|f| (f.pointer, f.equals));
+            let filters = match filter::for_subscriber(specs) {
                 Ok(f) => f,
                 Err(e) => {
                     return Some(Out::Line(error_line(

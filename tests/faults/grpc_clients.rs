@@ -1,12 +1,15 @@
-//! Hostile local clients, gRPC side: requests over the size limit, bytes that are not HTTP/2.
+//! Hostile local clients, gRPC side and the limits both APIs share: requests over the size
+//! limit, bytes that are not HTTP/2, subscriptions with too many or too large filters.
 
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::Message;
 use ws_sidecar::endpoint::State;
+use ws_sidecar::filter::{MAX_EQUALS, MAX_FILTERS, MAX_POINTER};
 use ws_sidecar::proto;
 
-use crate::support::daemon::start_daemon;
+use crate::support::daemon::{next_message, start_daemon};
 use crate::support::{FakeUpstream, Reply};
 use crate::{endpoint, within, Bystander, T};
 
@@ -108,6 +111,78 @@ async fn oversize_requests_and_non_grpc_bytes_are_refused_and_the_server_carries
         .await
         .expect("status after the garbage");
     assert_eq!(st.into_inner().endpoints.len(), 2);
+    by.check(&d).await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_with_too_many_or_too_large_filters_are_refused_on_both_apis() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let calm = Bystander::upstream().await;
+    let d =
+        start_daemon(&(endpoint("feed", &up.url("/feed"), "") + &Bystander::config(&calm))).await;
+    let mut by = Bystander::attach(calm, &d).await;
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("feed", State::Connected, T).await;
+    let baseline = d.registry.subscribers();
+    let mut c = d.grpc().await;
+
+    let refused = [
+        (filters(300, "/type", "trade"), "too many filters: 300"),
+        (
+            filters(MAX_FILTERS + 1, "/type", "trade"),
+            "too many filters",
+        ),
+        (filters(1, &"/p".repeat(MAX_POINTER), "x"), "pointer of"),
+        (
+            filters(1, "/type", &"x".repeat(MAX_EQUALS)),
+            "filter value of",
+        ),
+    ];
+    for (fs, words) in refused {
+        let err = c.subscribe(sub_req(fs)).await.expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(words), "{}", err.message());
+    }
+    let mut nd = d.ndjson().await;
+    let many: Vec<_> = (0..300)
+        .map(|_| json!({"pointer": "/type", "equals": "trade"}))
+        .collect();
+    nd.send(json!({"op": "subscribe", "endpoint": "feed", "filters": many}))
+        .await;
+    let e = nd.recv(T).await;
+    assert_eq!(e["code"], "invalid_argument", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too many filters: 300"),
+        "{e}"
+    );
+    assert_eq!(d.registry.subscribers(), baseline, "refusals take no slot");
+
+    // The most allowed still works, and filters as it should.
+    let mut s = c
+        .subscribe(sub_req(filters(MAX_FILTERS, "/type", "trade")))
+        .await
+        .expect("64 filters accepted")
+        .into_inner();
+    let max: Vec<_> = (0..MAX_FILTERS)
+        .map(|_| json!({"pointer": "/type", "equals": "trade"}))
+        .collect();
+    nd.send(json!({"op": "subscribe", "endpoint": "feed", "filters": max}))
+        .await;
+    assert_eq!(nd.recv(T).await["type"], "state");
+    conn.send_text(r#"{"type":"quote"}"#).await.expect("send");
+    conn.send_text(r#"{"type":"trade"}"#).await.expect("send");
+    assert_eq!(
+        &next_message(&mut s, T).await.data[..],
+        br#"{"type":"trade"}"#
+    );
+    assert_eq!(
+        nd.recv_type("message", T).await["data"],
+        r#"{"type":"trade"}"#
+    );
     by.check(&d).await;
     d.stop().await;
 }
