@@ -1,5 +1,6 @@
 //! Hostile local clients, gRPC side and the limits both APIs share: requests over the size
-//! limit, bytes that are not HTTP/2, subscriptions with too many or too large filters.
+//! limit, bytes that are not HTTP/2, subscriptions with too many or too large filters, and
+//! `limits.max_subscribers` across gRPC and NDJSON with slots given back when clients go.
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -9,9 +10,9 @@ use ws_sidecar::endpoint::State;
 use ws_sidecar::filter::{MAX_EQUALS, MAX_FILTERS, MAX_POINTER};
 use ws_sidecar::proto;
 
-use crate::support::daemon::{next_message, start_daemon};
+use crate::support::daemon::{next_message, start_daemon, subscribe};
 use crate::support::{FakeUpstream, Reply};
-use crate::{endpoint, within, Bystander, T};
+use crate::{endpoint, until, within, Bystander, T};
 
 const MIB: usize = 1024 * 1024;
 
@@ -184,5 +185,89 @@ async fn subscriptions_with_too_many_or_too_large_filters_are_refused_on_both_ap
         r#"{"type":"trade"}"#
     );
     by.check(&d).await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn max_subscribers_holds_across_both_apis_and_slots_come_back() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    // No bystander here: its two subscribers would count against the budget.
+    let d = start_daemon(
+        &("[limits]\nmax_subscribers = 4\n".to_owned() + &endpoint("feed", &up.url("/feed"), "")),
+    )
+    .await;
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("feed", State::Connected, T).await;
+    let limit_words = "too many subscribers (limits.max_subscribers = 4)";
+
+    let mut c = d.grpc().await;
+    let g1 = subscribe(&mut c, "feed", None).await;
+    let _g2 = subscribe(&mut c, "feed", None).await;
+    // Two subscriptions on one NDJSON connection count twice.
+    let mut nd = d.ndjson().await;
+    for _ in 0..2 {
+        nd.send(json!({"op": "subscribe", "endpoint": "feed"}))
+            .await;
+        assert_eq!(nd.recv(T).await["type"], "state");
+    }
+    assert_eq!(d.registry.subscribers(), 4);
+
+    for _ in 0..10 {
+        let err = c
+            .subscribe(sub_req(vec![]))
+            .await
+            .expect_err("over the limit");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains(limit_words), "{}", err.message());
+        let mut other = d.ndjson().await;
+        other
+            .send(json!({"op": "subscribe", "endpoint": "feed"}))
+            .await;
+        let e = other.recv(T).await;
+        assert_eq!(e["code"], "resource_exhausted", "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(limit_words),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        d.registry.subscribers(),
+        4,
+        "refused subscribers take no slot"
+    );
+
+    // A gRPC stream dropped (its channel stays open) gives its slot back...
+    drop(g1);
+    until(T, "the gRPC slot comes back", || {
+        d.registry.subscribers() == 3
+    })
+    .await;
+    let _g3 = subscribe(&mut c, "feed", None).await;
+    // ...and so does an NDJSON client that goes away while nothing is being delivered.
+    drop(nd);
+    until(T, "the NDJSON slots come back", || {
+        d.registry.subscribers() == 2
+    })
+    .await;
+    let status = c
+        .get_status(proto::GetStatusRequest {
+            endpoint: Some("feed".into()),
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.endpoints[0].subscribers, 2);
+    // A client that only half-closes (`echo … | socat`) keeps its subscription and its slot.
+    let mut nd = d.ndjson().await;
+    nd.send(json!({"op": "subscribe", "endpoint": "feed"}))
+        .await;
+    assert_eq!(nd.recv(T).await["type"], "state");
+    nd.w.shutdown().await.expect("half-close");
+    conn.send_text("still there").await.expect("send");
+    assert_eq!(nd.recv_type("message", T).await["data"], "still there");
+    assert_eq!(d.registry.subscribers(), 3);
     d.stop().await;
 }
