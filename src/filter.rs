@@ -9,11 +9,26 @@ pub struct Filter {
     equals: Value,
 }
 
+/// Most filters one subscription may carry. Filters are AND-ed, so a handful selects anything
+/// a subscriber needs; each one costs a JSON-pointer lookup per message under the endpoint
+/// log's lock, so hundreds would let one client slow the fan-out for all.
+pub const MAX_FILTERS: usize = 64;
+/// Longest pointer a subscriber's filter may have, in bytes.
+pub const MAX_POINTER: usize = 256;
+/// Longest `equals` a subscriber's filter may have, as JSON text, in bytes.
+pub const MAX_EQUALS: usize = 1024;
+
 /// A filter that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FilterError {
     #[error("filter pointer {0:?} must be empty or start with '/'")]
     BadPointer(String),
+    #[error("too many filters: {0} (at most {MAX_FILTERS} per subscription)")]
+    TooMany(usize),
+    #[error("filter pointer of {0} bytes is too long (at most {MAX_POINTER})")]
+    PointerTooLong(usize),
+    #[error("filter value of {0} bytes of JSON is too long (at most {MAX_EQUALS})")]
+    ValueTooLong(usize),
 }
 
 impl Filter {
@@ -43,6 +58,46 @@ impl Filter {
             _ => false,
         }
     }
+}
+
+/// A subscriber's filters, checked against the limits above and then one by one. Only local
+/// clients are held to the limits; `drop` filters come from the operator's config.
+pub fn for_subscriber(
+    specs: impl ExactSizeIterator<Item = (String, Value)>,
+) -> Result<Vec<Filter>, FilterError> {
+    if specs.len() > MAX_FILTERS {
+        return Err(FilterError::TooMany(specs.len()));
+    }
+    specs
+        .map(|(pointer, equals)| {
+            if pointer.len() > MAX_POINTER {
+                return Err(FilterError::PointerTooLong(pointer.len()));
+            }
+            let len = json_len(&equals);
+            if len > MAX_EQUALS {
+                return Err(FilterError::ValueTooLong(len));
+            }
+            Filter::new(pointer, equals)
+        })
+        .collect()
+}
+
+/// Length of `v` as compact JSON, counted without building the text.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0
 }
 
 /// True when every filter matches; `doc` is `None` for a payload that is not JSON, which never
@@ -75,6 +130,35 @@ mod tests {
         assert!(!f("/missing", json!("x")).matches(&doc));
         assert!(!all_match(&[f("/type", json!("trade"))], None));
         assert!(all_match(&[], None));
+    }
+
+    #[test]
+    fn subscriber_filters_are_bounded() {
+        let spec = |p: &str, v: Value| (p.to_owned(), v);
+        let ok = vec![spec("/type", json!("trade")); MAX_FILTERS];
+        assert_eq!(
+            for_subscriber(ok.into_iter()).map(|f| f.len()),
+            Ok(MAX_FILTERS)
+        );
+        let many = vec![spec("/type", json!("trade")); MAX_FILTERS + 1];
+        assert_eq!(
+            for_subscriber(many.into_iter()),
+            Err(FilterError::TooMany(MAX_FILTERS + 1))
+        );
+        let long = "/a".repeat(MAX_POINTER);
+        assert_eq!(
+            for_subscriber([spec(&long, json!(1))].into_iter()),
+            Err(FilterError::PointerTooLong(2 * MAX_POINTER))
+        );
+        // A string of n bytes is n + 2 bytes of JSON.
+        let at_limit = "x".repeat(MAX_EQUALS - 2);
+        assert!(for_subscriber([spec("/a", json!(at_limit))].into_iter()).is_ok());
+        let over = "x".repeat(MAX_EQUALS - 1);
+        assert_eq!(
+            for_subscriber([spec("/a", json!(over))].into_iter()),
+            Err(FilterError::ValueTooLong(MAX_EQUALS + 1))
+        );
+        assert!(for_subscriber([spec("a", json!(1))].into_iter()).is_err());
     }
 
     #[test]

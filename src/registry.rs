@@ -87,6 +87,11 @@ impl Registry {
         removed
     }
 
+    /// Subscriptions open now across both APIs (the budget `limits.max_subscribers` caps).
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Acquire)
+    }
+
     /// Takes one subscriber slot, or refuses when the limit is reached.
     pub fn subscriber_slot(&self) -> Result<SubscriberSlot, TooManySubscribers> {
         let prev = self.subscribers.fetch_add(1, Ordering::AcqRel);

@@ -518,3 +518,100 @@ async fn proxy_stall_builds_backpressure_on_the_writer() {
         );
     }
 }
+
+/// A plain TCP server behind a proxy, and a client connected through it: for checking the
+/// proxy byte by byte, without WebSocket framing in the way.
+async fn raw_pair(proxy_setup: impl FnOnce(&ChaosProxy)) -> (ChaosProxy, TcpStream, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let proxy = ChaosProxy::start(listener.local_addr().expect("addr")).await;
+    proxy_setup(&proxy);
+    let client = with_timeout(PROMPT, TcpStream::connect(proxy.addr()))
+        .await
+        .expect("connect through the proxy");
+    let (server, _) = with_timeout(PROMPT, listener.accept())
+        .await
+        .expect("the proxy connects on");
+    (proxy, client, server)
+}
+
+#[tokio::test]
+async fn proxy_slices_and_throttles_without_changing_the_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (proxy, mut client, mut server) = raw_pair(|_| {}).await;
+    proxy.update(|link| {
+        link.to_client.shape.slice = Some(1);
+        link.to_client.shape.rate = Some(20_000);
+    });
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let started = std::time::Instant::now();
+    server.write_all(&data).await.expect("server writes");
+    let mut got = vec![0u8; data.len()];
+    let mut reads = 0;
+    let mut filled = 0;
+    while filled < got.len() {
+        let n = with_timeout(PROMPT, client.read(&mut got[filled..]))
+            .await
+            .expect("client reads");
+        assert!(n > 0, "closed early");
+        filled += n;
+        reads += 1;
+    }
+    let took = started.elapsed();
+    assert_eq!(got, data);
+    assert!(reads > 20, "sliced bytes arrived in {reads} reads");
+    // 10,000 bytes at 20,000 bytes/s.
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn proxy_plan_resets_a_connection_after_an_exact_byte_count() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_proxy, mut client, mut server) = raw_pair(|proxy| {
+        proxy.set_plan(|index, link| {
+            if index == 0 {
+                link.to_client.shape.reset_after = Some(37);
+            }
+        })
+    })
+    .await;
+    server.write_all(&[5u8; 100]).await.expect("server writes");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let error = loop {
+        match with_timeout(PROMPT, client.read(&mut buf)).await {
+            Ok(0) => panic!("FIN instead of a reset after {} bytes", got.len()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(got.len(), 37);
+    assert_eq!(error.kind(), ErrorKind::ConnectionReset);
+}
+
+#[tokio::test]
+async fn proxy_stalls_one_direction_and_lets_the_other_flow() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (proxy, mut client, mut server) = raw_pair(|_| {}).await;
+    proxy.update_existing(|link| link.to_upstream.mode = Mode::Stall);
+    client.write_all(b"held").await.expect("client writes");
+    server.write_all(b"flows").await.expect("server writes");
+    let mut buf = [0u8; 16];
+    let n = with_timeout(PROMPT, client.read(&mut buf))
+        .await
+        .expect("read");
+    assert_eq!(&buf[..n], b"flows");
+    assert!(tokio::time::timeout(QUIET, server.read(&mut buf))
+        .await
+        .is_err());
+    assert_eq!(proxy.mode(), Mode::Pass, "new connections are not stalled");
+    proxy.update_existing(|link| link.to_upstream.mode = Mode::Pass);
+    let n = with_timeout(PROMPT, server.read(&mut buf))
+        .await
+        .expect("read");
+    assert_eq!(&buf[..n], b"held");
+}

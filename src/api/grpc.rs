@@ -15,7 +15,7 @@ use super::wire::EventFrame;
 use super::PublishError;
 use crate::access::{self, Op, Peer};
 use crate::endpoint::State;
-use crate::filter::Filter;
+use crate::filter;
 use crate::listen::GrpcListener;
 use crate::log::{GapReason, Item, Kind};
 use crate::proto::sidecar_server::{Sidecar, SidecarServer};
@@ -244,12 +244,10 @@ impl Sidecar for SidecarService {
     ) -> Result<Response<EventStream>, Status> {
         let peer = peer(&request);
         let req = request.into_inner();
-        let filters = req
-            .filters
-            .into_iter()
-            .map(|f| Filter::new(f.pointer, serde_json::Value::String(f.equals)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let specs = req.filters.into_iter();
+        let specs = specs.map(|f| (f.pointer, serde_json::Value::String(f.equals)));
+        let filters =
+            filter::for_subscriber(specs).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let sub = Subscription::open(&self.registry, &req.endpoint, req.from_seq, filters, peer)
             .map_err(|e| match e {
                 SubscribeError::NotFound(_) => Status::not_found(e.to_string()),

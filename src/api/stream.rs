@@ -23,7 +23,7 @@ use super::ndjson::SubscriptionSet;
 use super::subscription::{SubscribeError, Subscription};
 use super::PublishError;
 use crate::access::Peer;
-use crate::filter::Filter;
+use crate::filter;
 use crate::log::Kind;
 use crate::registry::Registry;
 use crate::status::EndpointStatus;
@@ -143,7 +143,10 @@ async fn handle(
 ) {
     let (rd, wr) = sock.into_split();
     let (tx, rx) = mpsc::channel::<Out>(REPLY_QUEUE);
-    let writer = tokio::spawn(write_loop(wr, rx, shutdown.clone()));
+    // Ends the writer once the client is gone, so an idle subscription does not keep its
+    // subscriber slot until its next event fails to write.
+    let gone = shutdown.child_token();
+    let writer = tokio::spawn(write_loop(wr, rx, gone.clone()));
     let mut lines = FramedRead::new(rd, Lines(LinesCodec::new_with_max_length(MAX_LINE)));
     loop {
         let next = tokio::select! {
@@ -173,8 +176,20 @@ async fn handle(
         }
     }
     // Half-closed clients (`echo … | socat`) keep receiving their subscriptions.
+    if client_gone(lines.get_ref().as_ref()) {
+        gone.cancel();
+    }
     drop(tx);
     let _ = writer.await;
+}
+
+/// True when the client closed its socket both ways, once its reads hit the end. To a
+/// half-closed client an empty write succeeds; to a closed one it fails (EPIPE, or ECONNRESET
+/// when it left unread data behind).
+fn client_gone(sock: &UnixStream) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+    sock.try_write(&[])
+        .is_err_and(|e| matches!(e.kind(), BrokenPipe | ConnectionReset))
 }
 
 /// Handles one request line; returns the reply to queue, if any.
@@ -200,11 +215,8 @@ async fn request(
             from_seq,
             filters,
         } => {
-            let filters = match filters
-                .into_iter()
-                .map(|f| Filter::new(f.pointer, f.equals))
-                .collect::<Result<Vec<_>, _>>()
-            {
+            let specs = filters.into_iter().map(|f| (f.pointer, f.equals));
+            let filters = match filter::for_subscriber(specs) {
                 Ok(f) => f,
                 Err(e) => {
                     return Some(Out::Line(error_line(

@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
 use super::failure::{parse_retry_after, sanitize, Failure};
+use super::wire::WireWatch;
 use crate::config::EndpointConfig;
 use crate::secret::SecretString;
 
@@ -18,8 +19,8 @@ use crate::secret::SecretString;
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// An established upstream WebSocket.
-pub type Ws = WebSocketStream<Box<dyn Io>>;
+/// An established upstream WebSocket, over a byte stream that watches what tungstenite hides.
+pub type Ws = WebSocketStream<WireWatch<Box<dyn Io>>>;
 
 /// Everything an attempt needs beyond the endpoint config, computed fresh for each attempt.
 pub struct Attempt<'a> {
@@ -72,6 +73,8 @@ async fn connect_inner(attempt: Attempt<'_>) -> Result<Ws, Failure> {
     } else {
         Box::new(tcp)
     };
+    let hb = &cfg.heartbeat;
+    let stream = WireWatch::new(stream, hb.ping_interval + hb.pong_timeout);
 
     let ws_config = ws_config(cfg.max_message_size);
     match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {
@@ -142,7 +145,7 @@ fn classify_handshake(e: WsError) -> Failure {
                     .get("location")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                format!("redirect to {} not followed", sanitize(loc))
+                format!("redirect to {} not followed", shown_location(loc))
             } else {
                 String::new()
             };
@@ -152,6 +155,49 @@ fn classify_handshake(e: WsError) -> Failure {
         WsError::Capacity(e) => Failure::retry(format!("handshake: {e}")),
         WsError::Protocol(e) => Failure::retry(format!("handshake protocol error: {e}")),
         WsError::Url(e) => Failure::fatal(format!("invalid url: {e}")),
+        // tungstenite's own wording ("Attack attempt detected") does not say what happened.
+        WsError::AttackAttempt => Failure::retry(
+            "handshake response refused: over 64 KiB, or in too many tiny TCP segments",
+        ),
         other => Failure::retry(format!("handshake failed: {other}")),
+    }
+}
+
+/// A redirect target as it may be shown in a reason. Upstreams often echo the request in it,
+/// credential included, so the query and fragment are cut and any userinfo dropped.
+fn shown_location(loc: &str) -> String {
+    let cut = loc.find(['?', '#']).map_or(loc, |at| &loc[..at]);
+    let mut shown = match url::Url::parse(cut) {
+        Ok(mut url) => {
+            // Only fails for URLs that cannot carry userinfo, which then have none.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        // Relative (`/feed`) or unparsable: no userinfo to drop.
+        Err(_) => cut.to_owned(),
+    };
+    if cut.len() < loc.len() {
+        shown.push_str("?…");
+    }
+    sanitize(&shown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_location;
+
+    #[test]
+    fn redirect_targets_are_shown_without_credentials() {
+        assert_eq!(
+            shown_location("wss://user:pw@example.com/feed?token=abc#x"),
+            "wss://example.com/feed?…"
+        );
+        assert_eq!(shown_location("/feed?access_token=abc"), "/feed?…");
+        assert_eq!(
+            shown_location("https://example.com/"),
+            "https://example.com/"
+        );
+        assert_eq!(shown_location(""), "");
     }
 }

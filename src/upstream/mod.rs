@@ -13,6 +13,7 @@ mod proxy;
 pub mod resume;
 mod session;
 pub mod tls;
+mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -16,6 +16,7 @@ use super::connect::Ws;
 use super::failure::Failure;
 use super::heartbeat::{Action, Heartbeat};
 use super::resume::{Resume, Verdict};
+use super::wire::CloseSlot;
 use crate::config::{EndpointConfig, RenewMode};
 use crate::endpoint::{unix_nanos, Endpoint};
 use crate::filter::Filter;
@@ -113,6 +114,7 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// Runs the connection until it ends.
     pub async fn run(mut self, ws: Ws) -> End {
+        let wire_close = ws.get_ref().close_slot();
         let (mut sink, mut stream) = ws.split();
         let ep = self.ep;
         let cfg = self.cfg;
@@ -223,11 +225,11 @@ impl<'a> Session<'a> {
                 msg = stream.next() => {
                     // Take every frame already buffered (up to a bound, so timers and control
                     // still get their turn) and wake subscribers once for the whole batch.
-                    let mut flow = self.on_frame(msg, &mut hb, &mut announce).await;
+                    let mut flow = self.on_frame(msg, &mut hb, &wire_close, &mut announce).await;
                     let mut taken = 1;
                     while matches!(flow, Flow::Continue) && taken < INGEST_BATCH {
                         let Some(msg) = stream.next().now_or_never() else { break };
-                        flow = self.on_frame(msg, &mut hb, &mut announce).await;
+                        flow = self.on_frame(msg, &mut hb, &wire_close, &mut announce).await;
                         taken += 1;
                     }
                     if let Some(seq) = announce.take() {
@@ -283,6 +285,7 @@ impl<'a> Session<'a> {
         &mut self,
         msg: Option<Result<Message, WsError>>,
         hb: &mut Heartbeat,
+        wire_close: &CloseSlot,
         announce: &mut Option<u64>,
     ) -> Flow {
         let ep = self.ep;
@@ -298,14 +301,14 @@ impl<'a> Session<'a> {
             }
             Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
             Some(Ok(Message::Close(frame))) => {
-                let (code, text) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                // As sent: tungstenite turns codes it does not know into 1002.
+                let (code, text) = wire_close
+                    .get()
+                    .or_else(|| frame.map(|f| (u16::from(f.code), f.reason.to_string())))
                     .unwrap_or((1005, String::new()));
-                return Flow::End(End::Lost(Failure::close(
-                    code,
-                    &text,
-                    &self.cfg.close_codes,
-                )));
+                // RFC 6455 §5.5.1: answer with a close; the writer flushes the echo.
+                let lost = End::Lost(Failure::close(code, &text, &self.cfg.close_codes));
+                return Flow::Close(CloseCode::Normal, "closing", lost);
             }
             Some(Err(e)) => {
                 let (failure, close) = classify_read_error(e, self.cfg.max_message_size);
@@ -494,7 +497,11 @@ where
                 Some(Ctl::Frame(m)) => sink.send(m).await.map_err(werr)?,
                 Some(Ctl::Close(code, why)) => {
                     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    // After the upstream's own close this is refused, but a flush still sends
+                    // the echo tungstenite queued for it.
+                    if sink.send(Message::Close(Some(frame))).await.is_err() {
+                        let _ = sink.flush().await;
+                    }
                     return Ok(());
                 }
                 None => return Ok(()),

@@ -1,10 +1,10 @@
 //! A chaos TCP proxy on 127.0.0.1, port 0, put between the daemon and a fake upstream to play
 //! the network failures a real peer cannot: a path that silently eats packets, a peer that stops
-//! reading, a middlebox that resets everything.
+//! reading, a middlebox that resets everything, a link that delivers a byte at a time or slowly.
 //!
-//! Each direction is a hand-written copy loop that consults its connection's [`Mode`] before
-//! every read and before every write (`copy_bidirectional` cannot be paused or told to discard),
-//! so a mode switch takes effect on live connections at once.
+//! Each direction (a [`Lane`]) is a hand-written copy loop that consults its connection's
+//! [`Link`] before every read and before every write (`copy_bidirectional` cannot be paused,
+//! sliced or told to discard), so a change takes effect on live connections at once.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,39 +18,95 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::wait_count;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
-    /// Forward bytes both ways.
+    /// Forward bytes.
+    #[default]
     Pass,
-    /// Keep both sockets open and read from both, but forward nothing, FIN included: a dead path
-    /// with no FIN or RST, which only heartbeats can detect. The discarded bytes are gone for
-    /// good, so a stream that went through a blackhole is corrupt if traffic passes again;
-    /// use `Stall` for an outage the connection is meant to survive.
+    /// Keep the sockets open and read, but forward nothing, FIN included: a dead path with no
+    /// FIN or RST, which only heartbeats can detect. The discarded bytes are gone for good, so a
+    /// stream that went through a blackhole is corrupt if traffic passes again; use `Stall` for
+    /// an outage the connection is meant to survive.
     Blackhole,
-    /// Stop reading both ways: bytes wait in kernel buffers, windows close and writers block.
+    /// Stop reading: bytes wait in kernel buffers, windows close and the writer blocks.
     /// Switching back to `Pass` delivers everything that was held, in order.
     Stall,
+}
+
+/// How bytes are forwarded in one direction, on top of the [`Mode`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Forward in writes of at most this many bytes (1: byte by byte), yielding between them so
+    /// the reader sees partial frames rather than one coalesced buffer.
+    pub slice: Option<usize>,
+    /// Forward at most this many bytes per second.
+    pub rate: Option<u64>,
+    /// Reset (RST) the whole connection once exactly this many bytes went this way: an abort at
+    /// a chosen point, mid-handshake or mid-frame.
+    pub reset_after: Option<u64>,
+}
+
+/// One direction of a connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lane {
+    pub mode: Mode,
+    pub shape: Shape,
+}
+
+/// Both directions of a connection: what the daemon sends, and what the upstream sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    /// Client (daemon) to upstream.
+    pub to_upstream: Lane,
+    /// Upstream to client (daemon).
+    pub to_client: Lane,
+}
+
+impl Link {
+    fn lane(&self, dir: Dir) -> Lane {
+        match dir {
+            Dir::ToUpstream => self.to_upstream,
+            Dir::ToClient => self.to_client,
+        }
+    }
+
+    fn set_mode(&mut self, mode: Mode) {
+        self.to_upstream.mode = mode;
+        self.to_client.mode = mode;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    ToUpstream,
+    ToClient,
 }
 
 /// Asks a live connection to reset itself, and hears back once it has.
 type CutRequest = oneshot::Sender<oneshot::Sender<()>>;
 
+/// Adjusts a new connection's [`Link`], given its 0-based index among accepted connections.
+type Plan = dyn Fn(usize, &mut Link) + Send + Sync;
+
 /// The proxy's hold on one live connection.
 struct LiveConn {
     cut: CutRequest,
-    /// The connection's own mode, so a change can target live connections only.
-    mode: watch::Sender<Mode>,
+    /// The connection's own link, so a change can target live connections only.
+    link: watch::Sender<Link>,
 }
 
 /// State shared by the accept loop, every connection task and the test's handle.
 struct ProxyShared {
-    /// The mode new connections start in. Changed together with `live`, under its lock, so a
+    /// The link new connections start with. Changed together with `live`, under its lock, so a
     /// connection being registered cannot miss a change.
-    mode: watch::Sender<Mode>,
+    link: watch::Sender<Link>,
+    /// Applied to each new connection's link after `link`, e.g. a seeded random abort point.
+    plan: Mutex<Option<Box<Plan>>>,
     /// When set, new connections are accepted and reset at once.
     refuse: AtomicBool,
     /// TCP connections accepted, refused ones included.
@@ -87,7 +143,8 @@ impl ChaosProxy {
             .local_addr()
             .expect("chaos proxy: local address of a bound listener");
         let shared = Arc::new(ProxyShared {
-            mode: watch::Sender::new(Mode::Pass),
+            link: watch::Sender::new(Link::default()),
+            plan: Mutex::new(None),
             refuse: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             live: Mutex::new(HashMap::new()),
@@ -136,26 +193,46 @@ impl ChaosProxy {
             })
     }
 
+    /// The mode new connections start in (their upstream-bound lane; both lanes unless one was
+    /// changed on its own).
     pub fn mode(&self) -> Mode {
-        *self.shared.mode.borrow()
+        self.shared.link.borrow().to_upstream.mode
     }
 
-    /// Applies at once to live connections and to later ones.
+    /// Both directions, at once on live connections and on later ones.
     pub fn set_mode(&self, mode: Mode) {
+        self.update(|link| link.set_mode(mode));
+    }
+
+    /// Both directions of the connections live now only; later ones start in
+    /// [`ChaosProxy::mode`]. This is how a test kills a connection silently yet lets the
+    /// client's reconnection through: under a global blackhole the new handshake would vanish too.
+    pub fn set_mode_existing(&self, mode: Mode) {
+        self.update_existing(|link| link.set_mode(mode));
+    }
+
+    /// Changes the link of live connections and of later ones, e.g.
+    /// `proxy.update(|l| l.to_client.shape.slice = Some(1))`.
+    pub fn update(&self, change: impl Fn(&mut Link)) {
         let live = lock(&self.shared.live);
-        self.shared.mode.send_replace(mode);
+        self.shared.link.send_modify(&change);
         for conn in live.values() {
-            conn.mode.send_replace(mode);
+            conn.link.send_modify(&change);
         }
     }
 
-    /// Applies to the connections live now only; later ones start in [`ChaosProxy::mode`].
-    /// This is how a test kills a connection silently yet lets the client's reconnection
-    /// through: under a global blackhole the new handshake would vanish too.
-    pub fn set_mode_existing(&self, mode: Mode) {
+    /// Changes the link of the connections live now only, e.g. a server that stops reading:
+    /// `proxy.update_existing(|l| l.to_upstream.mode = Mode::Stall)`.
+    pub fn update_existing(&self, change: impl Fn(&mut Link)) {
         for conn in lock(&self.shared.live).values() {
-            conn.mode.send_replace(mode);
+            conn.link.send_modify(&change);
         }
+    }
+
+    /// Runs `plan` on every connection accepted from now on, after the common link is copied:
+    /// how a test gives each connection its own (e.g. seeded random) fault.
+    pub fn set_plan(&self, plan: impl Fn(usize, &mut Link) + Send + Sync + 'static) {
+        *lock(&self.shared.plan) = Some(Box::new(plan));
     }
 
     /// Resets (RST) both sides of every live connection; returns once they are all closed.
@@ -213,24 +290,28 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Prox
         }
         let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
         let (cut_tx, cut_rx) = oneshot::channel();
-        let mode = {
+        let link = {
             let mut live = lock(&shared.live);
-            let mode = watch::Sender::new(*shared.mode.borrow());
+            let mut first = *shared.link.borrow();
+            if let Some(plan) = lock(&shared.plan).as_ref() {
+                plan(count - 1, &mut first);
+            }
+            let link = watch::Sender::new(first);
             live.insert(
                 id,
                 LiveConn {
                     cut: cut_tx,
-                    mode: mode.clone(),
+                    link: link.clone(),
                 },
             );
-            mode
+            link
         };
         tokio::spawn(proxy_conn(
             id,
             client,
             target,
             Arc::clone(&shared),
-            mode,
+            link,
             cut_rx,
         ));
     }
@@ -245,7 +326,7 @@ fn reset(stream: TcpStream) {
 enum End {
     /// Both directions finished with FIN, or the proxy was dropped: close normally.
     Closed,
-    /// One side failed (typically an RST): pass the reset on to the other side.
+    /// One side failed (typically an RST) or a lane hit `reset_after`: reset both sides.
     Failed,
     /// `cut_all`: reset both sides, then acknowledge.
     Cut(Option<oneshot::Sender<()>>),
@@ -256,7 +337,7 @@ async fn proxy_conn(
     mut client: TcpStream,
     target: SocketAddr,
     shared: Arc<ProxyShared>,
-    mode: watch::Sender<Mode>,
+    link: watch::Sender<Link>,
     mut cut: oneshot::Receiver<oneshot::Sender<()>>,
 ) {
     let connected = tokio::select! {
@@ -281,8 +362,13 @@ async fn proxy_conn(
     let end = {
         let (client_read, client_write) = client.split();
         let (upstream_read, upstream_write) = upstream.split();
-        let to_upstream = pump(client_read, upstream_write, mode.subscribe());
-        let to_client = pump(upstream_read, client_write, mode.subscribe());
+        let to_upstream = pump(
+            client_read,
+            upstream_write,
+            link.subscribe(),
+            Dir::ToUpstream,
+        );
+        let to_client = pump(upstream_read, client_write, link.subscribe(), Dir::ToClient);
         tokio::pin!(to_upstream, to_client);
         let (mut to_upstream_done, mut to_client_done) = (false, false);
         loop {
@@ -326,43 +412,122 @@ async fn proxy_conn(
     }
 }
 
-/// Copies `from` to `to` under the connection's mode until `from` ends. `Err` means a socket failed.
+/// Waits until `dir` is not stalled and returns its lane as it is then.
+async fn unstalled(link: &mut watch::Receiver<Link>, dir: Dir) -> io::Result<Lane> {
+    // The connection task keeps the link sender for as long as it polls the pumps.
+    let lane = link
+        .wait_for(|link| link.lane(dir).mode != Mode::Stall)
+        .await
+        .map_err(|_| io::Error::other("chaos proxy connection link dropped"))?
+        .lane(dir);
+    Ok(lane)
+}
+
+/// Copies `from` to `to` under the `dir` lane of the connection's link until `from` ends.
+/// `Err` means a socket failed or the lane's `reset_after` was reached.
 async fn pump(
     mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
-    mut mode: watch::Receiver<Mode>,
+    mut link: watch::Receiver<Link>,
+    dir: Dir,
 ) -> io::Result<()> {
-    // The connection task keeps the mode sender for as long as it polls the pumps.
-    let stopped = |_| io::Error::other("chaos proxy connection mode dropped");
     let mut buf = vec![0u8; 16 * 1024];
+    let mut forwarded = 0u64;
+    let mut pace = None;
     loop {
         // In Stall, leave the bytes in the kernel so the sender's window closes.
-        mode.wait_for(|mode| *mode != Mode::Stall)
-            .await
-            .map_err(stopped)?;
+        let lane = unstalled(&mut link, dir).await?;
+        if lane.shape.reset_after.is_some_and(|at| forwarded >= at) {
+            return Err(io::Error::other("chaos proxy: reset_after reached"));
+        }
         let read = tokio::select! {
             read = from.read(&mut buf) => read?,
             // A switch to Stall must stop reading even while a read is pending.
-            changed = mode.changed() => {
-                changed.map_err(stopped)?;
+            changed = link.changed() => {
+                changed.map_err(|_| io::Error::other("chaos proxy connection link dropped"))?;
                 continue;
             }
         };
         if read == 0 {
             // A FIN is a packet like any other: a blackhole or a stall holds it back too.
-            mode.wait_for(|mode| *mode == Mode::Pass)
+            link.wait_for(|link| link.lane(dir).mode == Mode::Pass)
                 .await
-                .map_err(stopped)?;
+                .map_err(|_| io::Error::other("chaos proxy connection link dropped"))?;
             to.shutdown().await?;
             return Ok(());
         }
-        // Bytes read just before a stall are held until it lifts, then follow the new mode.
-        let now = *mode
-            .wait_for(|mode| *mode != Mode::Stall)
-            .await
-            .map_err(stopped)?;
-        if now == Mode::Pass {
-            to.write_all(&buf[..read]).await?;
+        // Bytes read just before a change follow the lane as it is when they are written.
+        let mut rest = &buf[..read];
+        while !rest.is_empty() {
+            let lane = unstalled(&mut link, dir).await?;
+            if lane.mode == Mode::Blackhole {
+                break;
+            }
+            let shape = lane.shape;
+            let mut n = rest.len();
+            if let Some(slice) = shape.slice {
+                n = n.min(slice.max(1));
+            }
+            if let Some(at) = shape.reset_after {
+                let left = at.saturating_sub(forwarded);
+                if left == 0 {
+                    return Err(io::Error::other("chaos proxy: reset_after reached"));
+                }
+                n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+            }
+            if let Some(rate) = shape.rate {
+                n = n.min(rate_chunk(rate));
+                Pace::wait(&mut pace, rate, n).await;
+            }
+            to.write_all(&rest[..n]).await?;
+            forwarded += n as u64;
+            rest = &rest[n..];
+            if shape.slice.is_some() {
+                tokio::task::yield_now().await;
+            }
         }
+    }
+}
+
+/// Bytes per write under a `rate` limit: about 20 writes a second, so the rate also holds over
+/// short spans.
+fn rate_chunk(rate: u64) -> usize {
+    usize::try_from(rate / 20).unwrap_or(usize::MAX).max(1)
+}
+
+/// A lane's schedule under a rate limit: byte `k` is due `k / rate` seconds after `since`.
+/// Sleeping until a due time (not for each chunk's share) keeps the rate exact even when the
+/// share is far below the timer's millisecond.
+struct Pace {
+    rate: u64,
+    since: Instant,
+    sent: u64,
+}
+
+impl Pace {
+    /// How far behind its schedule a lane may fall before it counts as idle and starts afresh,
+    /// so an idle spell earns no burst.
+    const IDLE: Duration = Duration::from_millis(50);
+
+    async fn wait(pace: &mut Option<Pace>, rate: u64, n: usize) {
+        let now = Instant::now();
+        let current = pace
+            .as_ref()
+            .is_some_and(|p| p.rate == rate && p.due() + Self::IDLE >= now);
+        if !current {
+            *pace = Some(Pace {
+                rate,
+                since: now,
+                sent: 0,
+            });
+        }
+        if let Some(p) = pace.as_mut() {
+            p.sent += n as u64;
+            tokio::time::sleep_until(p.due()).await;
+        }
+    }
+
+    fn due(&self) -> Instant {
+        self.since + Duration::from_secs_f64(self.sent as f64 / self.rate.max(1) as f64)
     }
 }
