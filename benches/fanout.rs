@@ -37,6 +37,8 @@ mod measure;
 mod report;
 #[path = "fanout/runs.rs"]
 mod runs;
+#[path = "fanout/scenarios.rs"]
+mod scenarios;
 #[path = "fanout/subs.rs"]
 mod subs;
 #[path = "fanout/upstream.rs"]
@@ -45,8 +47,8 @@ mod upstream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use report::{Kind, Scenario};
 use runs::{Ctx, Transport};
+use scenarios::{Kind, Scenario};
 
 pub struct Args {
     pub reps: usize,
@@ -118,7 +120,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut scenarios = report::scenarios(&args);
+    let mut scenarios = scenarios::scenarios(&args);
     let websocat = on_path("websocat");
     println!("fanout bench: upstream → daemon → N subscribers, all on 127.0.0.1");
     println!("  daemon: in this process, on its own multi-thread tokio runtime (threads \"daemon\"), fresh per run");
