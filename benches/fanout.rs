@@ -21,6 +21,11 @@
 //! same bytes, 64 records per write, to N Unix sockets read by N readers), B4 (websocat) only
 //! when `websocat` is on PATH — it is not implemented here yet and is reported as skipped.
 //!
+//! The publish path runs the code of `benches/publish.rs` (`common::publish`): its scenario B
+//! (64 publishers on 4 gRPC channels, durable, wait = STORED, a fresh daemon and store per run,
+//! 3 s per run, 1 s with `--quick`) against its baseline B0 (one durable redb commit per
+//! insert), with all its checks. `cargo bench --bench publish` has the other publish scenarios.
+//!
 //! Memory: VmRSS of this process, sampled every 20 ms, so "peak RSS" includes the bench's own
 //! memory (subscribers, latency vectors). Idle RSS runs in a fresh child process, measured before
 //! and after starting the daemon.
@@ -33,6 +38,8 @@ mod common;
 mod daemon;
 #[path = "fanout/measure.rs"]
 mod measure;
+#[path = "fanout/publish.rs"]
+mod publish;
 #[path = "fanout/report.rs"]
 mod report;
 #[path = "fanout/runs.rs"]
@@ -54,6 +61,8 @@ pub struct Args {
     pub reps: usize,
     pub quick: bool,
     pub only: Vec<String>,
+    /// Length of each publish-path run (publish.rs's defaults).
+    pub publish_secs: f64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -61,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
         reps: 5,
         quick: false,
         only: Vec::new(),
+        publish_secs: 3.0,
     };
     let mut reps = None;
     let mut it = std::env::args().skip(1);
@@ -76,7 +86,7 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if args.quick {
-        args.reps = 3;
+        (args.reps, args.publish_secs) = (3, 1.0);
     }
     args.reps = reps.unwrap_or(args.reps).max(1);
     Ok(args)
@@ -125,6 +135,14 @@ fn main() -> ExitCode {
     println!("fanout bench: upstream → daemon → N subscribers, all on 127.0.0.1");
     println!("  daemon: in this process, on its own multi-thread tokio runtime (threads \"daemon\"), fresh per run");
     println!("  upstream: tokio-tungstenite server on its own 1-thread runtime; subscribers on a 2-thread runtime");
+    if scenarios.iter().any(|s| matches!(s.kind, Kind::Publish)) {
+        println!(
+            "  publish: benches/publish.rs's B (64 publishers, 4 channels, durable) vs its B0, {:.0} s per run; store in {} — {}",
+            args.publish_secs,
+            tmp.display(),
+            common::publish::filesystem_of(&tmp)
+        );
+    }
     println!(
         "  {} repetitions{}, interleaved; {} cores; {} scenarios; B4 {}",
         args.reps,
@@ -154,7 +172,13 @@ fn main() -> ExitCode {
         }
     }
     ctx.rss.stop();
-    let ok = report::report(&args, &scenarios, &out_dir.join("fanout.json"), websocat);
+    let ok = report::report(
+        &args,
+        &scenarios,
+        &out_dir.join("fanout.json"),
+        &tmp,
+        websocat,
+    );
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -227,6 +251,8 @@ fn run_one(ctx: &Ctx, args: &Args, all: &[Scenario], i: usize) -> Result<runs::R
             r.extra.push(("offered_rate", rate));
             Ok(r)
         }
+        Kind::B0 => publish::b0(ctx, args.publish_secs),
+        Kind::Publish => publish::publishers(ctx, args.publish_secs),
         Kind::Reconnect => runs::reconnect(ctx, 2_000),
         Kind::Idle => runs::idle(&ctx.base),
     }

@@ -1,5 +1,6 @@
 //! The scenarios of each mode, their names, and which baseline each is compared with.
 
+use crate::common::publish::{PAYLOAD, PUBLISHERS};
 use crate::runs::{Run, Transport};
 use crate::Args;
 
@@ -31,6 +32,10 @@ pub enum Kind {
         t: Option<Transport>,
         n: usize,
     },
+    /// The publish path's baseline: one durable redb commit per insert (publish.rs's B0).
+    B0,
+    /// Durable publishes: publish.rs's scenario B, 64 publishers on 4 gRPC channels.
+    Publish,
     Reconnect,
     Idle,
 }
@@ -71,6 +76,8 @@ fn name(k: &Kind) -> String {
         Kind::Latency { t, n } => {
             format!("latency/{}/N={n}/64B@50%", t.map_or("B2", Transport::name))
         }
+        Kind::B0 => "B0/redb-commit".into(),
+        Kind::Publish => format!("publish/grpc-uds/P={PUBLISHERS}/{}", size(PAYLOAD)),
         Kind::Reconnect => "reconnect/grpc-uds/N=3".into(),
         Kind::Idle => "idle/3-endpoints".into(),
     }
@@ -124,6 +131,8 @@ pub fn scenarios(args: &Args) -> Vec<Scenario> {
                 t: Some(Uds),
                 n: 10,
             },
+            B0,
+            Publish,
             Reconnect,
             Idle,
         ]);
@@ -165,6 +174,8 @@ pub fn scenarios(args: &Args) -> Vec<Scenario> {
                 t: Some(Ndjson),
                 n: 10,
             },
+            B0,
+            Publish,
             Reconnect,
             Idle,
         ]);
@@ -184,6 +195,7 @@ pub fn scenarios(args: &Args) -> Vec<Scenario> {
                     text: false,
                 })),
                 Latency { t: Some(_), n } => Some(name(&Latency { t: None, n })),
+                Publish => Some(name(&B0)),
                 _ => None,
             },
             kind,
