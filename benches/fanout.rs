@@ -18,8 +18,9 @@
 //!
 //! Baselines, interleaved with the daemon scenarios in every repetition: B1 (one plain client on
 //! the upstream), B2 (N plain clients on the upstream), B3 (one `b3-writer` thread writing the
-//! same bytes, 64 records per write, to N Unix sockets read by N readers), B4 (websocat) only
-//! when `websocat` is on PATH — it is not implemented here yet and is reported as skipped.
+//! same bytes, 64 records per write, to N Unix sockets read by N readers), B4 (websocat as a
+//! child process bridging the upstream to a Unix socket, see `fanout/b4.rs`) only when `websocat`
+//! is on PATH, else reported as skipped.
 //!
 //! The publish path runs the code of `benches/publish.rs` (`common::publish`): its scenario B
 //! (64 publishers on 4 gRPC channels, durable, wait = STORED, a fresh daemon and store per run,
@@ -32,6 +33,8 @@
 //!
 //! Prints a table and writes `target/bench/fanout.json`.
 
+#[path = "fanout/b4.rs"]
+mod b4;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "fanout/daemon.rs"]
@@ -63,6 +66,8 @@ pub struct Args {
     pub only: Vec<String>,
     /// Length of each publish-path run (publish.rs's defaults).
     pub publish_secs: f64,
+    /// B4 runs only with websocat.
+    pub websocat: Option<b4::Websocat>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -71,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
         quick: false,
         only: Vec::new(),
         publish_secs: 3.0,
+        websocat: b4::find(),
     };
     let mut reps = None;
     let mut it = std::env::args().skip(1);
@@ -90,11 +96,6 @@ fn parse_args() -> Result<Args, String> {
     }
     args.reps = reps.unwrap_or(args.reps).max(1);
     Ok(args)
-}
-
-fn on_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
 }
 
 fn main() -> ExitCode {
@@ -131,7 +132,6 @@ fn main() -> ExitCode {
         }
     };
     let mut scenarios = scenarios::scenarios(&args);
-    let websocat = on_path("websocat");
     println!("fanout bench: upstream → daemon → N subscribers, all on 127.0.0.1");
     println!("  daemon: in this process, on its own multi-thread tokio runtime (threads \"daemon\"), fresh per run");
     println!("  upstream: tokio-tungstenite server on its own 1-thread runtime; subscribers on a 2-thread runtime");
@@ -143,17 +143,21 @@ fn main() -> ExitCode {
             common::publish::filesystem_of(&tmp)
         );
     }
+    match &args.websocat {
+        Some(w) => println!(
+            "  B4: {} ({}) as a child process: websocat {} (N=1; N>1 through broadcast:)",
+            w.version,
+            w.exe.display(),
+            b4::args(1, "ws://UPSTREAM", std::path::Path::new("SOCK")).join(" ")
+        ),
+        None => println!("  B4 skipped: websocat not on PATH"),
+    }
     println!(
-        "  {} repetitions{}, interleaved; {} cores; {} scenarios; B4 {}",
+        "  {} repetitions{}, interleaved; {} cores; {} scenarios",
         args.reps,
         if args.quick { " (--quick)" } else { "" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         scenarios.len(),
-        if websocat {
-            "skipped: websocat is on PATH but the B4 bridge is not implemented in this harness yet"
-        } else {
-            "skipped: websocat not on PATH"
-        }
     );
     for rep in 1..=args.reps {
         for i in 0..scenarios.len() {
@@ -172,13 +176,7 @@ fn main() -> ExitCode {
         }
     }
     ctx.rss.stop();
-    let ok = report::report(
-        &args,
-        &scenarios,
-        &out_dir.join("fanout.json"),
-        &tmp,
-        websocat,
-    );
+    let ok = report::report(&args, &scenarios, &out_dir.join("fanout.json"), &tmp);
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -225,6 +223,10 @@ fn run_one(ctx: &Ctx, args: &Args, all: &[Scenario], i: usize) -> Result<runs::R
             None,
         ),
         Kind::B3 { n, payload } => runs::b3(ctx, n, payload, count(args, n, payload)),
+        Kind::B4 { n, payload } => match &args.websocat {
+            Some(w) => b4::run(ctx, &w.exe, n, payload, count(args, n, payload)),
+            None => Err("B4 without websocat".into()),
+        },
         Kind::Fan {
             t,
             n,

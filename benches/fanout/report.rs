@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::b4;
 use crate::common::publish::{
     filesystem_of, CHANNELS, PAYLOAD, PUBLISHERS, TARGET_P99_US, TARGET_RATE,
 };
@@ -46,13 +47,25 @@ fn server_group(s: &Scenario) -> Option<usize> {
     match s.kind {
         Kind::B3 { .. } => Some(3),
         Kind::B0 => Some(4),
-        Kind::B1 { .. } | Kind::B2 { .. } | Kind::Latency { t: None, .. } | Kind::Idle => None,
+        Kind::B1 { .. }
+        | Kind::B2 { .. }
+        | Kind::B4 { .. }
+        | Kind::Latency { t: None, .. }
+        | Kind::Idle => None,
         _ => Some(0),
     }
 }
 
+/// CPU ns per delivery of what plays "the daemon" (B4: the websocat process).
+fn server_cpu(s: &Scenario, r: &Run) -> f64 {
+    match s.kind {
+        Kind::B4 { .. } => r.extra("websocat_cpu_ns_per_msg"),
+        _ => server_group(s).map_or(f64::NAN, |g| r.cpu_per(g)),
+    }
+}
+
 pub fn print_run(rep: usize, s: &Scenario, r: &Run) {
-    let cpu = server_group(s).map_or(f64::NAN, |g| r.cpu_per(g));
+    let cpu = server_cpu(s, r);
     let mut line = format!(
         "  rep {rep} {:<28} {:>10.0} msgs/s  p50 {:>8.1} µs  p99 {:>9.1} µs  max {:>9.1} µs  \
          server CPU {:>6.0} ns/msg  subs CPU {:>6.0} ns/msg  peak RSS {:>6.1} MiB  lost {} dup {} gaps {}",
@@ -85,8 +98,24 @@ fn med(v: &[f64]) -> f64 {
     summary(v).0
 }
 
+/// How B4 ran, or why not.
+fn b4_json(args: &Args) -> serde_json::Value {
+    let Some(w) = &args.websocat else {
+        return serde_json::json!({"skipped": "websocat not on PATH"});
+    };
+    let cmd = |n| b4::args(n, "ws://UPSTREAM", Path::new("SOCK")).join(" ");
+    serde_json::json!({
+        "version": w.version,
+        "exe": w.exe.display().to_string(),
+        "process": "child process; CPU from /proc/PID/task/*/schedstat",
+        "command_n1": format!("websocat {}", cmd(1)),
+        "command_n_gt_1": format!("websocat {}", cmd(2)),
+        "framing": "-b writes the messages' bytes with no framing: readers re-split the stream by the fixed record size; seq holes count as lost",
+    })
+}
+
 /// Prints the table and the targets, writes the JSON; false if any check failed.
-pub fn report(args: &Args, all: &[Scenario], json_path: &Path, tmp: &Path, websocat: bool) -> bool {
+pub fn report(args: &Args, all: &[Scenario], json_path: &Path, tmp: &Path) -> bool {
     let mut failed = Vec::new();
     println!();
     println!("| scenario | msgs/s delivered | ratio to baseline | p50 µs | p99 µs | p999 µs | max µs | server CPU ns/msg | subs CPU ns/msg | peak RSS MiB | lost/dup |");
@@ -96,20 +125,19 @@ pub fn report(args: &Args, all: &[Scenario], json_path: &Path, tmp: &Path, webso
         let rate = metric(s, Run::rate);
         let ratio = ratios(all, s);
         let pcts = [0.5, 0.99, 0.999, 1.0].map(|q| metric(s, |r| pct_us(&r.lat_ns, q)));
-        let cpu = metric(s, |r| server_group(s).map_or(f64::NAN, |g| r.cpu_per(g)));
+        let cpu = metric(s, |r| server_cpu(s, r));
         let subs_cpu = metric(s, |r| r.cpu_per(2));
         let rss = metric(s, |r| r.peak_rss_kib as f64 / 1024.0);
         let lost: u64 = s.runs.iter().map(|r| r.lost).sum();
         let dup: u64 = s.runs.iter().map(|r| r.dup).sum();
-        // The stalled subscriber's own gaps are expected; nobody else may see one.
-        if lost + dup > 0 || s.runs.iter().any(|r| !r.errors.is_empty()) {
+        let errors: Vec<String> = s.runs.iter().flat_map(|r| r.errors.clone()).collect();
+        // The stalled subscriber's own gaps are expected; nobody else may see one. B4's losses
+        // and errors are websocat's, reported as measured.
+        let peer = matches!(s.kind, Kind::B4 { .. });
+        if !peer && (lost + dup > 0 || !errors.is_empty()) {
             failed.push(format!(
-                "{}: lost {lost}, dup {dup}, errors {:?}",
-                s.name,
-                s.runs
-                    .iter()
-                    .flat_map(|r| r.errors.clone())
-                    .collect::<Vec<_>>()
+                "{}: lost {lost}, dup {dup}, errors {errors:?}",
+                s.name
             ));
         }
         let has_rate = !matches!(s.kind, Kind::Idle);
@@ -156,11 +184,19 @@ pub fn report(args: &Args, all: &[Scenario], json_path: &Path, tmp: &Path, webso
             "deliveries_per_run": s.runs.iter().map(|r| r.deliveries).collect::<Vec<_>>(),
             "lost": lost, "duplicated": dup,
             "gap_events": s.runs.iter().map(|r| r.gaps).sum::<u64>(),
+            "errors": errors,
             "extra": extra,
         }));
     }
+    if args.websocat.is_none() {
+        println!("| B4/64B | skipped: websocat not on PATH | | | | | | | | | |");
+        json.push(serde_json::json!({
+            "name": "B4/64B", "baseline": "B1/64B", "skipped": "websocat not on PATH",
+        }));
+    }
     println!("(median over repetitions, min–max in brackets; percentiles are per run over all subscribers' messages;");
-    println!(" server CPU = daemon threads (with the store committer), the b3-writer thread for B3, the main thread for B0;");
+    println!(" server CPU = daemon threads (with the store committer), the b3-writer thread for B3, the websocat process for B4,");
+    println!(" the main thread for B0; B4's lost are messages websocat dropped (not a failure of the bench);");
     println!(" subs CPU = the subscribers, or the publishers for publish; peak RSS is this whole process, bench included;");
     println!(" ratio: N=1 vs B1, N>1 vs B3 (same N, payload), B2 vs B1, stalled = per-subscriber rate of the 9 vs 10 readers, latency vs B2 rate,");
     println!(" publish vs B0; for publish and B0 \"msgs/s\" is durable publishes acked/s (inserts/s) and the latencies are per publish (insert))");
@@ -300,7 +336,7 @@ pub fn report(args: &Args, all: &[Scenario], json_path: &Path, tmp: &Path, webso
         "quick": args.quick,
         "repetitions": args.reps,
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "b4": if websocat { "skipped (bridge not implemented)" } else { "skipped (websocat not on PATH)" },
+        "b4": b4_json(args),
         "rss_note": "VmRSS of the bench process: includes the bench's own memory; idle runs in a fresh child process",
         "publish": {
             "what": "benches/publish.rs scenario B vs its B0: durable publishes (wait = STORED) over gRPC-UDS, a fresh daemon and store per run, the endpoint's upstream refused so every publish stays in the outbox",

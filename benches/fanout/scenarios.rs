@@ -17,6 +17,11 @@ pub enum Kind {
         n: usize,
         payload: usize,
     },
+    /// websocat bridging the upstream to a Unix socket read by `n` readers.
+    B4 {
+        n: usize,
+        payload: usize,
+    },
     Fan {
         t: Transport,
         n: usize,
@@ -61,6 +66,8 @@ fn name(k: &Kind) -> String {
         Kind::B1 { payload } => format!("B1/{}", size(payload)),
         Kind::B2 { n, payload } => format!("B2/N={n}/{}", size(payload)),
         Kind::B3 { n, payload } => format!("B3/N={n}/{}", size(payload)),
+        Kind::B4 { n: 1, payload } => format!("B4/{}", size(payload)),
+        Kind::B4 { n, payload } => format!("B4/N={n}/{}", size(payload)),
         Kind::Fan {
             t,
             n,
@@ -180,6 +187,17 @@ pub fn scenarios(args: &Args) -> Vec<Scenario> {
             Idle,
         ]);
     }
+    // B4 right after the baseline it is compared with; N > 1 (websocat's broadcast) in full mode.
+    if args.websocat.is_some() {
+        v = v
+            .into_iter()
+            .flat_map(|k| match k {
+                B1 { payload } => vec![k, B4 { n: 1, payload }],
+                B3 { n, payload: 64 } if !args.quick => vec![k, B4 { n, payload: 64 }],
+                _ => vec![k],
+            })
+            .collect();
+    }
     let all: Vec<Scenario> = v
         .into_iter()
         .map(|kind| Scenario {
@@ -187,7 +205,8 @@ pub fn scenarios(args: &Args) -> Vec<Scenario> {
             baseline: match kind {
                 Fan { n: 1, payload, .. } => Some(name(&B1 { payload })),
                 Fan { n, payload, .. } => Some(name(&B3 { n, payload })),
-                B2 { payload, .. } => Some(name(&B1 { payload })),
+                B2 { payload, .. } | B4 { n: 1, payload } => Some(name(&B1 { payload })),
+                B4 { n, payload } => Some(name(&B3 { n, payload })),
                 Stalled { t } => Some(name(&Fan {
                     t,
                     n: 10,
