@@ -18,8 +18,14 @@
 //!
 //! Baselines, interleaved with the daemon scenarios in every repetition: B1 (one plain client on
 //! the upstream), B2 (N plain clients on the upstream), B3 (one `b3-writer` thread writing the
-//! same bytes, 64 records per write, to N Unix sockets read by N readers), B4 (websocat) only
-//! when `websocat` is on PATH — it is not implemented here yet and is reported as skipped.
+//! same bytes, 64 records per write, to N Unix sockets read by N readers), B4 (websocat as a
+//! child process bridging the upstream to a Unix socket, see `fanout/b4.rs`) only when `websocat`
+//! is on PATH, else reported as skipped.
+//!
+//! The publish path runs the code of `benches/publish.rs` (`common::publish`): its scenario B
+//! (64 publishers on 4 gRPC channels, durable, wait = STORED, a fresh daemon and store per run,
+//! 3 s per run, 1 s with `--quick`) against its baseline B0 (one durable redb commit per
+//! insert), with all its checks. `cargo bench --bench publish` has the other publish scenarios.
 //!
 //! Memory: VmRSS of this process, sampled every 20 ms, so "peak RSS" includes the bench's own
 //! memory (subscribers, latency vectors). Idle RSS runs in a fresh child process, measured before
@@ -27,16 +33,22 @@
 //!
 //! Prints a table and writes `target/bench/fanout.json`.
 
+#[path = "fanout/b4.rs"]
+mod b4;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "fanout/daemon.rs"]
 mod daemon;
 #[path = "fanout/measure.rs"]
 mod measure;
+#[path = "fanout/publish.rs"]
+mod publish;
 #[path = "fanout/report.rs"]
 mod report;
 #[path = "fanout/runs.rs"]
 mod runs;
+#[path = "fanout/scenarios.rs"]
+mod scenarios;
 #[path = "fanout/subs.rs"]
 mod subs;
 #[path = "fanout/upstream.rs"]
@@ -45,13 +57,17 @@ mod upstream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use report::{Kind, Scenario};
 use runs::{Ctx, Transport};
+use scenarios::{Kind, Scenario};
 
 pub struct Args {
     pub reps: usize,
     pub quick: bool,
     pub only: Vec<String>,
+    /// Length of each publish-path run (publish.rs's defaults).
+    pub publish_secs: f64,
+    /// B4 runs only with websocat.
+    pub websocat: Option<b4::Websocat>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -59,6 +75,8 @@ fn parse_args() -> Result<Args, String> {
         reps: 5,
         quick: false,
         only: Vec::new(),
+        publish_secs: 3.0,
+        websocat: b4::find(),
     };
     let mut reps = None;
     let mut it = std::env::args().skip(1);
@@ -74,15 +92,10 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if args.quick {
-        args.reps = 3;
+        (args.reps, args.publish_secs) = (3, 1.0);
     }
     args.reps = reps.unwrap_or(args.reps).max(1);
     Ok(args)
-}
-
-fn on_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
 }
 
 fn main() -> ExitCode {
@@ -118,22 +131,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut scenarios = report::scenarios(&args);
-    let websocat = on_path("websocat");
+    let mut scenarios = scenarios::scenarios(&args);
     println!("fanout bench: upstream → daemon → N subscribers, all on 127.0.0.1");
     println!("  daemon: in this process, on its own multi-thread tokio runtime (threads \"daemon\"), fresh per run");
     println!("  upstream: tokio-tungstenite server on its own 1-thread runtime; subscribers on a 2-thread runtime");
+    if scenarios.iter().any(|s| matches!(s.kind, Kind::Publish)) {
+        println!(
+            "  publish: benches/publish.rs's B (64 publishers, 4 channels, durable) vs its B0, {:.0} s per run; store in {} — {}",
+            args.publish_secs,
+            tmp.display(),
+            common::publish::filesystem_of(&tmp)
+        );
+    }
+    match &args.websocat {
+        Some(w) => println!(
+            "  B4: {} ({}) as a child process: websocat {} (N=1; N>1 through broadcast:)",
+            w.version,
+            w.exe.display(),
+            b4::args(1, "ws://UPSTREAM", std::path::Path::new("SOCK")).join(" ")
+        ),
+        None => println!("  B4 skipped: websocat not on PATH"),
+    }
     println!(
-        "  {} repetitions{}, interleaved; {} cores; {} scenarios; B4 {}",
+        "  {} repetitions{}, interleaved; {} cores; {} scenarios",
         args.reps,
         if args.quick { " (--quick)" } else { "" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         scenarios.len(),
-        if websocat {
-            "skipped: websocat is on PATH but the B4 bridge is not implemented in this harness yet"
-        } else {
-            "skipped: websocat not on PATH"
-        }
     );
     for rep in 1..=args.reps {
         for i in 0..scenarios.len() {
@@ -152,7 +176,7 @@ fn main() -> ExitCode {
         }
     }
     ctx.rss.stop();
-    let ok = report::report(&args, &scenarios, &out_dir.join("fanout.json"), websocat);
+    let ok = report::report(&args, &scenarios, &out_dir.join("fanout.json"), &tmp);
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -199,6 +223,10 @@ fn run_one(ctx: &Ctx, args: &Args, all: &[Scenario], i: usize) -> Result<runs::R
             None,
         ),
         Kind::B3 { n, payload } => runs::b3(ctx, n, payload, count(args, n, payload)),
+        Kind::B4 { n, payload } => match &args.websocat {
+            Some(w) => b4::run(ctx, &w.exe, n, payload, count(args, n, payload)),
+            None => Err("B4 without websocat".into()),
+        },
         Kind::Fan {
             t,
             n,
@@ -225,6 +253,8 @@ fn run_one(ctx: &Ctx, args: &Args, all: &[Scenario], i: usize) -> Result<runs::R
             r.extra.push(("offered_rate", rate));
             Ok(r)
         }
+        Kind::B0 => publish::b0(ctx, args.publish_secs),
+        Kind::Publish => publish::publishers(ctx, args.publish_secs),
         Kind::Reconnect => runs::reconnect(ctx, 2_000),
         Kind::Idle => runs::idle(&ctx.base),
     }

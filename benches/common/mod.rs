@@ -1,9 +1,12 @@
-//! What both bench binaries share: where `target/` is, median/min/max of repetitions, and the
-//! daemon started in-process on its own runtime (built as `main.rs` builds it).
+//! What both bench binaries share: where `target/` is, median/min/max of repetitions, the
+//! daemon started in-process on its own runtime (built as `main.rs` builds it), and the publish
+//! path's runs ([`publish`]).
 //!
 //! Lives in a subdirectory so cargo does not take it for a bench target of its own. Each bench
 //! uses a subset, hence the `allow`.
 #![allow(dead_code)]
+
+pub mod publish;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

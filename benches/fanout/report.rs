@@ -1,222 +1,15 @@
-//! The scenario list, the table, the JSON and the targets.
+//! The table, the JSON and the targets.
 
 use std::path::Path;
 
+use crate::b4;
+use crate::common::publish::{
+    filesystem_of, CHANNELS, PAYLOAD, PUBLISHERS, TARGET_P99_US, TARGET_RATE,
+};
 use crate::measure::{fmt_range, pct_us, stats_json, summary, GROUPS};
-use crate::runs::{Run, Transport};
+use crate::runs::Run;
+use crate::scenarios::{size, Kind, Scenario};
 use crate::Args;
-
-#[derive(Debug, Clone, Copy)]
-pub enum Kind {
-    B1 {
-        payload: usize,
-    },
-    B2 {
-        n: usize,
-        payload: usize,
-    },
-    B3 {
-        n: usize,
-        payload: usize,
-    },
-    Fan {
-        t: Transport,
-        n: usize,
-        payload: usize,
-        text: bool,
-    },
-    /// 9 reading subscribers and one that never reads, 64 B.
-    Stalled {
-        t: Transport,
-    },
-    /// Open-loop at 50% of the N=10 64 B gRPC-UDS saturation rate; `t = None` is B2.
-    Latency {
-        t: Option<Transport>,
-        n: usize,
-    },
-    Reconnect,
-    Idle,
-}
-
-pub struct Scenario {
-    pub name: String,
-    pub kind: Kind,
-    /// The scenario whose same-repetition run this one is compared with.
-    pub baseline: Option<String>,
-    pub runs: Vec<Run>,
-}
-
-fn size(p: usize) -> String {
-    if p >= 1024 {
-        format!("{}KiB", p / 1024)
-    } else {
-        format!("{p}B")
-    }
-}
-
-fn name(k: &Kind) -> String {
-    match *k {
-        Kind::B1 { payload } => format!("B1/{}", size(payload)),
-        Kind::B2 { n, payload } => format!("B2/N={n}/{}", size(payload)),
-        Kind::B3 { n, payload } => format!("B3/N={n}/{}", size(payload)),
-        Kind::Fan {
-            t,
-            n,
-            payload,
-            text,
-        } => format!(
-            "{}/N={n}/{}{}",
-            t.name(),
-            size(payload),
-            if text { "/text" } else { "" }
-        ),
-        Kind::Stalled { t } => format!("stalled/{}/N=9+1", t.name()),
-        Kind::Latency { t, n } => {
-            format!("latency/{}/N={n}/64B@50%", t.map_or("B2", Transport::name))
-        }
-        Kind::Reconnect => "reconnect/grpc-uds/N=3".into(),
-        Kind::Idle => "idle/3-endpoints".into(),
-    }
-}
-
-/// The scenarios of a mode, in the order each repetition runs them (baselines interleaved).
-pub fn scenarios(args: &Args) -> Vec<Scenario> {
-    use Kind::*;
-    use Transport::*;
-    let mut v: Vec<Kind> = Vec::new();
-    if args.quick {
-        v.extend([
-            B1 { payload: 64 },
-            Fan {
-                t: Uds,
-                n: 1,
-                payload: 64,
-                text: false,
-            },
-            Fan {
-                t: Ndjson,
-                n: 1,
-                payload: 64,
-                text: false,
-            },
-            B3 {
-                n: 100,
-                payload: 64,
-            },
-            Fan {
-                t: Uds,
-                n: 100,
-                payload: 64,
-                text: false,
-            },
-            Fan {
-                t: Ndjson,
-                n: 100,
-                payload: 64,
-                text: false,
-            },
-            Fan {
-                t: Uds,
-                n: 10,
-                payload: 64,
-                text: false,
-            },
-            Stalled { t: Uds },
-            Latency { t: None, n: 10 },
-            Latency {
-                t: Some(Uds),
-                n: 10,
-            },
-            Reconnect,
-            Idle,
-        ]);
-    } else {
-        for payload in [64, 1024, 64 * 1024] {
-            v.push(B1 { payload });
-            for n in [1, 10, 100] {
-                if n > 1 {
-                    v.push(B3 { n, payload });
-                    if payload == 64 {
-                        v.push(B2 { n, payload });
-                    }
-                }
-                for t in [Uds, Tcp, Ndjson] {
-                    v.push(Fan {
-                        t,
-                        n,
-                        payload,
-                        text: false,
-                    });
-                }
-            }
-        }
-        v.push(Fan {
-            t: Uds,
-            n: 10,
-            payload: 64,
-            text: true,
-        });
-        v.extend([
-            Stalled { t: Uds },
-            Stalled { t: Ndjson },
-            Latency { t: None, n: 10 },
-            Latency {
-                t: Some(Uds),
-                n: 10,
-            },
-            Latency {
-                t: Some(Ndjson),
-                n: 10,
-            },
-            Reconnect,
-            Idle,
-        ]);
-    }
-    let all: Vec<Scenario> = v
-        .into_iter()
-        .map(|kind| Scenario {
-            name: name(&kind),
-            baseline: match kind {
-                Fan { n: 1, payload, .. } => Some(name(&B1 { payload })),
-                Fan { n, payload, .. } => Some(name(&B3 { n, payload })),
-                B2 { payload, .. } => Some(name(&B1 { payload })),
-                Stalled { t } => Some(name(&Fan {
-                    t,
-                    n: 10,
-                    payload: 64,
-                    text: false,
-                })),
-                Latency { t: Some(_), n } => Some(name(&Latency { t: None, n })),
-                _ => None,
-            },
-            kind,
-            runs: vec![],
-        })
-        .collect();
-    if args.only.is_empty() {
-        return all;
-    }
-    // Keep the named ones, their baselines, and what latency needs.
-    let keep: Vec<String> = all
-        .iter()
-        .filter(|s| args.only.iter().any(|o| s.name.contains(o.as_str())))
-        .flat_map(|s| {
-            let mut k = vec![s.name.clone()];
-            k.extend(s.baseline.clone());
-            if matches!(s.kind, Latency { .. } | Stalled { .. }) {
-                k.push(name(&Fan {
-                    t: Uds,
-                    n: 10,
-                    payload: 64,
-                    text: false,
-                }));
-                k.push(name(&Latency { t: None, n: 10 }));
-            }
-            k
-        })
-        .collect();
-    all.into_iter().filter(|s| keep.contains(&s.name)).collect()
-}
 
 /// Per-subscriber rate for stalled runs (the 9 others vs 10 readers), delivered msgs/s else.
 fn ratio_metric(s: &Scenario, r: &Run) -> f64 {
@@ -248,17 +41,31 @@ fn ratios(all: &[Scenario], s: &Scenario) -> Vec<f64> {
         .collect()
 }
 
-/// The CPU group that plays "the daemon" in a scenario (B3: its writer thread).
+/// The CPU group that plays "the daemon" in a scenario (B3: its writer thread; B0: the main
+/// thread, which runs its loop, in "other").
 fn server_group(s: &Scenario) -> Option<usize> {
     match s.kind {
         Kind::B3 { .. } => Some(3),
-        Kind::B1 { .. } | Kind::B2 { .. } | Kind::Latency { t: None, .. } | Kind::Idle => None,
+        Kind::B0 => Some(4),
+        Kind::B1 { .. }
+        | Kind::B2 { .. }
+        | Kind::B4 { .. }
+        | Kind::Latency { t: None, .. }
+        | Kind::Idle => None,
         _ => Some(0),
     }
 }
 
+/// CPU ns per delivery of what plays "the daemon" (B4: the websocat process).
+fn server_cpu(s: &Scenario, r: &Run) -> f64 {
+    match s.kind {
+        Kind::B4 { .. } => r.extra("websocat_cpu_ns_per_msg"),
+        _ => server_group(s).map_or(f64::NAN, |g| r.cpu_per(g)),
+    }
+}
+
 pub fn print_run(rep: usize, s: &Scenario, r: &Run) {
-    let cpu = server_group(s).map_or(f64::NAN, |g| r.cpu_per(g));
+    let cpu = server_cpu(s, r);
     let mut line = format!(
         "  rep {rep} {:<28} {:>10.0} msgs/s  p50 {:>8.1} µs  p99 {:>9.1} µs  max {:>9.1} µs  \
          server CPU {:>6.0} ns/msg  subs CPU {:>6.0} ns/msg  peak RSS {:>6.1} MiB  lost {} dup {} gaps {}",
@@ -291,8 +98,24 @@ fn med(v: &[f64]) -> f64 {
     summary(v).0
 }
 
+/// How B4 ran, or why not.
+fn b4_json(args: &Args) -> serde_json::Value {
+    let Some(w) = &args.websocat else {
+        return serde_json::json!({"skipped": "websocat not on PATH"});
+    };
+    let cmd = |n| b4::args(n, "ws://UPSTREAM", Path::new("SOCK")).join(" ");
+    serde_json::json!({
+        "version": w.version,
+        "exe": w.exe.display().to_string(),
+        "process": "child process; CPU from /proc/PID/task/*/schedstat",
+        "command_n1": format!("websocat {}", cmd(1)),
+        "command_n_gt_1": format!("websocat {}", cmd(2)),
+        "framing": "-b writes the messages' bytes with no framing: readers re-split the stream by the fixed record size; seq holes count as lost",
+    })
+}
+
 /// Prints the table and the targets, writes the JSON; false if any check failed.
-pub fn report(args: &Args, all: &[Scenario], json_path: &Path, websocat: bool) -> bool {
+pub fn report(args: &Args, all: &[Scenario], json_path: &Path, tmp: &Path) -> bool {
     let mut failed = Vec::new();
     println!();
     println!("| scenario | msgs/s delivered | ratio to baseline | p50 µs | p99 µs | p999 µs | max µs | server CPU ns/msg | subs CPU ns/msg | peak RSS MiB | lost/dup |");
@@ -302,20 +125,19 @@ pub fn report(args: &Args, all: &[Scenario], json_path: &Path, websocat: bool) -
         let rate = metric(s, Run::rate);
         let ratio = ratios(all, s);
         let pcts = [0.5, 0.99, 0.999, 1.0].map(|q| metric(s, |r| pct_us(&r.lat_ns, q)));
-        let cpu = metric(s, |r| server_group(s).map_or(f64::NAN, |g| r.cpu_per(g)));
+        let cpu = metric(s, |r| server_cpu(s, r));
         let subs_cpu = metric(s, |r| r.cpu_per(2));
         let rss = metric(s, |r| r.peak_rss_kib as f64 / 1024.0);
         let lost: u64 = s.runs.iter().map(|r| r.lost).sum();
         let dup: u64 = s.runs.iter().map(|r| r.dup).sum();
-        // The stalled subscriber's own gaps are expected; nobody else may see one.
-        if lost + dup > 0 || s.runs.iter().any(|r| !r.errors.is_empty()) {
+        let errors: Vec<String> = s.runs.iter().flat_map(|r| r.errors.clone()).collect();
+        // The stalled subscriber's own gaps are expected; nobody else may see one. B4's losses
+        // and errors are websocat's, reported as measured.
+        let peer = matches!(s.kind, Kind::B4 { .. });
+        if !peer && (lost + dup > 0 || !errors.is_empty()) {
             failed.push(format!(
-                "{}: lost {lost}, dup {dup}, errors {:?}",
-                s.name,
-                s.runs
-                    .iter()
-                    .flat_map(|r| r.errors.clone())
-                    .collect::<Vec<_>>()
+                "{}: lost {lost}, dup {dup}, errors {errors:?}",
+                s.name
             ));
         }
         let has_rate = !matches!(s.kind, Kind::Idle);
@@ -362,12 +184,22 @@ pub fn report(args: &Args, all: &[Scenario], json_path: &Path, websocat: bool) -
             "deliveries_per_run": s.runs.iter().map(|r| r.deliveries).collect::<Vec<_>>(),
             "lost": lost, "duplicated": dup,
             "gap_events": s.runs.iter().map(|r| r.gaps).sum::<u64>(),
+            "errors": errors,
             "extra": extra,
         }));
     }
+    if args.websocat.is_none() {
+        println!("| B4/64B | skipped: websocat not on PATH | | | | | | | | | |");
+        json.push(serde_json::json!({
+            "name": "B4/64B", "baseline": "B1/64B", "skipped": "websocat not on PATH",
+        }));
+    }
     println!("(median over repetitions, min–max in brackets; percentiles are per run over all subscribers' messages;");
-    println!(" server CPU = daemon threads, or the b3-writer thread for B3; peak RSS is this whole process, bench included;");
-    println!(" ratio: N=1 vs B1, N>1 vs B3 (same N, payload), B2 vs B1, stalled = per-subscriber rate of the 9 vs 10 readers, latency vs B2 rate)");
+    println!(" server CPU = daemon threads (with the store committer), the b3-writer thread for B3, the websocat process for B4,");
+    println!(" the main thread for B0; B4's lost are messages websocat dropped (not a failure of the bench);");
+    println!(" subs CPU = the subscribers, or the publishers for publish; peak RSS is this whole process, bench included;");
+    println!(" ratio: N=1 vs B1, N>1 vs B3 (same N, payload), B2 vs B1, stalled = per-subscriber rate of the 9 vs 10 readers, latency vs B2 rate,");
+    println!(" publish vs B0; for publish and B0 \"msgs/s\" is durable publishes acked/s (inserts/s) and the latencies are per publish (insert))");
 
     // Targets.
     let mut targets = Vec::new();
@@ -446,10 +278,24 @@ pub fn report(args: &Args, all: &[Scenario], json_path: &Path, websocat: bool) -
             v.map(|(x, _)| x >= 0.95),
         );
     }
+    let v = r(&format!(
+        "publish/grpc-uds/P={PUBLISHERS}/{}",
+        size(PAYLOAD)
+    ))
+    .map(|s| {
+        (
+            med(&metric(s, Run::rate)),
+            med(&metric(s, |x| pct_us(&x.lat_ns, 0.99))),
+        )
+    });
     target(
         "durable publishes ≥ 50,000/s, ack p99 ≤ 5 ms",
-        "see `cargo bench --bench publish`".into(),
-        None,
+        v.map_or("–".into(), |(rate, p99)| {
+            format!(
+                "{rate:.0}/s, ack p99 {p99:.0} µs ({PUBLISHERS} publishers, {CHANNELS} channels)"
+            )
+        }),
+        v.map(|(rate, p99)| rate >= TARGET_RATE && p99 <= TARGET_P99_US),
     );
     let v = r("reconnect/grpc-uds/N=3").map(|s| {
         (
@@ -490,8 +336,18 @@ pub fn report(args: &Args, all: &[Scenario], json_path: &Path, websocat: bool) -
         "quick": args.quick,
         "repetitions": args.reps,
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "b4": if websocat { "skipped (bridge not implemented)" } else { "skipped (websocat not on PATH)" },
+        "b4": b4_json(args),
         "rss_note": "VmRSS of the bench process: includes the bench's own memory; idle runs in a fresh child process",
+        "publish": {
+            "what": "benches/publish.rs scenario B vs its B0: durable publishes (wait = STORED) over gRPC-UDS, a fresh daemon and store per run, the endpoint's upstream refused so every publish stays in the outbox",
+            "seconds_per_run": args.publish_secs,
+            "payload_bytes": PAYLOAD,
+            "publishers": PUBLISHERS,
+            "channels": CHANNELS,
+            "store_dir": tmp.display().to_string(),
+            "filesystem": filesystem_of(tmp),
+            "checks": "every publish acked; outbox ids unique and increasing per publisher; outbox depth = acks; the reopened store holds exactly the acked payloads",
+        },
         "checks_failed": failed,
         "targets": targets,
         "scenarios": json,

@@ -98,7 +98,7 @@ impl Run {
             .map_or(f64::NAN, |(_, v)| *v)
     }
 
-    fn from_tallies(tallies: Vec<Tally>, t0: u64, cpu: [u64; 5], peak: u64) -> Run {
+    pub fn from_tallies(tallies: Vec<Tally>, t0: u64, cpu: [u64; 5], peak: u64) -> Run {
         let mut r = Run {
             cpu,
             peak_rss_kib: peak,

@@ -48,7 +48,7 @@ impl Tally {
         }
     }
 
-    fn done(&self) -> bool {
+    pub fn done(&self) -> bool {
         self.next >= self.end
     }
 
