@@ -10,9 +10,9 @@ use tokio::net::UnixStream;
 use ws_sidecar::api::stream::MAX_LINE;
 use ws_sidecar::endpoint::State;
 
-use crate::support::daemon::{next_message, start_daemon, subscribe};
+use crate::support::daemon::{next_message, subscribe};
 use crate::support::{FakeUpstream, Reply};
-use crate::{endpoint, within, Bystander, T};
+use crate::{endpoint, with_bystander, within, T};
 
 /// A request line padded with spaces (insignificant in JSON) to exactly `len` bytes.
 fn padded(request: &serde_json::Value, len: usize) -> String {
@@ -25,10 +25,7 @@ fn padded(request: &serde_json::Value, len: usize) -> String {
 #[tokio::test]
 async fn bad_lines_each_get_an_error_and_the_connection_stays_usable() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let calm = Bystander::upstream().await;
-    let d =
-        start_daemon(&(endpoint("feed", &up.url("/feed"), "") + &Bystander::config(&calm))).await;
-    let mut by = Bystander::attach(calm, &d).await;
+    let (d, mut by) = with_bystander(&(endpoint("feed", &up.url("/feed"), ""))).await;
     let _conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
 
@@ -203,14 +200,10 @@ async fn bad_lines_each_get_an_error_and_the_connection_stays_usable() {
 #[tokio::test]
 async fn clients_that_never_read_only_hurt_themselves() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
-        &(endpoint("feed", &up.url("/feed"), "")
-            + "[endpoints.feed.replay]\nmessages = 2000\n"
-            + &Bystander::config(&calm)),
+    let (d, mut by) = with_bystander(
+        &(endpoint("feed", &up.url("/feed"), "") + "[endpoints.feed.replay]\nmessages = 2000\n"),
     )
     .await;
-    let mut by = Bystander::attach(calm, &d).await;
     let conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
 

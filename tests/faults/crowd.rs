@@ -13,9 +13,9 @@ use ws_sidecar::client::{self, Target};
 use ws_sidecar::endpoint::State;
 use ws_sidecar::proto;
 
-use crate::support::daemon::{next_message, start_daemon, subscribe};
+use crate::support::daemon::{next_message, subscribe};
 use crate::support::{FakeUpstream, TickOptions};
-use crate::{endpoint, heavy, seed, until, within, Bystander, T};
+use crate::{endpoint, heavy, seed, until, with_bystander, within, T};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
@@ -69,14 +69,11 @@ async fn two_thousand_clients_dropped_mid_stream_leave_nothing_behind() {
         ..TickOptions::default()
     })
     .await;
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
+    let (d, mut by) = with_bystander(
         &(format!("[limits]\nmax_subscribers = {}\n", 4 * per_kind + 16)
-            + &endpoint("feed", &up.url("/feed"), "")
-            + &Bystander::config(&calm)),
+            + &endpoint("feed", &up.url("/feed"), "")),
     )
     .await;
-    let mut by = Bystander::attach(calm, &d).await;
     let _conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
     let baseline = d.registry.subscribers();

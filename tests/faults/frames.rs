@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use ws_sidecar::endpoint::State;
 use ws_sidecar::proto;
 
-use crate::support::daemon::{next_message, start_daemon, subscribe, TestDaemon};
+use crate::support::daemon::{next_message, subscribe, TestDaemon};
 use crate::support::frame::{
     frame_bytes, frame_header, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
 use crate::support::{FakeUpstream, Reply, UpConn};
-use crate::{endpoint, heavy, seed, within, Bystander, T};
+use crate::{endpoint, heavy, seed, with_bystander, within, T};
 
 /// One broken thing an upstream can send, what the daemon must say about it, and the close
 /// code it must answer with (`None`: it may just drop the TCP).
@@ -155,10 +155,7 @@ async fn run_cases(d: &TestDaemon, up: &FakeUpstream, cases: Vec<Case>) {
 #[tokio::test]
 async fn protocol_violations_close_with_1002_and_reconnect() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let calm = Bystander::upstream().await;
-    let d =
-        start_daemon(&(endpoint("feed", &up.url("/feed"), "") + &Bystander::config(&calm))).await;
-    let mut by = Bystander::attach(calm, &d).await;
+    let (d, mut by) = with_bystander(&(endpoint("feed", &up.url("/feed"), ""))).await;
     run_cases(&d, &up, protocol_cases()).await;
     by.check(&d).await;
     d.stop().await;
@@ -167,10 +164,7 @@ async fn protocol_violations_close_with_1002_and_reconnect() {
 #[tokio::test]
 async fn invalid_utf8_in_text_closes_with_1007_and_split_code_points_are_fine() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let calm = Bystander::upstream().await;
-    let d =
-        start_daemon(&(endpoint("feed", &up.url("/feed"), "") + &Bystander::config(&calm))).await;
-    let mut by = Bystander::attach(calm, &d).await;
+    let (d, mut by) = with_bystander(&(endpoint("feed", &up.url("/feed"), ""))).await;
     {
         // A code point split across fragments is valid UTF-8 once joined.
         let conn = up.next_accepted_within(T).await.expect("connects");
@@ -199,15 +193,12 @@ async fn random_garbage_never_reaches_a_subscriber_and_the_endpoint_recovers() {
     let seed = seed("random garbage", 0x6a7b_a6e0);
     let rounds = if heavy() { 300 } else { 25 };
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let calm = Bystander::upstream().await;
     // Garbage may announce a long frame and then say nothing: heartbeats end those.
-    let d = start_daemon(
+    let (d, mut by) = with_bystander(
         &(endpoint("feed", &up.url("/feed"), "")
-            + "[endpoints.feed.heartbeat]\nping_interval = \"100ms\"\npong_timeout = \"200ms\"\n"
-            + &Bystander::config(&calm)),
+            + "[endpoints.feed.heartbeat]\nping_interval = \"100ms\"\npong_timeout = \"200ms\"\n"),
     )
     .await;
-    let mut by = Bystander::attach(calm, &d).await;
     let mut client = d.grpc().await;
     let mut s = subscribe(&mut client, "feed", Some(0)).await;
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -271,14 +262,11 @@ async fn send_big(conn: &UpConn, len: usize, frame: usize) {
 async fn a_17_mib_message_closes_with_1009_and_the_limit_is_exact() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let small = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
+    let (d, mut by) = with_bystander(
         &(endpoint("feed", &up.url("/feed"), "")
-            + &endpoint("small", &small.url("/feed"), "max_message_size = \"64KiB\"")
-            + &Bystander::config(&calm)),
+            + &endpoint("small", &small.url("/feed"), "max_message_size = \"64KiB\"")),
     )
     .await;
-    let mut by = Bystander::attach(calm, &d).await;
     const MIB: usize = 1024 * 1024;
 
     // One 17 MiB frame (default limit 16 MiB): refused from its header, before the payload.
@@ -330,14 +318,8 @@ async fn a_17_mib_message_closes_with_1009_and_the_limit_is_exact() {
 async fn a_fragmented_message_that_never_completes_is_given_up() {
     let (ping, pong) = (100u64, 300u64);
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
-        &(endpoint("feed", &up.url("/feed"), "max_message_size = \"64KiB\"")
-            + &format!("[endpoints.feed.heartbeat]\nping_interval = \"{ping}ms\"\npong_timeout = \"{pong}ms\"\n")
-            + &Bystander::config(&calm)),
-    )
-    .await;
-    let mut by = Bystander::attach(calm, &d).await;
+    let (d, mut by) = with_bystander(&(endpoint("feed", &up.url("/feed"), "max_message_size = \"64KiB\"")
+            + &format!("[endpoints.feed.heartbeat]\nping_interval = \"{ping}ms\"\npong_timeout = \"{pong}ms\"\n"))).await;
 
     // Two fragments, then silence; the upstream still answers pings, so the connection looks
     // alive to the heartbeat.
@@ -391,16 +373,13 @@ async fn a_fragmented_message_that_never_completes_is_given_up() {
 #[tokio::test]
 async fn ping_and_pong_floods_do_not_disturb_delivery() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
+    let (d, mut by) = with_bystander(
         &(endpoint("feed", &up.url("/feed"), "")
             // The fake upstream answers our pings between its flood writes: on a loaded machine
             // that can take seconds, and this test is not about the pong timeout.
-            + "[endpoints.feed.heartbeat]\nping_interval = \"100ms\"\npong_timeout = \"30s\"\n"
-            + &Bystander::config(&calm)),
+            + "[endpoints.feed.heartbeat]\nping_interval = \"100ms\"\npong_timeout = \"30s\"\n"),
     )
     .await;
-    let mut by = Bystander::attach(calm, &d).await;
     let conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
     let mut client = d.grpc().await;
@@ -483,16 +462,14 @@ async fn a_close_code_storm_is_classified_code_by_code() {
         (4500, State::Failed, "code 4500"),
     ];
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
+    let (d, mut by) = with_bystander(
         &(endpoint(
             "feed",
             &up.url("/feed"),
             "close_codes = { 4500 = \"fail\", 2500 = \"fail\" }",
-        ) + &Bystander::config(&calm)),
+        )),
     )
     .await;
-    let mut by = Bystander::attach(calm, &d).await;
     let ep = d.endpoint("feed");
     let mut client = d.grpc().await;
     for &(code, state, words) in storm {

@@ -12,7 +12,7 @@ use ws_sidecar::proto;
 
 use crate::support::daemon::{next_message, start_daemon, subscribe};
 use crate::support::{FakeUpstream, Reply};
-use crate::{endpoint, until, within, Bystander, T};
+use crate::{endpoint, until, with_bystander, within, T};
 
 const MIB: usize = 1024 * 1024;
 
@@ -44,10 +44,7 @@ fn sub_req(filters: Vec<proto::Filter>) -> proto::SubscribeRequest {
 #[tokio::test]
 async fn oversize_requests_and_non_grpc_bytes_are_refused_and_the_server_carries_on() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let calm = Bystander::upstream().await;
-    let d =
-        start_daemon(&(endpoint("feed", &up.url("/feed"), "") + &Bystander::config(&calm))).await;
-    let mut by = Bystander::attach(calm, &d).await;
+    let (d, mut by) = with_bystander(&(endpoint("feed", &up.url("/feed"), ""))).await;
     let conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
     let ep = d.endpoint("feed");
@@ -113,10 +110,7 @@ async fn oversize_requests_and_non_grpc_bytes_are_refused_and_the_server_carries
 #[tokio::test]
 async fn subscriptions_with_too_many_or_too_large_filters_are_refused_on_both_apis() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let calm = Bystander::upstream().await;
-    let d =
-        start_daemon(&(endpoint("feed", &up.url("/feed"), "") + &Bystander::config(&calm))).await;
-    let mut by = Bystander::attach(calm, &d).await;
+    let (d, mut by) = with_bystander(&(endpoint("feed", &up.url("/feed"), ""))).await;
     let conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
     let baseline = d.registry.subscribers();

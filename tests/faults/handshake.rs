@@ -14,7 +14,7 @@ use ws_sidecar::proto;
 
 use crate::support::daemon::start_daemon;
 use crate::support::{ChaosProxy, FakeUpstream, Mode, Reply};
-use crate::{endpoint, within, Bystander, T};
+use crate::{endpoint, with_bystander, within, Bystander, T};
 
 /// A TCP server on 127.0.0.1:0 that runs `serve` on every connection it accepts.
 struct RawServer {
@@ -265,14 +265,11 @@ async fn redirect_loops_are_not_followed_back_off_and_never_show_the_credential(
     })
     .await;
     port.set(looping.addr().port()).expect("set once");
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
+    let (d, mut by) = with_bystander(
         &(endpoint("loop", &looping.url("/feed"), "")
-            + &format!("[endpoints.loop.auth]\ntoken = \"{TOKEN}\"\nquery = \"k\"\n")
-            + &Bystander::config(&calm)),
+            + &format!("[endpoints.loop.auth]\ntoken = \"{TOKEN}\"\nquery = \"k\"\n")),
     )
     .await;
-    let mut by = Bystander::attach(calm, &d).await;
     let ep = d.endpoint("loop");
     let mut events = ep.state_events();
     let failed = failed_attempts(&ep, &mut events, 6).await;
@@ -358,16 +355,13 @@ async fn a_429_storm_honours_every_retry_after_and_junk_values_are_ignored() {
         }
     })
     .await;
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
+    let (d, mut by) = with_bystander(
         &(endpoint("storm", &storm.url("/"), "")
             + &endpoint("zero", &zero.url("/"), "")
             + &endpoint("junk", &junk.url("/"), "")
-            + &endpoint("hour", &hour.url("/"), "")
-            + &Bystander::config(&calm)),
+            + &endpoint("hour", &hour.url("/"), "")),
     )
     .await;
-    let mut by = Bystander::attach(calm, &d).await;
 
     let ev = d.wait_state("hour", State::Backoff, T).await;
     assert!(

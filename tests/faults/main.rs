@@ -146,6 +146,14 @@ impl Bystander {
     }
 }
 
+/// Starts a daemon with `config` plus the bystander's endpoint, and attaches the bystander.
+pub async fn with_bystander(config: &str) -> (TestDaemon, Bystander) {
+    let calm = Bystander::upstream().await;
+    let d = support::daemon::start_daemon(&(config.to_owned() + &Bystander::config(&calm))).await;
+    let by = Bystander::attach(calm, &d).await;
+    (d, by)
+}
+
 /// Awaits `fut` at most `within`, panicking with `what` otherwise.
 pub async fn within<F: std::future::Future>(within: Duration, what: &str, fut: F) -> F::Output {
     match tokio::time::timeout(within, fut).await {

@@ -12,7 +12,7 @@ use ws_sidecar::proto::{self, sidecar_client::SidecarClient};
 
 use crate::support::daemon::{next_event, next_message, start_daemon, state_name, subscribe};
 use crate::support::{since_param, tick_id, tick_message, ChaosProxy, FakeUpstream, Mode, Reply};
-use crate::{endpoint, heavy, seed, until, within, Bystander, T};
+use crate::{endpoint, heavy, seed, until, with_bystander, within, T};
 
 /// A resumable feed: every connection gets tick ids from `?since=N` + 1 (or 1) up to `last`,
 /// as fast as the socket takes them.
@@ -57,14 +57,9 @@ async fn aborts_at_random_byte_positions_lose_and_duplicate_nothing() {
             link.to_client.shape.reset_after = Some(rng.u64(0..6_000));
         }
     });
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
-        &(endpoint("feed", &proxy.url("/feed"), "")
-            + &resume_section("feed")
-            + &Bystander::config(&calm)),
-    )
-    .await;
-    let mut by = Bystander::attach(calm, &d).await;
+    let (d, mut by) =
+        with_bystander(&(endpoint("feed", &proxy.url("/feed"), "") + &resume_section("feed")))
+            .await;
     let mut client = d.grpc().await;
     let mut s = subscribe(&mut client, "feed", Some(0)).await;
 
@@ -155,14 +150,11 @@ async fn send_and_check(
 async fn sliced_links_both_ways_deliver_everything_in_order() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let proxy = ChaosProxy::start(up.addr()).await;
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
+    let (d, mut by) = with_bystander(
         &(endpoint("feed", &proxy.url("/feed"), "")
-            + "[endpoints.feed.heartbeat]\nping_interval = \"100ms\"\npong_timeout = \"5s\"\n"
-            + &Bystander::config(&calm)),
+            + "[endpoints.feed.heartbeat]\nping_interval = \"100ms\"\npong_timeout = \"5s\"\n"),
     )
     .await;
-    let mut by = Bystander::attach(calm, &d).await;
     let conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
     let mut client = d.grpc().await;
@@ -207,14 +199,11 @@ async fn a_throttled_link_delivers_everything_in_order_at_its_pace() {
     const RATE: u64 = 64 * 1024;
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let proxy = ChaosProxy::start(up.addr()).await;
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
+    let (d, mut by) = with_bystander(
         &(endpoint("feed", &proxy.url("/feed"), "")
-            + "[endpoints.feed.heartbeat]\nping_interval = \"200ms\"\npong_timeout = \"5s\"\n"
-            + &Bystander::config(&calm)),
+            + "[endpoints.feed.heartbeat]\nping_interval = \"200ms\"\npong_timeout = \"5s\"\n"),
     )
     .await;
-    let mut by = Bystander::attach(calm, &d).await;
     let conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
     proxy.update(|link| {
@@ -314,16 +303,13 @@ async fn publish_until_full(
 async fn an_upstream_that_stops_reading_fills_a_bounded_outbox_then_gets_everything() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let proxy = ChaosProxy::start(up.addr()).await;
-    let calm = Bystander::upstream().await;
-    let d = start_daemon(
+    let (d, mut by) = with_bystander(
         &(endpoint("feed", &proxy.url("/feed"), "")
             // No heartbeat during the stall: this test is about the outbox, not liveness.
             + "[endpoints.feed.heartbeat]\nping_interval = \"1h\"\n"
-            + "[endpoints.feed.outbox]\nmax_messages = 32\nmax_bytes = \"4MiB\"\n"
-            + &Bystander::config(&calm)),
+            + "[endpoints.feed.outbox]\nmax_messages = 32\nmax_bytes = \"4MiB\"\n"),
     )
     .await;
-    let mut by = Bystander::attach(calm, &d).await;
     let conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
     proxy.update_existing(|link| link.to_upstream.mode = Mode::Stall);
