@@ -147,6 +147,27 @@ impl Daemon {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// What the RSS is made of: anonymous (heap) and file-backed pages, plus the store's size on
+    /// disk, to tell a growing heap from a growing database.
+    pub fn memory_detail(&self, dir: &Path) -> String {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map_or("?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0))
+        };
+        let store = std::fs::metadata(dir.join("store")).map_or(0, |m| m.len());
+        format!(
+            "anon {} + file {} MiB, store {:.1} MiB",
+            field("RssAnon:"),
+            field("RssFile:"),
+            store as f64 / (1024.0 * 1024.0)
+        )
+    }
+
     /// `Some(description)` once the daemon has exited.
     pub fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {

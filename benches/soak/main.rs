@@ -203,13 +203,23 @@ async fn run(args: Args, minutes: f64) -> anyhow::Result<bool> {
             next_sample += Duration::from_secs(10);
         }
         while marked < marks.len() - 1 && now >= marks[marked].1 {
-            report.mark(marks[marked].0, now, daemon.rss_kib());
+            report.mark(
+                marks[marked].0,
+                now,
+                daemon.rss_kib(),
+                daemon.memory_detail(&dir),
+            );
             marked += 1;
         }
         let nap = Duration::from_millis(500).min(total.saturating_sub(now));
         tokio::time::sleep(nap).await;
     }
-    report.mark("end", t0.elapsed(), daemon.rss_kib());
+    report.mark(
+        "end",
+        t0.elapsed(),
+        daemon.rss_kib(),
+        daemon.memory_detail(&dir),
+    );
 
     // Traffic stops: no new faults, no new publishes or churn, the feeds stop producing.
     calm.cancel();

@@ -32,6 +32,8 @@ pub struct Report {
     pub samples: Vec<(Duration, u64)>,
     /// The named RSS measurements: start (after warm-up), middle, end (before the drain).
     pub marks: Vec<(&'static str, Duration, Option<u64>)>,
+    /// What each named measurement is made of (see `Daemon::memory_detail`).
+    pub details: Vec<String>,
     pub after_drain_kib: Option<u64>,
     pub drain: Duration,
     /// How the daemon exited on SIGTERM.
@@ -41,8 +43,9 @@ pub struct Report {
 
 impl Report {
     /// Records a named RSS measurement.
-    pub fn mark(&mut self, name: &'static str, at: Duration, kib: Option<u64>) {
+    pub fn mark(&mut self, name: &'static str, at: Duration, kib: Option<u64>, detail: String) {
         self.marks.push((name, at, kib));
+        self.details.push(format!("{name}: {detail}"));
     }
 
     /// Prints everything; returns true when every check passed.
@@ -180,6 +183,7 @@ impl Report {
             line.join(", "),
             kib(self.after_drain_kib)
         );
+        println!("  {}", self.details.join("; "));
         let all: Vec<u64> = self.samples.iter().map(|(_, k)| *k).collect();
         if let (Some(min), Some(max)) = (all.iter().min(), all.iter().max()) {
             println!(
