@@ -32,6 +32,8 @@ pub mod demo;
 pub mod endpoint;
 pub mod filter;
 pub mod fmt;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod listen;
 pub mod log;

@@ -59,14 +59,14 @@ pub async fn serve(listener: UnixListener, registry: Arc<Registry>, shutdown: Ca
 }
 
 /// What the reader hands the writer.
-enum Out {
+pub(crate) enum Out {
     Line(String),
     Subscribe(Box<Subscription>),
 }
 
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-enum Request {
+pub(crate) enum Request {
     Subscribe {
         endpoint: String,
         #[serde(default)]
@@ -94,13 +94,13 @@ enum Request {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FilterReq {
-    pointer: String,
-    equals: Value,
+pub(crate) struct FilterReq {
+    pub(crate) pointer: String,
+    pub(crate) equals: Value,
 }
 
 /// A request line, or the news that one was too long (and skipped).
-enum Line {
+pub(crate) enum Line {
     Text(String),
     TooLong,
     NotUtf8,
@@ -108,7 +108,7 @@ enum Line {
 
 /// `LinesCodec` whose over-long line is an item, not a stream error: `FramedRead` ends the
 /// stream after an error, and one bad line must not end the connection.
-struct Lines(LinesCodec);
+pub(crate) struct Lines(pub(crate) LinesCodec);
 
 impl Decoder for Lines {
     type Item = Line;
@@ -193,7 +193,7 @@ fn client_gone(sock: &UnixStream) -> bool {
 }
 
 /// Handles one request line; returns the reply to queue, if any.
-async fn request(
+pub(crate) async fn request(
     line: &str,
     peer: Peer,
     registry: &Arc<Registry>,

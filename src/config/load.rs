@@ -92,7 +92,13 @@ fn merged_tree(r: &mut Report, text: &str, env: &HashMap<String, String>) -> Opt
     match built {
         Ok(c) => Some(c.cache),
         Err(e) => {
-            r.file_error(one_line(&e.to_string()));
+            let numbers = super::numbers::unrepresentable(text);
+            if numbers.is_empty() {
+                r.file_error(one_line(&e.to_string()));
+            }
+            for n in numbers {
+                r.file_error(n);
+            }
             None
         }
     }
@@ -551,6 +557,23 @@ mod tests {
         let mut tree = tree(text, &[("WS_SIDECAR__ENDPOINTS__FEED__URL", "ws://e")]);
         fold_env_case(&mut tree);
         assert_eq!(keys(&tree, &["endpoints"]), ["FEED", "Feed", "feed"]);
+    }
+
+    /// Found by the `config` fuzz target: `config` named neither key nor line for these.
+    #[test]
+    fn numbers_out_of_range_name_their_key() {
+        let text = "[endpoints.x]\nurl = 'ws://h'\nconnect_timeout = 99999999999999999999\n\
+                    drop = [{ pointer = '/a', equals = 1e999 }]\n";
+        let err = load_str(text, Path::new("c.toml"), &HashMap::new()).expect_err("invalid");
+        assert_eq!(
+            err.errors,
+            [
+                "c.toml: endpoints.x.connect_timeout: integer out of range: TOML integers are \
+                 64-bit (at most 9223372036854775807)",
+                "c.toml: endpoints.x.drop[0].equals: float out of range: 1e999 overflows a \
+                 64-bit float",
+            ]
+        );
     }
 
     #[test]

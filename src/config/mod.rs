@@ -7,6 +7,7 @@
 
 mod endpoint;
 mod load;
+mod numbers;
 mod summary;
 mod value;
 

@@ -1,0 +1,291 @@
+//! `soak`: a bounded soak of the real daemon (issue 7), e.g.
+//! `cargo bench --bench soak -- --minutes 10`. Without `--minutes` it does nothing, so a plain
+//! `cargo bench` does not start a ten-minute run.
+//!
+//! Three in-process feeds (integer ids resumed by query, by frame, and string ids with a
+//! persisted replay window) sit behind chaos proxies that reset, FIN or stall a connection every
+//! few seconds. The `ws-sidecar` binary runs as a child on a temp dir. Per endpoint a verifier
+//! reads every seq from 1; churning subscribers (gRPC over Unix socket and TCP, NDJSON) leave and
+//! rejoin from their last seq; publishers publish with `wait = STORED`. At the end the traffic
+//! stops, everything drains, and the report compares what the feeds produced with what
+//! subscribers got, what was acknowledged with what the feeds received, and the daemon's RSS.
+//! Exit status 1 when a check fails.
+
+mod chaos;
+mod daemon;
+mod feed;
+mod publish;
+mod report;
+mod subscribe;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use daemon::{Daemon, EndpointSpec};
+use feed::{Feed, Style};
+use report::{Endpoint, Report};
+use subscribe::Via;
+
+#[derive(Parser)]
+#[command(about = "Soak the ws-sidecar daemon: faults, churning subscribers, publishes, RSS")]
+struct Args {
+    /// Length of the traffic phase in minutes (fractions allowed); without it nothing runs.
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Messages per second produced by each feed.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Mean seconds between faults on each endpoint.
+    #[arg(long, default_value_t = 4.0)]
+    fault_every: f64,
+    /// The daemon binary (default: the one cargo built for this bench).
+    #[arg(long)]
+    daemon: Option<PathBuf>,
+    /// Keep the temp dir (config, store, daemon log) after a passing run too.
+    #[arg(long)]
+    keep: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Ids each feed has before the daemon first connects: the daemon reads them at once, so the
+/// replay window (5000) is nearly full before RSS is first measured.
+const PREFILL: u64 = 4000;
+
+/// Longest wait for the daemon to deliver and send everything after the traffic stops.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let Some(minutes) = args.minutes else {
+        println!("soak: skipped (run it with `cargo bench --bench soak -- --minutes N`)");
+        return std::process::ExitCode::SUCCESS;
+    };
+    if !(minutes > 0.0 && args.fault_every > 0.0 && args.rate > 0) {
+        eprintln!("soak: --minutes, --rate and --fault-every must be positive");
+        return std::process::ExitCode::from(64);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("soak: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(71);
+        }
+    };
+    match rt.block_on(run(args, minutes)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("soak: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args, minutes: f64) -> anyhow::Result<bool> {
+    chaos::self_check()?;
+    let dir = std::env::temp_dir().join(format!("ws-sidecar-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bin = daemon::locate(args.daemon.clone(), &dir)?;
+    let total = Duration::from_secs_f64(minutes * 60.0);
+    let warmup = total
+        .mul_f64(0.1)
+        .clamp(Duration::from_secs(10), Duration::from_secs(60));
+    println!(
+        "soak: {:.1} min, {} msg/s per feed, a fault every ~{}s per endpoint, daemon {}, dir {}",
+        minutes,
+        args.rate,
+        args.fault_every,
+        bin.display(),
+        dir.display()
+    );
+
+    let stop = CancellationToken::new();
+    let calm = CancellationToken::new();
+    let quiet = CancellationToken::new();
+    let every = Duration::from_secs_f64(args.fault_every);
+    let plan = [
+        ("alpha", Style::Query, "id_pointer = \"/id\", query = \"since\", contiguous = true", ""),
+        (
+            "beta",
+            Style::Frame,
+            "id_pointer = \"/id\", frame = '{\"op\":\"resume\",\"from\":{{last_id}}}', contiguous = true",
+            "on_connect = ['{\"op\":\"subscribe\"}']\n",
+        ),
+        ("gamma", Style::StringIds, "id_pointer = \"/id\", id_kind = \"string\", query = \"since\"", ""),
+    ];
+    let mut eps = Vec::new();
+    let mut specs = Vec::new();
+    for (name, style, resume, extra) in plan {
+        let feed =
+            Feed::start(name, style, args.rate, PREFILL, quiet.clone(), stop.clone()).await?;
+        let chaos = chaos::Chaos::start(feed.addr, every, calm.clone(), stop.clone()).await?;
+        specs.push(EndpointSpec {
+            name,
+            url: format!("ws://{}/feed", chaos.addr),
+            resume,
+            extra,
+        });
+        eps.push(Endpoint {
+            feed,
+            chaos,
+            books: subscribe::Books::new(name),
+            acks: publish::Acks::new(name),
+            status: None,
+        });
+    }
+
+    let mut daemon = Daemon::start(&bin, &dir, &specs).await?;
+    let t0 = Instant::now();
+    let churn_stop = CancellationToken::new();
+    let verified = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for ep in &eps {
+        let name = ep.books.endpoint;
+        tokio::spawn(subscribe::verifier(
+            daemon.grpc.clone(),
+            Arc::clone(&ep.books),
+            verified.clone(),
+        ));
+        let vias = [
+            Via::Grpc(daemon.grpc.clone()),
+            Via::Grpc(daemon.grpc.clone()),
+            Via::Grpc(daemon.grpc_tcp.clone()),
+            Via::Ndjson(daemon.stream.clone()),
+            Via::Ndjson(daemon.stream.clone()),
+        ];
+        for via in vias {
+            tasks.push(tokio::spawn(subscribe::churner(
+                via,
+                Arc::clone(&ep.books),
+                churn_stop.clone(),
+            )));
+        }
+        for (i, target) in [daemon.grpc.clone(), daemon.grpc_tcp.clone()]
+            .into_iter()
+            .enumerate()
+        {
+            tasks.push(tokio::spawn(publish::publisher(
+                target,
+                format!("p{i}"),
+                Arc::clone(&ep.acks),
+                churn_stop.clone(),
+            )));
+        }
+        println!(
+            "  {name}: feed {} behind chaos proxy {}",
+            ep.feed.addr, ep.chaos.addr
+        );
+    }
+
+    let mut report = Report::default();
+    let mut next_sample = Duration::ZERO;
+    let marks = [("start", warmup), ("middle", total / 2), ("end", total)];
+    let mut marked = 0;
+    while t0.elapsed() < total {
+        if let Some(how) = daemon.exited() {
+            report
+                .failures
+                .push(format!("daemon exited mid-run: {how}"));
+            break;
+        }
+        let now = t0.elapsed();
+        if now >= next_sample {
+            if let Some(kib) = daemon.rss_kib() {
+                report.samples.push((now, kib));
+            }
+            next_sample += Duration::from_secs(10);
+        }
+        while marked < marks.len() - 1 && now >= marks[marked].1 {
+            report.mark(
+                marks[marked].0,
+                now,
+                daemon.rss_kib(),
+                daemon.memory_detail(&dir),
+            );
+            marked += 1;
+        }
+        let nap = Duration::from_millis(500).min(total.saturating_sub(now));
+        tokio::time::sleep(nap).await;
+    }
+    report.mark(
+        "end",
+        t0.elapsed(),
+        daemon.rss_kib(),
+        daemon.memory_detail(&dir),
+    );
+
+    // Traffic stops: no new faults, no new publishes or churn, the feeds stop producing.
+    calm.cancel();
+    churn_stop.cancel();
+    quiet.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let drain_start = Instant::now();
+    let drained = drain(&daemon, &eps).await;
+    report.drain = drain_start.elapsed();
+    if !drained {
+        report
+            .failures
+            .push(format!("not drained within {}s", DRAIN_LIMIT.as_secs()));
+    }
+    verified.cancel();
+    report.after_drain_kib = daemon.rss_kib();
+    if let Ok(st) = daemon.status().await {
+        for ep in &mut eps {
+            ep.status = st.iter().find(|s| s.name == ep.books.endpoint).cloned();
+        }
+    }
+    let log = daemon.log.clone();
+    let (exit, took) = daemon.stop().await;
+    report.exit = format!("{exit} after {} ms", took.as_millis());
+    if exit != "exit status: 0" || took > Duration::from_secs(5) {
+        report
+            .failures
+            .push(format!("daemon stop: {exit} in {} ms", took.as_millis()));
+    }
+    stop.cancel();
+
+    let pass = report.print(&eps, t0.elapsed(), &args_line(&args, minutes));
+    if pass && !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("kept {} (daemon log: {})", dir.display(), log.display());
+    }
+    Ok(pass)
+}
+
+fn args_line(a: &Args, minutes: f64) -> String {
+    format!(
+        "--minutes {minutes} --rate {} --fault-every {}",
+        a.rate, a.fault_every
+    )
+}
+
+/// Waits until every verifier has the feed's last id and every outbox is empty.
+async fn drain(daemon: &Daemon, eps: &[Endpoint]) -> bool {
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while Instant::now() < deadline {
+        let delivered = eps
+            .iter()
+            .all(|e| e.books.verified_upto.load(Ordering::Relaxed) >= e.feed.produced());
+        let sent = match daemon.status().await {
+            Ok(st) => st.iter().all(|s| s.outbox_depth == 0),
+            Err(_) => false,
+        };
+        if delivered && sent {
+            // Frames flushed a moment ago may still be on their way through the proxy.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
