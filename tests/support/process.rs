@@ -25,14 +25,18 @@ pub fn daemon_config(dir: &Path, endpoints: &str) -> String {
     )
 }
 
-/// Starts `ws-sidecar run` with `daemon_config(dir, endpoints)`; stderr is kept for failures.
+/// Starts `ws-sidecar run` with `daemon_config(dir, endpoints)`. Its log goes to
+/// `dir/daemon.log`: a pipe nobody reads fills after 64 KiB and then blocks the daemon's logging
+/// thread (and with it a runtime worker), which hung the crash test once a backing-off endpoint
+/// had logged enough.
 pub fn spawn_daemon(dir: &Path, endpoints: &str) -> Child {
     let path = write_config(dir, &daemon_config(dir, endpoints));
+    let log = std::fs::File::create(dir.join("daemon.log")).expect("create daemon.log");
     Command::new(BIN)
         .args(["run", "--config"])
         .arg(path)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(log)
         .spawn()
         .expect("spawn daemon")
 }
