@@ -160,8 +160,14 @@ impl Daemon {
                 .map_or("?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0))
         };
         let store = std::fs::metadata(dir.join("store")).map_or(0, |m| m.len());
+        // Open descriptors and threads: a leaked connection or task shows here first.
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count());
+        let threads = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .map_or("?", str::trim);
         format!(
-            "anon {} + file {} MiB, store {:.1} MiB",
+            "anon {} + file {} MiB, store {:.1} MiB, {fds} fds, {threads} threads",
             field("RssAnon:"),
             field("RssFile:"),
             store as f64 / (1024.0 * 1024.0)

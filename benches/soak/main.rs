@@ -43,6 +43,12 @@ struct Args {
     /// Mean seconds between faults on each endpoint.
     #[arg(long, default_value_t = 4.0)]
     fault_every: f64,
+    /// Subscribers per endpoint that keep leaving and rejoining (besides the verifier).
+    #[arg(long, default_value_t = 5)]
+    churners: usize,
+    /// Publishers per endpoint.
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
     /// The daemon binary (default: the one cargo built for this bench).
     #[arg(long)]
     daemon: Option<PathBuf>,
@@ -153,26 +159,23 @@ async fn run(args: Args, minutes: f64) -> anyhow::Result<bool> {
             Arc::clone(&ep.books),
             verified.clone(),
         ));
+        // Both APIs and both gRPC transports, whatever the count.
         let vias = [
             Via::Grpc(daemon.grpc.clone()),
-            Via::Grpc(daemon.grpc.clone()),
+            Via::Ndjson(daemon.stream.clone()),
             Via::Grpc(daemon.grpc_tcp.clone()),
-            Via::Ndjson(daemon.stream.clone()),
-            Via::Ndjson(daemon.stream.clone()),
         ];
-        for via in vias {
+        for via in vias.iter().cycle().take(args.churners) {
             tasks.push(tokio::spawn(subscribe::churner(
-                via,
+                via.clone(),
                 Arc::clone(&ep.books),
                 churn_stop.clone(),
             )));
         }
-        for (i, target) in [daemon.grpc.clone(), daemon.grpc_tcp.clone()]
-            .into_iter()
-            .enumerate()
-        {
+        let targets = [daemon.grpc.clone(), daemon.grpc_tcp.clone()];
+        for (i, target) in targets.iter().cycle().take(args.publishers).enumerate() {
             tasks.push(tokio::spawn(publish::publisher(
-                target,
+                target.clone(),
                 format!("p{i}"),
                 Arc::clone(&ep.acks),
                 churn_stop.clone(),
@@ -264,8 +267,8 @@ async fn run(args: Args, minutes: f64) -> anyhow::Result<bool> {
 
 fn args_line(a: &Args, minutes: f64) -> String {
     format!(
-        "--minutes {minutes} --rate {} --fault-every {}",
-        a.rate, a.fault_every
+        "--minutes {minutes} --rate {} --fault-every {} --churners {} --publishers {}",
+        a.rate, a.fault_every, a.churners, a.publishers
     )
 }
 
