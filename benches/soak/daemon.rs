@@ -66,11 +66,12 @@ fn config(dir: &Path, grpc_port: u16, endpoints: &[EndpointSpec]) -> String {
              heartbeat = {{ ping_interval = \"1s\", pong_timeout = \"1s\" }}\n\
              backoff = {{ initial = \"100ms\", max = \"1s\", min_delay = \"50ms\" }}\n\
              resume = {{ {resume} }}\n\
-             replay = {{ messages = 5000{persist} }}\n",
+             replay = {{ messages = {replay}{persist} }}\n",
             name = e.name,
             url = e.url,
             extra = e.extra,
             resume = e.resume,
+            replay = crate::REPLAY_MESSAGES,
             persist = if e.name == "gamma" {
                 ", persist = true"
             } else {

@@ -60,8 +60,11 @@ struct Args {
     bench: bool,
 }
 
+/// `replay.messages` of every endpoint.
+pub const REPLAY_MESSAGES: u64 = 5000;
+
 /// Ids each feed has before the daemon first connects: the daemon reads them at once, so the
-/// replay window (5000) is nearly full before RSS is first measured.
+/// replay window is nearly full from the start.
 const PREFILL: u64 = 4000;
 
 /// Longest wait for the daemon to deliver and send everything after the traffic stops.
@@ -100,9 +103,12 @@ async fn run(args: Args, minutes: f64) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&dir)?;
     let bin = daemon::locate(args.daemon.clone(), &dir)?;
     let total = Duration::from_secs_f64(minutes * 60.0);
-    let warmup = total
-        .mul_f64(0.1)
-        .clamp(Duration::from_secs(10), Duration::from_secs(60));
+    // RSS is only comparable once the replay window has turned over completely: until then it
+    // holds fewer (or prefill-sized) messages and the read buffers they pin.
+    let turnover = Duration::from_secs_f64(REPLAY_MESSAGES as f64 / f64::from(args.rate));
+    let settled = (turnover + Duration::from_secs(10)).max(total.mul_f64(0.1));
+    let judge_rss = total >= settled * 2;
+    let warmup = if judge_rss { settled } else { total / 2 };
     println!(
         "soak: {:.1} min, {} msg/s per feed, a fault every ~{}s per endpoint, daemon {}, dir {}",
         minutes,
@@ -187,7 +193,10 @@ async fn run(args: Args, minutes: f64) -> anyhow::Result<bool> {
         );
     }
 
-    let mut report = Report::default();
+    let mut report = Report {
+        judge_rss,
+        ..Report::default()
+    };
     let mut next_sample = Duration::ZERO;
     let marks = [("start", warmup), ("middle", total / 2), ("end", total)];
     let mut marked = 0;
