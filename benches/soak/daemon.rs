@@ -66,11 +66,12 @@ fn config(dir: &Path, grpc_port: u16, endpoints: &[EndpointSpec]) -> String {
              heartbeat = {{ ping_interval = \"1s\", pong_timeout = \"1s\" }}\n\
              backoff = {{ initial = \"100ms\", max = \"1s\", min_delay = \"50ms\" }}\n\
              resume = {{ {resume} }}\n\
-             replay = {{ messages = 5000{persist} }}\n",
+             replay = {{ messages = {replay}{persist} }}\n",
             name = e.name,
             url = e.url,
             extra = e.extra,
             resume = e.resume,
+            replay = crate::REPLAY_MESSAGES,
             persist = if e.name == "gamma" {
                 ", persist = true"
             } else {
@@ -160,8 +161,14 @@ impl Daemon {
                 .map_or("?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0))
         };
         let store = std::fs::metadata(dir.join("store")).map_or(0, |m| m.len());
+        // Open descriptors and threads: a leaked connection or task shows here first.
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count());
+        let threads = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .map_or("?", str::trim);
         format!(
-            "anon {} + file {} MiB, store {:.1} MiB",
+            "anon {} + file {} MiB, store {:.1} MiB, {fds} fds, {threads} threads",
             field("RssAnon:"),
             field("RssFile:"),
             store as f64 / (1024.0 * 1024.0)

@@ -43,6 +43,12 @@ struct Args {
     /// Mean seconds between faults on each endpoint.
     #[arg(long, default_value_t = 4.0)]
     fault_every: f64,
+    /// Subscribers per endpoint that keep leaving and rejoining (besides the verifier).
+    #[arg(long, default_value_t = 5)]
+    churners: usize,
+    /// Publishers per endpoint.
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
     /// The daemon binary (default: the one cargo built for this bench).
     #[arg(long)]
     daemon: Option<PathBuf>,
@@ -54,8 +60,11 @@ struct Args {
     bench: bool,
 }
 
+/// `replay.messages` of every endpoint.
+pub const REPLAY_MESSAGES: u64 = 5000;
+
 /// Ids each feed has before the daemon first connects: the daemon reads them at once, so the
-/// replay window (5000) is nearly full before RSS is first measured.
+/// replay window is nearly full from the start.
 const PREFILL: u64 = 4000;
 
 /// Longest wait for the daemon to deliver and send everything after the traffic stops.
@@ -94,9 +103,12 @@ async fn run(args: Args, minutes: f64) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&dir)?;
     let bin = daemon::locate(args.daemon.clone(), &dir)?;
     let total = Duration::from_secs_f64(minutes * 60.0);
-    let warmup = total
-        .mul_f64(0.1)
-        .clamp(Duration::from_secs(10), Duration::from_secs(60));
+    // RSS is only comparable once the replay window has turned over completely: until then it
+    // holds fewer (or prefill-sized) messages and the read buffers they pin.
+    let turnover = Duration::from_secs_f64(REPLAY_MESSAGES as f64 / f64::from(args.rate));
+    let settled = (turnover + Duration::from_secs(10)).max(total.mul_f64(0.1));
+    let judge_rss = total >= settled * 2;
+    let warmup = if judge_rss { settled } else { total / 2 };
     println!(
         "soak: {:.1} min, {} msg/s per feed, a fault every ~{}s per endpoint, daemon {}, dir {}",
         minutes,
@@ -153,26 +165,23 @@ async fn run(args: Args, minutes: f64) -> anyhow::Result<bool> {
             Arc::clone(&ep.books),
             verified.clone(),
         ));
+        // Both APIs and both gRPC transports, whatever the count.
         let vias = [
             Via::Grpc(daemon.grpc.clone()),
-            Via::Grpc(daemon.grpc.clone()),
+            Via::Ndjson(daemon.stream.clone()),
             Via::Grpc(daemon.grpc_tcp.clone()),
-            Via::Ndjson(daemon.stream.clone()),
-            Via::Ndjson(daemon.stream.clone()),
         ];
-        for via in vias {
+        for via in vias.iter().cycle().take(args.churners) {
             tasks.push(tokio::spawn(subscribe::churner(
-                via,
+                via.clone(),
                 Arc::clone(&ep.books),
                 churn_stop.clone(),
             )));
         }
-        for (i, target) in [daemon.grpc.clone(), daemon.grpc_tcp.clone()]
-            .into_iter()
-            .enumerate()
-        {
+        let targets = [daemon.grpc.clone(), daemon.grpc_tcp.clone()];
+        for (i, target) in targets.iter().cycle().take(args.publishers).enumerate() {
             tasks.push(tokio::spawn(publish::publisher(
-                target,
+                target.clone(),
                 format!("p{i}"),
                 Arc::clone(&ep.acks),
                 churn_stop.clone(),
@@ -184,7 +193,10 @@ async fn run(args: Args, minutes: f64) -> anyhow::Result<bool> {
         );
     }
 
-    let mut report = Report::default();
+    let mut report = Report {
+        judge_rss,
+        ..Report::default()
+    };
     let mut next_sample = Duration::ZERO;
     let marks = [("start", warmup), ("middle", total / 2), ("end", total)];
     let mut marked = 0;
@@ -264,8 +276,8 @@ async fn run(args: Args, minutes: f64) -> anyhow::Result<bool> {
 
 fn args_line(a: &Args, minutes: f64) -> String {
     format!(
-        "--minutes {minutes} --rate {} --fault-every {}",
-        a.rate, a.fault_every
+        "--minutes {minutes} --rate {} --fault-every {} --churners {} --publishers {}",
+        a.rate, a.fault_every, a.churners, a.publishers
     )
 }
 

@@ -39,6 +39,8 @@ pub struct Report {
     /// How the daemon exited on SIGTERM.
     pub exit: String,
     pub failures: Vec<String>,
+    /// The run was long enough for RSS growth to mean something (see `main`).
+    pub judge_rss: bool,
 }
 
 impl Report {
@@ -202,7 +204,12 @@ impl Report {
             (Some(s), Some(e)) if s > 0 => {
                 let growth = (e as f64 - s as f64) / s as f64;
                 println!("  growth start→end: {:+.1}%", growth * 100.0);
-                if growth >= MAX_GROWTH {
+                if !self.judge_rss {
+                    println!(
+                        "  (not judged: the run is shorter than twice the replay window's \
+                         turnover plus warm-up)"
+                    );
+                } else if growth >= MAX_GROWTH {
                     self.failures.push(format!(
                         "RSS grew {:.1}% (limit {:.0}%)",
                         growth * 100.0,
