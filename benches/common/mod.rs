@@ -25,6 +25,29 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
+/// CPU ns used so far by this process's live threads, grouped by thread name (`comm`): slot `i`
+/// for `names[i]`, the last slot for every other thread. From /proc/self/task/*/schedstat.
+pub fn cpu_ns_by_thread<const N: usize>(names: &[&str]) -> [u64; N] {
+    let mut by = [0u64; N];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by;
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let ns: u64 = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let g = names
+            .iter()
+            .position(|n| comm.trim() == *n)
+            .unwrap_or(N - 1);
+        by[g] += ns;
+    }
+    by
+}
+
 /// Median, min and max of `v` (NaNs ignored).
 pub fn summary(v: &[f64]) -> (f64, f64, f64) {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();

@@ -99,26 +99,7 @@ pub fn filesystem_of(dir: &Path) -> String {
 /// ("daemon" threads), the store's committer thread, the publishers' runtime, and the rest (the
 /// main thread, which runs B0). From /proc/self/task/*/schedstat.
 fn cpu_ns() -> [u64; 4] {
-    let mut by = [0u64; 4];
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return by;
-    };
-    for t in tasks.flatten() {
-        let p = t.path();
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        let ns: u64 = std::fs::read_to_string(p.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
-        let g = match comm.trim() {
-            "daemon" => 0,
-            "store-committer" => 1,
-            "publishers" => 2,
-            _ => 3,
-        };
-        by[g] += ns;
-    }
-    by
+    super::cpu_ns_by_thread(&["daemon", "store-committer", "publishers"])
 }
 
 /// (busy, total) jiffies of the whole machine, from /proc/stat.

@@ -20,24 +20,7 @@ pub const GROUPS: [&str; 5] = ["daemon", "upstream", "subs", "b3-writer", "other
 
 /// CPU ns used so far by this process's live threads, per group of [`GROUPS`].
 pub fn cpu_ns() -> [u64; 5] {
-    let mut by = [0u64; 5];
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return by;
-    };
-    for t in tasks.flatten() {
-        let p = t.path();
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        let ns: u64 = std::fs::read_to_string(p.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
-        let g = GROUPS[..4]
-            .iter()
-            .position(|g| comm.trim() == *g)
-            .unwrap_or(4);
-        by[g] += ns;
-    }
-    by
+    crate::common::cpu_ns_by_thread(&GROUPS[..4])
 }
 
 /// CPU used between `start` and now, per group.
