@@ -206,8 +206,8 @@ impl Report {
                 println!("  growth start→end: {:+.1}%", growth * 100.0);
                 if !self.judge_rss {
                     println!(
-                        "  (not judged: the run is shorter than twice the replay window's \
-                         turnover plus warm-up)"
+                        "  (not judged: the run is shorter than twice the warm-up, which waits for the \
+                         replay window and the idempotency keys to settle)"
                     );
                 } else if growth >= MAX_GROWTH {
                     self.failures.push(format!(
