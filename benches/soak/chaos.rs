@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -25,6 +25,8 @@ const RESET_AT_ACCEPT: f64 = 0.06;
 const HANG_AT_ACCEPT: f64 = 0.04;
 /// How long a closing side is drained before the proxy drops it anyway.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long a connection about to be reset is still read (and its bytes thrown away).
+const RESET_GRACE: Duration = Duration::from_millis(50);
 
 /// What happens to a live connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,9 @@ pub struct Chaos {
     swallowed: Mutex<Vec<String>>,
     /// Publish keys in frames the proxy passed on whole.
     forwarded: Mutex<HashSet<String>>,
+    /// When each reset was sent: bytes the daemon wrote in the instant before it cannot be seen
+    /// by the proxy, so a publish lost that way is recognised by its timing instead.
+    resets_at: Mutex<Vec<Instant>>,
     /// Mode switch of each live connection, newest last.
     live: Mutex<Vec<(u64, watch::Sender<Mode>)>>,
 }
@@ -79,6 +84,7 @@ impl Chaos {
             faults: Faults::default(),
             swallowed: Mutex::new(Vec::new()),
             forwarded: Mutex::new(HashSet::new()),
+            resets_at: Mutex::new(Vec::new()),
             live: Mutex::new(Vec::new()),
         });
         let c = Arc::clone(&chaos);
@@ -120,6 +126,14 @@ impl Chaos {
     /// Publish keys thrown away by the proxy.
     pub fn swallowed(&self) -> Vec<String> {
         self.swallowed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// When each reset was sent.
+    pub fn resets_at(&self) -> Vec<Instant> {
+        self.resets_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -254,17 +268,24 @@ impl Chaos {
         reset: bool,
         frames: &mut Frames,
     ) {
-        let mut buf = vec![0u8; 16 * 1024];
-        while let Ok(n) = dr.try_read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            self.account(frames.feed(&buf[..n], false));
-        }
         if reset {
+            // Whatever the daemon wrote just before is read and counted first: on a loaded
+            // host loopback delivery can lag the write by milliseconds.
+            let _ = tokio::time::timeout(RESET_GRACE, drain(&mut dr, Some((self, frames)))).await;
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = dr.try_read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                self.account(frames.feed(&buf[..n], false));
+            }
             if let Ok(s) = dr.reunite(dw) {
                 let _ = s.set_zero_linger();
             }
+            self.resets_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Instant::now());
             self.end_of(frames);
             return;
         }

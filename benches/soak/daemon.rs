@@ -66,7 +66,9 @@ fn config(dir: &Path, grpc_port: u16, endpoints: &[EndpointSpec]) -> String {
              heartbeat = {{ ping_interval = \"1s\", pong_timeout = \"1s\" }}\n\
              backoff = {{ initial = \"100ms\", max = \"1s\", min_delay = \"50ms\" }}\n\
              resume = {{ {resume} }}\n\
-             replay = {{ messages = {replay}{persist} }}\n",
+             replay = {{ messages = {replay}{persist} }}\n\
+             outbox = {{ max_age = \"{max_age}s\" }}\n",
+            max_age = crate::OUTBOX_MAX_AGE.as_secs(),
             name = e.name,
             url = e.url,
             extra = e.extra,

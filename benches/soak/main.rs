@@ -63,6 +63,11 @@ struct Args {
 /// `replay.messages` of every endpoint.
 pub const REPLAY_MESSAGES: u64 = 5000;
 
+/// `outbox.max_age` of every endpoint, which is also how long idempotency keys are kept. The
+/// default (1 h) would make that state grow through a 10-minute run by design; 30 s lets it
+/// settle before RSS is first measured and still outlasts every outage the chaos causes.
+pub const OUTBOX_MAX_AGE: Duration = Duration::from_secs(30);
+
 /// Ids each feed has before the daemon first connects: the daemon reads them at once, so the
 /// replay window is nearly full from the start.
 const PREFILL: u64 = 4000;
@@ -103,10 +108,12 @@ async fn run(args: Args, minutes: f64) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&dir)?;
     let bin = daemon::locate(args.daemon.clone(), &dir)?;
     let total = Duration::from_secs_f64(minutes * 60.0);
-    // RSS is only comparable once the replay window has turned over completely: until then it
-    // holds fewer (or prefill-sized) messages and the read buffers they pin.
+    // RSS is only comparable once every state kept for a time has reached its steady size: the
+    // replay window (and the read buffers its messages pin) and the idempotency keys, kept for
+    // max_age and pruned once a minute.
     let turnover = Duration::from_secs_f64(REPLAY_MESSAGES as f64 / f64::from(args.rate));
-    let settled = (turnover + Duration::from_secs(10)).max(total.mul_f64(0.1));
+    let keys = OUTBOX_MAX_AGE + Duration::from_secs(60);
+    let settled = (turnover.max(keys) + Duration::from_secs(10)).max(total.mul_f64(0.1));
     let judge_rss = total >= settled * 2;
     let warmup = if judge_rss { settled } else { total / 2 };
     println!(

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -16,8 +16,8 @@ use ws_sidecar::proto;
 /// Per-endpoint publish books.
 pub struct Acks {
     pub endpoint: &'static str,
-    /// Keys of every acknowledged publish.
-    pub acked: Mutex<Vec<String>>,
+    /// Key of every acknowledged publish, with when the acknowledgement arrived.
+    pub acked: Mutex<Vec<(String, Instant)>>,
     /// Refusals by gRPC code name.
     pub refused: Mutex<BTreeMap<String, u64>>,
     /// Retries with an idempotency key.
@@ -80,7 +80,7 @@ pub async fn publisher(target: Target, name: String, acks: Arc<Acks>, stop: Canc
                 acks.acked
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push(key);
+                    .push((key, Instant::now()));
                 if retry {
                     acks.retried.fetch_add(1, Ordering::Relaxed);
                     match c2.publish(req).await {

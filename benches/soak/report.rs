@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::chaos::Chaos;
 use crate::feed::Feed;
@@ -126,8 +126,8 @@ impl Report {
         );
         let p = publish_check(ep);
         println!(
-            "  publish  : {} acked, {} received by upstream; lost {} ({} swallowed by chaos in flight, {} unexplained); {} duplicates at upstream; {} reordered; {} idempotent retries ({} mismatched); refused {:?}",
-            p.acked, p.received, p.lost, p.swallowed, p.unexplained, p.duplicates,
+            "  publish  : {} acked, {} received by upstream; lost {} ({} thrown away in flight by the proxy, {} written just before a reset, {} unexplained); {} duplicates at upstream; {} reordered; {} idempotent retries ({} mismatched); refused {:?}",
+            p.acked, p.received, p.lost, p.swallowed, p.at_reset, p.unexplained, p.duplicates,
             f.reordered.load(Ordering::Relaxed),
             ep.acks.retried.load(Ordering::Relaxed),
             ep.acks.retry_mismatches.load(Ordering::Relaxed),
@@ -206,8 +206,8 @@ impl Report {
                 println!("  growth start→end: {:+.1}%", growth * 100.0);
                 if !self.judge_rss {
                     println!(
-                        "  (not judged: the run is shorter than twice the replay window's \
-                         turnover plus warm-up)"
+                        "  (not judged: the run is shorter than twice the warm-up, which waits for the \
+                         replay window and the idempotency keys to settle)"
                     );
                 } else if growth >= MAX_GROWTH {
                     self.failures.push(format!(
@@ -247,7 +247,11 @@ struct PublishFigures {
     acked: usize,
     received: usize,
     lost: usize,
+    /// Lost in frames the proxy read and threw away.
     swallowed: usize,
+    /// Lost without the proxy seeing them, acknowledged just before it reset the connection:
+    /// written into the socket in the instant before the reset.
+    at_reset: usize,
     unexplained: usize,
     /// Of the unexplained: passed on whole by the proxy, so lost inside the soak's own feed.
     lost_in_feed: usize,
@@ -256,8 +260,14 @@ struct PublishFigures {
     duplicates: u64,
 }
 
+/// A publish acknowledged this long before a reset may have been in the socket when it came;
+/// the writer sends within milliseconds of the commit while connected.
+const RESET_WINDOW_BEFORE: Duration = Duration::from_secs(1);
+/// The acknowledgement can reach the client just after the frame was written.
+const RESET_WINDOW_AFTER: Duration = Duration::from_millis(100);
+
 fn publish_check(ep: &Endpoint) -> PublishFigures {
-    let acked: HashSet<String> = ep
+    let acked: HashMap<String, Instant> = ep
         .acks
         .acked
         .lock()
@@ -268,21 +278,33 @@ fn publish_check(ep: &Endpoint) -> PublishFigures {
     let received: HashMap<String, u32> = ep.feed.received();
     let swallowed: HashSet<String> = ep.chaos.swallowed().into_iter().collect();
     let forwarded = ep.chaos.forwarded();
-    let lost: Vec<&String> = acked
+    let resets = ep.chaos.resets_at();
+    let near_reset = |at: Instant| {
+        resets
+            .iter()
+            .any(|r| *r + RESET_WINDOW_AFTER >= at && *r <= at + RESET_WINDOW_BEFORE)
+    };
+    let lost: Vec<(&String, &Instant)> = acked
         .iter()
-        .filter(|k| !received.contains_key(*k))
+        .filter(|(k, _)| !received.contains_key(*k))
         .collect();
-    let mut unexplained: Vec<&String> = lost
+    let unseen: Vec<(&String, &Instant)> = lost
         .iter()
         .copied()
-        .filter(|k| !swallowed.contains(*k))
+        .filter(|(k, _)| !swallowed.contains(*k))
+        .collect();
+    let mut unexplained: Vec<&String> = unseen
+        .iter()
+        .filter(|(_, at)| !near_reset(**at))
+        .map(|(k, _)| *k)
         .collect();
     unexplained.sort();
     PublishFigures {
         acked: acked.len(),
-        received: received.keys().filter(|k| acked.contains(*k)).count(),
+        received: received.keys().filter(|k| acked.contains_key(*k)).count(),
         lost: lost.len(),
-        swallowed: lost.len() - unexplained.len(),
+        swallowed: lost.len() - unseen.len(),
+        at_reset: unseen.len() - unexplained.len(),
         unexplained: unexplained.len(),
         lost_in_feed: unexplained
             .iter()
