@@ -75,6 +75,7 @@ pub fn stop_on_signals(token: CancellationToken) {
             _ = int.recv() => {},
         }
         tracing::warn!("second signal: exiting now");
+        ws_sidecar::logging::flush(std::time::Duration::from_millis(200));
         std::process::exit(130);
     });
 }

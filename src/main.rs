@@ -141,6 +141,8 @@ fn main() -> ExitCode {
     });
     // Don't wait on stdin readers or lingering client tasks at exit.
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    // The last lines (the shutdown summary) are still queued; a stalled stderr gets a bound.
+    ws_sidecar::logging::flush(std::time::Duration::from_secs(2));
     ExitCode::from(code)
 }
 

@@ -44,6 +44,8 @@ pub const OUTBOX_EXPIRED: &str = "ws_sidecar_outbox_expired_total";
 pub const AUTH_RENEWALS: &str = "ws_sidecar_auth_renewals_total";
 /// When the current credential expires; absent when unknown.
 pub const AUTH_TOKEN_EXPIRY: &str = "ws_sidecar_auth_token_expiry_timestamp_seconds";
+/// Log lines dropped because stderr did not keep up (see `logging`).
+pub const LOG_LINES_DROPPED: &str = "ws_sidecar_log_lines_dropped_total";
 
 const STATES: [State; 5] = [
     State::Connecting,
@@ -234,6 +236,16 @@ pub fn render(registry: &Registry) -> String {
             0 => None,
             ns => Some(Value::Seconds(ns)),
         },
+    );
+    out.family(
+        LOG_LINES_DROPPED,
+        "counter",
+        "Log lines dropped because stderr did not keep up.",
+    );
+    out.sample(
+        LOG_LINES_DROPPED,
+        &[],
+        Value::Int(crate::logging::dropped_lines()),
     );
     out.0
 }

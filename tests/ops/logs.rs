@@ -3,6 +3,7 @@
 //! and the connection-attempt span.
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::support::process::{daemon_config, write_config, BIN};
 use crate::support::{self, FakeUpstream, Reply};
@@ -90,4 +91,81 @@ async fn journal_stream_on_stderr_switches_to_priority_prefixes() {
         "{:?}",
         lines.seen
     );
+}
+
+/// A stderr nobody reads (a pipe that filled, a journald that cannot keep up) must not stall the
+/// daemon: lines are dropped and counted instead, and reported once stderr drains.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stderr_nobody_reads_drops_lines_instead_of_stalling() {
+    use crate::support::daemon::{next_message, subscribe};
+    use crate::{free_port, http_async};
+    use ws_sidecar::client::{self, Target};
+
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = support::temp_dir();
+    let port = free_port();
+    let body = daemon_config(
+        dir.path(),
+        &format!("[endpoints.a]\nurl = \"{}\"\n", up.url("/")),
+    )
+    .replace(
+        "[http]\nlisten = \"\"",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+    );
+    let config = write_config(dir.path(), &body);
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        // Every frame and HTTP/2 event logs a line: far more than the pipe and the queue hold.
+        .env("RUST_LOG", "trace")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .expect("spawn daemon");
+    crate::support::process::wait_ready(dir.path());
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    let target = Target::parse(&format!("unix:{}", dir.path().join("grpc.sock").display()))
+        .expect("address");
+    let mut c = client::connect(&target).await.expect("daemon reachable");
+    let mut sub = subscribe(&mut c, "a", None).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let dropped = || async {
+        let (status, body) = http_async(addr, "GET", "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix("ws_sidecar_log_lines_dropped_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("ws_sidecar_log_lines_dropped_total in /metrics")
+    };
+    // Traffic in rounds until lines are being dropped; every round is delivered in full, which
+    // is the point: with stderr stuck, a runtime thread blocked in write(2) would stop this.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut id = 0u64;
+    loop {
+        for _ in 0..500 {
+            id += 1;
+            conn.send_text(&format!("{{\"id\":{id}}}"))
+                .await
+                .expect("send");
+        }
+        for want in id - 499..=id {
+            let m = next_message(&mut sub, T).await;
+            assert_eq!(m.seq, want, "delivered in order, nothing lost");
+        }
+        if dropped().await > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line dropped after {id} messages at trace level"
+        );
+    }
+    // Once stderr is read again, the writer catches up and says what it lost.
+    let mut lines = Lines::spawn(reader);
+    lines.wait_for("the dropped-lines report", T, |l| {
+        l.contains("log lines dropped: stderr did not keep up")
+    });
+    tokio::task::block_in_place(|| sigterm_and_wait(&mut child));
 }

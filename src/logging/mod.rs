@@ -7,6 +7,11 @@
 //! (`$JOURNAL_STREAM` names stderr's device and inode). Writing to stderr rather than to the
 //! journal's native socket needs no extra crate and no socket access from a sandboxed service;
 //! the cost is that span fields are in the message text instead of separate journal fields.
+//! Lines reach stderr through a bounded queue ([`queue`]), never from a runtime thread.
+
+mod queue;
+
+pub use queue::{dropped_lines, flush};
 
 use std::fmt;
 
@@ -25,7 +30,7 @@ pub fn init(cfg: &LogConfig) {
     let filter = crate::redact::cap_leaky_targets(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(queue::QueueWriter::start());
     let format = effective_format(
         cfg.format,
         std::env::var("JOURNAL_STREAM").ok().as_deref(),
