@@ -155,7 +155,7 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| err(format!("cannot create directory {}: {e}", dir.display())))?;
         }
-        let db = Database::create(path).map_err(|e| err(format!("cannot open database: {e}")))?;
+        let db = open_db(path).map_err(|e| err(format!("cannot open database: {e}")))?;
         // Create every table now, so readers never meet a missing one.
         let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
         {
@@ -311,7 +311,7 @@ impl Committer {
 
     fn database(&mut self) -> Result<&Database, StoreError> {
         if self.db.is_none() {
-            let db = Database::create(&self.path).map_err(|e| storage_err(&self.path, e))?;
+            let db = open_db(&self.path).map_err(|e| storage_err(&self.path, e))?;
             tracing::info!(path = %self.path.display(), "store reopened after an I/O error");
             self.db = Some(db);
         }
@@ -404,6 +404,18 @@ impl Committer {
         r.replay = tail;
         Ok(r)
     }
+}
+
+/// Memory redb may use to cache pages. Its default (1 GiB) lets the cache grow with the file,
+/// which holds a copy of what the outbox and replay window already keep in memory: a full
+/// default outbox would cost its size twice. Pages are only read back at start-up; writes need
+/// the upper levels of each tree, which this holds many times over.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
 }
 
 fn storage_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
