@@ -123,6 +123,17 @@ impl SubscriptionSet {
         self.subs.is_empty()
     }
 
+    /// Ready when a subscription fell out of the window under `slow_subscriber = "disconnect"`
+    /// while the client was not reading: the connection is to be dropped.
+    pub fn poll_fell_behind(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for sub in &mut self.subs {
+            if sub.0.poll_fell_behind(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+
     /// Appends every ready line to `buf` until it holds `limit` bytes; `Pending` when nothing
     /// was ready. Subscriptions that ended are dropped.
     pub fn poll_fill(

@@ -399,8 +399,15 @@ async fn write_loop(
         if !buf.is_empty() {
             let write = wr.write_all(&buf);
             let ok = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => false,
                 r = write => r.is_ok(),
+                // The client stopped reading and a disconnect-policy subscription fell out of
+                // the window meanwhile: the error line cannot get through, so just hang up.
+                _ = std::future::poll_fn(|cx| subs.poll_fell_behind(cx)) => {
+                    tracing::debug!("NDJSON client not reading: slow subscriber disconnected");
+                    false
+                }
             };
             if !ok {
                 return;

@@ -87,6 +87,16 @@ impl Subscription {
         &self.ep
     }
 
+    /// Ready once this subscription fell out of the window under `slow_subscriber =
+    /// "disconnect"` while nothing read it (see [`Cursor::poll_fell_behind`]); counted as a
+    /// slow-subscriber gap like a lag found by reading.
+    pub fn poll_fell_behind(&mut self, cx: &mut Context<'_>) -> Poll<Lagged> {
+        let lagged = std::task::ready!(self.cursor.poll_fell_behind(cx));
+        Endpoint::count(&self.ep.stats.delivery.gaps_slow_subscriber, 1);
+        self.done = true;
+        Poll::Ready(lagged)
+    }
+
     /// Queues pending state transitions; a lagged receiver gets the current state instead.
     fn poll_states(&mut self, cx: &mut Context<'_>) {
         loop {

@@ -468,6 +468,30 @@ impl Cursor {
         }
     }
 
+    /// Under `slow_subscriber = "disconnect"`, ready once the window has moved past this
+    /// cursor, without reading anything: a writer whose client has stopped reading can notice
+    /// while it waits for the socket. Never ready under the skip policy.
+    pub fn poll_fell_behind(&mut self, cx: &mut Context<'_>) -> Poll<Lagged> {
+        if self.log.slow_policy != SlowPolicy::Disconnect || self.ended {
+            return Poll::Pending;
+        }
+        loop {
+            let first = self.log.first_retained();
+            if first > self.next {
+                self.ended = true;
+                return Poll::Ready(Lagged {
+                    from: self.next,
+                    to: first - 1,
+                });
+            }
+            // Taking the change here costs `poll_read` nothing: it reads before it waits.
+            match std::pin::Pin::new(&mut self.changes).poll_next(cx) {
+                Poll::Ready(Some(_)) => continue,
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
     /// Async form of [`poll_read`](Self::poll_read).
     pub async fn read(&mut self, out: &mut Vec<Item>, max: usize) -> Result<bool, Lagged> {
         std::future::poll_fn(|cx| self.poll_read(cx, out, max)).await

@@ -88,6 +88,37 @@ fn disconnect_policy_errors() {
 }
 
 #[test]
+fn fell_behind_is_noticed_without_reading_only_under_disconnect() {
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for (policy, lags) in [(SlowPolicy::Disconnect, true), (SlowPolicy::Skip, false)] {
+        let log = Log::new(&cfg(5, 1 << 20, policy), 1);
+        let mut c = log.subscribe(Some(0), vec![]);
+        push(&log, 5);
+        assert!(
+            c.poll_fell_behind(&mut cx).is_pending(),
+            "still in the window"
+        );
+        push(&log, 7);
+        let got = c.poll_fell_behind(&mut cx);
+        if lags {
+            assert_eq!(got, Poll::Ready(Lagged { from: 1, to: 7 }));
+            let mut out = vec![];
+            // The cursor is finished: reading now ends it rather than skipping ahead.
+            assert!(matches!(
+                c.poll_read(&mut cx, &mut out, 100),
+                Poll::Ready(Ok(false))
+            ));
+        } else {
+            assert!(
+                got.is_pending(),
+                "skip policy reports by reading, with a gap"
+            );
+        }
+    }
+}
+
+#[test]
 fn byte_bound_evicts_and_seq_starts_where_told() {
     let log = Log::new(&cfg(100, 20, SlowPolicy::Skip), 41);
     for _ in 0..5 {

@@ -142,3 +142,133 @@ async fn a_subscriber_that_never_reads_gets_slow_subscriber_and_slows_no_one() {
     );
     d.stop().await;
 }
+
+/// Polls until the daemon holds `n` subscriber slots.
+async fn wait_subscribers(d: &crate::support::daemon::TestDaemon, n: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + T;
+    while d.registry.subscribers() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} subscribers, expected {n}",
+            d.registry.subscribers()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends `n` messages of ~1 KB, far more than the sockets and HTTP/2 windows of a client that
+/// does not read can hold.
+fn flood(conn: crate::support::upstream::UpConn, n: u64) -> tokio::task::JoinHandle<()> {
+    let payload = "x".repeat(1000);
+    tokio::spawn(async move {
+        for i in 1..=n {
+            conn.send_text(&format!("{i:08}{payload}"))
+                .await
+                .expect("send");
+        }
+        // Keeps the connection open until the test ends.
+        std::future::pending::<()>().await;
+    })
+}
+
+const DISCONNECT: &str =
+    "[endpoints.feed.replay]\nmessages = 1000\nslow_subscriber = \"disconnect\"\n";
+
+#[tokio::test]
+async fn grpc_disconnect_policy_ends_a_lagging_stream_with_resource_exhausted() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let d = start_daemon(&format!(
+        "[endpoints.feed]\nurl = \"{}\"\n{DISCONNECT}",
+        up.url("/")
+    ))
+    .await;
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("feed", State::Connected, T).await;
+    let mut c1 = d.grpc().await;
+    let mut stalled = subscribe(&mut c1, "feed", None).await;
+    let mut c2 = d.grpc().await;
+    let mut reader = subscribe(&mut c2, "feed", None).await;
+    const N: u64 = 30_000;
+    let _flood = flood(conn, N);
+    for seq in 1..=N {
+        assert_eq!(
+            next_message(&mut reader, T).await.seq,
+            seq,
+            "the reader loses nothing"
+        );
+    }
+    // The stalled client reads now: what its buffers held, in order, then the end of the stream
+    // with RESOURCE_EXHAUSTED — never a hole.
+    let mut last = 0u64;
+    let status = loop {
+        match tokio::time::timeout(T, stalled.message())
+            .await
+            .expect("in time")
+        {
+            Ok(Some(ev)) => match ev.event {
+                Some(Ev::Message(m)) => {
+                    assert_eq!(m.seq, last + 1, "no hole before the disconnect");
+                    last = m.seq;
+                }
+                Some(Ev::Gap(g)) => panic!("disconnect policy must not skip: {g:?}"),
+                _ => {}
+            },
+            Ok(None) => panic!("stream ended without a status after seq {last}"),
+            Err(status) => break status,
+        }
+    };
+    assert!(last < N, "the stalled client could not have kept up");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("slow subscriber"), "{status:?}");
+    wait_subscribers(&d, 1, "the disconnected subscriber's slot is released").await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn ndjson_disconnect_policy_hangs_up_on_a_client_that_stopped_reading() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let d = start_daemon(&format!(
+        "[endpoints.feed]\nurl = \"{}\"\n{DISCONNECT}",
+        up.url("/")
+    ))
+    .await;
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("feed", State::Connected, T).await;
+    let mut client = tokio::net::UnixStream::connect(&d.stream_path)
+        .await
+        .expect("connect");
+    client
+        .write_all(b"{\"op\":\"subscribe\",\"endpoint\":\"feed\"}\n")
+        .await
+        .expect("subscribe");
+    wait_subscribers(&d, 1, "subscribed").await;
+    let _flood = flood(conn, 30_000);
+    // The client reads nothing; the daemon, blocked writing to it, must still let it go once
+    // it fell out of the window.
+    wait_subscribers(&d, 0, "a client that stopped reading is disconnected").await;
+    let mut lines = BufReader::new(client).lines();
+    let mut last = 0u64;
+    loop {
+        let line = tokio::time::timeout(T, lines.next_line())
+            .await
+            .expect("in time");
+        let Ok(Some(line)) = line else { break };
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json line");
+        match v["type"].as_str() {
+            Some("message") => {
+                let seq = v["seq"].as_u64().expect("seq");
+                assert_eq!(seq, last + 1, "no hole before the hang-up");
+                last = seq;
+            }
+            Some("state") => {}
+            Some("error") => assert_eq!(v["code"], "slow_subscriber", "{line}"),
+            other => panic!("unexpected line {other:?}: {line}"),
+        }
+    }
+    assert!(
+        last > 0 && last < 30_000,
+        "read {last} messages before the end"
+    );
+    d.stop().await;
+}
