@@ -11,7 +11,7 @@ use ws_sidecar::api::stream::MAX_LINE;
 use ws_sidecar::endpoint::State;
 
 use crate::support::daemon::{next_message, subscribe};
-use crate::support::{FakeUpstream, Reply};
+use crate::support::{flood, FakeUpstream, Reply};
 use crate::{endpoint, with_bystander, within, T};
 
 /// A request line padded with spaces (insignificant in JSON) to exactly `len` bytes.
@@ -233,17 +233,7 @@ async fn clients_that_never_read_only_hurt_themselves() {
     // 6 MB through the endpoint: far more than the stalled clients' socket buffers (and the
     // 2,000-message window) hold.
     const N: u64 = 6_000;
-    let payload = "p".repeat(1000);
-    let sender = tokio::spawn({
-        let conn = conn.clone();
-        async move {
-            for i in 1..=N {
-                conn.send_text(&format!("{i:08}{payload}"))
-                    .await
-                    .expect("send");
-            }
-        }
-    });
+    let (_flood, pace) = flood::paced(conn, N, 1_000);
     within(
         Duration::from_secs(60),
         "the readers get everything",
@@ -253,11 +243,11 @@ async fn clients_that_never_read_only_hurt_themselves() {
                 assert_eq!(m.seq, seq);
                 let line = readers.recv_type("message", T).await;
                 assert_eq!(line["seq"], seq);
+                pace.read(seq);
             }
         },
     )
     .await;
-    sender.await.expect("sender");
     by.check(&d).await;
     assert!(
         !deaf_writer.is_finished(),
