@@ -6,8 +6,8 @@ use ws_sidecar::endpoint::State;
 use ws_sidecar::proto::event::Event as Ev;
 use ws_sidecar::proto::GapReason;
 
-use crate::support::daemon::{next_event, next_message, start_daemon, subscribe};
-use crate::support::{flood, FakeUpstream, Reply};
+use crate::support::daemon::{next_event, next_message, start_daemon, subscribe, TestDaemon};
+use crate::support::{flood, FakeUpstream, Reply, UpConn};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -79,14 +79,7 @@ async fn from_seq_inside_and_before_the_window() {
 
 #[tokio::test]
 async fn a_subscriber_that_never_reads_gets_slow_subscriber_and_slows_no_one() {
-    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let d = start_daemon(&format!(
-        "[endpoints.feed]\nurl = \"{}\"\n[endpoints.feed.replay]\nmessages = 6000\n",
-        up.url("/")
-    ))
-    .await;
-    let conn = up.next_accepted_within(T).await.expect("connects");
-    d.wait_state("feed", State::Connected, T).await;
+    let (_up, d, conn) = connected_feed("messages = 6000\n").await;
 
     let mut c1 = d.grpc().await;
     let mut stalled = subscribe(&mut c1, "feed", None).await;
@@ -136,7 +129,7 @@ async fn a_subscriber_that_never_reads_gets_slow_subscriber_and_slows_no_one() {
 }
 
 /// Polls until the daemon holds `n` subscriber slots.
-async fn wait_subscribers(d: &crate::support::daemon::TestDaemon, n: usize, what: &str) {
+async fn wait_subscribers(d: &TestDaemon, n: usize, what: &str) {
     let deadline = tokio::time::Instant::now() + T;
     while d.registry.subscribers() != n {
         assert!(
@@ -148,19 +141,25 @@ async fn wait_subscribers(d: &crate::support::daemon::TestDaemon, n: usize, what
     }
 }
 
-const DISCONNECT: &str =
-    "[endpoints.feed.replay]\nmessages = 1000\nslow_subscriber = \"disconnect\"\n";
-
-#[tokio::test]
-async fn grpc_disconnect_policy_ends_a_lagging_stream_with_resource_exhausted() {
+/// A daemon whose endpoint `feed` (replay settings `replay`) is connected to a fake upstream,
+/// and that upstream connection. The upstream is returned to keep it listening.
+async fn connected_feed(replay: &str) -> (FakeUpstream, TestDaemon, UpConn) {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let d = start_daemon(&format!(
-        "[endpoints.feed]\nurl = \"{}\"\n{DISCONNECT}",
+        "[endpoints.feed]\nurl = \"{}\"\n[endpoints.feed.replay]\n{replay}",
         up.url("/")
     ))
     .await;
     let conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
+    (up, d, conn)
+}
+
+const DISCONNECT: &str = "messages = 1000\nslow_subscriber = \"disconnect\"\n";
+
+#[tokio::test]
+async fn grpc_disconnect_policy_ends_a_lagging_stream_with_resource_exhausted() {
+    let (_up, d, conn) = connected_feed(DISCONNECT).await;
     let mut c1 = d.grpc().await;
     let mut stalled = subscribe(&mut c1, "feed", None).await;
     let mut c2 = d.grpc().await;
@@ -206,14 +205,7 @@ async fn grpc_disconnect_policy_ends_a_lagging_stream_with_resource_exhausted() 
 #[tokio::test]
 async fn ndjson_disconnect_policy_hangs_up_on_a_client_that_stopped_reading() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let d = start_daemon(&format!(
-        "[endpoints.feed]\nurl = \"{}\"\n{DISCONNECT}",
-        up.url("/")
-    ))
-    .await;
-    let conn = up.next_accepted_within(T).await.expect("connects");
-    d.wait_state("feed", State::Connected, T).await;
+    let (_up, d, conn) = connected_feed(DISCONNECT).await;
     let mut client = tokio::net::UnixStream::connect(&d.stream_path)
         .await
         .expect("connect");
