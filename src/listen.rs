@@ -10,7 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixSocket};
 
 use crate::config::{Config, ListenAddr};
 use crate::systemd::{Activation, PassedGrpc};
@@ -84,7 +84,7 @@ pub async fn bind_with(cfg: &Config, passed: Option<Activation>) -> anyhow::Resu
                     owned.push(path.clone());
                     grpc.push(GrpcListener::Unix(l, path.clone()));
                 }
-                ListenAddr::Tcp(sa) => grpc.push(GrpcListener::Tcp(bind_tcp(sa).await?)),
+                ListenAddr::Tcp(sa) => grpc.push(GrpcListener::Tcp(bind_tcp(sa)?)),
             }
         }
     }
@@ -102,7 +102,7 @@ pub async fn bind_with(cfg: &Config, passed: Option<Activation>) -> anyhow::Resu
     };
     let http = match (passed.http, &cfg.http.listen) {
         (Some(l), _) => Some(tcp_from_std(l)?),
-        (None, Some(sa)) => Some(bind_tcp(sa).await?),
+        (None, Some(sa)) => Some(bind_tcp(sa)?),
         (None, None) => None,
     };
     Ok(Listeners {
@@ -113,9 +113,25 @@ pub async fn bind_with(cfg: &Config, passed: Option<Activation>) -> anyhow::Resu
     })
 }
 
-async fn bind_tcp(sa: &std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(sa)
-        .await
+/// Connections a self-bound socket queues before the daemon accepts them: the kernel's SOMAXCONN
+/// (4096 since Linux 5.4), as systemd's `Backlog=` default, rather than the 1024 tokio would
+/// pick, so that every app on the host reconnecting at once after a restart is queued, not refused.
+const BACKLOG: u32 = 4096;
+
+fn bind_tcp(sa: &std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = if sa.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|s| {
+            // As std's and tokio's bind: a restart can reuse the port while old connections
+            // sit in TIME_WAIT.
+            s.set_reuseaddr(true)?;
+            s.bind(*sa)?;
+            s.listen(BACKLOG)
+        })
         .with_context(|| format!("cannot listen on {sa}"))
 }
 
@@ -156,7 +172,12 @@ fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<UnixLis
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let l = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    let l = UnixSocket::new_stream()
+        .and_then(|s| {
+            s.bind(path)?;
+            s.listen(BACKLOG)
+        })
+        .with_context(|| format!("cannot bind {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
     // Skipped when the group is already right: the systemd unit's system-call filter denies
@@ -183,5 +204,57 @@ fn lookup_group(name: &str) -> anyhow::Result<u32> {
 pub fn remove_sockets(paths: &[PathBuf]) {
     for p in paths {
         let _ = std::fs::remove_file(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A number from a /proc file, if it has one.
+    fn proc_number(path: &str, line_prefix: &str, column: usize) -> Option<usize> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let line = text.lines().find(|l| l.starts_with(line_prefix))?;
+        line.split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .nth(column)
+    }
+
+    /// How many connections a listener of ours should queue here without accepting: the
+    /// kernel clamps the backlog to `somaxconn`, and the test needs a descriptor per client.
+    fn burst() -> usize {
+        let somaxconn = proc_number("/proc/sys/net/core/somaxconn", "", 0).unwrap_or(4096);
+        let nofile = proc_number("/proc/self/limits", "Max open files", 0).unwrap_or(1024);
+        // Half the descriptors stay free for the tests running alongside in this process.
+        (BACKLOG as usize).min(somaxconn).min(nofile / 2)
+    }
+
+    #[tokio::test]
+    async fn a_connection_burst_is_queued_up_to_the_backlog_not_refused() {
+        let n = burst();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.sock");
+        let unix = bind_unix(&path, 0o600, None).expect("bind unix");
+        let tcp = bind_tcp(&"127.0.0.1:0".parse().expect("addr")).expect("bind tcp");
+        let addr = tcp.local_addr().expect("addr");
+        // Nobody accepts: every connect must find room in the accept queue. A Unix connect
+        // beyond it fails at once with EAGAIN; a TCP one would hang, hence the timeout.
+        let mut held = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = tokio::net::UnixStream::connect(&path).await;
+            held.push(c.unwrap_or_else(|e| panic!("unix connect {i} of {n}: {e}")));
+        }
+        drop(held);
+        let mut held = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("tcp connect {i} of {n} was not queued"));
+            held.push(c.unwrap_or_else(|e| panic!("tcp connect {i} of {n}: {e}")));
+        }
+        drop((unix, tcp));
     }
 }
