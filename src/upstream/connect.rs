@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
 use super::failure::{parse_retry_after, sanitize, Failure};
-use super::wire::WireWatch;
+use super::frame_watch::WireWatch;
 use crate::config::EndpointConfig;
 use crate::secret::SecretString;
 

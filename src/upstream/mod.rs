@@ -13,7 +13,7 @@ mod proxy;
 pub mod resume;
 mod session;
 pub mod tls;
-mod wire;
+mod frame_watch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -16,7 +16,7 @@ use super::connect::Ws;
 use super::failure::Failure;
 use super::heartbeat::{Action, Heartbeat};
 use super::resume::{Resume, Verdict};
-use super::wire::CloseSlot;
+use super::frame_watch::CloseSlot;
 use crate::config::{EndpointConfig, RenewMode};
 use crate::endpoint::{unix_nanos, Endpoint};
 use crate::filter::Filter;
