@@ -7,13 +7,13 @@
 mod auth;
 pub mod connect;
 pub mod failure;
+mod frame_watch;
 pub mod heartbeat;
 mod oauth2;
 mod proxy;
 pub mod resume;
 mod session;
 pub mod tls;
-mod frame_watch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
