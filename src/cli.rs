@@ -259,20 +259,10 @@ pub async fn demo(duration: Option<String>) -> u8 {
     }
 }
 
+/// The demo's `--duration`, in the config file's syntax (`10s`, `1m30s`, `500ms`).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration {s:?}")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))
+    ws_sidecar::config::units::parse_duration(s)
+        .ok_or_else(|| format!("invalid duration {s:?} (examples: 10s, 1m30s, 500ms)"))
 }
 
 /// Re-reads the config on every SIGHUP: an invalid file is logged and changes nothing; a valid

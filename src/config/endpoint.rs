@@ -7,9 +7,8 @@ use std::time::Duration;
 use config::{Value, ValueKind};
 
 use super::load::{at_least, non_empty, one_of, positive, size_at_least};
-use super::value::{
-    boolean, duration, format_duration, kind_name, number, string, Node, Report, Table,
-};
+use super::units::format_duration;
+use super::value::{boolean, duration, kind_name, number, string, Node, Report, Table};
 use super::{
     AccessConfig, AuthConfig, AuthPlacement, BackoffConfig, CloseAction, EndpointConfig,
     FilterConfig, HeartbeatConfig, IdKind, OutboxConfig, Principal, ProxyConfig, RenewMode,

@@ -461,7 +461,7 @@ pub(crate) fn size_at_least(min: usize) -> impl Fn(&Value) -> Result<usize, Stri
         if n < min {
             return Err(format!(
                 "must be at least {}",
-                super::value::format_size(min)
+                super::units::format_size(min)
             ));
         }
         Ok(n)

@@ -1,14 +1,15 @@
 //! The validated configuration (SPEC §4): typed values only, every default applied.
 //!
-//! Loading and validation live in `load.rs` (global sections), `endpoint.rs` (one endpoint) and
-//! `value.rs` (the error-collecting field reader, durations, sizes); `summary.rs` renders what
-//! `check-config` prints. This file is the shape the rest of the daemon reads.
+//! Loading and validation live in `load.rs` (global sections), `endpoint.rs` (one endpoint),
+//! `value.rs` (the error-collecting field reader) and `units.rs` (the duration and size syntax);
+//! `summary.rs` renders what `check-config` prints. This file is the shape the rest of the daemon reads.
 //! Everything here is checked before anything starts, so runtime code never re-validates.
 
 mod endpoint;
 mod load;
 mod numbers;
 mod summary;
+pub mod units;
 mod value;
 
 pub use load::{load, load_str, ConfigError};

@@ -1,7 +1,8 @@
 //! What `ws-sidecar check-config` prints: warnings about secrets written in clear, and a compact
 //! summary of the effective configuration. Neither ever contains a secret value.
 
-use super::value::{format_duration, format_size, join_key};
+use super::units::{format_duration, format_size};
+use super::value::join_key;
 use super::{
     AccessConfig, AuthConfig, AuthPlacement, Config, EndpointConfig, IdKind, ListenAddr, LogFormat,
     Principal, ProxyConfig, RenewMode, SlowPolicy, TokenSource,
