@@ -6,11 +6,12 @@
 //! systemd passed (`grpc`, `stream`, `http`) ignores its config entries; a kind it did not pass
 //! is bound from the config as usual. Passed socket files belong to systemd and are not removed.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixSocket};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
 
 use crate::config::{Config, ListenAddr};
 use crate::systemd::{Activation, PassedGrpc};
@@ -172,14 +173,8 @@ fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<UnixLis
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let l = UnixSocket::new_stream()
-        .and_then(|s| {
-            s.bind(path)?;
-            s.listen(BACKLOG)
-        })
-        .with_context(|| format!("cannot bind {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    let l = bind_private(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    // The group first, then the mode: until both are right only the owner can connect.
     // Skipped when the group is already right: the systemd unit's system-call filter denies
     // chown, and there the socket already has the daemon's group.
     let current = std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::gid(&m));
@@ -187,7 +182,25 @@ fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<UnixLis
         std::os::unix::fs::chown(path, None, Some(gid))
             .with_context(|| format!("cannot set group of {}", path.display()))?;
     }
-    Ok(l)
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    UnixListener::from_std(l).with_context(|| format!("cannot listen on {}", path.display()))
+}
+
+/// A listening Unix socket at `path` whose file only its owner can connect to.
+///
+/// bind(2) creates the file with the socket's own mode (0777 for a new socket) less the umask,
+/// so a plain bind leaves group and others a moment to connect before any chmod. Narrowing the
+/// socket's mode first (fchmod, reached through `File`) closes that moment whatever the umask.
+fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    let file = std::fs::File::from(OwnedFd::from(socket));
+    file.set_permissions(std::fs::Permissions::from_mode(0o700))?;
+    let socket = socket2::Socket::from(OwnedFd::from(file));
+    socket.bind(&socket2::SockAddr::unix(path)?)?;
+    socket.listen(BACKLOG as i32)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Group name (or number) to gid, from the same account cache access lists use.
@@ -227,6 +240,26 @@ mod tests {
         let nofile = proc_number("/proc/self/limits", "Max open files", 0).unwrap_or(1024);
         // Half the descriptors stay free for the tests running alongside in this process.
         (BACKLOG as usize).min(somaxconn).min(nofile / 2)
+    }
+
+    #[test]
+    fn a_new_socket_file_admits_only_its_owner_until_its_mode_is_set() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.sock");
+        let _l = bind_private(&path).expect("bind");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        // A plain bind under the usual umask 022 gives 0755 here.
+        assert_eq!(mode & 0o077, 0, "mode {:o}", mode & 0o777);
+    }
+
+    #[tokio::test]
+    async fn the_configured_mode_is_set_whatever_the_umask_took_away() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.sock");
+        let _l = bind_unix(&path, 0o666, None).expect("bind");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o666);
+        std::os::unix::net::UnixStream::connect(&path).expect("connects");
     }
 
     #[tokio::test]
