@@ -6,15 +6,17 @@
 //! one fsync. A job's completion runs on the committer thread once its commit is known, so it
 //! must be quick (set a flag, wake a task).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, TableDefinition};
 
 use crate::log::Kind;
+
+mod committer;
+use committer::Committer;
 
 /// Outbox entries: (endpoint, outbox id) → kind, enqueue time (Unix ms), payload.
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
@@ -275,137 +277,6 @@ impl Store {
     }
 }
 
-/// The committer thread's state. It owns the database so that, after an I/O error (which
-/// redb latches until the file is reopened), it can close and reopen it: a disk that was
-/// full works again once space is freed, without restarting the daemon.
-struct Committer {
-    db: Option<Database>,
-    path: PathBuf,
-}
-
-impl Committer {
-    fn run(&mut self, rx: mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
-            let mut writes = Vec::new();
-            let mut next = Some(first);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Write { ops, done } => writes.push((ops, done)),
-                    Job::Restore {
-                        endpoint,
-                        replay_messages,
-                        reply,
-                    } => {
-                        // Earlier writes first, so a restore sees them.
-                        self.commit(std::mem::take(&mut writes));
-                        let _ = reply.send(self.restore(&endpoint, replay_messages));
-                    }
-                }
-                if writes.len() < MAX_GROUP {
-                    next = rx.try_recv().ok();
-                }
-            }
-            self.commit(writes);
-        }
-    }
-
-    fn database(&mut self) -> Result<&Database, StoreError> {
-        if self.db.is_none() {
-            let db = open_db(&self.path).map_err(|e| storage_err(&self.path, e))?;
-            tracing::info!(path = %self.path.display(), "store reopened after an I/O error");
-            self.db = Some(db);
-        }
-        self.db
-            .as_ref()
-            .ok_or_else(|| storage_err(&self.path, "not open"))
-    }
-
-    fn commit(&mut self, writes: Vec<(Vec<Op>, Option<Done>)>) {
-        if writes.is_empty() {
-            return;
-        }
-        let path = self.path.clone();
-        let result = self
-            .database()
-            .and_then(|db| apply(db, &path, writes.iter().flat_map(|w| w.0.iter())));
-        if let Err(e) = &result {
-            tracing::error!(error = %e, jobs = writes.len(), "store commit failed");
-            // Reopen before the next commit: redb refuses everything after an I/O error.
-            self.db = None;
-        }
-        for (_, done) in writes {
-            if let Some(done) = done {
-                done(result.clone());
-            }
-        }
-    }
-
-    fn restore(&mut self, endpoint: &str, replay_messages: usize) -> Result<Restored, StoreError> {
-        let path = self.path.clone();
-        let err = |e: &dyn std::fmt::Display| StoreError {
-            path: path.clone(),
-            msg: format!("cannot read: {e}"),
-            full: false,
-        };
-        let txn = self.database()?.begin_read().map_err(|e| err(&e))?;
-        let mut r = Restored::default();
-        let marks = txn.open_table(MARKS).map_err(|e| err(&e))?;
-        r.seq_mark = marks
-            .get((endpoint, "seq"))
-            .map_err(|e| err(&e))?
-            .map_or(0, |g| g.value());
-        r.outbox_next = marks
-            .get((endpoint, "outbox_next"))
-            .map_err(|e| err(&e))?
-            .map_or(1, |g| g.value());
-        let outbox = txn.open_table(OUTBOX).map_err(|e| err(&e))?;
-        for item in outbox
-            .range((endpoint, 0)..=(endpoint, u64::MAX))
-            .map_err(|e| err(&e))?
-        {
-            let (k, v) = item.map_err(|e| err(&e))?;
-            let id = k.value().1;
-            match decode(v.value()) {
-                Some((kind, at, data)) => r.outbox.push((id, kind, at, data)),
-                None => return Err(err(&format!("outbox entry {endpoint}/{id} is corrupt"))),
-            }
-        }
-        let idem = txn.open_table(IDEM).map_err(|e| err(&e))?;
-        for item in idem.range((endpoint, "")..).map_err(|e| err(&e))? {
-            let (k, v) = item.map_err(|e| err(&e))?;
-            let (ep, key) = k.value();
-            if ep != endpoint {
-                break;
-            }
-            let (id, at) = v.value();
-            r.idempotency.push((key.to_owned(), id, at));
-        }
-        let ids = txn.open_table(UPSTREAM_IDS).map_err(|e| err(&e))?;
-        r.upstream_id = ids
-            .get(endpoint)
-            .map_err(|e| err(&e))?
-            .map(|g| g.value().to_owned());
-        let replay = txn.open_table(REPLAY).map_err(|e| err(&e))?;
-        let mut tail = Vec::new();
-        for item in replay
-            .range((endpoint, 0)..=(endpoint, u64::MAX))
-            .map_err(|e| err(&e))?
-            .rev()
-            .take(replay_messages)
-        {
-            let (k, v) = item.map_err(|e| err(&e))?;
-            let seq = k.value().1;
-            match decode(v.value()) {
-                Some((kind, at, data)) => tail.push((seq, kind, at, data)),
-                None => return Err(err(&format!("replay entry {endpoint}/{seq} is corrupt"))),
-            }
-        }
-        tail.reverse();
-        r.replay = tail;
-        Ok(r)
-    }
-}
-
 /// Memory redb may use to cache pages. Its default (1 GiB) lets the cache grow with the file,
 /// which holds a copy of what the outbox and replay window already keep in memory: a full
 /// default outbox would cost its size twice. Pages are only read back at start-up; writes need
@@ -430,106 +301,6 @@ fn storage_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
         msg,
         full,
     }
-}
-
-fn apply<'a>(
-    db: &Database,
-    path: &Path,
-    ops: impl Iterator<Item = &'a Op>,
-) -> Result<(), StoreError> {
-    let e = |e: &dyn std::fmt::Display| storage_err(path, e);
-    let txn = db.begin_write().map_err(|x| e(&x))?;
-    {
-        let mut outbox = txn.open_table(OUTBOX).map_err(|x| e(&x))?;
-        let mut idem = txn.open_table(IDEM).map_err(|x| e(&x))?;
-        let mut marks = txn.open_table(MARKS).map_err(|x| e(&x))?;
-        let mut ids = txn.open_table(UPSTREAM_IDS).map_err(|x| e(&x))?;
-        let mut replay = txn.open_table(REPLAY).map_err(|x| e(&x))?;
-        // Marks and ids are written once per endpoint per commit, whatever the batch holds.
-        let mut outbox_next: HashMap<&str, u64> = HashMap::new();
-        let mut seq_marks: HashMap<&str, u64> = HashMap::new();
-        let mut last_ids: HashMap<&str, &str> = HashMap::new();
-        for op in ops {
-            match op {
-                Op::OutboxPut {
-                    endpoint,
-                    id,
-                    kind,
-                    enqueued_ms,
-                    data,
-                    idempotency_key,
-                } => {
-                    let value = encode(*kind, *enqueued_ms, data);
-                    outbox
-                        .insert((&**endpoint, *id), value.as_slice())
-                        .map_err(|x| e(&x))?;
-                    let next = outbox_next.entry(&**endpoint).or_default();
-                    *next = (*next).max(id + 1);
-                    if let Some(key) = idempotency_key {
-                        idem.insert((&**endpoint, key.as_str()), (*id, *enqueued_ms))
-                            .map_err(|x| e(&x))?;
-                    }
-                }
-                Op::OutboxRemoveUpTo { endpoint, upto } => {
-                    outbox
-                        .retain_in((&**endpoint, 0)..=(&**endpoint, *upto), |_, _| false)
-                        .map_err(|x| e(&x))?;
-                }
-                Op::IdemPrune {
-                    endpoint,
-                    before_ms,
-                } => {
-                    let cutoff = *before_ms;
-                    idem.retain(|(ep, _), (_, at)| ep != &**endpoint || at >= cutoff)
-                        .map_err(|x| e(&x))?;
-                }
-                Op::SeqMark { endpoint, seq } => {
-                    let mark = seq_marks.entry(&**endpoint).or_default();
-                    *mark = (*mark).max(*seq);
-                }
-                Op::UpstreamId { endpoint, id } => {
-                    last_ids.insert(&**endpoint, id.as_str());
-                }
-                Op::ReplayPut {
-                    endpoint,
-                    seq,
-                    kind,
-                    received_at,
-                    data,
-                } => {
-                    let value = encode(*kind, *received_at, data);
-                    replay
-                        .insert((&**endpoint, *seq), value.as_slice())
-                        .map_err(|x| e(&x))?;
-                }
-                Op::ReplayTrim { endpoint, below } => {
-                    if *below > 0 {
-                        replay
-                            .retain_in((&**endpoint, 0)..(&**endpoint, *below), |_, _| false)
-                            .map_err(|x| e(&x))?;
-                    }
-                }
-            }
-        }
-        for (endpoint, next) in outbox_next {
-            marks
-                .insert((endpoint, "outbox_next"), next)
-                .map_err(|x| e(&x))?;
-        }
-        for (endpoint, seq) in seq_marks {
-            let current = marks
-                .get((endpoint, "seq"))
-                .map_err(|x| e(&x))?
-                .map_or(0, |g| g.value());
-            if seq > current {
-                marks.insert((endpoint, "seq"), seq).map_err(|x| e(&x))?;
-            }
-        }
-        for (endpoint, id) in last_ids {
-            ids.insert(endpoint, id).map_err(|x| e(&x))?;
-        }
-    }
-    txn.commit().map_err(|x| e(&x))
 }
 
 #[cfg(test)]
