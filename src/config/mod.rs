@@ -1,11 +1,13 @@
 //! The validated configuration (SPEC §4): typed values only, every default applied.
 //!
 //! Loading and validation live in `load.rs` (global sections), `endpoint.rs` (one endpoint),
-//! `value.rs` (the error-collecting field reader) and `units.rs` (the duration and size syntax);
+//! `handshake.rs` (its headers, auth and secret references), `value.rs` (the error-collecting
+//! field reader) and `units.rs` (the duration and size syntax);
 //! `summary.rs` renders what `check-config` prints. This file is the shape the rest of the daemon reads.
 //! Everything here is checked before anything starts, so runtime code never re-validates.
 
 mod endpoint;
+mod handshake;
 mod load;
 mod numbers;
 mod summary;
