@@ -224,20 +224,18 @@ pub fn remove_sockets(paths: &[PathBuf]) {
 mod tests {
     use super::*;
 
-    /// A number from a /proc file, if it has one.
-    fn proc_number(path: &str, line_prefix: &str, column: usize) -> Option<usize> {
+    /// The first number on the first line of a /proc file that starts with `line_prefix`.
+    fn proc_number(path: &str, line_prefix: &str) -> Option<usize> {
         let text = std::fs::read_to_string(path).ok()?;
         let line = text.lines().find(|l| l.starts_with(line_prefix))?;
-        line.split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .nth(column)
+        line.split_whitespace().find_map(|w| w.parse().ok())
     }
 
     /// How many connections a listener of ours should queue here without accepting: the
     /// kernel clamps the backlog to `somaxconn`, and the test needs a descriptor per client.
     fn burst() -> usize {
-        let somaxconn = proc_number("/proc/sys/net/core/somaxconn", "", 0).unwrap_or(4096);
-        let nofile = proc_number("/proc/self/limits", "Max open files", 0).unwrap_or(1024);
+        let somaxconn = proc_number("/proc/sys/net/core/somaxconn", "").unwrap_or(4096);
+        let nofile = proc_number("/proc/self/limits", "Max open files").unwrap_or(1024);
         // Half the descriptors stay free for the tests running alongside in this process.
         (BACKLOG as usize).min(somaxconn).min(nofile / 2)
     }
