@@ -231,13 +231,8 @@ async fn ndjson_disconnect_policy_hangs_up_on_a_client_that_stopped_reading() {
             break;
         }
         if buf.last() != Some(&b'\n') {
-            // The hang-up can land in the middle of a line the kernel had half accepted; a
-            // client sees it as a fragment without its newline right before EOF.
-            let more = tokio::time::timeout(T, reader.read_until(b'\n', &mut buf))
-                .await
-                .expect("in time")
-                .unwrap_or(0);
-            assert_eq!(more, 0, "a cut line is only ever the last thing read");
+            // read_until stops short of a newline only at EOF: the hang-up landed in the middle
+            // of a line the kernel had half accepted, and a client drops that fragment.
             break;
         }
         let line = String::from_utf8_lossy(&buf);
