@@ -44,6 +44,10 @@ pub struct StateEvent {
     pub reason: String,
     /// Unix nanoseconds.
     pub at: u64,
+    /// The last seq assigned when the transition happened (0 before any). Subscribers get the
+    /// event only after every message up to this seq, so a state change never overtakes the
+    /// messages that arrived before it, even those still waiting for their durable commit.
+    pub after_seq: u64,
 }
 
 /// Counters and gauges shown by status and metrics.
@@ -162,6 +166,7 @@ impl Endpoint {
             state: State::Connecting,
             reason: "starting".into(),
             at: unix_nanos(),
+            after_seq: log.next_seq() - 1,
         };
         let url = crate::redact::redact_url(&config.url);
         Arc::new(Endpoint {
@@ -219,6 +224,7 @@ impl Endpoint {
             state,
             reason: reason.into(),
             at: unix_nanos(),
+            after_seq: self.log.next_seq() - 1,
         };
         match state {
             State::Failed => {

@@ -19,6 +19,10 @@ use crate::registry::{Registry, SubscriberSlot, TooManySubscribers};
 /// Items taken from the log per lock: enough to fill a write, small enough to stay fair.
 const BATCH: usize = 256;
 
+/// State changes held back for one subscriber at most. Only a subscriber far behind a flapping
+/// endpoint gets near it; past it the oldest are dropped, the latest state always arrives.
+const MAX_HELD: usize = 256;
+
 /// What a subscriber receives.
 #[derive(Debug, Clone)]
 pub enum SubEvent {
@@ -46,6 +50,8 @@ pub struct Subscription {
     ep: Arc<Endpoint>,
     cursor: Cursor,
     states: BroadcastStream<StateEvent>,
+    /// Transitions waiting for the cursor to pass their `after_seq`, oldest first.
+    held: VecDeque<StateEvent>,
     ready: VecDeque<SubEvent>,
     scratch: Vec<Item>,
     done: bool,
@@ -74,6 +80,7 @@ impl Subscription {
             endpoint: Arc::clone(&ep.key),
             cursor,
             states,
+            held: VecDeque::new(),
             ready: VecDeque::from([SubEvent::State(first)]),
             scratch: Vec::with_capacity(BATCH),
             done: false,
@@ -97,17 +104,58 @@ impl Subscription {
         Poll::Ready(lagged)
     }
 
-    /// Queues pending state transitions; a lagged receiver gets the current state instead.
+    /// Takes pending state transitions into `held`; a lagged receiver gets the current state.
     fn poll_states(&mut self, cx: &mut Context<'_>) {
         loop {
-            match Pin::new(&mut self.states).poll_next(cx) {
-                Poll::Ready(Some(Ok(ev))) => self.ready.push_back(SubEvent::State(ev)),
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
-                    self.ready.push_back(SubEvent::State(self.ep.state()))
-                }
+            let ev = match Pin::new(&mut self.states).poll_next(cx) {
+                Poll::Ready(Some(Ok(ev))) => ev,
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => self.ep.state(),
                 Poll::Ready(None) | Poll::Pending => return,
+            };
+            if self.held.len() >= MAX_HELD {
+                self.held.pop_front();
+            }
+            self.held.push_back(ev);
+        }
+    }
+
+    /// Moves held transitions that happened before seq `before` into `ready`.
+    fn release_before(&mut self, before: u64) {
+        while self.held.front().is_some_and(|ev| ev.after_seq < before) {
+            if let Some(ev) = self.held.pop_front() {
+                self.ready.push_back(SubEvent::State(ev));
             }
         }
+    }
+
+    /// Queues a batch read from the cursor, each held transition placed before the first item
+    /// that came after it.
+    fn queue_batch(&mut self) {
+        let mut items = std::mem::take(&mut self.scratch);
+        let mut rest = items.drain(..).peekable();
+        while let Some(item) = rest.next() {
+            // An upstream gap belongs to the message that follows it.
+            let at = match &item {
+                Item::Message(e) => Some(e.seq),
+                Item::Gap { reason, .. } if reason.is_upstream() => match rest.peek() {
+                    Some(Item::Message(e)) => Some(e.seq),
+                    _ => None,
+                },
+                Item::Gap { from, .. } => Some(*from),
+            };
+            if let Some(at) = at {
+                self.release_before(at);
+            }
+            self.ready.push_back(SubEvent::Item(item));
+        }
+        drop(rest);
+        self.scratch = items;
+        self.release_before(self.cursor.position());
+    }
+
+    /// Every held transition, in order: the stream is ending.
+    fn release_all(&mut self) {
+        self.release_before(u64::MAX);
     }
 }
 
@@ -123,6 +171,7 @@ impl Stream for Subscription {
             return Poll::Ready(None);
         }
         this.poll_states(cx);
+        this.release_before(this.cursor.position());
         if let Some(ev) = this.ready.pop_front() {
             return Poll::Ready(Some(ev));
         }
@@ -130,20 +179,27 @@ impl Stream for Subscription {
         match this.cursor.poll_read(cx, &mut this.scratch, BATCH) {
             Poll::Ready(Ok(true)) => {
                 count_delivered(&this.ep, &this.scratch);
-                this.ready
-                    .extend(this.scratch.drain(..).map(SubEvent::Item));
+                this.queue_batch();
             }
             Poll::Ready(Ok(false)) => {
                 // The log closed: hand out the final transitions (e.g. `closed`) and end.
                 this.done = true;
                 this.poll_states(cx);
+                this.release_all();
             }
             Poll::Ready(Err(lagged)) => {
                 Endpoint::count(&this.ep.stats.delivery.gaps_slow_subscriber, 1);
                 this.done = true;
+                this.release_all();
                 this.ready.push_back(SubEvent::Lagged(lagged));
             }
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                // Filtered-out messages move the cursor too, past what held transitions wait for.
+                this.release_before(this.cursor.position());
+                if this.ready.is_empty() {
+                    return Poll::Pending;
+                }
+            }
         }
         match this.ready.pop_front() {
             Some(ev) => Poll::Ready(Some(ev)),

@@ -38,6 +38,14 @@ pub enum GapReason {
     UpstreamGap,
 }
 
+impl GapReason {
+    /// Gaps in the upstream's ids: they travel with the message that follows them, and their
+    /// range is upstream ids, not seqs.
+    pub fn is_upstream(self) -> bool {
+        matches!(self, GapReason::UpstreamGap)
+    }
+}
+
 /// What a cursor yields.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -377,11 +385,16 @@ impl Log {
                 out.push(Item::Message(Arc::clone(e)));
                 taken += 1;
                 if taken >= max {
-                    break;
+                    return Read { pos, missed };
                 }
             }
         }
-        Read { pos, missed }
+        // Everything visible was read: the position passes seqs that no entry holds (leased
+        // before a restart), so whatever waits on "read up to seq N" is not held up by a hole.
+        Read {
+            pos: pos.max(w.visible + 1),
+            missed,
+        }
     }
 }
 

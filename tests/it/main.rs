@@ -11,6 +11,7 @@ mod classify;
 mod durability;
 mod fanout;
 mod features;
+mod ordering;
 mod publish;
 mod reconnect;
 mod reload;
