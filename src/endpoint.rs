@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, watch, Notify};
 use crate::config::EndpointConfig;
 use crate::log::Log;
 use crate::outbox::Outbox;
-use crate::store::{Restored, Store};
+use crate::store::{Op, Restored, Store};
 
 /// Endpoint connection state (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +99,8 @@ pub struct DeliveryStats {
     /// Includes subscribers disconnected under `slow_subscriber = "disconnect"`.
     pub gaps_slow_subscriber: AtomicU64,
     pub gaps_upstream: AtomicU64,
+    pub gaps_daemon_restart: AtomicU64,
+    pub gaps_upstream_reset: AtomicU64,
 }
 
 /// One configured endpoint, shared by its upstream task and the APIs.
@@ -155,6 +157,9 @@ impl Endpoint {
             Vec::new()
         };
         let log = Log::restored(&config.replay, restored.seq_mark + 1, replay);
+        if let Some(hole) = restored.seq_hole {
+            log.set_restart_hole(hole);
+        }
         let key: Arc<str> = Arc::from(name.as_str());
         let outbox = Outbox::restored(
             config.outbox.clone(),
@@ -296,6 +301,21 @@ impl Endpoint {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Records in the store that this endpoint stopped cleanly, once its upstream task has
+    /// ended: the exact last seq is kept, so the next start continues right after it instead of
+    /// above a block of seqs reserved ahead of use.
+    pub async fn record_clean_stop(&self) {
+        let Some(store) = &self.store else { return };
+        let last = self.log.next_seq() - 1;
+        let op = Op::SeqStop {
+            endpoint: Arc::clone(&self.key),
+            last,
+        };
+        if let Err(e) = store.commit(vec![op]).await {
+            tracing::warn!(endpoint = %self.name, error = %e, "cannot record the last seq; the next start continues above the reserved ones");
+        }
     }
 
     /// Asks the upstream task to reconnect now (also leaves `failed`).

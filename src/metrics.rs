@@ -36,7 +36,8 @@ pub const LAST_SEQ: &str = "ws_sidecar_last_seq";
 pub const SUBSCRIBERS: &str = "ws_sidecar_subscribers";
 /// Messages handed to subscribers, one per subscriber per message.
 pub const DELIVERIES: &str = "ws_sidecar_deliveries_total";
-/// Gaps handed to subscribers by `reason`: `replay_expired`, `slow_subscriber`, `upstream_gap`.
+/// Gaps handed to subscribers by `reason`: `replay_expired`, `slow_subscriber`, `upstream_gap`,
+/// `daemon_restart`, `upstream_reset`.
 pub const GAPS: &str = "ws_sidecar_gaps_total";
 pub const OUTBOX_MESSAGES: &str = "ws_sidecar_outbox_messages";
 pub const OUTBOX_EXPIRED: &str = "ws_sidecar_outbox_expired_total";
@@ -192,6 +193,8 @@ pub fn render(registry: &Registry) -> String {
             ("replay_expired", &d.gaps_replay_expired),
             ("slow_subscriber", &d.gaps_slow_subscriber),
             ("upstream_gap", &d.gaps_upstream),
+            ("daemon_restart", &d.gaps_daemon_restart),
+            ("upstream_reset", &d.gaps_upstream_reset),
         ] {
             out.sample(
                 GAPS,

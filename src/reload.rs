@@ -113,7 +113,9 @@ impl Reloader {
         {
             if let Some(ep) = inner.registry.get(name) {
                 ep.set_restarting(true);
-                stop(st.tasks.remove(name)).await;
+                if stop(st.tasks.remove(name)).await {
+                    ep.record_clean_stop().await;
+                }
                 // Out of the registry first, so whoever sees the final state also sees it gone.
                 inner.registry.remove(name);
                 ep.set_state(State::Closed, "removed from the config");
@@ -177,11 +179,13 @@ fn spawn(tracker: &TaskTracker, shutdown: &CancellationToken, ep: Arc<Endpoint>)
     Task { token, handle }
 }
 
-async fn stop(task: Option<Task>) {
-    if let Some(t) = task {
-        t.token.cancel();
-        if tokio::time::timeout(STOP_WAIT, t.handle).await.is_err() {
-            tracing::warn!("an endpoint task did not stop in time; going on without it");
-        }
+/// Stops an endpoint task; false when it did not end in time (it may still append).
+async fn stop(task: Option<Task>) -> bool {
+    let Some(t) = task else { return true };
+    t.token.cancel();
+    if tokio::time::timeout(STOP_WAIT, t.handle).await.is_err() {
+        tracing::warn!("an endpoint task did not stop in time; going on without it");
+        return false;
     }
+    true
 }

@@ -127,6 +127,22 @@ impl Daemon {
         )
         .await
         .is_ok();
+        if upstreams_done {
+            // Nothing appends any more: the exact last seqs can be recorded. Otherwise the next
+            // start treats this stop as a crash.
+            let record = futures_util::future::join_all(
+                self.registry
+                    .all()
+                    .into_iter()
+                    .map(|ep| async move { ep.record_clean_stop().await }),
+            );
+            if tokio::time::timeout_at(deadline - Duration::from_millis(1000), record)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the last seqs were not recorded in time");
+            }
+        }
         for ep in self.registry.all() {
             ep.log.close();
         }

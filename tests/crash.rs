@@ -1,5 +1,6 @@
 //! Durability across crashes, with the real binary killed by SIGKILL: acknowledged publishes,
-//! persisted seqs and replay; an unreadable store; a full disk.
+//! persisted seqs and replay, seqs across clean and unclean restarts; an unreadable store; a
+//! full disk.
 
 mod support;
 
@@ -7,14 +8,16 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use support::daemon::next_event;
 use support::daemon::{next_message, subscribe};
 use support::process::{
-    crash, daemon_config, grpc_addr, spawn_daemon, wait_ready, write_config, BIN,
+    crash, daemon_config, grpc_addr, spawn_daemon, stop, wait_ready, write_config, BIN,
 };
 use support::{tick_id, FakeUpstream, Reply, TickOptions};
 use tokio_tungstenite::tungstenite::Message;
 use ws_sidecar::client::{self, Target};
 use ws_sidecar::proto;
+use ws_sidecar::proto::event::Event as Ev;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -113,6 +116,99 @@ async fn persisted_replay_and_seq_survive_sigkill() {
         (last_seq, last_id) = (m.seq, id);
     }
     crash(child);
+}
+
+/// Subscribes with `from_seq` and returns the gaps before the next message, and that message.
+async fn gaps_then_message(
+    dir: &std::path::Path,
+    from_seq: u64,
+    conn: &support::UpConn,
+    text: &str,
+) -> (Vec<proto::Gap>, proto::Message) {
+    let mut c = grpc(dir).await;
+    let mut s = subscribe(&mut c, "feed", Some(from_seq)).await;
+    // The stream starts with the current state: once it is here the subscription is live.
+    match next_event(&mut s, T).await {
+        Ev::State(_) => {}
+        other => panic!("stream starts with the state, got {other:?}"),
+    }
+    conn.send_text(text).await.expect("send");
+    let mut gaps = Vec::new();
+    loop {
+        match next_event(&mut s, T).await {
+            Ev::Gap(g) => gaps.push(g),
+            Ev::Message(m) => return (gaps, m),
+            Ev::State(_) => {}
+        }
+    }
+}
+
+/// Without resume or persisted replay, seqs are reserved in blocks (issue 12, item 10). A clean
+/// stop records the exact last seq, so a subscriber that kept it continues with no gap; after a
+/// crash the reserved block is skipped (never reused) and reported as `DAEMON_RESTART`, not as
+/// expired data.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_restart_continues_the_seqs_and_a_crash_says_daemon_restart() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = support::temp_dir();
+    let eps = format!("[endpoints.feed]\nurl = \"{}\"\n", up.url("/feed"));
+    let child = spawn_daemon(dir.path(), &eps);
+    wait_ready(dir.path());
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    let mut c = grpc(dir.path()).await;
+    let mut s = subscribe(&mut c, "feed", None).await;
+    next_event(&mut s, T).await;
+    for i in 1..=5 {
+        conn.send_text(&format!("m{i}")).await.expect("send");
+    }
+    for seq in 1..=5 {
+        assert_eq!(next_message(&mut s, T).await.seq, seq);
+    }
+    drop((s, c));
+    stop(child);
+
+    let child = spawn_daemon(dir.path(), &eps);
+    wait_ready(dir.path());
+    let conn = up.next_accepted_within(T).await.expect("reconnects");
+    let (gaps, m) = gaps_then_message(dir.path(), 5, &conn, "m6").await;
+    assert!(gaps.is_empty(), "a clean restart leaves no hole: {gaps:?}");
+    assert_eq!((m.seq, &m.data[..]), (6, &b"m6"[..]));
+    crash(child);
+
+    let child = spawn_daemon(dir.path(), &eps);
+    wait_ready(dir.path());
+    let conn = up.next_accepted_within(T).await.expect("reconnects");
+    // Seq 6 and the block reserved with it: 7..=10005 may never have existed.
+    let (gaps, m) = gaps_then_message(dir.path(), 6, &conn, "m7").await;
+    let seen: Vec<(u64, u64, i32)> = gaps
+        .iter()
+        .map(|g| (g.from_seq, g.to_seq, g.reason))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(7, 10005, proto::GapReason::DaemonRestart as i32)],
+        "after a crash the skipped block is a DAEMON_RESTART gap"
+    );
+    assert_eq!(m.seq, 10006, "seqs are never reused");
+    // One that left before the crash: what it missed before the block did exist and expired.
+    let (gaps, m) = gaps_then_message(dir.path(), 3, &conn, "m8").await;
+    let seen: Vec<(u64, u64, i32)> = gaps
+        .iter()
+        .map(|g| (g.from_seq, g.to_seq, g.reason))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (4, 5, proto::GapReason::ReplayExpired as i32),
+            (6, 10005, proto::GapReason::DaemonRestart as i32),
+        ]
+    );
+    assert_eq!(
+        (m.seq, &m.data[..]),
+        (10006, &b"m7"[..]),
+        "what this run retained is replayed"
+    );
+    stop(child);
 }
 
 #[test]

@@ -232,6 +232,8 @@ fn proto_gap(r: GapReason) -> proto::GapReason {
         GapReason::ReplayExpired => proto::GapReason::ReplayExpired,
         GapReason::SlowSubscriber => proto::GapReason::SlowSubscriber,
         GapReason::UpstreamGap => proto::GapReason::UpstreamGap,
+        GapReason::DaemonRestart => proto::GapReason::DaemonRestart,
+        GapReason::UpstreamReset => proto::GapReason::UpstreamReset,
     }
 }
 

@@ -13,7 +13,7 @@ use futures_util::Stream;
 use serde_json::json;
 
 use super::subscription::{SubEvent, Subscription};
-use crate::log::{Encoding, Entry, GapReason, Item, Kind};
+use crate::log::{Encoding, Entry, Item, Kind};
 
 /// One rendered event.
 pub enum Line {
@@ -69,7 +69,7 @@ impl Stream for EventLines {
             })),
             SubEvent::Item(Item::Gap { from, to, reason }) => json_line(json!({
                 "type": "gap", "endpoint": &**endpoint, "from_seq": from, "to_seq": to,
-                "reason": gap_name(reason),
+                "reason": reason.as_str(),
             })),
             SubEvent::Lagged(l) => Line::Other {
                 bytes: json_bytes(json!({
@@ -213,12 +213,4 @@ fn message_line(endpoint: &str, m: &Entry) -> Bytes {
 fn write_str(out: &mut Vec<u8>, s: &str) {
     // Serialising a `str` into a `Vec` cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
-}
-
-fn gap_name(r: GapReason) -> &'static str {
-    match r {
-        GapReason::ReplayExpired => "REPLAY_EXPIRED",
-        GapReason::SlowSubscriber => "SLOW_SUBSCRIBER",
-        GapReason::UpstreamGap => "UPSTREAM_GAP",
-    }
 }

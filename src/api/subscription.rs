@@ -211,7 +211,8 @@ impl Stream for Subscription {
 /// Adds one batch to the endpoint's delivery counters: one relaxed add per counter that moved,
 /// per batch rather than per message.
 fn count_delivered(ep: &Endpoint, batch: &[Item]) {
-    let (mut messages, mut expired, mut slow, mut upstream) = (0, 0, 0, 0);
+    let (mut messages, mut expired, mut slow, mut upstream, mut restart, mut reset) =
+        (0, 0, 0, 0, 0, 0);
     for item in batch {
         match item {
             Item::Message(_) => messages += 1,
@@ -219,6 +220,8 @@ fn count_delivered(ep: &Endpoint, batch: &[Item]) {
                 GapReason::ReplayExpired => expired += 1,
                 GapReason::SlowSubscriber => slow += 1,
                 GapReason::UpstreamGap => upstream += 1,
+                GapReason::DaemonRestart => restart += 1,
+                GapReason::UpstreamReset => reset += 1,
             },
         }
     }
@@ -228,6 +231,8 @@ fn count_delivered(ep: &Endpoint, batch: &[Item]) {
         (&d.gaps_replay_expired, expired),
         (&d.gaps_slow_subscriber, slow),
         (&d.gaps_upstream, upstream),
+        (&d.gaps_daemon_restart, restart),
+        (&d.gaps_upstream_reset, reset),
     ] {
         if n > 0 {
             Endpoint::count(counter, n);

@@ -33,16 +33,34 @@ pub enum Kind {
 /// Why a subscriber missed messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapReason {
+    /// The seqs asked for are older than the replay window.
     ReplayExpired,
+    /// The subscriber fell behind the replay window.
     SlowSubscriber,
+    /// The upstream's ids jumped; the range is upstream ids.
     UpstreamGap,
+    /// Seqs reserved before a crash: lost with it, or never used.
+    DaemonRestart,
+    /// The upstream's ids started again; the range is (last id before, first id after).
+    UpstreamReset,
 }
 
 impl GapReason {
     /// Gaps in the upstream's ids: they travel with the message that follows them, and their
     /// range is upstream ids, not seqs.
     pub fn is_upstream(self) -> bool {
-        matches!(self, GapReason::UpstreamGap)
+        matches!(self, GapReason::UpstreamGap | GapReason::UpstreamReset)
+    }
+
+    /// The name used on both APIs and in metrics (proto enum value names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::ReplayExpired => "REPLAY_EXPIRED",
+            GapReason::SlowSubscriber => "SLOW_SUBSCRIBER",
+            GapReason::UpstreamGap => "UPSTREAM_GAP",
+            GapReason::DaemonRestart => "DAEMON_RESTART",
+            GapReason::UpstreamReset => "UPSTREAM_RESET",
+        }
     }
 }
 
@@ -93,6 +111,8 @@ pub struct Log {
     cached: AtomicUsize,
     /// Set when the endpoint is removed or the daemon stops: cursors end after draining.
     closed: AtomicBool,
+    /// Seqs reserved before a crash that may never have been used (set once at start).
+    restart_hole: std::sync::OnceLock<(u64, u64)>,
 }
 
 impl Log {
@@ -133,7 +153,35 @@ impl Log {
             cursors: AtomicUsize::new(0),
             cached: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            restart_hole: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Marks seqs `from..=to` as reserved before a crash: a subscriber asking for them gets a
+    /// `DAEMON_RESTART` gap rather than `REPLAY_EXPIRED`, since they may never have existed.
+    pub fn set_restart_hole(&self, (from, to): (u64, u64)) {
+        let _ = self.restart_hole.set((from, to));
+    }
+
+    /// The gaps for a subscriber that asked for seqs `from..=to` that are not retained:
+    /// `DAEMON_RESTART` for the part reserved before a crash, `REPLAY_EXPIRED` for the rest.
+    fn missing(&self, from: u64, to: u64) -> Vec<Item> {
+        let gap = |from, to, reason| Item::Gap { from, to, reason };
+        let Some(&(h0, h1)) = self.restart_hole.get() else {
+            return vec![gap(from, to, GapReason::ReplayExpired)];
+        };
+        let mut out = Vec::new();
+        if from < h0 {
+            out.push(gap(from, to.min(h0 - 1), GapReason::ReplayExpired));
+        }
+        let (a, b) = (from.max(h0), to.min(h1));
+        if a <= b {
+            out.push(gap(a, b, GapReason::DaemonRestart));
+        }
+        if to > h1 && from.max(h1 + 1) <= to {
+            out.push(gap(from.max(h1 + 1), to, GapReason::ReplayExpired));
+        }
+        out
     }
 
     fn lock(&self) -> MutexGuard<'_, Window> {
@@ -329,26 +377,19 @@ impl Log {
             let live = w.visible + 1;
             (w.entries.front().map_or(live, |e| e.seq), live)
         };
-        let (next, pending_gap) = match from_seq {
-            None => (next_seq, None),
-            Some(0) => (first, None),
+        let (next, pending_gaps) = match from_seq {
+            None => (next_seq, Vec::new()),
+            Some(0) => (first, Vec::new()),
             // Beyond the last seq (e.g. a client that kept a seq from another daemon): live.
-            Some(n) if n >= next_seq => (next_seq, None),
-            Some(n) if n + 1 < first => (
-                first,
-                Some(Item::Gap {
-                    from: n + 1,
-                    to: first - 1,
-                    reason: GapReason::ReplayExpired,
-                }),
-            ),
-            Some(n) => (n + 1, None),
+            Some(n) if n >= next_seq => (next_seq, Vec::new()),
+            Some(n) if n + 1 < first => (first, self.missing(n + 1, first - 1)),
+            Some(n) => (n + 1, Vec::new()),
         };
         self.cursors.fetch_add(1, Ordering::Relaxed);
         Cursor {
             log: Arc::clone(self),
             next,
-            pending_gap,
+            pending_gaps,
             filters,
             changes,
             ended: false,
@@ -408,8 +449,8 @@ pub struct Cursor {
     log: Arc<Log>,
     /// The seq this subscriber reads next.
     next: u64,
-    /// A `REPLAY_EXPIRED` gap to hand out before anything else.
-    pending_gap: Option<Item>,
+    /// The gaps of a `from_seq` older than the window, handed out before anything else.
+    pending_gaps: Vec<Item>,
     filters: Vec<Filter>,
     /// Wakes the cursor when the log grows; ends when the log is dropped.
     changes: WatchStream<u64>,
@@ -425,11 +466,8 @@ impl Cursor {
     /// Moves whatever is available (up to `max` items) into `out` without waiting. A cursor that
     /// fell out of the window gets a `SLOW_SUBSCRIBER` gap, or `Err` under the disconnect policy.
     pub fn try_read(&mut self, out: &mut Vec<Item>, max: usize) -> Result<(), Lagged> {
-        let mut at = out.len();
-        if let Some(gap) = self.pending_gap.take() {
-            out.push(gap);
-            at += 1;
-        }
+        out.append(&mut self.pending_gaps);
+        let at = out.len();
         let r = self.log.read(self.next, &self.filters, out, max);
         if let Some((from, to)) = r.missed {
             if self.log.slow_policy == SlowPolicy::Disconnect {

@@ -92,6 +92,18 @@ impl Committer {
             .get((endpoint, "seq"))
             .map_err(|e| err(&e))?
             .map_or(0, |g| g.value());
+        let mark = |name: &str| {
+            marks
+                .get((endpoint, name))
+                .map(|g| g.map(|g| g.value()))
+                .map_err(|e| err(&e))
+        };
+        if let (Some(from), Some(upto)) = (mark("lease_from")?, mark("lease_upto")?) {
+            // A later seq mark (messages committed one by one since) means the lease was used up.
+            if upto == r.seq_mark && from <= upto {
+                r.seq_hole = Some((from, upto));
+            }
+        }
         r.outbox_next = marks
             .get((endpoint, "outbox_next"))
             .map_err(|e| err(&e))?
@@ -144,6 +156,16 @@ impl Committer {
     }
 }
 
+/// What one commit does to an endpoint's seq marks, folded from its ops in order.
+#[derive(Default)]
+struct SeqUpdate {
+    mark: u64,
+    /// Write `mark` even if lower than the stored one (a clean stop gives back its lease).
+    exact: bool,
+    /// `Some(Some(range))`: a new lease; `Some(None)`: forget the lease.
+    lease: Option<Option<(u64, u64)>>,
+}
+
 fn apply<'a>(
     db: &Database,
     path: &Path,
@@ -159,7 +181,7 @@ fn apply<'a>(
         let mut replay = txn.open_table(REPLAY).map_err(|x| e(&x))?;
         // Marks and ids are written once per endpoint per commit, whatever the batch holds.
         let mut outbox_next: HashMap<&str, u64> = HashMap::new();
-        let mut seq_marks: HashMap<&str, u64> = HashMap::new();
+        let mut seqs: HashMap<&str, SeqUpdate> = HashMap::new();
         let mut last_ids: HashMap<&str, &str> = HashMap::new();
         for op in ops {
             match op {
@@ -196,8 +218,25 @@ fn apply<'a>(
                         .map_err(|x| e(&x))?;
                 }
                 Op::SeqMark { endpoint, seq } => {
-                    let mark = seq_marks.entry(&**endpoint).or_default();
-                    *mark = (*mark).max(*seq);
+                    let u = seqs.entry(&**endpoint).or_default();
+                    u.mark = u.mark.max(*seq);
+                }
+                Op::SeqLease {
+                    endpoint,
+                    from,
+                    upto,
+                } => {
+                    let u = seqs.entry(&**endpoint).or_default();
+                    u.mark = u.mark.max(*upto);
+                    u.lease = Some(Some((*from, *upto)));
+                }
+                Op::SeqStop { endpoint, last } => {
+                    let u = seqs.entry(&**endpoint).or_default();
+                    *u = SeqUpdate {
+                        mark: *last,
+                        exact: true,
+                        lease: Some(None),
+                    };
                 }
                 Op::UpstreamId { endpoint, id } => {
                     last_ids.insert(&**endpoint, id.as_str());
@@ -228,13 +267,28 @@ fn apply<'a>(
                 .insert((endpoint, "outbox_next"), next)
                 .map_err(|x| e(&x))?;
         }
-        for (endpoint, seq) in seq_marks {
+        for (endpoint, u) in seqs {
             let current = marks
                 .get((endpoint, "seq"))
                 .map_err(|x| e(&x))?
                 .map_or(0, |g| g.value());
-            if seq > current {
-                marks.insert((endpoint, "seq"), seq).map_err(|x| e(&x))?;
+            if u.mark > current || (u.exact && u.mark != current) {
+                marks.insert((endpoint, "seq"), u.mark).map_err(|x| e(&x))?;
+            }
+            match u.lease {
+                Some(Some((from, upto))) => {
+                    marks
+                        .insert((endpoint, "lease_from"), from)
+                        .map_err(|x| e(&x))?;
+                    marks
+                        .insert((endpoint, "lease_upto"), upto)
+                        .map_err(|x| e(&x))?;
+                }
+                Some(None) => {
+                    marks.remove((endpoint, "lease_from")).map_err(|x| e(&x))?;
+                    marks.remove((endpoint, "lease_upto")).map_err(|x| e(&x))?;
+                }
+                None => {}
             }
         }
         for (endpoint, id) in last_ids {

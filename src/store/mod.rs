@@ -22,8 +22,10 @@ use committer::Committer;
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
 /// Idempotency keys: (endpoint, key) → (outbox id, first seen Unix ms).
 const IDEM: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("idempotency");
-/// Marks: (endpoint, name) → value; names are `seq` (highest seq that may have been used) and
-/// `outbox_next` (next outbox id).
+/// Marks: (endpoint, name) → value; names are `seq` (highest seq that may have been used),
+/// `outbox_next` (next outbox id), and `lease_from`/`lease_upto` (the last block of seqs reserved
+/// ahead of use: while `lease_upto` equals `seq`, seqs from `lease_from` on may never have been
+/// used; a clean stop removes them).
 const MARKS: TableDefinition<(&str, &str), u64> = TableDefinition::new("marks");
 /// Last delivered upstream id per endpoint, encoded by [`crate::upstream::resume`].
 const UPSTREAM_IDS: TableDefinition<&str, &str> = TableDefinition::new("upstream_ids");
@@ -60,6 +62,16 @@ pub enum Op {
     IdemPrune { endpoint: Arc<str>, before_ms: u64 },
     /// Raise the endpoint's seq mark (never lowers it).
     SeqMark { endpoint: Arc<str>, seq: u64 },
+    /// Reserve seqs `from..=upto` ahead of use: the seq mark goes to `upto`, and a start after
+    /// a crash knows that seqs from `from` on may never have been used.
+    SeqLease {
+        endpoint: Arc<str>,
+        from: u64,
+        upto: u64,
+    },
+    /// The endpoint stopped cleanly after seq `last`: the mark becomes exactly `last` (giving
+    /// back an unused lease), so the next start continues without a jump.
+    SeqStop { endpoint: Arc<str>, last: u64 },
     /// Remember the last delivered upstream id.
     UpstreamId { endpoint: Arc<str>, id: String },
     /// Persist one replay entry.
@@ -108,6 +120,9 @@ struct Inner {
 pub struct Restored {
     /// Highest seq that may have been used; the log continues above it.
     pub seq_mark: u64,
+    /// After a stop that was not clean: the seqs reserved ahead of use, which may or may not
+    /// have been used before it (`from..=to`, ending at `seq_mark`).
+    pub seq_hole: Option<(u64, u64)>,
     pub outbox_next: u64,
     /// (id, kind, enqueued Unix ms, payload), oldest first.
     pub outbox: Vec<(u64, Kind, u64, Bytes)>,

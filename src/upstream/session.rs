@@ -380,9 +380,10 @@ impl<'a> Session<'a> {
                 }
                 let upto = next + SEQ_LEASE - 1;
                 match store
-                    .commit(vec![Op::SeqMark {
+                    .commit(vec![Op::SeqLease {
                         endpoint,
-                        seq: upto,
+                        from: next,
+                        upto,
                     }])
                     .await
                 {

@@ -65,3 +65,22 @@ pub fn crash(mut child: Child) {
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 }
+
+/// Stops the child with SIGTERM, as systemd does, and checks it exits 0 within 5 s.
+pub fn stop(mut child: Child) {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "SIGTERM delivered");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert_eq!(status.code(), Some(0), "clean exit after SIGTERM");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no exit within 5 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
