@@ -42,6 +42,8 @@ pub enum Op {
     Subscribe,
     Publish,
     Reconnect,
+    /// Forgetting the stored resume position (`ws-sidecar reset-resume`).
+    ResetResume,
 }
 
 impl Op {
@@ -50,6 +52,7 @@ impl Op {
             Op::Subscribe => "subscribe to",
             Op::Publish => "publish to",
             Op::Reconnect => "reconnect",
+            Op::ResetResume => "reset the resume position of",
         }
     }
 }
@@ -63,7 +66,7 @@ pub struct Denied(String);
 pub fn check(access: &AccessConfig, endpoint: &str, op: Op, peer: Peer) -> Result<(), Denied> {
     let list = match op {
         Op::Subscribe => &access.subscribe,
-        Op::Publish | Op::Reconnect => &access.publish,
+        Op::Publish | Op::Reconnect | Op::ResetResume => &access.publish,
     };
     let Some(list) = list else { return Ok(()) };
     let verb = op.verb();

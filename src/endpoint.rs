@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{broadcast, oneshot, watch, Notify};
 
 use crate::config::EndpointConfig;
 use crate::log::Log;
@@ -62,6 +62,8 @@ pub struct Stats {
     pub duplicates_dropped: AtomicU64,
     /// Upstream messages discarded by `drop` filters.
     pub filtered: AtomicU64,
+    /// Times the upstream's ids started again (resume saw a reset).
+    pub upstream_id_resets: AtomicU64,
     /// Outbox messages flushed upstream.
     pub messages_sent: AtomicU64,
     /// Last ping round trip in microseconds; 0 before the first pong.
@@ -134,7 +136,12 @@ pub struct Endpoint {
     pub seq_leased: AtomicU64,
     /// The last upstream id read back from the store, taken once by the upstream task.
     restored_upstream_id: Mutex<Option<String>>,
+    /// Operators waiting for the resume position to be forgotten (`reset-resume`).
+    resume_resets: Mutex<Vec<ResumeReset>>,
 }
+
+/// The answer to one reset-resume request: the forgotten position, or why it failed.
+pub type ResumeReset = oneshot::Sender<Result<Option<String>, String>>;
 
 /// Current time in Unix nanoseconds.
 pub fn unix_nanos() -> u64 {
@@ -188,6 +195,7 @@ impl Endpoint {
             store,
             seq_leased: AtomicU64::new(restored.seq_mark),
             restored_upstream_id: Mutex::new(restored.upstream_id),
+            resume_resets: Mutex::new(Vec::new()),
             config: RwLock::new(Arc::new(config)),
             restarting: std::sync::atomic::AtomicBool::new(false),
         })
@@ -316,6 +324,33 @@ impl Endpoint {
         if let Err(e) = store.commit(vec![op]).await {
             tracing::warn!(endpoint = %self.name, error = %e, "cannot record the last seq; the next start continues above the reserved ones");
         }
+    }
+
+    /// Asks the upstream task to forget the resume position and reconnect; resolves with the
+    /// position forgotten (`None` when there was none) once it is gone from memory and store.
+    pub async fn reset_resume(&self) -> Result<Option<String>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.resume_resets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        self.request_reconnect();
+        rx.await
+            .unwrap_or_else(|_| Err("the endpoint stopped before the reset was done".into()))
+    }
+
+    /// The pending reset-resume requests, for the upstream task to carry out and answer.
+    pub fn take_resume_resets(&self) -> Vec<ResumeReset> {
+        std::mem::take(&mut *self.resume_resets.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether a reset-resume request waits for the upstream task.
+    pub fn resume_reset_pending(&self) -> bool {
+        !self
+            .resume_resets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// Asks the upstream task to reconnect now (also leaves `failed`).

@@ -19,7 +19,7 @@ use crate::endpoint::{Endpoint, State};
 use crate::filter::Filter;
 use crate::registry::Registry;
 use crate::secret::Secret;
-use crate::upstream::resume::{Resume, UpstreamId, Verdict};
+use crate::upstream::resume::{Break, Resume, UpstreamId, Verdict};
 
 /// Line limit for the NDJSON target: small, so the fuzzer reaches the over-long-line path with
 /// inputs of a few hundred bytes instead of the daemon's 1 MiB.
@@ -388,6 +388,7 @@ fn resume_config(
         frame,
         dedup_window: window,
         contiguous,
+        scope: crate::config::IdScope::Global,
     }
 }
 
@@ -400,8 +401,10 @@ pub struct ResumeCase<'a> {
     pub contiguous: bool,
     /// `dedup_window`, at least 1.
     pub window: u8,
-    pub ids: Vec<u64>,
-    pub str_ids: Vec<&'a str>,
+    /// Integer ids, each with its payload (a byte standing for the message's content).
+    pub ids: Vec<(u64, u8)>,
+    /// String ids, each with its payload.
+    pub str_ids: Vec<(&'a str, u8)>,
     /// `resume.frame`, rendered as written (not validated, as the loader would).
     pub template: &'a str,
     /// `resume.query`: the parameter name.
@@ -426,40 +429,74 @@ pub fn resume(c: &ResumeCase<'_>) {
     let cfg = resume_config("/id", kind, window, contiguous, Some(c.template.into()));
     let mut r = Resume::new(cfg.clone(), None);
     assert_eq!(r.frame(), None, "a frame before any id");
+    let hash = |p: u8| crate::upstream::resume::payload_hash(&[p]);
     if c.string_ids {
-        let mut recent: VecDeque<&str> = VecDeque::new();
-        for s in &c.str_ids {
-            let seen = recent.contains(s);
-            let v = r.accept(UpstreamId::Str((*s).to_owned()));
-            assert_eq!(
-                v == Verdict::Duplicate,
-                seen,
-                "string dedup disagrees for {s:?}"
-            );
-            if !seen {
-                recent.push_back(s);
-                if recent.len() > window {
-                    recent.pop_front();
+        // The model: the last `window` distinct ids in arrival order, with their payload.
+        let mut recent: VecDeque<(&str, u8)> = VecDeque::new();
+        for &(s, p) in &c.str_ids {
+            let v = r.accept(UpstreamId::Str(s.to_owned()), hash(p));
+            match recent.iter().position(|(id, _)| *id == s) {
+                Some(i) if recent[i].1 == p => {
+                    assert_eq!(v, Verdict::Duplicate, "a resend of {s:?} was delivered")
+                }
+                Some(i) => {
+                    assert!(
+                        matches!(v, Verdict::Deliver(Some(Break::Reset(..)))),
+                        "{s:?} with other content: {v:?}"
+                    );
+                    recent[i].1 = p;
+                }
+                None => {
+                    assert_eq!(v, Verdict::Deliver(None), "new id {s:?}");
+                    recent.push_back((s, p));
+                    if recent.len() > window {
+                        recent.pop_front();
+                    }
                 }
             }
         }
     } else {
+        // The model: every (id, payload) delivered since the last reset. A duplicate is only
+        // ever an exact resend (nothing new is dropped), and a resend of one of the `window`
+        // highest ids is always caught.
+        let mut epoch: std::collections::BTreeMap<u64, u8> = std::collections::BTreeMap::new();
         let mut last: Option<u64> = None;
-        for &n in &c.ids {
-            let v = r.accept(UpstreamId::Int(n));
-            match last {
-                Some(l) if n <= l => assert_eq!(v, Verdict::Duplicate),
-                Some(l) if contiguous && n > l + 1 => {
+        for &(n, p) in &c.ids {
+            let v = r.accept(UpstreamId::Int(n), hash(p));
+            let remembered = epoch.keys().rev().take(window).any(|&k| k == n);
+            match &v {
+                Verdict::Duplicate => assert_eq!(
+                    epoch.get(&n),
+                    Some(&p),
+                    "{n} dropped as a duplicate but never delivered with that content"
+                ),
+                Verdict::Deliver(Some(Break::Reset(from, to))) => {
                     assert_eq!(
-                        v,
-                        Verdict::Deliver {
-                            gap: Some((l + 1, n - 1))
-                        }
-                    )
+                        (from, to),
+                        (&UpstreamId::Int(last.unwrap_or(n)), &UpstreamId::Int(n))
+                    );
+                    assert!(last.is_some_and(|l| n <= l), "a reset goes back");
+                    epoch.clear();
                 }
-                _ => assert_eq!(v, Verdict::Deliver { gap: None }),
+                Verdict::Deliver(gap) => {
+                    let want = match last {
+                        Some(l) if contiguous && n > l + 1 => Some(Break::Gap(l + 1, n - 1)),
+                        _ => None,
+                    };
+                    assert_eq!(gap, &want, "gap before {n} after {last:?}");
+                }
             }
-            last = Some(last.map_or(n, |l| l.max(n)));
+            if remembered {
+                let same = epoch.get(&n) == Some(&p);
+                assert_eq!(v == Verdict::Duplicate, same, "{n} remembered: {v:?}");
+            }
+            if v != Verdict::Duplicate {
+                epoch.insert(n, p);
+                last = Some(match (&v, last) {
+                    (Verdict::Deliver(Some(Break::Reset(..))), _) | (_, None) => n,
+                    (_, Some(l)) => l.max(n),
+                });
+            }
         }
         assert_eq!(r.last_id(), last.map(UpstreamId::Int).as_ref());
     }

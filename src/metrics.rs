@@ -27,6 +27,8 @@ pub const RECEIVED_BYTES: &str = "ws_sidecar_received_bytes_total";
 /// Upstream messages not fanned out, by `reason`: `duplicate`, `filtered`.
 pub const DROPPED_MESSAGES: &str = "ws_sidecar_dropped_messages_total";
 /// Outbox messages flushed to the upstream socket.
+/// Times the upstream's ids started again (resume saw a reset: it restarted or failed over).
+pub const UPSTREAM_ID_RESETS: &str = "ws_sidecar_upstream_id_resets_total";
 pub const SENT_MESSAGES: &str = "ws_sidecar_sent_messages_total";
 pub const SENT_BYTES: &str = "ws_sidecar_sent_bytes_total";
 /// Last ping round trip; absent before the first pong.
@@ -144,6 +146,12 @@ pub fn render(registry: &Registry) -> String {
             );
         }
     }
+    out.counter(
+        &eps,
+        UPSTREAM_ID_RESETS,
+        "Times the upstream's ids started again (resume saw a reset).",
+        |ep| &ep.stats.upstream_id_resets,
+    );
     out.counter(
         &eps,
         SENT_MESSAGES,

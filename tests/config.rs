@@ -525,6 +525,8 @@ fn invalid_values_are_reported_at_their_key() {
         ("[endpoints.p]\nurl = \"ws://x\"\naccess = { publish = [\"uid:x\"] }", "endpoints.p.access.publish[0]: invalid principal \"uid:x\""),
         ("[endpoints.p]\nurl = \"ws://x\"\nresume = { query = \"since\" }", "endpoints.p.resume.id_pointer: required key is missing"),
         ("[endpoints.p]\nurl = \"ws://x\"\nresume = { id_pointer = \"/id\", id_kind = \"uuid\" }", "endpoints.p.resume.id_kind: invalid value \"uuid\", expected one of integer, string"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nresume = { id_pointer = \"/id\", scope = \"session\" }", "endpoints.p.resume.scope: invalid value \"session\", expected one of global, connection"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nresume = { id_pointer = \"/id\", scope = \"connection\", query = \"since\" }", "endpoints.p.resume.query: cannot be used with scope = \"connection\""),
         ("[endpoints.p]\nurl = \"ws://x\"\nauth = { token = \"t\", renew = \"frame\" }", "endpoints.p.auth.renew_frame: required key is missing"),
         ("[endpoints.p]\nurl = \"ws://x\"\nauth = { token = \"t\", header = \"X\", query = \"t\" }", "endpoints.p.auth.query: set either header or query, not both"),
         ("[endpoints.p]\nurl = \"ws://x\"\nauth = { token = \"t\", format = \"Token\" }", "endpoints.p.auth.format: must contain {{token}}"),

@@ -328,7 +328,36 @@ impl Sidecar for SidecarService {
         ep.request_reconnect();
         Ok(Response::new(proto::ReconnectResponse {}))
     }
+
+    async fn reset_resume(
+        &self,
+        request: Request<proto::ResetResumeRequest>,
+    ) -> Result<Response<proto::ResetResumeResponse>, Status> {
+        let peer = peer(&request);
+        let name = request.into_inner().endpoint;
+        let ep = self
+            .registry
+            .get(&name)
+            .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
+        access::check(&ep.config().access, &ep.name, Op::ResetResume, peer)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        // The upstream task answers between connections; a connect attempt in progress is
+        // abandoned for it, so this is prompt unless the task is stuck.
+        match tokio::time::timeout(RESET_WAIT, ep.reset_resume()).await {
+            Ok(Ok(previous)) => Ok(Response::new(proto::ResetResumeResponse {
+                previous_id: previous.unwrap_or_default(),
+            })),
+            Ok(Err(e)) => Err(Status::unavailable(e)),
+            Err(_) => Err(Status::unavailable(format!(
+                "endpoint {name:?} did not carry out the reset within {}",
+                crate::fmt::duration(RESET_WAIT)
+            ))),
+        }
+    }
 }
+
+/// How long `ResetResume` waits for the endpoint's task.
+const RESET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn publish_status(e: PublishError) -> Status {
     match e {

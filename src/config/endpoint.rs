@@ -13,8 +13,8 @@ use super::units::format_duration;
 use super::value::{boolean, duration, number, string, Node, Report, Table};
 use super::{
     AccessConfig, AuthPlacement, BackoffConfig, CloseAction, EndpointConfig, FilterConfig,
-    HeartbeatConfig, IdKind, OutboxConfig, Principal, ProxyConfig, ReplayConfig, ResumeConfig,
-    SlowPolicy, TlsConfig,
+    HeartbeatConfig, IdKind, IdScope, OutboxConfig, Principal, ProxyConfig, ReplayConfig,
+    ResumeConfig, SlowPolicy, TlsConfig,
 };
 use crate::redact::redact_url;
 
@@ -380,12 +380,42 @@ fn read_resume(r: &mut Report, node: &Node<'_>) -> Option<ResumeConfig> {
         frame: t.opt(r, "frame", template),
         dedup_window: t.or(r, "dedup_window", at_least(1usize), 10_000),
         contiguous: t.or(r, "contiguous", boolean, false),
+        scope: t.or(
+            r,
+            "scope",
+            |v| {
+                one_of(
+                    v,
+                    &[
+                        ("global", IdScope::Global),
+                        ("connection", IdScope::Connection),
+                    ],
+                )
+            },
+            IdScope::Global,
+        ),
     };
     if resume.contiguous && resume.id_kind == IdKind::String {
         r.at(
             &t.path_of("contiguous"),
             "only applies to id_kind = \"integer\"",
         );
+    }
+    if resume.scope == IdScope::Connection {
+        // Ids that start again on every connection name no position another connection could
+        // resume from: an offer would ask the upstream for the wrong thing.
+        for key in ["query", "frame"] {
+            let set = match key {
+                "query" => resume.query.is_some(),
+                _ => resume.frame.is_some(),
+            };
+            if set {
+                r.at(
+                    &t.path_of(key),
+                    "cannot be used with scope = \"connection\": ids that start again on every connection are no position to resume from",
+                );
+            }
+        }
     }
     t.finish(r);
     Some(resume)

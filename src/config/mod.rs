@@ -254,8 +254,21 @@ pub struct ResumeConfig {
     pub query: Option<String>,
     /// Frame template sent right after connect (`{{last_id}}`).
     pub frame: Option<String>,
+    /// How many recently delivered ids are remembered (with a hash of their payload) to tell a
+    /// resend from new data under a reused id.
     pub dedup_window: usize,
     pub contiguous: bool,
+    /// Whether ids are compared across connections or only within one.
+    pub scope: IdScope,
+}
+
+/// How far the upstream's ids are comparable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdScope {
+    /// One sequence for the endpoint's whole life (the default); stored across restarts.
+    Global,
+    /// The ids start again on every connection (e.g. a per-connection sequence number).
+    Connection,
 }
 
 /// Type of the upstream's own message id.

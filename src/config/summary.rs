@@ -4,8 +4,8 @@
 use super::units::{format_duration, format_size};
 use super::value::join_key;
 use super::{
-    AccessConfig, AuthConfig, AuthPlacement, Config, EndpointConfig, IdKind, ListenAddr, LogFormat,
-    Principal, ProxyConfig, RenewMode, SlowPolicy, TokenSource,
+    AccessConfig, AuthConfig, AuthPlacement, Config, EndpointConfig, IdKind, IdScope, ListenAddr,
+    LogFormat, Principal, ProxyConfig, RenewMode, SlowPolicy, TokenSource,
 };
 use crate::redact::{is_secret_name, redact_url, redact_url_with};
 use crate::secret::Secret;
@@ -236,6 +236,9 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
                 IdKind::String => {
                     text.push_str(&format!(" (string, dedup {})", resume.dedup_window))
                 }
+            }
+            if resume.scope == IdScope::Connection {
+                text.push_str(", ids per connection");
             }
             if let Some(query) = &resume.query {
                 text.push_str(&format!(", query {query}"));

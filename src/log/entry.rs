@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-use super::Kind;
+use super::{IdBreak, Kind};
 
 /// `Entry::charged` once the log has evicted the entry: later renderings are not charged.
 const EVICTED: usize = usize::MAX;
@@ -32,9 +32,10 @@ pub struct Entry {
     pub received_at: u64,
     pub kind: Kind,
     pub data: Bytes,
-    /// Upstream ids missing just before this message (resume with `contiguous = true`); every
-    /// reader gets an `UPSTREAM_GAP` before the message, filtered or not.
-    pub upstream_gap: Option<(u64, u64)>,
+    /// A break in the upstream's ids just before this message: missing ids (`UPSTREAM_GAP`,
+    /// resume with `contiguous = true`) or ids that started again (`UPSTREAM_RESET`). Every
+    /// reader gets it before the message, filtered or not.
+    pub upstream_gap: Option<IdBreak>,
     /// Parsed JSON, computed once on first use by a filter and shared by all subscribers.
     json: OnceLock<Option<serde_json::Value>>,
     grpc_head: OnceLock<Bytes>,
@@ -49,7 +50,7 @@ impl Entry {
         received_at: u64,
         kind: Kind,
         data: Bytes,
-        upstream_gap: Option<(u64, u64)>,
+        upstream_gap: Option<IdBreak>,
     ) -> Entry {
         Entry {
             seq,

@@ -64,6 +64,17 @@ impl GapReason {
     }
 }
 
+/// A break in the upstream's ids, handed to readers just before the message it precedes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdBreak {
+    /// `UPSTREAM_GAP`: first missing id; `UPSTREAM_RESET`: last id before the reset.
+    pub from: u64,
+    /// `UPSTREAM_GAP`: last missing id; `UPSTREAM_RESET`: first id after it.
+    pub to: u64,
+    /// [`GapReason::UpstreamGap`] or [`GapReason::UpstreamReset`].
+    pub reason: GapReason,
+}
+
 /// What a cursor yields.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -201,7 +212,7 @@ impl Log {
         kind: Kind,
         data: Bytes,
         received_at: u64,
-        upstream_gap: Option<(u64, u64)>,
+        upstream_gap: Option<IdBreak>,
     ) -> u64 {
         let seq = self.append_quiet(kind, data, received_at, upstream_gap);
         self.announce(seq);
@@ -215,7 +226,7 @@ impl Log {
         kind: Kind,
         data: Bytes,
         received_at: u64,
-        upstream_gap: Option<(u64, u64)>,
+        upstream_gap: Option<IdBreak>,
     ) -> u64 {
         self.insert(kind, data, received_at, upstream_gap, true)
     }
@@ -238,7 +249,7 @@ impl Log {
         kind: Kind,
         data: Bytes,
         received_at: u64,
-        upstream_gap: Option<(u64, u64)>,
+        upstream_gap: Option<IdBreak>,
     ) -> u64 {
         self.insert(kind, data, received_at, upstream_gap, false)
     }
@@ -310,7 +321,7 @@ impl Log {
         kind: Kind,
         data: Bytes,
         received_at: u64,
-        upstream_gap: Option<(u64, u64)>,
+        upstream_gap: Option<IdBreak>,
         visible: bool,
     ) -> u64 {
         {
@@ -415,11 +426,11 @@ impl Log {
                 break;
             }
             pos = e.seq + 1;
-            if let Some((from, to)) = e.upstream_gap {
+            if let Some(b) = e.upstream_gap {
                 out.push(Item::Gap {
-                    from,
-                    to,
-                    reason: GapReason::UpstreamGap,
+                    from: b.from,
+                    to: b.to,
+                    reason: b.reason,
                 });
             }
             if filter::all_match(filters, if filters.is_empty() { None } else { e.json() }) {

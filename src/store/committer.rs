@@ -182,7 +182,8 @@ fn apply<'a>(
         // Marks and ids are written once per endpoint per commit, whatever the batch holds.
         let mut outbox_next: HashMap<&str, u64> = HashMap::new();
         let mut seqs: HashMap<&str, SeqUpdate> = HashMap::new();
-        let mut last_ids: HashMap<&str, &str> = HashMap::new();
+        // `None`: forget the endpoint's id.
+        let mut last_ids: HashMap<&str, Option<&str>> = HashMap::new();
         for op in ops {
             match op {
                 Op::OutboxPut {
@@ -239,7 +240,10 @@ fn apply<'a>(
                     };
                 }
                 Op::UpstreamId { endpoint, id } => {
-                    last_ids.insert(&**endpoint, id.as_str());
+                    last_ids.insert(&**endpoint, Some(id.as_str()));
+                }
+                Op::UpstreamIdClear { endpoint } => {
+                    last_ids.insert(&**endpoint, None);
                 }
                 Op::ReplayPut {
                     endpoint,
@@ -292,7 +296,11 @@ fn apply<'a>(
             }
         }
         for (endpoint, id) in last_ids {
-            ids.insert(endpoint, id).map_err(|x| e(&x))?;
+            match id {
+                Some(id) => ids.insert(endpoint, id).map(drop),
+                None => ids.remove(endpoint).map(drop),
+            }
+            .map_err(|x| e(&x))?;
         }
     }
     txn.commit().map_err(|x| e(&x))

@@ -74,6 +74,8 @@ pub enum Op {
     SeqStop { endpoint: Arc<str>, last: u64 },
     /// Remember the last delivered upstream id.
     UpstreamId { endpoint: Arc<str>, id: String },
+    /// Forget the last delivered upstream id (an operator's reset-resume).
+    UpstreamIdClear { endpoint: Arc<str> },
     /// Persist one replay entry.
     ReplayPut {
         endpoint: Arc<str>,

@@ -88,11 +88,23 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
     let mut switched: Option<(connect::Ws, String)> = None;
 
     loop {
+        let resets = ep.take_resume_resets();
+        if !resets.is_empty() {
+            let answer = forget_position(ep, resume.as_mut()).await;
+            for r in resets {
+                let _ = r.send(answer.clone());
+            }
+            // It was opened offering the position just forgotten.
+            switched = None;
+        }
         let base = urls[url_idx].clone();
         let outcome = match switched.take() {
             Some((ws, shown)) => {
                 ep.set_url(shown.clone());
-                Ok(Some((ws, format!("{shown} (credential renewed)"))))
+                Ok(Attempted::Connected(
+                    Box::new(ws),
+                    format!("{shown} (credential renewed)"),
+                ))
             }
             None => {
                 connections += 1;
@@ -110,8 +122,9 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
         };
 
         let next = match outcome {
-            Ok(None) => Next::Stop,
-            Ok(Some((ws, shown))) => {
+            Ok(Attempted::Shutdown) => Next::Stop,
+            Ok(Attempted::Restart) => Next::Now,
+            Ok(Attempted::Connected(ws, shown)) => {
                 if ever_connected {
                     Endpoint::count(&ep.stats.reconnects, 1);
                 }
@@ -130,9 +143,14 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
                     base: &base,
                     drop_filters: &drop_filters,
                     shutdown,
-                    durable: cfg.resume.is_some() || cfg.replay.persist,
+                    // Ids that start again on every connection are not worth storing.
+                    durable: cfg
+                        .resume
+                        .as_ref()
+                        .is_some_and(|r| r.scope == crate::config::IdScope::Global)
+                        || cfg.replay.persist,
                 };
-                match session.run(ws).instrument(span).await {
+                match session.run(*ws).instrument(span).await {
                     End::Shutdown => Next::Stop,
                     End::Reconnect => {
                         backoff.reset();
@@ -202,7 +220,16 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
     }
 }
 
-/// One connection attempt in the `connecting` state; `Ok(None)` when shutdown came first.
+/// How a connection attempt that did not fail ended.
+enum Attempted {
+    /// Connected; the URL as it may be shown.
+    Connected(Box<connect::Ws>, String),
+    Shutdown,
+    /// Abandoned for an operator's reset-resume: it was offering the old position.
+    Restart,
+}
+
+/// One connection attempt in the `connecting` state.
 async fn attempt(
     ep: &Endpoint,
     cfg: &EndpointConfig,
@@ -211,7 +238,7 @@ async fn attempt(
     auth: Option<&mut Auth>,
     shutdown: &CancellationToken,
     n: u64,
-) -> Result<Option<(connect::Ws, String)>, Failure> {
+) -> Result<Attempted, Failure> {
     let mut url = base.clone();
     if let Some(r) = resume {
         r.apply_query(&mut url);
@@ -225,7 +252,7 @@ async fn attempt(
         tracing::info_span!("connection", attempt = n, url = %crate::redact::redact_url(&url));
     async {
         let (attempt, shown) = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
+            _ = shutdown.cancelled() => return Ok(Attempted::Shutdown),
             p = prepare(ep, cfg, url, auth) => p?,
         };
         ep.set_url(shown.clone());
@@ -233,16 +260,47 @@ async fn attempt(
         tokio::pin!(connecting);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(None),
-                r = &mut connecting => return r.map(|ws| Some((ws, shown))),
+                _ = shutdown.cancelled() => return Ok(Attempted::Shutdown),
+                r = &mut connecting => return r.map(|ws| Attempted::Connected(Box::new(ws), shown)),
                 // The attempt under way is the reconnect asked for: take the request so it
-                // does not tear down the connection this attempt is about to open.
-                _ = ep.reconnect_requested() => {}
+                // does not tear down the connection this attempt is about to open, unless
+                // the attempt offers a resume position an operator asked to forget.
+                _ = ep.reconnect_requested() => {
+                    if ep.resume_reset_pending() {
+                        return Ok(Attempted::Restart);
+                    }
+                }
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// Carries out an operator's reset-resume: the position is forgotten in memory and in the
+/// store, so the next connection offers none. Returns the forgotten position.
+async fn forget_position(
+    ep: &Endpoint,
+    resume: Option<&mut Resume>,
+) -> Result<Option<String>, String> {
+    let shown = ep.last_upstream_id();
+    let previous = resume
+        .and_then(Resume::forget)
+        .map(|id| id.to_string())
+        .or_else(|| (!shown.is_empty()).then_some(shown));
+    ep.set_last_upstream_id(String::new());
+    let _ = ep.take_restored_upstream_id();
+    if let Some(store) = &ep.store {
+        let op = crate::store::Op::UpstreamIdClear {
+            endpoint: std::sync::Arc::clone(&ep.key),
+        };
+        store.commit(vec![op]).await.map_err(|e| e.to_string())?;
+    }
+    tracing::warn!(
+        previous = previous.as_deref().unwrap_or("none"),
+        "resume position forgotten by operator request; reconnecting without it"
+    );
+    Ok(previous)
 }
 
 /// Turns a failure into the next step, counting consecutive auth failures.

@@ -1,9 +1,11 @@
 //! Upstream resume (SPEC §9): reads the upstream's own id from each message, drops what was
-//! already delivered, detects jumps, and offers the last id on reconnect (query and/or frame).
+//! already delivered, detects jumps and resets, and offers the last id on reconnect (query
+//! and/or frame).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hasher as _;
 
-use crate::config::{IdKind, ResumeConfig};
+use crate::config::{IdKind, IdScope, ResumeConfig};
 
 /// The upstream's id of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,43 +41,79 @@ impl std::fmt::Display for UpstreamId {
     }
 }
 
+/// A break in the upstream's ids before a delivered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Break {
+    /// Integer ids `from..=to` never arrived (`contiguous = true`).
+    Gap(u64, u64),
+    /// The upstream's ids started again: the last id delivered before, and this message's id
+    /// (for string ids: the same id came back with other content).
+    Reset(UpstreamId, UpstreamId),
+}
+
 /// What to do with an inbound message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Fan it out; `gap` names upstream ids that were skipped before it.
-    Deliver { gap: Option<(u64, u64)> },
+    /// Fan it out, after reporting the break in ids before it, if any.
+    Deliver(Option<Break>),
     /// Already delivered: drop it.
     Duplicate,
 }
 
-/// Resume state of one endpoint; outlives connections.
+/// Resume state of one endpoint; outlives connections (with `scope = "global"`).
+///
+/// How a reset is told apart from an upstream resending what it already sent: the last
+/// `dedup_window` delivered ids are remembered with a hash of their payload. An id at or below
+/// the last one is a duplicate when it is remembered with the same payload, and a reset when
+/// its payload differs. An id too old to be remembered (or any, after a daemon restart, when
+/// only the last id is known) is a duplicate only if it is the last id itself (an upstream
+/// resuming inclusively); anything below is a reset. An id never delivered that falls between
+/// remembered ones (a late message) is delivered. So a reset is never silent: its data is
+/// delivered, after a `Break::Reset`.
 #[derive(Debug)]
 pub struct Resume {
     cfg: ResumeConfig,
     last: Option<UpstreamId>,
+    /// Integer ids delivered since the last reset, increasing, with their payload hash; at most
+    /// `dedup_window`.
+    recent_ints: VecDeque<(u64, u64)>,
     /// String ids seen recently, oldest first, bounded by `dedup_window`.
     recent: VecDeque<String>,
-    recent_set: HashSet<String>,
+    /// Their payload hash; `None` for the id restored from the store, whose content is unknown.
+    recent_set: HashMap<String, Option<u64>>,
+}
+
+/// The payload hash remembered per id: 64 bits tell a resend from other content.
+pub fn payload_hash(data: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(data);
+    h.finish()
 }
 
 impl Resume {
     /// Starts with `last` as the last delivered id (from the store after a restart).
     pub fn new(cfg: ResumeConfig, last: Option<UpstreamId>) -> Self {
+        // An id of the other kind (the config changed) is no position at all; nor is any with
+        // ids that start again on every connection.
+        let last = last.filter(|l| {
+            cfg.scope == IdScope::Global
+                && matches!(
+                    (l, cfg.id_kind),
+                    (UpstreamId::Int(_), IdKind::Integer) | (UpstreamId::Str(_), IdKind::String)
+                )
+        });
         // Only the last string id is stored, so after a restart the window restarts with it.
         let (recent, recent_set) = match &last {
-            Some(UpstreamId::Str(s)) => (VecDeque::from([s.clone()]), HashSet::from([s.clone()])),
-            _ => (VecDeque::new(), HashSet::new()),
+            Some(UpstreamId::Str(s)) => (
+                VecDeque::from([s.clone()]),
+                HashMap::from([(s.clone(), None)]),
+            ),
+            _ => (VecDeque::new(), HashMap::new()),
         };
-        // An id of the other kind (the config changed) is no position at all.
-        let last = last.filter(|l| {
-            matches!(
-                (l, cfg.id_kind),
-                (UpstreamId::Int(_), IdKind::Integer) | (UpstreamId::Str(_), IdKind::String)
-            )
-        });
         Resume {
             cfg,
             last,
+            recent_ints: VecDeque::new(),
             recent,
             recent_set,
         }
@@ -84,6 +122,27 @@ impl Resume {
     /// The last delivered id.
     pub fn last_id(&self) -> Option<&UpstreamId> {
         self.last.as_ref()
+    }
+
+    /// Whether ids are compared across connections (and so worth storing).
+    pub fn is_global(&self) -> bool {
+        self.cfg.scope == IdScope::Global
+    }
+
+    /// A new connection begins: with `scope = "connection"` its ids start afresh.
+    pub fn start_connection(&mut self) {
+        if self.cfg.scope == IdScope::Connection {
+            self.forget();
+        }
+    }
+
+    /// Forgets every id: the next message is taken as it comes (operator reset, or a new
+    /// connection with `scope = "connection"`). Returns the last id there was.
+    pub fn forget(&mut self) -> Option<UpstreamId> {
+        self.recent_ints.clear();
+        self.recent.clear();
+        self.recent_set.clear();
+        self.last.take()
     }
 
     /// Extracts the id from a parsed message; `None` for messages without one (those are never
@@ -104,39 +163,86 @@ impl Resume {
         }
     }
 
-    /// Decides on a message with id `id` and records it when delivered.
-    pub fn accept(&mut self, id: UpstreamId) -> Verdict {
+    /// Decides on a message with id `id` whose payload hashes to `hash` (see
+    /// [`payload_hash`]), and records it when delivered.
+    pub fn accept(&mut self, id: UpstreamId, hash: u64) -> Verdict {
         match id {
-            UpstreamId::Int(n) => {
-                let last = match self.last {
-                    Some(UpstreamId::Int(l)) => Some(l),
-                    _ => None,
-                };
-                if last.is_some_and(|l| n <= l) {
-                    return Verdict::Duplicate;
-                }
-                let gap = match last {
-                    Some(l) if self.cfg.contiguous && n > l + 1 => Some((l + 1, n - 1)),
-                    _ => None,
-                };
-                self.last = Some(UpstreamId::Int(n));
-                Verdict::Deliver { gap }
+            UpstreamId::Int(n) => self.accept_int(n, hash),
+            UpstreamId::Str(s) => self.accept_str(s, hash),
+        }
+    }
+
+    fn accept_int(&mut self, n: u64, hash: u64) -> Verdict {
+        let last = match self.last {
+            Some(UpstreamId::Int(l)) => l,
+            _ => {
+                self.record_int(n, hash);
+                return Verdict::Deliver(None);
             }
-            UpstreamId::Str(s) => {
-                if self.recent_set.contains(&s) {
-                    return Verdict::Duplicate;
-                }
-                self.recent.push_back(s.clone());
-                self.recent_set.insert(s.clone());
-                while self.recent.len() > self.cfg.dedup_window.max(1) {
-                    if let Some(old) = self.recent.pop_front() {
-                        self.recent_set.remove(&old);
-                    }
-                }
-                self.last = Some(UpstreamId::Str(s));
-                Verdict::Deliver { gap: None }
+        };
+        if n > last {
+            let gap = (self.cfg.contiguous && n > last + 1).then(|| Break::Gap(last + 1, n - 1));
+            self.record_int(n, hash);
+            return Verdict::Deliver(gap);
+        }
+        let oldest = self.recent_ints.front().map(|e| e.0);
+        match self.recent_ints.binary_search_by_key(&n, |e| e.0) {
+            Ok(i) if self.recent_ints[i].1 == hash => Verdict::Duplicate,
+            // Never delivered, between remembered ids: a late message, not a resend.
+            Err(i) if oldest.is_some_and(|o| n > o) => {
+                self.recent_ints.insert(i, (n, hash));
+                self.trim_ints();
+                Verdict::Deliver(None)
+            }
+            Err(_) if n == last => Verdict::Duplicate,
+            // Remembered with other content, or below the last id and not remembered.
+            _ => {
+                self.recent_ints.clear();
+                self.record_int(n, hash);
+                Verdict::Deliver(Some(Break::Reset(
+                    UpstreamId::Int(last),
+                    UpstreamId::Int(n),
+                )))
             }
         }
+    }
+
+    fn record_int(&mut self, n: u64, hash: u64) {
+        self.recent_ints.push_back((n, hash));
+        self.trim_ints();
+        self.last = Some(UpstreamId::Int(n));
+    }
+
+    fn trim_ints(&mut self) {
+        while self.recent_ints.len() > self.cfg.dedup_window.max(1) {
+            self.recent_ints.pop_front();
+        }
+    }
+
+    fn accept_str(&mut self, s: String, hash: u64) -> Verdict {
+        let brk = match self.recent_set.get(&s) {
+            Some(None) => return Verdict::Duplicate,
+            Some(Some(h)) if *h == hash => return Verdict::Duplicate,
+            Some(Some(_)) => {
+                let last = self
+                    .last
+                    .clone()
+                    .unwrap_or_else(|| UpstreamId::Str(s.clone()));
+                Some(Break::Reset(last, UpstreamId::Str(s.clone())))
+            }
+            None => {
+                self.recent.push_back(s.clone());
+                None
+            }
+        };
+        self.recent_set.insert(s.clone(), Some(hash));
+        while self.recent.len() > self.cfg.dedup_window.max(1) {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_set.remove(&old);
+            }
+        }
+        self.last = Some(UpstreamId::Str(s));
+        Verdict::Deliver(brk)
     }
 
     /// The connection URL with the resume query parameter set, when configured and known.
@@ -186,20 +292,29 @@ mod tests {
             frame: Some(r#"{"op":"resume","from":{{last_id}}}"#.into()),
             dedup_window: 3,
             contiguous,
+            scope: IdScope::Global,
         }
+    }
+
+    const D: Verdict = Verdict::Deliver(None);
+
+    /// Accepts integer id `n` whose payload is `body`.
+    fn int(r: &mut Resume, n: u64, body: &str) -> Verdict {
+        r.accept(UpstreamId::Int(n), payload_hash(body.as_bytes()))
     }
 
     #[test]
     fn integer_dedup_and_gap() {
         let mut r = Resume::new(cfg(IdKind::Integer, true), None);
-        let id = |s: &str| r_extract(s);
-        assert_eq!(r.accept(id(r#"{"id":1}"#)), Verdict::Deliver { gap: None });
-        assert_eq!(r.accept(id(r#"{"id":2}"#)), Verdict::Deliver { gap: None });
-        assert_eq!(r.accept(id(r#"{"id":2}"#)), Verdict::Duplicate);
-        assert_eq!(r.accept(id(r#"{"id":1}"#)), Verdict::Duplicate);
+        let doc = serde_json::json!({"id": 1});
+        assert_eq!(r.extract(&doc), Some(UpstreamId::Int(1)));
+        assert_eq!(int(&mut r, 1, "a"), D);
+        assert_eq!(int(&mut r, 2, "b"), D);
+        assert_eq!(int(&mut r, 2, "b"), Verdict::Duplicate);
+        assert_eq!(int(&mut r, 1, "a"), Verdict::Duplicate);
         assert_eq!(
-            r.accept(id(r#"{"id":6}"#)),
-            Verdict::Deliver { gap: Some((3, 5)) }
+            int(&mut r, 6, "f"),
+            Verdict::Deliver(Some(Break::Gap(3, 5)))
         );
         let mut u = url::Url::parse("ws://h/feed?a=1&since=0").expect("url");
         r.apply_query(&mut u);
@@ -207,24 +322,101 @@ mod tests {
         assert_eq!(r.frame().as_deref(), Some(r#"{"op":"resume","from":6}"#));
     }
 
-    fn r_extract(s: &str) -> UpstreamId {
-        let doc = serde_json::from_str(s).expect("json");
-        Resume::new(cfg(IdKind::Integer, true), None)
-            .extract(&doc)
-            .expect("has id")
+    #[test]
+    fn ids_that_start_again_are_a_reset_never_a_silent_duplicate() {
+        let mut r = Resume::new(cfg(IdKind::Integer, false), None);
+        for n in 1..=10 {
+            assert_eq!(int(&mut r, n, &format!("old {n}")), D);
+        }
+        // A resend of a remembered id with the same payload is a duplicate...
+        assert_eq!(int(&mut r, 9, "old 9"), Verdict::Duplicate);
+        // ...an id too old to be remembered (window 3) is a reset, as is a remembered one
+        // with other content.
+        let reset = |last, first| {
+            Verdict::Deliver(Some(Break::Reset(
+                UpstreamId::Int(last),
+                UpstreamId::Int(first),
+            )))
+        };
+        assert_eq!(int(&mut r, 1, "new 1"), reset(10, 1));
+        assert_eq!(int(&mut r, 2, "new 2"), D, "new data after the reset flows");
+        assert_eq!(int(&mut r, 2, "new 2"), Verdict::Duplicate);
+        assert_eq!(int(&mut r, 2, "newer 2"), reset(2, 2));
+        assert_eq!(r.last_id(), Some(&UpstreamId::Int(2)));
+    }
+
+    #[test]
+    fn a_late_id_between_remembered_ones_is_delivered() {
+        let mut r = Resume::new(cfg(IdKind::Integer, false), None);
+        assert_eq!(int(&mut r, 10, "a"), D);
+        assert_eq!(int(&mut r, 20, "c"), D);
+        assert_eq!(int(&mut r, 15, "b"), D, "never delivered: not a duplicate");
+        assert_eq!(int(&mut r, 15, "b"), Verdict::Duplicate);
+        assert_eq!(r.last_id(), Some(&UpstreamId::Int(20)));
+    }
+
+    #[test]
+    fn after_a_restart_only_the_stored_id_itself_is_a_duplicate() {
+        let mut r = Resume::new(cfg(IdKind::Integer, false), Some(UpstreamId::Int(1000)));
+        assert_eq!(
+            int(&mut r, 1000, "x"),
+            Verdict::Duplicate,
+            "inclusive resume"
+        );
+        assert_eq!(int(&mut r, 1001, "y"), D);
+        let mut r = Resume::new(cfg(IdKind::Integer, false), Some(UpstreamId::Int(1000)));
+        assert_eq!(
+            int(&mut r, 1, "z"),
+            Verdict::Deliver(Some(Break::Reset(
+                UpstreamId::Int(1000),
+                UpstreamId::Int(1)
+            )))
+        );
+    }
+
+    #[test]
+    fn connection_scope_compares_ids_within_one_connection() {
+        let mut c = cfg(IdKind::Integer, true);
+        c.scope = IdScope::Connection;
+        let mut r = Resume::new(c, Some(UpstreamId::Int(7)));
+        assert_eq!(
+            r.last_id(),
+            None,
+            "a stored id means nothing per connection"
+        );
+        r.start_connection();
+        assert_eq!(int(&mut r, 1, "a"), D);
+        assert_eq!(int(&mut r, 1, "a"), Verdict::Duplicate);
+        assert_eq!(
+            int(&mut r, 3, "c"),
+            Verdict::Deliver(Some(Break::Gap(2, 2)))
+        );
+        r.start_connection();
+        assert_eq!(int(&mut r, 1, "x"), D, "a new connection starts afresh");
+        assert!(!r.is_global());
     }
 
     #[test]
     fn string_window() {
         let mut r = Resume::new(cfg(IdKind::String, false), None);
-        let s = |v: &str| UpstreamId::Str(v.into());
+        let mut s = |v: &str, body: &str| {
+            r.accept(UpstreamId::Str(v.into()), payload_hash(body.as_bytes()))
+        };
         for v in ["a", "b", "c"] {
-            assert_eq!(r.accept(s(v)), Verdict::Deliver { gap: None });
+            assert_eq!(s(v, v), D);
         }
-        assert_eq!(r.accept(s("a")), Verdict::Duplicate);
-        assert_eq!(r.accept(s("d")), Verdict::Deliver { gap: None });
+        assert_eq!(s("a", "a"), Verdict::Duplicate);
+        assert_eq!(s("d", "d"), D);
         // "a" fell out of the 3-entry window.
-        assert_eq!(r.accept(s("a")), Verdict::Deliver { gap: None });
+        assert_eq!(s("a", "a"), D);
+        // A remembered id with other content is new data under a reused id.
+        assert_eq!(
+            s("d", "other"),
+            Verdict::Deliver(Some(Break::Reset(
+                UpstreamId::Str("a".into()),
+                UpstreamId::Str("d".into())
+            )))
+        );
         let doc = serde_json::json!({"id": "x\"y"});
         assert_eq!(r.extract(&doc), Some(UpstreamId::Str("x\"y".into())));
     }
@@ -239,9 +431,19 @@ mod tests {
             cfg(IdKind::String, false),
             Some(UpstreamId::Str("z".into())),
         );
-        assert_eq!(r.accept(UpstreamId::Str("z".into())), Verdict::Duplicate);
+        assert_eq!(r.accept(UpstreamId::Str("z".into()), 1), Verdict::Duplicate);
         let r = Resume::new(cfg(IdKind::String, false), Some(UpstreamId::Int(3)));
         assert_eq!(r.last_id(), None, "an id of the wrong kind is dropped");
+    }
+
+    #[test]
+    fn forget_clears_the_position() {
+        let mut r = Resume::new(cfg(IdKind::Integer, false), Some(UpstreamId::Int(5)));
+        assert_eq!(r.forget(), Some(UpstreamId::Int(5)));
+        let mut u = url::Url::parse("ws://h/feed").expect("url");
+        r.apply_query(&mut u);
+        assert_eq!(u.as_str(), "ws://h/feed");
+        assert_eq!(int(&mut r, 1, "a"), D);
     }
 
     #[test]

@@ -16,11 +16,11 @@ use super::connect::Ws;
 use super::failure::Failure;
 use super::frame_watch::CloseSlot;
 use super::heartbeat::{Action, Heartbeat};
-use super::resume::{Resume, Verdict};
+use super::resume::{Break, Resume, UpstreamId, Verdict};
 use crate::config::{EndpointConfig, RenewMode};
 use crate::endpoint::{unix_nanos, Endpoint};
 use crate::filter::Filter;
-use crate::log::Kind;
+use crate::log::{GapReason, IdBreak, Kind};
 use crate::store::Op;
 
 /// How a connection ended.
@@ -115,6 +115,9 @@ impl<'a> Session<'a> {
     /// Runs the connection until it ends.
     pub async fn run(mut self, ws: Ws) -> End {
         let wire_close = ws.get_ref().close_slot();
+        if let Some(r) = self.resume.as_mut() {
+            r.start_connection();
+        }
         let (mut sink, mut stream) = ws.split();
         let ep = self.ep;
         let cfg = self.cfg;
@@ -345,15 +348,16 @@ impl<'a> Session<'a> {
             if let Some(id) = resume.extract(doc) {
                 let stored = id.encode();
                 let shown = id.to_string();
-                match resume.accept(id) {
+                match resume.accept(id, super::resume::payload_hash(&data)) {
                     Verdict::Duplicate => {
                         Endpoint::count(&ep.stats.duplicates_dropped, 1);
                         return;
                     }
-                    Verdict::Deliver { gap: g } => {
-                        gap = g;
+                    Verdict::Deliver(brk) => {
+                        gap = brk.and_then(|b| id_break(ep, b));
                         ep.set_last_upstream_id(shown);
-                        new_id = Some(stored);
+                        // Ids that start again on every connection are no position to keep.
+                        new_id = resume.is_global().then_some(stored);
                     }
                 }
             }
@@ -455,6 +459,36 @@ impl<'a> Session<'a> {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.as_mut()).await;
         }
         end
+    }
+}
+
+/// What subscribers are told of a break in the upstream's ids; a reset is also logged and
+/// counted, since it means the upstream restarted or failed over.
+fn id_break(ep: &Endpoint, b: Break) -> Option<IdBreak> {
+    match b {
+        Break::Gap(from, to) => Some(IdBreak {
+            from,
+            to,
+            reason: GapReason::UpstreamGap,
+        }),
+        Break::Reset(last, first) => {
+            Endpoint::count(&ep.stats.upstream_id_resets, 1);
+            tracing::warn!(
+                last_id = %last,
+                first_id = %first,
+                "the upstream's ids started again (it restarted or failed over): delivering from here"
+            );
+            match (last, first) {
+                (UpstreamId::Int(from), UpstreamId::Int(to)) => Some(IdBreak {
+                    from,
+                    to,
+                    reason: GapReason::UpstreamReset,
+                }),
+                // String ids have no order to show as a range: the log line and the counter
+                // say it.
+                _ => None,
+            }
+        }
     }
 }
 

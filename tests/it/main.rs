@@ -16,4 +16,5 @@ mod publish;
 mod reconnect;
 mod reload;
 mod replay;
+mod resets;
 mod upstream_access;
