@@ -621,3 +621,21 @@ auth = { token = "tok-secret", query = "c" }
     assert!(summary.contains("unix:/run/ws-sidecar/grpc.sock"));
     assert!(summary.contains("store     /var/lib/ws-sidecar/store"));
 }
+
+#[test]
+fn a_ttl_not_longer_than_refresh_before_is_warned_about() {
+    let config = ok(r#"
+[endpoints.p]
+url = "wss://x.example/feed"
+auth = { token = { env = "T" }, ttl = "30s" }
+[endpoints.q]
+url = "wss://x.example/feed"
+auth = { token = { env = "T" }, ttl = "2m", refresh_before = "1m" }
+"#);
+    let warnings = config.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(
+        warnings[0],
+        "config.toml: endpoints.p.auth.ttl: 30s is not longer than auth.refresh_before (1m): the token is renewed halfway through its life instead, every 15s"
+    );
+}

@@ -14,6 +14,7 @@ impl Config {
     /// `<file>: <key.path>: …` lines for secrets written in clear text; never the values.
     pub fn warnings(&self) -> Vec<String> {
         let mut keys = Vec::new();
+        let mut owned: Vec<(String, String)> = Vec::new();
         for (name, ep) in &self.endpoints {
             let at = |keys: &[&str]| {
                 keys.iter().fold(join_key("endpoints", name), |path, key| {
@@ -50,9 +51,24 @@ impl Config {
                 }
                 _ => {}
             }
+            if let Some(a) = &ep.auth {
+                if let Some(ttl) = a.ttl.filter(|ttl| *ttl <= a.refresh_before) {
+                    owned.push((
+                        at(&["auth", "ttl"]),
+                        format!(
+                            "{} is not longer than auth.refresh_before ({}): the token is renewed halfway through its life instead, every {}",
+                            crate::fmt::duration(ttl),
+                            crate::fmt::duration(a.refresh_before),
+                            crate::fmt::duration((ttl / 2).max(crate::upstream::auth::MIN_RENEW_AFTER)),
+                        ),
+                    ));
+                }
+            }
         }
         let source = self.source.display();
         keys.into_iter()
+            .map(|(key, what)| (key, what.to_owned()))
+            .chain(owned)
             .map(|(key, what)| format!("{source}: {key}: {what}"))
             .collect()
     }

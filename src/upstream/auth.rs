@@ -25,6 +25,27 @@ pub enum Credential {
 struct Token {
     value: SecretString,
     expires_at: Option<SystemTime>,
+    /// When it was fetched: renewal is never planned sooner than [`MIN_RENEW_AFTER`] later.
+    fetched_at: SystemTime,
+}
+
+/// The shortest time a token is used before it is renewed, whatever its lifetime: a token that
+/// lives less than `refresh_before` (or arrives already expired) must not make every
+/// connection renew at once, which with `renew = "reconnect"` is a reconnect storm.
+pub const MIN_RENEW_AFTER: Duration = Duration::from_secs(2);
+
+/// When to renew a token fetched at `fetched_at` that expires at `expires_at`: `refresh_before`
+/// ahead of expiry, but no more than halfway through its lifetime, and never sooner than
+/// [`MIN_RENEW_AFTER`] after it was fetched.
+pub fn renew_time(
+    fetched_at: SystemTime,
+    expires_at: SystemTime,
+    refresh_before: Duration,
+) -> SystemTime {
+    let lifetime = expires_at.duration_since(fetched_at).unwrap_or_default();
+    let lead = refresh_before.min(lifetime / 2);
+    let at = expires_at.checked_sub(lead).unwrap_or(fetched_at);
+    at.max(fetched_at + MIN_RENEW_AFTER)
 }
 
 /// The credential state of one endpoint; outlives connections.
@@ -49,12 +70,14 @@ impl Auth {
         self.current.as_ref().and_then(|t| t.expires_at)
     }
 
-    /// When renewal should start: `refresh_before` ahead of expiry.
+    /// When renewal should start (see [`renew_time`]).
     pub fn renew_at(&self) -> Option<SystemTime> {
-        self.expires_at().map(|e| {
-            e.checked_sub(self.cfg.refresh_before)
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        })
+        let t = self.current.as_ref()?;
+        Some(renew_time(
+            t.fetched_at,
+            t.expires_at?,
+            self.cfg.refresh_before,
+        ))
     }
 
     /// Forgets the token, e.g. after the upstream refused it.
@@ -120,7 +143,26 @@ impl Auth {
         let expires_at = jwt_expiry(value.expose())
             .or_else(|| expires_in.map(|d| fetched_at + d))
             .or_else(|| self.cfg.ttl.map(|d| fetched_at + d));
-        self.current = Some(Token { value, expires_at });
+        if let Some(e) = expires_at {
+            let lifetime = e.duration_since(fetched_at).unwrap_or_default();
+            if lifetime <= self.cfg.refresh_before {
+                let renew_in = renew_time(fetched_at, e, self.cfg.refresh_before)
+                    .duration_since(fetched_at)
+                    .unwrap_or_default();
+                tracing::warn!(
+                    lifetime = %crate::fmt::duration(lifetime),
+                    refresh_before = %crate::fmt::duration(self.cfg.refresh_before),
+                    renew_in = %crate::fmt::duration(renew_in),
+                    "auth token lives no longer than auth.refresh_before; renewing halfway through its life instead (at least {} after it was fetched)",
+                    crate::fmt::duration(MIN_RENEW_AFTER)
+                );
+            }
+        }
+        self.current = Some(Token {
+            value,
+            expires_at,
+            fetched_at,
+        });
         Ok(())
     }
 
@@ -173,6 +215,21 @@ mod tests {
             b(r#"{"alg":"none"}"#),
             b(&format!(r#"{{"exp":{exp},"sub":"x"}}"#))
         )
+    }
+
+    #[test]
+    fn renewal_is_never_due_at_once() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let s = Duration::from_secs;
+        // Long-lived: refresh_before ahead of expiry.
+        assert_eq!(renew_time(t0, t0 + s(3600), s(60)), t0 + s(3540));
+        // Shorter than refresh_before: halfway.
+        assert_eq!(renew_time(t0, t0 + s(30), s(60)), t0 + s(15));
+        assert_eq!(renew_time(t0, t0 + s(60), s(60)), t0 + s(30));
+        // Tiny, expired or refresh_before zero: never sooner than the floor.
+        assert_eq!(renew_time(t0, t0 + s(2), s(60)), t0 + MIN_RENEW_AFTER);
+        assert_eq!(renew_time(t0, t0 - s(100), s(60)), t0 + MIN_RENEW_AFTER);
+        assert_eq!(renew_time(t0, t0 + s(30), s(0)), t0 + s(30));
     }
 
     #[test]

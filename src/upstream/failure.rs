@@ -113,11 +113,20 @@ pub fn sanitize(text: &str) -> String {
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(24 * 3600)));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let at = httpdate(value)?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+    // A date in the past asks for no wait (backoff's own floor still applies); one years
+    // ahead is bounded like the seconds form.
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(MAX_RETRY_AFTER),
+    )
 }
+
+/// The longest `Retry-After` honoured, in either form.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form servers are told to send.
 fn httpdate(s: &str) -> Option<SystemTime> {
@@ -196,5 +205,11 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
         );
         assert_eq!(parse_retry_after("soon"), None);
+        // Far ahead, in either form: bounded at a day.
+        assert_eq!(parse_retry_after("99999999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("Fri, 01 Jan 9999 00:00:00 GMT"),
+            Some(MAX_RETRY_AFTER)
+        );
     }
 }

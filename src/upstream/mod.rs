@@ -4,7 +4,7 @@
 //! Every wait (connect, backoff sleep, failed) is raced against shutdown and against an
 //! operator's reconnect request, so stopping and `ws-sidecar reconnect` are prompt in any state.
 
-mod auth;
+pub mod auth;
 pub mod connect;
 pub mod failure;
 mod frame_watch;

@@ -190,6 +190,62 @@ async fn oauth2_tokens_are_renewed_and_an_outage_keeps_the_connection() {
     d.stop().await;
 }
 
+/// Tokens living less than `refresh_before` (60 s by default) once made every connection renew
+/// at once: with `renew = "reconnect"`, over a thousand connections a second (issue 12, item 2).
+/// Renewal now waits half the token's lifetime, at least two seconds.
+#[tokio::test]
+async fn short_lived_tokens_are_renewed_halfway_not_in_a_reconnect_storm() {
+    let dir = crate::support::temp_dir();
+    let (jwt_file, opaque_file) = (dir.path().join("jwt"), dir.path().join("opaque"));
+    std::fs::write(&jwt_file, jwt("short", 8)).expect("token");
+    std::fs::write(&opaque_file, "opaque-token").expect("token");
+    let tokens = token_endpoint("tok-").await; // expires_in = 2
+    let ups = [
+        FakeUpstream::start_with(|_, _| Reply::Accept).await,
+        FakeUpstream::start_with(|_, _| Reply::Accept).await,
+        FakeUpstream::start_with(|_, _| Reply::Accept).await,
+    ];
+    let started = Instant::now();
+    let d = start_daemon(&format!(
+        "[endpoints.jwt]\nurl = \"{}\"\nauth = {{ token = {{ file = \"{}\" }} }}\n\
+         [endpoints.ttl]\nurl = \"{}\"\nauth = {{ token = {{ file = \"{}\" }}, ttl = \"8s\" }}\n\
+         [endpoints.oauth]\nurl = \"{}\"\nauth = {{ token = {{ oauth2 = {{ token_url = \"{}\", client_id = \"app\", client_secret = \"s3cret-client\" }} }} }}\n",
+        ups[0].url("/"),
+        jwt_file.display(),
+        ups[1].url("/"),
+        opaque_file.display(),
+        ups[2].url("/"),
+        tokens.url,
+    ))
+    .await;
+    // The JWT's exp is whole seconds, so it lives 7 to 8 s; half of that, with some slack.
+    let at_least = [
+        Duration::from_millis(3300),
+        Duration::from_millis(3800),
+        Duration::from_millis(1900),
+    ];
+    let renewals = ups.iter().zip(at_least).map(|(up, at_least)| async move {
+        up.wait_attempts(2, T)
+            .await
+            .expect("renewed by a new connection");
+        let attempts = up.attempts();
+        let gap = attempts[1].at.saturating_duration_since(attempts[0].at);
+        assert!(
+            gap >= at_least,
+            "renewed {gap:?} after connecting, expected at least {at_least:?}"
+        );
+        // The replacement holds: no third connection right behind it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(up.attempts().len(), 2, "no reconnect storm");
+    });
+    futures_util::future::join_all(renewals).await;
+    assert!(started.elapsed() < T);
+    for name in ["jwt", "ttl", "oauth"] {
+        assert_eq!(d.endpoint(name).state().state, State::Connected, "{name}");
+    }
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn unauthorized_storm_fails_after_max_failures_without_a_hot_loop() {
     let up = FakeUpstream::start_with(|_, _| Reply::reject(401, &[])).await;
