@@ -44,6 +44,7 @@ pub mod redact;
 pub mod registry;
 pub mod reload;
 pub mod secret;
+pub mod stall;
 pub mod status;
 pub mod store;
 pub mod supervisor;

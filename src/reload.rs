@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::endpoint::{Endpoint, State};
 use crate::registry::Registry;
+use crate::stall::Stalls;
 use crate::store::{Restored, Store, StoreError};
 
 /// How long a stopping upstream task may take before the reload goes on without it.
@@ -57,6 +58,8 @@ struct Inner {
     store: Option<Store>,
     upstreams: TaskTracker,
     shutdown: CancellationToken,
+    /// Stalls of the process, for every upstream task to check its connection after.
+    stalls: Stalls,
     /// Also serialises reloads.
     state: tokio::sync::Mutex<Applied>,
 }
@@ -69,10 +72,11 @@ impl Reloader {
         store: Option<Store>,
         upstreams: TaskTracker,
         shutdown: CancellationToken,
+        stalls: Stalls,
     ) -> Reloader {
         let mut tasks = HashMap::new();
         for ep in registry.all() {
-            tasks.insert(ep.name.clone(), spawn(&upstreams, &shutdown, ep));
+            tasks.insert(ep.name.clone(), spawn(&upstreams, &shutdown, &stalls, ep));
         }
         Reloader {
             inner: Arc::new(Inner {
@@ -80,6 +84,7 @@ impl Reloader {
                 store,
                 upstreams,
                 shutdown,
+                stalls,
                 state: tokio::sync::Mutex::new(Applied { config, tasks }),
             }),
         }
@@ -133,7 +138,7 @@ impl Reloader {
                         ep.set_config(cfg.clone());
                         ep.set_restarting(false);
                         ep.set_state(State::Connecting, "config changed: reconnecting");
-                        let task = spawn(&inner.upstreams, &inner.shutdown, ep);
+                        let task = spawn(&inner.upstreams, &inner.shutdown, &inner.stalls, ep);
                         st.tasks.insert(name.clone(), task);
                     }
                     report.changed.push(name.clone());
@@ -146,7 +151,7 @@ impl Reloader {
                     let ep =
                         Endpoint::new(name.clone(), cfg.clone(), inner.store.clone(), restored);
                     inner.registry.insert(Arc::clone(&ep));
-                    let task = spawn(&inner.upstreams, &inner.shutdown, ep);
+                    let task = spawn(&inner.upstreams, &inner.shutdown, &inner.stalls, ep);
                     st.tasks.insert(name.clone(), task);
                     report.added.push(name.clone());
                 }
@@ -173,9 +178,14 @@ impl Reloader {
     }
 }
 
-fn spawn(tracker: &TaskTracker, shutdown: &CancellationToken, ep: Arc<Endpoint>) -> Task {
+fn spawn(
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    stalls: &Stalls,
+    ep: Arc<Endpoint>,
+) -> Task {
     let token = shutdown.child_token();
-    let handle = tracker.spawn(crate::upstream::run(ep, token.clone()));
+    let handle = tracker.spawn(crate::upstream::run(ep, token.clone(), stalls.clone()));
     Task { token, handle }
 }
 

@@ -17,6 +17,7 @@ use crate::health::Liveness;
 use crate::listen::{self, Listeners};
 use crate::registry::Registry;
 use crate::reload::Reloader;
+use crate::stall::Stalls;
 use crate::store::{Restored, Store, StoreError};
 
 /// Time allowed for everything to stop after the shutdown signal (SPEC §14: exit within 5 s).
@@ -60,12 +61,14 @@ impl Daemon {
         }
         let registry = Registry::new(endpoints, cfg.limits.max_subscribers);
         let upstreams = TaskTracker::new();
+        let stalls = Stalls::default();
         let reloader = Reloader::start(
             cfg,
             Arc::clone(&registry),
             store.clone(),
             upstreams.clone(),
             shutdown.clone(),
+            stalls.clone(),
         );
         upstreams.close();
 
@@ -102,6 +105,7 @@ impl Daemon {
                 shutdown.clone(),
             ));
         }
+        servers.spawn(stalls.watch(shutdown.clone()));
         servers.close();
         Ok(Daemon {
             reloader,

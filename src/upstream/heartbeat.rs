@@ -3,6 +3,16 @@
 //!
 //! Pure bookkeeping over instants: the connection loop sleeps until [`Heartbeat::deadline`],
 //! then acts on [`Heartbeat::poll`].
+//!
+//! Any inbound frame is evidence of life: a ping waits for its pong `pong_timeout` past the
+//! later of when it was sent and the last frame received, so a pong queued behind a stream of
+//! messages (or read late because the daemon did not run) is not taken for a dead connection.
+//! A link where nothing arrives at all is still found within `ping_interval + pong_timeout`.
+//!
+//! A timer that fires late means the daemon did not run (frozen, starved, the host asleep):
+//! whatever arrived meanwhile may not have been read yet (after SIGCONT, Linux ends the I/O
+//! driver's `epoll_wait` with EINTR, so readiness comes one turn later than the timers). Timeouts
+//! are then judged only after a short [`GRACE`], never on the late wake-up itself.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +29,13 @@ pub enum Action {
     Dead(String),
 }
 
+/// How long timeouts wait after a late wake-up, for what arrived meanwhile to be read: many
+/// turns of the runtime, far below any timeout worth configuring.
+pub const GRACE: Duration = Duration::from_millis(250);
+
+/// How late a timer may fire before the daemon is taken to have not run.
+pub const LATE: Duration = Duration::from_millis(100);
+
 /// Heartbeat state of one connection.
 #[derive(Debug)]
 pub struct Heartbeat {
@@ -30,6 +47,8 @@ pub struct Heartbeat {
     last_inbound: Instant,
     next_app_ping: Option<Instant>,
     rtt: Option<Duration>,
+    /// After a late wake-up, no timeout is judged before this.
+    grace_until: Option<Instant>,
 }
 
 impl Heartbeat {
@@ -43,18 +62,20 @@ impl Heartbeat {
             last_inbound: now,
             next_app_ping,
             rtt: None,
+            grace_until: None,
             cfg,
         }
     }
 
     /// The earliest instant at which [`poll`](Self::poll) has something to do.
     pub fn deadline(&self) -> Instant {
-        let mut d = match self.awaiting {
-            Some((_, sent)) => sent + self.cfg.pong_timeout,
+        let grace = |t: Instant| self.grace_until.map_or(t, |g| t.max(g));
+        let mut d = match self.pong_deadline() {
+            Some(at) => grace(at),
             None => self.next_ping,
         };
         if let Some(idle) = self.cfg.idle_timeout {
-            d = d.min(self.last_inbound + idle);
+            d = d.min(grace(self.last_inbound + idle));
         }
         if let Some(app) = self.next_app_ping {
             d = d.min(app);
@@ -62,15 +83,23 @@ impl Heartbeat {
         d
     }
 
+    /// When the outstanding ping's pong is overdue.
+    fn pong_deadline(&self) -> Option<Instant> {
+        let (_, sent) = self.awaiting?;
+        Some(sent.max(self.last_inbound) + self.cfg.pong_timeout)
+    }
+
     /// Due actions at `now`, most urgent first (a dead connection needs nothing else).
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
-        if let Some((_, sent)) = self.awaiting {
-            if now >= sent + self.cfg.pong_timeout {
-                return vec![Action::Dead(format!(
-                    "pong timeout: no pong within {}",
-                    crate::fmt::duration(self.cfg.pong_timeout)
-                ))];
-            }
+        if self.grace_until.is_some_and(|g| now < g) {
+            return self.due_pings(now);
+        }
+        self.grace_until = None;
+        if self.pong_deadline().is_some_and(|at| now >= at) {
+            return vec![Action::Dead(format!(
+                "pong timeout: no pong and no other frame within {}",
+                crate::fmt::duration(self.cfg.pong_timeout)
+            ))];
         }
         if let Some(idle) = self.cfg.idle_timeout {
             if now >= self.last_inbound + idle {
@@ -80,6 +109,22 @@ impl Heartbeat {
                 ))];
             }
         }
+        self.due_pings(now)
+    }
+
+    /// The daemon did not run until `now` (a timer fired late, or a stall was seen): judge no
+    /// timeout before [`GRACE`] has passed, so what arrived meanwhile is read first.
+    pub fn on_late_wake(&mut self, now: Instant) {
+        self.grace_until = Some(now + GRACE);
+    }
+
+    /// Whether a timer due at `due` that fires at `now` fired late enough to mean the daemon
+    /// did not run.
+    pub fn is_late(due: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(due) > LATE
+    }
+
+    fn due_pings(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         if self.awaiting.is_none() && now >= self.next_ping {
             self.counter += 1;
@@ -96,7 +141,19 @@ impl Heartbeat {
         actions
     }
 
-    /// Any inbound frame proves the connection alive for the idle timer.
+    /// A ping right now, unless one is outstanding: after the process stalled or the host
+    /// slept, the connection is checked at once instead of at the next interval.
+    pub fn check_now(&mut self, now: Instant) -> Option<Action> {
+        if self.awaiting.is_some() {
+            return None;
+        }
+        self.next_ping = now;
+        self.poll(now)
+            .into_iter()
+            .find(|a| matches!(a, Action::Ping(_)))
+    }
+
+    /// Any inbound frame proves the connection alive, for the idle and the pong timers.
     pub fn on_inbound(&mut self, now: Instant) {
         self.last_inbound = now;
     }
@@ -157,6 +214,68 @@ mod tests {
         assert_eq!(h.deadline(), t0 + Duration::from_secs(30));
         let a = h.poll(t0 + Duration::from_secs(30));
         assert!(matches!(&a[0], Action::Dead(r) if r.starts_with("pong timeout")));
+    }
+
+    #[test]
+    fn frames_after_the_ping_defer_the_pong_timeout() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut h = Heartbeat::new(cfg(None), t0);
+        h.poll(t0 + s(20));
+        // Messages keep arriving: the pong may be queued behind them.
+        h.on_inbound(t0 + s(25));
+        assert_eq!(h.deadline(), t0 + s(35));
+        assert!(h.poll(t0 + s(30)).is_empty(), "alive: a frame came 5 s ago");
+        let a = h.poll(t0 + s(35));
+        assert!(matches!(&a[0], Action::Dead(r) if r.starts_with("pong timeout")));
+    }
+
+    #[test]
+    fn a_late_wake_up_judges_nothing_before_the_grace() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut h = Heartbeat::new(cfg(Some(5)), t0);
+        h.on_inbound(t0 + s(19));
+        assert!(matches!(h.poll(t0 + s(20))[..], [Action::Ping(_)]));
+        // Frozen from 21 s to 40 s: pong and idle deadlines passed meanwhile.
+        let woke = t0 + s(40);
+        assert!(Heartbeat::is_late(h.deadline(), woke));
+        h.on_late_wake(woke);
+        assert!(
+            h.poll(woke).is_empty(),
+            "nothing judged on the late wake-up"
+        );
+        assert_eq!(h.deadline(), woke + GRACE);
+        // The pong read meanwhile settles it.
+        let ping = 1u64.to_be_bytes();
+        assert!(h.on_pong(&ping, woke + Duration::from_millis(10)).is_some());
+        h.on_inbound(woke + Duration::from_millis(10));
+        assert!(
+            !h.poll(woke + GRACE)
+                .iter()
+                .any(|a| matches!(a, Action::Dead(_))),
+            "alive"
+        );
+        // Without an answer, the grace ends in a timeout.
+        let mut h = Heartbeat::new(cfg(None), t0);
+        h.poll(t0 + s(20));
+        h.on_late_wake(woke);
+        let a = h.poll(woke + GRACE);
+        assert!(matches!(&a[0], Action::Dead(r) if r.starts_with("pong timeout")));
+    }
+
+    #[test]
+    fn check_now_pings_unless_a_ping_is_outstanding() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut h = Heartbeat::new(cfg(None), t0);
+        assert!(matches!(h.check_now(t0 + s(3)), Some(Action::Ping(_))));
+        assert_eq!(
+            h.deadline(),
+            t0 + s(13),
+            "its pong is due pong_timeout later"
+        );
+        assert_eq!(h.check_now(t0 + s(4)), None, "one ping at a time");
     }
 
     #[test]

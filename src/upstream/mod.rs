@@ -9,6 +9,7 @@ pub mod connect;
 pub mod failure;
 mod frame_watch;
 pub mod heartbeat;
+mod ingest;
 mod oauth2;
 mod proxy;
 pub mod resume;
@@ -25,6 +26,7 @@ use crate::backoff::Backoff;
 use crate::config::EndpointConfig;
 use crate::endpoint::{Endpoint, State};
 use crate::filter::Filter;
+use crate::stall::Stalls;
 use auth::{Auth, Credential};
 use failure::{Class, Failure};
 use resume::Resume;
@@ -41,16 +43,17 @@ enum Next {
     Stop,
 }
 
-/// Runs the endpoint until `shutdown`; leaves it `closed`.
-pub async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken) {
+/// Runs the endpoint until `shutdown`; leaves it `closed`. After each of the process's
+/// `stalls` a live connection is checked at once.
+pub async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken, stalls: Stalls) {
     let span = tracing::info_span!("endpoint", endpoint = %ep.name);
-    run_inner(&ep, &shutdown).instrument(span).await;
+    run_inner(&ep, &shutdown, &stalls).instrument(span).await;
     if !ep.is_restarting() {
         ep.set_state(State::Closed, "shutting down");
     }
 }
 
-async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
+async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken, stalls: &Stalls) {
     // A snapshot: a reload that changes the endpoint restarts this task with the new one.
     let cfg_now = ep.config();
     let cfg: &EndpointConfig = &cfg_now;
@@ -84,6 +87,8 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
     let (mut url_idx, mut url_failures, mut auth_failures) = (0usize, 0u32, 0u32);
     let mut connections = 0u64;
     let mut ever_connected = false;
+    // One receiver for the task's life: a stall while connecting is seen by the next session.
+    let mut stalls = stalls.subscribe();
     // A connection already open (make-before-break credential renewal) to continue on.
     let mut switched: Option<(connect::Ws, String)> = None;
 
@@ -143,6 +148,7 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken) {
                     base: &base,
                     drop_filters: &drop_filters,
                     shutdown,
+                    stalls: &mut stalls,
                     // Ids that start again on every connection are not worth storing.
                     durable: cfg
                         .resume

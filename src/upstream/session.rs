@@ -16,12 +16,11 @@ use super::connect::Ws;
 use super::failure::Failure;
 use super::frame_watch::CloseSlot;
 use super::heartbeat::{Action, Heartbeat};
-use super::resume::{Break, Resume, UpstreamId, Verdict};
+use super::resume::Resume;
 use crate::config::{EndpointConfig, RenewMode};
-use crate::endpoint::{unix_nanos, Endpoint};
+use crate::endpoint::Endpoint;
 use crate::filter::Filter;
-use crate::log::{GapReason, IdBreak, Kind};
-use crate::store::Op;
+use crate::log::Kind;
 
 /// How a connection ended.
 pub enum End {
@@ -63,14 +62,6 @@ const INGEST_BATCH: usize = 256;
 /// heartbeat frame is not stuck behind a long batch.
 const OUTBOX_BATCH: usize = 256;
 
-/// Inbound messages allowed to wait for their durable commit before reading pauses (which
-/// pushes back on the upstream through TCP).
-const MAX_PENDING: u64 = 8192;
-
-/// Seqs reserved in the store at a time where messages are not committed one by one: a restart
-/// continues above the reservation, so a seq is never reused.
-const SEQ_LEASE: u64 = 10_000;
-
 /// First and longest wait between failed credential renewals while the old one is in use.
 const RENEW_RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(1);
 const RENEW_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
@@ -92,9 +83,6 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600)
 }
 
-/// Persisted replay entries below the window are deleted every this many messages.
-const TRIM_EVERY: u64 = 512;
-
 /// Per-connection context borrowed from the endpoint task.
 pub struct Session<'a> {
     pub ep: &'a Endpoint,
@@ -107,6 +95,8 @@ pub struct Session<'a> {
     pub base: &'a url::Url,
     pub drop_filters: &'a [Filter],
     pub shutdown: &'a CancellationToken,
+    /// Changes after the process stalled or the host slept: check the connection at once.
+    pub stalls: &'a mut tokio::sync::watch::Receiver<u64>,
     /// Commit each message before delivering it (resume or persisted replay configured).
     pub durable: bool,
 }
@@ -163,6 +153,19 @@ impl<'a> Session<'a> {
         // The last seq appended but not yet announced to subscribers.
         let mut announce: Option<u64> = None;
 
+        // Ends the loop where a frame ended the connection (the close frame, if any, first).
+        macro_rules! settle {
+            ($flow:expr) => {
+                match $flow {
+                    Flow::Continue => {}
+                    Flow::End(end) => break end,
+                    Flow::Close(code, why, end) => {
+                        break self.close(&ctl_tx, &mut writer, code, why, end).await;
+                    }
+                }
+            };
+        }
+
         let end = loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
@@ -210,7 +213,15 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = &mut sleep => {
+                    // What is already in the socket counts before the timers: a timer that fired
+                    // late (the daemon did not run for a while) must not declare dead a
+                    // connection whose pong and messages are waiting to be read.
+                    let flow = self.take_frames(None, &mut stream, &mut hb, &wire_close, &mut announce).await;
+                    settle!(flow);
                     let now = Instant::now();
+                    if Heartbeat::is_late(sleep.deadline().into_std(), now) {
+                        hb.on_late_wake(now);
+                    }
                     for action in hb.poll(now) {
                         let frame = match action {
                             Action::Dead(reason) => return End::Lost(Failure::retry(reason)),
@@ -225,27 +236,20 @@ impl<'a> Session<'a> {
                     }
                     sleep.as_mut().reset(hb.deadline().into());
                 }
+                Ok(()) = self.stalls.changed() => {
+                    // The process did not run for a while, or the host slept: the upstream may
+                    // have given up on us meanwhile. Read what came, then ping at once.
+                    let flow = self.take_frames(None, &mut stream, &mut hb, &wire_close, &mut announce).await;
+                    settle!(flow);
+                    hb.on_late_wake(Instant::now());
+                    if let Some(Action::Ping(p)) = hb.check_now(Instant::now()) {
+                        let _ = ctl_tx.try_send(Ctl::Frame(Message::Ping(Bytes::from(p))));
+                    }
+                    sleep.as_mut().reset(hb.deadline().into());
+                }
                 msg = stream.next() => {
-                    // Take every frame already buffered (up to a bound, so timers and control
-                    // still get their turn) and wake subscribers once for the whole batch.
-                    let mut flow = self.on_frame(msg, &mut hb, &wire_close, &mut announce).await;
-                    let mut taken = 1;
-                    while matches!(flow, Flow::Continue) && taken < INGEST_BATCH {
-                        let Some(msg) = stream.next().now_or_never() else { break };
-                        flow = self.on_frame(msg, &mut hb, &wire_close, &mut announce).await;
-                        taken += 1;
-                    }
-                    if let Some(seq) = announce.take() {
-                        ep.log.announce(seq);
-                    }
-                    hb.on_inbound(Instant::now());
-                    match flow {
-                        Flow::Continue => {}
-                        Flow::End(end) => break end,
-                        Flow::Close(code, why, end) => {
-                            return self.close(&ctl_tx, &mut writer, code, why, end).await;
-                        }
-                    }
+                    let flow = self.take_frames(Some(msg), &mut stream, &mut hb, &wire_close, &mut announce).await;
+                    settle!(flow);
                     if hb.deadline() != sleep.deadline().into_std() {
                         sleep.as_mut().reset(hb.deadline().into());
                     }
@@ -281,6 +285,39 @@ impl<'a> Session<'a> {
             };
             (auth, r)
         }))
+    }
+
+    /// Handles `first` (a frame just read, if any) and every frame already buffered after it, up
+    /// to a batch (so timers and control still get their turn), then wakes subscribers once for
+    /// the whole batch. `Flow::Continue` when there was nothing to read.
+    async fn take_frames<S>(
+        &mut self,
+        first: Option<Option<Result<Message, WsError>>>,
+        stream: &mut S,
+        hb: &mut Heartbeat,
+        wire_close: &CloseSlot,
+        announce: &mut Option<u64>,
+    ) -> Flow
+    where
+        S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let mut next = first;
+        let mut flow = Flow::Continue;
+        let mut taken = 0;
+        while matches!(flow, Flow::Continue) && taken < INGEST_BATCH {
+            let Some(msg) = next.take().or_else(|| stream.next().now_or_never()) else {
+                break;
+            };
+            flow = self.on_frame(msg, hb, wire_close, announce).await;
+            taken += 1;
+        }
+        if let Some(seq) = announce.take() {
+            self.ep.log.announce(seq);
+        }
+        if taken > 0 {
+            hb.on_inbound(Instant::now());
+        }
+        flow
     }
 
     /// Handles one frame read from the upstream.
@@ -325,124 +362,6 @@ impl<'a> Session<'a> {
         Flow::Continue
     }
 
-    /// Fans out one inbound message, after resume dedup and `drop` filters.
-    ///
-    /// With resume or `replay.persist`, the message's seq, upstream id (and payload) are
-    /// committed before subscribers see it, so a crash can neither reuse a delivered seq nor
-    /// make the upstream resend what was delivered. Otherwise only a block of seqs is reserved
-    /// now and then.
-    ///
-    /// Where a message becomes visible at once it is appended without waking subscribers, and
-    /// its seq left in `announce` for the caller to announce with the rest of the batch.
-    async fn ingest(&mut self, kind: Kind, data: Bytes, announce: &mut Option<u64>) {
-        let ep = self.ep;
-        let needs_json = self.resume.is_some() || !self.drop_filters.is_empty();
-        let doc = if needs_json {
-            serde_json::from_slice::<serde_json::Value>(&data).ok()
-        } else {
-            None
-        };
-        let mut gap = None;
-        let mut new_id = None;
-        if let (Some(resume), Some(doc)) = (self.resume.as_mut(), doc.as_ref()) {
-            if let Some(id) = resume.extract(doc) {
-                let stored = id.encode();
-                let shown = id.to_string();
-                match resume.accept(id, super::resume::payload_hash(&data)) {
-                    Verdict::Duplicate => {
-                        Endpoint::count(&ep.stats.duplicates_dropped, 1);
-                        return;
-                    }
-                    Verdict::Deliver(brk) => {
-                        gap = brk.and_then(|b| id_break(ep, b));
-                        ep.set_last_upstream_id(shown);
-                        // Ids that start again on every connection are no position to keep.
-                        new_id = resume.is_global().then_some(stored);
-                    }
-                }
-            }
-        }
-        if let Some(doc) = doc.as_ref() {
-            if self.drop_filters.iter().any(|f| f.matches(doc)) {
-                Endpoint::count(&ep.stats.filtered, 1);
-                return;
-            }
-        }
-        Endpoint::count(&ep.stats.messages_received, 1);
-        Endpoint::count(&ep.stats.bytes_received, data.len() as u64);
-        let Some(store) = &ep.store else {
-            *announce = Some(ep.log.append_quiet(kind, data, unix_nanos(), gap));
-            return;
-        };
-        let endpoint = std::sync::Arc::clone(&ep.key);
-        if !self.durable {
-            let next = ep.log.next_seq();
-            if next > ep.seq_leased.load(std::sync::atomic::Ordering::Relaxed) {
-                // Subscribers should not wait on the commit for what is already appended.
-                if let Some(seq) = announce.take() {
-                    ep.log.announce(seq);
-                }
-                let upto = next + SEQ_LEASE - 1;
-                match store
-                    .commit(vec![Op::SeqLease {
-                        endpoint,
-                        from: next,
-                        upto,
-                    }])
-                    .await
-                {
-                    Ok(()) => ep
-                        .seq_leased
-                        .store(upto, std::sync::atomic::Ordering::Relaxed),
-                    Err(e) => tracing::error!(error = %e, "cannot reserve seqs; delivering anyway"),
-                }
-            }
-            *announce = Some(ep.log.append_quiet(kind, data, unix_nanos(), gap));
-            return;
-        }
-        if ep.log.pending() >= MAX_PENDING {
-            ep.log.wait_pending_at_most(MAX_PENDING / 2).await;
-        }
-        let received_at = unix_nanos();
-        let seq = ep.log.append_pending(kind, data.clone(), received_at, gap);
-        let mut ops = vec![Op::SeqMark {
-            endpoint: std::sync::Arc::clone(&endpoint),
-            seq,
-        }];
-        if let Some(id) = new_id {
-            ops.push(Op::UpstreamId {
-                endpoint: std::sync::Arc::clone(&endpoint),
-                id,
-            });
-        }
-        if self.cfg.replay.persist {
-            ops.push(Op::ReplayPut {
-                endpoint: std::sync::Arc::clone(&endpoint),
-                seq,
-                kind,
-                received_at,
-                data,
-            });
-            if seq.is_multiple_of(TRIM_EVERY) {
-                ops.push(Op::ReplayTrim {
-                    endpoint,
-                    below: ep.log.first_retained(),
-                });
-            }
-        }
-        let log = std::sync::Arc::clone(&ep.log);
-        store.submit(
-            ops,
-            Some(Box::new(move |r| {
-                if let Err(e) = r {
-                    // Subscribers come first: deliver, and say loudly that it is not recorded.
-                    tracing::error!(error = %e, seq, "cannot record message; delivering it anyway");
-                }
-                log.publish_upto(seq);
-            })),
-        );
-    }
-
     /// Sends a close frame through the writer, waiting briefly for it to be flushed.
     async fn close<W>(
         &self,
@@ -459,36 +378,6 @@ impl<'a> Session<'a> {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.as_mut()).await;
         }
         end
-    }
-}
-
-/// What subscribers are told of a break in the upstream's ids; a reset is also logged and
-/// counted, since it means the upstream restarted or failed over.
-fn id_break(ep: &Endpoint, b: Break) -> Option<IdBreak> {
-    match b {
-        Break::Gap(from, to) => Some(IdBreak {
-            from,
-            to,
-            reason: GapReason::UpstreamGap,
-        }),
-        Break::Reset(last, first) => {
-            Endpoint::count(&ep.stats.upstream_id_resets, 1);
-            tracing::warn!(
-                last_id = %last,
-                first_id = %first,
-                "the upstream's ids started again (it restarted or failed over): delivering from here"
-            );
-            match (last, first) {
-                (UpstreamId::Int(from), UpstreamId::Int(to)) => Some(IdBreak {
-                    from,
-                    to,
-                    reason: GapReason::UpstreamReset,
-                }),
-                // String ids have no order to show as a range: the log line and the counter
-                // say it.
-                _ => None,
-            }
-        }
     }
 }
 

@@ -1,0 +1,172 @@
+//! One inbound message on its way to subscribers: resume dedup and id breaks, `drop` filters,
+//! the seq, and the durable record that must precede delivery where resume or persisted replay
+//! is configured.
+
+use bytes::Bytes;
+
+use super::resume::{Break, UpstreamId, Verdict};
+use super::session::Session;
+use crate::endpoint::{unix_nanos, Endpoint};
+use crate::log::{GapReason, IdBreak, Kind};
+use crate::store::Op;
+
+/// Inbound messages allowed to wait for their durable commit before reading pauses (which
+/// pushes back on the upstream through TCP).
+const MAX_PENDING: u64 = 8192;
+
+/// Seqs reserved in the store at a time where messages are not committed one by one: a restart
+/// continues above the reservation, so a seq is never reused.
+const SEQ_LEASE: u64 = 10_000;
+
+/// Persisted replay entries below the window are deleted every this many messages.
+const TRIM_EVERY: u64 = 512;
+
+impl Session<'_> {
+    /// Fans out one inbound message, after resume dedup and `drop` filters.
+    ///
+    /// With resume or `replay.persist`, the message's seq, upstream id (and payload) are
+    /// committed before subscribers see it, so a crash can neither reuse a delivered seq nor
+    /// make the upstream resend what was delivered. Otherwise only a block of seqs is reserved
+    /// now and then.
+    ///
+    /// Where a message becomes visible at once it is appended without waking subscribers, and
+    /// its seq left in `announce` for the caller to announce with the rest of the batch.
+    pub(super) async fn ingest(&mut self, kind: Kind, data: Bytes, announce: &mut Option<u64>) {
+        let ep = self.ep;
+        let needs_json = self.resume.is_some() || !self.drop_filters.is_empty();
+        let doc = if needs_json {
+            serde_json::from_slice::<serde_json::Value>(&data).ok()
+        } else {
+            None
+        };
+        let mut gap = None;
+        let mut new_id = None;
+        if let (Some(resume), Some(doc)) = (self.resume.as_mut(), doc.as_ref()) {
+            if let Some(id) = resume.extract(doc) {
+                let stored = id.encode();
+                let shown = id.to_string();
+                match resume.accept(id, super::resume::payload_hash(&data)) {
+                    Verdict::Duplicate => {
+                        Endpoint::count(&ep.stats.duplicates_dropped, 1);
+                        return;
+                    }
+                    Verdict::Deliver(brk) => {
+                        gap = brk.and_then(|b| id_break(ep, b));
+                        ep.set_last_upstream_id(shown);
+                        // Ids that start again on every connection are no position to keep.
+                        new_id = resume.is_global().then_some(stored);
+                    }
+                }
+            }
+        }
+        if let Some(doc) = doc.as_ref() {
+            if self.drop_filters.iter().any(|f| f.matches(doc)) {
+                Endpoint::count(&ep.stats.filtered, 1);
+                return;
+            }
+        }
+        Endpoint::count(&ep.stats.messages_received, 1);
+        Endpoint::count(&ep.stats.bytes_received, data.len() as u64);
+        let Some(store) = &ep.store else {
+            *announce = Some(ep.log.append_quiet(kind, data, unix_nanos(), gap));
+            return;
+        };
+        let endpoint = std::sync::Arc::clone(&ep.key);
+        if !self.durable {
+            let next = ep.log.next_seq();
+            if next > ep.seq_leased.load(std::sync::atomic::Ordering::Relaxed) {
+                // Subscribers should not wait on the commit for what is already appended.
+                if let Some(seq) = announce.take() {
+                    ep.log.announce(seq);
+                }
+                let upto = next + SEQ_LEASE - 1;
+                match store
+                    .commit(vec![Op::SeqLease {
+                        endpoint,
+                        from: next,
+                        upto,
+                    }])
+                    .await
+                {
+                    Ok(()) => ep
+                        .seq_leased
+                        .store(upto, std::sync::atomic::Ordering::Relaxed),
+                    Err(e) => tracing::error!(error = %e, "cannot reserve seqs; delivering anyway"),
+                }
+            }
+            *announce = Some(ep.log.append_quiet(kind, data, unix_nanos(), gap));
+            return;
+        }
+        if ep.log.pending() >= MAX_PENDING {
+            ep.log.wait_pending_at_most(MAX_PENDING / 2).await;
+        }
+        let received_at = unix_nanos();
+        let seq = ep.log.append_pending(kind, data.clone(), received_at, gap);
+        let mut ops = vec![Op::SeqMark {
+            endpoint: std::sync::Arc::clone(&endpoint),
+            seq,
+        }];
+        if let Some(id) = new_id {
+            ops.push(Op::UpstreamId {
+                endpoint: std::sync::Arc::clone(&endpoint),
+                id,
+            });
+        }
+        if self.cfg.replay.persist {
+            ops.push(Op::ReplayPut {
+                endpoint: std::sync::Arc::clone(&endpoint),
+                seq,
+                kind,
+                received_at,
+                data,
+            });
+            if seq.is_multiple_of(TRIM_EVERY) {
+                ops.push(Op::ReplayTrim {
+                    endpoint,
+                    below: ep.log.first_retained(),
+                });
+            }
+        }
+        let log = std::sync::Arc::clone(&ep.log);
+        store.submit(
+            ops,
+            Some(Box::new(move |r| {
+                if let Err(e) = r {
+                    // Subscribers come first: deliver, and say loudly that it is not recorded.
+                    tracing::error!(error = %e, seq, "cannot record message; delivering it anyway");
+                }
+                log.publish_upto(seq);
+            })),
+        );
+    }
+}
+
+/// What subscribers are told of a break in the upstream's ids; a reset is also logged and
+/// counted, since it means the upstream restarted or failed over.
+fn id_break(ep: &Endpoint, b: Break) -> Option<IdBreak> {
+    match b {
+        Break::Gap(from, to) => Some(IdBreak {
+            from,
+            to,
+            reason: GapReason::UpstreamGap,
+        }),
+        Break::Reset(last, first) => {
+            Endpoint::count(&ep.stats.upstream_id_resets, 1);
+            tracing::warn!(
+                last_id = %last,
+                first_id = %first,
+                "the upstream's ids started again (it restarted or failed over): delivering from here"
+            );
+            match (last, first) {
+                (UpstreamId::Int(from), UpstreamId::Int(to)) => Some(IdBreak {
+                    from,
+                    to,
+                    reason: GapReason::UpstreamReset,
+                }),
+                // String ids have no order to show as a range: the log line and the counter
+                // say it.
+                _ => None,
+            }
+        }
+    }
+}
