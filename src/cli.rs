@@ -54,17 +54,19 @@ pub fn init_logging(cfg: &LogConfig) {
     ws_sidecar::logging::init(cfg);
 }
 
-/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.
+/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once. The handlers are in
+/// place when this returns: a SIGTERM soon after start (systemd stopping a unit it just started,
+/// a test) must not meet the default action, which ends the process without a clean stop.
 pub fn stop_on_signals(token: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
