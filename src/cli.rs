@@ -42,10 +42,12 @@ impl TargetArg {
         &self,
     ) -> Result<proto::sidecar_client::SidecarClient<tonic::transport::Channel>, u8> {
         let target = self.target()?;
-        client::connect(&target).await.map_err(|e| {
-            eprintln!("ws-sidecar: cannot reach the daemon at {target}: {e}");
-            exit::UNAVAILABLE
-        })
+        client::connect_checked(&target, client::ANSWER_WITHIN)
+            .await
+            .map_err(|e| {
+                eprintln!("ws-sidecar: cannot reach the daemon at {target}: {e}");
+                exit::UNAVAILABLE
+            })
     }
 }
 
@@ -83,7 +85,13 @@ pub fn stop_on_signals(token: CancellationToken) {
 }
 
 fn refused(status: &tonic::Status) -> u8 {
-    eprintln!("ws-sidecar: {}", status.message());
+    // A status made from a transport failure (the daemon went away) hides the cause inside.
+    match std::error::Error::source(status).map(client::innermost) {
+        Some(cause) if cause != status.message() => {
+            eprintln!("ws-sidecar: {}: {cause}", status.message());
+        }
+        _ => eprintln!("ws-sidecar: {}", status.message()),
+    }
     match status.code() {
         Code::Unavailable | Code::Unknown | Code::Internal => exit::UNAVAILABLE,
         _ => exit::REFUSED,

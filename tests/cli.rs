@@ -4,7 +4,10 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::process::{Command, Stdio};
+#[path = "cli/unreachable.rs"]
+mod unreachable;
+
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{FakeUpstream, Reply};
@@ -336,4 +339,29 @@ fn demo_shows_a_reconnect_with_contiguous_seqs() {
         .collect();
     assert!(seqs.len() > 20, "messages were shown");
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seqs contiguous");
+}
+
+/// Waits for `child` to exit within `within` (killing it if it does not): its exit code and
+/// everything it wrote on stderr.
+pub fn finish(child: Child, within: Duration) -> (Option<i32>, String) {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(out) => {
+            let out = out.expect("wait for the child");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("the command did not exit within {within:?}");
+        }
+    }
 }
