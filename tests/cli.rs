@@ -4,6 +4,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "cli/output.rs"]
+mod output;
 #[path = "cli/unreachable.rs"]
 mod unreachable;
 
