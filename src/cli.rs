@@ -8,6 +8,7 @@ use tonic::Code;
 use crate::exit;
 use ws_sidecar::client::{self, Target};
 use ws_sidecar::config::LogConfig;
+use ws_sidecar::output::Stdout;
 use ws_sidecar::proto;
 use ws_sidecar::status::EndpointStatus;
 
@@ -33,7 +34,7 @@ impl TargetArg {
             }
         };
         Target::parse(&s).map_err(|e| {
-            eprintln!("ws-sidecar: --grpc: {e}");
+            report!("ws-sidecar: --grpc: {e}");
             exit::USAGE
         })
     }
@@ -42,10 +43,12 @@ impl TargetArg {
         &self,
     ) -> Result<proto::sidecar_client::SidecarClient<tonic::transport::Channel>, u8> {
         let target = self.target()?;
-        client::connect(&target).await.map_err(|e| {
-            eprintln!("ws-sidecar: cannot reach the daemon at {target}: {e}");
-            exit::UNAVAILABLE
-        })
+        client::connect_checked(&target, client::ANSWER_WITHIN)
+            .await
+            .map_err(|e| {
+                report!("ws-sidecar: cannot reach the daemon at {target}: {e}");
+                exit::UNAVAILABLE
+            })
     }
 }
 
@@ -54,17 +57,19 @@ pub fn init_logging(cfg: &LogConfig) {
     ws_sidecar::logging::init(cfg);
 }
 
-/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.
+/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once. The handlers are in
+/// place when this returns: a SIGTERM soon after start (systemd stopping a unit it just started,
+/// a test) must not meet the default action, which ends the process without a clean stop.
 pub fn stop_on_signals(token: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
@@ -81,13 +86,20 @@ pub fn stop_on_signals(token: CancellationToken) {
 }
 
 fn refused(status: &tonic::Status) -> u8 {
-    eprintln!("ws-sidecar: {}", status.message());
+    // A status made from a transport failure (the daemon went away) hides the cause inside.
+    match std::error::Error::source(status).map(client::innermost) {
+        Some(cause) if cause != status.message() => {
+            report!("ws-sidecar: {}: {cause}", status.message());
+        }
+        _ => report!("ws-sidecar: {}", status.message()),
+    }
     match status.code() {
         Code::Unavailable | Code::Unknown | Code::Internal => exit::UNAVAILABLE,
         _ => exit::REFUSED,
     }
 }
 
+/// `status`: one line per endpoint, or a JSON array.
 pub async fn status(target: &TargetArg, json: bool) -> u8 {
     let mut c = match target.connect().await {
         Ok(c) => c,
@@ -101,12 +113,16 @@ pub async fn status(target: &TargetArg, json: bool) -> u8 {
         Err(s) => return refused(&s),
     };
     let eps: Vec<EndpointStatus> = resp.endpoints.into_iter().map(Into::into).collect();
+    let mut out = Stdout::new();
     if json {
         match serde_json::to_string_pretty(&eps) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("ws-sidecar: {e}"),
-        }
-        return 0;
+            Ok(s) => out.line(s),
+            Err(e) => {
+                report!("ws-sidecar: {e}");
+                return exit::OSERR;
+            }
+        };
+        return out.exit_code(0);
     }
     for e in eps {
         let rtt = if e.rtt_micros > 0 {
@@ -117,14 +133,18 @@ pub async fn status(target: &TargetArg, json: bool) -> u8 {
         } else {
             String::new()
         };
-        println!(
+        let shown = out.line(format_args!(
             "{:<16} {:<10} last_seq={} subscribers={} outbox={} reconnects={}{} ({})",
             e.name, e.state, e.last_seq, e.subscribers, e.outbox_depth, e.reconnects, rtt, e.reason
-        );
+        ));
+        if !shown {
+            break;
+        }
     }
-    0
+    out.exit_code(0)
 }
 
+/// `tail`: one JSON object per event until the stream ends or nobody reads the output.
 pub async fn tail(
     target: &TargetArg,
     endpoint: &str,
@@ -134,7 +154,7 @@ pub async fn tail(
     let mut parsed = Vec::new();
     for f in filters {
         let Some((pointer, equals)) = f.split_once('=') else {
-            eprintln!("ws-sidecar: --filter must be POINTER=VALUE, got {f:?}");
+            report!("ws-sidecar: --filter must be POINTER=VALUE, got {f:?}");
             return exit::USAGE;
         };
         parsed.push(proto::Filter {
@@ -155,25 +175,49 @@ pub async fn tail(
         Ok(r) => r.into_inner(),
         Err(s) => return refused(&s),
     };
-    use std::io::Write;
-    let stdout = std::io::stdout();
+    let mut out = Stdout::new();
     loop {
         match stream.message().await {
             Ok(Some(ev)) => {
-                let mut out = stdout.lock();
-                if writeln!(out, "{}", client::event_json(&ev))
-                    .and_then(|_| out.flush())
-                    .is_err()
-                {
-                    return 0; // stdout closed (e.g. piped into head)
+                if !out.line(client::event_json(&ev)) {
+                    return out.exit_code(0);
                 }
             }
-            Ok(None) => return 0,
+            Ok(None) => return out.exit_code(0),
             Err(s) => return refused(&s),
         }
     }
 }
 
+/// One line of stdin: its text, or its bytes when they are not UTF-8 (a text frame cannot carry
+/// them).
+type InputLine = std::io::Result<Result<String, Vec<u8>>>;
+
+/// Stdin split as `BufRead::lines` splits it (without `\n` or `\r\n`), except that a line that
+/// is not UTF-8 is handed over as such instead of ending the input.
+fn stdin_lines() -> impl Iterator<Item = InputLine> {
+    use std::io::BufRead;
+    let mut stdin = std::io::stdin().lock();
+    std::iter::from_fn(move || {
+        let mut line = Vec::new();
+        match stdin.read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.ends_with(b"\n") {
+                    line.pop();
+                    if line.ends_with(b"\r") {
+                        line.pop();
+                    }
+                }
+                Some(Ok(String::from_utf8(line).map_err(|e| e.into_bytes())))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    })
+}
+
+/// `send`: publishes MESSAGE or every stdin line, printing each outbox id. Output nobody reads
+/// stops nothing: the messages are the work, the ids a courtesy.
 pub async fn send(
     target: &TargetArg,
     endpoint: &str,
@@ -196,26 +240,40 @@ pub async fn send(
         idempotency_key: String::new(),
         wait,
     };
-    let messages: Box<dyn Iterator<Item = std::io::Result<String>>> = match message {
-        Some(m) => Box::new(std::iter::once(Ok(m))),
-        None => Box::new(std::io::stdin().lines()),
+    let messages: Box<dyn Iterator<Item = InputLine>> = match message {
+        Some(m) => Box::new(std::iter::once(Ok(Ok(m)))),
+        None => Box::new(stdin_lines()),
     };
-    for m in messages {
+    let mut out = Stdout::new();
+    let mut code = 0;
+    for (index, m) in messages.enumerate() {
         let m = match m {
-            Ok(m) => m,
+            Ok(Ok(m)) => m,
+            Ok(Err(_)) => {
+                // One bad line costs only itself; the exit code tells the script.
+                report!(
+                    "ws-sidecar: stdin line {} is not UTF-8, not sent",
+                    index + 1
+                );
+                code = exit::DATAERR;
+                continue;
+            }
             Err(e) => {
-                eprintln!("ws-sidecar: reading stdin: {e}");
-                return exit::USAGE;
+                report!("ws-sidecar: reading stdin: {e}");
+                return exit::IOERR;
             }
         };
         match c.publish(publish(m)).await {
-            Ok(r) => println!("{}", r.into_inner().outbox_id),
+            Ok(r) => {
+                out.line(r.into_inner().outbox_id);
+            }
             Err(s) => return refused(&s),
         }
     }
-    0
+    out.exit_code(code)
 }
 
+/// `reconnect`: asks the daemon to reconnect an endpoint.
 pub async fn reconnect(target: &TargetArg, endpoint: &str) -> u8 {
     let mut c = match target.connect().await {
         Ok(c) => c,
@@ -232,12 +290,13 @@ pub async fn reconnect(target: &TargetArg, endpoint: &str) -> u8 {
     }
 }
 
+/// `demo`: runs until Ctrl-C, `--duration`, or until nobody reads its output.
 pub async fn demo(duration: Option<String>) -> u8 {
     let limit = match duration.as_deref().map(parse_duration) {
         None => None,
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => {
-            eprintln!("ws-sidecar: --duration: {e}");
+            report!("ws-sidecar: --duration: {e}");
             return exit::USAGE;
         }
     };
@@ -250,10 +309,11 @@ pub async fn demo(duration: Option<String>) -> u8 {
             t.cancel();
         });
     }
-    match ws_sidecar::demo::run(token).await {
-        Ok(()) => 0,
+    let mut out = Stdout::new();
+    match ws_sidecar::demo::run(token, &mut out).await {
+        Ok(()) => out.exit_code(0),
         Err(e) => {
-            eprintln!("ws-sidecar demo: {e:#}");
+            report!("ws-sidecar demo: {e:#}");
             exit::OSERR
         }
     }

@@ -1,7 +1,10 @@
 //! gRPC client side used by the CLI commands (`status`, `tail`, `send`, `reconnect`), the demo
-//! and tests: connects over `unix:PATH` or `HOST:PORT`.
+//! and tests: connects over `unix:PATH` or `HOST:PORT`, and says why when it cannot.
 
-use std::path::PathBuf;
+use std::error::Error as _;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
@@ -79,6 +82,146 @@ pub async fn connect(target: &Target) -> Result<SidecarClient<Channel>, tonic::t
         }
     };
     Ok(SidecarClient::new(channel).max_decoding_message_size(usize::MAX))
+}
+
+/// How long [`connect_checked`] waits for the daemon's first answer. A running daemon answers
+/// a local call in milliseconds; one that is stopped (SIGSTOP, a full accept queue) would
+/// otherwise keep a command waiting forever.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Why the daemon's API could not be reached, in the words of the OS or of what answered
+/// instead. tonic's own error says `transport error` for all of these alike.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    /// connect(2) failed; the OS says why (`No such file or directory`, `Permission denied`).
+    #[error("{0}")]
+    Os(io::Error),
+    /// The path names something other than a socket.
+    #[error("{0}, not a socket")]
+    NotASocket(&'static str),
+    /// A socket file nobody accepts connections on.
+    #[error("{0}: nothing listens on this socket (left behind by a daemon that stopped?)")]
+    Stale(io::Error),
+    /// Something accepted the connection but does not speak HTTP/2 gRPC: the NDJSON stream
+    /// socket, an HTTP/1 server, … The text is the protocol error it caused.
+    #[error(
+        "it accepts connections but does not speak the ws-sidecar gRPC API ({0}); \
+         is it the NDJSON stream socket or another server?"
+    )]
+    NotTheApi(String),
+    /// A gRPC server answered, but without the ws-sidecar service.
+    #[error("a gRPC server answers, but not ws-sidecar's ({0})")]
+    OtherGrpc(String),
+    /// Connected, but no answer in time.
+    #[error("no answer within {}", crate::fmt::duration(*.0))]
+    NoAnswer(Duration),
+    /// Any other failure: its innermost cause.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Connects like [`connect`], then makes sure the ws-sidecar API answers (a `GetStatus` call)
+/// within `within`, so that a socket that is not the daemon's is told apart from a daemon that
+/// refuses a request later.
+pub async fn connect_checked(
+    target: &Target,
+    within: Duration,
+) -> Result<SidecarClient<Channel>, Unreachable> {
+    let attempt = async {
+        let mut client = connect(target)
+            .await
+            .map_err(|e| connect_failure(target, &e))?;
+        // The HTTP/2 handshake only fails at the first call, so one is made here.
+        match client
+            .get_status(crate::proto::GetStatusRequest { endpoint: None })
+            .await
+        {
+            Ok(_) => Ok(client),
+            Err(status) => Err(answer_failure(&status)),
+        }
+    };
+    tokio::time::timeout(within, attempt)
+        .await
+        .unwrap_or(Err(Unreachable::NoAnswer(within)))
+}
+
+/// Classifies a failed connect from the OS error at the bottom of tonic's error chain and, for
+/// a Unix socket, what the path names: Linux answers `Connection refused` alike for a regular
+/// file and for a socket nobody listens on.
+fn connect_failure(target: &Target, e: &tonic::transport::Error) -> Unreachable {
+    let Some(os) = io_cause(e) else {
+        return Unreachable::Other(innermost(e));
+    };
+    if let Target::Unix(path) = target {
+        if let Some(kind) = not_a_socket(path) {
+            return Unreachable::NotASocket(kind);
+        }
+        if os.kind() == io::ErrorKind::ConnectionRefused {
+            return Unreachable::Stale(copy(os));
+        }
+    }
+    Unreachable::Os(copy(os))
+}
+
+/// Classifies a failed first call. A status made by the client itself (it carries the
+/// transport error as its source) means the peer broke the HTTP/2 exchange; one the peer sent
+/// means a gRPC server without our service.
+fn answer_failure(status: &tonic::Status) -> Unreachable {
+    match status.source() {
+        Some(cause) => Unreachable::NotTheApi(innermost(cause)),
+        None if status.code() == tonic::Code::Unimplemented => {
+            Unreachable::OtherGrpc(status.message().to_owned())
+        }
+        None => Unreachable::Other(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// The innermost cause of `e`: the most specific of tonic's and hyper's nested errors (the
+/// outer ones say `transport error`, `http2 error`).
+pub fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
+}
+
+fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut next = Some(e);
+    let mut found = None;
+    while let Some(e) = next {
+        // The innermost one: an `io::Error` may wrap another error of its own.
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            found = Some(io);
+        }
+        next = e.source();
+    }
+    found
+}
+
+/// What `path` is when it exists and is not a socket.
+fn not_a_socket(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::metadata(path).ok()?.file_type();
+    if t.is_socket() {
+        None
+    } else if t.is_file() {
+        Some("a regular file")
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a named pipe")
+    } else {
+        Some("a device")
+    }
+}
+
+/// `io::Error` is not `Clone`; the OS code (or kind and text) is all it carries here.
+fn copy(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 /// Renders a subscription event as the JSON object `tail` prints (same shape as NDJSON lines).

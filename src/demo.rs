@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ListenAddr};
+use crate::output::Stdout;
 use crate::proto;
 
 /// The config `demo` runs with; URL and socket paths are replaced at start.
@@ -139,16 +140,20 @@ async fn serve_conn(
     }
 }
 
-/// Runs the demo until `stop`, printing to stdout.
-pub async fn run(stop: CancellationToken) -> anyhow::Result<()> {
+/// Runs the demo until `stop` or until `out` can no longer be written (nobody reads it).
+pub async fn run(stop: CancellationToken, out: &mut Stdout) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("ws-sidecar-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = run_in(&dir, stop).await;
+    let result = run_in(&dir, stop, out).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn run_in(dir: &std::path::Path, stop: CancellationToken) -> anyhow::Result<()> {
+async fn run_in(
+    dir: &std::path::Path,
+    stop: CancellationToken,
+    out: &mut Stdout,
+) -> anyhow::Result<()> {
     let sim = SimUpstream::start(
         SimOptions {
             rate: 10,
@@ -171,16 +176,20 @@ async fn run_in(dir: &std::path::Path, stop: CancellationToken) -> anyhow::Resul
 
     let store = crate::store::Store::open(&cfg.store.path)?;
     let listeners = crate::listen::bind(&cfg).await?;
-    println!(
+    out.line(format_args!(
         "ws-sidecar demo: simulated feed at {} (drops every 2-4 s), daemon sockets in {}",
         sim.url(),
         dir.display()
-    );
-    println!(
+    ));
+    out.line(format_args!(
         "  NDJSON: socat - UNIX-CONNECT:{}",
         dir.join("stream.sock").display()
-    );
-    println!("  Ctrl-C to stop\n");
+    ));
+    // The demo exists to be watched: with nobody reading, it ends.
+    if !out.line("  Ctrl-C to stop\n") {
+        stop.cancel();
+        return Ok(());
+    }
     let daemon = crate::supervisor::Daemon::start(cfg, listeners, Some(store), stop.clone())?;
     let daemon_task = tokio::spawn(daemon.run_until_stopped());
 
@@ -202,13 +211,17 @@ async fn run_in(dir: &std::path::Path, stop: CancellationToken) -> anyhow::Resul
             ev = events.message() => ev,
         };
         match ev {
-            Ok(Some(ev)) => check.show(&ev),
+            Ok(Some(ev)) => {
+                if !check.show(&ev, out) {
+                    break;
+                }
+            }
             Ok(None) | Err(_) => break,
         }
     }
     stop.cancel();
     let _ = daemon_task.await;
-    check.summary();
+    check.summary(out);
     Ok(())
 }
 
@@ -225,7 +238,8 @@ struct Continuity {
 }
 
 impl Continuity {
-    fn show(&mut self, ev: &proto::Event) {
+    /// Prints `ev`; false once `out` can no longer be written.
+    fn show(&mut self, ev: &proto::Event, out: &mut Stdout) -> bool {
         let now = chrono_like_now();
         match &ev.event {
             Some(proto::event::Event::State(s)) => {
@@ -235,7 +249,7 @@ impl Continuity {
                     self.reconnects += 1;
                     self.resumed_at = self.last_id;
                 }
-                println!("{now}  ── state {state:<10} {}", s.reason);
+                out.line(format_args!("{now}  ── state {state:<10} {}", s.reason));
             }
             Some(proto::event::Event::Message(m)) => {
                 let id = serde_json::from_slice::<serde_json::Value>(&m.data)
@@ -249,18 +263,18 @@ impl Continuity {
                 self.seq_breaks += u64::from(!seq_ok);
                 self.id_breaks += u64::from(!id_ok);
                 if let (Some(r), Some(i)) = (self.resumed_at.take(), id) {
-                    println!(
+                    out.line(format_args!(
                         "{now}  ── resumed: upstream resent from id {} (last seen {r}), seq continues at {}",
                         i, m.seq
-                    );
+                    ));
                 }
                 let text = String::from_utf8_lossy(&m.data);
                 let mark = if seq_ok && id_ok { "" } else { "  <-- BREAK" };
                 let shown_id = id.map_or_else(|| "-".to_owned(), |i| i.to_string());
-                println!(
+                out.line(format_args!(
                     "{now}  seq {:>5}  upstream id {shown_id:>5}  {text}{mark}",
                     m.seq
-                );
+                ));
                 self.last_seq = Some(m.seq);
                 if id.is_some() {
                     self.last_id = id;
@@ -268,24 +282,25 @@ impl Continuity {
                 self.messages += 1;
             }
             Some(proto::event::Event::Gap(g)) => {
-                println!(
+                out.line(format_args!(
                     "{now}  ── gap {}..={} reason {}",
                     g.from_seq, g.to_seq, g.reason
-                );
+                ));
                 self.seq_breaks += 1;
             }
             None => {}
         }
+        out.is_open()
     }
 
-    fn summary(&self) {
+    fn summary(&self, out: &mut Stdout) {
         let ok = self.seq_breaks == 0 && self.id_breaks == 0;
-        println!(
+        out.line(format_args!(
             "\nsummary: {} messages, {} reconnects, seqs and upstream ids contiguous: {}",
             self.messages,
             self.reconnects,
             if ok { "yes" } else { "NO" }
-        );
+        ));
     }
 }
 

@@ -40,6 +40,7 @@ pub mod log;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;
+pub mod output;
 pub mod redact;
 pub mod registry;
 pub mod reload;

@@ -1,8 +1,17 @@
 //! The `ws-sidecar` command line (SPEC §3): the daemon, config check, demo and client commands.
-//! Exit codes follow sysexits: 0 ok, 1 refused by the daemon, 64 usage, 69 daemon unreachable,
-//! 71 cannot bind a listener, 78 invalid config.
+//! Exit codes follow sysexits: 0 ok, 1 refused by the daemon, 64 usage, 65 a stdin line `send`
+//! could not send, 69 daemon unreachable, 71 cannot bind a listener, 74 output or input failed,
+//! 78 invalid config. A reader that goes away (`| head -1`) is no failure: see
+//! `ws_sidecar::output`.
 
 #![forbid(unsafe_code)]
+
+/// `eprintln!` without its panic on a stderr nobody reads (see `ws_sidecar::output`).
+macro_rules! report {
+    ($($arg:tt)*) => {
+        ws_sidecar::output::stderr_line(format_args!($($arg)*))
+    };
+}
 
 mod cli;
 
@@ -81,10 +90,19 @@ enum Command {
 
 /// sysexits codes used by the CLI.
 pub mod exit {
+    /// The daemon refused the request (an unknown endpoint, say).
     pub const REFUSED: u8 = 1;
+    /// A wrong command line.
     pub const USAGE: u8 = 64;
+    /// Input that cannot be used: a stdin line for `send` that is not UTF-8.
+    pub const DATAERR: u8 = 65;
+    /// The daemon could not be reached.
     pub const UNAVAILABLE: u8 = 69;
+    /// The process could not set itself up (runtime, signals, listeners).
     pub const OSERR: u8 = 71;
+    /// Reading stdin or writing stdout failed (not a reader that went away).
+    pub const IOERR: u8 = ws_sidecar::output::IOERR;
+    /// The config is invalid.
     pub const CONFIG: u8 = 78;
 }
 
@@ -92,9 +110,14 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
+            // `--help` and `--version` go to stdout, usage errors to stderr.
+            if e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::from(exit::USAGE);
+            }
+            let mut out = ws_sidecar::output::Stdout::new();
+            out.record(e.print());
+            return ExitCode::from(out.exit_code(0));
         }
     };
     // Taken before the runtime starts any thread: it edits the environment.
@@ -102,7 +125,7 @@ fn main() -> ExitCode {
         Command::Run { .. } => match ws_sidecar::systemd::take_activation() {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("ws-sidecar: {e}");
+                report!("ws-sidecar: {e}");
                 return ExitCode::from(exit::OSERR);
             }
         },
@@ -114,7 +137,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ws-sidecar: cannot start the runtime: {e}");
+            report!("ws-sidecar: cannot start the runtime: {e}");
             return ExitCode::from(exit::OSERR);
         }
     };
@@ -153,7 +176,7 @@ fn config_path(arg: Option<PathBuf>) -> PathBuf {
 
 fn load(arg: Option<PathBuf>) -> Result<Config, u8> {
     config::load(&config_path(arg)).map_err(|e| {
-        eprintln!("{e}");
+        report!("{e}");
         exit::CONFIG
     })
 }
@@ -164,11 +187,13 @@ fn check_config(arg: Option<PathBuf>) -> u8 {
         Err(code) => return code,
     };
     for w in cfg.warnings() {
-        eprintln!("warning: {w}");
+        report!("warning: {w}");
     }
-    print!("{}", cfg.summary());
-    println!("{}: ok", cfg.source.display());
-    0
+    // The verdict is the exit code; nobody reading the summary changes nothing.
+    let mut out = ws_sidecar::output::Stdout::new();
+    out.text(&cfg.summary());
+    out.line(format_args!("{}: ok", cfg.source.display()));
+    out.exit_code(0)
 }
 
 async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activation>) -> u8 {
@@ -181,7 +206,7 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
     let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ws-sidecar: cannot handle SIGHUP: {e}");
+            report!("ws-sidecar: cannot handle SIGHUP: {e}");
             return exit::OSERR;
         }
     };
@@ -193,7 +218,7 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("ws-sidecar: {e}");
+            report!("ws-sidecar: {e}");
             return exit::CONFIG;
         }
     };
@@ -201,7 +226,7 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
         Ok(l) => l,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("ws-sidecar: {e:#}");
+            report!("ws-sidecar: {e:#}");
             return exit::OSERR;
         }
     };
@@ -221,7 +246,7 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
         Ok(d) => d,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("ws-sidecar: {e}");
+            report!("ws-sidecar: {e}");
             return exit::CONFIG;
         }
     };

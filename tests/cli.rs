@@ -4,7 +4,12 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::process::{Command, Stdio};
+#[path = "cli/output.rs"]
+mod output;
+#[path = "cli/unreachable.rs"]
+mod unreachable;
+
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{FakeUpstream, Reply};
@@ -64,6 +69,64 @@ fn check_config_accepts_a_minimal_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("prices"));
+}
+
+/// Every line of `check-config`'s output ends with a newline and the verdict is a line of its
+/// own (it was glued to the summary's last line, in a terminal and in the journal alike).
+#[test]
+fn check_config_prints_whole_lines_and_the_verdict_last() {
+    let dir = support::temp_dir();
+    let path = write_config(
+        dir.path(),
+        "[endpoints.prices]\nurl = \"wss://stream.example.com/prices\"\n\n\
+         [endpoints.trades]\nurl = \"wss://stream.example.com/trades\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        text.ends_with('\n'),
+        "the last line ends with a newline:\n{text:?}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let shown = path.display().to_string();
+    assert_eq!(lines[0], format!("config    {shown}"), "{text}");
+    assert_eq!(lines[lines.len() - 1], format!("{shown}: ok"), "{text}");
+    assert_eq!(
+        lines[lines.len() - 2],
+        "  access      subscribe everyone; publish everyone",
+        "{text}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(": ok")).count(),
+        1,
+        "{text}"
+    );
+    // Global lines (`label     value`), then per endpoint a blank line, its header and indented
+    // lines.
+    let mut endpoints = Vec::new();
+    let mut after_blank = false;
+    for line in &lines[..lines.len() - 1] {
+        if line.is_empty() {
+            after_blank = true;
+        } else if after_blank {
+            let name = line.strip_prefix("endpoint ").expect("endpoint header");
+            endpoints.push(name.split_whitespace().next().expect("name").to_owned());
+            after_blank = false;
+        } else if !endpoints.is_empty() {
+            assert!(
+                line.starts_with("  ") && line.as_bytes()[2] != b' ',
+                "{line:?}"
+            );
+        } else {
+            assert!(!line.starts_with(' '), "{line:?}");
+        }
+    }
+    assert_eq!(endpoints, ["prices", "trades"], "{text}");
 }
 
 #[test]
@@ -278,4 +341,29 @@ fn demo_shows_a_reconnect_with_contiguous_seqs() {
         .collect();
     assert!(seqs.len() > 20, "messages were shown");
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seqs contiguous");
+}
+
+/// Waits for `child` to exit within `within` (killing it if it does not): its exit code and
+/// everything it wrote on stderr.
+pub fn finish(child: Child, within: Duration) -> (Option<i32>, String) {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(out) => {
+            let out = out.expect("wait for the child");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("the command did not exit within {within:?}");
+        }
+    }
 }

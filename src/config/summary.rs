@@ -73,8 +73,8 @@ impl Config {
             .collect()
     }
 
-    /// The effective configuration in a few readable lines per endpoint; secrets are described
-    /// by where they come from, URLs are redacted.
+    /// The effective configuration in a few readable lines per endpoint, each ending with a
+    /// newline; secrets are described by where they come from, URLs are redacted.
     pub fn summary(&self) -> String {
         let mut out = vec![format!("config    {}", self.source.display())];
         let format = match self.log.format {
@@ -118,7 +118,9 @@ impl Config {
             out.push(String::new());
             endpoint_summary(&mut out, name, ep);
         }
-        out.join("\n")
+        // Every line ends with its newline, the last one too: what follows (check-config's
+        // verdict, the next journal entry) starts a line of its own.
+        out.into_iter().map(|line| line + "\n").collect()
     }
 }
 

@@ -8,12 +8,17 @@
 //! journal's native socket needs no extra crate and no socket access from a sandboxed service;
 //! the cost is that span fields are in the message text instead of separate journal fields.
 //! Lines reach stderr through a bounded queue ([`queue`]), never from a runtime thread.
+//!
+//! The `text` format is coloured only when stderr is a terminal and `NO_COLOR` is unset or
+//! empty (<https://no-color.org>): in a file, a pipe or the journal, escape codes are noise.
 
 mod queue;
 
 pub use queue::{dropped_lines, flush};
 
+use std::ffi::OsStr;
 use std::fmt;
+use std::io::IsTerminal;
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
@@ -36,14 +41,25 @@ pub fn init(cfg: &LogConfig) {
         std::env::var("JOURNAL_STREAM").ok().as_deref(),
         stderr_id(),
     );
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder.with_ansi(false).json().try_init(),
         LogFormat::Journald => builder
             .with_ansi(false)
             .event_format(Journald(format::format().without_time().with_ansi(false)))
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        // tracing-subscriber colours by default wherever the output goes.
+        LogFormat::Text => builder.with_ansi(colour).try_init(),
     };
+}
+
+/// Whether the text format is coloured: only on a terminal, and not when `NO_COLOR` (the
+/// variable's value) is set to anything but the empty string.
+pub fn use_colour(terminal: bool, no_color: Option<&OsStr>) -> bool {
+    terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 /// The format to use: `text` becomes `journald` when `journal_stream` (`$JOURNAL_STREAM`,
@@ -138,6 +154,17 @@ mod tests {
             effective_format(LogFormat::Json, j, Some((8, 1234))),
             LogFormat::Json
         );
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let set = |v: &'static str| Some(OsStr::new(v));
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, set("")), "an empty NO_COLOR is unset");
+        assert!(!use_colour(true, set("1")));
+        assert!(!use_colour(true, set("false")), "any non-empty value");
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, set("")));
     }
 
     #[derive(Clone, Default)]

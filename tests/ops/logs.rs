@@ -1,6 +1,6 @@
 //! Log formats of the real binary: JSON lines and journald-style `<N>` priority prefixes
 //! (chosen automatically when `$JOURNAL_STREAM` names stderr), both carrying the endpoint span
-//! and the connection-attempt span.
+//! and the connection-attempt span; colour only on a terminal, and never with `NO_COLOR`.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -168,4 +168,96 @@ async fn a_stderr_nobody_reads_drops_lines_instead_of_stalling() {
         l.contains("log lines dropped: stderr did not keep up")
     });
     tokio::task::block_in_place(|| sigterm_and_wait(&mut child));
+}
+
+/// Starts the daemon (text format, `RUST_LOG=info`, `NO_COLOR` as given) with `stderr`.
+fn spawn_text_daemon(
+    dir: &std::path::Path,
+    stderr: impl Into<Stdio>,
+    no_color: Option<&str>,
+) -> std::process::Child {
+    let config = write_config(
+        dir,
+        &daemon_config(dir, "[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n"),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    if let Some(v) = no_color {
+        cmd.env("NO_COLOR", v);
+    }
+    cmd.spawn().expect("spawn daemon")
+}
+
+/// Log lines into a file or a pipe carry no terminal escape codes: a log file, `journalctl`
+/// without the journal's own detection, or `grep` would show them as `^[[2m` noise.
+#[test]
+fn logs_into_a_file_or_a_pipe_have_no_colour_codes() {
+    let dir = support::temp_dir();
+    let path = dir.path().join("daemon.log");
+    let file = std::fs::File::create(&path).expect("create log file");
+    let mut child = spawn_text_daemon(dir.path(), file, None);
+    crate::support::process::wait_ready(dir.path());
+    sigterm_and_wait(&mut child);
+    let text = std::fs::read_to_string(&path).expect("read log file");
+    assert!(text.contains("ws-sidecar started"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "escape codes in a log file:\n{text:?}"
+    );
+
+    let dir = support::temp_dir();
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut child = spawn_text_daemon(dir.path(), writer, None);
+    let mut lines = Lines::spawn(reader);
+    lines.wait_for("the start line", T, |l| l.contains("ws-sidecar started"));
+    sigterm_and_wait(&mut child);
+    assert!(
+        lines.seen.iter().all(|l| !l.contains('\x1b')),
+        "escape codes in a pipe:\n{:?}",
+        lines.seen
+    );
+}
+
+/// A pseudo-terminal: the side the test reads, and the terminal the child writes to.
+fn pty() -> (std::fs::File, std::fs::File) {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+    grantpt(&master).expect("grantpt");
+    unlockpt(&master).expect("unlockpt");
+    let name = ptsname(&master, Vec::new()).expect("ptsname");
+    let name = name.to_str().expect("utf-8 pty name").to_owned();
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        // Never this test's controlling terminal.
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+        .open(&name)
+        .expect("open the terminal side");
+    (std::fs::File::from(master), terminal)
+}
+
+/// On a terminal the text format is coloured, unless `NO_COLOR` is set to anything but the
+/// empty string (https://no-color.org).
+#[test]
+fn a_terminal_gets_colour_unless_no_color_is_set() {
+    for (no_color, coloured) in [(None, true), (Some(""), true), (Some("1"), false)] {
+        let dir = support::temp_dir();
+        let (reader, terminal) = pty();
+        let mut child = spawn_text_daemon(dir.path(), terminal, no_color);
+        let mut lines = Lines::spawn(reader);
+        let started = lines.wait_for("the start line", T, |l| l.contains("ws-sidecar started"));
+        sigterm_and_wait(&mut child);
+        assert_eq!(
+            started.contains("\x1b["),
+            coloured,
+            "NO_COLOR={no_color:?}: {started:?}"
+        );
+    }
 }
