@@ -3,6 +3,7 @@
 //! and the rule that a proxy setting that applies but cannot be used is an error, never a
 //! direct connection. Opening the tunnel is `upstream::proxy`'s job.
 
+use std::ffi::OsString;
 use std::fmt;
 
 use hyper_util::client::proxy::matcher::Matcher;
@@ -226,14 +227,14 @@ impl ProxyConfig {
     /// The proxy for `target` (a `ws(s)://` upstream or an `http(s)://` token endpoint); `None`
     /// for a direct connection.
     pub fn route(&self, target: &url::Url) -> Result<Option<ProxyRoute>, ProxyEnvError> {
-        self.route_with(target, |k| std::env::var(k).ok())
+        self.route_with(target, |k| std::env::var_os(k))
     }
 
     /// [`ProxyConfig::route`] with the environment given, for tests.
     pub fn route_with(
         &self,
         target: &url::Url,
-        env: impl Fn(&str) -> Option<String>,
+        env: impl Fn(&str) -> Option<OsString>,
     ) -> Result<Option<ProxyRoute>, ProxyEnvError> {
         match self {
             ProxyConfig::Direct => Ok(None),
@@ -259,30 +260,38 @@ impl ProxyConfig {
 /// error instead of a direct connection.
 fn from_env(
     target: &url::Url,
-    env: &impl Fn(&str) -> Option<String>,
+    env: &impl Fn(&str) -> Option<OsString>,
 ) -> Result<Option<ProxyRoute>, ProxyEnvError> {
-    // A value of only blanks counts as unset, as an empty one does for curl.
-    let first = |names: &[&'static str]| {
-        names
-            .iter()
-            .find_map(|&n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (n, v)))
+    // The first of `names` that is set; a value of only blanks counts as unset, as an empty
+    // one does for curl. One that is not UTF-8 is an error: skipping it could mean a direct
+    // connection.
+    let first = |names: &[&'static str]| -> Result<Option<(&'static str, String)>, ProxyEnvError> {
+        for &var in names {
+            let Some(value) = env(var) else { continue };
+            let value = value.into_string().map_err(|_| ProxyEnvError {
+                var,
+                reason: "not valid UTF-8".into(),
+            })?;
+            if !value.trim().is_empty() {
+                return Ok(Some((var, value)));
+            }
+        }
+        Ok(None)
     };
     let secure = matches!(target.scheme(), "wss" | "https");
-    let chosen = if secure {
-        first(HTTPS_VARS)
-    } else {
-        first(HTTP_VARS)
-    }
-    .or_else(|| first(ALL_VARS));
-    let exempt = || {
+    let chosen = match first(if secure { HTTPS_VARS } else { HTTP_VARS })? {
+        Some(chosen) => Some(chosen),
+        None => first(ALL_VARS)?,
+    };
+    let exempt = || -> Result<bool, ProxyEnvError> {
         let host = target.host_str().unwrap_or_default();
-        first(NO_VARS).is_some_and(|(_, no)| no_proxy_exempts(&no, host))
+        Ok(first(NO_VARS)?.is_some_and(|(_, no)| no_proxy_exempts(&no, host)))
     };
     let Some((var, value)) = chosen else {
         // curl would connect directly; a daemon is no CGI script, so an uppercase HTTP_PROXY
         // is most likely meant, and guessing wrong either way must not mean a direct
         // connection nobody asked for.
-        if !secure && first(&["HTTP_PROXY"]).is_some() && !exempt() {
+        if !secure && first(&["HTTP_PROXY"])?.is_some() && !exempt()? {
             return Err(ProxyEnvError {
                 var: "HTTP_PROXY",
                 reason: format!(
@@ -297,7 +306,7 @@ fn from_env(
     // Parsed before NO_PROXY is consulted: a broken setting is reported for every connection
     // it could apply to, not only for hosts that happen to need it.
     let proxy = ProxyUrl::parse(&value).map_err(|reason| ProxyEnvError { var, reason })?;
-    if exempt() {
+    if exempt()? {
         return Ok(None);
     }
     Ok(Some(ProxyRoute {
@@ -345,11 +354,11 @@ pub fn no_proxy_exempts(no_proxy: &str, host: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
         move |k| {
             vars.iter()
                 .find(|(n, _)| *n == k)
-                .map(|(_, v)| (*v).to_owned())
+                .map(|(_, v)| OsString::from(v))
         }
     }
 
@@ -444,6 +453,17 @@ mod tests {
             &[("https_proxy", "http://u:secret@[x"), ("NO_PROXY", "*")]
         )
         .starts_with("https_proxy: invalid proxy URL"));
+        let target = url::Url::parse(WS).expect("url");
+        let not_utf8 = |k: &str| {
+            use std::os::unix::ffi::OsStringExt as _;
+            (k == "http_proxy").then(|| OsString::from_vec(b"http://p\xff:1".to_vec()))
+        };
+        assert_eq!(
+            ProxyConfig::Env
+                .route_with(&target, not_utf8)
+                .map_err(|e| e.to_string()),
+            Err("http_proxy: not valid UTF-8".to_owned())
+        );
         let e = err(WS, &[("HTTP_PROXY", "http://p:3128")]);
         assert!(e.starts_with("HTTP_PROXY: not read for ws:// URLs"), "{e}");
         assert_eq!(
