@@ -336,14 +336,32 @@ async fn connect_proxy_with_basic_auth_and_407() {
 async fn connect_proxy_gets_a_password_with_plus_and_ampersand_unchanged() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let proxy = connect_proxy(Some("user:pa+ss&x=1")).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port nothing listens on");
     let d = start_daemon(&format!(
-        "[endpoints.a]\nurl = \"{}\"\nproxy = \"http://user:pa+ss&x=1@{}\"\n",
+        "[endpoints.a]\nurl = \"{}\"\nproxy = \"http://user:pa+ss&x=1@{1}\"\n\
+         [endpoints.gone]\nurl = \"ws://{closed}/\"\nproxy = \"http://user:pa+ss&x=1@{1}\"\n",
         up.url("/"),
         proxy.addr
     ))
     .await;
+    // The proxy's answer is shown with its status.
+    let gone = d.wait_state("gone", State::Backoff, T).await;
+    assert!(
+        gone.reason.contains(&format!(
+            "refused CONNECT to {closed}: HTTP 502 Bad Gateway"
+        )),
+        "{}",
+        gone.reason
+    );
     let ev = d.wait_state("a", State::Connected, T).await;
-    assert_eq!(proxy.credentials(), vec!["user:pa+ss&x=1".to_owned()]);
+    assert!(
+        !proxy.credentials().is_empty()
+            && proxy.credentials().iter().all(|c| c == "user:pa+ss&x=1"),
+        "{:?}",
+        proxy.credentials()
+    );
     assert_eq!(proxy.tunnels.load(Ordering::SeqCst), 1);
     assert!(
         ev.reason
@@ -369,13 +387,16 @@ async fn socks5_and_socks5h_proxies_tunnel_to_the_upstream() {
     let d = start_daemon(&format!(
         "[endpoints.h]\nurl = \"ws://localhost:{}/h\"\nproxy = \"{}\"\n\
          [endpoints.l]\nurl = \"{}\"\nproxy = \"{}\"\n\
-         [endpoints.n]\nurl = \"ws://localhost:{}/n\"\nproxy = \"{}\"\nconnect_timeout = \"1s\"\n",
+         [endpoints.n]\nurl = \"ws://localhost:{}/n\"\nproxy = \"{}\"\nconnect_timeout = \"1s\"\n\
+         [endpoints.bad]\nurl = \"ws://localhost:{}/b\"\nproxy = \"socks5h://user:wrong-pass@{}\"\n",
         remote.addr().port(),
         proxy("socks5h"),
         local.url("/l"),
         proxy("socks5"),
         resolved.port(),
         proxy("socks5"),
+        remote.addr().port(),
+        socks.addr,
     ))
     .await;
     let mut c = d.grpc().await;
@@ -391,6 +412,12 @@ async fn socks5_and_socks5h_proxies_tunnel_to_the_upstream() {
         let m = next_message(&mut s, T).await;
         assert_eq!(&m.data[..], format!("hello {name}").as_bytes());
     }
+    let bad = d.wait_state("bad", State::Backoff, T).await;
+    assert!(
+        bad.reason.contains("credentials not accepted") && !bad.reason.contains("wrong-pass"),
+        "{}",
+        bad.reason
+    );
     let requests = socks.wait_requests(3, T).await;
     let to = |port: u16| -> Vec<&SocksRequest> {
         requests
