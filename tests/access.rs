@@ -8,13 +8,17 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use support::access::{connect_proxy, token_endpoint};
+use support::access::{
+    connect_proxy, counting_listener, token_endpoint, HttpProxy, SocksProxy, SocksTarget,
+};
 use support::process::{daemon_config, grpc_addr, wait_ready, write_config, BIN};
 use support::{FakeUpstream, Reply};
 use ws_sidecar::client::{self, Target};
 use ws_sidecar::proto;
 
 const T: Duration = Duration::from_secs(15);
+
+type Grpc = proto::sidecar_client::SidecarClient<tonic::transport::Channel>;
 
 /// Starts the daemon with its stderr going to `dir/stderr.log`: a pipe nobody reads would
 /// fill up with trace logs and block the daemon.
@@ -90,7 +94,11 @@ async fn secret_sources_resolve_with_the_credentials_directory() {
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_environment_and_no_proxy() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let (proxy, tunnels) = connect_proxy(None).await;
+    let HttpProxy {
+        addr: proxy,
+        tunnels,
+        ..
+    } = connect_proxy(None).await;
     let dir = support::temp_dir();
     let port = up.addr().port();
     let eps = format!(
@@ -126,6 +134,169 @@ async fn proxy_environment_and_no_proxy() {
     stop(dir.path(), child);
 }
 
+/// The gRPC client of the child daemon in `dir`, once it listens.
+async fn grpc(dir: &std::path::Path) -> Grpc {
+    wait_ready(dir);
+    let target = Target::parse(&grpc_addr(dir)).expect("addr");
+    client::connect(&target).await.expect("grpc")
+}
+
+/// Waits for endpoint `name` to reach `state`, following its state events; its reason.
+async fn wait_reason(c: &mut Grpc, name: &str, state: proto::State) -> String {
+    let mut events = support::daemon::subscribe(c, name, None).await;
+    let mut seen = Vec::new();
+    let reached = tokio::time::timeout(T, async {
+        loop {
+            if let proto::event::Event::State(s) = support::daemon::next_event(&mut events, T).await
+            {
+                if s.state == state as i32 {
+                    return s.reason;
+                }
+                seen.push(format!("{}: {}", support::daemon::state_name(&s), s.reason));
+            }
+        }
+    })
+    .await;
+    match reached {
+        Ok(reason) => reason,
+        Err(_) => panic!("{name} not {state:?} within {T:?}; it went through {seen:#?}"),
+    }
+}
+
+/// Issue 12 item 6 (b) and unparsable values: a proxy variable that applies but cannot be used
+/// fails the endpoint with a reason naming the variable; nothing connects directly, and the
+/// OAuth2 token request does not either.
+#[tokio::test(flavor = "multi_thread")]
+async fn unusable_proxy_variables_fail_the_endpoint_and_nothing_connects_directly() {
+    let (upstream, direct) = counting_listener().await;
+    let (proxy, contacted) = counting_listener().await;
+    let tokens = token_endpoint("tok-").await;
+    let dir = support::temp_dir();
+    let eps = format!(
+        "[endpoints.plain]\nurl = \"ws://{upstream}/p\"\nconnect_timeout = \"1s\"\n\
+         [endpoints.secure]\nurl = \"wss://{upstream}/s\"\nconnect_timeout = \"1s\"\n\
+         [endpoints.oauth]\nurl = \"wss://{upstream}/o\"\nconnect_timeout = \"1s\"\n\
+         [endpoints.oauth.auth]\ntoken = {{ oauth2 = {{ token_url = \"{}\", client_id = \"app\", client_secret = \"s3cret-client\" }} }}\n",
+        tokens.url
+    );
+    let https_proxy = format!("https://user:hunter2@{proxy}");
+    let env = [
+        ("http_proxy", https_proxy.as_str()),
+        ("HTTPS_PROXY", "http://user:hunter2@[broken"),
+    ];
+    let child = spawn(dir.path(), &eps, &env);
+    let mut c = grpc(dir.path()).await;
+    let plain = wait_reason(&mut c, "plain", proto::State::Failed).await;
+    assert!(
+        plain.contains("http_proxy: proxy scheme https is not supported"),
+        "{plain}"
+    );
+    let secure = wait_reason(&mut c, "secure", proto::State::Failed).await;
+    assert!(
+        secure.contains("HTTPS_PROXY: invalid proxy URL: invalid IPv6 address"),
+        "{secure}"
+    );
+    // The token request (http://) comes first, and follows http_proxy.
+    let oauth = wait_reason(&mut c, "oauth", proto::State::Backoff).await;
+    assert!(
+        oauth.contains("http_proxy: proxy scheme https is not supported"),
+        "{oauth}"
+    );
+    assert_eq!(direct.load(Ordering::SeqCst), 0, "no direct connection");
+    assert_eq!(
+        contacted.load(Ordering::SeqCst),
+        0,
+        "the proxy is not contacted"
+    );
+    assert_eq!(
+        tokens.issued.load(Ordering::SeqCst),
+        0,
+        "no direct token request"
+    );
+    let logs = stop(dir.path(), child);
+    for text in [&plain, &secure, &oauth, &logs] {
+        assert!(!text.contains("hunter2"), "proxy password shown:\n{text}");
+    }
+
+    // check-config shows what the environment gives, or why it cannot be used.
+    let cfg = write_config(dir.path(), &daemon_config(dir.path(), &eps));
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(cfg)
+        .envs(env)
+        .output()
+        .expect("check-config");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("proxy unusable, the endpoint will fail: http_proxy: proxy scheme https"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+/// Issue 12 item 6 (a): `ALL_PROXY=socks5h://…` is used, for the upstream and for the OAuth2
+/// token request, with the password exactly as written.
+#[tokio::test(flavor = "multi_thread")]
+async fn all_proxy_socks5h_from_the_environment_carries_every_connection() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let tokens = token_endpoint("tok-").await;
+    let socks = SocksProxy::start(Some(("user", "pa+ss&x=1"))).await;
+    let dir = support::temp_dir();
+    let port = up.addr().port();
+    let eps = format!(
+        "[endpoints.a]\nurl = \"ws://localhost:{port}/a\"\n\
+         [endpoints.a.auth]\ntoken = {{ oauth2 = {{ token_url = \"{}\", client_id = \"app\", client_secret = \"s3cret-client\" }} }}\n\
+         refresh_before = \"1s\"\nrenew = \"frame\"\nrenew_frame = \"renew\"\n",
+        tokens.url
+    );
+    let all_proxy = format!("socks5h://user:pa+ss&x=1@{}", socks.addr);
+    let child = spawn(dir.path(), &eps, &[("ALL_PROXY", &all_proxy)]);
+    let mut c = grpc(dir.path()).await;
+    let reason = wait_reason(&mut c, "a", proto::State::Connected).await;
+    // Both the token request and the upstream connection went to the proxy.
+    let requests = socks.wait_requests(2, T).await;
+    assert_eq!(
+        reason,
+        format!(
+            "connected to ws://localhost:{port}/a via proxy socks5h://user:***@{} (from ALL_PROXY)",
+            socks.addr
+        )
+    );
+    let conn = up.next_accepted_within(T).await.expect("connected");
+    assert_eq!(conn.header("authorization"), Some("Bearer tok-1"));
+    let mut s = support::daemon::subscribe(&mut c, "a", Some(0)).await;
+    conn.send_text("through socks").await.expect("send");
+    let m = support::daemon::next_message(&mut s, T).await;
+    assert_eq!(&m.data[..], b"through socks");
+    let token_port: u16 = tokens
+        .url
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("token endpoint port");
+    let targets: Vec<SocksTarget> = requests.iter().map(|r| r.target.clone()).collect();
+    assert!(
+        targets.contains(&SocksTarget::Addr(([127, 0, 0, 1], token_port).into())),
+        "the token request went through the proxy: {targets:?}"
+    );
+    assert!(
+        targets.contains(&SocksTarget::Domain("localhost".into(), port)),
+        "the upstream connection went through the proxy, which resolved the name: {targets:?}"
+    );
+    for r in &requests {
+        assert_eq!(
+            r.credentials,
+            Some(("user".to_owned(), "pa+ss&x=1".to_owned()))
+        );
+    }
+    let logs = stop(dir.path(), child);
+    assert!(
+        !logs.contains("pa+ss"),
+        "proxy password in the log:\n{logs}"
+    );
+}
+
 /// Every secret below must appear nowhere: logs at trace level in both formats, status over
 /// gRPC and the CLI, state reasons.
 #[tokio::test(flavor = "multi_thread")]
@@ -157,7 +328,11 @@ async fn secrets_never_reach_logs_status_or_errors() {
         })
         .await;
         let tokens = token_endpoint(OAUTH_PREFIX).await;
-        let (proxy, tunnels) = connect_proxy(Some("user:SECRETPROXYPASS4")).await;
+        let HttpProxy {
+            addr: proxy,
+            tunnels,
+            ..
+        } = connect_proxy(Some("user:SECRETPROXYPASS4")).await;
         let dir = support::temp_dir();
         let eps = format!(
             "[log]\nformat = \"{format}\"\n\

@@ -9,8 +9,8 @@ use ws_sidecar::config::{
     load, load_str, AccessConfig, AuthConfig, AuthPlacement, BackoffConfig, CloseAction, Config,
     ConfigError, EndpointConfig, FilterConfig, GrpcConfig, HeartbeatConfig, HttpConfig, IdKind,
     LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, ProxyConfig,
-    RenewMode, ReplayConfig, SlowPolicy, SocketsConfig, StoreConfig, StreamConfig, TlsConfig,
-    TokenSource,
+    ProxyScheme, RenewMode, ReplayConfig, SlowPolicy, SocketsConfig, StoreConfig, StreamConfig,
+    TlsConfig, TokenSource,
 };
 use ws_sidecar::secret::Secret;
 
@@ -506,7 +506,10 @@ fn invalid_values_are_reported_at_their_key() {
         ("[endpoints.p]\nurl = \"https://x\"", "config.toml: endpoints.p.url: URL scheme must be ws or wss, not \"https\""),
         ("[endpoints.p]\nurl = \"not a url\"", "config.toml: endpoints.p.url: invalid URL: "),
         ("[endpoints.p]\nurl = \"ws://x\"\nfallback_urls = [\"ws://y\", \"ftp://z\"]", "endpoints.p.fallback_urls[1]: URL scheme must be ws or wss"),
-        ("[endpoints.p]\nurl = \"ws://x\"\nproxy = \"socks5://p:1080\"", "endpoints.p.proxy: proxy URL scheme must be http"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nproxy = \"socks4://p:1080\"", "endpoints.p.proxy: proxy scheme socks4 is not supported (use http, socks5 or socks5h)"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nproxy = \"https://p:3129\"", "endpoints.p.proxy: proxy scheme https is not supported (use http, socks5 or socks5h)"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nproxy = \"http://[broken\"", "endpoints.p.proxy: invalid proxy URL: invalid IPv6 address"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nproxy = \"http://p:3128/path\"", "endpoints.p.proxy: http://p:3128/path: a proxy URL is only scheme://[user:password@]host[:port]"),
         ("[endpoints.p]\nurl = \"ws://x\"\nheaders = { \"Bad Name\" = \"v\" }", "endpoints.p.headers.\"Bad Name\": invalid header name"),
         ("[endpoints.p]\nurl = \"ws://x\"\nheaders = { X-A = \"a\\r\\nb\" }", "endpoints.p.headers.X-A: header value must not contain CR, LF or NUL"),
         ("[endpoints.p]\nurl = \"ws://x\"\nheaders = { Sec-WebSocket-Key = \"a\" }", "endpoints.p.headers.Sec-WebSocket-Key: set by the WebSocket handshake itself"),
@@ -637,5 +640,64 @@ auth = { token = { env = "T" }, ttl = "2m", refresh_before = "1m" }
     assert_eq!(
         warnings[0],
         "config.toml: endpoints.p.auth.ttl: 30s is not longer than auth.refresh_before (1m): the token is renewed halfway through its life instead, every 15s"
+    );
+}
+
+/// Issue 12 items 6 and 7: the `proxy` key takes socks5 and socks5h too, and its userinfo is
+/// percent-decoded (RFC 3986) and nothing else.
+#[test]
+fn proxy_key_takes_socks5_and_keeps_userinfo_as_written() {
+    let config = ok(
+        "[endpoints.h]\nurl = \"ws://x\"\nproxy = \"socks5h://us%20er:pa+ss&x=1@127.0.0.1:1080\"\n\
+         [endpoints.l]\nurl = \"ws://x\"\nproxy = \"socks5://127.0.0.1\"\n\
+         [endpoints.c]\nurl = \"ws://x\"\nproxy = \"http://user:pa+ss&%2B@proxy:3128\"\n",
+    );
+    let proxy = |name: &str| match &ep(&config, name).proxy {
+        ProxyConfig::Url(p) => p.clone(),
+        other => panic!("{name}: {other:?}"),
+    };
+    let h = proxy("h");
+    assert_eq!((h.scheme(), h.port()), (ProxyScheme::Socks5h, 1080));
+    assert_eq!(h.credentials(), Some(("us er", "pa+ss&x=1")));
+    let l = proxy("l");
+    assert_eq!(
+        (l.scheme(), l.port(), l.credentials()),
+        (ProxyScheme::Socks5, 1080, None)
+    );
+    let c = proxy("c");
+    assert_eq!(c.scheme(), ProxyScheme::Http);
+    assert_eq!(c.credentials(), Some(("user", "pa+ss&+")));
+    let summary = config.summary();
+    assert!(
+        summary.contains("proxy socks5h://us%20er:***@127.0.0.1:1080"),
+        "{summary}"
+    );
+    assert!(!summary.contains("pa+ss"), "{summary}");
+    assert!(
+        !format!("{config:?}").contains("pa+ss"),
+        "Debug shows no proxy password"
+    );
+}
+
+/// Issue 12 item 6 (c): a malformed `proxy` key makes check-config exit 78 naming the key.
+#[test]
+fn check_config_refuses_a_malformed_proxy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[endpoints.p]\nurl = \"ws://127.0.0.1:9/\"\nproxy = \"http://[broken\"\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ws-sidecar"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("endpoints.p.proxy: invalid proxy URL"),
+        "{stderr}"
     );
 }

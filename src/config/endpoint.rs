@@ -13,7 +13,7 @@ use super::units::format_duration;
 use super::value::{boolean, duration, number, string, Node, Report, Table};
 use super::{
     AccessConfig, AuthPlacement, BackoffConfig, CloseAction, EndpointConfig, FilterConfig,
-    HeartbeatConfig, IdKind, IdScope, OutboxConfig, Principal, ProxyConfig, ReplayConfig,
+    HeartbeatConfig, IdKind, IdScope, OutboxConfig, Principal, ProxyConfig, ProxyUrl, ReplayConfig,
     ResumeConfig, SlowPolicy, TlsConfig,
 };
 use crate::redact::redact_url;
@@ -125,29 +125,13 @@ pub(super) fn parse_url(v: &Value) -> Result<url::Url, String> {
     Ok(url)
 }
 
-/// `""` (direct) or `http://[user:pass@]host:port`: the connector speaks HTTP CONNECT only.
+/// `""` (direct) or a proxy URL: `http://`, `socks5://` or `socks5h://`.
 fn proxy_setting(v: &Value) -> Result<ProxyConfig, String> {
-    if string(v)?.is_empty() {
+    let text = string(v)?;
+    if text.is_empty() {
         return Ok(ProxyConfig::Direct);
     }
-    proxy_url(v).map(ProxyConfig::Url)
-}
-
-fn proxy_url(v: &Value) -> Result<url::Url, String> {
-    let url = parse_url(v)?;
-    if url.scheme() != "http" {
-        return Err(format!(
-            "proxy URL scheme must be http, not {:?}",
-            url.scheme()
-        ));
-    }
-    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "{}: a proxy URL is only http://host:port",
-            redact_url(&url)
-        ));
-    }
-    Ok(url)
+    ProxyUrl::parse(&text).map(ProxyConfig::Url)
 }
 
 /// An HTTP token (header names, subprotocols).

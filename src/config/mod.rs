@@ -1,7 +1,8 @@
 //! The validated configuration (SPEC §4): typed values only, every default applied.
 //!
 //! Loading and validation live in `load.rs` (global sections), `endpoint.rs` (one endpoint),
-//! `handshake.rs` (its headers, auth and secret references), `value.rs` (the error-collecting
+//! `handshake.rs` (its headers, auth and secret references), `proxy.rs` (proxy URLs and
+//! the proxy environment variables), `value.rs` (the error-collecting
 //! field reader) and `units.rs` (the duration and size syntax);
 //! `summary.rs` renders what `check-config` prints. This file is the shape the rest of the daemon reads.
 //! Everything here is checked before anything starts, so runtime code never re-validates.
@@ -10,11 +11,13 @@ mod endpoint;
 mod handshake;
 mod load;
 mod numbers;
+mod proxy;
 mod summary;
 pub mod units;
 mod value;
 
 pub use load::{load, load_str, ConfigError};
+pub use proxy::{no_proxy_exempts, ProxyConfig, ProxyEnvError, ProxyRoute, ProxyScheme, ProxyUrl};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -132,28 +135,6 @@ pub struct EndpointConfig {
     pub replay: ReplayConfig,
     pub outbox: OutboxConfig,
     pub access: AccessConfig,
-}
-
-/// Which HTTP CONNECT proxy an endpoint uses.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum ProxyConfig {
-    /// From `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY`, as curl reads them.
-    #[default]
-    Env,
-    /// `proxy = ""`: connect directly whatever the environment says.
-    Direct,
-    /// `http://[user:pass@]host:port`.
-    Url(url::Url),
-}
-
-impl ProxyConfig {
-    /// The configured URL, when one is written in the config.
-    pub fn url(&self) -> Option<&url::Url> {
-        match self {
-            ProxyConfig::Url(u) => Some(u),
-            ProxyConfig::Env | ProxyConfig::Direct => None,
-        }
-    }
 }
 
 /// `endpoints.NAME.tls`.

@@ -173,9 +173,15 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
         line("on_connect", format!("{} frame(s)", ep.on_connect.len()));
     }
     let proxy = match &ep.proxy {
-        ProxyConfig::Env => "from HTTPS_PROXY/NO_PROXY".into(),
+        // What this process's environment gives for the main URL: check-config runs with the
+        // service's environment, so this is what the daemon will do.
+        ProxyConfig::Env => match ep.proxy.route(&ep.url) {
+            Ok(Some(route)) => route.to_string(),
+            Ok(None) => "none (environment: no proxy variable applies)".into(),
+            Err(e) => format!("unusable, the endpoint will fail: {e}"),
+        },
         ProxyConfig::Direct => "none (direct)".into(),
-        ProxyConfig::Url(u) => redact_url(u),
+        ProxyConfig::Url(u) => u.redacted(),
     };
     line(
         "connect",

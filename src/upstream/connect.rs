@@ -56,8 +56,12 @@ async fn connect_inner(attempt: Attempt<'_>) -> Result<Ws, Failure> {
         .unwrap_or(if tls { 443 } else { 80 });
     let request = build_request(&attempt)?;
 
-    let tcp = match super::proxy::for_url(&cfg.proxy, url) {
-        Some(proxy) => super::proxy::connect(&proxy, trim_brackets(&host), port).await?,
+    let route = cfg
+        .proxy
+        .route(url)
+        .map_err(|e| Failure::fatal(e.to_string()))?;
+    let tcp = match route {
+        Some(route) => super::proxy::connect(&route, trim_brackets(&host), port).await?,
         None => TcpStream::connect((trim_brackets(&host), port))
             .await
             .map_err(|e| Failure::retry(format!("tcp connect to {host}:{port}: {e}")))?,

@@ -139,7 +139,10 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken, stalls: &Stalls)
                 auth_failures = 0;
                 backoff.on_connected(Instant::now());
                 let span = tracing::info_span!("connection", attempt = connections);
-                span.in_scope(|| ep.set_state(State::Connected, format!("connected to {shown}")));
+                let via = cfg.proxy.via(&base);
+                span.in_scope(|| {
+                    ep.set_state(State::Connected, format!("connected to {shown}{via}"))
+                });
                 let session = Session {
                     ep,
                     cfg,
@@ -252,7 +255,11 @@ async fn attempt(
     ep.set_url(crate::redact::redact_url(&url));
     ep.set_state(
         State::Connecting,
-        format!("connecting to {}", crate::redact::redact_url(&url)),
+        format!(
+            "connecting to {}{}",
+            crate::redact::redact_url(&url),
+            cfg.proxy.via(&url)
+        ),
     );
     let span =
         tracing::info_span!("connection", attempt = n, url = %crate::redact::redact_url(&url));

@@ -55,7 +55,11 @@ async fn fetch_inner(req: Request<'_>) -> Result<Granted, String> {
         .trim_end_matches(']')
         .to_owned();
     let port = url.port_or_known_default().unwrap_or(443);
-    let tcp = match super::proxy::for_url(req.proxy, url) {
+    let route = req
+        .proxy
+        .route(url)
+        .map_err(|e| format!("token endpoint {shown}: {e}"))?;
+    let tcp = match route {
         Some(p) => super::proxy::connect(&p, &host, port)
             .await
             .map_err(|f| f.reason)?,

@@ -1,257 +1,162 @@
-//! HTTP CONNECT proxies: which proxy an endpoint uses (its `proxy` setting, or the environment
-//! read as curl reads it), and the CONNECT handshake with optional basic auth.
+//! Opening a tunnel through a proxy: HTTP CONNECT (hyper's HTTP/1 client, basic auth) or
+//! SOCKS5 (hyper-util's connector, RFC 1928 with RFC 1929 user/password). Which proxy applies,
+//! if any, is decided by `config::ProxyConfig::route`.
 
 use base64::Engine as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::connect::proxy::SocksV5;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::task::AbortOnDropHandle;
+use tower::ServiceExt as _;
 
 use super::failure::{sanitize, Failure};
-use crate::config::ProxyConfig;
+use crate::config::{ProxyRoute, ProxyScheme, ProxyUrl};
 
-/// Largest CONNECT response head accepted; a proxy sending more is broken or hostile.
-const MAX_HEAD: usize = 16 * 1024;
+/// Largest CONNECT response head read (hyper's smallest buffer limit); a proxy sending more is
+/// broken or hostile.
+const MAX_HEAD: usize = 8 * 1024;
 
-/// The proxy to use for `target` (a `ws(s)://` upstream or an `http(s)://` token endpoint).
-pub fn for_url(cfg: &ProxyConfig, target: &url::Url) -> Option<url::Url> {
-    for_url_with(cfg, target, |k| std::env::var(k).ok())
-}
+/// hyper-util's SOCKS5 connector writes its whole handshake into one 262-byte buffer, so the
+/// user name, password and target host name together must stay below this.
+const SOCKS_HANDSHAKE_MAX: usize = 240;
 
-/// [`for_url`] with the environment given, for tests.
-pub fn for_url_with(
-    cfg: &ProxyConfig,
-    target: &url::Url,
-    env: impl Fn(&str) -> Option<String>,
-) -> Option<url::Url> {
-    match cfg {
-        ProxyConfig::Direct => None,
-        ProxyConfig::Url(u) => Some(u.clone()),
-        ProxyConfig::Env => {
-            let host = target.host_str()?;
-            let get = |names: &[&str]| {
-                names
-                    .iter()
-                    .find_map(|n| env(n).filter(|v| !v.trim().is_empty()))
-            };
-            if let Some(no) = get(&["no_proxy", "NO_PROXY"]) {
-                if no_proxy_matches(&no, host) {
-                    return None;
-                }
-            }
-            // curl reads only the lowercase http_proxy: an uppercase HTTP_PROXY can be set by a
-            // CGI request header ("httpoxy").
-            let scheme_var: &[&str] = if matches!(target.scheme(), "wss" | "https") {
-                &["https_proxy", "HTTPS_PROXY"]
-            } else {
-                &["http_proxy"]
-            };
-            let raw = get(scheme_var).or_else(|| get(&["all_proxy", "ALL_PROXY"]))?;
-            let raw = if raw.contains("://") {
-                raw
-            } else {
-                format!("http://{raw}")
-            };
-            url::Url::parse(&raw).ok().filter(|u| u.scheme() == "http")
-        }
-    }
-}
-
-/// curl's NO_PROXY rules: `*` matches everything; a name matches itself and its subdomains
-/// (a leading dot is optional); an IP address or CIDR block matches addresses in it.
-pub fn no_proxy_matches(no_proxy: &str, host: &str) -> bool {
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    let host_ip: Option<std::net::IpAddr> = host.parse().ok();
-    no_proxy.split(',').map(str::trim).any(|entry| {
-        if entry.is_empty() {
-            return false;
-        }
-        if entry == "*" {
-            return true;
-        }
-        let entry = entry.to_ascii_lowercase();
-        if let Some(ip) = host_ip {
-            return ip_matches(&entry, ip);
-        }
-        let name = entry.trim_start_matches('.');
-        host == name || host.ends_with(&format!(".{name}"))
-    })
-}
-
-fn ip_matches(entry: &str, ip: std::net::IpAddr) -> bool {
-    let entry = entry.trim_start_matches('[').trim_end_matches(']');
-    let (addr, bits) = match entry.split_once('/') {
-        Some((a, b)) => match b.parse::<u8>() {
-            Ok(bits) => (a, Some(bits)),
-            Err(_) => return false,
-        },
-        None => (entry, None),
-    };
-    let Ok(net) = addr.parse::<std::net::IpAddr>() else {
-        return false;
-    };
-    match (net, ip) {
-        (std::net::IpAddr::V4(n), std::net::IpAddr::V4(i)) => {
-            let bits = u32::from(bits.unwrap_or(32).min(32));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            u32::from(n) & mask == u32::from(i) & mask
-        }
-        (std::net::IpAddr::V6(n), std::net::IpAddr::V6(i)) => {
-            let bits = u32::from(bits.unwrap_or(128).min(128));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            u128::from(n) & mask == u128::from(i) & mask
-        }
-        _ => false,
-    }
-}
-
-/// Opens a tunnel to `host:port` through `proxy`. Failures are retried with backoff: a 407
-/// names proxy authentication, other statuses are reported as the proxy's answer.
-pub async fn connect(proxy: &url::Url, host: &str, port: u16) -> Result<TcpStream, Failure> {
-    let shown = crate::redact::redact_url(proxy);
-    let phost = proxy
-        .host_str()
-        .ok_or_else(|| Failure::fatal(format!("proxy {shown} has no host")))?;
-    let pport = proxy.port_or_known_default().unwrap_or(80);
-    let mut tcp = TcpStream::connect((phost.trim_start_matches('[').trim_end_matches(']'), pport))
+/// Opens a tunnel to `host:port` (a name, or an IP address without brackets) through the
+/// route's proxy. Every failure is retried with backoff and names the proxy, never its
+/// password.
+pub async fn connect(route: &ProxyRoute, host: &str, port: u16) -> Result<TcpStream, Failure> {
+    let proxy = &route.proxy;
+    let fail = |e: String| Failure::retry(format!("proxy {route}: {e}"));
+    let tcp = TcpStream::connect((proxy.host(), proxy.port()))
         .await
-        .map_err(|e| Failure::retry(format!("proxy {shown}: {e}")))?;
+        .map_err(|e| fail(e.to_string()))?;
+    // The tunnel carries WebSocket frames written in batches: Nagle would only add latency.
     let _ = tcp.set_nodelay(true);
-    let authority = if host.contains(':') && !host.starts_with('[') {
+    let tunnel = match proxy.scheme() {
+        ProxyScheme::Http => http_connect(tcp, proxy, host, port).await,
+        ProxyScheme::Socks5 => socks5(tcp, proxy, host, port, false).await,
+        ProxyScheme::Socks5h => socks5(tcp, proxy, host, port, true).await,
+    }
+    .map_err(fail)?;
+    tracing::debug!(proxy = %route, target = %authority(host, port), "proxy tunnel open");
+    Ok(tunnel)
+}
+
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
-    };
-    let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
-    if !proxy.username().is_empty() {
-        let user = percent_decode(proxy.username());
-        let pass = percent_decode(proxy.password().unwrap_or(""));
-        let cred = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-        req.push_str(&format!("Proxy-Authorization: Basic {cred}\r\n"));
     }
-    req.push_str("\r\n");
-    tcp.write_all(req.as_bytes())
+}
+
+/// `CONNECT host:port` with hyper's client, which hands the socket back once the proxy
+/// answers 2xx.
+async fn http_connect(
+    tcp: TcpStream,
+    proxy: &ProxyUrl,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, String> {
+    let authority = authority(host, port);
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEAD)
+        .handshake(TokioIo::new(tcp))
         .await
-        .map_err(|e| Failure::retry(format!("proxy {shown}: {e}")))?;
-
-    // Read the response head byte by byte-ish: anything after it belongs to the tunnel.
-    let mut head = Vec::with_capacity(256);
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() >= MAX_HEAD {
-            return Err(Failure::retry(format!(
-                "proxy {shown}: response head too long"
-            )));
-        }
-        match tcp.read(&mut byte).await {
-            Ok(0) => {
-                return Err(Failure::retry(format!(
-                    "proxy {shown} closed the connection during CONNECT"
-                )))
-            }
-            Ok(_) => head.push(byte[0]),
-            Err(e) => return Err(Failure::retry(format!("proxy {shown}: {e}"))),
-        }
+        .map_err(|e| format!("CONNECT: {e}"))?;
+    // Drives the connection until it gives the socket up; aborted if this attempt is dropped
+    // (connect timeout, shutdown) while a proxy keeps it waiting.
+    let _driver = AbortOnDropHandle::new(tokio::spawn(conn.with_upgrades()));
+    let mut request =
+        http::Request::connect(authority.as_str()).header(http::header::HOST, authority.as_str());
+    if let Some((user, password)) = proxy.credentials() {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut value = http::HeaderValue::from_str(&format!("Basic {basic}"))
+            .map_err(|_| "the proxy credentials cannot be sent in a header".to_owned())?;
+        value.set_sensitive(true);
+        request = request.header(http::header::PROXY_AUTHORIZATION, value);
     }
-    let text = String::from_utf8_lossy(&head);
-    let status_line = text.lines().next().unwrap_or("");
-    let code: Option<u16> = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok());
-    match code {
-        Some(200..=299) => Ok(tcp),
-        Some(407) => Err(Failure::retry(format!(
-            "proxy {shown}: proxy authentication required (HTTP 407)"
-        ))),
-        Some(c) => Err(Failure::retry(format!(
-            "proxy {shown} refused CONNECT to {authority}: HTTP {c}"
-        ))),
-        None => Err(Failure::retry(format!(
-            "proxy {shown}: malformed response {:?}",
-            sanitize(status_line)
-        ))),
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("CONNECT to {authority}: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("CONNECT to {authority}: {e}"))?;
+    let status = response.status();
+    if status == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        return Err("proxy authentication required (HTTP 407)".into());
     }
+    if !status.is_success() {
+        return Err(format!(
+            "refused CONNECT to {authority}: HTTP {}",
+            sanitize(&status.to_string())
+        ));
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|e| format!("CONNECT to {authority}: {e}"))?;
+    let parts = upgraded
+        .downcast::<TokioIo<TcpStream>>()
+        .map_err(|_| "CONNECT: the tunnel is not the proxy's TCP connection".to_owned())?;
+    // The client speaks first in both TLS and the WebSocket handshake, so a proxy has nothing
+    // to relay yet; bytes here would be lost with the buffer they sit in.
+    if !parts.read_buf.is_empty() {
+        return Err(format!(
+            "CONNECT to {authority}: the proxy sent data before the tunnel was used"
+        ));
+    }
+    Ok(parts.io.into_inner())
 }
 
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| (*v).to_owned())
-        }
+/// A SOCKS5 handshake over the connected `tcp`. With `remote_dns` (`socks5h://`) the proxy
+/// resolves `host`; otherwise it is resolved here and its address sent.
+async fn socks5(
+    tcp: TcpStream,
+    proxy: &ProxyUrl,
+    host: &str,
+    port: u16,
+    remote_dns: bool,
+) -> Result<TcpStream, String> {
+    // Resolved with tokio's resolver: hyper-util's `local_dns` would block a runtime thread.
+    let host = if remote_dns || host.parse::<std::net::IpAddr>().is_ok() {
+        host.to_owned()
+    } else {
+        let mut addrs = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("resolving {host}: {e}"))?;
+        let addr = addrs
+            .next()
+            .ok_or_else(|| format!("resolving {host}: no address"))?;
+        addr.ip().to_string()
+    };
+    let credentials = proxy.credentials();
+    let size = host.len() + credentials.map_or(0, |(u, p)| u.len() + p.len());
+    if size > SOCKS_HANDSHAKE_MAX {
+        return Err(format!(
+            "SOCKS5: user name, password and host name together exceed {SOCKS_HANDSHAKE_MAX} bytes"
+        ));
     }
-
-    #[test]
-    fn environment_rules_follow_curl() {
-        let wss = url::Url::parse("wss://stream.example.com/x").expect("url");
-        let ws = url::Url::parse("ws://stream.example.com/x").expect("url");
-        let p = |cfg: &ProxyConfig, u: &url::Url, vars: &[(&str, &str)]| {
-            for_url_with(cfg, u, env(vars)).map(|u| u.to_string())
-        };
-        let e = ProxyConfig::Env;
-        assert_eq!(
-            p(&e, &wss, &[("HTTPS_PROXY", "http://p:3128")]).as_deref(),
-            Some("http://p:3128/")
-        );
-        assert_eq!(
-            p(&e, &wss, &[("https_proxy", "p:8080")]).as_deref(),
-            Some("http://p:8080/")
-        );
-        assert_eq!(
-            p(&e, &ws, &[("HTTP_PROXY", "http://p:1")]),
-            None,
-            "uppercase HTTP_PROXY ignored"
-        );
-        assert_eq!(
-            p(&e, &ws, &[("http_proxy", "http://p:1")]).as_deref(),
-            Some("http://p:1/")
-        );
-        assert_eq!(
-            p(&e, &ws, &[("ALL_PROXY", "http://a:1")]).as_deref(),
-            Some("http://a:1/")
-        );
-        let np = [
-            ("HTTPS_PROXY", "http://p:1"),
-            ("NO_PROXY", "localhost,.example.com"),
-        ];
-        assert_eq!(p(&e, &wss, &np), None);
-        assert_eq!(
-            p(&ProxyConfig::Direct, &wss, &[("HTTPS_PROXY", "http://p:1")]),
-            None
-        );
+    let target = http::Uri::builder()
+        .scheme("http")
+        .authority(authority(&host, port))
+        .path_and_query("/")
+        .build()
+        .map_err(|_| format!("SOCKS5: {host} is not a host name"))?;
+    // The connection to the proxy is already open (its errors have their own wording); the
+    // connector gets it from a service that hands it out once.
+    let mut tcp = Some(TokioIo::new(tcp));
+    let connected = tower::service_fn(move |_: http::Uri| {
+        let io = tcp
+            .take()
+            .ok_or_else(|| std::io::Error::other("the proxy connection was already used"));
+        async move { io }
+    });
+    let mut socks = SocksV5::new(http::Uri::default(), connected);
+    if let Some((user, password)) = credentials {
+        socks = socks.with_auth(user.to_owned(), password.to_owned());
     }
-
-    #[test]
-    fn no_proxy_entries() {
-        assert!(no_proxy_matches("*", "anything"));
-        assert!(no_proxy_matches("example.com", "a.b.example.com"));
-        assert!(no_proxy_matches(".example.com", "example.com"));
-        assert!(!no_proxy_matches("example.com", "notexample.com"));
-        assert!(no_proxy_matches("10.0.0.0/8", "10.1.2.3"));
-        assert!(!no_proxy_matches("10.0.0.0/8", "11.1.2.3"));
-        assert!(no_proxy_matches("127.0.0.1", "127.0.0.1"));
-        assert!(no_proxy_matches("::1", "[::1]"));
-        assert!(!no_proxy_matches("", "x"));
-    }
+    let io = socks.oneshot(target).await.map_err(|e| e.to_string())?;
+    Ok(io.into_inner())
 }

@@ -8,7 +8,9 @@ use base64::Engine as _;
 use tokio_tungstenite::tungstenite::Message;
 use ws_sidecar::endpoint::State;
 
-use crate::support::access::{connect_proxy, token_endpoint};
+use crate::support::access::{
+    connect_proxy, token_endpoint, HttpProxy, SocksProxy, SocksRequest, SocksTarget,
+};
 use crate::support::daemon::{next_message, start_daemon, subscribe};
 use crate::support::tls::{TestPki, TlsUpstream};
 use crate::support::{since_param, tick_id, tick_message, FakeUpstream, Reply};
@@ -345,7 +347,11 @@ async fn tls_with_a_test_ca_mtls_and_host_names() {
 #[tokio::test]
 async fn connect_proxy_with_basic_auth_and_407() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let (proxy, tunnels) = connect_proxy(Some("user:p@ss")).await;
+    let HttpProxy {
+        addr: proxy,
+        tunnels,
+        ..
+    } = connect_proxy(Some("user:p@ss")).await;
     let d = start_daemon(&format!(
         "[endpoints.via]\nurl = \"{0}\"\nproxy = \"http://user:p%40ss@{1}\"\n[endpoints.badauth]\nurl = \"{0}\"\nproxy = \"http://user:wrong@{1}\"\n[endpoints.direct]\nurl = \"{0}\"\nproxy = \"\"\n",
         up.url("/"),
@@ -377,5 +383,129 @@ async fn connect_proxy_with_basic_auth_and_407() {
         "{}",
         status.url
     );
+    d.stop().await;
+}
+
+/// Issue 12 item 7: userinfo is percent-decoded and nothing else, so `+` and `&` in a password
+/// reach the proxy as written (they used to arrive as a space, and as a cut).
+#[tokio::test]
+async fn connect_proxy_gets_a_password_with_plus_and_ampersand_unchanged() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let proxy = connect_proxy(Some("user:pa+ss&x=1")).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port nothing listens on");
+    let d = start_daemon(&format!(
+        "[endpoints.a]\nurl = \"{}\"\nproxy = \"http://user:pa+ss&x=1@{1}\"\n\
+         [endpoints.gone]\nurl = \"ws://{closed}/\"\nproxy = \"http://user:pa+ss&x=1@{1}\"\n",
+        up.url("/"),
+        proxy.addr
+    ))
+    .await;
+    // The proxy's answer is shown with its status.
+    let gone = d.wait_state("gone", State::Backoff, T).await;
+    assert!(
+        gone.reason.contains(&format!(
+            "refused CONNECT to {closed}: HTTP 502 Bad Gateway"
+        )),
+        "{}",
+        gone.reason
+    );
+    let ev = d.wait_state("a", State::Connected, T).await;
+    assert!(
+        !proxy.credentials().is_empty()
+            && proxy.credentials().iter().all(|c| c == "user:pa+ss&x=1"),
+        "{:?}",
+        proxy.credentials()
+    );
+    assert_eq!(proxy.tunnels.load(Ordering::SeqCst), 1);
+    assert!(
+        ev.reason
+            .ends_with(&format!(" via proxy http://user:***@{}", proxy.addr)),
+        "the state names the proxy, without its password: {}",
+        ev.reason
+    );
+    d.stop().await;
+}
+
+/// Issue 12 item 6: SOCKS5 proxies, `socks5h://` sending the name for the proxy to resolve,
+/// `socks5://` resolving it here; user and password (RFC 1929) exactly as written.
+#[tokio::test]
+async fn socks5_and_socks5h_proxies_tunnel_to_the_upstream() {
+    let (remote, local) = (
+        FakeUpstream::start_with(|_, _| Reply::Accept).await,
+        FakeUpstream::start_with(|_, _| Reply::Accept).await,
+    );
+    // Only the request matters for this one: where `localhost` resolves is up to the host.
+    let (resolved, _) = crate::support::access::counting_listener().await;
+    let socks = SocksProxy::start(Some(("user", "pa+ss&x=1"))).await;
+    let proxy = |scheme: &str| format!("{scheme}://user:pa+ss&x=1@{}", socks.addr);
+    let d = start_daemon(&format!(
+        "[endpoints.h]\nurl = \"ws://localhost:{}/h\"\nproxy = \"{}\"\n\
+         [endpoints.l]\nurl = \"{}\"\nproxy = \"{}\"\n\
+         [endpoints.n]\nurl = \"ws://localhost:{}/n\"\nproxy = \"{}\"\nconnect_timeout = \"1s\"\n\
+         [endpoints.bad]\nurl = \"ws://localhost:{}/b\"\nproxy = \"socks5h://user:wrong-pass@{}\"\n",
+        remote.addr().port(),
+        proxy("socks5h"),
+        local.url("/l"),
+        proxy("socks5"),
+        resolved.port(),
+        proxy("socks5"),
+        remote.addr().port(),
+        socks.addr,
+    ))
+    .await;
+    let mut c = d.grpc().await;
+    for (name, up) in [("h", &remote), ("l", &local)] {
+        let ev = d.wait_state(name, State::Connected, T).await;
+        assert!(ev.reason.contains(" via proxy socks5"), "{}", ev.reason);
+        assert!(!ev.reason.contains("pa+ss"), "{}", ev.reason);
+        let conn = up.next_accepted_within(T).await.expect("tunnelled");
+        let mut s = subscribe(&mut c, name, Some(0)).await;
+        conn.send_text(&format!("hello {name}"))
+            .await
+            .expect("send");
+        let m = next_message(&mut s, T).await;
+        assert_eq!(&m.data[..], format!("hello {name}").as_bytes());
+    }
+    let bad = d.wait_state("bad", State::Backoff, T).await;
+    assert!(
+        bad.reason.contains("credentials not accepted") && !bad.reason.contains("wrong-pass"),
+        "{}",
+        bad.reason
+    );
+    let requests = socks.wait_requests(3, T).await;
+    let to = |port: u16| -> Vec<&SocksRequest> {
+        requests
+            .iter()
+            .filter(|r| match &r.target {
+                SocksTarget::Domain(_, p) => *p == port,
+                SocksTarget::Addr(a) => a.port() == port,
+            })
+            .collect()
+    };
+    let h = to(remote.addr().port());
+    assert_eq!(
+        h[0].target,
+        SocksTarget::Domain("localhost".into(), remote.addr().port()),
+        "socks5h sends the name"
+    );
+    for r in to(local.addr().port())
+        .into_iter()
+        .chain(to(resolved.port()))
+    {
+        assert!(
+            matches!(&r.target, SocksTarget::Addr(a) if a.ip().is_loopback()),
+            "socks5 sends an address resolved here: {r:?}"
+        );
+    }
+    assert!(!to(resolved.port()).is_empty(), "{requests:?}");
+    for r in &requests {
+        assert_eq!(r.methods, vec![2], "user/password offered");
+        assert_eq!(
+            r.credentials,
+            Some(("user".to_owned(), "pa+ss&x=1".to_owned()))
+        );
+    }
     d.stop().await;
 }
