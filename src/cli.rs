@@ -290,6 +290,36 @@ pub async fn reconnect(target: &TargetArg, endpoint: &str) -> u8 {
     }
 }
 
+/// `reset-resume`: forgets the endpoint's resume position and prints the one forgotten.
+pub async fn reset_resume(target: &TargetArg, endpoint: &str) -> u8 {
+    let mut c = match target.connect().await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match c
+        .reset_resume(proto::ResetResumeRequest {
+            endpoint: endpoint.into(),
+        })
+        .await
+    {
+        Ok(r) => {
+            let previous = r.into_inner().previous_id;
+            let mut out = Stdout::new();
+            if previous.is_empty() {
+                out.line(format_args!(
+                    "{endpoint}: no resume position was stored; reconnecting"
+                ));
+            } else {
+                out.line(format_args!(
+                    "{endpoint}: resume position {previous} forgotten; reconnecting without it"
+                ));
+            }
+            out.exit_code(0)
+        }
+        Err(s) => refused(&s),
+    }
+}
+
 /// `demo`: runs until Ctrl-C, `--duration`, or until nobody reads its output.
 pub async fn demo(duration: Option<String>) -> u8 {
     let limit = match duration.as_deref().map(parse_duration) {

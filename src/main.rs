@@ -86,6 +86,13 @@ enum Command {
         #[command(flatten)]
         target: cli::TargetArg,
     },
+    /// Forget the endpoint's stored resume position (its last upstream id), then reconnect
+    /// without offering it: for an upstream whose ids started again. Needs publish access.
+    ResetResume {
+        endpoint: String,
+        #[command(flatten)]
+        target: cli::TargetArg,
+    },
 }
 
 /// sysexits codes used by the CLI.
@@ -160,6 +167,9 @@ fn main() -> ExitCode {
                 target,
             } => cli::send(&target, &endpoint, message, wait_sent).await,
             Command::Reconnect { endpoint, target } => cli::reconnect(&target, &endpoint).await,
+            Command::ResetResume { endpoint, target } => {
+                cli::reset_resume(&target, &endpoint).await
+            }
         }
     });
     // Don't wait on stdin readers or lingering client tasks at exit.

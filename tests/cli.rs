@@ -153,6 +153,7 @@ fn client_commands_exit_69_when_the_daemon_is_unreachable() {
     for args in [
         vec!["status"],
         vec!["reconnect", "a"],
+        vec!["reset-resume", "a"],
         vec!["send", "a", "x"],
         vec!["tail", "a"],
     ] {
@@ -300,6 +301,58 @@ async fn status_send_and_reconnect_against_a_running_daemon() {
     up.next_accepted_within(Duration::from_secs(10))
         .await
         .expect("reconnected");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_resume_forgets_the_stored_position() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = support::temp_dir();
+    let mut child = spawn_daemon(
+        dir.path(),
+        &up.url("/feed"),
+        "[endpoints.a.resume]\nid_pointer = \"/id\"\nquery = \"since\"",
+    );
+    let conn = up
+        .next_accepted_within(Duration::from_secs(10))
+        .await
+        .expect("connects");
+    let sock = format!("unix:{}", dir.path().join("grpc.sock").display());
+    wait_for_socket(&dir.path().join("grpc.sock"));
+    // Once the message reaches a subscriber, its id is recorded (resume commits it first).
+    let target = ws_sidecar::client::Target::parse(&sock).expect("address");
+    let mut c = ws_sidecar::client::connect(&target)
+        .await
+        .expect("daemon reachable");
+    let mut s = support::daemon::subscribe(&mut c, "a", None).await;
+    support::daemon::next_event(&mut s, Duration::from_secs(10)).await;
+    conn.send_text(r#"{"id":41}"#).await.expect("send");
+    support::daemon::next_message(&mut s, Duration::from_secs(10)).await;
+    let out = Command::new(BIN)
+        .args(["reset-resume", "a", "--grpc", &sock])
+        .output()
+        .expect("reset-resume");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "a: resume position 41 forgotten; reconnecting without it\n"
+    );
+    let again = up
+        .next_accepted_within(Duration::from_secs(10))
+        .await
+        .expect("reconnects");
+    assert_eq!(again.uri().query(), None, "the position is not offered");
+    let out = Command::new(BIN)
+        .args(["reset-resume", "nope", "--grpc", &sock])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "unknown endpoint is refused");
     let _ = child.kill();
     let _ = child.wait();
 }
