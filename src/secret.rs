@@ -2,6 +2,12 @@
 //!
 //! Both types print `***` (or only where the secret comes from), so a secret cannot reach a log
 //! line, a status output or an error message by accident through `{:?}` or `{}`.
+//!
+//! One rule cleans every value, whatever its source and wherever it is placed (header, query
+//! parameter, frame): surrounding whitespace (spaces, tabs, CR, LF) is removed, since a file or a
+//! command's output ends with a newline and an environment variable may too; a value that then
+//! still holds a control character is refused here, with an error naming its source, rather
+//! than sent percent-encoded in a URL or refused later only as a header.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,7 +21,7 @@ pub enum Secret {
     Env(String),
     /// `{ file = "path" }`; a relative path resolves in `$CREDENTIALS_DIRECTORY` when set.
     File(PathBuf),
-    /// `{ command = ["prog", "arg"] }`: its trimmed stdout.
+    /// `{ command = ["prog", "arg"] }`: its stdout.
     Command(Vec<String>),
 }
 
@@ -31,6 +37,10 @@ pub enum SecretError {
     },
     #[error("secret command {prog}: {reason}")]
     Command { prog: String, reason: String },
+    #[error(
+        "the value of {0} contains a control character (only surrounding whitespace is removed)"
+    )]
+    Control(String),
 }
 
 impl Secret {
@@ -41,18 +51,38 @@ impl Secret {
 
     /// Resolves the secret now; file and command sources do blocking I/O.
     pub fn resolve_blocking(&self) -> Result<SecretString, SecretError> {
-        match self {
-            Secret::Plain(s) => Ok(SecretString::new(s.clone())),
-            Secret::Env(var) => std::env::var(var)
-                .map(SecretString::new)
-                .map_err(|_| SecretError::Env(var.clone())),
+        let raw = match self {
+            Secret::Plain(s) => s.clone(),
+            Secret::Env(var) => std::env::var(var).map_err(|_| SecretError::Env(var.clone()))?,
             Secret::File(path) => {
                 let path = credential_path(path);
                 std::fs::read_to_string(&path)
-                    .map(|s| SecretString::new(s.trim_end_matches(['\r', '\n']).to_owned()))
-                    .map_err(|source| SecretError::File { path, source })
+                    .map_err(|source| SecretError::File { path, source })?
             }
-            Secret::Command(argv) => run_command(argv),
+            Secret::Command(argv) => run_command(argv)?,
+        };
+        self.clean(&raw)
+    }
+
+    /// The one rule for every source (see the module doc).
+    fn clean(&self, raw: &str) -> Result<SecretString, SecretError> {
+        let value = raw.trim_matches([' ', '\t', '\r', '\n']);
+        if value.chars().any(char::is_control) {
+            return Err(SecretError::Control(self.source()));
+        }
+        Ok(SecretString::new(value.to_owned()))
+    }
+
+    /// Where the value comes from, as an error may name it.
+    fn source(&self) -> String {
+        match self {
+            Secret::Plain(_) => "a secret written in the config file".into(),
+            Secret::Env(var) => format!("environment variable {var}"),
+            Secret::File(path) => format!("secret file {}", credential_path(path).display()),
+            Secret::Command(argv) => format!(
+                "the output of secret command {}",
+                argv.first().map_or("", String::as_str)
+            ),
         }
     }
 
@@ -82,7 +112,7 @@ fn credential_path(path: &Path) -> PathBuf {
     }
 }
 
-fn run_command(argv: &[String]) -> Result<SecretString, SecretError> {
+fn run_command(argv: &[String]) -> Result<String, SecretError> {
     let Some((prog, args)) = argv.split_first() else {
         return Err(SecretError::Command {
             prog: String::new(),
@@ -102,8 +132,7 @@ fn run_command(argv: &[String]) -> Result<SecretString, SecretError> {
         // stderr is not shown: a failing credential helper may echo what it was given.
         return Err(err(format!("exited with {}", out.status)));
     }
-    let text = String::from_utf8(out.stdout).map_err(|_| err("output is not UTF-8".into()))?;
-    Ok(SecretString::new(text.trim().to_owned()))
+    String::from_utf8(out.stdout).map_err(|_| err("output is not UTF-8".into()))
 }
 
 impl fmt::Debug for Secret {
@@ -162,6 +191,39 @@ mod tests {
     fn command_output_is_trimmed() {
         let s = Secret::Command(vec!["echo".into(), "  tok  ".into()]);
         assert_eq!(s.resolve_blocking().expect("echo runs").expose(), "tok");
+    }
+
+    #[test]
+    fn every_source_is_cleaned_by_one_rule() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("tok");
+        std::fs::write(&file, "tok-123\r\n").expect("write");
+        let sources = [
+            Secret::Plain(" tok-123\n".into()),
+            Secret::File(file.clone()),
+            Secret::Command(vec!["printf".into(), "tok-123\n\n".into()]),
+        ];
+        for s in &sources {
+            assert_eq!(s.resolve_blocking().expect("resolves").expose(), "tok-123");
+        }
+        std::fs::write(&file, "tok\n123\n").expect("write");
+        let e = Secret::File(file.clone())
+            .resolve_blocking()
+            .expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the value of secret file {} contains a control character (only surrounding whitespace is removed)",
+                file.display()
+            )
+        );
+        let e = Secret::Plain("s3kr1t\u{7f}x".into())
+            .resolve_blocking()
+            .expect_err("refused");
+        assert!(
+            !e.to_string().contains("s3kr1t"),
+            "the value is never shown: {e}"
+        );
     }
 
     #[test]

@@ -134,6 +134,53 @@ async fn proxy_environment_and_no_proxy() {
     stop(dir.path(), child);
 }
 
+/// One rule cleans every secret, wherever it goes (issue 12, item 8): an environment value
+/// ending with a newline is sent without it in a header and in the query alike (the query once
+/// sent `tok-123%0A`), and one with a newline inside fails locally, naming its source.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_is_cleaned_the_same_way_in_a_header_and_in_the_query() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = support::temp_dir();
+    let eps = format!(
+        "[endpoints.hdr]\nurl = \"{0}\"\nauth = {{ token = {{ env = \"TOKEN\" }} }}\n\
+         [endpoints.qry]\nurl = \"{0}\"\nauth = {{ token = {{ env = \"TOKEN\" }}, query = \"access_token\" }}\n\
+         [endpoints.bad]\nurl = \"{0}\"\nauth = {{ token = {{ env = \"BROKEN\" }}, query = \"access_token\" }}\n",
+        up.url("/feed")
+    );
+    let child = spawn(
+        dir.path(),
+        &eps,
+        &[("TOKEN", "tok-123\n"), ("BROKEN", "zq9\nx7")],
+    );
+    let mut c = grpc(dir.path()).await;
+    let reason = wait_reason(&mut c, "bad", proto::State::Backoff).await;
+    assert!(
+        reason.contains("environment variable BROKEN contains a control character"),
+        "{reason}"
+    );
+    assert!(!reason.contains("zq9"), "{reason}");
+    let attempts = up.wait_attempts(2, T).await.expect("two connections");
+    let mut seen: Vec<(Option<String>, String)> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a.header("authorization").map(str::to_owned),
+                a.target.clone(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            (None, "/feed?access_token=tok-123".to_owned()),
+            (Some("Bearer tok-123".to_owned()), "/feed".to_owned()),
+        ],
+        "the same token in both placements, the broken one never sent"
+    );
+    stop(dir.path(), child);
+}
+
 /// The gRPC client of the child daemon in `dir`, once it listens.
 async fn grpc(dir: &std::path::Path) -> Grpc {
     wait_ready(dir);
