@@ -322,7 +322,7 @@ fn render_resume_frame(ep: &EndpointConfig) {
         IdKind::Integer => UpstreamId::Int(u64::MAX),
         IdKind::String => UpstreamId::Str("\"}{{last_id}}\\".into()),
     };
-    let _ = Resume::new(cfg.clone(), Some(last)).frame();
+    let _ = Resume::new(cfg.clone(), Some(last)).frame(None);
 }
 
 /// Extracts an id at `pointer` from `doc` (JSON text) as the upstream task does, and checks it
@@ -428,7 +428,7 @@ pub fn resume(c: &ResumeCase<'_>) {
     let contiguous = c.contiguous && !c.string_ids;
     let cfg = resume_config("/id", kind, window, contiguous, Some(c.template.into()));
     let mut r = Resume::new(cfg.clone(), None);
-    assert_eq!(r.frame(), None, "a frame before any id");
+    assert!(r.frame(None).is_none(), "a frame before any id");
     let hash = |p: u8| crate::upstream::resume::payload_hash(&[p]);
     if c.string_ids {
         // The model: the last `window` distinct ids in arrival order, with their payload.
@@ -506,21 +506,30 @@ pub fn resume(c: &ResumeCase<'_>) {
     assert_eq!(UpstreamId::decode(&last.encode()).as_ref(), Some(&last));
     let value = last.to_string();
 
-    let frame = r.frame();
+    let frame = r.frame(None).map(|f| f.map(|f| f.expose().to_owned()));
+    // With no braces but its placeholders, rendering is plain replacement (the renderer's one
+    // pass otherwise decides what a run of braces means).
+    let plain = |t: &str| !t.replace("{{last_id}}", "").contains(['{', '}']);
     if let UpstreamId::Int(n) = last {
-        assert_eq!(
-            frame,
-            Some(c.template.replace("{{last_id}}", &n.to_string()))
-        );
+        if plain(c.template) {
+            assert_eq!(
+                frame,
+                Some(Ok(c.template.replace("{{last_id}}", &n.to_string())))
+            );
+        }
     }
     // A string id inside a JSON string of the template must leave the frame valid JSON, with
     // the id as the string's text.
     let raw = format!("{}{{{{last_id}}}}{}", c.prefix, c.suffix);
+    if !plain(&raw) {
+        return;
+    }
     let template = json!({"op": "resume", "from": raw}).to_string();
     let cfg = resume_config("/id", kind, window, contiguous, Some(template));
-    let frame = Resume::new(cfg, Some(last.clone()))
-        .frame()
-        .unwrap_or_default();
+    let frame = match Resume::new(cfg, Some(last.clone())).frame(None) {
+        Some(Ok(f)) => f.expose().to_owned(),
+        other => panic!("a resume frame with only {{{{last_id}}}} renders: {other:?}"),
+    };
     let doc: Value = match serde_json::from_str(&frame) {
         Ok(v) => v,
         Err(e) => panic!("frame is not JSON ({e}): {frame}"),

@@ -54,8 +54,24 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     let s = t.section(r, "heartbeat");
     let heartbeat = read_heartbeat(r, s);
     let s = t.section(r, "backoff");
+    let fallback_after = s.has("fallback_after").then(|| s.path_of("fallback_after"));
     let backoff = read_backoff(r, s);
+    if let (Some(node), true) = (fallback_after, fallback_urls.is_empty()) {
+        r.at(&node, "only used with fallback_urls, which are not set");
+    }
     let resume = t.get("resume").and_then(|n| read_resume(r, &n));
+    if auth.is_none() {
+        let list = t.path_of("on_connect");
+        let frames = on_connect.iter().enumerate().map(|(i, f)| {
+            let mut node = list.clone();
+            node.path = format!("{}[{i}]", list.path);
+            (node, f.as_str())
+        });
+        let resume_frame = resume.as_ref().and_then(|res| res.frame.as_deref());
+        let mut frame_node = t.path_of("resume");
+        frame_node.path = format!("{}.frame", frame_node.path);
+        token_needs_auth(r, frames.chain(resume_frame.map(|f| (frame_node, f))));
+    }
     let s = t.section(r, "replay");
     let replay = read_replay(r, s);
     let s = t.section(r, "outbox");
@@ -67,6 +83,7 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     };
     s.finish(r);
 
+    check_tls_applies(r, &t, &tls, url.iter().chain(&fallback_urls), auth.as_ref());
     t.finish(r);
     Some(EndpointConfig {
         url: url?,
@@ -144,22 +161,103 @@ pub(super) fn token(v: &Value) -> Result<String, String> {
 
 /// A string whose `{{name}}` placeholders are ones the daemon fills in; a typo would otherwise
 /// go upstream verbatim.
+/// A frame or header template whose placeholders are known. `{{last_id}}` only has a value in
+/// `resume.frame` (sent once an id is known), so elsewhere it is refused: a placeholder that
+/// would go upstream as written is a setting that does nothing.
 pub(super) fn template(v: &Value) -> Result<String, String> {
+    template_with(v, false)
+}
+
+/// [`template`] for `resume.frame`, where `{{last_id}}` has a value.
+fn resume_template(v: &Value) -> Result<String, String> {
+    template_with(v, true)
+}
+
+fn template_with(v: &Value, last_id: bool) -> Result<String, String> {
     let s = string(v)?;
-    let mut rest = s.as_str();
-    while let Some(start) = rest.find("{{") {
-        rest = &rest[start + 2..];
-        let Some(end) = rest.find("}}") else { break };
-        let name = &rest[..end];
-        let is_word =
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if is_word && !matches!(name, "token" | "last_id") {
-            return Err(format!(
-                "unknown placeholder {{{{{name}}}}}: templates know {{{{token}}}} and {{{{last_id}}}}"
-            ));
+    for name in placeholders(&s) {
+        match name {
+            "token" => {}
+            "last_id" if last_id => {}
+            "last_id" => {
+                return Err("{{last_id}} has a value only in resume.frame, which is sent once an id is known".into())
+            }
+            _ => {
+                return Err(format!(
+                    "unknown placeholder {{{{{name}}}}}: templates know {{{{token}}}} and {{{{last_id}}}}"
+                ))
+            }
         }
     }
     Ok(s)
+}
+
+/// The `{{word}}` placeholders of a template, as the renderer reads them.
+fn placeholders(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = s;
+    std::iter::from_fn(move || loop {
+        let start = rest.find("{{")?;
+        let after = &rest[start + 2..];
+        let end = after.find("}}")?;
+        rest = &after[end + 2..];
+        let name = &after[..end];
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Some(name);
+        }
+    })
+}
+
+/// Reports templates holding `{{token}}` when no credential would fill it in.
+fn token_needs_auth<'v>(r: &mut Report, templates: impl IntoIterator<Item = (Node<'v>, &'v str)>) {
+    for (node, template) in templates {
+        if placeholders(template).any(|p| p == "token") {
+            r.at(
+                &node,
+                "{{token}} needs auth.token: nothing would fill it in",
+            );
+        }
+    }
+}
+
+/// `tls` settings apply to `wss://` connections, and all but `server_name` to an `https://`
+/// OAuth2 token endpoint: set where neither exists, they would do nothing.
+fn check_tls_applies<'u>(
+    r: &mut Report,
+    t: &Table<'_>,
+    tls: &TlsConfig,
+    mut urls: impl Iterator<Item = &'u url::Url>,
+    auth: Option<&super::AuthConfig>,
+) {
+    let wss = urls.any(|u| u.scheme() == "wss");
+    let https_token = matches!(
+        auth.map(|a| &a.token),
+        Some(super::TokenSource::OAuth2 { token_url, .. }) if token_url.scheme() == "https"
+    );
+    let tls_node = t.path_of("tls");
+    let key = |k: &str| {
+        let mut n = tls_node.clone();
+        n.path = format!("{}.{k}", tls_node.path);
+        n
+    };
+    if tls.server_name.is_some() && !wss {
+        r.at(
+            &key("server_name"),
+            "only used with wss:// URLs (an https token endpoint is verified against its own host)",
+        );
+    }
+    let others = [
+        ("ca_file", tls.ca_file.is_some()),
+        ("client_cert", tls.client_cert.is_some()),
+        ("client_key", tls.client_key.is_some()),
+    ];
+    for (name, set) in others {
+        if set && !wss && !https_token {
+            r.at(
+                &key(name),
+                "only used with wss:// URLs or an https:// OAuth2 token_url, and there are none",
+            );
+        }
+    }
 }
 
 fn read_tls(r: &mut Report, node: &Node<'_>) -> TlsConfig {
@@ -293,6 +391,12 @@ fn read_heartbeat(r: &mut Report, mut t: Table<'_>) -> HeartbeatConfig {
         app_ping: t.opt(r, "app_ping", non_empty),
         app_ping_interval: t.or(r, "app_ping_interval", positive, secs(30)),
     };
+    if hb.app_ping.is_none() && t.has("app_ping_interval") {
+        r.at(
+            &t.path_of("app_ping_interval"),
+            "only used with app_ping, which is not set",
+        );
+    }
     t.finish(r);
     hb
 }
@@ -361,7 +465,7 @@ fn read_resume(r: &mut Report, node: &Node<'_>) -> Option<ResumeConfig> {
         id_pointer: id_pointer.unwrap_or_default(),
         id_kind,
         query: t.opt(r, "query", non_empty),
-        frame: t.opt(r, "frame", template),
+        frame: t.opt(r, "frame", resume_template),
         dedup_window: t.or(r, "dedup_window", at_least(1usize), 10_000),
         contiguous: t.or(r, "contiguous", boolean, false),
         scope: t.or(

@@ -11,6 +11,7 @@ use base64::Engine as _;
 
 use super::failure::Failure;
 use super::oauth2;
+use super::template;
 use crate::config::{AuthConfig, AuthPlacement, EndpointConfig, TokenSource};
 use crate::secret::SecretString;
 
@@ -169,18 +170,34 @@ impl Auth {
     /// The renewal frame for a live connection (`renew = "frame"`).
     pub fn renew_frame(&self) -> Option<SecretString> {
         let template = self.cfg.renew_frame.as_ref()?;
-        let token = self.current.as_ref()?;
-        Some(SecretString::new(
-            template.replace("{{token}}", token.value.expose()),
-        ))
+        template::frame(template, self.values()).ok()
+    }
+
+    /// The current token, for `{{token}}` in frames.
+    pub fn token(&self) -> Option<&SecretString> {
+        self.current.as_ref().map(|t| &t.value)
+    }
+
+    /// What templates may use now.
+    pub fn values(&self) -> template::Values<'_> {
+        template::Values {
+            token: self.token(),
+            last_id: None,
+        }
     }
 
     fn place(&self, token: SecretString) -> Credential {
         match &self.cfg.placement {
-            AuthPlacement::Header { name, format } => Credential::Header(
-                name.clone(),
-                SecretString::new(format.replace("{{token}}", token.expose())),
-            ),
+            AuthPlacement::Header { name, format } => {
+                let values = template::Values {
+                    token: Some(&token),
+                    last_id: None,
+                };
+                // `format` holds {{token}} (check-config insists), which has a value here.
+                let value = template::header(format, values)
+                    .unwrap_or_else(|_| SecretString::new(String::new()));
+                Credential::Header(name.clone(), value)
+            }
             AuthPlacement::Query { name } => Credential::Query(name.clone(), token),
         }
     }

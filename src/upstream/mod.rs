@@ -14,6 +14,7 @@ mod oauth2;
 mod proxy;
 pub mod resume;
 mod session;
+pub mod template;
 pub mod tls;
 
 use std::sync::Arc;

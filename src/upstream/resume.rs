@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hasher as _;
 
 use crate::config::{IdKind, IdScope, ResumeConfig};
+use crate::secret::SecretString;
 
 /// The upstream's id of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,20 +264,18 @@ impl Resume {
         q.append_pair(name, &last.to_string());
     }
 
-    /// The resume frame to send right after connect, when configured and an id is known.
-    pub fn frame(&self) -> Option<String> {
+    /// The resume frame to send right after connect, when configured and an id is known, with
+    /// `token` for a `{{token}}` it may hold (see [`super::template`]).
+    pub fn frame(
+        &self,
+        token: Option<&SecretString>,
+    ) -> Option<Result<SecretString, super::template::Missing>> {
         let template = self.cfg.frame.as_ref()?;
-        let last = self.last.as_ref()?;
-        let value = match last {
-            UpstreamId::Int(n) => n.to_string(),
-            // A string id is substituted as a JSON string body, quotes escaped, so a template like
-            // `{"from":"{{last_id}}"}` stays valid JSON whatever the id holds.
-            UpstreamId::Str(s) => {
-                let quoted = serde_json::Value::String(s.clone()).to_string();
-                quoted[1..quoted.len() - 1].to_owned()
-            }
-        };
-        Some(template.replace("{{last_id}}", &value))
+        let last_id = Some(self.last.as_ref()?);
+        Some(super::template::frame(
+            template,
+            super::template::Values { token, last_id },
+        ))
     }
 }
 
@@ -319,7 +318,8 @@ mod tests {
         let mut u = url::Url::parse("ws://h/feed?a=1&since=0").expect("url");
         r.apply_query(&mut u);
         assert_eq!(u.as_str(), "ws://h/feed?a=1&since=6");
-        assert_eq!(r.frame().as_deref(), Some(r#"{"op":"resume","from":6}"#));
+        let frame = r.frame(None).expect("configured").expect("renders");
+        assert_eq!(frame.expose(), r#"{"op":"resume","from":6}"#);
     }
 
     #[test]
@@ -452,7 +452,7 @@ mod tests {
         let mut u = url::Url::parse("ws://h/feed").expect("url");
         r.apply_query(&mut u);
         assert_eq!(u.as_str(), "ws://h/feed");
-        assert_eq!(r.frame(), None);
+        assert!(r.frame(None).is_none());
         assert_eq!(r.extract(&serde_json::json!({"other": 1})), None);
     }
 }

@@ -114,11 +114,10 @@ impl<'a> Session<'a> {
 
         // Resume frame first, then `on_connect`, then the outbox: upstreams expect to be told
         // where to resume before being asked for anything.
-        let mut first: Vec<Message> = Vec::new();
-        if let Some(frame) = self.resume.as_ref().and_then(Resume::frame) {
-            first.push(Message::text(frame));
-        }
-        first.extend(cfg.on_connect.iter().map(|f| Message::text(f.clone())));
+        let first = match self.first_frames() {
+            Ok(frames) => frames,
+            Err(reason) => return End::Lost(Failure::retry(reason)),
+        };
         if !first.is_empty() {
             let send_all = async {
                 for m in first {
@@ -257,6 +256,27 @@ impl<'a> Session<'a> {
             }
         };
         end
+    }
+
+    /// The resume frame and the `on_connect` frames, rendered for this connection with the
+    /// current token and last id.
+    fn first_frames(&self) -> Result<Vec<Message>, String> {
+        let token = self.auth.as_ref().and_then(Auth::token);
+        let mut first = Vec::with_capacity(self.cfg.on_connect.len() + 1);
+        if let Some(frame) = self.resume.as_ref().and_then(|r| r.frame(token)) {
+            let frame = frame.map_err(|e| format!("resume.frame: {e}"))?;
+            first.push(Message::text(frame.expose()));
+        }
+        let values = super::template::Values {
+            token,
+            last_id: None,
+        };
+        for (i, template) in self.cfg.on_connect.iter().enumerate() {
+            let frame = super::template::frame(template, values)
+                .map_err(|e| format!("on_connect[{i}]: {e}"))?;
+            first.push(Message::text(frame.expose()));
+        }
+        Ok(first)
     }
 
     /// Starts renewing the credential: fetch a new token, and for `renew = "reconnect"` open

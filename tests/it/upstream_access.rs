@@ -248,6 +248,46 @@ async fn short_lived_tokens_are_renewed_halfway_not_in_a_reconnect_storm() {
     d.stop().await;
 }
 
+/// `{{token}}` in `on_connect` (and in `resume.frame`) is the current token on every connect
+/// (issue 12, item 9): it was accepted by check-config and sent as the literal `{{token}}`.
+#[tokio::test]
+async fn frames_sent_on_connect_carry_the_current_token() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = crate::support::temp_dir();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "tok-A\n").expect("token");
+    let d = start_daemon(&format!(
+        "[endpoints.a]\nurl = \"{}\"\non_connect = ['{{\"type\":\"auth\",\"access_token\":\"{{{{token}}}}\"}}']\n\
+         [endpoints.a.auth]\ntoken = {{ file = \"{}\" }}\n\
+         [endpoints.a.resume]\nid_pointer = \"/id\"\nframe = '{{\"op\":\"resume\",\"token\":\"{{{{token}}}}\",\"seq\":{{{{last_id}}}}}}'\n",
+        up.url("/"),
+        token_file.display()
+    ))
+    .await;
+    let c1 = up.next_accepted_within(T).await.expect("connects");
+    assert_eq!(
+        c1.recv_text().await,
+        r#"{"type":"auth","access_token":"tok-A"}"#,
+        "no resume frame before an id is known"
+    );
+    let mut client = d.grpc().await;
+    let mut s = subscribe(&mut client, "a", None).await;
+    c1.send_text(r#"{"id":5}"#).await.expect("send");
+    next_message(&mut s, T).await;
+    std::fs::write(&token_file, "tok-B").expect("rotate");
+    c1.reset().await.expect("reset");
+    let c2 = up.next_accepted_within(T).await.expect("reconnects");
+    assert_eq!(
+        c2.recv_text().await,
+        r#"{"op":"resume","token":"tok-B","seq":5}"#
+    );
+    assert_eq!(
+        c2.recv_text().await,
+        r#"{"type":"auth","access_token":"tok-B"}"#
+    );
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn unauthorized_storm_fails_after_max_failures_without_a_hot_loop() {
     let up = FakeUpstream::start_with(|_, _| Reply::reject(401, &[])).await;
