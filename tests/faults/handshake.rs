@@ -1,5 +1,6 @@
 //! Handshakes that go wrong: accepted TCP that never answers, half an answer, an endless or
-//! flooding header, something that is not HTTP, redirect loops, 429 storms with Retry-After.
+//! flooding header, something that is not HTTP, redirect loops, 429 storms with Retry-After;
+//! 101 answers that are odd but valid (token lists, any case).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,10 +10,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use ws_sidecar::endpoint::{Endpoint, State, StateEvent};
 use ws_sidecar::proto;
 
-use crate::support::daemon::start_daemon;
+use crate::support::daemon::{next_message, start_daemon, subscribe, TestDaemon};
+use crate::support::frame::{close_payload, frame_bytes, OP_CLOSE, OP_TEXT};
 use crate::support::{ChaosProxy, FakeUpstream, Mode, Reply};
 use crate::{endpoint, with_bystander, within, Bystander, T};
 
@@ -68,6 +71,72 @@ async fn read_head(stream: &mut TcpStream) -> bool {
         }
     }
     true
+}
+
+/// Reads the request head; its header fields (names lowercased, values trimmed), or None if the
+/// client went away first.
+async fn read_request(stream: &mut TcpStream) -> Option<Vec<(String, String)>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let fields = text
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Some(fields)
+}
+
+/// Writes a 101's status line and header lines, given the right `Sec-WebSocket-Accept`.
+type Answer = fn(&str) -> String;
+
+/// A server answering every upgrade request with a hand-written 101: `head` gets the right
+/// `Sec-WebSocket-Accept` for the request's key and returns the status line and header lines;
+/// `after` follows in the same write, so the daemon reads it together with the head.
+async fn answering_101(
+    head: impl Fn(&str) -> String + Send + Sync + 'static,
+    after: Vec<u8>,
+) -> RawServer {
+    let head = Arc::new(head);
+    let after = Arc::new(after);
+    RawServer::start(move |mut s| {
+        let (head, after) = (Arc::clone(&head), Arc::clone(&after));
+        async move {
+            let Some(fields) = read_request(&mut s).await else {
+                return;
+            };
+            let key = fields
+                .iter()
+                .find(|(name, _)| name == "sec-websocket-key")
+                .map(|(_, value)| value.clone())
+                .unwrap_or_default();
+            let mut answer = head(&derive_accept_key(key.as_bytes())).into_bytes();
+            answer.extend_from_slice(b"\r\n");
+            answer.extend_from_slice(&after);
+            if s.write_all(&answer).await.is_ok() {
+                hold(s).await;
+            }
+        }
+    })
+    .await
+}
+
+/// The first state of `name` that is not `connecting`: where its first attempt went.
+async fn first_outcome(d: &TestDaemon, name: &str) -> StateEvent {
+    let ep = d.endpoint(name);
+    within(
+        T,
+        &format!("an outcome for {name}"),
+        ep.wait_state(|s| matches!(s.state, State::Connected | State::Backoff | State::Failed)),
+    )
+    .await
 }
 
 /// Holds the connection until the client closes it, reading and discarding.
@@ -207,6 +276,25 @@ async fn handshake_answers_that_are_not_websocket_fail_fast_with_a_reason() {
         }
     })
     .await;
+    // 101s that are not WebSocket answers: no accept key, another protocol, no upgrade token.
+    let no_accept = answering_101(
+        |_| {
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                .into()
+        },
+        Vec::new(),
+    )
+    .await;
+    let h2c = answering_101(
+        |a| format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {a}\r\n"),
+        Vec::new(),
+    )
+    .await;
+    let no_token = answering_101(
+        |a| format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: keep-alive, upgraded\r\nSec-WebSocket-Accept: {a}\r\n"),
+        Vec::new(),
+    )
+    .await;
     // A proper 101 that reaches the daemon one byte per TCP segment.
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let sliced = ChaosProxy::start(up.addr()).await;
@@ -219,6 +307,9 @@ async fn handshake_answers_that_are_not_websocket_fail_fast_with_a_reason() {
             + &endpoint("ssh", &ssh.url(), timeout)
             + &endpoint("web", &web.url(), timeout)
             + &endpoint("wrong_key", &wrong_key.url(), timeout)
+            + &endpoint("no_accept", &no_accept.url(), timeout)
+            + &endpoint("h2c", &h2c.url(), timeout)
+            + &endpoint("no_token", &no_token.url(), timeout)
             + &endpoint("sliced", &sliced.url("/feed"), timeout)
             + &Bystander::config(&calm)),
     )
@@ -229,6 +320,9 @@ async fn handshake_answers_that_are_not_websocket_fail_fast_with_a_reason() {
         ("ssh", "HTTP"),
         ("web", "HTTP 200 OK"),
         ("wrong_key", "Sec-WebSocket-Accept"),
+        ("no_accept", "Sec-WebSocket-Accept"),
+        ("h2c", "Upgrade"),
+        ("no_token", "Connection"),
         ("sliced", "in too many tiny TCP segments"),
     ];
     for (name, expect) in cases {
@@ -412,6 +506,81 @@ async fn a_429_storm_honours_every_retry_after_and_junk_values_are_ignored() {
         );
     }
     d.wait_state("storm", State::Connected, T).await;
+    by.check(&d).await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn rfc_valid_101_answers_connect_whatever_their_token_lists_look_like() {
+    // Each answer is followed, in the same write, by a message and a close with 1014: both
+    // arrive in the read that brings the head, so they must be handed on from the HTTP reader,
+    // and the close code (which tungstenite would report as 1002) shows that the wire watch
+    // below it still saw every byte in order.
+    let after = [
+        frame_bytes(OP_TEXT, true, b"hello"),
+        frame_bytes(OP_CLOSE, true, &close_payload(1014, "bad gateway")),
+    ]
+    .concat();
+    const SWITCHING: &str = "HTTP/1.1 101 Switching Protocols\r\n";
+    let cases: [(&str, &str, Answer); 7] = [
+        ("keep_alive", "", |a| {
+            format!("{SWITCHING}Upgrade: websocket\r\nConnection: Upgrade, Keep-Alive\r\nSec-WebSocket-Accept: {a}\r\n")
+        }),
+        ("odd_case", "", |a| {
+            format!("{SWITCHING}upgrade: WebSocket\r\nCONNECTION: keep-alive, ,UPGRADE\r\nsec-websocket-accept: {a}\r\n")
+        }),
+        ("split_lines", "", |a| {
+            format!("{SWITCHING}Upgrade: websocket\r\nConnection: keep-alive\r\nConnection: upgrade\r\nSec-WebSocket-Accept: {a}\r\n")
+        }),
+        ("upgrade_list", "", |a| {
+            format!("{SWITCHING}Upgrade: websocket, foo\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {a}\r\n")
+        }),
+        ("protocol", "subprotocols = [\"v1\", \"v2\"]", |a| {
+            format!("{SWITCHING}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Protocol: v2\r\nSec-WebSocket-Accept: {a}\r\n")
+        }),
+        (
+            "protocol_keep_alive",
+            "subprotocols = [\"v1\", \"v2\"]",
+            |a| {
+                format!("{SWITCHING}Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Protocol: v1\r\nSec-WebSocket-Accept: {a}\r\n")
+            },
+        ),
+        // RFC 6455 §4.2.2: a server may select none of the subprotocols offered (we log it).
+        ("no_protocol", "subprotocols = [\"v1\"]", |a| {
+            format!("{SWITCHING}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {a}\r\n")
+        }),
+    ];
+    let mut servers = Vec::new();
+    let mut config = String::new();
+    for (name, extra, head) in cases {
+        let server = answering_101(head, after.clone()).await;
+        config += &endpoint(name, &server.url(), extra);
+        servers.push(server);
+    }
+    let calm = Bystander::upstream().await;
+    let d = start_daemon(&(config + &Bystander::config(&calm))).await;
+    let mut by = Bystander::attach(calm, &d).await;
+    let mut client = d.grpc().await;
+    for (name, _, _) in cases {
+        let first = first_outcome(&d, name).await;
+        assert!(
+            first.state == State::Connected
+                || first.reason.contains("closed by upstream with code 1014"),
+            "{name} did not connect: {:?} {}",
+            first.state,
+            first.reason
+        );
+        let mut sub = subscribe(&mut client, name, Some(0)).await;
+        let m = next_message(&mut sub, T).await;
+        assert_eq!((m.seq, &m.data[..]), (1, &b"hello"[..]), "{name}");
+        let ev = d.wait_state(name, State::Backoff, T).await;
+        assert!(
+            ev.reason
+                .contains("closed by upstream with code 1014: bad gateway"),
+            "{name}: {}",
+            ev.reason
+        );
+    }
     by.check(&d).await;
     d.stop().await;
 }
