@@ -3,8 +3,9 @@
 //! answer classified by its status (SPEC §5).
 //!
 //! tungstenite's own client handshake compares list-valued headers as whole strings, so it
-//! refuses `Connection: Upgrade, Keep-Alive`. Once the 101 has passed, the stream goes to
-//! tungstenite without a second handshake.
+//! refuses `Connection: Upgrade, Keep-Alive`, and it never reads `Sec-WebSocket-Extensions`, so
+//! it accepts an extension that was not offered and then fails on every compressed frame. Once
+//! the 101 has passed, the stream goes to tungstenite without a second handshake.
 
 use std::error::Error as _;
 use std::fmt;
@@ -14,8 +15,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, LOCATION, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+    CONNECTION, LOCATION, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, StatusCode};
 use http_body_util::Empty;
@@ -130,9 +131,15 @@ impl Offer {
 }
 
 /// Checks a 101 answer against RFC 6455 §4.1; the subprotocol the upstream selected, if any.
-/// Every refusal is retried, as tungstenite's were.
+///
+/// A wrong `Upgrade`, `Connection` or `Sec-WebSocket-Accept` is retried (a middlebox may have
+/// mangled it); a selected subprotocol or extension that was not offered is `failed`: that is
+/// how the upstream is configured, and like close code 1002 no retry changes it.
 fn check_101(headers: &HeaderMap, offer: &Offer) -> Result<Option<String>, Failure> {
-    for (name, token) in [(&UPGRADE, "websocket"), (&CONNECTION, "upgrade")] {
+    for (name, shown, token) in [
+        (&UPGRADE, "Upgrade", "websocket"),
+        (&CONNECTION, "Connection", "upgrade"),
+    ] {
         let values = list(headers, name);
         if !values.iter().any(|v| v.eq_ignore_ascii_case(token)) {
             let got = if values.is_empty() {
@@ -141,8 +148,7 @@ fn check_101(headers: &HeaderMap, offer: &Offer) -> Result<Option<String>, Failu
                 format!("{:?}", sanitize(&values.join(", ")))
             };
             return Err(Failure::retry(format!(
-                "handshake: the 101 answer's {} does not name {token} (got {got})",
-                title(name)
+                "handshake: the 101 answer's {shown} does not name {token} (got {got})"
             )));
         }
     }
@@ -160,14 +166,30 @@ fn check_101(headers: &HeaderMap, offer: &Offer) -> Result<Option<String>, Failu
             ))
         }
     }
+    // None is ever offered: the request has no Sec-WebSocket-Extensions (config refuses one in
+    // `headers`), so any extension selected is one that was not offered.
+    let selected = list(headers, &SEC_WEBSOCKET_EXTENSIONS);
+    if !selected.is_empty() {
+        let names: Vec<String> = selected
+            .iter()
+            .map(|e| sanitize(extension_name(e)))
+            .collect();
+        return Err(Failure::fatal(match names.as_slice() {
+            [one] => format!("handshake: upstream selected extension {one}, which was not offered"),
+            _ => format!(
+                "handshake: upstream selected extensions {}, which were not offered",
+                names.join(", ")
+            ),
+        }));
+    }
     match list(headers, &SEC_WEBSOCKET_PROTOCOL).as_slice() {
         [] => Ok(None),
         [one] if offer.protocols.contains(one) => Ok(Some(one.clone())),
-        [one] => Err(Failure::retry(format!(
+        [one] => Err(Failure::fatal(format!(
             "handshake: upstream selected subprotocol {:?}, which was not offered",
             sanitize(one)
         ))),
-        many => Err(Failure::retry(format!(
+        many => Err(Failure::fatal(format!(
             "handshake: upstream selected {} subprotocols ({:?}), where one is allowed",
             many.len(),
             sanitize(&many.join(", "))
@@ -192,13 +214,9 @@ fn list(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
         .collect()
 }
 
-/// A header name as written in the RFCs, for reasons.
-fn title(name: &HeaderName) -> &'static str {
-    if name == UPGRADE {
-        "Upgrade"
-    } else {
-        "Connection"
-    }
+/// An extension's name, without its parameters (`permessage-deflate; client_max_window_bits`).
+fn extension_name(element: &str) -> &str {
+    element.split(';').next().unwrap_or("").trim()
 }
 
 /// Classifies an answer other than 101 by its status (with `Retry-After`); a redirect is
@@ -479,6 +497,40 @@ mod tests {
     }
 
     #[test]
+    fn extensions_never_offered_fail_naming_them() {
+        let h = valid(&[(
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits=15",
+        )]);
+        let f = check_101(&h, &offer(&[])).expect_err("unoffered extension");
+        assert_eq!(f.class, Class::Fatal);
+        assert_eq!(
+            f.reason,
+            "handshake: upstream selected extension permessage-deflate, which was not offered"
+        );
+        let two = valid(&[
+            ("sec-websocket-extensions", "x-foo"),
+            (
+                "sec-websocket-extensions",
+                "x-bar; p=\"1\", permessage-deflate",
+            ),
+        ]);
+        let f = check_101(&two, &offer(&[])).expect_err("three unoffered");
+        assert!(
+            f.reason
+                .ends_with("extensions x-foo, x-bar, permessage-deflate, which were not offered"),
+            "{}",
+            f.reason
+        );
+        let empty = valid(&[("sec-websocket-extensions", " , ")]);
+        assert_eq!(
+            check_101(&empty, &offer(&[])),
+            Ok(None),
+            "an empty list names none"
+        );
+    }
+
+    #[test]
     fn the_subprotocol_must_be_one_of_those_offered() {
         let o = offer(&["v1", "v2"]);
         assert_eq!(
@@ -509,7 +561,7 @@ mod tests {
                 &offer(offered),
             )
             .expect_err(answered);
-            assert_eq!(f.class, Class::Retry);
+            assert_eq!(f.class, Class::Fatal);
             assert!(f.reason.contains(why), "{}", f.reason);
         }
     }

@@ -1,6 +1,7 @@
 //! Handshakes that go wrong: accepted TCP that never answers, half an answer, an endless or
 //! flooding header, something that is not HTTP, redirect loops, 429 storms with Retry-After;
-//! 101 answers that are odd but valid (token lists, any case).
+//! 101 answers that are odd but valid (token lists, any case), and ones that select what was
+//! never offered.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -579,6 +580,84 @@ async fn rfc_valid_101_answers_connect_whatever_their_token_lists_look_like() {
                 .contains("closed by upstream with code 1014: bad gateway"),
             "{name}: {}",
             ev.reason
+        );
+    }
+    by.check(&d).await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_101_that_selects_what_was_not_offered_fails_the_endpoint_naming_it() {
+    const SWITCHING: &str =
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+    // "Hello" compressed, with RSV1 set: what a server that insists on compression sends next.
+    let compressed = vec![0xC1, 0x07, 0xF2, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00];
+    let cases: [(&str, &str, Answer, &str); 5] = [
+        (
+            "deflate",
+            "",
+            |a| {
+                format!("{SWITCHING}Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nSec-WebSocket-Accept: {a}\r\n")
+            },
+            "upstream selected extension permessage-deflate, which was not offered",
+        ),
+        (
+            "two_extensions",
+            "",
+            |a| {
+                format!("{SWITCHING}Sec-WebSocket-Extensions: x-foo\r\nSec-WebSocket-Extensions: permessage-deflate\r\nSec-WebSocket-Accept: {a}\r\n")
+            },
+            "upstream selected extensions x-foo, permessage-deflate, which were not offered",
+        ),
+        (
+            "other_protocol",
+            "subprotocols = [\"v1\"]",
+            |a| format!("{SWITCHING}Sec-WebSocket-Protocol: v9\r\nSec-WebSocket-Accept: {a}\r\n"),
+            "upstream selected subprotocol \"v9\", which was not offered",
+        ),
+        (
+            "unasked_protocol",
+            "",
+            |a| format!("{SWITCHING}Sec-WebSocket-Protocol: v1\r\nSec-WebSocket-Accept: {a}\r\n"),
+            "upstream selected subprotocol \"v1\", which was not offered",
+        ),
+        (
+            "two_protocols",
+            "subprotocols = [\"v1\", \"v2\"]",
+            |a| {
+                format!(
+                    "{SWITCHING}Sec-WebSocket-Protocol: v1, v2\r\nSec-WebSocket-Accept: {a}\r\n"
+                )
+            },
+            "upstream selected 2 subprotocols (\"v1, v2\")",
+        ),
+    ];
+    let mut servers = Vec::new();
+    let mut config = String::new();
+    for (name, extra, head, _) in cases {
+        let server = answering_101(head, compressed.clone()).await;
+        config += &endpoint(name, &server.url(), extra);
+        servers.push(server);
+    }
+    let calm = Bystander::upstream().await;
+    let d = start_daemon(&(config + &Bystander::config(&calm))).await;
+    let mut by = Bystander::attach(calm, &d).await;
+    for ((name, _, _, expect), server) in cases.iter().zip(&servers) {
+        let first = first_outcome(&d, name).await;
+        assert_eq!(
+            first.state,
+            State::Failed,
+            "{name} must fail at once: {}",
+            first.reason
+        );
+        assert!(first.reason.contains(expect), "{name}: {}", first.reason);
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1, "{name}: retried");
+        assert_eq!(
+            d.endpoint(name)
+                .stats
+                .messages_received
+                .load(Ordering::Relaxed),
+            0
         );
     }
     by.check(&d).await;
