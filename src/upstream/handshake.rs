@@ -89,13 +89,13 @@ pub async fn upgrade(
         .downcast::<Wire>()
         .map_err(|_| Failure::retry("handshake: the upgraded stream is not the one opened"))?;
     let stream = parts.io.into_inner().inner;
-    Ok(WebSocketStream::from_partially_read(
-        stream,
-        parts.read_buf.to_vec(),
-        Role::Client,
-        Some(config),
-    )
-    .await)
+    // tungstenite reads into its buffer's free capacity. Once payloads still share the buffer
+    // (the log holds them), bytes allocates the next one no larger than the Vec the buffer
+    // started from: an exact-size Vec (empty, mostly) would mean a read per frame header and
+    // another per payload, for as long as the connection lasts.
+    let mut part = Vec::with_capacity(config.read_buffer_size.max(parts.read_buf.len()));
+    part.extend_from_slice(&parts.read_buf);
+    Ok(WebSocketStream::from_partially_read(stream, part, Role::Client, Some(config)).await)
 }
 
 /// The request as hyper sends it: the target in origin form (`/path?query`), no body.
@@ -575,6 +575,124 @@ mod tests {
         let sent = origin_form(req).expect("origin form");
         assert_eq!(sent.uri().to_string(), "/feed?k=secret");
         assert_eq!(sent.headers()["host"], "example.com:8080");
+    }
+
+    /// A byte stream that counts the reads that returned data.
+    struct CountReads<S> {
+        inner: S,
+        reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for CountReads<S> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let before = buf.filled().len();
+            let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                this.reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            read
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for CountReads<S> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn after_the_upgrade_frames_are_read_many_at_a_time() {
+        use futures_util::StreamExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+        // 260 KiB in all: more than one read buffer, so it is renewed while payloads are held.
+        const BATCHES: usize = 40;
+        const FRAMES: usize = 100;
+        let (ours, mut upstream) = tokio::io::duplex(1 << 20);
+        let reads = std::sync::Arc::default();
+        let counted = CountReads {
+            inner: ours,
+            reads: std::sync::Arc::clone(&reads),
+        };
+        let watched = WireWatch::new(
+            Box::new(counted) as Box<dyn Io>,
+            std::time::Duration::from_secs(60),
+        );
+        // Batches come one at a time once the upgrade is done, as from an upstream that waits
+        // for a subscribe: nothing is read ahead with the head, and the read buffer has to be
+        // renewed while earlier payloads are still held (the log holds them).
+        let (next, mut asked) = tokio::sync::mpsc::channel::<()>(1);
+        let server = tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = upstream.read(&mut buf).await.expect("request");
+                assert!(n > 0, "request cut short");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let head = String::from_utf8(head).expect("ascii request");
+            let key = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"))
+                .map(|(_, v)| v.trim().to_owned())
+                .expect("key sent");
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                derive_accept_key(key.as_bytes())
+            );
+            upstream.write_all(answer.as_bytes()).await.expect("answer");
+            let mut batch = Vec::new();
+            for _ in 0..FRAMES {
+                batch.extend_from_slice(&[0x82, 64]);
+                batch.extend_from_slice(&[b'x'; 64]);
+            }
+            while asked.recv().await.is_some() {
+                upstream.write_all(&batch).await.expect("frames");
+            }
+        });
+        let request = "ws://example.com/feed"
+            .into_client_request()
+            .expect("request");
+        let config = super::super::connect::ws_config(1 << 20);
+        let mut ws = upgrade(watched, request, config).await.expect("upgraded");
+        let before = reads.load(std::sync::atomic::Ordering::Relaxed);
+        let mut held = Vec::new();
+        for _ in 0..BATCHES {
+            next.send(()).await.expect("server waits");
+            for _ in 0..FRAMES {
+                let msg = ws.next().await.expect("open").expect("frame");
+                assert_eq!(msg.len(), 64);
+                held.push(msg);
+            }
+        }
+        drop(next);
+        server.await.expect("server");
+        let reads = reads.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(
+            reads <= 2 * BATCHES,
+            "{reads} reads for {BATCHES} batches of {FRAMES} frames"
+        );
     }
 
     #[test]
