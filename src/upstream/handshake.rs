@@ -89,6 +89,7 @@ pub async fn upgrade(
         .downcast::<Wire>()
         .map_err(|_| Failure::retry("handshake: the upgraded stream is not the one opened"))?;
     let stream = parts.io.into_inner().inner;
+    tracing::debug!(read_ahead = parts.read_buf.len(), "upgrade accepted");
     // tungstenite reads into its buffer's free capacity. Once payloads still share the buffer
     // (the log holds them), bytes allocates the next one no larger than the Vec the buffer
     // started from: an exact-size Vec (empty, mostly) would mean a read per frame header and
