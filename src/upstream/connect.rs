@@ -1,5 +1,6 @@
 //! Opening one upstream connection: TCP, TLS (rustls, system roots), the HTTP upgrade with the
-//! endpoint's headers, subprotocols and credential; every failure classified.
+//! endpoint's headers, subprotocols and credential (done and checked in `handshake`); every
+//! failure classified.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -7,10 +8,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
-use super::failure::{parse_retry_after, sanitize, Failure};
+use super::failure::Failure;
 use super::frame_watch::WireWatch;
 use crate::config::EndpointConfig;
 use crate::secret::SecretString;
@@ -80,11 +80,7 @@ async fn connect_inner(attempt: Attempt<'_>) -> Result<Ws, Failure> {
     let hb = &cfg.heartbeat;
     let stream = WireWatch::new(stream, hb.ping_interval + hb.pong_timeout);
 
-    let ws_config = ws_config(cfg.max_message_size);
-    match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {
-        Ok((ws, _response)) => Ok(ws),
-        Err(e) => Err(classify_handshake(e)),
-    }
+    super::handshake::upgrade(stream, request, ws_config(cfg.max_message_size)).await
 }
 
 /// Limits applied to the upstream connection.
@@ -131,77 +127,4 @@ fn insert_header(
     v.set_sensitive(true);
     headers.insert(n, v);
     Ok(())
-}
-
-/// Classifies a failed upgrade: HTTP status (with `Retry-After`), I/O, protocol.
-fn classify_handshake(e: WsError) -> Failure {
-    match e {
-        WsError::Http(resp) => {
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            let detail = if resp.status().is_redirection() {
-                let loc = resp
-                    .headers()
-                    .get("location")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                format!("redirect to {} not followed", shown_location(loc))
-            } else {
-                String::new()
-            };
-            Failure::http(status, retry_after, &detail)
-        }
-        WsError::Io(e) => Failure::retry(format!("handshake i/o: {e}")),
-        WsError::Capacity(e) => Failure::retry(format!("handshake: {e}")),
-        WsError::Protocol(e) => Failure::retry(format!("handshake protocol error: {e}")),
-        WsError::Url(e) => Failure::fatal(format!("invalid url: {e}")),
-        // tungstenite's own wording ("Attack attempt detected") does not say what happened.
-        WsError::AttackAttempt => Failure::retry(
-            "handshake response refused: over 64 KiB, or in too many tiny TCP segments",
-        ),
-        other => Failure::retry(format!("handshake failed: {other}")),
-    }
-}
-
-/// A redirect target as it may be shown in a reason. Upstreams often echo the request in it,
-/// credential included, so the query and fragment are cut and any userinfo dropped.
-fn shown_location(loc: &str) -> String {
-    let cut = loc.find(['?', '#']).map_or(loc, |at| &loc[..at]);
-    let mut shown = match url::Url::parse(cut) {
-        Ok(mut url) => {
-            // Only fails for URLs that cannot carry userinfo, which then have none.
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.to_string()
-        }
-        // Relative (`/feed`) or unparsable: no userinfo to drop.
-        Err(_) => cut.to_owned(),
-    };
-    if cut.len() < loc.len() {
-        shown.push_str("?…");
-    }
-    sanitize(&shown)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shown_location;
-
-    #[test]
-    fn redirect_targets_are_shown_without_credentials() {
-        assert_eq!(
-            shown_location("wss://user:pw@example.com/feed?token=abc#x"),
-            "wss://example.com/feed?…"
-        );
-        assert_eq!(shown_location("/feed?access_token=abc"), "/feed?…");
-        assert_eq!(
-            shown_location("https://example.com/"),
-            "https://example.com/"
-        );
-        assert_eq!(shown_location(""), "");
-    }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod connect;
 pub mod failure;
 mod frame_watch;
+mod handshake;
 pub mod heartbeat;
 mod ingest;
 mod oauth2;

@@ -1,5 +1,6 @@
 //! Handshakes that go wrong: accepted TCP that never answers, half an answer, an endless or
 //! flooding header, something that is not HTTP, redirect loops, 429 storms with Retry-After.
+//! Valid 101 answers written oddly, and ones selecting what was never offered: `handshake_101`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,14 +13,16 @@ use tokio::sync::broadcast;
 use ws_sidecar::endpoint::{Endpoint, State, StateEvent};
 use ws_sidecar::proto;
 
+use crate::handshake_101::answering_101;
 use crate::support::daemon::start_daemon;
 use crate::support::{ChaosProxy, FakeUpstream, Mode, Reply};
 use crate::{endpoint, with_bystander, within, Bystander, T};
 
 /// A TCP server on 127.0.0.1:0 that runs `serve` on every connection it accepts.
-struct RawServer {
+pub(crate) struct RawServer {
     addr: std::net::SocketAddr,
-    accepted: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    pub(crate) accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -30,7 +33,7 @@ impl Drop for RawServer {
 }
 
 impl RawServer {
-    async fn start<F, Fut>(serve: F) -> RawServer
+    pub(crate) async fn start<F, Fut>(serve: F) -> RawServer
     where
         F: Fn(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -52,7 +55,7 @@ impl RawServer {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("ws://{}/feed", self.addr)
     }
 }
@@ -71,7 +74,7 @@ async fn read_head(stream: &mut TcpStream) -> bool {
 }
 
 /// Holds the connection until the client closes it, reading and discarding.
-async fn hold(mut stream: TcpStream) {
+pub(crate) async fn hold(mut stream: TcpStream) {
     let mut buf = [0u8; 1024];
     while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
 }
@@ -207,6 +210,25 @@ async fn handshake_answers_that_are_not_websocket_fail_fast_with_a_reason() {
         }
     })
     .await;
+    // 101s that are not WebSocket answers: no accept key, another protocol, no upgrade token.
+    let no_accept = answering_101(
+        |_| {
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                .into()
+        },
+        Vec::new(),
+    )
+    .await;
+    let h2c = answering_101(
+        |a| format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {a}\r\n"),
+        Vec::new(),
+    )
+    .await;
+    let no_token = answering_101(
+        |a| format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: keep-alive, upgraded\r\nSec-WebSocket-Accept: {a}\r\n"),
+        Vec::new(),
+    )
+    .await;
     // A proper 101 that reaches the daemon one byte per TCP segment.
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let sliced = ChaosProxy::start(up.addr()).await;
@@ -219,6 +241,9 @@ async fn handshake_answers_that_are_not_websocket_fail_fast_with_a_reason() {
             + &endpoint("ssh", &ssh.url(), timeout)
             + &endpoint("web", &web.url(), timeout)
             + &endpoint("wrong_key", &wrong_key.url(), timeout)
+            + &endpoint("no_accept", &no_accept.url(), timeout)
+            + &endpoint("h2c", &h2c.url(), timeout)
+            + &endpoint("no_token", &no_token.url(), timeout)
             + &endpoint("sliced", &sliced.url("/feed"), timeout)
             + &Bystander::config(&calm)),
     )
@@ -229,6 +254,9 @@ async fn handshake_answers_that_are_not_websocket_fail_fast_with_a_reason() {
         ("ssh", "HTTP"),
         ("web", "HTTP 200 OK"),
         ("wrong_key", "Sec-WebSocket-Accept"),
+        ("no_accept", "Sec-WebSocket-Accept"),
+        ("h2c", "Upgrade"),
+        ("no_token", "Connection"),
         ("sliced", "in too many tiny TCP segments"),
     ];
     for (name, expect) in cases {

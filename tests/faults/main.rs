@@ -14,6 +14,7 @@ mod crowd;
 mod frames;
 mod grpc_clients;
 mod handshake;
+mod handshake_101;
 mod network;
 
 use std::sync::atomic::Ordering;

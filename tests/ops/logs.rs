@@ -9,8 +9,8 @@ use crate::support::process::{daemon_config, write_config, BIN};
 use crate::support::{self, FakeUpstream, Reply};
 use crate::{sigterm_and_wait, Lines, T};
 
-/// tungstenite logs its handshake at debug level, inside the connection-attempt span.
-const FILTER: &str = "info,tungstenite=debug";
+/// The upgrade is logged at debug level, inside the connection-attempt span.
+const FILTER: &str = "info,ws_sidecar::upstream::handshake=debug";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_lines_carry_endpoint_and_connection_spans() {
