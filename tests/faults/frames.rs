@@ -425,12 +425,19 @@ async fn ping_and_pong_floods_do_not_disturb_delivery() {
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
-    // Our own heartbeat kept working through the flood.
-    let rtt = ep
-        .stats
-        .rtt_micros
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(rtt > 0, "no round trip measured");
+    // Our own heartbeat kept working through the flood. The fake upstream answers pings
+    // between its flood writes, so on a loaded machine the pong may come after the last message.
+    within(T, "a round trip measured", async {
+        while ep
+            .stats
+            .rtt_micros
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     by.check(&d).await;
     d.stop().await;
 }
