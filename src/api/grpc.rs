@@ -318,13 +318,7 @@ impl Sidecar for SidecarService {
         request: Request<proto::ReconnectRequest>,
     ) -> Result<Response<proto::ReconnectResponse>, Status> {
         let peer = peer(&request);
-        let name = request.into_inner().endpoint;
-        let ep = self
-            .registry
-            .get(&name)
-            .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
-        access::check(&ep.config().access, &ep.name, Op::Reconnect, peer)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let ep = self.operable(&request.into_inner().endpoint, Op::Reconnect, peer)?;
         ep.request_reconnect();
         Ok(Response::new(proto::ReconnectResponse {}))
     }
@@ -335,12 +329,7 @@ impl Sidecar for SidecarService {
     ) -> Result<Response<proto::ResetResumeResponse>, Status> {
         let peer = peer(&request);
         let name = request.into_inner().endpoint;
-        let ep = self
-            .registry
-            .get(&name)
-            .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
-        access::check(&ep.config().access, &ep.name, Op::ResetResume, peer)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let ep = self.operable(&name, Op::ResetResume, peer)?;
         // The upstream task answers between connections; a connect attempt in progress is
         // abandoned for it, so this is prompt unless the task is stuck.
         match tokio::time::timeout(RESET_WAIT, ep.reset_resume()).await {
@@ -358,6 +347,24 @@ impl Sidecar for SidecarService {
 
 /// How long `ResetResume` waits for the endpoint's task.
 const RESET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl SidecarService {
+    /// The endpoint `name`, if `peer` may do `op` on it: NOT_FOUND or PERMISSION_DENIED otherwise.
+    fn operable(
+        &self,
+        name: &str,
+        op: Op,
+        peer: Peer,
+    ) -> Result<Arc<crate::endpoint::Endpoint>, Status> {
+        let ep = self
+            .registry
+            .get(name)
+            .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
+        access::check(&ep.config().access, &ep.name, op, peer)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        Ok(ep)
+    }
+}
 
 fn publish_status(e: PublishError) -> Status {
     match e {

@@ -49,7 +49,9 @@ pub async fn upgrade(
     let offer = Offer::of(request.headers())?;
     let request = origin_form(request)?;
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        // Some servers match header names case-sensitively; title case is what they expect.
+        // Header names are case-insensitive (RFC 9110 §5.1), but some servers compare them as
+        // written: title case (`Sec-Websocket-Key`) is the closest hyper writes to the usual
+        // spelling (`Sec-WebSocket-Key`, which it cannot reproduce).
         .title_case_headers(true)
         .max_header_size(MAX_HEAD)
         .max_headers(MAX_HEADERS)
