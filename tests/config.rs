@@ -14,6 +14,11 @@ use ws_sidecar::config::{
 };
 use ws_sidecar::secret::Secret;
 
+#[path = "config/proxy.rs"]
+mod proxy;
+#[path = "config/warnings.rs"]
+mod warnings;
+
 const MINIMAL: &str = r#"
 [endpoints.prices]
 url = "wss://stream.example.com/prices"
@@ -599,113 +604,4 @@ drop = [{ pointer = "/a", equals = { b = [1, 2.5, true] } }]
     );
     assert_eq!(p.access.publish, Some(vec![]));
     assert_eq!(p.drop[0].equals, serde_json::json!({ "b": [1, 2.5, true] }));
-}
-
-#[test]
-fn warnings_and_summary_never_show_secrets() {
-    let text = r#"
-[endpoints.p]
-url = "wss://user:pw-in-url@x.example/feed?apikey=k-in-url&room=1"
-headers = { Authorization = "hdr-secret", User-Agent = "app/1" }
-auth = { token = "tok-secret", query = "c" }
-"#;
-    let config = ok(text);
-    let warnings = config.warnings();
-    assert_eq!(
-        warnings
-            .iter()
-            .map(|w| w.split(": ").nth(1).unwrap_or(""))
-            .collect::<Vec<_>>(),
-        [
-            "endpoints.p.url",
-            "endpoints.p.headers.Authorization",
-            "endpoints.p.auth.token"
-        ]
-    );
-    let summary = config.summary();
-    for secret in ["pw-in-url", "k-in-url", "hdr-secret", "tok-secret"] {
-        assert!(!summary.contains(secret), "{secret} leaked:\n{summary}");
-        assert!(!warnings.iter().any(|w| w.contains(secret)));
-    }
-    assert!(summary.contains("wss://user:***@x.example/feed?apikey=***&room=1"));
-    assert!(summary.contains("ping 20s, pong timeout 10s, idle timeout off"));
-    assert!(summary.contains("unix:/run/ws-sidecar/grpc.sock"));
-    assert!(summary.contains("store     /var/lib/ws-sidecar/store"));
-}
-
-#[test]
-fn a_ttl_not_longer_than_refresh_before_is_warned_about() {
-    let config = ok(r#"
-[endpoints.p]
-url = "wss://x.example/feed"
-auth = { token = { env = "T" }, ttl = "30s" }
-[endpoints.q]
-url = "wss://x.example/feed"
-auth = { token = { env = "T" }, ttl = "2m", refresh_before = "1m" }
-"#);
-    let warnings = config.warnings();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert_eq!(
-        warnings[0],
-        "config.toml: endpoints.p.auth.ttl: 30s is not longer than auth.refresh_before (1m): the token is renewed halfway through its life instead, every 15s"
-    );
-}
-
-/// Issue 12 items 6 and 7: the `proxy` key takes socks5 and socks5h too, and its userinfo is
-/// percent-decoded (RFC 3986) and nothing else.
-#[test]
-fn proxy_key_takes_socks5_and_keeps_userinfo_as_written() {
-    let config = ok(
-        "[endpoints.h]\nurl = \"ws://x\"\nproxy = \"socks5h://us%20er:pa+ss&x=1@127.0.0.1:1080\"\n\
-         [endpoints.l]\nurl = \"ws://x\"\nproxy = \"socks5://127.0.0.1\"\n\
-         [endpoints.c]\nurl = \"ws://x\"\nproxy = \"http://user:pa+ss&%2B@proxy:3128\"\n",
-    );
-    let proxy = |name: &str| match &ep(&config, name).proxy {
-        ProxyConfig::Url(p) => p.clone(),
-        other => panic!("{name}: {other:?}"),
-    };
-    let h = proxy("h");
-    assert_eq!((h.scheme(), h.port()), (ProxyScheme::Socks5h, 1080));
-    assert_eq!(h.credentials(), Some(("us er", "pa+ss&x=1")));
-    let l = proxy("l");
-    assert_eq!(
-        (l.scheme(), l.port(), l.credentials()),
-        (ProxyScheme::Socks5, 1080, None)
-    );
-    let c = proxy("c");
-    assert_eq!(c.scheme(), ProxyScheme::Http);
-    assert_eq!(c.credentials(), Some(("user", "pa+ss&+")));
-    let summary = config.summary();
-    assert!(
-        summary.contains("proxy socks5h://us%20er:***@127.0.0.1:1080"),
-        "{summary}"
-    );
-    assert!(!summary.contains("pa+ss"), "{summary}");
-    assert!(
-        !format!("{config:?}").contains("pa+ss"),
-        "Debug shows no proxy password"
-    );
-}
-
-/// Issue 12 item 6 (c): a malformed `proxy` key makes check-config exit 78 naming the key.
-#[test]
-fn check_config_refuses_a_malformed_proxy() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        "[endpoints.p]\nurl = \"ws://127.0.0.1:9/\"\nproxy = \"http://[broken\"\n",
-    )
-    .expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ws-sidecar"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run check-config");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
-    assert!(
-        stderr.contains("endpoints.p.proxy: invalid proxy URL"),
-        "{stderr}"
-    );
 }
