@@ -480,7 +480,9 @@ pub fn resume(c: &ResumeCase<'_>) {
                 }
                 Verdict::Deliver(gap) => {
                     let want = match last {
-                        Some(l) if contiguous && n > l + 1 => Some(Break::Gap(l + 1, n - 1)),
+                        Some(l) if contiguous && n > l && n - l > 1 => {
+                            Some(Break::Gap(l + 1, n - 1))
+                        }
                         _ => None,
                     };
                     assert_eq!(gap, &want, "gap before {n} after {last:?}");
