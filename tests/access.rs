@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::access::{
     connect_proxy, counting_listener, token_endpoint, HttpProxy, SocksProxy, SocksTarget,
 };
-use support::process::{daemon_config, grpc_addr, wait_ready, write_config, BIN};
+use support::process::{daemon_config, grpc_addr, wait_ready, write_config, Spawned, BIN};
 use support::{FakeUpstream, Reply};
 use ws_sidecar::client::{self, Target};
 use ws_sidecar::proto;
@@ -22,11 +22,11 @@ type Grpc = proto::sidecar_client::SidecarClient<tonic::transport::Channel>;
 
 /// Starts the daemon with its stderr going to `dir/stderr.log`: a pipe nobody reads would
 /// fill up with trace logs and block the daemon.
-fn spawn(dir: &std::path::Path, endpoints: &str, env: &[(&str, &str)]) -> std::process::Child {
+fn spawn(dir: &std::path::Path, endpoints: &str, env: &[(&str, &str)]) -> Spawned {
     spawn_with(dir, &daemon_config(dir, endpoints), env)
 }
 
-fn spawn_with(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> std::process::Child {
+fn spawn_with(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Spawned {
     let cfg = write_config(dir, config);
     let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
     let mut cmd = Command::new(BIN);
@@ -34,14 +34,16 @@ fn spawn_with(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> std:
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn daemon")
+    Spawned::new(
+        cmd.stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon"),
+    )
 }
 
 /// SIGTERM, wait, and the daemon's stderr.
-fn stop(dir: &std::path::Path, mut child: std::process::Child) -> String {
+fn stop(dir: &std::path::Path, mut child: Spawned) -> String {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

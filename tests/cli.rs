@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use support::{FakeUpstream, Reply};
 
-use support::process::{write_config, BIN};
+use support::process::{write_config, Spawned, BIN};
 
 #[test]
 fn check_config_reports_every_mistake_and_exits_78() {
@@ -171,7 +171,7 @@ fn client_commands_exit_69_when_the_daemon_is_unreachable() {
     }
 }
 
-fn spawn_daemon(dir: &std::path::Path, upstream_url: &str, extra: &str) -> std::process::Child {
+fn spawn_daemon(dir: &std::path::Path, upstream_url: &str, extra: &str) -> Spawned {
     support::process::spawn_daemon(
         dir,
         &format!("[endpoints.a]\nurl = \"{upstream_url}\"\n{extra}"),
@@ -190,7 +190,7 @@ fn wait_for_socket(path: &std::path::Path) {
     }
 }
 
-fn sigterm_exits_promptly(mut child: std::process::Child) {
+fn sigterm_exits_promptly(mut child: Spawned) {
     let pid = child.id().to_string();
     let sent = Instant::now();
     let st = Command::new("kill")

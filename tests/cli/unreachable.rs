@@ -124,13 +124,15 @@ async fn sockets_that_answer_but_not_with_grpc_say_so() {
     );
     let config = write_config(dir.path(), &body);
     let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log");
-    let mut daemon = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn daemon");
+    let mut daemon = crate::support::process::Spawned::new(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon"),
+    );
     wait_for_socket(&dir.path().join("grpc.sock"));
     wait_for_socket(&dir.path().join("stream.sock"));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

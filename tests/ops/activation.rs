@@ -2,6 +2,7 @@
 //! for the first connection, then execs the daemon with LISTEN_FDS/LISTEN_FDNAMES; clients get
 //! through on every passed socket, and the daemon binds none of its configured ones.
 
+use crate::support::process::Spawned;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -66,22 +67,24 @@ async fn passed_unix_and_tcp_sockets_are_served() {
     );
     let grpc_sock = passed.join("grpc.sock");
     let stream_sock = passed.join("stream.sock");
-    let mut child = Command::new(ACTIVATE)
-        .arg("-l")
-        .arg(&grpc_sock)
-        .arg("-l")
-        .arg(format!("127.0.0.1:{grpc_tcp}"))
-        .arg("-l")
-        .arg(&stream_sock)
-        .arg("-l")
-        .arg(format!("127.0.0.1:{http_tcp}"))
-        .arg("--fdname=grpc:grpc:stream:http")
-        .args([BIN, "run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn systemd-socket-activate");
+    let mut child = Spawned::new(
+        Command::new(ACTIVATE)
+            .arg("-l")
+            .arg(&grpc_sock)
+            .arg("-l")
+            .arg(format!("127.0.0.1:{grpc_tcp}"))
+            .arg("-l")
+            .arg(&stream_sock)
+            .arg("-l")
+            .arg(format!("127.0.0.1:{http_tcp}"))
+            .arg("--fdname=grpc:grpc:stream:http")
+            .args([BIN, "run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn systemd-socket-activate"),
+    );
     let mut stderr = Lines::spawn(child.stderr.take().expect("stderr"));
     stderr.wait_for("the last socket bound", T, |l| {
         l.contains(&format!("127.0.0.1:{http_tcp}"))
@@ -133,16 +136,18 @@ fn an_unknown_socket_name_is_refused_with_exit_71() {
     let dir = support::temp_dir();
     let sock = dir.path().join("x.sock");
     let config = write_config(dir.path(), "[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n");
-    let mut child = Command::new(ACTIVATE)
-        .arg("-l")
-        .arg(&sock)
-        .arg("--fdname=metrics")
-        .args([BIN, "run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn systemd-socket-activate");
+    let mut child = Spawned::new(
+        Command::new(ACTIVATE)
+            .arg("-l")
+            .arg(&sock)
+            .arg("--fdname=metrics")
+            .args([BIN, "run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn systemd-socket-activate"),
+    );
     let mut stderr = Lines::spawn(child.stderr.take().expect("stderr"));
     stderr.wait_for("the socket bound", T, |l| l.contains("x.sock"));
     let _c = std::os::unix::net::UnixStream::connect(&sock).expect("connect");

@@ -2,6 +2,7 @@
 //! (chosen automatically when `$JOURNAL_STREAM` names stderr), both carrying the endpoint span
 //! and the connection-attempt span; colour only on a terminal, and never with `NO_COLOR`.
 
+use crate::support::process::Spawned;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,15 +22,17 @@ async fn json_lines_carry_endpoint_and_connection_spans() {
         up.url("/")
     );
     let config = write_config(dir.path(), &daemon_config(dir.path(), &eps));
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", FILTER)
-        .env_remove("JOURNAL_STREAM")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn daemon");
+    let mut child = Spawned::new(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", FILTER)
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon"),
+    );
     let mut lines = Lines::spawn(child.stderr.take().expect("stderr"));
     let json = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok();
     let handshake = lines.wait_for("a JSON line inside the connection span", T, |l| {
@@ -60,15 +63,17 @@ async fn journal_stream_on_stderr_switches_to_priority_prefixes() {
     // What systemd does: stderr is a stream it owns, named in JOURNAL_STREAM by device:inode.
     let (reader, writer) = std::io::pipe().expect("pipe");
     let meta = std::fs::metadata(format!("/proc/self/fd/{}", writer.as_raw_fd())).expect("stat");
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", FILTER)
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
-        .stdout(Stdio::null())
-        .stderr(writer)
-        .spawn()
-        .expect("spawn daemon");
+    let mut child = Spawned::new(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", FILTER)
+            .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+            .stdout(Stdio::null())
+            .stderr(writer)
+            .spawn()
+            .expect("spawn daemon"),
+    );
     let mut lines = Lines::spawn(reader);
     let handshake = lines.wait_for("a line inside the connection span", T, |l| {
         l.contains(":connection{attempt=1 ")
@@ -114,16 +119,18 @@ async fn a_stderr_nobody_reads_drops_lines_instead_of_stalling() {
     );
     let config = write_config(dir.path(), &body);
     let (reader, writer) = std::io::pipe().expect("pipe");
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        // Every frame and HTTP/2 event logs a line: far more than the pipe and the queue hold.
-        .env("RUST_LOG", "trace")
-        .env_remove("JOURNAL_STREAM")
-        .stdout(Stdio::null())
-        .stderr(writer)
-        .spawn()
-        .expect("spawn daemon");
+    let mut child = Spawned::new(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            // Every frame and HTTP/2 event logs a line: far more than the pipe and the queue hold.
+            .env("RUST_LOG", "trace")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(writer)
+            .spawn()
+            .expect("spawn daemon"),
+    );
     crate::support::process::wait_ready(dir.path());
     let conn = up.next_accepted_within(T).await.expect("connects");
     let target = Target::parse(&format!("unix:{}", dir.path().join("grpc.sock").display()))
@@ -175,7 +182,7 @@ fn spawn_text_daemon(
     dir: &std::path::Path,
     stderr: impl Into<Stdio>,
     no_color: Option<&str>,
-) -> std::process::Child {
+) -> Spawned {
     let config = write_config(
         dir,
         &daemon_config(dir, "[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n"),
@@ -191,7 +198,7 @@ fn spawn_text_daemon(
     if let Some(v) = no_color {
         cmd.env("NO_COLOR", v);
     }
-    cmd.spawn().expect("spawn daemon")
+    Spawned::new(cmd.spawn().expect("spawn daemon"))
 }
 
 /// Log lines into a file or a pipe carry no terminal escape codes: a log file, `journalctl`

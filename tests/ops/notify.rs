@@ -1,6 +1,7 @@
 //! sd_notify with the real binary: READY=1 once the listeners answer, STATUS following endpoint
 //! states, WATCHDOG=1 when asked for, STOPPING=1 on SIGTERM.
 
+use crate::support::process::Spawned;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -68,16 +69,18 @@ async fn ready_status_watchdog_and_stopping_reach_notify_socket() {
         free_port()
     );
     let config = write_config(dir.path(), &daemon_config(dir.path(), &eps));
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "400000")
-        .env_remove("WATCHDOG_PID")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn daemon");
+    let mut child = Spawned::new(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "400000")
+            .env_remove("WATCHDOG_PID")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn daemon"),
+    );
 
     notes.wait_for("READY=1", |m| m == "READY=1").await;
     assert_eq!(notes.read, 1, "READY=1 comes first: {:?}", notes.seen);
@@ -121,17 +124,19 @@ async fn no_watchdog_pings_for_another_pid() {
     let mut notes = Notifications::bind(&notify_path);
     let eps = format!("[endpoints.a]\nurl = \"{}\"\n", up.url("/"));
     let config = write_config(dir.path(), &daemon_config(dir.path(), &eps));
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "200000")
-        // The watchdog is meant for pid 1 here, not for the daemon.
-        .env("WATCHDOG_PID", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn daemon");
+    let mut child = Spawned::new(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "200000")
+            // The watchdog is meant for pid 1 here, not for the daemon.
+            .env("WATCHDOG_PID", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn daemon"),
+    );
     notes.wait_for("READY=1", |m| m == "READY=1").await;
     notes
         .wait_for("STATUS connected", |m| {
@@ -157,14 +162,16 @@ async fn sighup_reloads_between_reloading_and_ready_and_refuses_an_invalid_file(
     let mut notes = Notifications::bind(&notify_path);
     let one = format!("[endpoints.a]\nurl = \"{}\"\n", up.url("/a"));
     let config = write_config(dir.path(), &daemon_config(dir.path(), &one));
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn daemon");
+    let mut child = Spawned::new(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn daemon"),
+    );
     notes.wait_for("READY=1", |m| m == "READY=1").await;
     let _a = up.next_accepted_within(T).await.expect("a connects");
 

@@ -8,6 +8,43 @@ use std::time::{Duration, Instant};
 /// The `ws-sidecar` binary cargo built for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ws-sidecar");
 
+/// A child process killed (and reaped) when dropped: a test that fails midway leaves no daemon
+/// behind, a SIGSTOPped one included. Derefs to the [`Child`].
+pub struct Spawned(Option<Child>);
+
+impl Spawned {
+    pub fn new(child: Child) -> Spawned {
+        Spawned(Some(child))
+    }
+
+    /// The child, no longer killed on drop (for what must wait on it by value).
+    pub fn into_inner(mut self) -> Child {
+        self.0.take().expect("a child until dropped")
+    }
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("a child until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a child until dropped")
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Writes `body` as `dir/config.toml`.
 pub fn write_config(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("config.toml");
@@ -29,16 +66,18 @@ pub fn daemon_config(dir: &Path, endpoints: &str) -> String {
 /// `dir/daemon.log`: a pipe nobody reads fills after 64 KiB and then blocks the daemon's logging
 /// thread (and with it a runtime worker), which hung the crash test once a backing-off endpoint
 /// had logged enough.
-pub fn spawn_daemon(dir: &Path, endpoints: &str) -> Child {
+pub fn spawn_daemon(dir: &Path, endpoints: &str) -> Spawned {
     let path = write_config(dir, &daemon_config(dir, endpoints));
     let log = std::fs::File::create(dir.join("daemon.log")).expect("create daemon.log");
-    Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn daemon")
+    Spawned::new(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon"),
+    )
 }
 
 /// Waits until `dir/grpc.sock` answers connections.
@@ -61,13 +100,13 @@ pub fn grpc_addr(dir: &Path) -> String {
 }
 
 /// Kills the child with SIGKILL, as a crash would.
-pub fn crash(mut child: Child) {
+pub fn crash(mut child: Spawned) {
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 }
 
 /// Stops the child with SIGTERM, as systemd does, and checks it exits 0 within 5 s.
-pub fn stop(mut child: Child) {
+pub fn stop(mut child: Spawned) {
     let pid = child.id().to_string();
     let sent = Command::new("kill")
         .args(["-TERM", &pid])
