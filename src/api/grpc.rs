@@ -330,6 +330,19 @@ impl Sidecar for SidecarService {
         let peer = peer(&request);
         let name = request.into_inner().endpoint;
         let ep = self.operable(&name, Op::ResetResume, peer)?;
+        match ep.config().resume.as_ref().map(|r| r.scope) {
+            Some(crate::config::IdScope::Global) => {}
+            Some(crate::config::IdScope::Connection) => {
+                return Err(Status::failed_precondition(format!(
+                    "endpoint {name:?} compares upstream ids within one connection (resume.scope = \"connection\"): no position is kept"
+                )))
+            }
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "endpoint {name:?} has no resume configured: there is no position to forget"
+                )))
+            }
+        }
         // The upstream task answers between connections; a connect attempt in progress is
         // abandoned for it, so this is prompt unless the task is stuck.
         match tokio::time::timeout(RESET_WAIT, ep.reset_resume()).await {

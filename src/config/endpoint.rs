@@ -9,6 +9,7 @@ use config::{Value, ValueKind};
 
 use super::handshake::{read_auth, read_headers};
 use super::load::{at_least, non_empty, one_of, positive, size_at_least};
+use super::template::{literal, template, Allowed};
 use super::units::format_duration;
 use super::value::{boolean, duration, number, string, Node, Report, Table};
 use super::{
@@ -41,7 +42,16 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         .map(|n| read_headers(r, &n, auth_header))
         .unwrap_or_default();
     let subprotocols = list(r, &mut t, "subprotocols", token);
-    let on_connect = list(r, &mut t, "on_connect", template);
+    let has_auth = auth.is_some();
+    let on_connect = list(
+        r,
+        &mut t,
+        "on_connect",
+        template(Allowed {
+            token: has_auth,
+            last_id: false,
+        }),
+    );
     let connect_timeout = t.or(r, "connect_timeout", positive, secs(10));
     let max_message_size = t.or(r, "max_message_size", size_at_least(1024), 16 << 20);
     let proxy = t.or(r, "proxy", proxy_setting, ProxyConfig::Env);
@@ -59,19 +69,7 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     if let (Some(node), true) = (fallback_after, fallback_urls.is_empty()) {
         r.at(&node, "only used with fallback_urls, which are not set");
     }
-    let resume = t.get("resume").and_then(|n| read_resume(r, &n));
-    if auth.is_none() {
-        let list = t.path_of("on_connect");
-        let frames = on_connect.iter().enumerate().map(|(i, f)| {
-            let mut node = list.clone();
-            node.path = format!("{}[{i}]", list.path);
-            (node, f.as_str())
-        });
-        let resume_frame = resume.as_ref().and_then(|res| res.frame.as_deref());
-        let mut frame_node = t.path_of("resume");
-        frame_node.path = format!("{}.frame", frame_node.path);
-        token_needs_auth(r, frames.chain(resume_frame.map(|f| (frame_node, f))));
-    }
+    let resume = t.get("resume").and_then(|n| read_resume(r, &n, has_auth));
     let s = t.section(r, "replay");
     let replay = read_replay(r, s);
     let s = t.section(r, "outbox");
@@ -118,6 +116,10 @@ fn list<T>(
 
 /// A `ws://` or `wss://` URL. Errors show the URL only redacted: it may carry a token.
 fn ws_url(v: &Value) -> Result<url::Url, String> {
+    literal(
+        &string(v)?,
+        "the token goes in the URL with auth.query, the last id with resume.query",
+    )?;
     let url = parse_url(v)?;
     if !matches!(url.scheme(), "ws" | "wss") {
         return Err(format!(
@@ -157,66 +159,6 @@ pub(super) fn token(v: &Value) -> Result<String, String> {
     http::HeaderName::from_bytes(s.as_bytes())
         .map(|_| s.clone())
         .map_err(|_| format!("{s:?} is not a valid HTTP token"))
-}
-
-/// A string whose `{{name}}` placeholders are ones the daemon fills in; a typo would otherwise
-/// go upstream verbatim.
-/// A frame or header template whose placeholders are known. `{{last_id}}` only has a value in
-/// `resume.frame` (sent once an id is known), so elsewhere it is refused: a placeholder that
-/// would go upstream as written is a setting that does nothing.
-pub(super) fn template(v: &Value) -> Result<String, String> {
-    template_with(v, false)
-}
-
-/// [`template`] for `resume.frame`, where `{{last_id}}` has a value.
-fn resume_template(v: &Value) -> Result<String, String> {
-    template_with(v, true)
-}
-
-fn template_with(v: &Value, last_id: bool) -> Result<String, String> {
-    let s = string(v)?;
-    for name in placeholders(&s) {
-        match name {
-            "token" => {}
-            "last_id" if last_id => {}
-            "last_id" => {
-                return Err("{{last_id}} has a value only in resume.frame, which is sent once an id is known".into())
-            }
-            _ => {
-                return Err(format!(
-                    "unknown placeholder {{{{{name}}}}}: templates know {{{{token}}}} and {{{{last_id}}}}"
-                ))
-            }
-        }
-    }
-    Ok(s)
-}
-
-/// The `{{word}}` placeholders of a template, as the renderer reads them.
-fn placeholders(s: &str) -> impl Iterator<Item = &str> {
-    let mut rest = s;
-    std::iter::from_fn(move || loop {
-        let start = rest.find("{{")?;
-        let after = &rest[start + 2..];
-        let end = after.find("}}")?;
-        rest = &after[end + 2..];
-        let name = &after[..end];
-        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Some(name);
-        }
-    })
-}
-
-/// Reports templates holding `{{token}}` when no credential would fill it in.
-fn token_needs_auth<'v>(r: &mut Report, templates: impl IntoIterator<Item = (Node<'v>, &'v str)>) {
-    for (node, template) in templates {
-        if placeholders(template).any(|p| p == "token") {
-            r.at(
-                &node,
-                "{{token}} needs auth.token: nothing would fill it in",
-            );
-        }
-    }
 }
 
 /// `tls` settings apply to `wss://` connections, and all but `server_name` to an `https://`
@@ -388,7 +330,11 @@ fn read_heartbeat(r: &mut Report, mut t: Table<'_>) -> HeartbeatConfig {
         ping_interval: t.or(r, "ping_interval", positive, secs(20)),
         pong_timeout: t.or(r, "pong_timeout", positive, secs(10)),
         idle_timeout: t.opt(r, "idle_timeout", duration).filter(|d| !d.is_zero()),
-        app_ping: t.opt(r, "app_ping", non_empty),
+        app_ping: t.opt(r, "app_ping", |v| {
+            let s = non_empty(v)?;
+            literal(&s, "app_ping is a fixed frame")?;
+            Ok(s)
+        }),
         app_ping_interval: t.or(r, "app_ping_interval", positive, secs(30)),
     };
     if hb.app_ping.is_none() && t.has("app_ping_interval") {
@@ -447,7 +393,7 @@ fn read_backoff(r: &mut Report, mut t: Table<'_>) -> BackoffConfig {
     b
 }
 
-fn read_resume(r: &mut Report, node: &Node<'_>) -> Option<ResumeConfig> {
+fn read_resume(r: &mut Report, node: &Node<'_>, has_auth: bool) -> Option<ResumeConfig> {
     let mut t = Table::open(r, node)?;
     let id_pointer = t.required(r, "id_pointer", pointer);
     let id_kind = t.or(
@@ -465,7 +411,14 @@ fn read_resume(r: &mut Report, node: &Node<'_>) -> Option<ResumeConfig> {
         id_pointer: id_pointer.unwrap_or_default(),
         id_kind,
         query: t.opt(r, "query", non_empty),
-        frame: t.opt(r, "frame", resume_template),
+        frame: t.opt(
+            r,
+            "frame",
+            template(Allowed {
+                token: has_auth,
+                last_id: true,
+            }),
+        ),
         dedup_window: t.or(r, "dedup_window", at_least(1usize), 10_000),
         contiguous: t.or(r, "contiguous", boolean, false),
         scope: t.or(

@@ -3,8 +3,9 @@
 
 use config::{Value, ValueKind};
 
-use super::endpoint::{parse_url, secs, template, token};
+use super::endpoint::{parse_url, secs, token};
 use super::load::{at_least, non_empty, one_of, positive};
+use super::template::{literal, template, Allowed};
 use super::value::{duration, kind_name, string, Node, Report, Table};
 use super::{AuthConfig, AuthPlacement, RenewMode, TokenSource};
 use crate::secret::Secret;
@@ -54,6 +55,9 @@ pub(super) fn read_headers(
         if let Secret::Plain(value) = &secret {
             if value.contains(['\r', '\n', '\0']) {
                 r.at(&node, "header value must not contain CR, LF or NUL");
+            }
+            if let Err(e) = literal(value, "a credential header is auth.header with auth.format") {
+                r.at(&node, e);
             }
         }
         headers.push((name, secret));
@@ -147,7 +151,7 @@ pub(super) fn read_auth(r: &mut Report, node: &Node<'_>) -> Option<AuthConfig> {
         },
         RenewMode::Reconnect,
     );
-    let renew_frame = t.opt(r, "renew_frame", template);
+    let renew_frame = t.opt(r, "renew_frame", template(IN_AUTH));
     match (renew, &renew_frame) {
         (RenewMode::Frame, None) => r.at(
             &t.path_of("renew_frame"),
@@ -179,8 +183,14 @@ fn token_name(v: &Value) -> Result<String, String> {
     Ok(name)
 }
 
+/// What templates inside `auth` may hold: the token they are about, never the last id.
+const IN_AUTH: Allowed = Allowed {
+    token: true,
+    last_id: false,
+};
+
 fn header_template(v: &Value) -> Result<String, String> {
-    let format = template(v)?;
+    let format = template(IN_AUTH)(v)?;
     if !format.contains("{{token}}") {
         return Err("must contain {{token}}".into());
     }

@@ -13,6 +13,7 @@ mod load;
 mod numbers;
 mod proxy;
 mod summary;
+mod template;
 pub mod units;
 mod value;
 

@@ -222,6 +222,43 @@ async fn reset_resume_forgets_the_position_in_memory_and_store() {
 }
 
 #[tokio::test]
+async fn reset_resume_is_refused_where_no_position_is_kept() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let d = start_daemon(&format!(
+        "[endpoints.plain]\nurl = \"{0}\"\n[endpoints.conn]\nurl = \"{0}\"\nresume = {{ id_pointer = \"/id\", scope = \"connection\" }}\n",
+        up.url("/feed")
+    ))
+    .await;
+    d.wait_state("plain", State::Connected, T).await;
+    d.wait_state("conn", State::Connected, T).await;
+    let mut c = d.grpc().await;
+    for (name, why) in [
+        ("plain", "has no resume configured"),
+        ("conn", "no position is kept"),
+    ] {
+        let refused = c
+            .reset_resume(proto::ResetResumeRequest {
+                endpoint: name.into(),
+            })
+            .await
+            .expect_err("nothing to forget");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{name}");
+        assert!(
+            refused.message().contains(why),
+            "{name}: {}",
+            refused.message()
+        );
+    }
+    // Nothing was reconnected for it.
+    assert_eq!(up.accepted(), 2);
+    assert_eq!(
+        d.endpoint("plain").stats.reconnects.load(Ordering::Relaxed),
+        0
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
 async fn reset_resume_needs_the_publish_access() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
     let d = start_daemon(&config(
