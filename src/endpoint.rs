@@ -13,6 +13,7 @@ use crate::config::EndpointConfig;
 use crate::log::Log;
 use crate::outbox::Outbox;
 use crate::store::{Op, Restored, Store};
+use crate::upstream::resume::{Memory, UpstreamId};
 
 /// Endpoint connection state (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +135,9 @@ pub struct Endpoint {
     pub store: Option<Store>,
     /// Highest seq durably reserved in the store; the upstream task raises it in blocks.
     pub seq_leased: AtomicU64,
-    /// The last upstream id read back from the store, taken once by the upstream task.
-    restored_upstream_id: Mutex<Option<String>>,
+    /// What resume remembers of the upstream's ids between runs of the upstream task: read
+    /// back from the store at startup, handed over across a reload's restart.
+    resume_memory: Mutex<Option<Memory>>,
     /// Operators waiting for the resume position to be forgotten (`reset-resume`).
     resume_resets: Mutex<Vec<ResumeReset>>,
 }
@@ -194,7 +196,14 @@ impl Endpoint {
             reconnect: Notify::new(),
             store,
             seq_leased: AtomicU64::new(restored.seq_mark),
-            restored_upstream_id: Mutex::new(restored.upstream_id),
+            resume_memory: Mutex::new(Some(Memory {
+                last: restored.upstream_id.as_deref().and_then(UpstreamId::decode),
+                recent: restored
+                    .recent_ids
+                    .iter()
+                    .filter_map(|(id, hash)| Some((UpstreamId::decode(id)?, *hash)))
+                    .collect(),
+            })),
             resume_resets: Mutex::new(Vec::new()),
             config: RwLock::new(Arc::new(config)),
             restarting: std::sync::atomic::AtomicBool::new(false),
@@ -223,12 +232,18 @@ impl Endpoint {
         self.restarting.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The last upstream id the store had at startup (once).
-    pub fn take_restored_upstream_id(&self) -> Option<String> {
-        self.restored_upstream_id
+    /// What resume remembered when the upstream task last stopped (or the store at startup);
+    /// taken by the task that starts next.
+    pub fn take_resume_memory(&self) -> Option<Memory> {
+        self.resume_memory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
+    }
+
+    /// Hands resume's memory to the next run of the upstream task.
+    pub fn keep_resume_memory(&self, memory: Memory) {
+        *self.resume_memory.lock().unwrap_or_else(|e| e.into_inner()) = Some(memory);
     }
 
     /// Records a transition; logs it and tells subscribers.

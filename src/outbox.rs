@@ -464,6 +464,7 @@ fn settle(shared: &Shared, id: u64, ok: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RestoreLimits;
 
     fn outbox(max_messages: usize, max_bytes: usize, max_age: Duration) -> Outbox {
         Outbox::new(OutboxConfig {
@@ -583,7 +584,9 @@ mod tests {
         drop((o, store));
 
         let store = Store::open(&path).expect("reopen");
-        let restored = store.restore("ep", 0).expect("restore");
+        let restored = store
+            .restore("ep", RestoreLimits::default())
+            .expect("restore");
         let o = Outbox::restored(cfg, Arc::from("ep"), Some(store), &restored);
         let ids: Vec<u64> = o.peek_after(0, 1000).iter().map(|e| e.id).collect();
         assert_eq!(

@@ -145,7 +145,7 @@ impl Reloader {
                 }
                 None => {
                     let restored = match &inner.store {
-                        Some(s) => s.restore(name, cfg.replay.messages)?,
+                        Some(s) => s.restore(name, crate::store::RestoreLimits::of(cfg))?,
                         None => Restored::default(),
                     };
                     let ep =

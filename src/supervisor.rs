@@ -49,7 +49,7 @@ impl Daemon {
         let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
         for (name, ec) in &cfg.endpoints {
             let restored = match &store {
-                Some(s) => s.restore(name, ec.replay.messages)?,
+                Some(s) => s.restore(name, crate::store::RestoreLimits::of(ec))?,
                 None => Restored::default(),
             };
             endpoints.push(Endpoint::new(

@@ -293,7 +293,7 @@ impl Daemon {
         self.rt.shutdown_timeout(Duration::from_secs(2));
         let restored = ws_sidecar::store::Store::open(&self.store)
             .and_then(|s| {
-                let r = s.restore(ENDPOINT, 0);
+                let r = s.restore(ENDPOINT, ws_sidecar::store::RestoreLimits::default());
                 s.close();
                 r
             })

@@ -9,8 +9,8 @@ use std::sync::mpsc;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::{
-    decode, encode, open_db, storage_err, Done, Job, Op, Restored, StoreError, IDEM, MARKS,
-    MAX_GROUP, OUTBOX, REPLAY, UPSTREAM_IDS,
+    decode, encode, open_db, storage_err, Done, Job, Op, RestoreLimits, Restored, StoreError, IDEM,
+    MARKS, MAX_GROUP, OUTBOX, REPLAY, UPSTREAM_IDS, UPSTREAM_RECENT,
 };
 
 /// The committer thread's state. It owns the database so that, after an I/O error (which
@@ -31,12 +31,12 @@ impl Committer {
                     Job::Write { ops, done } => writes.push((ops, done)),
                     Job::Restore {
                         endpoint,
-                        replay_messages,
+                        limits,
                         reply,
                     } => {
                         // Earlier writes first, so a restore sees them.
                         self.commit(std::mem::take(&mut writes));
-                        let _ = reply.send(self.restore(&endpoint, replay_messages));
+                        let _ = reply.send(self.restore(&endpoint, limits));
                     }
                 }
                 if writes.len() < MAX_GROUP {
@@ -78,7 +78,7 @@ impl Committer {
         }
     }
 
-    fn restore(&mut self, endpoint: &str, replay_messages: usize) -> Result<Restored, StoreError> {
+    fn restore(&mut self, endpoint: &str, limits: RestoreLimits) -> Result<Restored, StoreError> {
         let path = self.path.clone();
         let err = |e: &dyn std::fmt::Display| StoreError {
             path: path.clone(),
@@ -141,7 +141,7 @@ impl Committer {
             .range((endpoint, 0)..=(endpoint, u64::MAX))
             .map_err(|e| err(&e))?
             .rev()
-            .take(replay_messages)
+            .take(limits.replay_messages)
         {
             let (k, v) = item.map_err(|e| err(&e))?;
             let seq = k.value().1;
@@ -152,6 +152,27 @@ impl Committer {
         }
         tail.reverse();
         r.replay = tail;
+        let recent = txn.open_table(UPSTREAM_RECENT).map_err(|e| err(&e))?;
+        for item in recent
+            .range((endpoint, 0)..=(endpoint, u64::MAX))
+            .map_err(|e| err(&e))?
+            .rev()
+            .take(limits.recent_ids)
+        {
+            let (k, v) = item.map_err(|e| err(&e))?;
+            let seq = k.value().1;
+            let entry = v.value();
+            let parsed = entry.get(..8).and_then(|h| {
+                let hash = u64::from_le_bytes(h.try_into().ok()?);
+                let id = std::str::from_utf8(&entry[8..]).ok()?;
+                Some((id.to_owned(), hash))
+            });
+            match parsed {
+                Some(p) => r.recent_ids.push(p),
+                None => return Err(err(&format!("upstream id {endpoint}/{seq} is corrupt"))),
+            }
+        }
+        r.recent_ids.reverse();
         Ok(r)
     }
 }
@@ -179,6 +200,7 @@ fn apply<'a>(
         let mut marks = txn.open_table(MARKS).map_err(|x| e(&x))?;
         let mut ids = txn.open_table(UPSTREAM_IDS).map_err(|x| e(&x))?;
         let mut replay = txn.open_table(REPLAY).map_err(|x| e(&x))?;
+        let mut recent = txn.open_table(UPSTREAM_RECENT).map_err(|x| e(&x))?;
         // Marks and ids are written once per endpoint per commit, whatever the batch holds.
         let mut outbox_next: HashMap<&str, u64> = HashMap::new();
         let mut seqs: HashMap<&str, SeqUpdate> = HashMap::new();
@@ -239,11 +261,29 @@ fn apply<'a>(
                         lease: Some(None),
                     };
                 }
-                Op::UpstreamId { endpoint, id } => {
+                Op::UpstreamId {
+                    endpoint,
+                    id,
+                    seq,
+                    hash,
+                } => {
                     last_ids.insert(&**endpoint, Some(id.as_str()));
+                    let mut value = hash.to_le_bytes().to_vec();
+                    value.extend_from_slice(id.as_bytes());
+                    recent
+                        .insert((&**endpoint, *seq), value.as_slice())
+                        .map_err(|x| e(&x))?;
+                }
+                Op::UpstreamIdTrim { endpoint, below } => {
+                    recent
+                        .retain_in((&**endpoint, 0)..(&**endpoint, *below), |_, _| false)
+                        .map_err(|x| e(&x))?;
                 }
                 Op::UpstreamIdClear { endpoint } => {
                     last_ids.insert(&**endpoint, None);
+                    recent
+                        .retain_in((&**endpoint, 0)..=(&**endpoint, u64::MAX), |_, _| false)
+                        .map_err(|x| e(&x))?;
                 }
                 Op::ReplayPut {
                     endpoint,

@@ -29,6 +29,11 @@ const IDEM: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("id
 const MARKS: TableDefinition<(&str, &str), u64> = TableDefinition::new("marks");
 /// Last delivered upstream id per endpoint, encoded by [`crate::upstream::resume`].
 const UPSTREAM_IDS: TableDefinition<&str, &str> = TableDefinition::new("upstream_ids");
+/// Recently delivered upstream ids: (endpoint, seq) → payload hash (8 bytes, little endian) and
+/// the encoded id. Resume's memory of them, so a restart tells a resend from a reset as well as
+/// a running daemon does; trimmed to the endpoint's `resume.dedup_window` messages.
+const UPSTREAM_RECENT: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("upstream_recent");
 /// Persisted replay log: (endpoint, seq) → kind, receive time (Unix ns), payload.
 const REPLAY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("replay");
 
@@ -72,9 +77,17 @@ pub enum Op {
     /// The endpoint stopped cleanly after seq `last`: the mark becomes exactly `last` (giving
     /// back an unused lease), so the next start continues without a jump.
     SeqStop { endpoint: Arc<str>, last: u64 },
-    /// Remember the last delivered upstream id.
-    UpstreamId { endpoint: Arc<str>, id: String },
-    /// Forget the last delivered upstream id (an operator's reset-resume).
+    /// Remember the last delivered upstream id (encoded), delivered as `seq`, whose payload
+    /// hashes to `hash`.
+    UpstreamId {
+        endpoint: Arc<str>,
+        id: String,
+        seq: u64,
+        hash: u64,
+    },
+    /// Forget remembered upstream ids delivered below `seq`.
+    UpstreamIdTrim { endpoint: Arc<str>, below: u64 },
+    /// Forget every upstream id of the endpoint (an operator's reset-resume).
     UpstreamIdClear { endpoint: Arc<str> },
     /// Persist one replay entry.
     ReplayPut {
@@ -99,9 +112,28 @@ enum Job {
     },
     Restore {
         endpoint: String,
-        replay_messages: usize,
+        limits: RestoreLimits,
         reply: mpsc::Sender<Result<Restored, StoreError>>,
     },
+}
+
+/// How much of an endpoint's history a restore reads back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreLimits {
+    /// Persisted replay entries, the newest.
+    pub replay_messages: usize,
+    /// Remembered upstream ids, the newest (`resume.dedup_window`).
+    pub recent_ids: usize,
+}
+
+impl RestoreLimits {
+    /// What an endpoint configured as `cfg` uses.
+    pub fn of(cfg: &crate::config::EndpointConfig) -> RestoreLimits {
+        RestoreLimits {
+            replay_messages: cfg.replay.messages,
+            recent_ids: cfg.resume.as_ref().map_or(0, |r| r.dedup_window),
+        }
+    }
 }
 
 /// Handle to the database and its committer thread; cheap to clone.
@@ -131,6 +163,8 @@ pub struct Restored {
     /// (key, outbox id, first seen Unix ms).
     pub idempotency: Vec<(String, u64, u64)>,
     pub upstream_id: Option<String>,
+    /// Recently delivered upstream ids (encoded) with their payload hash, oldest first.
+    pub recent_ids: Vec<(String, u64)>,
     /// (seq, kind, received_at, payload), oldest first.
     pub replay: Vec<(u64, Kind, u64, Bytes)>,
 }
@@ -182,6 +216,8 @@ impl Store {
             txn.open_table(IDEM).map_err(|e| err(e.to_string()))?;
             txn.open_table(MARKS).map_err(|e| err(e.to_string()))?;
             txn.open_table(UPSTREAM_IDS)
+                .map_err(|e| err(e.to_string()))?;
+            txn.open_table(UPSTREAM_RECENT)
                 .map_err(|e| err(e.to_string()))?;
             txn.open_table(REPLAY).map_err(|e| err(e.to_string()))?;
         }
@@ -278,13 +314,13 @@ impl Store {
         })
     }
 
-    /// Reads what the store holds for `endpoint`, keeping at most `replay_messages` replay
-    /// entries (the newest). Blocks until the committer has read it: for startup.
-    pub fn restore(&self, endpoint: &str, replay_messages: usize) -> Result<Restored, StoreError> {
+    /// Reads what the store holds for `endpoint`, within `limits`. Blocks until the committer
+    /// has read it: for startup.
+    pub fn restore(&self, endpoint: &str, limits: RestoreLimits) -> Result<Restored, StoreError> {
         let (reply, rx) = mpsc::channel();
         let job = Job::Restore {
             endpoint: endpoint.to_owned(),
-            replay_messages,
+            limits,
             reply,
         };
         if self.send(job).is_err() {
@@ -366,8 +402,27 @@ mod tests {
             },
             Op::UpstreamId {
                 endpoint: ep("a"),
-                id: "i:42".into(),
+                id: "i:41".into(),
+                seq: 97,
+                hash: 7,
             },
+            Op::UpstreamId {
+                endpoint: ep("a"),
+                id: "i:42".into(),
+                seq: 98,
+                hash: 8,
+            },
+            Op::UpstreamId {
+                endpoint: ep("b"),
+                id: "i:1".into(),
+                seq: 1,
+                hash: 1,
+            },
+            Op::UpstreamIdTrim {
+                endpoint: ep("a"),
+                below: 98,
+            },
+            Op::UpstreamIdClear { endpoint: ep("b") },
             Op::ReplayPut {
                 endpoint: ep("a"),
                 seq: 98,
@@ -392,7 +447,11 @@ mod tests {
         s.close();
         drop(s);
         let s = Store::open(&path).expect("reopen");
-        let r = s.restore("a", 10).expect("restore");
+        let limits = RestoreLimits {
+            replay_messages: 10,
+            recent_ids: 10,
+        };
+        let r = s.restore("a", limits).expect("restore");
         assert_eq!(r.outbox.len(), 40);
         assert_eq!(r.outbox[0].0, 11);
         assert_eq!(r.outbox[0].3, Bytes::from_static(b"m11"));
@@ -400,9 +459,15 @@ mod tests {
         assert_eq!(r.seq_mark, 99);
         assert_eq!(r.idempotency, vec![("k".to_owned(), 3, 7)]);
         assert_eq!(r.upstream_id.as_deref(), Some("i:42"));
+        assert_eq!(r.recent_ids, vec![("i:42".to_owned(), 8)], "41 was trimmed");
         assert_eq!(r.replay.len(), 1);
         assert_eq!(r.replay[0].0, 99);
-        let other = s.restore("b", 10).expect("restore");
+        let other = s.restore("b", limits).expect("restore");
+        assert_eq!(
+            (other.upstream_id, other.recent_ids.len()),
+            (None, 0),
+            "cleared"
+        );
         assert_eq!(
             (other.seq_mark, other.outbox_next, other.outbox.len()),
             (0, 1, 0)

@@ -18,7 +18,8 @@ const MAX_PENDING: u64 = 8192;
 /// continues above the reservation, so a seq is never reused.
 const SEQ_LEASE: u64 = 10_000;
 
-/// Persisted replay entries below the window are deleted every this many messages.
+/// Persisted replay entries below the window, and remembered upstream ids beyond
+/// `dedup_window` messages back, are deleted every this many messages.
 const TRIM_EVERY: u64 = 512;
 
 impl Session<'_> {
@@ -45,7 +46,8 @@ impl Session<'_> {
             if let Some(id) = resume.extract(doc) {
                 let stored = id.encode();
                 let shown = id.to_string();
-                match resume.accept(id, super::resume::payload_hash(&data)) {
+                let hash = super::resume::payload_hash(&data);
+                match resume.accept(id, hash) {
                     Verdict::Duplicate => {
                         Endpoint::count(&ep.stats.duplicates_dropped, 1);
                         return;
@@ -54,7 +56,7 @@ impl Session<'_> {
                         gap = brk.and_then(|b| id_break(ep, b));
                         ep.set_last_upstream_id(shown);
                         // Ids that start again on every connection are no position to keep.
-                        new_id = resume.is_global().then_some(stored);
+                        new_id = resume.is_global().then(|| (stored, hash, resume.window()));
                     }
                 }
             }
@@ -106,11 +108,19 @@ impl Session<'_> {
             endpoint: std::sync::Arc::clone(&endpoint),
             seq,
         }];
-        if let Some(id) = new_id {
+        if let Some((id, hash, window)) = new_id {
             ops.push(Op::UpstreamId {
                 endpoint: std::sync::Arc::clone(&endpoint),
                 id,
+                seq,
+                hash,
             });
+            if seq.is_multiple_of(TRIM_EVERY) {
+                ops.push(Op::UpstreamIdTrim {
+                    endpoint: std::sync::Arc::clone(&endpoint),
+                    below: seq.saturating_sub(window as u64),
+                });
+            }
         }
         if self.cfg.replay.persist {
             ops.push(Op::ReplayPut {

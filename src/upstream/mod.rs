@@ -49,33 +49,52 @@ enum Next {
 /// `stalls` a live connection is checked at once.
 pub async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken, stalls: Stalls) {
     let span = tracing::info_span!("endpoint", endpoint = %ep.name);
-    run_inner(&ep, &shutdown, &stalls).instrument(span).await;
+    // A snapshot: a reload that changes the endpoint restarts this task with the new one.
+    let cfg = ep.config();
+    let mut resume = cfg
+        .resume
+        .clone()
+        .map(|c| Resume::restore(c, starting_memory(&ep, &cfg)));
+    if let Some(id) = resume.as_ref().and_then(Resume::last_id) {
+        ep.set_last_upstream_id(id.to_string());
+    }
+    run_inner(&ep, &cfg, &mut resume, &shutdown, &stalls)
+        .instrument(span)
+        .await;
+    if let Some(r) = &resume {
+        ep.keep_resume_memory(r.memory());
+    }
     if !ep.is_restarting() {
         ep.set_state(State::Closed, "shutting down");
     }
 }
 
-async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken, stalls: &Stalls) {
-    // A snapshot: a reload that changes the endpoint restarts this task with the new one.
-    let cfg_now = ep.config();
-    let cfg: &EndpointConfig = &cfg_now;
+/// What resume starts from: what the last run left (or the store had at startup), else the
+/// last id shown in status.
+fn starting_memory(ep: &Endpoint, cfg: &EndpointConfig) -> resume::Memory {
+    ep.take_resume_memory().unwrap_or_else(|| {
+        let last = ep.last_upstream_id();
+        let last = match cfg.resume.as_ref().map(|r| r.id_kind) {
+            _ if last.is_empty() => None,
+            Some(crate::config::IdKind::Integer) => last.parse().ok().map(resume::UpstreamId::Int),
+            Some(crate::config::IdKind::String) => Some(resume::UpstreamId::Str(last)),
+            None => None,
+        };
+        resume::Memory {
+            last,
+            recent: Vec::new(),
+        }
+    })
+}
+
+async fn run_inner(
+    ep: &Endpoint,
+    cfg: &EndpointConfig,
+    resume: &mut Option<Resume>,
+    shutdown: &CancellationToken,
+    stalls: &Stalls,
+) {
     let mut backoff = Backoff::new(cfg.backoff.clone());
-    // The stored id at startup; after a reload restart, the last id this process delivered.
-    let restored_id = ep
-        .take_restored_upstream_id()
-        .and_then(|s| resume::UpstreamId::decode(&s))
-        .or_else(|| {
-            let last = ep.last_upstream_id();
-            match cfg.resume.as_ref()?.id_kind {
-                _ if last.is_empty() => None,
-                crate::config::IdKind::Integer => last.parse().ok().map(resume::UpstreamId::Int),
-                crate::config::IdKind::String => Some(resume::UpstreamId::Str(last)),
-            }
-        });
-    let mut resume = cfg.resume.clone().map(|c| Resume::new(c, restored_id));
-    if let Some(id) = resume.as_ref().and_then(Resume::last_id) {
-        ep.set_last_upstream_id(id.to_string());
-    }
     let mut auth = cfg.auth.clone().map(Auth::new);
     let drop_filters: Vec<Filter> = cfg
         .drop
@@ -148,7 +167,7 @@ async fn run_inner(ep: &Endpoint, shutdown: &CancellationToken, stalls: &Stalls)
                 let session = Session {
                     ep,
                     cfg,
-                    resume: &mut resume,
+                    resume,
                     auth: &mut auth,
                     base: &base,
                     drop_filters: &drop_filters,
@@ -304,7 +323,7 @@ async fn forget_position(
         .map(|id| id.to_string())
         .or_else(|| (!shown.is_empty()).then_some(shown));
     ep.set_last_upstream_id(String::new());
-    let _ = ep.take_restored_upstream_id();
+    let _ = ep.take_resume_memory();
     if let Some(store) = &ep.store {
         let op = crate::store::Op::UpstreamIdClear {
             endpoint: std::sync::Arc::clone(&ep.key),

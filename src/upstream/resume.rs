@@ -42,6 +42,14 @@ impl std::fmt::Display for UpstreamId {
     }
 }
 
+/// What resume remembers of the ids delivered: the last one and, with the hash of their
+/// payload, the most recent ones (oldest first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub last: Option<UpstreamId>,
+    pub recent: Vec<(UpstreamId, u64)>,
+}
+
 /// A break in the upstream's ids before a delivered message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Break {
@@ -64,12 +72,13 @@ pub enum Verdict {
 /// Resume state of one endpoint; outlives connections (with `scope = "global"`).
 ///
 /// How a reset is told apart from an upstream resending what it already sent: the last
-/// `dedup_window` delivered ids are remembered with a hash of their payload. An id at or below
-/// the last one is a duplicate when it is remembered with the same payload, and a reset when
-/// its payload differs. An id too old to be remembered (or any, after a daemon restart, when
-/// only the last id is known) is a duplicate only if it is the last id itself (an upstream
-/// resuming inclusively); anything below is a reset. An id never delivered that falls between
-/// remembered ones (a late message) is delivered. So a reset is never silent: its data is
+/// `dedup_window` delivered ids are remembered with a hash of their payload (kept in the store
+/// too, so a restart changes nothing). An id at or below the last one is a duplicate when it is
+/// remembered with the same payload, and a reset when its payload differs. An id too old to be
+/// remembered is a duplicate only if it is the last id itself (an upstream resuming
+/// inclusively, with a store from before ids were remembered); anything below is a reset. An
+/// id never delivered that falls between remembered ones (a late message) is delivered. So a
+/// reset is never silent: its data is
 /// delivered, after a `Break::Reset`.
 #[derive(Debug)]
 pub struct Resume {
@@ -118,6 +127,77 @@ impl Resume {
             recent,
             recent_set,
         }
+    }
+
+    /// Starts from `memory`: what a previous run of the endpoint's task (or the store, after a
+    /// restart) remembered, so resends and resets are told apart as if there had been no break.
+    pub fn restore(cfg: ResumeConfig, memory: Memory) -> Self {
+        let mut r = Resume::new(cfg, memory.last);
+        let Some(last) = r.last.clone() else {
+            return r;
+        };
+        match last {
+            UpstreamId::Int(last) => {
+                // The epoch that ends with the last id: the run of increasing ids before it.
+                let mut epoch: Vec<(u64, u64)> = Vec::new();
+                for (id, hash) in memory.recent.iter().rev() {
+                    let UpstreamId::Int(n) = *id else { break };
+                    let before_it = match epoch.last() {
+                        None => n <= last,
+                        Some(&(later, _)) => n < later,
+                    };
+                    if !before_it {
+                        break;
+                    }
+                    epoch.push((n, *hash));
+                }
+                epoch.reverse();
+                r.recent_ints = epoch.into();
+                r.trim_ints();
+            }
+            UpstreamId::Str(_) => {
+                for (id, hash) in memory.recent {
+                    if let UpstreamId::Str(s) = id {
+                        if r.recent_set.insert(s.clone(), Some(hash)).is_none() {
+                            r.recent.push_back(s);
+                        }
+                    }
+                }
+                while r.recent.len() > r.cfg.dedup_window.max(1) {
+                    if let Some(old) = r.recent.pop_front() {
+                        r.recent_set.remove(&old);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// What a later run should start from (see [`restore`](Self::restore)).
+    pub fn memory(&self) -> Memory {
+        let recent = if self.recent_ints.is_empty() {
+            self.recent
+                .iter()
+                .filter_map(|s| {
+                    let hash = (*self.recent_set.get(s)?)?;
+                    Some((UpstreamId::Str(s.clone()), hash))
+                })
+                .collect()
+        } else {
+            self.recent_ints
+                .iter()
+                .map(|&(n, h)| (UpstreamId::Int(n), h))
+                .collect()
+        };
+        Memory {
+            last: self.last.clone(),
+            recent,
+        }
+    }
+
+    /// How many delivered ids are remembered (`dedup_window`).
+    pub fn window(&self) -> usize {
+        self.cfg.dedup_window.max(1)
     }
 
     /// The last delivered id.
@@ -434,6 +514,50 @@ mod tests {
         assert_eq!(r.accept(UpstreamId::Str("z".into()), 1), Verdict::Duplicate);
         let r = Resume::new(cfg(IdKind::String, false), Some(UpstreamId::Int(3)));
         assert_eq!(r.last_id(), None, "an id of the wrong kind is dropped");
+    }
+
+    #[test]
+    fn memory_carries_resends_and_resets_across_a_restart() {
+        let mut r = Resume::new(cfg(IdKind::Integer, false), None);
+        for n in 1..=5 {
+            int(&mut r, n, &format!("m{n}"));
+        }
+        let mut after = Resume::restore(cfg(IdKind::Integer, false), r.memory());
+        assert_eq!(after.last_id(), Some(&UpstreamId::Int(5)));
+        // The overlap an upstream resends on resume is dropped, as before the restart...
+        assert_eq!(int(&mut after, 4, "m4"), Verdict::Duplicate);
+        assert_eq!(int(&mut after, 5, "m5"), Verdict::Duplicate);
+        // ...and the last id with other content is new data, not a silent drop.
+        assert!(matches!(
+            int(&mut after, 5, "changed"),
+            Verdict::Deliver(Some(Break::Reset(..)))
+        ));
+        // Only the epoch ending at the last id is restored.
+        let memory = Memory {
+            last: Some(UpstreamId::Int(2)),
+            recent: [8, 9, 1, 2]
+                .into_iter()
+                .map(|n| (UpstreamId::Int(n), payload_hash(format!("m{n}").as_bytes())))
+                .collect(),
+        };
+        let mut r = Resume::restore(cfg(IdKind::Integer, false), memory);
+        assert_eq!(int(&mut r, 1, "m1"), Verdict::Duplicate);
+        assert_eq!(int(&mut r, 3, "m3"), D);
+        // String ids too.
+        let mut s = Resume::new(cfg(IdKind::String, false), None);
+        for v in ["a", "b"] {
+            s.accept(UpstreamId::Str(v.into()), payload_hash(v.as_bytes()));
+        }
+        let mut s = Resume::restore(cfg(IdKind::String, false), s.memory());
+        let str_id = |v: &str| UpstreamId::Str(v.into());
+        assert_eq!(
+            s.accept(str_id("a"), payload_hash(b"a")),
+            Verdict::Duplicate
+        );
+        assert!(matches!(
+            s.accept(str_id("b"), payload_hash(b"other")),
+            Verdict::Deliver(Some(Break::Reset(..)))
+        ));
     }
 
     #[test]

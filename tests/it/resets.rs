@@ -216,8 +216,13 @@ async fn reset_resume_forgets_the_position_in_memory_and_store() {
     assert_eq!(r.previous_id, "1");
     d.stop().await;
     let store = ws_sidecar::store::Store::open(&store_path).expect("store");
-    let restored = store.restore("feed", 10).expect("restore");
+    let limits = ws_sidecar::store::RestoreLimits {
+        replay_messages: 10,
+        recent_ids: 10,
+    };
+    let restored = store.restore("feed", limits).expect("restore");
     assert_eq!(restored.upstream_id, None, "gone from the store");
+    assert!(restored.recent_ids.is_empty(), "and the ids remembered");
     store.close();
 }
 
