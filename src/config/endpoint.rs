@@ -55,7 +55,20 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     let connect_timeout = t.or(r, "connect_timeout", positive, secs(10));
     let max_message_size = t.or(r, "max_message_size", size_at_least(1024), 16 << 20);
     let proxy = t.or(r, "proxy", proxy_setting, ProxyConfig::Env);
-    let tls = t.get("tls").map(|n| read_tls(r, &n)).unwrap_or_default();
+    let tls_use = TlsUse {
+        wss: url
+            .iter()
+            .chain(&fallback_urls)
+            .any(|u| u.scheme() == "wss"),
+        https_token: matches!(
+            auth.as_ref().map(|a| &a.token),
+            Some(super::TokenSource::OAuth2 { token_url, .. }) if token_url.scheme() == "https"
+        ),
+    };
+    let tls = t
+        .get("tls")
+        .map(|n| read_tls(r, &n, tls_use))
+        .unwrap_or_default();
     let close_codes = t.get("close_codes").map(|n| read_close_codes(r, &n));
     let drop = t
         .get("drop")
@@ -81,7 +94,6 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     };
     s.finish(r);
 
-    check_tls_applies(r, &t, &tls, url.iter().chain(&fallback_urls), auth.as_ref());
     t.finish(r);
     Some(EndpointConfig {
         url: url?,
@@ -161,48 +173,16 @@ pub(super) fn token(v: &Value) -> Result<String, String> {
         .map_err(|_| format!("{s:?} is not a valid HTTP token"))
 }
 
-/// `tls` settings apply to `wss://` connections, and all but `server_name` to an `https://`
-/// OAuth2 token endpoint: set where neither exists, they would do nothing.
-fn check_tls_applies<'u>(
-    r: &mut Report,
-    t: &Table<'_>,
-    tls: &TlsConfig,
-    mut urls: impl Iterator<Item = &'u url::Url>,
-    auth: Option<&super::AuthConfig>,
-) {
-    let wss = urls.any(|u| u.scheme() == "wss");
-    let https_token = matches!(
-        auth.map(|a| &a.token),
-        Some(super::TokenSource::OAuth2 { token_url, .. }) if token_url.scheme() == "https"
-    );
-    let tls_node = t.path_of("tls");
-    let key = |k: &str| {
-        let mut n = tls_node.clone();
-        n.path = format!("{}.{k}", tls_node.path);
-        n
-    };
-    if tls.server_name.is_some() && !wss {
-        r.at(
-            &key("server_name"),
-            "only used with wss:// URLs (an https token endpoint is verified against its own host)",
-        );
-    }
-    let others = [
-        ("ca_file", tls.ca_file.is_some()),
-        ("client_cert", tls.client_cert.is_some()),
-        ("client_key", tls.client_key.is_some()),
-    ];
-    for (name, set) in others {
-        if set && !wss && !https_token {
-            r.at(
-                &key(name),
-                "only used with wss:// URLs or an https:// OAuth2 token_url, and there are none",
-            );
-        }
-    }
+/// Where an endpoint's `tls` settings are used: `wss://` connections, and (all but
+/// `server_name`) an `https://` OAuth2 token endpoint. Set where neither exists, they would do
+/// nothing, so they are refused.
+#[derive(Clone, Copy)]
+struct TlsUse {
+    wss: bool,
+    https_token: bool,
 }
 
-fn read_tls(r: &mut Report, node: &Node<'_>) -> TlsConfig {
+fn read_tls(r: &mut Report, node: &Node<'_>, used: TlsUse) -> TlsConfig {
     let Some(mut t) = Table::open(r, node) else {
         return TlsConfig::default();
     };
@@ -220,6 +200,25 @@ fn read_tls(r: &mut Report, node: &Node<'_>) -> TlsConfig {
     };
     if tls.client_cert.is_some() != tls.client_key.is_some() {
         r.at(t.node(), "client_cert and client_key must be set together");
+    }
+    if tls.server_name.is_some() && !used.wss {
+        r.at(
+            &t.path_of("server_name"),
+            "only used with wss:// URLs (an https token endpoint is verified against its own host)",
+        );
+    }
+    if !used.wss && !used.https_token {
+        let set = [
+            ("ca_file", tls.ca_file.is_some()),
+            ("client_cert", tls.client_cert.is_some()),
+            ("client_key", tls.client_key.is_some()),
+        ];
+        for (key, _) in set.into_iter().filter(|(_, set)| *set) {
+            r.at(
+                &t.path_of(key),
+                "only used with wss:// URLs or an https:// OAuth2 token_url, and there are none",
+            );
+        }
     }
     t.finish(r);
     tls

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ws_sidecar::endpoint::State;
 use ws_sidecar::proto::event::Event as Ev;
+use ws_sidecar::proto::sidecar_client::SidecarClient;
 use ws_sidecar::proto::{self, GapReason};
 
 use crate::support::daemon::{next_event, start_daemon, subscribe};
@@ -39,6 +40,18 @@ async fn events(s: &mut tonic::Streaming<proto::Event>, n: usize) -> Vec<Ev> {
         }
     }
     out
+}
+
+/// `ResetResume` for endpoint `name`.
+async fn reset_resume(
+    c: &mut SidecarClient<tonic::transport::Channel>,
+    name: &str,
+) -> Result<proto::ResetResumeResponse, tonic::Status> {
+    c.reset_resume(proto::ResetResumeRequest {
+        endpoint: name.into(),
+    })
+    .await
+    .map(tonic::Response::into_inner)
 }
 
 fn data(e: &Ev) -> String {
@@ -179,13 +192,7 @@ async fn reset_resume_forgets_the_position_in_memory_and_store() {
     }
     events(&mut s, 10).await;
 
-    let r = c
-        .reset_resume(proto::ResetResumeRequest {
-            endpoint: "feed".into(),
-        })
-        .await
-        .expect("reset accepted")
-        .into_inner();
+    let r = reset_resume(&mut c, "feed").await.expect("reset accepted");
     assert_eq!(r.previous_id, "10");
     let c2 = up.next_accepted_within(T).await.expect("reconnects");
     assert_eq!(
@@ -197,22 +204,13 @@ async fn reset_resume_forgets_the_position_in_memory_and_store() {
     let got = events(&mut s, 1).await;
     assert_eq!(got.len(), 1, "no gap after an operator's reset: {got:?}");
     assert_eq!(data(&got[0]), reborn(1));
-    let missing = c
-        .reset_resume(proto::ResetResumeRequest {
-            endpoint: "nope".into(),
-        })
+    let missing = reset_resume(&mut c, "nope")
         .await
         .expect_err("unknown endpoint");
     assert_eq!(missing.code(), tonic::Code::NotFound);
     let store_path = d.dir.path().join("store");
     // Reset again: the store is cleared as well, so a restart would not offer it either.
-    let r = c
-        .reset_resume(proto::ResetResumeRequest {
-            endpoint: "feed".into(),
-        })
-        .await
-        .expect("reset accepted")
-        .into_inner();
+    let r = reset_resume(&mut c, "feed").await.expect("reset accepted");
     assert_eq!(r.previous_id, "1");
     d.stop().await;
     let store = ws_sidecar::store::Store::open(&store_path).expect("store");
@@ -241,10 +239,7 @@ async fn reset_resume_is_refused_where_no_position_is_kept() {
         ("plain", "has no resume configured"),
         ("conn", "no position is kept"),
     ] {
-        let refused = c
-            .reset_resume(proto::ResetResumeRequest {
-                endpoint: name.into(),
-            })
+        let refused = reset_resume(&mut c, name)
             .await
             .expect_err("nothing to forget");
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{name}");
@@ -273,12 +268,7 @@ async fn reset_resume_needs_the_publish_access() {
     ))
     .await;
     let mut c = d.grpc().await;
-    let denied = c
-        .reset_resume(proto::ResetResumeRequest {
-            endpoint: "feed".into(),
-        })
-        .await
-        .expect_err("refused");
+    let denied = reset_resume(&mut c, "feed").await.expect_err("refused");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     d.stop().await;
 }
