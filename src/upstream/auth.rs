@@ -179,7 +179,7 @@ impl Auth {
     }
 
     /// What templates may use now.
-    pub fn values(&self) -> template::Values<'_> {
+    fn values(&self) -> template::Values<'_> {
         template::Values {
             token: self.token(),
             last_id: None,
