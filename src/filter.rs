@@ -83,7 +83,7 @@ pub fn for_subscriber(
 }
 
 /// Length of `v` as compact JSON, counted without building the text.
-fn json_len(v: &Value) -> usize {
+pub fn json_len(v: &Value) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

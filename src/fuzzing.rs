@@ -322,7 +322,7 @@ fn render_resume_frame(ep: &EndpointConfig) {
         IdKind::Integer => UpstreamId::Int(u64::MAX),
         IdKind::String => UpstreamId::Str("\"}{{last_id}}\\".into()),
     };
-    let _ = Resume::new(cfg.clone(), Some(last)).frame(None);
+    let _ = Resume::new(cfg.clone(), Some(last)).frame(Default::default());
 }
 
 /// Extracts an id at `pointer` from `doc` (JSON text) as the upstream task does, and checks it
@@ -428,7 +428,10 @@ pub fn resume(c: &ResumeCase<'_>) {
     let contiguous = c.contiguous && !c.string_ids;
     let cfg = resume_config("/id", kind, window, contiguous, Some(c.template.into()));
     let mut r = Resume::new(cfg.clone(), None);
-    assert!(r.frame(None).is_none(), "a frame before any id");
+    assert!(
+        r.frame(Default::default()).is_none(),
+        "a frame before any id"
+    );
     let hash = |p: u8| crate::upstream::resume::payload_hash(&[p]);
     if c.string_ids {
         // The model: the last `window` distinct ids in arrival order, with their payload.
@@ -508,7 +511,9 @@ pub fn resume(c: &ResumeCase<'_>) {
     assert_eq!(UpstreamId::decode(&last.encode()).as_ref(), Some(&last));
     let value = last.to_string();
 
-    let frame = r.frame(None).map(|f| f.map(|f| f.expose().to_owned()));
+    let frame = r
+        .frame(Default::default())
+        .map(|f| f.map(|f| f.expose().to_owned()));
     // With no braces but its placeholders, rendering is plain replacement (the renderer's one
     // pass otherwise decides what a run of braces means).
     let plain = |t: &str| !t.replace("{{last_id}}", "").contains(['{', '}']);
@@ -528,7 +533,7 @@ pub fn resume(c: &ResumeCase<'_>) {
     }
     let template = json!({"op": "resume", "from": raw}).to_string();
     let cfg = resume_config("/id", kind, window, contiguous, Some(template));
-    let frame = match Resume::new(cfg, Some(last.clone())).frame(None) {
+    let frame = match Resume::new(cfg, Some(last.clone())).frame(Default::default()) {
         Some(Ok(f)) => f.expose().to_owned(),
         other => panic!("a resume frame with only {{{{last_id}}}} renders: {other:?}"),
     };

@@ -79,6 +79,9 @@ fn default_endpoint(url: &str) -> EndpointConfig {
         headers: vec![],
         subprotocols: vec![],
         on_connect: vec![],
+        captures: vec![],
+        rules: vec![],
+        max_lifetime: None,
         connect_timeout: secs(10),
         max_message_size: 16 * 1024 * 1024,
         proxy: ProxyConfig::Env,
@@ -87,7 +90,7 @@ fn default_endpoint(url: &str) -> EndpointConfig {
         drop: vec![],
         auth: None,
         heartbeat: HeartbeatConfig {
-            ping_interval: secs(20),
+            ping_interval: Some(secs(20)),
             pong_timeout: secs(10),
             idle_timeout: None,
             app_ping: None,
@@ -250,7 +253,7 @@ auth = { token = { env = "TOKEN" } }
     // lowercases keys and cannot spell `-`.
     assert_eq!(config.endpoints.keys().collect::<Vec<_>>(), ["Prices"]);
     let prices = ep(&config, "Prices");
-    assert_eq!(prices.heartbeat.ping_interval, secs(5));
+    assert_eq!(prices.heartbeat.ping_interval, Some(secs(5)));
     assert_eq!(
         prices.headers,
         [
@@ -541,7 +544,23 @@ fn invalid_values_are_reported_at_their_key() {
         ("[endpoints.p]\nurl = \"ws://x\"\non_connect = ['{\"a\":\"{{ token }}\"}']\nauth = { token = { env = \"T\" } }", "endpoints.p.on_connect[0]: write {{token}} without spaces inside the braces"),
         ("[endpoints.p]\nurl = \"ws://x/?t={{token}}\"", "endpoints.p.url: {{token}} is not filled in here, the value is used as written: the token goes in the URL with auth.query"),
         ("[endpoints.p]\nurl = \"ws://x\"\nheaders = { X-Key = \"{{token}}\" }", "endpoints.p.headers.X-Key: {{token}} is not filled in here"),
-        ("[endpoints.p]\nurl = \"ws://x\"\nheartbeat = { app_ping = '{\"p\":\"{{last_id}}\"}' }", "endpoints.p.heartbeat.app_ping: {{last_id}} is not filled in here"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nheartbeat = { app_ping = '{\"p\":\"{{last_id}}\"}' }", "endpoints.p.heartbeat.app_ping: {{last_id}} has a value only in resume.frame"),
+        ("[endpoints.p]\nurl = \"ws://x\"\non_connect = ['{\"id\":{{capture.sid}}}']", "endpoints.p.on_connect[0]: {{capture.sid}}: there is no captures.sid to fill it in"),
+        ("[endpoints.p]\nurl = \"ws://x\"\non_connect = [{ expect = [] }]", "endpoints.p.on_connect[0].expect: must not be empty"),
+        ("[endpoints.p]\nurl = \"ws://x\"\non_connect = [{ send = \"x\", timeout = \"5s\" }]", "endpoints.p.on_connect[0].timeout: only used with expect"),
+        ("[endpoints.p]\nurl = \"ws://x\"\non_connect = [{ expect = { text = \"a\", pointer = \"/a\" } }]", "endpoints.p.on_connect[0].expect: a condition is { text } or { pointer, equals }, not both"),
+        ("[endpoints.p]\nurl = \"ws://x\"\non_connect = [{ expect = { pointer = \"/t\", equals = \"ok\" }, failure = \"never\" }]", "endpoints.p.on_connect[0].failure: invalid value \"never\", expected one of retry, reauth, fail"),
+        ("[endpoints.p]\nurl = \"ws://x\"\non_connect = [{ expect = { equals = 1 } }]", "endpoints.p.on_connect[0].expect.pointer: required key is missing"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nrules = [{ match = { text = \"ping\" } }]", "endpoints.p.rules[0]: a rule needs reply, drop or action"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nrules = [{ match = { text = \"ping\" }, action = \"reconnect_to\" }]", "endpoints.p.rules[0].url_pointer: required key is missing"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nrules = [{ match = { text = \"ping\" }, action = \"restart\" }]", "endpoints.p.rules[0].action: unknown action \"restart\""),
+        ("[endpoints.p]\nurl = \"ws://x\"\nrules = [{ match = { text = \"ping\" }, drop = true, url_pointer = \"/u\" }]", "endpoints.p.rules[0].url_pointer: only used with action = \"reconnect_to\""),
+        ("[endpoints.p]\nurl = \"ws://x\"\nrules = [{ reply = \"pong\" }]", "endpoints.p.rules[0].match: required key is missing"),
+        ("[endpoints.p]\nurl = \"ws://x\"\ncaptures = { \"a-b\" = { pointer = \"/x\" } }", "a capture name holds only letters, digits and _"),
+        ("[endpoints.p]\nurl = \"ws://x\"\ncaptures = { sid = { pointer = \"x\" } }", "endpoints.p.captures.sid.pointer: invalid JSON pointer"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nmax_lifetime = \"2s\"", "endpoints.p.max_lifetime: must be at least 10s"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nheartbeat = { ping_interval = \"never\" }", "endpoints.p.heartbeat.ping_interval"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nauth = { token = \"t\" }\nheaders = { X = \"{{counter}}\" }", "endpoints.p.headers.X: {{counter}} is not filled in here"),
         ("[endpoints.p]\nurl = \"ws://x\"\non_connect = ['{\"auth\":\"{{token}}\"}']", "endpoints.p.on_connect[0]: {{token}} needs auth.token: nothing would fill it in"),
         ("[endpoints.p]\nurl = \"ws://x\"\non_connect = ['x', '{\"from\":{{last_id}}}']\nauth = { token = { env = \"T\" } }", "endpoints.p.on_connect[1]: {{last_id}} has a value only in resume.frame"),
         ("[endpoints.p]\nurl = \"ws://x\"\nresume = { id_pointer = \"/id\", frame = '{\"t\":\"{{token}}\",\"s\":{{last_id}}}' }", "endpoints.p.resume.frame: {{token}} needs auth.token"),

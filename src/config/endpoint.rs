@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use config::{Value, ValueKind};
 
+use super::dialogue::{capture_names, read_captures, read_rules, read_steps};
 use super::handshake::{read_auth, read_headers};
 use super::load::{at_least, non_empty, one_of, positive, size_at_least};
 use super::template::{literal, template, Allowed};
@@ -23,6 +24,9 @@ pub(super) const fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// Shortest `max_lifetime`: rotating more often would spend more time connecting than connected.
+const MIN_LIFETIME: Duration = Duration::from_secs(10);
+
 const fn millis(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -32,7 +36,13 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     let mut t = Table::open(r, node)?;
     let url = t.required(r, "url", ws_url);
     let fallback_urls = list(r, &mut t, "fallback_urls", ws_url);
-    let auth = t.get("auth").and_then(|n| read_auth(r, &n));
+    // Read first: templates everywhere may use what they capture.
+    let captures = t
+        .get("captures")
+        .map(|n| read_captures(r, &n))
+        .unwrap_or_default();
+    let names = capture_names(&captures);
+    let auth = t.get("auth").and_then(|n| read_auth(r, &n, &names));
     let auth_header = match auth.as_ref().map(|a| &a.placement) {
         Some(AuthPlacement::Header { name, .. }) => Some(name.as_str()),
         _ => None,
@@ -43,15 +53,29 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         .unwrap_or_default();
     let subprotocols = list(r, &mut t, "subprotocols", token);
     let has_auth = auth.is_some();
-    let on_connect = list(
-        r,
-        &mut t,
-        "on_connect",
-        template(Allowed {
-            token: has_auth,
-            last_id: false,
-        }),
-    );
+    let in_frames = Allowed {
+        token: has_auth,
+        last_id: false,
+        frame: Some(&names),
+    };
+    let on_connect = t
+        .get("on_connect")
+        .map(|n| read_steps(r, &n, in_frames))
+        .unwrap_or_default();
+    let rules = t
+        .get("rules")
+        .map(|n| read_rules(r, &n, in_frames))
+        .unwrap_or_default();
+    let max_lifetime = t.opt(r, "max_lifetime", |v| {
+        let d = positive(v)?;
+        if d < MIN_LIFETIME {
+            return Err(format!(
+                "must be at least {}: a connection needs time to be useful before it is replaced",
+                format_duration(MIN_LIFETIME)
+            ));
+        }
+        Ok(d)
+    });
     let connect_timeout = t.or(r, "connect_timeout", positive, secs(10));
     let max_message_size = t.or(r, "max_message_size", size_at_least(1024), 16 << 20);
     let proxy = t.or(r, "proxy", proxy_setting, ProxyConfig::Env);
@@ -75,14 +99,14 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         .map(|n| read_filters(r, &n))
         .unwrap_or_default();
     let s = t.section(r, "heartbeat");
-    let heartbeat = read_heartbeat(r, s);
+    let heartbeat = read_heartbeat(r, s, in_frames);
     let s = t.section(r, "backoff");
     let fallback_after = s.has("fallback_after").then(|| s.path_of("fallback_after"));
     let backoff = read_backoff(r, s);
     if let (Some(node), true) = (fallback_after, fallback_urls.is_empty()) {
         r.at(&node, "only used with fallback_urls, which are not set");
     }
-    let resume = t.get("resume").and_then(|n| read_resume(r, &n, has_auth));
+    let resume = t.get("resume").and_then(|n| read_resume(r, &n, in_frames));
     let s = t.section(r, "replay");
     let replay = read_replay(r, s);
     let s = t.section(r, "outbox");
@@ -101,6 +125,9 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         headers,
         subprotocols,
         on_connect,
+        captures,
+        rules,
+        max_lifetime,
         connect_timeout,
         max_message_size,
         proxy,
@@ -271,7 +298,7 @@ fn read_filters(r: &mut Report, node: &Node<'_>) -> Vec<FilterConfig> {
 }
 
 /// An RFC 6901 JSON pointer: `""` or `/`-separated, with `~` only in `~0` and `~1`.
-fn pointer(v: &Value) -> Result<String, String> {
+pub(super) fn pointer(v: &Value) -> Result<String, String> {
     let p = string(v)?;
     if !p.is_empty() && !p.starts_with('/') {
         return Err(format!(
@@ -289,7 +316,7 @@ fn pointer(v: &Value) -> Result<String, String> {
     Ok(p)
 }
 
-fn to_json(v: &Value) -> Result<serde_json::Value, String> {
+pub(super) fn to_json(v: &Value) -> Result<serde_json::Value, String> {
     use serde_json::Value as J;
     Ok(match &v.kind {
         ValueKind::Nil => J::Null,
@@ -324,15 +351,14 @@ fn principal(v: &Value) -> Result<Principal, String> {
     }
 }
 
-fn read_heartbeat(r: &mut Report, mut t: Table<'_>) -> HeartbeatConfig {
+fn read_heartbeat(r: &mut Report, mut t: Table<'_>, in_frames: Allowed<'_>) -> HeartbeatConfig {
     let hb = HeartbeatConfig {
-        ping_interval: t.or(r, "ping_interval", positive, secs(20)),
+        ping_interval: t.or(r, "ping_interval", off_or_positive, Some(secs(20))),
         pong_timeout: t.or(r, "pong_timeout", positive, secs(10)),
         idle_timeout: t.opt(r, "idle_timeout", duration).filter(|d| !d.is_zero()),
         app_ping: t.opt(r, "app_ping", |v| {
-            let s = non_empty(v)?;
-            literal(&s, "app_ping is a fixed frame")?;
-            Ok(s)
+            non_empty(v)?;
+            template(in_frames)(v)
         }),
         app_ping_interval: t.or(r, "app_ping_interval", positive, secs(30)),
     };
@@ -344,6 +370,14 @@ fn read_heartbeat(r: &mut Report, mut t: Table<'_>) -> HeartbeatConfig {
     }
     t.finish(r);
     hb
+}
+
+/// `"off"`, or a positive duration.
+fn off_or_positive(v: &Value) -> Result<Option<Duration>, String> {
+    if matches!(&v.kind, ValueKind::String(s) if s == "off") {
+        return Ok(None);
+    }
+    positive(v).map(Some)
 }
 
 fn read_backoff(r: &mut Report, mut t: Table<'_>) -> BackoffConfig {
@@ -392,7 +426,7 @@ fn read_backoff(r: &mut Report, mut t: Table<'_>) -> BackoffConfig {
     b
 }
 
-fn read_resume(r: &mut Report, node: &Node<'_>, has_auth: bool) -> Option<ResumeConfig> {
+fn read_resume(r: &mut Report, node: &Node<'_>, in_frames: Allowed<'_>) -> Option<ResumeConfig> {
     let mut t = Table::open(r, node)?;
     let id_pointer = t.required(r, "id_pointer", pointer);
     let id_kind = t.or(
@@ -414,8 +448,8 @@ fn read_resume(r: &mut Report, node: &Node<'_>, has_auth: bool) -> Option<Resume
             r,
             "frame",
             template(Allowed {
-                token: has_auth,
                 last_id: true,
+                ..in_frames
             }),
         ),
         dedup_window: t.or(r, "dedup_window", at_least(1usize), 10_000),

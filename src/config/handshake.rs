@@ -112,7 +112,12 @@ pub(crate) fn read_secret(r: &mut Report, node: &Node<'_>) -> Option<Secret> {
     env.or(file).or(command)
 }
 
-pub(super) fn read_auth(r: &mut Report, node: &Node<'_>) -> Option<AuthConfig> {
+/// `auth`; `captures` are the names its `renew_frame` may use.
+pub(super) fn read_auth(
+    r: &mut Report,
+    node: &Node<'_>,
+    captures: &std::collections::BTreeSet<String>,
+) -> Option<AuthConfig> {
     let mut t = Table::open(r, node)?;
     let token = t.need(r, "token").and_then(|n| read_token(r, &n));
     let header = t.opt(r, "header", token_name);
@@ -151,7 +156,15 @@ pub(super) fn read_auth(r: &mut Report, node: &Node<'_>) -> Option<AuthConfig> {
         },
         RenewMode::Reconnect,
     );
-    let renew_frame = t.opt(r, "renew_frame", template(IN_AUTH));
+    let renew_frame = t.opt(
+        r,
+        "renew_frame",
+        template(Allowed {
+            token: true,
+            last_id: false,
+            frame: Some(captures),
+        }),
+    );
     match (renew, &renew_frame) {
         (RenewMode::Frame, None) => r.at(
             &t.path_of("renew_frame"),
@@ -183,14 +196,8 @@ fn token_name(v: &Value) -> Result<String, String> {
     Ok(name)
 }
 
-/// What templates inside `auth` may hold: the token they are about, never the last id.
-const IN_AUTH: Allowed = Allowed {
-    token: true,
-    last_id: false,
-};
-
 fn header_template(v: &Value) -> Result<String, String> {
-    let format = template(IN_AUTH)(v)?;
+    let format = template(Allowed::HEADER)(v)?;
     if !format.contains("{{token}}") {
         return Err("must contain {{token}}".into());
     }

@@ -7,6 +7,7 @@
 //! `summary.rs` renders what `check-config` prints. This file is the shape the rest of the daemon reads.
 //! Everything here is checked before anything starts, so runtime code never re-validates.
 
+mod dialogue;
 mod endpoint;
 mod handshake;
 mod load;
@@ -119,8 +120,15 @@ pub struct EndpointConfig {
     /// values may be secret references.
     pub headers: Vec<(String, Secret)>,
     pub subprotocols: Vec<String>,
-    /// Text frames sent after every (re)connect.
-    pub on_connect: Vec<String>,
+    /// The opening dialogue after every (re)connect: frames to send, and answers to wait for
+    /// before the next frame, the outbox and `connected`.
+    pub on_connect: Vec<StepConfig>,
+    /// Values taken from inbound messages for templates, by name.
+    pub captures: Vec<CaptureConfig>,
+    /// What the daemon does itself with inbound messages that match, in order.
+    pub rules: Vec<RuleConfig>,
+    /// Rotate the connection (make-before-break) after about this long.
+    pub max_lifetime: Option<Duration>,
     pub connect_timeout: Duration,
     pub max_message_size: usize,
     pub proxy: ProxyConfig,
@@ -136,6 +144,88 @@ pub struct EndpointConfig {
     pub replay: ReplayConfig,
     pub outbox: OutboxConfig,
     pub access: AccessConfig,
+}
+
+/// One condition on an inbound message; a `match` list holds when all of its conditions do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// The JSON value at `pointer` equals `value` (a string also matches a number, boolean or
+    /// null whose JSON text it is, as subscriber filters do).
+    Equals {
+        pointer: String,
+        value: serde_json::Value,
+    },
+    /// The message is JSON with a value at `pointer`.
+    Present { pointer: String },
+    /// The whole message is this text (`ping`, `3`, …), JSON or not.
+    Text(String),
+}
+
+/// `endpoints.NAME.on_connect[i]`: a frame to send, or a table that may also wait for an
+/// answer before the next step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepConfig {
+    /// Template sent when the step starts.
+    pub send: Option<String>,
+    /// The step ends when a message matches; empty: at once.
+    pub expect: Vec<Condition>,
+    /// A message matching this ends the connection attempt with `failure`.
+    pub refuse: Vec<Condition>,
+    /// How long `expect` is waited for.
+    pub timeout: Duration,
+    /// What a refusal or a timeout means for the reconnect loop.
+    pub failure: CloseAction,
+    /// Whether messages arriving while this step waits are fanned out (otherwise only rules and
+    /// captures see them).
+    pub deliver: bool,
+}
+
+impl StepConfig {
+    /// A step that only sends `frame`.
+    pub fn frame(frame: impl Into<String>) -> Self {
+        StepConfig {
+            send: Some(frame.into()),
+            expect: Vec::new(),
+            refuse: Vec::new(),
+            timeout: Duration::from_secs(10),
+            failure: CloseAction::Retry,
+            deliver: false,
+        }
+    }
+}
+
+/// `endpoints.NAME.captures.NAME`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureConfig {
+    pub name: String,
+    /// Where the value is in a matching message.
+    pub pointer: String,
+    /// Only messages matching this are looked at; empty: every JSON message.
+    pub matches: Vec<Condition>,
+}
+
+/// `endpoints.NAME.rules[i]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleConfig {
+    pub matches: Vec<Condition>,
+    /// Template sent at once in answer.
+    pub reply: Option<String>,
+    /// Not fanned out to apps.
+    pub drop: bool,
+    pub action: Option<RuleAction>,
+}
+
+/// What a rule does to the connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleAction {
+    /// Open a new connection, then close this one.
+    Reconnect,
+    /// Like `Reconnect`, to the `ws://`/`wss://` URL at this pointer of the message.
+    ReconnectTo { url_pointer: String },
+    /// Forget the resume position (and captured values), then reconnect.
+    ResetResume,
+    /// Close the connection and stay `failed` until an operator's reconnect.
+    Fail,
 }
 
 /// `endpoints.NAME.tls`.
@@ -208,9 +298,11 @@ pub enum RenewMode {
 /// `endpoints.NAME.heartbeat`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeartbeatConfig {
-    pub ping_interval: Duration,
+    /// `None`: no WebSocket pings (`"off"`), for upstreams that want nothing but pongs.
+    pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub idle_timeout: Option<Duration>,
+    /// Frame template sent every `app_ping_interval`.
     pub app_ping: Option<String>,
     pub app_ping_interval: Duration,
 }

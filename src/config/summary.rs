@@ -211,7 +211,7 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
     let hb = &ep.heartbeat;
     let mut heartbeat = format!(
         "ping {}, pong timeout {}, idle timeout {}",
-        format_duration(hb.ping_interval),
+        hb.ping_interval.map_or("off".into(), format_duration),
         format_duration(hb.pong_timeout),
         hb.idle_timeout.map_or("off".into(), format_duration)
     );

@@ -1,8 +1,17 @@
-//! Which `{{…}}` placeholders a config value may hold. The daemon fills in `{{token}}` (with
-//! `auth`) in `auth.format`, `auth.renew_frame`, `on_connect` and `resume.frame`, and
-//! `{{last_id}}` in `resume.frame` only (it is sent once an id is known). Anything else that
-//! looks like a placeholder would go upstream as written, a setting that does nothing, so it is
-//! refused here, with what to do instead.
+//! Which `{{…}}` placeholders a config value may hold.
+//!
+//! - `{{token}}`: the current credential, wherever `auth` gives one (`auth.format`, every frame).
+//! - `{{last_id}}`: the last upstream id delivered, in `resume.frame` only (it is sent once an id
+//!   is known).
+//! - `{{counter}}`: 1, 2, 3… per connection, one value per frame that holds it (ids that must
+//!   increase, e.g. Home Assistant's); frames only.
+//! - `{{now_ms}}`: the wall clock in Unix milliseconds when the frame is sent.
+//! - `{{capture.NAME}}`: a value captured from an inbound message (`captures.NAME`); frames only.
+//!
+//! Anything else that looks like a placeholder would go upstream as written, a setting that does
+//! nothing, so it is refused here, with what to do instead.
+
+use std::collections::BTreeSet;
 
 use config::Value;
 
@@ -10,34 +19,63 @@ use super::value::string;
 
 /// The placeholders a value may hold.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Allowed {
+pub(super) struct Allowed<'a> {
     /// `{{token}}`: only where `auth` gives one.
     pub token: bool,
     /// `{{last_id}}`: only in `resume.frame`.
     pub last_id: bool,
+    /// `{{counter}}` and `{{capture.NAME}}` of these names: in frames, not in headers.
+    pub frame: Option<&'a BTreeSet<String>>,
+}
+
+impl Allowed<'_> {
+    /// In a header: the token at most.
+    pub const HEADER: Allowed<'static> = Allowed {
+        token: true,
+        last_id: false,
+        frame: None,
+    };
 }
 
 /// A template holding only the placeholders `allowed`.
-pub(super) fn template(allowed: Allowed) -> impl Fn(&Value) -> Result<String, String> {
+pub(super) fn template(allowed: Allowed<'_>) -> impl Fn(&Value) -> Result<String, String> + '_ {
     move |v| {
         let s = string(v)?;
-        for name in placeholders(&s)? {
-            match name {
-                "token" if allowed.token => {}
-                "token" => return Err("{{token}} needs auth.token: nothing would fill it in".into()),
-                "last_id" if allowed.last_id => {}
-                "last_id" => {
-                    return Err("{{last_id}} has a value only in resume.frame, which is sent once an id is known".into())
-                }
-                other => {
-                    return Err(format!(
-                        "unknown placeholder {{{{{other}}}}}: templates know {{{{token}}}} and {{{{last_id}}}}"
-                    ))
-                }
-            }
-        }
+        check(&s, allowed)?;
         Ok(s)
     }
+}
+
+/// Refuses a placeholder `s` may not hold.
+pub(super) fn check(s: &str, allowed: Allowed<'_>) -> Result<(), String> {
+    for name in placeholders(s)? {
+        match name {
+            "token" if allowed.token => {}
+            "token" => return Err("{{token}} needs auth.token: nothing would fill it in".into()),
+            "last_id" if allowed.last_id => {}
+            "last_id" => {
+                return Err("{{last_id}} has a value only in resume.frame, which is sent once an id is known".into())
+            }
+            "now_ms" => {}
+            "counter" if allowed.frame.is_some() => {}
+            "counter" => return Err("{{counter}} is only filled in in frames".into()),
+            other => match (other.strip_prefix("capture."), allowed.frame) {
+                (Some(c), Some(names)) if names.contains(c) => {}
+                (Some(c), Some(_)) => {
+                    return Err(format!(
+                        "{{{{capture.{c}}}}}: there is no captures.{c} to fill it in"
+                    ))
+                }
+                (Some(_), None) => return Err("captured values are only filled in in frames".into()),
+                (None, _) => {
+                    return Err(format!(
+                        "unknown placeholder {{{{{other}}}}}: templates know {{{{token}}}}, {{{{last_id}}}}, {{{{counter}}}}, {{{{now_ms}}}} and {{{{capture.NAME}}}}"
+                    ))
+                }
+            },
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a placeholder in a value that is used as written; `instead` says what to use.
@@ -61,7 +99,11 @@ fn placeholders(s: &str) -> Result<Vec<&str>, String> {
         rest = &after[end + 2..];
         let raw = &after[..end];
         let name = raw.trim();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
             continue;
         }
         if name != raw {

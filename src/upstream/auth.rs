@@ -11,8 +11,8 @@ use base64::Engine as _;
 
 use super::failure::Failure;
 use super::oauth2;
-use super::template;
 use crate::config::{AuthConfig, AuthPlacement, EndpointConfig, TokenSource};
+use crate::dialogue::template;
 use crate::secret::SecretString;
 
 /// Where this attempt's credential goes.
@@ -167,10 +167,10 @@ impl Auth {
         Ok(())
     }
 
-    /// The renewal frame for a live connection (`renew = "frame"`).
-    pub fn renew_frame(&self) -> Option<SecretString> {
-        let template = self.cfg.renew_frame.as_ref()?;
-        template::frame(template, self.values()).ok()
+    /// The renewal frame's template for a live connection (`renew = "frame"`), rendered by the
+    /// connection with its own values.
+    pub fn renew_frame(&self) -> Option<&str> {
+        self.cfg.renew_frame.as_deref()
     }
 
     /// The current token, for `{{token}}` in frames.
@@ -178,20 +178,12 @@ impl Auth {
         self.current.as_ref().map(|t| &t.value)
     }
 
-    /// What templates may use now.
-    fn values(&self) -> template::Values<'_> {
-        template::Values {
-            token: self.token(),
-            last_id: None,
-        }
-    }
-
     fn place(&self, token: SecretString) -> Credential {
         match &self.cfg.placement {
             AuthPlacement::Header { name, format } => {
                 let values = template::Values {
                     token: Some(&token),
-                    last_id: None,
+                    ..template::Values::default()
                 };
                 // `format` holds {{token}} (check-config insists), which has a value here.
                 let value = template::header(format, values)

@@ -78,7 +78,12 @@ async fn connect_inner(attempt: Attempt<'_>) -> Result<Ws, Failure> {
         Box::new(tcp)
     };
     let hb = &cfg.heartbeat;
-    let stream = WireWatch::new(stream, hb.ping_interval + hb.pong_timeout);
+    // A fragmented message stalls no longer than a silent connection is allowed to.
+    let quiet = hb
+        .ping_interval
+        .or(hb.idle_timeout)
+        .unwrap_or(std::time::Duration::from_secs(20));
+    let stream = WireWatch::new(stream, quiet + hb.pong_timeout);
 
     super::handshake::upgrade(stream, request, ws_config(cfg.max_message_size)).await
 }

@@ -43,6 +43,20 @@ impl Failure {
         }
     }
 
+    /// What a failure `action` (a close code's, an `on_connect` step's) makes of `reason`.
+    pub fn of(action: CloseAction, reason: impl Into<String>) -> Self {
+        let class = match action {
+            CloseAction::Retry => Class::Retry,
+            CloseAction::Reauth => Class::Auth,
+            CloseAction::Fail => Class::Fatal,
+        };
+        Failure {
+            class,
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
     /// An HTTP status answered to the upgrade request.
     pub fn http(status: u16, retry_after: Option<Duration>, detail: &str) -> Self {
         let class = match status {

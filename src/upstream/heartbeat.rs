@@ -40,7 +40,10 @@ pub const LATE: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct Heartbeat {
     cfg: HeartbeatConfig,
-    next_ping: Instant,
+    /// `None` with `ping_interval = "off"`.
+    next_ping: Option<Instant>,
+    /// Stands for "never" in [`deadline`](Self::deadline).
+    never: Instant,
     /// The outstanding ping's payload and when it was sent.
     awaiting: Option<(u64, Instant)>,
     counter: u64,
@@ -56,7 +59,8 @@ impl Heartbeat {
     pub fn new(cfg: HeartbeatConfig, now: Instant) -> Self {
         let next_app_ping = cfg.app_ping.as_ref().map(|_| now + cfg.app_ping_interval);
         Heartbeat {
-            next_ping: now + cfg.ping_interval,
+            next_ping: cfg.ping_interval.map(|i| now + i),
+            never: now + Duration::from_secs(365 * 24 * 3600),
             awaiting: None,
             counter: 0,
             last_inbound: now,
@@ -72,7 +76,7 @@ impl Heartbeat {
         let grace = |t: Instant| self.grace_until.map_or(t, |g| t.max(g));
         let mut d = match self.pong_deadline() {
             Some(at) => grace(at),
-            None => self.next_ping,
+            None => self.next_ping.unwrap_or(self.never),
         };
         if let Some(idle) = self.cfg.idle_timeout {
             d = d.min(grace(self.last_inbound + idle));
@@ -126,11 +130,14 @@ impl Heartbeat {
 
     fn due_pings(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self.awaiting.is_none() && now >= self.next_ping {
-            self.counter += 1;
-            self.awaiting = Some((self.counter, now));
-            self.next_ping = now + self.cfg.ping_interval;
-            actions.push(Action::Ping(self.counter.to_be_bytes().to_vec()));
+        let due = self.next_ping.zip(self.cfg.ping_interval);
+        if let (None, Some((at, interval))) = (self.awaiting, due) {
+            if now >= at {
+                self.counter += 1;
+                self.awaiting = Some((self.counter, now));
+                self.next_ping = Some(now + interval);
+                actions.push(Action::Ping(self.counter.to_be_bytes().to_vec()));
+            }
         }
         if let Some(app) = self.next_app_ping {
             if now >= app {
@@ -141,13 +148,13 @@ impl Heartbeat {
         actions
     }
 
-    /// A ping right now, unless one is outstanding: after the process stalled or the host
-    /// slept, the connection is checked at once instead of at the next interval.
+    /// A ping right now, unless one is outstanding or pings are off: after the process stalled
+    /// or the host slept, the connection is checked at once instead of at the next interval.
     pub fn check_now(&mut self, now: Instant) -> Option<Action> {
-        if self.awaiting.is_some() {
+        if self.awaiting.is_some() || self.next_ping.is_none() {
             return None;
         }
-        self.next_ping = now;
+        self.next_ping = Some(now);
         self.poll(now)
             .into_iter()
             .find(|a| matches!(a, Action::Ping(_)))
@@ -182,7 +189,7 @@ mod tests {
 
     fn cfg(idle: Option<u64>) -> HeartbeatConfig {
         HeartbeatConfig {
-            ping_interval: Duration::from_secs(20),
+            ping_interval: Some(Duration::from_secs(20)),
             pong_timeout: Duration::from_secs(10),
             idle_timeout: idle.map(Duration::from_secs),
             app_ping: None,
@@ -276,6 +283,25 @@ mod tests {
             "its pong is due pong_timeout later"
         );
         assert_eq!(h.check_now(t0 + s(4)), None, "one ping at a time");
+    }
+
+    #[test]
+    fn pings_off_sends_none_but_the_idle_timeout_still_holds() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut h = Heartbeat::new(
+            HeartbeatConfig {
+                ping_interval: None,
+                ..cfg(Some(10))
+            },
+            t0,
+        );
+        assert_eq!(h.deadline(), t0 + s(10));
+        assert!(h.poll(t0 + s(9)).is_empty());
+        assert_eq!(h.check_now(t0 + s(9)), None, "not even after a stall");
+        h.on_inbound(t0 + s(9));
+        assert!(h.poll(t0 + s(18)).is_empty());
+        assert!(matches!(&h.poll(t0 + s(19))[0], Action::Dead(r) if r.starts_with("idle timeout")));
     }
 
     #[test]

@@ -32,14 +32,15 @@ impl Session<'_> {
     ///
     /// Where a message becomes visible at once it is appended without waking subscribers, and
     /// its seq left in `announce` for the caller to announce with the rest of the batch.
-    pub(super) async fn ingest(&mut self, kind: Kind, data: Bytes, announce: &mut Option<u64>) {
+    /// `doc` is the payload parsed as JSON, where resume or `drop` filters need it.
+    pub(super) async fn ingest(
+        &mut self,
+        kind: Kind,
+        data: Bytes,
+        doc: Option<serde_json::Value>,
+        announce: &mut Option<u64>,
+    ) {
         let ep = self.ep;
-        let needs_json = self.resume.is_some() || !self.drop_filters.is_empty();
-        let doc = if needs_json {
-            serde_json::from_slice::<serde_json::Value>(&data).ok()
-        } else {
-            None
-        };
         let mut gap = None;
         let mut new_id = None;
         if let (Some(resume), Some(doc)) = (self.resume.as_mut(), doc.as_ref()) {

@@ -12,11 +12,13 @@ mod handshake;
 pub mod heartbeat;
 mod ingest;
 mod oauth2;
+mod overlap;
 mod proxy;
+mod replace;
 pub mod resume;
 mod session;
-pub mod template;
 pub mod tls;
+mod writer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,8 +112,11 @@ async fn run_inner(
     let mut ever_connected = false;
     // One receiver for the task's life: a stall while connecting is seen by the next session.
     let mut stalls = stalls.subscribe();
-    // A connection already open (make-before-break credential renewal) to continue on.
-    let mut switched: Option<(connect::Ws, String)> = None;
+    // A connection already open (make-before-break) to continue on.
+    let mut switched: Option<(Box<replace::Ready>, replace::Why)> = None;
+    let script = crate::dialogue::Script::new(cfg);
+    let mut captures = crate::dialogue::capture::Captures::default();
+    let mut overlap = overlap::Overlap::default();
 
     loop {
         let resets = ep.take_resume_resets();
@@ -124,12 +129,21 @@ async fn run_inner(
             switched = None;
         }
         let base = urls[url_idx].clone();
+        let mut opened = None;
         let outcome = match switched.take() {
-            Some((ws, shown)) => {
+            Some((ready, why)) => {
+                let replace::Ready {
+                    ws,
+                    shown,
+                    counter,
+                    captures: fresh,
+                } = *ready;
                 ep.set_url(shown.clone());
+                opened = Some(counter);
+                captures = fresh;
                 Ok(Attempted::Connected(
                     Box::new(ws),
-                    format!("{shown} (credential renewed)"),
+                    format!("{shown} ({})", why.close_reason()),
                 ))
             }
             None => {
@@ -161,9 +175,6 @@ async fn run_inner(
                 backoff.on_connected(Instant::now());
                 let span = tracing::info_span!("connection", attempt = connections);
                 let via = cfg.proxy.via(&base);
-                span.in_scope(|| {
-                    ep.set_state(State::Connected, format!("connected to {shown}{via}"))
-                });
                 let session = Session {
                     ep,
                     cfg,
@@ -179,6 +190,11 @@ async fn run_inner(
                         .as_ref()
                         .is_some_and(|r| r.scope == crate::config::IdScope::Global)
                         || cfg.replay.persist,
+                    script: &script,
+                    captures: &mut captures,
+                    overlap: &mut overlap,
+                    connected: format!("connected to {shown}{via}"),
+                    opened,
                 };
                 match session.run(*ws).instrument(span).await {
                     End::Shutdown => Next::Stop,
@@ -186,8 +202,15 @@ async fn run_inner(
                         backoff.reset();
                         Next::Now
                     }
-                    End::Switch(ws, shown) => {
-                        switched = Some((*ws, shown));
+                    End::Switch(ready, why) => {
+                        switched = Some((ready, why));
+                        Next::Now
+                    }
+                    End::ResetResume => {
+                        if let Err(e) = forget_position(ep, resume.as_mut()).await {
+                            tracing::error!(error = %e, "cannot forget the stored resume position");
+                        }
+                        captures.clear();
                         Next::Now
                     }
                     End::Lost(f) => {

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hasher as _;
 
 use crate::config::{IdKind, IdScope, ResumeConfig};
+use crate::dialogue::template::{frame, Missing, Values};
 use crate::secret::SecretString;
 
 /// The upstream's id of a message.
@@ -344,18 +345,12 @@ impl Resume {
         q.append_pair(name, &last.to_string());
     }
 
-    /// The resume frame to send right after connect, when configured and an id is known, with
-    /// `token` for a `{{token}}` it may hold (see [`super::template`]).
-    pub fn frame(
-        &self,
-        token: Option<&SecretString>,
-    ) -> Option<Result<SecretString, super::template::Missing>> {
+    /// The resume frame to send right after connect, when configured and an id is known,
+    /// rendered with the connection's `values` (see [`crate::dialogue::template`]).
+    pub fn frame(&self, values: Values<'_>) -> Option<Result<SecretString, Missing>> {
         let template = self.cfg.frame.as_ref()?;
         let last_id = Some(self.last.as_ref()?);
-        Some(super::template::frame(
-            template,
-            super::template::Values { token, last_id },
-        ))
+        Some(frame(template, Values { last_id, ..values }))
     }
 }
 
@@ -398,7 +393,10 @@ mod tests {
         let mut u = url::Url::parse("ws://h/feed?a=1&since=0").expect("url");
         r.apply_query(&mut u);
         assert_eq!(u.as_str(), "ws://h/feed?a=1&since=6");
-        let frame = r.frame(None).expect("configured").expect("renders");
+        let frame = r
+            .frame(Values::default())
+            .expect("configured")
+            .expect("renders");
         assert_eq!(frame.expose(), r#"{"op":"resume","from":6}"#);
     }
 
@@ -576,7 +574,7 @@ mod tests {
         let mut u = url::Url::parse("ws://h/feed").expect("url");
         r.apply_query(&mut u);
         assert_eq!(u.as_str(), "ws://h/feed");
-        assert!(r.frame(None).is_none());
+        assert!(r.frame(Values::default()).is_none());
         assert_eq!(r.extract(&serde_json::json!({"other": 1})), None);
     }
 }

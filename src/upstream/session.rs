@@ -1,14 +1,15 @@
-//! One live upstream connection: reads and fans out messages, keeps the heartbeat, and writes
-//! the resume frame, `on_connect` frames and then the outbox, until the connection ends.
+//! One live upstream connection: reads frames and hands each message to the dialogue and then
+//! the log, keeps the heartbeat, and starts replacements (credential renewal, `max_lifetime`,
+//! the upstream's request) until the connection ends. Writing is `writer.rs`, replacing
+//! `replace.rs`, the daemon's own part in the conversation `crate::dialogue`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Auth;
@@ -16,9 +17,14 @@ use super::connect::Ws;
 use super::failure::Failure;
 use super::frame_watch::CloseSlot;
 use super::heartbeat::{Action, Heartbeat};
+use super::overlap::Overlap;
+use super::replace::{self, Plan, Ready, Replacing, Why};
 use super::resume::Resume;
-use crate::config::{EndpointConfig, RenewMode};
-use crate::endpoint::Endpoint;
+use super::writer::{writer, Ctl, CTL_QUEUE};
+use crate::config::EndpointConfig;
+use crate::dialogue::capture::Captures;
+use crate::dialogue::{matching, template, Act, Dialogue, Script};
+use crate::endpoint::{Endpoint, State};
 use crate::filter::Filter;
 use crate::log::Kind;
 
@@ -28,23 +34,12 @@ pub enum End {
     Shutdown,
     /// An operator asked for a fresh connection; the upstream got a 1000 close.
     Reconnect,
+    /// A rule said the resume position is gone (`reset_resume`); the upstream got a 1000 close.
+    ResetResume,
     /// The connection failed or the upstream closed it.
     Lost(Failure),
-    /// A renewed credential's connection is up (and the old one closed with 1000): continue
-    /// on it. The string is its URL as it may be shown.
-    Switch(Box<Ws>, String),
-}
-
-/// A credential renewal under way: it owns the endpoint's `Auth` until it finishes, and for
-/// `renew = "reconnect"` also opens the replacement connection.
-type Renewal<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (Auth, Result<Option<(Ws, String)>, String>)> + Send + 'a>,
->;
-
-/// Frames the connection loop asks the writer to send ahead of the outbox.
-enum Ctl {
-    Frame(Message),
-    Close(CloseCode, &'static str),
+    /// A replacement is up (and the old connection closed with 1000): continue on it.
+    Switch(Box<Ready>, Why),
 }
 
 /// What the connection loop does after a frame.
@@ -53,22 +48,21 @@ enum Flow {
     End(End),
     /// Send this close frame, then end.
     Close(CloseCode, &'static str, End),
+    /// The dialogue asks something of the connection.
+    Act(Act),
 }
 
 /// Inbound frames handled per wake-up of the connection loop.
 const INGEST_BATCH: usize = 256;
 
-/// Outbox entries written per flush: enough to amortise the flush, small enough that a
-/// heartbeat frame is not stuck behind a long batch.
-const OUTBOX_BATCH: usize = 256;
+/// First and longest wait between failed credential renewals (or rotations) while the old
+/// connection is in use.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// First and longest wait between failed credential renewals while the old one is in use.
-const RENEW_RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(1);
-const RENEW_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// When the next renewal is due, as a timer deadline.
-fn renew_deadline(auth: Option<&Auth>) -> tokio::time::Instant {
-    match auth.and_then(Auth::renew_at) {
+/// A timer deadline for a wall-clock instant.
+fn timer_at(at: Option<std::time::SystemTime>) -> tokio::time::Instant {
+    match at {
         Some(at) => {
             let wait = at
                 .duration_since(std::time::SystemTime::now())
@@ -80,7 +74,16 @@ fn renew_deadline(auth: Option<&Auth>) -> tokio::time::Instant {
 }
 
 fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600)
+    tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// When a connection opened now is rotated: `max_lifetime` less up to a tenth, at random, so
+/// connections opened together are not all replaced at once.
+fn rotation_deadline(max: Option<Duration>) -> tokio::time::Instant {
+    match max {
+        Some(max) => tokio::time::Instant::now() + max.mul_f64(1.0 - fastrand::f64() / 10.0),
+        None => far_future(),
+    }
 }
 
 /// Per-connection context borrowed from the endpoint task.
@@ -89,7 +92,7 @@ pub struct Session<'a> {
     /// The settings this run started with.
     pub cfg: &'a EndpointConfig,
     pub resume: &'a mut Option<Resume>,
-    /// The endpoint's credential state; taken by a renewal while it runs.
+    /// The endpoint's credential state; taken by a replacement while it runs.
     pub auth: &'a mut Option<Auth>,
     /// The URL this connection was opened on, for a make-before-break replacement.
     pub base: &'a url::Url,
@@ -99,6 +102,29 @@ pub struct Session<'a> {
     pub stalls: &'a mut tokio::sync::watch::Receiver<u64>,
     /// Commit each message before delivering it (resume or persisted replay configured).
     pub durable: bool,
+    /// The endpoint's captures, rules and `on_connect` steps.
+    pub script: &'a Script,
+    /// Values captured so far; they outlive connections.
+    pub captures: &'a mut Captures,
+    /// Payload hashes around a make-before-break switch.
+    pub overlap: &'a mut Overlap,
+    /// What status says once the connection's opening dialogue is done.
+    pub connected: String,
+    /// `Some(counter)` for a replacement whose opening dialogue ran already.
+    pub opened: Option<u64>,
+}
+
+/// One connection's state, threaded through frame handling.
+struct Conn<'s> {
+    hb: Heartbeat,
+    wire_close: CloseSlot,
+    /// The last seq appended but not yet announced to subscribers.
+    announce: Option<u64>,
+    dialogue: Dialogue<'s>,
+    /// Frames for the writer, handed over after each batch.
+    out: Vec<Message>,
+    /// Tells the writer the outbox may flow (the opening dialogue is done).
+    open: watch::Sender<bool>,
 }
 
 impl<'a> Session<'a> {
@@ -108,17 +134,26 @@ impl<'a> Session<'a> {
         if let Some(r) = self.resume.as_mut() {
             r.start_connection();
         }
+        match self.opened {
+            Some(_) => self.overlap.switched(Instant::now()),
+            None => self.overlap.clear(),
+        }
         let (mut sink, mut stream) = ws.split();
         let ep = self.ep;
         let cfg = self.cfg;
+        let script: &'a Script = self.script;
+        let mut dialogue = match self.opened {
+            Some(counter) => Dialogue::opened(script, counter),
+            None => Dialogue::new(script),
+        };
 
         // Resume frame first, then `on_connect`, then the outbox: upstreams expect to be told
         // where to resume before being asked for anything.
-        let first = match self.first_frames() {
-            Ok(frames) => frames,
-            Err(reason) => return End::Lost(Failure::retry(reason)),
-        };
-        if !first.is_empty() {
+        if self.opened.is_none() {
+            let first = match self.first_frames(&mut dialogue) {
+                Ok(frames) => frames,
+                Err(reason) => return End::Lost(Failure::retry(reason)),
+            };
             let send_all = async {
                 for m in first {
                     sink.feed(m).await?;
@@ -138,25 +173,50 @@ impl<'a> Session<'a> {
             }
         }
 
-        let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>(16);
-        let writer = writer(sink, ctl_rx, ep);
+        let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>(CTL_QUEUE);
+        let (open_tx, open_rx) = watch::channel(dialogue.is_open());
+        if dialogue.is_open() {
+            ep.set_state(State::Connected, self.connected.clone());
+        } else {
+            ep.set_state(
+                State::Connecting,
+                format!("{}; waiting for the on_connect answers", self.connected),
+            );
+        }
+        let writer = writer(sink, ctl_rx, open_rx, ep);
         tokio::pin!(writer);
 
-        let mut hb = Heartbeat::new(cfg.heartbeat.clone(), Instant::now());
-        let sleep = tokio::time::sleep_until(hb.deadline().into());
+        let mut conn = Conn {
+            hb: Heartbeat::new(cfg.heartbeat.clone(), Instant::now()),
+            wire_close,
+            announce: None,
+            dialogue,
+            out: Vec::new(),
+            open: open_tx,
+        };
+        let sleep = tokio::time::sleep_until(conn.deadline().into());
         tokio::pin!(sleep);
-        let renew_sleep = tokio::time::sleep_until(renew_deadline(self.auth.as_ref()));
+        let renew_sleep =
+            tokio::time::sleep_until(timer_at(self.auth.as_ref().and_then(Auth::renew_at)));
         tokio::pin!(renew_sleep);
-        let mut renew_retry = RENEW_RETRY_MIN;
-        let mut renewing: Option<Renewal<'a>> = None;
-        // The last seq appended but not yet announced to subscribers.
-        let mut announce: Option<u64> = None;
+        let rotate_sleep = tokio::time::sleep_until(rotation_deadline(cfg.max_lifetime));
+        tokio::pin!(rotate_sleep);
+        let mut retry = RETRY_MIN;
+        let mut replacing: Option<(Why, Replacing<'a>)> = None;
 
-        // Ends the loop where a frame ended the connection (the close frame, if any, first).
+        // Hands the writer what the batch queued, then ends the loop where the batch ended the
+        // connection (the close frame, if any, after the queued frames).
         macro_rules! settle {
             ($flow:expr) => {
-                match $flow {
-                    Flow::Continue => {}
+                let flow = match $flow {
+                    Flow::Act(act) => self.act(act, &mut replacing),
+                    other => other,
+                };
+                if let Err(end) = hand_over(&ctl_tx, &mut conn.out) {
+                    break end;
+                }
+                match flow {
+                    Flow::Continue | Flow::Act(_) => {}
                     Flow::End(end) => break end,
                     Flow::Close(code, why, end) => {
                         break self.close(&ctl_tx, &mut writer, code, why, end).await;
@@ -176,38 +236,59 @@ impl<'a> Session<'a> {
                 r = &mut writer => {
                     break End::Lost(r.err().unwrap_or_else(|| Failure::retry("writer stopped")));
                 }
-                _ = &mut renew_sleep, if renewing.is_none() && self.auth.is_some() => {
-                    renewing = self.start_renewal();
+                _ = &mut renew_sleep, if replacing.is_none() && self.auth.is_some() => {
+                    replacing = Some((Why::Renewal, self.replace(self.base.clone(), Why::Renewal)));
                     renew_sleep.as_mut().reset(far_future());
                 }
-                (auth, result) = async { match renewing.as_mut() {
-                    Some(r) => r.await,
+                _ = &mut rotate_sleep, if replacing.is_none() => {
+                    tracing::info!("max_lifetime reached: opening the next connection before closing this one");
+                    replacing = Some((Why::Lifetime, self.replace(self.base.clone(), Why::Lifetime)));
+                    rotate_sleep.as_mut().reset(far_future());
+                }
+                (auth, result) = async { match replacing.as_mut() {
+                    Some((_, r)) => r.await,
                     None => std::future::pending().await,
                 } } => {
-                    renewing = None;
-                    super::record_expiry(ep, &auth);
-                    let frame = auth.renew_frame();
-                    *self.auth = Some(auth);
-                    match result {
-                        Ok(None) => {
-                            Endpoint::count(&ep.stats.auth_renewals_ok, 1);
-                            if let Some(frame) = frame {
-                                let _ = ctl_tx.try_send(Ctl::Frame(Message::text(frame.expose().to_owned())));
-                            }
-                            tracing::info!("credential renewed on the live connection");
-                            renew_retry = RENEW_RETRY_MIN;
-                            renew_sleep.as_mut().reset(renew_deadline(self.auth.as_ref()));
+                    let why = replacing.take().map_or(Why::Renewal, |(w, _)| w);
+                    if why == Why::Renewal {
+                        if let Some(a) = auth.as_ref() {
+                            super::record_expiry(ep, a);
                         }
-                        Ok(Some((ws, shown))) => {
+                    }
+                    *self.auth = auth;
+                    match result {
+                        Ok(Some(ready)) => {
+                            if why == Why::Renewal {
+                                Endpoint::count(&ep.stats.auth_renewals_ok, 1);
+                            }
+                            tracing::info!(reason = why.close_reason(), "switching to the new connection");
+                            return self.close(&ctl_tx, &mut writer, CloseCode::Normal, why.close_reason(), End::Switch(ready, why)).await;
+                        }
+                        Ok(None) => {
+                            self.overlap.clear();
                             Endpoint::count(&ep.stats.auth_renewals_ok, 1);
-                            tracing::info!("credential renewed: switching to the new connection");
-                            return self.close(&ctl_tx, &mut writer, CloseCode::Normal, "credential renewed", End::Switch(Box::new(ws), shown)).await;
+                            conn.out.extend(self.renew_frame(&conn.dialogue));
+                            tracing::info!("credential renewed on the live connection");
+                            retry = RETRY_MIN;
+                            renew_sleep.as_mut().reset(timer_at(self.auth.as_ref().and_then(Auth::renew_at)));
+                            settle!(Flow::Continue);
                         }
                         Err(reason) => {
-                            Endpoint::count(&ep.stats.auth_renewals_failed, 1);
-                            tracing::warn!(%reason, retry_in = %crate::fmt::duration(renew_retry), "credential renewal failed; the current connection stays");
-                            renew_sleep.as_mut().reset(tokio::time::Instant::now() + renew_retry);
-                            renew_retry = (renew_retry * 2).min(RENEW_RETRY_MAX);
+                            self.overlap.clear();
+                            let again = tokio::time::Instant::now() + retry;
+                            match why {
+                                Why::Renewal => {
+                                    Endpoint::count(&ep.stats.auth_renewals_failed, 1);
+                                    tracing::warn!(%reason, retry_in = %crate::fmt::duration(retry), "credential renewal failed; the current connection stays");
+                                    renew_sleep.as_mut().reset(again);
+                                }
+                                Why::Lifetime => {
+                                    tracing::warn!(%reason, retry_in = %crate::fmt::duration(retry), "cannot open the next connection; the current one stays");
+                                    rotate_sleep.as_mut().reset(again);
+                                }
+                                Why::Upstream => tracing::warn!(%reason, "the upstream asked to reconnect, but the new connection failed; staying on this one while it lasts"),
+                            }
+                            retry = (retry * 2).min(RETRY_MAX);
                         }
                     }
                 }
@@ -215,42 +296,42 @@ impl<'a> Session<'a> {
                     // What is already in the socket counts before the timers: a timer that fired
                     // late (the daemon did not run for a while) must not declare dead a
                     // connection whose pong and messages are waiting to be read.
-                    let flow = self.take_frames(None, &mut stream, &mut hb, &wire_close, &mut announce).await;
+                    let flow = self.take_frames(None, &mut stream, &mut conn).await;
                     settle!(flow);
                     let now = Instant::now();
                     if Heartbeat::is_late(sleep.deadline().into_std(), now) {
-                        hb.on_late_wake(now);
+                        conn.hb.on_late_wake(now);
                     }
-                    for action in hb.poll(now) {
-                        let frame = match action {
+                    if let Some(act) = conn.dialogue.expired(now) {
+                        settle!(Flow::Act(act));
+                    }
+                    for action in conn.hb.poll(now) {
+                        match action {
                             Action::Dead(reason) => return End::Lost(Failure::retry(reason)),
-                            Action::Ping(p) => Message::Ping(Bytes::from(p)),
-                            Action::AppPing => match &cfg.heartbeat.app_ping {
-                                Some(text) => Message::text(text.clone()),
-                                None => continue,
-                            },
-                        };
-                        // A full channel means the writer is stuck: the pong timeout will tell.
-                        let _ = ctl_tx.try_send(Ctl::Frame(frame));
+                            Action::Ping(p) => conn.out.push(Message::Ping(Bytes::from(p))),
+                            Action::AppPing => conn.out.extend(self.app_ping(&conn.dialogue)),
+                        }
                     }
-                    sleep.as_mut().reset(hb.deadline().into());
+                    settle!(Flow::Continue);
+                    sleep.as_mut().reset(conn.deadline().into());
                 }
                 Ok(()) = self.stalls.changed() => {
                     // The process did not run for a while, or the host slept: the upstream may
                     // have given up on us meanwhile. Read what came, then ping at once.
-                    let flow = self.take_frames(None, &mut stream, &mut hb, &wire_close, &mut announce).await;
+                    let flow = self.take_frames(None, &mut stream, &mut conn).await;
                     settle!(flow);
-                    hb.on_late_wake(Instant::now());
-                    if let Some(Action::Ping(p)) = hb.check_now(Instant::now()) {
-                        let _ = ctl_tx.try_send(Ctl::Frame(Message::Ping(Bytes::from(p))));
+                    conn.hb.on_late_wake(Instant::now());
+                    if let Some(Action::Ping(p)) = conn.hb.check_now(Instant::now()) {
+                        conn.out.push(Message::Ping(Bytes::from(p)));
                     }
-                    sleep.as_mut().reset(hb.deadline().into());
+                    settle!(Flow::Continue);
+                    sleep.as_mut().reset(conn.deadline().into());
                 }
                 msg = stream.next() => {
-                    let flow = self.take_frames(Some(msg), &mut stream, &mut hb, &wire_close, &mut announce).await;
+                    let flow = self.take_frames(Some(msg), &mut stream, &mut conn).await;
                     settle!(flow);
-                    if hb.deadline() != sleep.deadline().into_std() {
-                        sleep.as_mut().reset(hb.deadline().into());
+                    if conn.deadline() != sleep.deadline().into_std() {
+                        sleep.as_mut().reset(conn.deadline().into());
                     }
                 }
             }
@@ -258,53 +339,115 @@ impl<'a> Session<'a> {
         end
     }
 
-    /// The resume frame and the `on_connect` frames, rendered for this connection with the
-    /// current token and last id.
-    fn first_frames(&self) -> Result<Vec<Message>, String> {
+    /// The resume frame and the `on_connect` frames up to the first step that waits, rendered
+    /// for this connection.
+    fn first_frames(&self, dialogue: &mut Dialogue<'_>) -> Result<Vec<Message>, String> {
         let token = self.auth.as_ref().and_then(Auth::token);
-        let mut first = Vec::with_capacity(self.cfg.on_connect.len() + 1);
-        if let Some(frame) = self.resume.as_ref().and_then(|r| r.frame(token)) {
-            let frame = frame.map_err(|e| format!("resume.frame: {e}"))?;
-            first.push(Message::text(frame.expose()));
+        let mut first = Vec::new();
+        if let Some(frame) = self.resume_frame(dialogue) {
+            first.push(frame?);
         }
-        let values = super::template::Values {
-            token,
-            last_id: None,
-        };
-        for (i, template) in self.cfg.on_connect.iter().enumerate() {
-            let frame = super::template::frame(template, values)
-                .map_err(|e| format!("on_connect[{i}]: {e}"))?;
-            first.push(Message::text(frame.expose()));
-        }
+        let steps = dialogue.start(Instant::now(), token, self.captures)?;
+        first.extend(steps.iter().map(|f| Message::text(f.expose())));
         Ok(first)
     }
 
-    /// Starts renewing the credential: fetch a new token, and for `renew = "reconnect"` open
-    /// the replacement connection (resumed from the last id) before the old one is closed.
-    fn start_renewal(&mut self) -> Option<Renewal<'a>> {
-        let mut auth = self.auth.take()?;
-        let ep: &'a Endpoint = self.ep;
-        let cfg: &'a EndpointConfig = self.cfg;
-        let mut url = self.base.clone();
-        if let Some(r) = self.resume.as_ref() {
+    /// The resume frame, when configured and an id is known.
+    fn resume_frame(&self, dialogue: &Dialogue<'_>) -> Option<Result<Message, String>> {
+        let token = self.auth.as_ref().and_then(Auth::token);
+        let frame = self
+            .resume
+            .as_ref()?
+            .frame(dialogue.values(token, self.captures))?;
+        Some(
+            frame
+                .map(|f| Message::text(f.expose()))
+                .map_err(|e| format!("resume.frame: {e}")),
+        )
+    }
+
+    /// The application ping, rendered now.
+    fn app_ping(&self, dialogue: &Dialogue<'_>) -> Option<Message> {
+        let t = self.cfg.heartbeat.app_ping.as_ref()?;
+        let token = self.auth.as_ref().and_then(Auth::token);
+        match template::frame(t, dialogue.values(token, self.captures)) {
+            Ok(f) => Some(Message::text(f.expose())),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat.app_ping cannot be built yet; not sent");
+                None
+            }
+        }
+    }
+
+    /// The renewal frame (`renew = "frame"`) with the new token.
+    fn renew_frame(&self, dialogue: &Dialogue<'_>) -> Option<Message> {
+        let auth = self.auth.as_ref()?;
+        let t = auth.renew_frame()?;
+        match template::frame(t, dialogue.values(auth.token(), self.captures)) {
+            Ok(f) => Some(Message::text(f.expose())),
+            Err(e) => {
+                tracing::warn!(error = %e, "auth.renew_frame cannot be built; not sent");
+                None
+            }
+        }
+    }
+
+    /// Starts a make-before-break replacement on `url`.
+    fn replace(&mut self, mut url: url::Url, why: Why) -> Replacing<'a> {
+        if self.needs_overlap() {
+            self.overlap.remember_from_now();
+        }
+        // The resume frame for the new connection is built from the last id at this moment;
+        // what the old connection delivers meanwhile is sorted out by the resume ids.
+        let dialogue = Dialogue::new(self.script);
+        let resume_frame = self.resume_frame(&dialogue).and_then(Result::ok);
+        if let (Some(r), true) = (self.resume.as_ref(), url == *self.base) {
             r.apply_query(&mut url);
         }
-        Some(Box::pin(async move {
-            if let Err(e) = auth.renew(cfg).await {
-                return (auth, Err(e));
+        replace::start(Plan {
+            ep: self.ep,
+            cfg: self.cfg,
+            script: self.script,
+            url,
+            why,
+            auth: self.auth.take(),
+            captures: self.captures.clone(),
+            resume_frame,
+        })
+    }
+
+    /// Whether duplicates across a switch must be found by payload: no ids that outlive a
+    /// connection do it.
+    fn needs_overlap(&self) -> bool {
+        !self.resume.as_ref().is_some_and(Resume::is_global)
+    }
+
+    /// Carries out what the dialogue asks.
+    fn act(&mut self, act: Act, replacing: &mut Option<(Why, Replacing<'a>)>) -> Flow {
+        match act {
+            Act::Reconnect | Act::ReconnectTo(_) if replacing.is_some() => Flow::Continue,
+            Act::Reconnect => {
+                tracing::info!("the upstream asked to reconnect: opening the next connection");
+                *replacing = Some((
+                    Why::Upstream,
+                    self.replace(self.base.clone(), Why::Upstream),
+                ));
+                Flow::Continue
             }
-            if auth.renew_mode() == RenewMode::Frame {
-                return (auth, Ok(None));
+            Act::ReconnectTo(url) => {
+                tracing::info!(url = %crate::redact::redact_url(&url), "the upstream asked to reconnect elsewhere: opening that connection");
+                *replacing = Some((Why::Upstream, self.replace(url, Why::Upstream)));
+                Flow::Continue
             }
-            let r = match super::prepare(ep, cfg, url, Some(&mut auth)).await {
-                Ok((attempt, shown)) => super::connect::connect(attempt)
-                    .await
-                    .map(|ws| Some((ws, shown)))
-                    .map_err(|f| format!("replacement connection: {}", f.reason)),
-                Err(f) => Err(f.reason),
-            };
-            (auth, r)
-        }))
+            Act::ResetResume => {
+                Flow::Close(CloseCode::Normal, "resume position reset", End::ResetResume)
+            }
+            Act::End(why, class) => Flow::Close(
+                CloseCode::Normal,
+                "closing",
+                End::Lost(Failure::of(class, why)),
+            ),
+        }
     }
 
     /// Handles `first` (a frame just read, if any) and every frame already buffered after it, up
@@ -314,9 +457,7 @@ impl<'a> Session<'a> {
         &mut self,
         first: Option<Option<Result<Message, WsError>>>,
         stream: &mut S,
-        hb: &mut Heartbeat,
-        wire_close: &CloseSlot,
-        announce: &mut Option<u64>,
+        conn: &mut Conn<'_>,
     ) -> Flow
     where
         S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
@@ -328,14 +469,14 @@ impl<'a> Session<'a> {
             let Some(msg) = next.take().or_else(|| stream.next().now_or_never()) else {
                 break;
             };
-            flow = self.on_frame(msg, hb, wire_close, announce).await;
+            flow = self.on_frame(msg, conn).await;
             taken += 1;
         }
-        if let Some(seq) = announce.take() {
+        if let Some(seq) = conn.announce.take() {
             self.ep.log.announce(seq);
         }
         if taken > 0 {
-            hb.on_inbound(Instant::now());
+            conn.hb.on_inbound(Instant::now());
         }
         flow
     }
@@ -344,16 +485,16 @@ impl<'a> Session<'a> {
     async fn on_frame(
         &mut self,
         msg: Option<Result<Message, WsError>>,
-        hb: &mut Heartbeat,
-        wire_close: &CloseSlot,
-        announce: &mut Option<u64>,
+        conn: &mut Conn<'_>,
     ) -> Flow {
         let ep = self.ep;
         match msg {
-            Some(Ok(Message::Text(t))) => self.ingest(Kind::Text, Bytes::from(t), announce).await,
-            Some(Ok(Message::Binary(b))) => self.ingest(Kind::Binary, b, announce).await,
+            Some(Ok(Message::Text(t))) => {
+                return self.on_message(Kind::Text, Bytes::from(t), conn).await
+            }
+            Some(Ok(Message::Binary(b))) => return self.on_message(Kind::Binary, b, conn).await,
             Some(Ok(Message::Pong(p))) => {
-                if let Some(rtt) = hb.on_pong(&p, Instant::now()) {
+                if let Some(rtt) = conn.hb.on_pong(&p, Instant::now()) {
                     ep.stats
                         .rtt_micros
                         .store(rtt.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -362,7 +503,8 @@ impl<'a> Session<'a> {
             Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
             Some(Ok(Message::Close(frame))) => {
                 // As sent: tungstenite turns codes it does not know into 1002.
-                let (code, text) = wire_close
+                let (code, text) = conn
+                    .wire_close
                     .get()
                     .or_else(|| frame.map(|f| (u16::from(f.code), f.reason.to_string())))
                     .unwrap_or((1005, String::new()));
@@ -382,6 +524,51 @@ impl<'a> Session<'a> {
         Flow::Continue
     }
 
+    /// One inbound message: the dialogue first (captures, rules, the opening gate), then, unless
+    /// it keeps the message from apps, the log.
+    async fn on_message(&mut self, kind: Kind, data: Bytes, conn: &mut Conn<'_>) -> Flow {
+        let listens = self.script.listens() || !conn.dialogue.is_open();
+        let needs_json = self.resume.is_some() || !self.drop_filters.is_empty() || listens;
+        let doc = if needs_json {
+            serde_json::from_slice::<serde_json::Value>(&data).ok()
+        } else {
+            None
+        };
+        let mut flow = Flow::Continue;
+        if listens {
+            let m = matching::Message {
+                text: std::str::from_utf8(&data).ok(),
+                doc: doc.as_ref(),
+            };
+            let token = self.auth.as_ref().and_then(Auth::token);
+            let reaction = conn
+                .dialogue
+                .inbound(m, self.captures, token, Instant::now());
+            conn.out
+                .extend(reaction.send.iter().map(|f| Message::text(f.expose())));
+            if reaction.opened {
+                self.ep.set_state(State::Connected, self.connected.clone());
+                let _ = conn.open.send(true);
+            }
+            if let Some(act) = reaction.act {
+                flow = Flow::Act(act);
+            }
+            if !reaction.deliver {
+                return flow;
+            }
+        }
+        if self.overlap.is_active() {
+            let hash = super::resume::payload_hash(&data);
+            if self.overlap.is_resend(hash, Instant::now()) {
+                Endpoint::count(&self.ep.stats.duplicates_dropped, 1);
+                return flow;
+            }
+            self.overlap.delivered(hash);
+        }
+        self.ingest(kind, data, doc, &mut conn.announce).await;
+        flow
+    }
+
     /// Sends a close frame through the writer, waiting briefly for it to be flushed.
     async fn close<W>(
         &self,
@@ -395,10 +582,31 @@ impl<'a> Session<'a> {
         W: std::future::Future<Output = Result<(), Failure>>,
     {
         if ctl.try_send(Ctl::Close(code, why)).is_ok() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.as_mut()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer.as_mut()).await;
         }
         end
     }
+}
+
+impl Conn<'_> {
+    /// The next timer: the heartbeat's, or an opening step's timeout.
+    fn deadline(&self) -> Instant {
+        let hb = self.hb.deadline();
+        self.dialogue.deadline().map_or(hb, |d| d.min(hb))
+    }
+}
+
+/// Queues `out` for the writer. A writer [`CTL_QUEUE`] frames behind means the upstream stopped
+/// reading: the connection is ended rather than queueing without bound.
+fn hand_over(ctl: &mpsc::Sender<Ctl>, out: &mut Vec<Message>) -> Result<(), End> {
+    for m in std::mem::take(out) {
+        if ctl.try_send(Ctl::Frame(m)).is_err() {
+            return Err(End::Lost(Failure::retry(format!(
+                "the upstream is not reading: {CTL_QUEUE} frames wait to be written"
+            ))));
+        }
+    }
+    Ok(())
 }
 
 /// Maps a read error to a failure and, where we must tell the upstream, the close to send.
@@ -423,55 +631,5 @@ fn classify_read_error(e: WsError, max: usize) -> (Failure, Option<(CloseCode, &
             (Failure::retry("connection closed"), None)
         }
         other => (Failure::retry(format!("read failed: {other}")), None),
-    }
-}
-
-/// Owns the write half: control frames first, then the outbox in batches with one flush each.
-/// Entries are marked sent only after their flush succeeded.
-async fn writer<S>(mut sink: S, mut ctl: mpsc::Receiver<Ctl>, ep: &Endpoint) -> Result<(), Failure>
-where
-    S: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
-    let werr = |e: WsError| Failure::retry(format!("write failed: {e}"));
-    let mut last = 0u64;
-    loop {
-        tokio::select! {
-            biased;
-            c = ctl.recv() => match c {
-                Some(Ctl::Frame(m)) => sink.send(m).await.map_err(werr)?,
-                Some(Ctl::Close(code, why)) => {
-                    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
-                    // After the upstream's own close this is refused, but a flush still sends
-                    // the echo tungstenite queued for it.
-                    if sink.send(Message::Close(Some(frame))).await.is_err() {
-                        let _ = sink.flush().await;
-                    }
-                    return Ok(());
-                }
-                None => return Ok(()),
-            },
-            _ = ep.outbox.wait_after(last) => {
-                let batch = ep.outbox.peek_after(last, OUTBOX_BATCH);
-                let Some(tail) = batch.last().map(|e| e.id) else { continue };
-                let n = batch.len() as u64;
-                let bytes: u64 = batch.iter().map(|e| e.data.len() as u64).sum();
-                for e in batch {
-                    let msg = match e.kind {
-                        Kind::Binary => Message::Binary(e.data),
-                        // Publishers' text is validated on the way in; never send bad UTF-8 as text.
-                        Kind::Text => match Utf8Bytes::try_from(e.data.clone()) {
-                            Ok(t) => Message::Text(t),
-                            Err(_) => Message::Binary(e.data),
-                        },
-                    };
-                    sink.feed(msg).await.map_err(werr)?;
-                }
-                sink.flush().await.map_err(werr)?;
-                ep.outbox.mark_sent(tail);
-                Endpoint::count(&ep.stats.messages_sent, n);
-                Endpoint::count(&ep.stats.bytes_sent, bytes);
-                last = tail;
-            }
-        }
     }
 }

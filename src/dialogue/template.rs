@@ -1,0 +1,196 @@
+//! The config's templates with their placeholders filled in: `{{token}}` (the current
+//! credential), `{{last_id}}` (the last upstream id delivered), `{{counter}}` (1, 2, 3… per
+//! connection), `{{now_ms}}` (Unix milliseconds) and `{{capture.NAME}}` (a value captured from an
+//! inbound message). `config/template.rs` says where each may appear.
+//!
+//! One pass over the template, so a value that happens to contain `{{…}}` is never expanded
+//! again. In frames, a string value goes in as the body of a JSON string (quotes, backslashes
+//! and control characters escaped), so `"{{token}}"` stays valid JSON whatever the value holds;
+//! numbers, booleans and null go in as their JSON text, as do captured objects and arrays. A
+//! frame that is not JSON gets the same text, so a string captured for a plain-text frame goes in
+//! escaped too. `check-config` refuses a placeholder a template cannot have a value for, so
+//! rendering only fails when a value is not known yet (a capture before its message came).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::secret::SecretString;
+use crate::upstream::resume::UpstreamId;
+
+use super::capture::Captures;
+
+/// The values placeholders can take now.
+#[derive(Clone, Copy, Default)]
+pub struct Values<'a> {
+    pub token: Option<&'a SecretString>,
+    pub last_id: Option<&'a UpstreamId>,
+    /// The connection's counter: each `{{counter}}` takes the next value.
+    pub counter: Option<&'a AtomicU64>,
+    pub captures: Option<&'a Captures>,
+}
+
+/// A placeholder without a value when a template was rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{{{{{0}}}}} has no value yet")]
+pub struct Missing(pub String);
+
+/// `template` as a text frame.
+pub fn frame(template: &str, v: Values<'_>) -> Result<SecretString, Missing> {
+    render(template, v, |s, out| {
+        let quoted = serde_json::Value::String(s.to_owned()).to_string();
+        out.push_str(&quoted[1..quoted.len() - 1]);
+    })
+}
+
+/// `template` as a header value: the token goes in as it is (a secret with a character a
+/// header cannot carry is refused when the header is built).
+pub fn header(template: &str, v: Values<'_>) -> Result<SecretString, Missing> {
+    render(template, v, |s, out| out.push_str(s))
+}
+
+fn render(
+    template: &str,
+    v: Values<'_>,
+    string: impl Fn(&str, &mut String),
+) -> Result<SecretString, Missing> {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    let missing = |name: &str| Missing(name.to_owned());
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        let name = &after[..end];
+        match name {
+            "token" => string(v.token.ok_or_else(|| missing(name))?.expose(), &mut out),
+            "last_id" => match v.last_id.ok_or_else(|| missing(name))? {
+                UpstreamId::Int(n) => out.push_str(&n.to_string()),
+                UpstreamId::Str(s) => string(s, &mut out),
+            },
+            "counter" => {
+                let c = v.counter.ok_or_else(|| missing(name))?;
+                out.push_str(&(c.fetch_add(1, Ordering::Relaxed) + 1).to_string());
+            }
+            "now_ms" => out.push_str(&(crate::endpoint::unix_nanos() / 1_000_000).to_string()),
+            _ => match name.strip_prefix("capture.") {
+                Some(c) => match v.captures.and_then(|all| all.get(c)) {
+                    Some(serde_json::Value::String(s)) => string(s, &mut out),
+                    Some(other) => out.push_str(&other.to_string()),
+                    None => return Err(missing(name)),
+                },
+                // Not a placeholder (check-config refuses unknown words): kept as written.
+                None => out.push_str(&rest[start..start + 2 + end + 2]),
+            },
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(SecretString::new(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_filled_once_and_escaped_in_frames() {
+        let token = SecretString::new(r#"t"o\k{{last_id}}"#.into());
+        let id = UpstreamId::Str("a\"b".into());
+        let v = Values {
+            token: Some(&token),
+            last_id: Some(&id),
+            ..Values::default()
+        };
+        let f = frame(
+            r#"{"token":"{{token}}","from":"{{last_id}}","x":"{{other}}"}"#,
+            v,
+        )
+        .expect("renders");
+        let doc: serde_json::Value = serde_json::from_str(f.expose()).expect("valid JSON");
+        assert_eq!(doc["token"], r#"t"o\k{{last_id}}"#, "not expanded twice");
+        assert_eq!(doc["from"], "a\"b");
+        assert_eq!(doc["x"], "{{other}}");
+        let n = UpstreamId::Int(42);
+        let f = frame(
+            r#"{"op":6,"seq":{{last_id}}}"#,
+            Values {
+                last_id: Some(&n),
+                ..Values::default()
+            },
+        );
+        assert_eq!(f.expect("renders").expose(), r#"{"op":6,"seq":42}"#);
+        assert_eq!(
+            header("Bearer {{token}}", v).expect("renders").expose(),
+            r#"Bearer t"o\k{{last_id}}"#
+        );
+        assert_eq!(
+            frame("{{token}}", Values::default()).err(),
+            Some(Missing("token".into()))
+        );
+        assert_eq!(
+            frame("{{ unclosed", Values::default())
+                .expect("kept")
+                .expose(),
+            "{{ unclosed"
+        );
+    }
+
+    #[test]
+    fn counter_now_and_captures() {
+        use crate::dialogue::capture::Capturing;
+        use crate::dialogue::matching::Message;
+        let counter = AtomicU64::new(0);
+        let mut captures = Captures::default();
+        let doc = serde_json::json!({"id": "x\"y", "n": 7, "o": {"a": [1]}});
+        Capturing::new(&[
+            crate::config::CaptureConfig {
+                name: "id".into(),
+                pointer: "/id".into(),
+                matches: vec![],
+            },
+            crate::config::CaptureConfig {
+                name: "n".into(),
+                pointer: "/n".into(),
+                matches: vec![],
+            },
+            crate::config::CaptureConfig {
+                name: "o".into(),
+                pointer: "/o".into(),
+                matches: vec![],
+            },
+        ])
+        .take(
+            Message {
+                text: None,
+                doc: Some(&doc),
+            },
+            &mut captures,
+        );
+        let v = Values {
+            counter: Some(&counter),
+            captures: Some(&captures),
+            ..Values::default()
+        };
+        let f = frame(
+            r#"{"id":{{counter}},"next":{{counter}},"s":"{{capture.id}}","n":{{capture.n}},"o":{{capture.o}},"t":{{now_ms}}}"#,
+            v,
+        )
+        .expect("renders");
+        let out: serde_json::Value = serde_json::from_str(f.expose()).expect("valid JSON");
+        assert_eq!(out["id"], 1);
+        assert_eq!(out["next"], 2, "each use takes the next value");
+        assert_eq!(out["s"], "x\"y", "a captured string is escaped, not pasted");
+        assert_eq!(out["n"], 7);
+        assert_eq!(out["o"], serde_json::json!({"a": [1]}));
+        let now = crate::endpoint::unix_nanos() / 1_000_000;
+        let t = out["t"].as_u64().expect("a number");
+        assert!(t <= now && now - t < 60_000, "{t} is now in ms");
+        assert_eq!(
+            frame("{{capture.gone}}", v).err(),
+            Some(Missing("capture.gone".into()))
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! Make-before-break: a new connection is opened — and its opening dialogue run — while the
+//! old one keeps delivering, then the old one is closed. For a credential renewal
+//! (`renew = "reconnect"`), `max_lifetime`, and an upstream's "reconnect" message.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::auth::Auth;
+use super::connect::Ws;
+use crate::config::{EndpointConfig, RenewMode};
+use crate::dialogue::capture::Captures;
+use crate::dialogue::matching;
+use crate::dialogue::{Dialogue, Script};
+use crate::endpoint::Endpoint;
+
+/// Why a connection is being replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// A credential renewal: the new token is in use from the new connection on.
+    Renewal,
+    /// `max_lifetime` is reached.
+    Lifetime,
+    /// The upstream asked (a rule with `action = "reconnect"` or `"reconnect_to"`).
+    Upstream,
+}
+
+impl Why {
+    /// The close reason the old connection gets.
+    pub fn close_reason(self) -> &'static str {
+        match self {
+            Why::Renewal => "credential renewed",
+            Why::Lifetime => "connection rotated",
+            Why::Upstream => "reconnecting as asked",
+        }
+    }
+}
+
+/// A replacement connection, open and through its opening dialogue.
+pub struct Ready {
+    pub ws: Ws,
+    /// Its URL as it may be shown.
+    pub shown: String,
+    /// Its `{{counter}}`, which the connection carries on.
+    pub counter: u64,
+    /// What its opening captured (the newest values).
+    pub captures: Captures,
+}
+
+/// What a replacement ends with: the endpoint's credential state back, and the new
+/// connection, or `None` for a renewal that needs none (`renew = "frame"`).
+pub type Outcome = (Option<Auth>, Result<Option<Box<Ready>>, String>);
+
+/// A replacement under way; it owns the endpoint's `Auth` until it finishes.
+pub type Replacing<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+
+/// What a replacement needs from the connection it replaces.
+pub struct Plan<'a> {
+    pub ep: &'a Endpoint,
+    pub cfg: &'a EndpointConfig,
+    pub script: &'a Script,
+    pub url: url::Url,
+    pub why: Why,
+    pub auth: Option<Auth>,
+    /// A copy of the captured values to open with.
+    pub captures: Captures,
+    /// The resume frame for the new connection, if one is due.
+    pub resume_frame: Option<Message>,
+}
+
+/// Starts replacing the connection: renew the credential first for [`Why::Renewal`], then
+/// (unless `renew = "frame"`) connect and run the opening dialogue.
+pub fn start(plan: Plan<'_>) -> Replacing<'_> {
+    Box::pin(async move {
+        let Plan {
+            ep,
+            cfg,
+            script,
+            url,
+            why,
+            mut auth,
+            mut captures,
+            resume_frame,
+        } = plan;
+        if why == Why::Renewal {
+            let Some(a) = auth.as_mut() else {
+                return (auth, Err("no credential to renew".into()));
+            };
+            if let Err(e) = a.renew(cfg).await {
+                return (auth, Err(e));
+            }
+            if a.renew_mode() == RenewMode::Frame {
+                return (auth, Ok(None));
+            }
+        }
+        let ws = match super::prepare(ep, cfg, url, auth.as_mut()).await {
+            Ok((attempt, shown)) => super::connect::connect(attempt)
+                .await
+                .map(|ws| (ws, shown))
+                .map_err(|f| format!("replacement connection: {}", f.reason)),
+            Err(f) => Err(f.reason),
+        };
+        let (ws, shown) = match ws {
+            Ok(ok) => ok,
+            Err(e) => return (auth, Err(e)),
+        };
+        let token = auth.as_ref().and_then(Auth::token).cloned();
+        let r = open(ws, script, resume_frame, token.as_ref(), &mut captures, cfg).await;
+        let r = r.map(|(ws, counter)| {
+            Some(Box::new(Ready {
+                ws,
+                shown,
+                counter,
+                captures,
+            }))
+        });
+        (auth, r)
+    })
+}
+
+/// Sends the new connection's first frames and waits for its `on_connect` answers. What
+/// arrives meanwhile only feeds the gate and the captures: the old connection still delivers.
+async fn open(
+    mut ws: Ws,
+    script: &Script,
+    resume_frame: Option<Message>,
+    token: Option<&crate::secret::SecretString>,
+    captures: &mut Captures,
+    cfg: &EndpointConfig,
+) -> Result<(Ws, u64), String> {
+    let mut dialogue = Dialogue::new(script);
+    let now = std::time::Instant::now();
+    let first = dialogue.start(now, token, captures)?;
+    let first: Vec<Message> = resume_frame
+        .into_iter()
+        .chain(first.iter().map(|f| Message::text(f.expose())))
+        .collect();
+    match send(&mut ws, first, cfg).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("replacement connection: write failed: {e}")),
+        Err(_) => return Err("replacement connection: write timeout".into()),
+    }
+    while !dialogue.is_open() {
+        let deadline = dialogue.deadline().unwrap_or_else(std::time::Instant::now);
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            _ = tokio::time::sleep_until(deadline.into()) => None,
+        };
+        let data = match msg {
+            Some(Ok(Message::Text(t))) => bytes::Bytes::from(t),
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("replacement connection: {e}")),
+            None => {
+                return Err(match dialogue.expired(std::time::Instant::now()) {
+                    Some(crate::dialogue::Act::End(why, _)) => {
+                        format!("replacement connection: {why}")
+                    }
+                    _ => "replacement connection closed while opening".into(),
+                })
+            }
+        };
+        let text = std::str::from_utf8(&data).ok();
+        let doc = serde_json::from_slice::<serde_json::Value>(&data).ok();
+        let m = matching::Message {
+            text,
+            doc: doc.as_ref(),
+        };
+        let reaction = dialogue.inbound(m, captures, token, std::time::Instant::now());
+        if let Some(crate::dialogue::Act::End(why, _)) = reaction.act {
+            return Err(format!("replacement connection: {why}"));
+        }
+        let frames = reaction
+            .send
+            .iter()
+            .map(|f| Message::text(f.expose()))
+            .collect();
+        if !matches!(send(&mut ws, frames, cfg).await, Ok(Ok(()))) {
+            return Err("replacement connection: write failed".into());
+        }
+    }
+    Ok((ws, dialogue.counter()))
+}
+
+/// Writes `frames`, within the pong timeout.
+async fn send(
+    ws: &mut Ws,
+    frames: Vec<Message>,
+    cfg: &EndpointConfig,
+) -> Result<Result<(), tokio_tungstenite::tungstenite::Error>, tokio::time::error::Elapsed> {
+    let all = async {
+        for f in frames {
+            ws.feed(f).await?;
+        }
+        ws.flush().await
+    };
+    tokio::time::timeout(cfg.heartbeat.pong_timeout, all).await
+}
