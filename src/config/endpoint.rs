@@ -25,7 +25,7 @@ pub(super) const fn secs(n: u64) -> Duration {
 }
 
 /// Shortest `max_lifetime`: rotating more often would spend more time connecting than connected.
-const MIN_LIFETIME: Duration = Duration::from_secs(10);
+const MIN_LIFETIME: Duration = Duration::from_secs(1);
 
 const fn millis(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -8,6 +8,7 @@ mod support;
 mod backoff;
 mod bad_input;
 mod classify;
+mod dialogue;
 mod durability;
 mod fanout;
 mod features;
