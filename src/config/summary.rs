@@ -170,7 +170,41 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
     }
     if !ep.on_connect.is_empty() {
         // Frames may carry credentials of their own: count them, do not print them.
-        line("on_connect", format!("{} frame(s)", ep.on_connect.len()));
+        let frames = ep.on_connect.iter().filter(|s| s.send.is_some()).count();
+        let waits = ep
+            .on_connect
+            .iter()
+            .filter(|s| !s.expect.is_empty())
+            .count();
+        line(
+            "on_connect",
+            format!("{frames} frame(s), {waits} answer(s) waited for"),
+        );
+    }
+    if !ep.captures.is_empty() {
+        let names: Vec<&str> = ep.captures.iter().map(|c| c.name.as_str()).collect();
+        line("captures", names.join(", "));
+    }
+    if !ep.rules.is_empty() {
+        let replies = ep.rules.iter().filter(|r| r.reply.is_some()).count();
+        let drops = ep.rules.iter().filter(|r| r.drop).count();
+        let actions = ep.rules.iter().filter(|r| r.action.is_some()).count();
+        line(
+            "rules",
+            format!(
+                "{} ({replies} reply, {drops} drop, {actions} act on the connection)",
+                ep.rules.len()
+            ),
+        );
+    }
+    if let Some(max) = ep.max_lifetime {
+        line(
+            "lifetime",
+            format!(
+                "rotated after {} (less up to a tenth)",
+                format_duration(max)
+            ),
+        );
     }
     let proxy = match &ep.proxy {
         // What this process's environment gives for the main URL: check-config runs with the
