@@ -389,6 +389,8 @@ fn resume_config(
         dedup_window: window,
         contiguous,
         scope: crate::config::IdScope::Global,
+        session: None,
+        url: None,
     }
 }
 

@@ -331,7 +331,7 @@ impl Sidecar for SidecarService {
         let name = request.into_inner().endpoint;
         let ep = self.operable(&name, Op::ResetResume, peer)?;
         match ep.config().resume.as_ref().map(|r| r.scope) {
-            Some(crate::config::IdScope::Global) => {}
+            Some(crate::config::IdScope::Global | crate::config::IdScope::Session) => {}
             Some(crate::config::IdScope::Connection) => {
                 return Err(Status::failed_precondition(format!(
                     "endpoint {name:?} compares upstream ids within one connection (resume.scope = \"connection\"): no position is kept"

@@ -10,7 +10,7 @@ use super::endpoint::{pointer, to_json};
 use super::load::{one_of, positive};
 use super::template::{template, Allowed};
 use super::value::{boolean, string, Node, Report, Table};
-use super::{CaptureConfig, CloseAction, Condition, RuleAction, RuleConfig, StepConfig};
+use super::{CaptureConfig, CloseAction, Condition, RuleAction, RuleConfig, StepConfig, StepWhen};
 
 /// How long an `on_connect` step waits for its answer by default.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,6 +69,20 @@ pub(super) fn read_steps(r: &mut Report, node: &Node<'_>, allowed: Allowed<'_>) 
         let Some(mut t) = Table::open(r, &item) else {
             continue;
         };
+        let when = t.opt(r, "when", |v| {
+            one_of(
+                v,
+                &[
+                    ("resuming", StepWhen::Resuming),
+                    ("new_session", StepWhen::NewSession),
+                ],
+            )
+        });
+        // A resuming step is where the position is offered: it may say which.
+        let allowed = Allowed {
+            last_id: when == Some(StepWhen::Resuming),
+            ..allowed
+        };
         let send = t.opt(r, "send", template(allowed));
         let expect = t
             .get("expect")
@@ -98,6 +112,7 @@ pub(super) fn read_steps(r: &mut Report, node: &Node<'_>, allowed: Allowed<'_>) 
             timeout: t.or(r, "timeout", positive, STEP_TIMEOUT),
             failure: t.or(r, "failure", failure_class, CloseAction::Retry),
             deliver: t.or(r, "deliver", boolean, false),
+            when,
         };
         t.finish(r);
         steps.push(step);

@@ -10,7 +10,7 @@ use config::{Value, ValueKind};
 use super::dialogue::{capture_names, read_captures, read_rules, read_steps};
 use super::handshake::{read_auth, read_headers};
 use super::load::{at_least, non_empty, one_of, positive, size_at_least};
-use super::template::{literal, template, Allowed};
+use super::template::{literal, template, url_template, Allowed};
 use super::units::format_duration;
 use super::value::{boolean, duration, number, string, Node, Report, Table};
 use super::{
@@ -107,6 +107,23 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         r.at(&node, "only used with fallback_urls, which are not set");
     }
     let resume = t.get("resume").and_then(|n| read_resume(r, &n, in_frames));
+    // Steps taken only when resuming (or not) need a position that outlives a connection.
+    if !resume
+        .as_ref()
+        .is_some_and(|r| r.scope.outlives_connection())
+    {
+        if let Ok(steps) = t.path_of("on_connect").value.clone().into_array() {
+            for (i, (step, cfg)) in steps.iter().zip(&on_connect).enumerate() {
+                if cfg.when.is_some() {
+                    let node = Node {
+                        path: format!("{}.on_connect[{i}].when", t.node().path),
+                        value: step,
+                    };
+                    r.at(&node, "needs resume with a position that outlives a connection (scope \"global\" or \"session\")");
+                }
+            }
+        }
+    }
     let s = t.section(r, "replay");
     let replay = read_replay(r, s);
     let s = t.section(r, "outbox");
@@ -360,7 +377,18 @@ fn read_heartbeat(r: &mut Report, mut t: Table<'_>, in_frames: Allowed<'_>) -> H
             non_empty(v)?;
             template(in_frames)(v)
         }),
-        app_ping_interval: t.or(r, "app_ping_interval", positive, secs(30)),
+        app_ping_interval: match t.get("app_ping_interval") {
+            Some(n) if matches!(n.value.kind, ValueKind::Table(_)) => secs(30),
+            Some(n) => n.to(r, positive).unwrap_or(secs(30)),
+            None => secs(30),
+        },
+        app_ping_interval_capture: t
+            .path_of("app_ping_interval")
+            .value
+            .clone()
+            .into_table()
+            .ok()
+            .and_then(|_| read_interval_capture(r, &t.path_of("app_ping_interval"), in_frames)),
     };
     if hb.app_ping.is_none() && t.has("app_ping_interval") {
         r.at(
@@ -370,6 +398,33 @@ fn read_heartbeat(r: &mut Report, mut t: Table<'_>, in_frames: Allowed<'_>) -> H
     }
     t.finish(r);
     hb
+}
+
+/// `app_ping_interval = { capture = "NAME", unit = "ms" }`: the interval is a number captured
+/// from an inbound message (Discord's Hello), in `unit`.
+fn read_interval_capture(
+    r: &mut Report,
+    node: &Node<'_>,
+    in_frames: Allowed<'_>,
+) -> Option<(String, Duration)> {
+    let mut t = Table::open(r, node)?;
+    let name = t.required(r, "capture", |v| {
+        let name = string(v)?;
+        match in_frames.frame {
+            Some(names) if names.contains(&name) => Ok(name),
+            _ => Err(format!(
+                "there is no captures.{name} to take the interval from"
+            )),
+        }
+    });
+    let unit = t.or(
+        r,
+        "unit",
+        |v| one_of(v, &[("ms", millis(1)), ("s", secs(1))]),
+        millis(1),
+    );
+    t.finish(r);
+    Some((name?, unit))
 }
 
 /// `"off"`, or a positive duration.
@@ -463,12 +518,34 @@ fn read_resume(r: &mut Report, node: &Node<'_>, in_frames: Allowed<'_>) -> Optio
                     &[
                         ("global", IdScope::Global),
                         ("connection", IdScope::Connection),
+                        ("session", IdScope::Session),
                     ],
                 )
             },
             IdScope::Global,
         ),
+        session: t.opt(r, "session", |v| {
+            let name = string(v)?;
+            match in_frames.frame {
+                Some(names) if names.contains(&name) => Ok(name),
+                _ => Err(format!("there is no captures.{name} to name the session")),
+            }
+        }),
+        url: t.opt(r, "url", |v| match in_frames.frame {
+            Some(names) => url_template(names)(v),
+            None => url_template(&std::collections::BTreeSet::new())(v),
+        }),
     };
+    match (resume.scope, &resume.session) {
+        (IdScope::Session, None) => r.at(
+            &t.path_of("session"),
+            "required key is missing (scope = \"session\" names the capture that holds the session)",
+        ),
+        (IdScope::Global | IdScope::Connection, Some(_)) => {
+            r.at(&t.path_of("session"), "only used with scope = \"session\"")
+        }
+        _ => {}
+    }
     if resume.contiguous && resume.id_kind == IdKind::String {
         r.at(
             &t.path_of("contiguous"),
@@ -478,10 +555,11 @@ fn read_resume(r: &mut Report, node: &Node<'_>, in_frames: Allowed<'_>) -> Optio
     if resume.scope == IdScope::Connection {
         // Ids that start again on every connection name no position another connection could
         // resume from: an offer would ask the upstream for the wrong thing.
-        for key in ["query", "frame"] {
+        for key in ["query", "frame", "url"] {
             let set = match key {
                 "query" => resume.query.is_some(),
-                _ => resume.frame.is_some(),
+                "frame" => resume.frame.is_some(),
+                _ => resume.url.is_some(),
             };
             if set {
                 r.at(

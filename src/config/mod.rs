@@ -178,6 +178,17 @@ pub struct StepConfig {
     /// Whether messages arriving while this step waits are fanned out (otherwise only rules and
     /// captures see them).
     pub deliver: bool,
+    /// Taken only when resuming, or only when not; always when `None`.
+    pub when: Option<StepWhen>,
+}
+
+/// When an `on_connect` step is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepWhen {
+    /// A resume position is offered (an id is known, and the session capture has a value).
+    Resuming,
+    /// No position is offered: a new session starts.
+    NewSession,
 }
 
 impl StepConfig {
@@ -190,6 +201,7 @@ impl StepConfig {
             timeout: Duration::from_secs(10),
             failure: CloseAction::Retry,
             deliver: false,
+            when: None,
         }
     }
 }
@@ -305,6 +317,9 @@ pub struct HeartbeatConfig {
     /// Frame template sent every `app_ping_interval`.
     pub app_ping: Option<String>,
     pub app_ping_interval: Duration,
+    /// Takes `app_ping_interval` from a capture instead: its name and the unit of its number
+    /// (Discord's Hello gives milliseconds); no app ping until it has a value.
+    pub app_ping_interval_capture: Option<(String, Duration)>,
 }
 
 /// `endpoints.NAME.backoff`.
@@ -334,6 +349,12 @@ pub struct ResumeConfig {
     pub contiguous: bool,
     /// Whether ids are compared across connections or only within one.
     pub scope: IdScope,
+    /// With `scope = "session"`: the capture that names the session; a new value starts a new
+    /// id sequence, and a position is offered only while it has a value.
+    pub session: Option<String>,
+    /// Template (captures only) of the URL to resume on, instead of `url`, when a position is
+    /// offered (Discord's `resume_gateway_url`).
+    pub url: Option<String>,
 }
 
 /// How far the upstream's ids are comparable.
@@ -343,6 +364,16 @@ pub enum IdScope {
     Global,
     /// The ids start again on every connection (e.g. a per-connection sequence number).
     Connection,
+    /// One sequence per upstream session, named by a captured value (`resume.session`): stored
+    /// across restarts like `Global`, started afresh when the session changes.
+    Session,
+}
+
+impl IdScope {
+    /// Whether a position outlives a connection (and so is stored and offered).
+    pub fn outlives_connection(self) -> bool {
+        !matches!(self, IdScope::Connection)
+    }
 }
 
 /// Type of the upstream's own message id.

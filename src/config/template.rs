@@ -78,6 +78,31 @@ pub(super) fn check(s: &str, allowed: Allowed<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// A URL template: only captured values fill it (pasted as they are).
+pub(super) fn url_template(
+    captures: &BTreeSet<String>,
+) -> impl Fn(&Value) -> Result<String, String> + '_ {
+    move |v| {
+        let s = string(v)?;
+        for name in placeholders(&s)? {
+            match name.strip_prefix("capture.") {
+                Some(c) if captures.contains(c) => {}
+                Some(c) => {
+                    return Err(format!(
+                        "{{{{capture.{c}}}}}: there is no captures.{c} to fill it in"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "{{{{{name}}}}} is not filled in in a URL: only {{{{capture.NAME}}}} is"
+                    ))
+                }
+            }
+        }
+        Ok(s)
+    }
+}
+
 /// Refuses a placeholder in a value that is used as written; `instead` says what to use.
 pub(super) fn literal(s: &str, instead: &str) -> Result<(), String> {
     match placeholders(s)?.first() {

@@ -45,10 +45,11 @@ impl Capturing {
         self.0.is_empty()
     }
 
-    /// Takes every configured value `m` holds into `into`. A value longer than [`MAX_VALUE`]
-    /// is not taken (logged): the old one stays.
-    pub fn take(&self, m: Message<'_>, into: &mut Captures) {
-        let Some(doc) = m.doc else { return };
+    /// Takes every configured value `m` holds into `into`; true when one changed. A value
+    /// longer than [`MAX_VALUE`] is not taken (logged): the old one stays.
+    pub fn take(&self, m: Message<'_>, into: &mut Captures) -> bool {
+        let Some(doc) = m.doc else { return false };
+        let mut changed = false;
         for c in &self.0 {
             if !c.when.is_empty() && !c.when.holds(m) {
                 continue;
@@ -60,8 +61,12 @@ impl Capturing {
                 tracing::warn!(capture = %c.name, max = MAX_VALUE, "captured value too long; keeping the previous one");
                 continue;
             }
-            into.0.insert(c.name.clone(), v.clone());
+            if into.0.get(&c.name) != Some(v) {
+                into.0.insert(c.name.clone(), v.clone());
+                changed = true;
+            }
         }
+        changed
     }
 }
 
@@ -114,9 +119,13 @@ mod tests {
                 c,
             )
         };
-        msg(
+        assert!(msg(
             &json!({"t": "OTHER", "d": {"session_id": "no"}, "s": 1}),
             &mut c,
+        ));
+        assert!(
+            !msg(&json!({"s": 1}), &mut c),
+            "the same value is no change"
         );
         assert_eq!(c.get("session"), None, "only from matching messages");
         assert_eq!(c.get("seq"), Some(&json!(1)));

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::matching::{Match, Message};
-use crate::config::{CloseAction, StepConfig};
+use crate::config::{CloseAction, StepConfig, StepWhen};
 
 /// One compiled step.
 #[derive(Debug, Clone)]
@@ -44,6 +44,8 @@ pub struct Gate<'s> {
     next: usize,
     /// The step waiting for its answer, and until when.
     waiting: Option<(usize, Instant)>,
+    /// Whether this connection offers a resume position (which `when` steps are taken).
+    resuming: bool,
 }
 
 /// What a message did to the gate.
@@ -58,12 +60,13 @@ pub enum Passage<'s> {
 }
 
 impl<'s> Gate<'s> {
-    /// A connection's gate, before its first step.
-    pub fn new(steps: &'s Steps) -> Self {
+    /// A connection's gate, before its first step; `resuming` when it offers a position.
+    pub fn new(steps: &'s Steps, resuming: bool) -> Self {
         Gate {
             steps,
             next: 0,
             waiting: None,
+            resuming,
         }
     }
 
@@ -73,6 +76,7 @@ impl<'s> Gate<'s> {
             steps,
             next: steps.0.len(),
             waiting: None,
+            resuming: false,
         }
     }
 
@@ -83,6 +87,15 @@ impl<'s> Gate<'s> {
             let Some(step) = self.steps.0.get(self.next) else {
                 break;
             };
+            let taken = match step.cfg.when {
+                None => true,
+                Some(StepWhen::Resuming) => self.resuming,
+                Some(StepWhen::NewSession) => !self.resuming,
+            };
+            if !taken {
+                self.next += 1;
+                continue;
+            }
             send.extend(step.send.as_deref());
             if !step.expect.is_empty() {
                 self.waiting = Some((self.next, now + step.cfg.timeout));
@@ -187,7 +200,7 @@ mod tests {
             StepConfig::frame("subscribe"),
         ]);
         let t0 = Instant::now();
-        let mut g = Gate::new(&steps);
+        let mut g = Gate::new(&steps, false);
         assert!(g.advance(t0).is_empty());
         assert!(!g.is_open());
         assert!(!g.delivers());
@@ -220,7 +233,7 @@ mod tests {
         );
         assert!(g.is_open() && g.delivers() && g.deadline().is_none());
 
-        let mut g = Gate::new(&steps);
+        let mut g = Gate::new(&steps, false);
         g.advance(t0);
         g.on_message(m(required), t0);
         assert!(matches!(
@@ -230,9 +243,28 @@ mod tests {
     }
 
     #[test]
+    fn when_steps_follow_whether_the_connection_resumes() {
+        let step = |send: &str, when| StepConfig {
+            when: Some(when),
+            ..StepConfig::frame(send)
+        };
+        let steps = Steps::new(&[
+            StepConfig::frame("hello"),
+            step("resume", StepWhen::Resuming),
+            step("identify", StepWhen::NewSession),
+        ]);
+        let t0 = Instant::now();
+        assert_eq!(Gate::new(&steps, true).advance(t0), vec!["hello", "resume"]);
+        assert_eq!(
+            Gate::new(&steps, false).advance(t0),
+            vec!["hello", "identify"]
+        );
+    }
+
+    #[test]
     fn without_waiting_steps_the_gate_is_open_at_once() {
         let steps = Steps::new(&[StepConfig::frame("a"), StepConfig::frame("b")]);
-        let mut g = Gate::new(&steps);
+        let mut g = Gate::new(&steps, false);
         assert_eq!(g.advance(Instant::now()), vec!["a", "b"]);
         assert!(g.is_open());
     }

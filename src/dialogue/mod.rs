@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use crate::config::{CloseAction, EndpointConfig, RuleAction};
 use crate::secret::SecretString;
+use crate::upstream::resume::UpstreamId;
 use capture::{Captures, Capturing};
 use gate::{Gate, Passage, Steps};
 use matching::Message;
@@ -72,6 +73,8 @@ pub struct Reaction {
     pub act: Option<Act>,
     /// The gate opened with this message: the connection is now `connected`.
     pub opened: bool,
+    /// A captured value changed.
+    pub captured: bool,
 }
 
 /// One connection's part of the dialogue.
@@ -80,15 +83,19 @@ pub struct Dialogue<'s> {
     gate: Gate<'s>,
     /// `{{counter}}`: starts again on every connection.
     counter: AtomicU64,
+    /// The resume position this connection offers (`{{last_id}}` in resuming steps).
+    offered: Option<UpstreamId>,
 }
 
 impl<'s> Dialogue<'s> {
-    /// The dialogue of a connection just opened.
-    pub fn new(script: &'s Script) -> Self {
+    /// The dialogue of a connection just opened, offering resume position `offered`, if any
+    /// (which picks the `when` steps it takes).
+    pub fn new(script: &'s Script, offered: Option<UpstreamId>) -> Self {
         Dialogue {
             script,
-            gate: Gate::new(&script.steps),
+            gate: Gate::new(&script.steps, offered.is_some()),
             counter: AtomicU64::new(0),
+            offered,
         }
     }
 
@@ -99,6 +106,7 @@ impl<'s> Dialogue<'s> {
             script,
             gate: Gate::done(&script.steps),
             counter: AtomicU64::new(counter),
+            offered: None,
         }
     }
 
@@ -115,7 +123,7 @@ impl<'s> Dialogue<'s> {
     ) -> Values<'a> {
         Values {
             token,
-            last_id: None,
+            last_id: self.offered.as_ref(),
             counter: Some(&self.counter),
             captures: Some(captures),
         }
@@ -163,10 +171,11 @@ impl<'s> Dialogue<'s> {
         token: Option<&SecretString>,
         now: Instant,
     ) -> Reaction {
-        self.script.capturing.take(m, captures);
+        let captured = self.script.capturing.take(m, captures);
         let verdict = self.script.rules.judge(m);
         let mut r = Reaction {
             deliver: !verdict.drop && self.gate.delivers(),
+            captured,
             ..Reaction::default()
         };
         let mut templates = verdict.replies;

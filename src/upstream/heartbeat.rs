@@ -57,7 +57,12 @@ pub struct Heartbeat {
 impl Heartbeat {
     /// Starts the timers of a connection established at `now`.
     pub fn new(cfg: HeartbeatConfig, now: Instant) -> Self {
-        let next_app_ping = cfg.app_ping.as_ref().map(|_| now + cfg.app_ping_interval);
+        // An interval still to be captured starts the app pings when it comes.
+        let next_app_ping = cfg
+            .app_ping
+            .as_ref()
+            .filter(|_| cfg.app_ping_interval_capture.is_none())
+            .map(|_| now + cfg.app_ping_interval);
         Heartbeat {
             next_ping: cfg.ping_interval.map(|i| now + i),
             never: now + Duration::from_secs(365 * 24 * 3600),
@@ -160,6 +165,18 @@ impl Heartbeat {
             .find(|a| matches!(a, Action::Ping(_)))
     }
 
+    /// The app ping interval became known (or changed), at `now`: the next app ping is due an
+    /// interval from now.
+    pub fn set_app_ping_interval(&mut self, interval: Duration, now: Instant) {
+        if self.cfg.app_ping.is_none()
+            || (self.next_app_ping.is_some() && self.cfg.app_ping_interval == interval)
+        {
+            return;
+        }
+        self.cfg.app_ping_interval = interval;
+        self.next_app_ping = Some(now + interval);
+    }
+
     /// Any inbound frame proves the connection alive, for the idle and the pong timers.
     pub fn on_inbound(&mut self, now: Instant) {
         self.last_inbound = now;
@@ -194,6 +211,7 @@ mod tests {
             idle_timeout: idle.map(Duration::from_secs),
             app_ping: None,
             app_ping_interval: Duration::from_secs(30),
+            app_ping_interval_capture: None,
         }
     }
 

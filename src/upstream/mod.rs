@@ -128,8 +128,14 @@ async fn run_inner(
             // It was opened offering the position just forgotten.
             switched = None;
         }
-        let base = urls[url_idx].clone();
+        // A position is offered where the upstream said to resume (`resume.url`), if it did.
+        let base = resume
+            .as_ref()
+            .filter(|r| r.is_resuming(&captures))
+            .and_then(|r| r.url(&captures))
+            .unwrap_or_else(|| urls[url_idx].clone());
         let mut opened = None;
+        let mut held = None;
         let outcome = match switched.take() {
             Some((ready, why)) => {
                 let replace::Ready {
@@ -137,9 +143,11 @@ async fn run_inner(
                     shown,
                     counter,
                     captures: fresh,
+                    held: first,
                 } = *ready;
                 ep.set_url(shown.clone());
                 opened = Some(counter);
+                held = first;
                 captures = fresh;
                 Ok(Attempted::Connected(
                     Box::new(ws),
@@ -188,13 +196,14 @@ async fn run_inner(
                     durable: cfg
                         .resume
                         .as_ref()
-                        .is_some_and(|r| r.scope == crate::config::IdScope::Global)
+                        .is_some_and(|r| r.scope.outlives_connection())
                         || cfg.replay.persist,
                     script: &script,
                     captures: &mut captures,
                     overlap: &mut overlap,
                     connected: format!("connected to {shown}{via}"),
                     opened,
+                    held,
                 };
                 match session.run(*ws).instrument(span).await {
                     End::Shutdown => Next::Stop,

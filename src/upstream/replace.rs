@@ -47,6 +47,8 @@ pub struct Ready {
     pub counter: u64,
     /// What its opening captured (the newest values).
     pub captures: Captures,
+    /// Its first message after the opening, read to know it is live, not delivered yet.
+    pub held: Option<Message>,
 }
 
 /// What a replacement ends with: the endpoint's credential state back, and the new
@@ -68,6 +70,8 @@ pub struct Plan<'a> {
     pub captures: Captures,
     /// The resume frame for the new connection, if one is due.
     pub resume_frame: Option<Message>,
+    /// The position the new connection offers.
+    pub offered: Option<super::resume::UpstreamId>,
 }
 
 /// Starts replacing the connection: renew the credential first for [`Why::Renewal`], then
@@ -83,6 +87,7 @@ pub fn start(plan: Plan<'_>) -> Replacing<'_> {
             mut auth,
             mut captures,
             resume_frame,
+            offered,
         } = plan;
         if why == Why::Renewal {
             let Some(a) = auth.as_mut() else {
@@ -107,30 +112,49 @@ pub fn start(plan: Plan<'_>) -> Replacing<'_> {
             Err(e) => return (auth, Err(e)),
         };
         let token = auth.as_ref().and_then(Auth::token).cloned();
-        let r = open(ws, script, resume_frame, token.as_ref(), &mut captures, cfg).await;
-        let r = r.map(|(ws, counter)| {
+        let r = open(
+            ws,
+            script,
+            resume_frame,
+            offered,
+            token.as_ref(),
+            &mut captures,
+            cfg,
+        )
+        .await;
+        let r = r.map(|(ws, counter, held)| {
             Some(Box::new(Ready {
                 ws,
                 shown,
                 counter,
                 captures,
+                held,
             }))
         });
         (auth, r)
     })
 }
 
+/// How long a replacement whose opening heard nothing is waited on for its first message.
+const FIRST_MESSAGE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Sends the new connection's first frames and waits for its `on_connect` answers. What
 /// arrives meanwhile only feeds the gate and the captures: the old connection still delivers.
+///
+/// The old connection is closed only once the new one is known to be live: its opening heard
+/// from the upstream, or its first message came (held, for the new connection to deliver), or
+/// [`FIRST_MESSAGE`] passed (a quiet feed). Closing sooner would lose what the upstream sends
+/// between closing the old connection and starting to send on the new one.
 async fn open(
     mut ws: Ws,
     script: &Script,
     resume_frame: Option<Message>,
+    offered: Option<super::resume::UpstreamId>,
     token: Option<&crate::secret::SecretString>,
     captures: &mut Captures,
     cfg: &EndpointConfig,
-) -> Result<(Ws, u64), String> {
-    let mut dialogue = Dialogue::new(script);
+) -> Result<(Ws, u64, Option<Message>), String> {
+    let mut dialogue = Dialogue::new(script, offered);
     let now = std::time::Instant::now();
     let first = dialogue.start(now, token, captures)?;
     let first: Vec<Message> = resume_frame
@@ -142,6 +166,7 @@ async fn open(
         Ok(Err(e)) => return Err(format!("replacement connection: write failed: {e}")),
         Err(_) => return Err("replacement connection: write timeout".into()),
     }
+    let mut heard = false;
     while !dialogue.is_open() {
         let deadline = dialogue.deadline().unwrap_or_else(std::time::Instant::now);
         let msg = tokio::select! {
@@ -162,6 +187,7 @@ async fn open(
                 })
             }
         };
+        heard = true;
         let text = std::str::from_utf8(&data).ok();
         let doc = serde_json::from_slice::<serde_json::Value>(&data).ok();
         let m = matching::Message {
@@ -181,7 +207,24 @@ async fn open(
             return Err("replacement connection: write failed".into());
         }
     }
-    Ok((ws, dialogue.counter()))
+    let mut held = None;
+    if !heard {
+        let first = tokio::time::timeout(FIRST_MESSAGE, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(Some(m)),
+                    Some(Ok(Message::Close(_))) | None => {
+                        return Err("replacement connection closed while opening".to_string())
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(format!("replacement connection: {e}")),
+                }
+            }
+        })
+        .await;
+        held = first.unwrap_or(Ok(None))?;
+    }
+    Ok((ws, dialogue.counter(), held))
 }
 
 /// Writes `frames`, within the pong timeout.

@@ -107,7 +107,7 @@ impl Resume {
         // An id of the other kind (the config changed) is no position at all; nor is any with
         // ids that start again on every connection.
         let last = last.filter(|l| {
-            cfg.scope == IdScope::Global
+            cfg.scope.outlives_connection()
                 && matches!(
                     (l, cfg.id_kind),
                     (UpstreamId::Int(_), IdKind::Integer) | (UpstreamId::Str(_), IdKind::String)
@@ -208,7 +208,43 @@ impl Resume {
 
     /// Whether ids are compared across connections (and so worth storing).
     pub fn is_global(&self) -> bool {
-        self.cfg.scope == IdScope::Global
+        self.cfg.scope.outlives_connection()
+    }
+
+    /// Whether a position can be offered now: an id is known and, with `scope = "session"`,
+    /// the session it belongs to is.
+    pub fn is_resuming(&self, captures: &crate::dialogue::capture::Captures) -> bool {
+        self.last.is_some()
+            && self
+                .cfg
+                .session
+                .as_ref()
+                .is_none_or(|s| captures.get(s).is_some())
+    }
+
+    /// The capture that names the session, with `scope = "session"`.
+    pub fn session_capture(&self) -> Option<&str> {
+        self.cfg.session.as_deref()
+    }
+
+    /// The URL to resume on (`resume.url` filled with `captures`), when one is configured,
+    /// can be filled, and is a `ws://` or `wss://` URL.
+    pub fn url(&self, captures: &crate::dialogue::capture::Captures) -> Option<url::Url> {
+        let template = self.cfg.url.as_ref()?;
+        let values = Values {
+            captures: Some(captures),
+            ..Values::default()
+        };
+        let text = crate::dialogue::template::header(template, values).ok()?;
+        match url::Url::parse(text.expose()) {
+            Ok(u) if matches!(u.scheme(), "ws" | "wss") && u.host_str().is_some() => Some(u),
+            _ => {
+                tracing::warn!(
+                    "resume.url does not make a ws:// or wss:// URL; using the configured url"
+                );
+                None
+            }
+        }
     }
 
     /// A new connection begins: with `scope = "connection"` its ids start afresh.
@@ -367,6 +403,8 @@ mod tests {
             dedup_window: 3,
             contiguous,
             scope: IdScope::Global,
+            session: None,
+            url: None,
         }
     }
 

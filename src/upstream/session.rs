@@ -112,6 +112,8 @@ pub struct Session<'a> {
     pub connected: String,
     /// `Some(counter)` for a replacement whose opening dialogue ran already.
     pub opened: Option<u64>,
+    /// A replacement's first message, read before the switch: delivered first.
+    pub held: Option<Message>,
 }
 
 /// One connection's state, threaded through frame handling.
@@ -144,7 +146,7 @@ impl<'a> Session<'a> {
         let script: &'a Script = self.script;
         let mut dialogue = match self.opened {
             Some(counter) => Dialogue::opened(script, counter),
-            None => Dialogue::new(script),
+            None => Dialogue::new(script, self.offered()),
         };
 
         // Resume frame first, then `on_connect`, then the outbox: upstreams expect to be told
@@ -194,6 +196,7 @@ impl<'a> Session<'a> {
             out: Vec::new(),
             open: open_tx,
         };
+        self.sync_captures(&mut conn, None);
         let sleep = tokio::time::sleep_until(conn.deadline().into());
         tokio::pin!(sleep);
         let renew_sleep =
@@ -225,6 +228,23 @@ impl<'a> Session<'a> {
             };
         }
 
+        if let Some(first) = self.held.take() {
+            let flow = self.on_frame(Some(Ok(first)), &mut conn).await;
+            let flow = match flow {
+                Flow::Act(act) => self.act(act, &mut replacing),
+                other => other,
+            };
+            if let Err(end) = hand_over(&ctl_tx, &mut conn.out) {
+                return end;
+            }
+            match flow {
+                Flow::Continue | Flow::Act(_) => {}
+                Flow::End(end) => return end,
+                Flow::Close(code, why, end) => {
+                    return self.close(&ctl_tx, &mut writer, code, why, end).await
+                }
+            }
+        }
         let end = loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
@@ -262,6 +282,10 @@ impl<'a> Session<'a> {
                                 Endpoint::count(&ep.stats.auth_renewals_ok, 1);
                             }
                             tracing::info!(reason = why.close_reason(), "switching to the new connection");
+                            // What the old connection has already received is delivered before
+                            // it goes; the new connection's copies are dropped as overlap.
+                            let flow = self.take_frames(None, &mut stream, &mut conn).await;
+                            settle!(flow);
                             return self.close(&ctl_tx, &mut writer, CloseCode::Normal, why.close_reason(), End::Switch(ready, why)).await;
                         }
                         Ok(None) => {
@@ -352,13 +376,22 @@ impl<'a> Session<'a> {
         Ok(first)
     }
 
-    /// The resume frame, when configured and an id is known.
+    /// The position this connection offers, if any.
+    fn offered(&self) -> Option<super::resume::UpstreamId> {
+        let r = self.resume.as_ref()?;
+        r.is_resuming(self.captures)
+            .then(|| r.last_id().cloned())
+            .flatten()
+    }
+
+    /// The resume frame, when configured and a position is offered.
     fn resume_frame(&self, dialogue: &Dialogue<'_>) -> Option<Result<Message, String>> {
         let token = self.auth.as_ref().and_then(Auth::token);
-        let frame = self
-            .resume
-            .as_ref()?
-            .frame(dialogue.values(token, self.captures))?;
+        let resume = self.resume.as_ref()?;
+        if !resume.is_resuming(self.captures) {
+            return None;
+        }
+        let frame = resume.frame(dialogue.values(token, self.captures))?;
         Some(
             frame
                 .map(|f| Message::text(f.expose()))
@@ -399,7 +432,8 @@ impl<'a> Session<'a> {
         }
         // The resume frame for the new connection is built from the last id at this moment;
         // what the old connection delivers meanwhile is sorted out by the resume ids.
-        let dialogue = Dialogue::new(self.script);
+        let offered = self.offered();
+        let dialogue = Dialogue::new(self.script, offered.clone());
         let resume_frame = self.resume_frame(&dialogue).and_then(Result::ok);
         if let (Some(r), true) = (self.resume.as_ref(), url == *self.base) {
             r.apply_query(&mut url);
@@ -413,6 +447,7 @@ impl<'a> Session<'a> {
             auth: self.auth.take(),
             captures: self.captures.clone(),
             resume_frame,
+            offered,
         })
     }
 
@@ -541,9 +576,17 @@ impl<'a> Session<'a> {
                 doc: doc.as_ref(),
             };
             let token = self.auth.as_ref().and_then(Auth::token);
+            let session = self
+                .resume
+                .as_ref()
+                .and_then(|r| r.session_capture())
+                .and_then(|s| self.captures.get(s).cloned());
             let reaction = conn
                 .dialogue
                 .inbound(m, self.captures, token, Instant::now());
+            if reaction.captured {
+                self.sync_captures(conn, session);
+            }
             conn.out
                 .extend(reaction.send.iter().map(|f| Message::text(f.expose())));
             if reaction.opened {
@@ -567,6 +610,38 @@ impl<'a> Session<'a> {
         }
         self.ingest(kind, data, doc, &mut conn.announce).await;
         flow
+    }
+
+    /// Applies what captured values decide: the app ping interval (Discord's Hello), and a
+    /// new session (its value other than `session_before`) whose ids start afresh.
+    fn sync_captures(&mut self, conn: &mut Conn<'_>, session_before: Option<serde_json::Value>) {
+        if let Some((name, unit)) = &self.cfg.heartbeat.app_ping_interval_capture {
+            let n = self.captures.get(name).and_then(serde_json::Value::as_f64);
+            if let Some(interval) = n
+                .filter(|n| *n > 0.0 && n.is_finite())
+                .map(|n| unit.mul_f64(n))
+            {
+                conn.hb.set_app_ping_interval(interval, Instant::now());
+            }
+        }
+        let Some(resume) = self.resume.as_mut() else {
+            return;
+        };
+        let Some(name) = resume.session_capture() else {
+            return;
+        };
+        let now = self.captures.get(name);
+        if session_before.is_some() && now != session_before.as_ref() {
+            tracing::info!("a new upstream session began: its ids start afresh");
+            resume.forget();
+            self.ep.set_last_upstream_id(String::new());
+            if let Some(store) = &self.ep.store {
+                let op = crate::store::Op::UpstreamIdClear {
+                    endpoint: std::sync::Arc::clone(&self.ep.key),
+                };
+                store.submit(vec![op], None);
+            }
+        }
     }
 
     /// Sends a close frame through the writer, waiting briefly for it to be flushed.
