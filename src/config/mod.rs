@@ -293,6 +293,9 @@ pub enum AuthPlacement {
 pub enum RenewMode {
     Frame,
     Reconnect,
+    /// The token only opens a connection (or starts a subscription): a live connection is
+    /// never renewed nor closed at expiry; every new connection gets a fresh token.
+    None,
 }
 
 /// `endpoints.NAME.heartbeat`.

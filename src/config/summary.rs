@@ -51,7 +51,7 @@ impl Config {
                 }
                 _ => {}
             }
-            if let Some(a) = &ep.auth {
+            if let Some(a) = ep.auth.as_ref().filter(|a| a.renew != RenewMode::None) {
                 if let Some(ttl) = a.ttl.filter(|ttl| *ttl <= a.refresh_before) {
                     owned.push((
                         at(&["auth", "ttl"]),
@@ -359,15 +359,19 @@ fn auth_summary(auth: &AuthConfig) -> String {
         AuthPlacement::Query { name } => format!("query ?{name}="),
     };
     let renew = match auth.renew {
-        RenewMode::Reconnect => "reconnect",
-        RenewMode::Frame => "frame",
+        RenewMode::Reconnect => "renew by reconnect",
+        RenewMode::Frame => "renew by frame",
+        RenewMode::None => "used at connect only, fresh for each connection",
     };
     let ttl = auth
         .ttl
         .map_or(String::new(), |t| format!(", ttl {}", format_duration(t)));
+    let when = match auth.renew {
+        RenewMode::None => String::new(),
+        _ => format!(" {} before expiry", format_duration(auth.refresh_before)),
+    };
     format!(
-        "{token}, {placement}, renew by {renew} {} before expiry{ttl}, gives up after {} auth failures",
-        format_duration(auth.refresh_before),
+        "{token}, {placement}, {renew}{when}{ttl}, gives up after {} auth failures",
         auth.max_failures
     )
 }
