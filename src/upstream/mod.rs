@@ -10,6 +10,7 @@ pub mod failure;
 mod frame_watch;
 mod handshake;
 pub mod heartbeat;
+mod http_client;
 mod ingest;
 mod oauth2;
 mod overlap;
