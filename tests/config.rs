@@ -10,10 +10,12 @@ use ws_sidecar::config::{
     ConfigError, EndpointConfig, FilterConfig, GrpcConfig, HeartbeatConfig, HttpConfig, IdKind,
     LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, ProxyConfig,
     ProxyScheme, RenewMode, ReplayConfig, SlowPolicy, SocketsConfig, StoreConfig, StreamConfig,
-    TlsConfig, TokenSource,
+    TlsConfig, TokenSource, UrlSource,
 };
 use ws_sidecar::secret::Secret;
 
+#[path = "config/discovery.rs"]
+mod discovery;
 #[path = "config/proxy.rs"]
 mod proxy;
 #[path = "config/warnings.rs"]
@@ -74,7 +76,7 @@ fn secs(n: u64) -> Duration {
 
 fn default_endpoint(url: &str) -> EndpointConfig {
     EndpointConfig {
-        url: url::Url::parse(url).expect("test URL"),
+        url: UrlSource::Fixed(url::Url::parse(url).expect("test URL")),
         fallback_urls: vec![],
         headers: vec![],
         subprotocols: vec![],

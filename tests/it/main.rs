@@ -10,6 +10,7 @@ mod bad_input;
 mod classify;
 mod connect_only_auth;
 mod dialogue;
+mod discovery;
 mod durability;
 mod fanout;
 mod features;
