@@ -18,6 +18,8 @@ use ws_sidecar::secret::Secret;
 mod discovery;
 #[path = "config/proxy.rs"]
 mod proxy;
+#[path = "config/recipes.rs"]
+mod recipes;
 #[path = "config/warnings.rs"]
 mod warnings;
 
