@@ -171,7 +171,7 @@ async fn run_in(
     cfg.stream.path = Some(dir.join("stream.sock"));
     cfg.store.path = dir.join("store");
     for ep in cfg.endpoints.values_mut() {
-        ep.url = url::Url::parse(&sim.url())?;
+        ep.url = crate::config::UrlSource::Fixed(url::Url::parse(&sim.url())?);
     }
 
     let store = crate::store::Store::open(&cfg.store.path)?;

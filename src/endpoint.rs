@@ -182,7 +182,7 @@ impl Endpoint {
             at: unix_nanos(),
             after_seq: log.next_seq() - 1,
         };
-        let url = crate::redact::redact_url(&config.url);
+        let url = config.url.shown();
         Arc::new(Endpoint {
             name,
             key,

@@ -58,6 +58,17 @@ pub fn redact_url_with(url: &url::Url, extra_secret_params: &[&str]) -> String {
     out.to_string()
 }
 
+/// A URL that is a secret as a whole (a discovered URL, whose path or query may carry a
+/// single-use ticket): only its scheme, host and port, e.g. `wss://wss-primary.slack.com/…`.
+pub fn redact_whole(url: &url::Url) -> String {
+    let port = url.port().map_or(String::new(), |p| format!(":{p}"));
+    format!(
+        "{}://{}{port}/…",
+        url.scheme(),
+        url.host_str().unwrap_or_default()
+    )
+}
+
 /// Rewrites only the values that need masking and leaves every other byte as written, so the
 /// redacted URL still matches what the user configured.
 fn redact_pairs(raw: &str, is_secret: impl Fn(&str) -> bool) -> String {
@@ -172,6 +183,14 @@ mod tests {
             redact_url(&u),
             "https://x.example/cb#access_token=***&state=1"
         );
+    }
+
+    #[test]
+    fn a_secret_url_shows_only_scheme_host_and_port() {
+        let u = url("wss://user:pw@wss-primary.slack.com/link/?ticket=abc&app_id=A1");
+        assert_eq!(redact_whole(&u), "wss://wss-primary.slack.com/…");
+        let u = url("ws://127.0.0.1:8080/t/0123456789");
+        assert_eq!(redact_whole(&u), "ws://127.0.0.1:8080/…");
     }
 
     #[test]

@@ -105,6 +105,45 @@ impl Secret {
     }
 }
 
+/// Runs `argv` and returns its stdout cleaned by the one rule (see the module doc), killing the
+/// program if it has not finished within `limit`. What a secret command's output is used for
+/// besides a secret (a discovered URL) goes through here, with the same errors.
+pub async fn command_output(
+    argv: &[String],
+    limit: std::time::Duration,
+) -> Result<SecretString, SecretError> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Err(SecretError::Command {
+            prog: String::new(),
+            reason: "empty command".into(),
+        });
+    };
+    let err = |reason: String| SecretError::Command {
+        prog: prog.clone(),
+        reason,
+    };
+    let child = tokio::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(limit, child).await {
+        Ok(out) => out.map_err(|e| err(e.to_string()))?,
+        Err(_) => {
+            return Err(err(format!(
+                "no answer within {}, killed",
+                crate::fmt::duration(limit)
+            )))
+        }
+    };
+    if !out.status.success() {
+        // stderr is not shown: a failing helper may echo what it was given.
+        return Err(err(format!("exited with {}", out.status)));
+    }
+    let raw = String::from_utf8(out.stdout).map_err(|_| err("output is not UTF-8".into()))?;
+    Secret::Command(argv.to_vec()).clean(&raw)
+}
+
 fn credential_path(path: &Path) -> PathBuf {
     match std::env::var_os("CREDENTIALS_DIRECTORY") {
         Some(dir) if path.is_relative() => Path::new(&dir).join(path),
@@ -223,6 +262,32 @@ mod tests {
         assert!(
             !e.to_string().contains("s3kr1t"),
             "the value is never shown: {e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn command_output_is_cleaned_and_bounded_in_time() {
+        let echo = ["printf".to_owned(), "wss://h/x?ticket=1\n".to_owned()];
+        let out = command_output(&echo, std::time::Duration::from_secs(5))
+            .await
+            .expect("printf runs");
+        assert_eq!(out.expose(), "wss://h/x?ticket=1");
+        let started = std::time::Instant::now();
+        let hang = ["sleep".to_owned(), "30".to_owned()];
+        let e = command_output(&hang, std::time::Duration::from_millis(200))
+            .await
+            .expect_err("killed");
+        assert_eq!(
+            e.to_string(),
+            "secret command sleep: no answer within 200ms, killed"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let e = command_output(&["false".to_owned()], std::time::Duration::from_secs(5))
+            .await
+            .expect_err("fails");
+        assert_eq!(
+            e.to_string(),
+            "secret command false: exited with exit status: 1"
         );
     }
 

@@ -10,12 +10,16 @@ use ws_sidecar::config::{
     ConfigError, EndpointConfig, FilterConfig, GrpcConfig, HeartbeatConfig, HttpConfig, IdKind,
     LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, ProxyConfig,
     ProxyScheme, RenewMode, ReplayConfig, SlowPolicy, SocketsConfig, StoreConfig, StreamConfig,
-    TlsConfig, TokenSource,
+    TlsConfig, TokenSource, UrlSource,
 };
 use ws_sidecar::secret::Secret;
 
+#[path = "config/discovery.rs"]
+mod discovery;
 #[path = "config/proxy.rs"]
 mod proxy;
+#[path = "config/recipes.rs"]
+mod recipes;
 #[path = "config/warnings.rs"]
 mod warnings;
 
@@ -74,7 +78,7 @@ fn secs(n: u64) -> Duration {
 
 fn default_endpoint(url: &str) -> EndpointConfig {
     EndpointConfig {
-        url: url::Url::parse(url).expect("test URL"),
+        url: UrlSource::Fixed(url::Url::parse(url).expect("test URL")),
         fallback_urls: vec![],
         headers: vec![],
         subprotocols: vec![],

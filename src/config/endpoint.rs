@@ -34,7 +34,9 @@ const fn millis(n: u64) -> Duration {
 /// Reads an endpoint; `None` when it is unusable (every reason already reported).
 pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointConfig> {
     let mut t = Table::open(r, node)?;
-    let url = t.required(r, "url", ws_url);
+    let url = t
+        .need(r, "url")
+        .and_then(|n| super::discovery::read_url(r, &n, ws_url));
     let fallback_urls = list(r, &mut t, "fallback_urls", ws_url);
     // Read first: templates everywhere may use what they capture.
     let captures = t
@@ -80,14 +82,15 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     let max_message_size = t.or(r, "max_message_size", size_at_least(1024), 16 << 20);
     let proxy = t.or(r, "proxy", proxy_setting, ProxyConfig::Env);
     let tls_use = TlsUse {
+        // A discovered URL may be wss:// (Slack's is).
         wss: url
             .iter()
-            .chain(&fallback_urls)
-            .any(|u| u.scheme() == "wss"),
+            .any(|u| u.fixed().is_none_or(|u| u.scheme() == "wss"))
+            || fallback_urls.iter().any(|u| u.scheme() == "wss"),
         https_token: matches!(
             auth.as_ref().map(|a| &a.token),
             Some(super::TokenSource::OAuth2 { token_url, .. }) if token_url.scheme() == "https"
-        ),
+        ) || matches!(&url, Some(super::UrlSource::Discover(super::Discovery::Http(h))) if h.url.scheme() == "https"),
     };
     let tls = t
         .get("tls")

@@ -151,6 +151,7 @@ pub(super) fn read_auth(
                 &[
                     ("reconnect", RenewMode::Reconnect),
                     ("frame", RenewMode::Frame),
+                    ("none", RenewMode::None),
                 ],
             )
         },
@@ -170,11 +171,17 @@ pub(super) fn read_auth(
             &t.path_of("renew_frame"),
             "required key is missing (renew = \"frame\" sends it)",
         ),
-        (RenewMode::Reconnect, Some(_)) => r.at(
+        (RenewMode::Reconnect | RenewMode::None, Some(_)) => r.at(
             &t.path_of("renew_frame"),
             "only used with renew = \"frame\"",
         ),
         _ => {}
+    }
+    if renew == RenewMode::None && t.has("refresh_before") {
+        r.at(
+            &t.path_of("refresh_before"),
+            "not used with renew = \"none\": every connection gets a fresh token",
+        );
     }
     t.finish(r);
     Some(AuthConfig {

@@ -1,13 +1,15 @@
 //! The validated configuration (SPEC §4): typed values only, every default applied.
 //!
 //! Loading and validation live in `load.rs` (global sections), `endpoint.rs` (one endpoint),
-//! `handshake.rs` (its headers, auth and secret references), `proxy.rs` (proxy URLs and
+//! `handshake.rs` (its headers, auth and secret references), `discovery.rs` (`url` as a
+//! table: the URL discovered before every attempt), `proxy.rs` (proxy URLs and
 //! the proxy environment variables), `value.rs` (the error-collecting
 //! field reader) and `units.rs` (the duration and size syntax);
 //! `summary.rs` renders what `check-config` prints. This file is the shape the rest of the daemon reads.
 //! Everything here is checked before anything starts, so runtime code never re-validates.
 
 mod dialogue;
+mod discovery;
 mod endpoint;
 mod handshake;
 mod load;
@@ -18,6 +20,7 @@ mod template;
 pub mod units;
 mod value;
 
+pub use discovery::{Discovery, DiscoveryMethod, HttpDiscovery, UrlSource};
 pub use load::{load, load_str, ConfigError};
 pub use proxy::{no_proxy_exempts, ProxyConfig, ProxyEnvError, ProxyRoute, ProxyScheme, ProxyUrl};
 
@@ -114,7 +117,8 @@ pub struct LimitsConfig {
 /// `[endpoints.NAME]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointConfig {
-    pub url: url::Url,
+    /// A fixed `ws(s)://` URL, or how to discover one before every attempt.
+    pub url: UrlSource,
     pub fallback_urls: Vec<url::Url>,
     /// Extra handshake headers, sorted by name (the `config` crate does not keep file order);
     /// values may be secret references.
@@ -305,6 +309,9 @@ pub enum AuthPlacement {
 pub enum RenewMode {
     Frame,
     Reconnect,
+    /// The token only opens a connection (or starts a subscription): a live connection is
+    /// never renewed nor closed at expiry; every new connection gets a fresh token.
+    None,
 }
 
 /// `endpoints.NAME.heartbeat`.

@@ -4,8 +4,8 @@
 use super::units::{format_duration, format_size};
 use super::value::join_key;
 use super::{
-    AccessConfig, AuthConfig, AuthPlacement, Config, EndpointConfig, IdKind, IdScope, ListenAddr,
-    LogFormat, Principal, ProxyConfig, RenewMode, SlowPolicy, TokenSource,
+    AccessConfig, AuthConfig, AuthPlacement, Config, Discovery, EndpointConfig, IdKind, IdScope,
+    ListenAddr, LogFormat, Principal, ProxyConfig, RenewMode, SlowPolicy, TokenSource, UrlSource,
 };
 use crate::redact::{is_secret_name, redact_url, redact_url_with};
 use crate::secret::Secret;
@@ -21,7 +21,27 @@ impl Config {
                     join_key(&path, key)
                 })
             };
-            let mut urls = vec![(at(&["url"]), &ep.url)];
+            let mut urls: Vec<(String, &url::Url)> = Vec::new();
+            match &ep.url {
+                UrlSource::Fixed(u) => urls.push((at(&["url"]), u)),
+                UrlSource::Discover(Discovery::Http(h)) => {
+                    urls.push((
+                        at(&["url", h.method.as_str().to_lowercase().as_str()]),
+                        &h.url,
+                    ));
+                    if h.token.as_ref().is_some_and(Secret::is_plain) {
+                        keys.push((at(&["url", "token"]), PLAIN));
+                    }
+                    for (header, value) in &h.headers {
+                        let looks_secret =
+                            is_secret_name(header) || header.eq_ignore_ascii_case("cookie");
+                        if looks_secret && value.is_plain() {
+                            keys.push((join_key(&at(&["url", "headers"]), header), PLAIN));
+                        }
+                    }
+                }
+                UrlSource::Discover(Discovery::Command(_)) => {}
+            }
             urls.extend(
                 ep.fallback_urls
                     .iter()
@@ -51,7 +71,7 @@ impl Config {
                 }
                 _ => {}
             }
-            if let Some(a) = &ep.auth {
+            if let Some(a) = ep.auth.as_ref().filter(|a| a.renew != RenewMode::None) {
                 if let Some(ttl) = a.ttl.filter(|ttl| *ttl <= a.refresh_before) {
                     owned.push((
                         at(&["auth", "ttl"]),
@@ -144,8 +164,15 @@ fn listen_addr(addr: &ListenAddr) -> String {
 fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
     let extra: Vec<&str> = auth_query(ep).into_iter().collect();
     let url = |u: &url::Url| redact_url_with(u, &extra);
-    out.push(format!("endpoint {name}  {}", url(&ep.url)));
+    let shown = match &ep.url {
+        UrlSource::Fixed(u) => url(u),
+        discovered => discovered.shown(),
+    };
+    out.push(format!("endpoint {name}  {shown}"));
     let mut line = |label: &str, text: String| out.push(format!("  {label:<12}{text}"));
+    if let UrlSource::Discover(d) = &ep.url {
+        line("url", super::discovery::summary(d, secret_source));
+    }
     if !ep.fallback_urls.is_empty() {
         let urls: Vec<String> = ep.fallback_urls.iter().map(url).collect();
         line(
@@ -209,10 +236,13 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
     let proxy = match &ep.proxy {
         // What this process's environment gives for the main URL: check-config runs with the
         // service's environment, so this is what the daemon will do.
-        ProxyConfig::Env => match ep.proxy.route(&ep.url) {
-            Ok(Some(route)) => route.to_string(),
-            Ok(None) => "none (environment: no proxy variable applies)".into(),
-            Err(e) => format!("unusable, the endpoint will fail: {e}"),
+        ProxyConfig::Env => match &ep.url {
+            UrlSource::Fixed(u) => match ep.proxy.route(u) {
+                Ok(Some(route)) => route.to_string(),
+                Ok(None) => "none (environment: no proxy variable applies)".into(),
+                Err(e) => format!("unusable, the endpoint will fail: {e}"),
+            },
+            UrlSource::Discover(_) => "from the environment, for each discovered URL".into(),
         },
         ProxyConfig::Direct => "none (direct)".into(),
         ProxyConfig::Url(u) => u.redacted(),
@@ -359,15 +389,19 @@ fn auth_summary(auth: &AuthConfig) -> String {
         AuthPlacement::Query { name } => format!("query ?{name}="),
     };
     let renew = match auth.renew {
-        RenewMode::Reconnect => "reconnect",
-        RenewMode::Frame => "frame",
+        RenewMode::Reconnect => "renew by reconnect",
+        RenewMode::Frame => "renew by frame",
+        RenewMode::None => "used at connect only, fresh for each connection",
     };
     let ttl = auth
         .ttl
         .map_or(String::new(), |t| format!(", ttl {}", format_duration(t)));
+    let when = match auth.renew {
+        RenewMode::None => String::new(),
+        _ => format!(" {} before expiry", format_duration(auth.refresh_before)),
+    };
     format!(
-        "{token}, {placement}, renew by {renew} {} before expiry{ttl}, gives up after {} auth failures",
-        format_duration(auth.refresh_before),
+        "{token}, {placement}, {renew}{when}{ttl}, gives up after {} auth failures",
         auth.max_failures
     )
 }

@@ -11,7 +11,7 @@ use base64::Engine as _;
 
 use super::failure::Failure;
 use super::oauth2;
-use crate::config::{AuthConfig, AuthPlacement, EndpointConfig, TokenSource};
+use crate::config::{AuthConfig, AuthPlacement, EndpointConfig, RenewMode, TokenSource};
 use crate::dialogue::template;
 use crate::secret::SecretString;
 
@@ -62,7 +62,7 @@ impl Auth {
     }
 
     /// How a renewed token reaches a live connection.
-    pub fn renew_mode(&self) -> crate::config::RenewMode {
+    pub fn renew_mode(&self) -> RenewMode {
         self.cfg.renew
     }
 
@@ -71,8 +71,12 @@ impl Auth {
         self.current.as_ref().and_then(|t| t.expires_at)
     }
 
-    /// When renewal should start (see [`renew_time`]).
+    /// When renewal should start (see [`renew_time`]); never with `renew = "none"`, whose
+    /// token only opens connections: a live one outlives it.
     pub fn renew_at(&self) -> Option<SystemTime> {
+        if self.cfg.renew == RenewMode::None {
+            return None;
+        }
         let t = self.current.as_ref()?;
         Some(renew_time(
             t.fetched_at,
@@ -87,9 +91,11 @@ impl Auth {
     }
 
     /// The credential for a connection attempt: re-resolved for secret references, reused for
-    /// OAuth2 while it is not due for renewal.
+    /// OAuth2 while it is not due for renewal, and fetched afresh for every connection with
+    /// `renew = "none"` (such tokens are typically valid only briefly, to open or subscribe).
     pub async fn credential(&mut self, ep: &EndpointConfig) -> Result<Credential, Failure> {
         let reuse = matches!(self.cfg.token, TokenSource::OAuth2 { .. })
+            && self.cfg.renew != RenewMode::None
             && self.current.is_some()
             && self.renew_at().is_none_or(|r| SystemTime::now() < r);
         if !reuse {
@@ -144,7 +150,7 @@ impl Auth {
         let expires_at = jwt_expiry(value.expose())
             .or_else(|| expires_in.map(|d| fetched_at + d))
             .or_else(|| self.cfg.ttl.map(|d| fetched_at + d));
-        if let Some(e) = expires_at {
+        if let Some(e) = expires_at.filter(|_| self.cfg.renew != RenewMode::None) {
             let lifetime = e.duration_since(fetched_at).unwrap_or_default();
             if lifetime <= self.cfg.refresh_before {
                 let renew_in = renew_time(fetched_at, e, self.cfg.refresh_before)

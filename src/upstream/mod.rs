@@ -6,10 +6,12 @@
 
 pub mod auth;
 pub mod connect;
+mod discover;
 pub mod failure;
 mod frame_watch;
 mod handshake;
 pub mod heartbeat;
+mod http_client;
 mod ingest;
 mod oauth2;
 mod overlap;
@@ -104,8 +106,13 @@ async fn run_inner(
         .filter_map(|f| Filter::new(f.pointer.clone(), f.equals.clone()).ok())
         .collect();
     let max_auth_failures = cfg.auth.as_ref().map_or(3, |a| a.max_failures).max(1);
-    let urls: Vec<url::Url> = std::iter::once(cfg.url.clone())
-        .chain(cfg.fallback_urls.iter().cloned())
+    let urls: Vec<crate::config::UrlSource> = std::iter::once(cfg.url.clone())
+        .chain(
+            cfg.fallback_urls
+                .iter()
+                .cloned()
+                .map(crate::config::UrlSource::Fixed),
+        )
         .collect();
     let (mut url_idx, mut url_failures, mut auth_failures) = (0usize, 0u32, 0u32);
     let mut connections = 0u64;
@@ -149,9 +156,11 @@ async fn run_inner(
                 opened = Some(counter);
                 held = first;
                 captures = fresh;
+                let via = base.fixed().map(|u| cfg.proxy.via(u)).unwrap_or_default();
                 Ok(Attempted::Connected(
                     Box::new(ws),
                     format!("{shown} ({})", why.close_reason()),
+                    via,
                 ))
             }
             None => {
@@ -172,7 +181,7 @@ async fn run_inner(
         let next = match outcome {
             Ok(Attempted::Shutdown) => Next::Stop,
             Ok(Attempted::Restart) => Next::Now,
-            Ok(Attempted::Connected(ws, shown)) => {
+            Ok(Attempted::Connected(ws, shown, via)) => {
                 if ever_connected {
                     Endpoint::count(&ep.stats.reconnects, 1);
                 }
@@ -182,7 +191,6 @@ async fn run_inner(
                 auth_failures = 0;
                 backoff.on_connected(Instant::now());
                 let span = tracing::info_span!("connection", attempt = connections);
-                let via = cfg.proxy.via(&base);
                 let session = Session {
                     ep,
                     cfg,
@@ -284,8 +292,8 @@ async fn run_inner(
 
 /// How a connection attempt that did not fail ended.
 enum Attempted {
-    /// Connected; the URL as it may be shown.
-    Connected(Box<connect::Ws>, String),
+    /// Connected; the URL as it may be shown, and the proxy it goes through (` via proxy …`).
+    Connected(Box<connect::Ws>, String, String),
     Shutdown,
     /// Abandoned for an operator's reset-resume: it was offering the old position.
     Restart,
@@ -295,39 +303,40 @@ enum Attempted {
 async fn attempt(
     ep: &Endpoint,
     cfg: &EndpointConfig,
-    base: &url::Url,
+    base: &crate::config::UrlSource,
     resume: Option<&Resume>,
     auth: Option<&mut Auth>,
     shutdown: &CancellationToken,
     n: u64,
 ) -> Result<Attempted, Failure> {
-    let mut url = base.clone();
-    if let Some(r) = resume {
-        r.apply_query(&mut url);
-    }
-    ep.set_url(crate::redact::redact_url(&url));
-    ep.set_state(
-        State::Connecting,
-        format!(
-            "connecting to {}{}",
-            crate::redact::redact_url(&url),
-            cfg.proxy.via(&url)
-        ),
-    );
-    let span =
-        tracing::info_span!("connection", attempt = n, url = %crate::redact::redact_url(&url));
+    let offer = resume.and_then(Resume::query_offer);
+    // A discovered URL is not known yet: the source is shown until it is.
+    let (shown, via) = match base.fixed() {
+        Some(base) => {
+            let mut url = base.clone();
+            if let Some(o) = &offer {
+                o.apply(&mut url);
+            }
+            (crate::redact::redact_url(&url), cfg.proxy.via(&url))
+        }
+        None => (base.shown(), String::new()),
+    };
+    ep.set_url(shown.clone());
+    ep.set_state(State::Connecting, format!("connecting to {shown}{via}"));
+    let span = tracing::info_span!("connection", attempt = n, url = %shown);
     async {
         let (attempt, shown) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(Attempted::Shutdown),
-            p = prepare(ep, cfg, url, auth) => p?,
+            p = prepare(ep, cfg, base, offer.as_ref(), auth) => p?,
         };
         ep.set_url(shown.clone());
+        let via = cfg.proxy.via(&attempt.url);
         let connecting = connect::connect(attempt);
         tokio::pin!(connecting);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Attempted::Shutdown),
-                r = &mut connecting => return r.map(|ws| Attempted::Connected(Box::new(ws), shown)),
+                r = &mut connecting => return r.map(|ws| Attempted::Connected(Box::new(ws), shown, via)),
                 // The attempt under way is the reconnect asked for: take the request so it
                 // does not tear down the connection this attempt is about to open, unless
                 // the attempt offers a resume position an operator asked to forget.
@@ -397,12 +406,14 @@ fn classify(
     }
 }
 
-/// Builds an attempt from `url` (resume query already applied): configured headers and the
-/// credential, resolved now. Returns the attempt and the URL as it may be shown.
+/// Builds an attempt on `base` with the resume `offer`: configured headers and the credential,
+/// resolved now, and last a discovered URL (its ticket may be short-lived). Returns the
+/// attempt and the URL as it may be shown.
 async fn prepare<'a>(
     ep: &Endpoint,
     cfg: &'a EndpointConfig,
-    mut url: url::Url,
+    base: &crate::config::UrlSource,
+    offer: Option<&resume::QueryOffer>,
     auth: Option<&mut Auth>,
 ) -> Result<(connect::Attempt<'a>, String), Failure> {
     let mut headers = Vec::with_capacity(cfg.headers.len() + 1);
@@ -413,21 +424,34 @@ async fn prepare<'a>(
             .map_err(|e| Failure::retry(format!("header {name}: {e}")))?;
         headers.push((name.clone(), value));
     }
-    let mut secret_params: Vec<String> = Vec::new();
+    let mut query: Option<(String, crate::secret::SecretString)> = None;
     if let Some(a) = auth {
         let credential = a.credential(cfg).await;
         record_expiry(ep, a);
         match credential? {
             Credential::Header(name, value) => headers.push((name, value)),
-            Credential::Query(name, value) => {
-                url.query_pairs_mut().append_pair(&name, value.expose());
-                secret_params.push(name);
-            }
+            Credential::Query(name, value) => query = Some((name, value)),
         }
     }
-    let params: Vec<&str> = secret_params.iter().map(String::as_str).collect();
-    let shown = crate::redact::redact_url_with(&url, &params);
-    Ok((connect::Attempt { cfg, url, headers }, shown))
+    let mut target = discover::target(base, cfg).await?;
+    if let Some(o) = offer {
+        o.apply(&mut target.url);
+    }
+    if let Some((name, value)) = &query {
+        target
+            .url
+            .query_pairs_mut()
+            .append_pair(name, value.expose());
+    }
+    let shown = target.shown(&query.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
+    Ok((
+        connect::Attempt {
+            cfg,
+            url: target.url,
+            headers,
+        },
+        shown,
+    ))
 }
 
 /// Shows the credential's expiry in status and metrics.

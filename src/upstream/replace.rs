@@ -63,7 +63,11 @@ pub struct Plan<'a> {
     pub ep: &'a Endpoint,
     pub cfg: &'a EndpointConfig,
     pub script: &'a Script,
-    pub url: url::Url,
+    /// Where the new connection goes: the endpoint's URL (discovered again if it is
+    /// discovered) or one the upstream named.
+    pub target: crate::config::UrlSource,
+    /// The resume query to offer on it (only on the endpoint's own URL).
+    pub offer: Option<super::resume::QueryOffer>,
     pub why: Why,
     pub auth: Option<Auth>,
     /// A copy of the captured values to open with.
@@ -82,7 +86,8 @@ pub fn start(plan: Plan<'_>) -> Replacing<'_> {
             ep,
             cfg,
             script,
-            url,
+            target,
+            offer,
             why,
             mut auth,
             mut captures,
@@ -100,7 +105,7 @@ pub fn start(plan: Plan<'_>) -> Replacing<'_> {
                 return (auth, Ok(None));
             }
         }
-        let ws = match super::prepare(ep, cfg, url, auth.as_mut()).await {
+        let ws = match super::prepare(ep, cfg, &target, offer.as_ref(), auth.as_mut()).await {
             Ok((attempt, shown)) => super::connect::connect(attempt)
                 .await
                 .map(|ws| (ws, shown))

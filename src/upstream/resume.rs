@@ -70,6 +70,30 @@ pub enum Verdict {
     Duplicate,
 }
 
+/// The resume query parameter, offering the last id on a URL (see [`Resume::query_offer`]).
+#[derive(Debug, Clone)]
+pub struct QueryOffer {
+    name: String,
+    value: String,
+}
+
+impl QueryOffer {
+    /// Puts the parameter in `url`, replacing one of the same name.
+    pub fn apply(&self, url: &mut url::Url) {
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != self.name.as_str())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut q = url.query_pairs_mut();
+        q.clear();
+        for (k, v) in &kept {
+            q.append_pair(k, v);
+        }
+        q.append_pair(&self.name, &self.value);
+    }
+}
+
 /// Resume state of one endpoint; outlives connections (with `scope = "global"`).
 ///
 /// How a reset is told apart from an upstream resending what it already sent: the last
@@ -365,20 +389,21 @@ impl Resume {
 
     /// The connection URL with the resume query parameter set, when configured and known.
     pub fn apply_query(&self, url: &mut url::Url) {
-        let (Some(name), Some(last)) = (&self.cfg.query, &self.last) else {
-            return;
-        };
-        let kept: Vec<(String, String)> = url
-            .query_pairs()
-            .filter(|(k, _)| k != name.as_str())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        let mut q = url.query_pairs_mut();
-        q.clear();
-        for (k, v) in &kept {
-            q.append_pair(k, v);
+        if let Some(offer) = self.query_offer() {
+            offer.apply(url);
         }
-        q.append_pair(name, &last.to_string());
+    }
+
+    /// The `resume.query` parameter as it would be applied now, when configured and an id is
+    /// known: for a URL known only later (discovered for the attempt).
+    pub fn query_offer(&self) -> Option<QueryOffer> {
+        let (Some(name), Some(last)) = (&self.cfg.query, &self.last) else {
+            return None;
+        };
+        Some(QueryOffer {
+            name: name.clone(),
+            value: last.to_string(),
+        })
     }
 
     /// The resume frame to send right after connect, when configured and an id is known,

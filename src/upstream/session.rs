@@ -94,8 +94,9 @@ pub struct Session<'a> {
     pub resume: &'a mut Option<Resume>,
     /// The endpoint's credential state; taken by a replacement while it runs.
     pub auth: &'a mut Option<Auth>,
-    /// The URL this connection was opened on, for a make-before-break replacement.
-    pub base: &'a url::Url,
+    /// Where this connection's URL came from, for a make-before-break replacement (a
+    /// discovered URL is discovered again).
+    pub base: &'a crate::config::UrlSource,
     pub drop_filters: &'a [Filter],
     pub shutdown: &'a CancellationToken,
     /// Changes after the process stalled or the host slept: check the connection at once.
@@ -425,8 +426,9 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Starts a make-before-break replacement on `url`.
-    fn replace(&mut self, mut url: url::Url, why: Why) -> Replacing<'a> {
+    /// Starts a make-before-break replacement on `target` (a discovered URL is discovered
+    /// again: it is single-use).
+    fn replace(&mut self, target: crate::config::UrlSource, why: Why) -> Replacing<'a> {
         if self.needs_overlap() {
             self.overlap.remember_from_now();
         }
@@ -435,14 +437,16 @@ impl<'a> Session<'a> {
         let offered = self.offered();
         let dialogue = Dialogue::new(self.script, offered.clone());
         let resume_frame = self.resume_frame(&dialogue).and_then(Result::ok);
-        if let (Some(r), true) = (self.resume.as_ref(), url == *self.base) {
-            r.apply_query(&mut url);
-        }
+        let offer = match target == *self.base {
+            true => self.resume.as_ref().and_then(Resume::query_offer),
+            false => None,
+        };
         replace::start(Plan {
             ep: self.ep,
             cfg: self.cfg,
             script: self.script,
-            url,
+            target,
+            offer,
             why,
             auth: self.auth.take(),
             captures: self.captures.clone(),
@@ -471,7 +475,10 @@ impl<'a> Session<'a> {
             }
             Act::ReconnectTo(url) => {
                 tracing::info!(url = %crate::redact::redact_url(&url), "the upstream asked to reconnect elsewhere: opening that connection");
-                *replacing = Some((Why::Upstream, self.replace(url, Why::Upstream)));
+                *replacing = Some((
+                    Why::Upstream,
+                    self.replace(crate::config::UrlSource::Fixed(url), Why::Upstream),
+                ));
                 Flow::Continue
             }
             Act::ResetResume => {

@@ -25,7 +25,7 @@ fn recipe(file: &str, name: &str, url: &str, adjust: impl FnOnce(&mut EndpointCo
     let text = std::fs::read_to_string(&path).expect("recipe exists");
     let mut cfg = parse_config(&text);
     let ep = cfg.endpoints.get_mut(name).expect("recipe endpoint");
-    ep.url = url::Url::parse(url).expect("test URL");
+    ep.url = ws_sidecar::config::UrlSource::Fixed(url::Url::parse(url).expect("test URL"));
     if let Some(auth) = ep.auth.as_mut() {
         auth.token = TokenSource::Secret(Secret::Plain(TOKEN.into()));
     }

@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod daemon;
+pub mod discovery;
 pub mod flood;
 pub mod frame;
 pub mod process;
