@@ -140,6 +140,7 @@ async fn run_inner(
             .as_ref()
             .filter(|r| r.is_resuming(&captures))
             .and_then(|r| r.url(&captures))
+            .map(crate::config::UrlSource::Fixed)
             .unwrap_or_else(|| urls[url_idx].clone());
         let mut opened = None;
         let mut held = None;
