@@ -29,6 +29,7 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod dialogue;
 pub mod endpoint;
 pub mod filter;
 pub mod fmt;
