@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::config::EndpointConfig;
+use crate::dialogue::decode::Decoder;
 use crate::endpoint::{Endpoint, State};
 use crate::filter::Filter;
 use crate::stall::Stalls;
@@ -179,6 +180,7 @@ async fn run_inner(
                         .as_ref()
                         .is_some_and(|r| r.scope == crate::config::IdScope::Global)
                         || cfg.replay.persist,
+                    decoder: Decoder::new(cfg.decode, cfg.max_message_size),
                 };
                 match session.run(*ws).instrument(span).await {
                     End::Shutdown => Next::Stop,

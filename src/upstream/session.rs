@@ -18,6 +18,7 @@ use super::frame_watch::CloseSlot;
 use super::heartbeat::{Action, Heartbeat};
 use super::resume::Resume;
 use crate::config::{EndpointConfig, RenewMode};
+use crate::dialogue::decode::{Decoded, Decoder};
 use crate::endpoint::Endpoint;
 use crate::filter::Filter;
 use crate::log::Kind;
@@ -99,6 +100,8 @@ pub struct Session<'a> {
     pub stalls: &'a mut tokio::sync::watch::Receiver<u64>,
     /// Commit each message before delivering it (resume or persisted replay configured).
     pub durable: bool,
+    /// Inflates inbound binary messages; new for each connection, so a stream context resets.
+    pub decoder: Decoder,
 }
 
 impl<'a> Session<'a> {
@@ -351,7 +354,11 @@ impl<'a> Session<'a> {
         let ep = self.ep;
         match msg {
             Some(Ok(Message::Text(t))) => self.ingest(Kind::Text, Bytes::from(t), announce).await,
-            Some(Ok(Message::Binary(b))) => self.ingest(Kind::Binary, b, announce).await,
+            Some(Ok(Message::Binary(b))) => match self.decoder.binary(b, ep) {
+                Decoded::Message(kind, data) => self.ingest(kind, data, announce).await,
+                Decoded::Nothing => {}
+                Decoded::Close(code, why, f) => return Flow::Close(code, why, End::Lost(f)),
+            },
             Some(Ok(Message::Pong(p))) => {
                 if let Some(rtt) = hb.on_pong(&p, Instant::now()) {
                     ep.stats

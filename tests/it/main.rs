@@ -8,6 +8,7 @@ mod support;
 mod backoff;
 mod bad_input;
 mod classify;
+mod decode;
 mod durability;
 mod fanout;
 mod features;
