@@ -630,6 +630,12 @@ fn decode_takes_each_format_and_refuses_others() {
         assert_eq!(want.name(), name);
     }
     assert_eq!(ep(&ok(MINIMAL), "prices").decode, Decode::None);
+    assert!(!ok(MINIMAL).summary().contains("decode"));
+    let summary = ok(&prices("decode = \"zlib-stream\"")).summary();
+    assert!(
+        summary.contains("decode") && summary.contains("zlib-stream (binary frames)"),
+        "check-config shows it:\n{summary}"
+    );
     assert_eq!(
         errors(&prices("decode = \"brotli\"")),
         [

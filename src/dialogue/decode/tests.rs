@@ -145,7 +145,10 @@ fn stream_bombs_are_refused_without_allocating_past_the_cap() {
     let big = vec![b'a'; 4 << 20];
     let packed = sync_flushed(&mut Compress::new(Compression::best(), true), &big);
     let mut d = Decoder::new(Decode::ZlibStream, BOMB_CAP);
-    assert_eq!(d.decode(&packed), Err(DecodeError::TooBig { cap: BOMB_CAP }));
+    assert_eq!(
+        d.decode(&packed),
+        Err(DecodeError::TooBig { cap: BOMB_CAP })
+    );
     let State::ZlibStream(s) = &d.state else {
         panic!("a zlib-stream decoder keeps a stream");
     };
