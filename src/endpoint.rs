@@ -65,6 +65,12 @@ pub struct Stats {
     pub filtered: AtomicU64,
     /// Times the upstream's ids started again (resume saw a reset).
     pub upstream_id_resets: AtomicU64,
+    /// Compressed bytes of inbound binary messages handed to `decode`.
+    pub decode_input_bytes: AtomicU64,
+    /// Inbound messages `decode` could not inflate (dropped; a stream's connection reopened).
+    pub decode_corrupt: AtomicU64,
+    /// Inbound messages that inflated past `max_message_size` (the connection closed with 1009).
+    pub decode_too_big: AtomicU64,
     /// Outbox messages flushed upstream.
     pub messages_sent: AtomicU64,
     /// Last ping round trip in microseconds; 0 before the first pong.

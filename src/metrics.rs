@@ -26,9 +26,14 @@ pub const RECEIVED_MESSAGES: &str = "ws_sidecar_received_messages_total";
 pub const RECEIVED_BYTES: &str = "ws_sidecar_received_bytes_total";
 /// Upstream messages not fanned out, by `reason`: `duplicate`, `filtered`.
 pub const DROPPED_MESSAGES: &str = "ws_sidecar_dropped_messages_total";
-/// Outbox messages flushed to the upstream socket.
+/// Inbound messages `decode` failed on, by `reason`: `corrupt` (dropped; a stream's connection
+/// reopened), `too_big` (inflated past `max_message_size`: the connection closed with 1009).
+pub const DECODE_FAILURES: &str = "ws_sidecar_decode_failures_total";
+/// Compressed bytes of inbound binary messages handed to `decode`.
+pub const DECODE_INPUT_BYTES: &str = "ws_sidecar_decode_input_bytes_total";
 /// Times the upstream's ids started again (resume saw a reset: it restarted or failed over).
 pub const UPSTREAM_ID_RESETS: &str = "ws_sidecar_upstream_id_resets_total";
+/// Outbox messages flushed to the upstream socket.
 pub const SENT_MESSAGES: &str = "ws_sidecar_sent_messages_total";
 pub const SENT_BYTES: &str = "ws_sidecar_sent_bytes_total";
 /// Last ping round trip; absent before the first pong.
@@ -146,6 +151,29 @@ pub fn render(registry: &Registry) -> String {
             );
         }
     }
+    out.family(
+        DECODE_FAILURES,
+        "counter",
+        "Inbound messages decode failed on, by reason.",
+    );
+    for ep in &eps {
+        for (reason, counter) in [
+            ("corrupt", &ep.stats.decode_corrupt),
+            ("too_big", &ep.stats.decode_too_big),
+        ] {
+            out.sample(
+                DECODE_FAILURES,
+                &[("endpoint", &ep.name), ("reason", reason)],
+                load(counter),
+            );
+        }
+    }
+    out.counter(
+        &eps,
+        DECODE_INPUT_BYTES,
+        "Compressed bytes of inbound binary messages handed to decode.",
+        |ep| &ep.stats.decode_input_bytes,
+    );
     out.counter(
         &eps,
         UPSTREAM_ID_RESETS,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ws_sidecar::config::{
     load, load_str, AccessConfig, AuthConfig, AuthPlacement, BackoffConfig, CloseAction, Config,
-    ConfigError, EndpointConfig, FilterConfig, GrpcConfig, HeartbeatConfig, HttpConfig, IdKind,
-    LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, ProxyConfig,
+    ConfigError, Decode, EndpointConfig, FilterConfig, GrpcConfig, HeartbeatConfig, HttpConfig,
+    IdKind, LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, ProxyConfig,
     ProxyScheme, RenewMode, ReplayConfig, SlowPolicy, SocketsConfig, StoreConfig, StreamConfig,
     TlsConfig, TokenSource, UrlSource,
 };
@@ -88,6 +88,7 @@ fn default_endpoint(url: &str) -> EndpointConfig {
         max_lifetime: None,
         connect_timeout: secs(10),
         max_message_size: 16 * 1024 * 1024,
+        decode: Decode::None,
         proxy: ProxyConfig::Env,
         tls: TlsConfig::default(),
         close_codes: BTreeMap::new(),
@@ -459,6 +460,7 @@ fn example_file_loads_and_documents_the_defaults() {
     assert_eq!(prices.outbox, defaults.outbox);
     assert_eq!(prices.connect_timeout, defaults.connect_timeout);
     assert_eq!(prices.max_message_size, defaults.max_message_size);
+    assert_eq!(prices.decode, defaults.decode);
     let auth = prices.auth.as_ref().expect("example has auth");
     assert_eq!(auth.max_failures, 3);
     assert_eq!(auth.refresh_before, secs(60));
@@ -640,4 +642,34 @@ drop = [{ pointer = "/a", equals = { b = [1, 2.5, true] } }]
     );
     assert_eq!(p.access.publish, Some(vec![]));
     assert_eq!(p.drop[0].equals, serde_json::json!({ "b": [1, 2.5, true] }));
+}
+
+#[test]
+fn decode_takes_each_format_and_refuses_others() {
+    for (name, want) in [
+        ("none", Decode::None),
+        ("gzip", Decode::Gzip),
+        ("zlib", Decode::Zlib),
+        ("deflate-raw", Decode::DeflateRaw),
+        ("zlib-stream", Decode::ZlibStream),
+        ("zstd-stream", Decode::ZstdStream),
+    ] {
+        let config = ok(&prices(&format!("decode = \"{name}\"")));
+        assert_eq!(ep(&config, "prices").decode, want);
+        assert_eq!(want.name(), name);
+    }
+    assert_eq!(ep(&ok(MINIMAL), "prices").decode, Decode::None);
+    assert!(!ok(MINIMAL).summary().contains("decode"));
+    let summary = ok(&prices("decode = \"zlib-stream\"")).summary();
+    assert!(
+        summary.contains("decode") && summary.contains("zlib-stream (binary frames)"),
+        "check-config shows it:\n{summary}"
+    );
+    assert_eq!(
+        errors(&prices("decode = \"brotli\"")),
+        [
+            "config.toml: endpoints.prices.decode: invalid value \"brotli\", expected one of \
+          none, gzip, zlib, deflate-raw, zlib-stream, zstd-stream"
+        ]
+    );
 }

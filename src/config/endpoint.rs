@@ -80,6 +80,7 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     });
     let connect_timeout = t.or(r, "connect_timeout", positive, secs(10));
     let max_message_size = t.or(r, "max_message_size", size_at_least(1024), 16 << 20);
+    let decode = super::decode::read_decode(r, &mut t);
     let proxy = t.or(r, "proxy", proxy_setting, ProxyConfig::Env);
     let tls_use = TlsUse {
         // A discovered URL may be wss:// (Slack's is).
@@ -150,6 +151,7 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         max_lifetime,
         connect_timeout,
         max_message_size,
+        decode,
         proxy,
         tls,
         close_codes: close_codes.unwrap_or_default(),

@@ -8,6 +8,7 @@
 //! `summary.rs` renders what `check-config` prints. This file is the shape the rest of the daemon reads.
 //! Everything here is checked before anything starts, so runtime code never re-validates.
 
+mod decode;
 mod dialogue;
 mod discovery;
 mod endpoint;
@@ -134,7 +135,10 @@ pub struct EndpointConfig {
     /// Rotate the connection (make-before-break) after about this long.
     pub max_lifetime: Option<Duration>,
     pub connect_timeout: Duration,
+    /// Applies to an inbound message after `decode` has inflated it.
     pub max_message_size: usize,
+    /// How inbound binary messages are decompressed before anything else sees them.
+    pub decode: Decode,
     pub proxy: ProxyConfig,
     pub tls: TlsConfig,
     /// Overrides of the default close-code classification.
@@ -242,6 +246,24 @@ pub enum RuleAction {
     ResetResume,
     /// Close the connection and stay `failed` until an operator's reconnect.
     Fail,
+}
+
+/// `endpoints.NAME.decode`: the compression of inbound binary messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Decode {
+    /// Passed through as received.
+    #[default]
+    None,
+    /// Each message a gzip member (RFC 1952).
+    Gzip,
+    /// Each message a zlib stream (RFC 1950).
+    Zlib,
+    /// Each message raw deflate (RFC 1951), with or without a final block.
+    DeflateRaw,
+    /// One zlib stream per connection, each message ending with a sync flush (Discord).
+    ZlibStream,
+    /// One zstd stream per connection, each message flushed (Discord).
+    ZstdStream,
 }
 
 /// `endpoints.NAME.tls`.

@@ -233,6 +233,9 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
             ),
         );
     }
+    if ep.decode != super::Decode::None {
+        line("decode", format!("{} (binary frames)", ep.decode.name()));
+    }
     let proxy = match &ep.proxy {
         // What this process's environment gives for the main URL: check-config runs with the
         // service's environment, so this is what the daemon will do.

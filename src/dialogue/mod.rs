@@ -1,5 +1,6 @@
 //! The dialogue layer, between the connection and the log: the daemon's own part in the
-//! upstream's protocol. For each inbound message, in this order: values are captured
+//! upstream's protocol. For each inbound message, in this order: it is decoded ([`decode`]:
+//! gzip, zlib, zstd), so everything after sees the payload apps get; values are captured
 //! ([`capture`]), so a reply can use what the message carries; rules answer it, keep it from
 //! apps or act on the connection ([`rules`]); and while the connection is opening, the
 //! `on_connect` steps wait for their answers ([`gate`]). Frames are built from
@@ -9,6 +10,7 @@
 //! protocol-specific lives there.
 
 pub mod capture;
+pub mod decode;
 pub mod gate;
 pub mod matching;
 pub mod rules;

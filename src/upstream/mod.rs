@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::config::EndpointConfig;
+use crate::dialogue::decode::Decoder;
 use crate::endpoint::{Endpoint, State};
 use crate::filter::Filter;
 use crate::stall::Stalls;
@@ -144,6 +145,7 @@ async fn run_inner(
             .unwrap_or_else(|| urls[url_idx].clone());
         let mut opened = None;
         let mut held = None;
+        let mut decoder = None;
         let outcome = match switched.take() {
             Some((ready, why)) => {
                 let replace::Ready {
@@ -152,7 +154,9 @@ async fn run_inner(
                     counter,
                     captures: fresh,
                     held: first,
+                    decoder: inflating,
                 } = *ready;
+                decoder = Some(inflating);
                 ep.set_url(shown.clone());
                 opened = Some(counter);
                 held = first;
@@ -213,6 +217,9 @@ async fn run_inner(
                     connected: format!("connected to {shown}{via}"),
                     opened,
                     held,
+                    decoder: decoder
+                        .take()
+                        .unwrap_or_else(|| Decoder::new(cfg.decode, cfg.max_message_size)),
                 };
                 match session.run(*ws).instrument(span).await {
                     End::Shutdown => Next::Stop,

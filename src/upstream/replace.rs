@@ -12,9 +12,11 @@ use super::auth::Auth;
 use super::connect::Ws;
 use crate::config::{EndpointConfig, RenewMode};
 use crate::dialogue::capture::Captures;
+use crate::dialogue::decode::{Decoded, Decoder};
 use crate::dialogue::matching;
 use crate::dialogue::{Dialogue, Script};
 use crate::endpoint::Endpoint;
+use crate::log::Kind;
 
 /// Why a connection is being replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +49,11 @@ pub struct Ready {
     pub counter: u64,
     /// What its opening captured (the newest values).
     pub captures: Captures,
-    /// Its first message after the opening, read to know it is live, not delivered yet.
-    pub held: Option<Message>,
+    /// Its first message after the opening, read to know it is live, not delivered yet
+    /// (decoded already).
+    pub held: Option<(Kind, bytes::Bytes)>,
+    /// Its decompression context, which read its opening.
+    pub decoder: Decoder,
 }
 
 /// What a replacement ends with: the endpoint's credential state back, and the new
@@ -117,14 +122,19 @@ pub fn start(plan: Plan<'_>) -> Replacing<'_> {
             Err(e) => return (auth, Err(e)),
         };
         let token = auth.as_ref().and_then(Auth::token).cloned();
+        let mut decoder = Decoder::new(cfg.decode, cfg.max_message_size);
         let r = open(
             ws,
-            script,
-            resume_frame,
-            offered,
-            token.as_ref(),
-            &mut captures,
-            cfg,
+            Opening {
+                script,
+                resume_frame,
+                offered,
+                token: token.as_ref(),
+                captures: &mut captures,
+                cfg,
+                ep,
+                decoder: &mut decoder,
+            },
         )
         .await;
         let r = r.map(|(ws, counter, held)| {
@@ -134,6 +144,7 @@ pub fn start(plan: Plan<'_>) -> Replacing<'_> {
                 counter,
                 captures,
                 held,
+                decoder,
             }))
         });
         (auth, r)
@@ -150,15 +161,32 @@ const FIRST_MESSAGE: std::time::Duration = std::time::Duration::from_secs(2);
 /// from the upstream, or its first message came (held, for the new connection to deliver), or
 /// [`FIRST_MESSAGE`] passed (a quiet feed). Closing sooner would lose what the upstream sends
 /// between closing the old connection and starting to send on the new one.
-async fn open(
-    mut ws: Ws,
-    script: &Script,
+/// What opening a replacement needs.
+struct Opening<'o> {
+    script: &'o Script,
     resume_frame: Option<Message>,
     offered: Option<super::resume::UpstreamId>,
-    token: Option<&crate::secret::SecretString>,
-    captures: &mut Captures,
-    cfg: &EndpointConfig,
-) -> Result<(Ws, u64, Option<Message>), String> {
+    token: Option<&'o crate::secret::SecretString>,
+    captures: &'o mut Captures,
+    cfg: &'o EndpointConfig,
+    ep: &'o Endpoint,
+    decoder: &'o mut Decoder,
+}
+
+async fn open(
+    mut ws: Ws,
+    o: Opening<'_>,
+) -> Result<(Ws, u64, Option<(Kind, bytes::Bytes)>), String> {
+    let Opening {
+        script,
+        resume_frame,
+        offered,
+        token,
+        captures,
+        cfg,
+        ep,
+        decoder,
+    } = o;
     let mut dialogue = Dialogue::new(script, offered);
     let now = std::time::Instant::now();
     let first = dialogue.start(now, token, captures)?;
@@ -180,7 +208,13 @@ async fn open(
         };
         let data = match msg {
             Some(Ok(Message::Text(t))) => bytes::Bytes::from(t),
-            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Binary(b))) => match decoder.binary(b, ep) {
+                Decoded::Message(_, data) => data,
+                Decoded::Nothing => continue,
+                Decoded::Close(_, _, f) => {
+                    return Err(format!("replacement connection: {}", f.reason))
+                }
+            },
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(format!("replacement connection: {e}")),
             None => {
@@ -217,7 +251,16 @@ async fn open(
         let first = tokio::time::timeout(FIRST_MESSAGE, async {
             loop {
                 match ws.next().await {
-                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(Some(m)),
+                    Some(Ok(Message::Text(t))) => {
+                        return Ok(Some((Kind::Text, bytes::Bytes::from(t))))
+                    }
+                    Some(Ok(Message::Binary(b))) => match decoder.binary(b, ep) {
+                        Decoded::Message(kind, data) => return Ok(Some((kind, data))),
+                        Decoded::Nothing => {}
+                        Decoded::Close(_, _, f) => {
+                            return Err(format!("replacement connection: {}", f.reason))
+                        }
+                    },
                     Some(Ok(Message::Close(_))) | None => {
                         return Err("replacement connection closed while opening".to_string())
                     }

@@ -23,6 +23,7 @@ use super::resume::Resume;
 use super::writer::{writer, Ctl, CTL_QUEUE};
 use crate::config::EndpointConfig;
 use crate::dialogue::capture::Captures;
+use crate::dialogue::decode::{Decoded, Decoder};
 use crate::dialogue::{matching, template, Act, Dialogue, Script};
 use crate::endpoint::{Endpoint, State};
 use crate::filter::Filter;
@@ -114,7 +115,9 @@ pub struct Session<'a> {
     /// `Some(counter)` for a replacement whose opening dialogue ran already.
     pub opened: Option<u64>,
     /// A replacement's first message, read before the switch: delivered first.
-    pub held: Option<Message>,
+    pub held: Option<(Kind, Bytes)>,
+    /// Inflates inbound binary messages; new for each connection, so a stream context resets.
+    pub decoder: Decoder,
 }
 
 /// One connection's state, threaded through frame handling.
@@ -229,8 +232,8 @@ impl<'a> Session<'a> {
             };
         }
 
-        if let Some(first) = self.held.take() {
-            let flow = self.on_frame(Some(Ok(first)), &mut conn).await;
+        if let Some((kind, data)) = self.held.take() {
+            let flow = self.on_message(kind, data, &mut conn).await;
             let flow = match flow {
                 Flow::Act(act) => self.act(act, &mut replacing),
                 other => other,
@@ -534,7 +537,13 @@ impl<'a> Session<'a> {
             Some(Ok(Message::Text(t))) => {
                 return self.on_message(Kind::Text, Bytes::from(t), conn).await
             }
-            Some(Ok(Message::Binary(b))) => return self.on_message(Kind::Binary, b, conn).await,
+            Some(Ok(Message::Binary(b))) => {
+                return match self.decoder.binary(b, ep) {
+                    Decoded::Message(kind, data) => self.on_message(kind, data, conn).await,
+                    Decoded::Nothing => Flow::Continue,
+                    Decoded::Close(code, why, f) => Flow::Close(code, why, End::Lost(f)),
+                }
+            }
             Some(Ok(Message::Pong(p))) => {
                 if let Some(rtt) = conn.hb.on_pong(&p, Instant::now()) {
                     ep.stats
