@@ -115,6 +115,7 @@ fn default_endpoint(url: &str) -> EndpointConfig {
             durable: true,
         },
         access: AccessConfig::default(),
+        rate_limit: None,
     }
 }
 
