@@ -17,6 +17,7 @@ pub mod resume;
 mod session;
 pub mod template;
 pub mod tls;
+mod writer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

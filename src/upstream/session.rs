@@ -4,11 +4,10 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Auth;
@@ -17,6 +16,7 @@ use super::failure::Failure;
 use super::frame_watch::CloseSlot;
 use super::heartbeat::{Action, Heartbeat};
 use super::resume::Resume;
+use super::writer::{send_one, writer, Ctl};
 use crate::config::{EndpointConfig, RenewMode};
 use crate::endpoint::Endpoint;
 use crate::filter::Filter;
@@ -41,12 +41,6 @@ type Renewal<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = (Auth, Result<Option<(Ws, String)>, String>)> + Send + 'a>,
 >;
 
-/// Frames the connection loop asks the writer to send ahead of the outbox.
-enum Ctl {
-    Frame(Message),
-    Close(CloseCode, &'static str),
-}
-
 /// What the connection loop does after a frame.
 enum Flow {
     Continue,
@@ -57,10 +51,6 @@ enum Flow {
 
 /// Inbound frames handled per wake-up of the connection loop.
 const INGEST_BATCH: usize = 256;
-
-/// Outbox entries written per flush: enough to amortise the flush, small enough that a
-/// heartbeat frame is not stuck behind a long batch.
-const OUTBOX_BATCH: usize = 256;
 
 /// First and longest wait between failed credential renewals while the old one is in use.
 const RENEW_RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(1);
@@ -118,31 +108,27 @@ impl<'a> Session<'a> {
             Ok(frames) => frames,
             Err(reason) => return End::Lost(Failure::retry(reason)),
         };
-        if !first.is_empty() {
-            let send_all = async {
-                for m in first {
-                    sink.feed(m).await?;
-                }
-                sink.flush().await
-            };
-            let r = tokio::select! {
+        for m in first {
+            let sent = send_one(
+                &mut sink,
+                ep,
+                m,
+                cfg.heartbeat.pong_timeout,
+                "on_connect frames",
+            );
+            tokio::select! {
                 _ = self.shutdown.cancelled() => return End::Shutdown,
-                r = tokio::time::timeout(cfg.heartbeat.pong_timeout, send_all) => r,
-            };
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return End::Lost(Failure::retry(format!("write failed: {e}"))),
-                Err(_) => {
-                    return End::Lost(Failure::retry("write timeout sending on_connect frames"))
-                }
+                r = sent => if let Err(f) = r { return End::Lost(f) },
             }
         }
 
         let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>(16);
-        let writer = writer(sink, ctl_rx, ep);
+        let (pinged, ping_written) = watch::channel(None);
+        let writer = writer(sink, ctl_rx, ep, pinged);
         tokio::pin!(writer);
 
-        let mut hb = Heartbeat::new(cfg.heartbeat.clone(), Instant::now());
+        let mut hb = Heartbeat::new(cfg.heartbeat.clone(), Instant::now())
+            .with_writes(ping_written, ep.rate.longest_ping_wait());
         let sleep = tokio::time::sleep_until(hb.deadline().into());
         tokio::pin!(sleep);
         let renew_sleep = tokio::time::sleep_until(renew_deadline(self.auth.as_ref()));
@@ -359,7 +345,9 @@ impl<'a> Session<'a> {
                         .store(rtt.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+            // tungstenite has queued the pong; it leaves with the next read.
+            Some(Ok(Message::Ping(_))) => ep.rate.pong_sent(),
+            Some(Ok(Message::Frame(_))) => {}
             Some(Ok(Message::Close(frame))) => {
                 // As sent: tungstenite turns codes it does not know into 1002.
                 let (code, text) = wire_close
@@ -423,55 +411,5 @@ fn classify_read_error(e: WsError, max: usize) -> (Failure, Option<(CloseCode, &
             (Failure::retry("connection closed"), None)
         }
         other => (Failure::retry(format!("read failed: {other}")), None),
-    }
-}
-
-/// Owns the write half: control frames first, then the outbox in batches with one flush each.
-/// Entries are marked sent only after their flush succeeded.
-async fn writer<S>(mut sink: S, mut ctl: mpsc::Receiver<Ctl>, ep: &Endpoint) -> Result<(), Failure>
-where
-    S: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
-    let werr = |e: WsError| Failure::retry(format!("write failed: {e}"));
-    let mut last = 0u64;
-    loop {
-        tokio::select! {
-            biased;
-            c = ctl.recv() => match c {
-                Some(Ctl::Frame(m)) => sink.send(m).await.map_err(werr)?,
-                Some(Ctl::Close(code, why)) => {
-                    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
-                    // After the upstream's own close this is refused, but a flush still sends
-                    // the echo tungstenite queued for it.
-                    if sink.send(Message::Close(Some(frame))).await.is_err() {
-                        let _ = sink.flush().await;
-                    }
-                    return Ok(());
-                }
-                None => return Ok(()),
-            },
-            _ = ep.outbox.wait_after(last) => {
-                let batch = ep.outbox.peek_after(last, OUTBOX_BATCH);
-                let Some(tail) = batch.last().map(|e| e.id) else { continue };
-                let n = batch.len() as u64;
-                let bytes: u64 = batch.iter().map(|e| e.data.len() as u64).sum();
-                for e in batch {
-                    let msg = match e.kind {
-                        Kind::Binary => Message::Binary(e.data),
-                        // Publishers' text is validated on the way in; never send bad UTF-8 as text.
-                        Kind::Text => match Utf8Bytes::try_from(e.data.clone()) {
-                            Ok(t) => Message::Text(t),
-                            Err(_) => Message::Binary(e.data),
-                        },
-                    };
-                    sink.feed(msg).await.map_err(werr)?;
-                }
-                sink.flush().await.map_err(werr)?;
-                ep.outbox.mark_sent(tail);
-                Endpoint::count(&ep.stats.messages_sent, n);
-                Endpoint::count(&ep.stats.bytes_sent, bytes);
-                last = tail;
-            }
-        }
     }
 }
