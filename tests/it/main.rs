@@ -13,6 +13,7 @@ mod fanout;
 mod features;
 mod ordering;
 mod publish;
+mod ratelimit;
 mod reconnect;
 mod reload;
 mod replay;
