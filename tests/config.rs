@@ -16,6 +16,10 @@ use ws_sidecar::secret::Secret;
 
 #[path = "config/proxy.rs"]
 mod proxy;
+#[path = "config/ratelimit.rs"]
+mod ratelimit;
+#[path = "config/recipes.rs"]
+mod recipes;
 #[path = "config/warnings.rs"]
 mod warnings;
 
