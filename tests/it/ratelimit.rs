@@ -241,3 +241,70 @@ durable = false
     );
     d.stop().await;
 }
+
+/// A daemon whose endpoint sends one frame per hour: the second frame waits.
+async fn one_frame_an_hour(up: &FakeBinance, on_connect: &[String]) -> TestDaemon {
+    start_daemon(&format!(
+        r#"
+[endpoints.spot]
+url = "{}"
+on_connect = {}
+rate_limit = {{ messages = 1, per = "1h" }}
+[endpoints.spot.backoff]
+initial = "20ms"
+max = "50ms"
+min_delay = "10ms"
+"#,
+        up.url(),
+        toml_list(on_connect)
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_turn_and_a_waiting_publish_stays_queued() {
+    let up = FakeBinance::start(Rules {
+        messages: 1,
+        per: Duration::from_secs(3600),
+        ping_every: None,
+    });
+    up.set_up(false);
+    let d = one_frame_an_hour(&up, &subscribes(1)).await;
+    d.wait_state("spot", State::Backoff, T).await;
+    publish_all(&d, 1).await;
+    let ep = d.endpoint("spot");
+    up.set_up(true);
+    up.wait_for(T, |all| texts(all, 0).len() == 1)
+        .await
+        .expect("the subscribe frame goes at once");
+    d.wait_state("spot", State::Connected, T).await;
+    // The publish waits an hour for its turn; stopping must not (stop() bounds it).
+    d.stop().await;
+    let all = up
+        .wait_for(T, |all| {
+            all.iter().any(|r| matches!(r.frame, Frame::Close(_)))
+        })
+        .await
+        .expect("the upstream is told");
+    assert!(
+        all.iter().any(|r| r.frame == Frame::Close(Some(1001))),
+        "{all:?}"
+    );
+    assert_eq!(texts(&all, 0), subscribes(1), "the publish was not sent");
+    assert_eq!(ep.outbox.depth(), 1, "and is still queued");
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_the_turn_of_an_on_connect_frame() {
+    let up = FakeBinance::start(Rules {
+        messages: 1,
+        per: Duration::from_secs(3600),
+        ping_every: None,
+    });
+    let d = one_frame_an_hour(&up, &subscribes(2)).await;
+    up.wait_for(T, |all| texts(all, 0).len() == 1)
+        .await
+        .expect("the first subscribe frame goes at once");
+    d.stop().await;
+    assert_eq!(texts(&up.received(), 0), subscribes(1));
+}
