@@ -133,9 +133,26 @@ pub async fn status(target: &TargetArg, json: bool) -> u8 {
         } else {
             String::new()
         };
+        let throttled = if e.rate_limited > 0 {
+            format!(
+                " rate_limited={} waited={}",
+                e.rate_limited,
+                ws_sidecar::fmt::duration(Duration::from_micros(e.rate_limit_wait_micros))
+            )
+        } else {
+            String::new()
+        };
         let shown = out.line(format_args!(
-            "{:<16} {:<10} last_seq={} subscribers={} outbox={} reconnects={}{} ({})",
-            e.name, e.state, e.last_seq, e.subscribers, e.outbox_depth, e.reconnects, rtt, e.reason
+            "{:<16} {:<10} last_seq={} subscribers={} outbox={} reconnects={}{}{} ({})",
+            e.name,
+            e.state,
+            e.last_seq,
+            e.subscribers,
+            e.outbox_depth,
+            e.reconnects,
+            rtt,
+            throttled,
+            e.reason
         ));
         if !shown {
             break;

@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, oneshot, watch, Notify};
 use crate::config::EndpointConfig;
 use crate::log::Log;
 use crate::outbox::Outbox;
+use crate::ratelimit::RateLimit;
 use crate::store::{Op, Restored, Store};
 use crate::upstream::resume::{Memory, UpstreamId};
 
@@ -146,6 +147,9 @@ pub struct Endpoint {
     resume_memory: Mutex<Option<Memory>>,
     /// Operators waiting for the resume position to be forgotten (`reset-resume`).
     resume_resets: Mutex<Vec<ResumeReset>>,
+    /// The send rate limit every frame to the upstream waits on; here rather than in a
+    /// connection so that reconnects and reload restarts share one history.
+    pub rate: RateLimit,
 }
 
 /// The answer to one reset-resume request: the forgotten position, or why it failed.
@@ -211,6 +215,7 @@ impl Endpoint {
                     .collect(),
             })),
             resume_resets: Mutex::new(Vec::new()),
+            rate: RateLimit::new(config.rate_limit.clone()),
             config: RwLock::new(Arc::new(config)),
             restarting: std::sync::atomic::AtomicBool::new(false),
         })
@@ -224,6 +229,7 @@ impl Endpoint {
     /// Replaces the settings; the next upstream run uses them. Replay and outbox sizes stay
     /// those the endpoint started with.
     pub fn set_config(&self, cfg: EndpointConfig) {
+        self.rate.configure(cfg.rate_limit.clone());
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cfg);
     }
 

@@ -10,7 +10,8 @@
 //!                 api::grpc · api::stream (NDJSON)  ◄── local apps
 //!                             │ publish
 //!                             ▼
-//!                           outbox ──► upstream writer, in order, once connected
+//!                           outbox ──► upstream writer, in order, once connected, every frame
+//!                                      through the endpoint's send rate limit (ratelimit)
 //! ```
 //!
 //! Invariants:
@@ -42,6 +43,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod output;
+pub mod ratelimit;
 pub mod redact;
 pub mod registry;
 pub mod reload;

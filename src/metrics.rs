@@ -52,6 +52,10 @@ pub const OUTBOX_EXPIRED: &str = "ws_sidecar_outbox_expired_total";
 pub const AUTH_RENEWALS: &str = "ws_sidecar_auth_renewals_total";
 /// When the current credential expires; absent when unknown.
 pub const AUTH_TOKEN_EXPIRY: &str = "ws_sidecar_auth_token_expiry_timestamp_seconds";
+/// Frames that waited for the endpoint's send rate limit (`rate_limit`).
+pub const RATE_LIMITED: &str = "ws_sidecar_rate_limited_total";
+/// Time frames spent waiting for the send rate limit.
+pub const RATE_LIMIT_WAIT: &str = "ws_sidecar_rate_limit_wait_seconds_total";
 /// Log lines dropped because stderr did not keep up (see `logging`).
 pub const LOG_LINES_DROPPED: &str = "ws_sidecar_log_lines_dropped_total";
 
@@ -275,6 +279,20 @@ pub fn render(registry: &Registry) -> String {
             0 => None,
             ns => Some(Value::Seconds(ns)),
         },
+    );
+    out.per_endpoint(
+        &eps,
+        RATE_LIMITED,
+        "counter",
+        "Frames to the upstream that waited for the send rate limit.",
+        |ep| Some(Value::Int(ep.rate.throttled())),
+    );
+    out.per_endpoint(
+        &eps,
+        RATE_LIMIT_WAIT,
+        "counter",
+        "Seconds frames to the upstream spent waiting for the send rate limit.",
+        |ep| Some(Value::Float(ep.rate.waited().as_secs_f64())),
     );
     out.family(
         LOG_LINES_DROPPED,

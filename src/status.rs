@@ -24,6 +24,9 @@ pub struct EndpointStatus {
     pub rtt_micros: u64,
     pub auth_expires_at_unix_nanos: u64,
     pub last_upstream_id: String,
+    /// Frames that waited for the send rate limit, and how long they waited in all.
+    pub rate_limited: u64,
+    pub rate_limit_wait_micros: u64,
 }
 
 impl EndpointStatus {
@@ -44,6 +47,8 @@ impl EndpointStatus {
             rtt_micros: ep.stats.rtt_micros.load(Ordering::Relaxed),
             auth_expires_at_unix_nanos: ep.stats.auth_expires_at.load(Ordering::Relaxed),
             last_upstream_id: ep.last_upstream_id(),
+            rate_limited: ep.rate.throttled(),
+            rate_limit_wait_micros: u64::try_from(ep.rate.waited().as_micros()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -97,6 +102,8 @@ impl From<EndpointStatus> for proto::EndpointStatus {
             rtt_micros: s.rtt_micros,
             auth_expires_at_unix_nanos: s.auth_expires_at_unix_nanos,
             last_upstream_id: s.last_upstream_id,
+            rate_limited: s.rate_limited,
+            rate_limit_wait_micros: s.rate_limit_wait_micros,
         }
     }
 }
@@ -118,6 +125,8 @@ impl From<proto::EndpointStatus> for EndpointStatus {
             rtt_micros: s.rtt_micros,
             auth_expires_at_unix_nanos: s.auth_expires_at_unix_nanos,
             last_upstream_id: s.last_upstream_id,
+            rate_limited: s.rate_limited,
+            rate_limit_wait_micros: s.rate_limit_wait_micros,
         }
     }
 }

@@ -18,6 +18,8 @@ use ws_sidecar::secret::Secret;
 mod discovery;
 #[path = "config/proxy.rs"]
 mod proxy;
+#[path = "config/ratelimit.rs"]
+mod ratelimit;
 #[path = "config/recipes.rs"]
 mod recipes;
 #[path = "config/warnings.rs"]
@@ -124,6 +126,7 @@ fn default_endpoint(url: &str) -> EndpointConfig {
             durable: true,
         },
         access: AccessConfig::default(),
+        rate_limit: None,
     }
 }
 

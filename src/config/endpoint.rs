@@ -138,6 +138,9 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         publish: s.get("publish").map(|n| n.list(r, principal)),
     };
     s.finish(r);
+    let rate_limit = t
+        .get("rate_limit")
+        .and_then(|n| super::ratelimit::read_rate_limit(r, &n));
 
     t.finish(r);
     Some(EndpointConfig {
@@ -163,6 +166,7 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         replay,
         outbox,
         access,
+        rate_limit,
     })
 }
 

@@ -16,6 +16,7 @@ mod handshake;
 mod load;
 mod numbers;
 mod proxy;
+mod ratelimit;
 mod summary;
 mod template;
 pub mod units;
@@ -152,6 +153,18 @@ pub struct EndpointConfig {
     pub replay: ReplayConfig,
     pub outbox: OutboxConfig,
     pub access: AccessConfig,
+    /// Send rate limit; `None` (the default) sends as fast as the socket takes.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `endpoints.NAME.rate_limit`: at most `messages` frames sent in any window of length `per`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub messages: usize,
+    pub per: Duration,
+    /// The daemon's own Pings wait and count too, and one frame of every window is kept for
+    /// the pongs tungstenite sends by itself.
+    pub control_frames: bool,
 }
 
 /// One condition on an inbound message; a `match` list holds when all of its conditions do.

@@ -289,6 +289,21 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
         ));
     }
     line("heartbeat", heartbeat);
+    if let Some(rl) = &ep.rate_limit {
+        let control = if rl.control_frames {
+            ", pings and pongs count"
+        } else {
+            ""
+        };
+        line(
+            "rate limit",
+            format!(
+                "{} frames per {}{control}",
+                rl.messages,
+                format_duration(rl.per)
+            ),
+        );
+    }
     let b = &ep.backoff;
     line(
         "backoff",

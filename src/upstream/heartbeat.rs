@@ -9,12 +9,20 @@
 //! messages (or read late because the daemon did not run) is not taken for a dead connection.
 //! A link where nothing arrives at all is still found within `ping_interval + pong_timeout`.
 //!
+//! A ping may wait for its turn under the endpoint's send rate limit. Its pong is awaited
+//! `pong_timeout` after the writer actually wrote it (and the round trip is measured from
+//! there); one not written yet gets the limiter's longest wait on top, so a writer that is
+//! stuck is still found (see [`Heartbeat::with_writes`]).
+//!
 //! A timer that fires late means the daemon did not run (frozen, starved, the host asleep):
 //! whatever arrived meanwhile may not have been read yet (after SIGCONT, Linux ends the I/O
 //! driver's `epoll_wait` with EINTR, so readiness comes one turn later than the timers). Timeouts
 //! are then judged only after a short [`GRACE`], never on the late wake-up itself.
 
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
 
 use crate::config::HeartbeatConfig;
 
@@ -44,7 +52,7 @@ pub struct Heartbeat {
     next_ping: Option<Instant>,
     /// Stands for "never" in [`deadline`](Self::deadline).
     never: Instant,
-    /// The outstanding ping's payload and when it was sent.
+    /// The outstanding ping's id (its payload) and when it was due.
     awaiting: Option<(u64, Instant)>,
     counter: u64,
     last_inbound: Instant,
@@ -52,6 +60,11 @@ pub struct Heartbeat {
     rtt: Option<Duration>,
     /// After a late wake-up, no timeout is judged before this.
     grace_until: Option<Instant>,
+    /// The payload of the last ping the writer wrote and when; `None` when pings are taken as
+    /// written the moment they are due.
+    written: Option<watch::Receiver<Option<(Bytes, Instant)>>>,
+    /// How long a ping may wait for its turn before it is written.
+    write_wait: Duration,
 }
 
 impl Heartbeat {
@@ -72,8 +85,33 @@ impl Heartbeat {
             next_app_ping,
             rtt: None,
             grace_until: None,
+            written: None,
+            write_wait: Duration::ZERO,
             cfg,
         }
+    }
+
+    /// Pings are written by another task, up to `longest_wait` after they are due (their turn
+    /// under the send rate limit): `written` tells when each one was. The pong timeout and the
+    /// round-trip time count from that write.
+    pub fn with_writes(
+        mut self,
+        written: watch::Receiver<Option<(Bytes, Instant)>>,
+        longest_wait: Duration,
+    ) -> Self {
+        self.written = Some(written);
+        self.write_wait = longest_wait;
+        self
+    }
+
+    /// When the ping with this id was written, if it was (or is taken to be).
+    fn written_at(&self, id: u64, due: Instant) -> Option<Instant> {
+        let Some(rx) = &self.written else {
+            return Some(due);
+        };
+        let last = rx.borrow();
+        let (payload, at) = last.as_ref()?;
+        (payload[..] == id.to_be_bytes()).then_some(*at)
     }
 
     /// The earliest instant at which [`poll`](Self::poll) has something to do.
@@ -94,8 +132,12 @@ impl Heartbeat {
 
     /// When the outstanding ping's pong is overdue.
     fn pong_deadline(&self) -> Option<Instant> {
-        let (_, sent) = self.awaiting?;
-        Some(sent.max(self.last_inbound) + self.cfg.pong_timeout)
+        let (id, due) = self.awaiting?;
+        let from = match self.written_at(id, due) {
+            Some(at) => at,
+            None => due + self.write_wait,
+        };
+        Some(from.max(self.last_inbound) + self.cfg.pong_timeout)
     }
 
     /// Due actions at `now`, most urgent first (a dead connection needs nothing else).
@@ -184,10 +226,11 @@ impl Heartbeat {
 
     /// A pong; one answering our outstanding ping gives the round-trip time.
     pub fn on_pong(&mut self, payload: &[u8], now: Instant) -> Option<Duration> {
-        let (id, sent) = self.awaiting?;
+        let (id, due) = self.awaiting?;
         if payload != id.to_be_bytes() {
             return None;
         }
+        let sent = self.written_at(id, due).unwrap_or(due);
         self.awaiting = None;
         let rtt = now.saturating_duration_since(sent);
         self.rtt = Some(rtt);
@@ -320,6 +363,38 @@ mod tests {
         h.on_inbound(t0 + s(9));
         assert!(h.poll(t0 + s(18)).is_empty());
         assert!(matches!(&h.poll(t0 + s(19))[0], Action::Dead(r) if r.starts_with("idle timeout")));
+    }
+
+    #[test]
+    fn a_ping_waiting_for_its_turn_is_timed_from_its_write() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        let (tx, rx) = watch::channel(None);
+        let mut h = Heartbeat::new(cfg(None), t0).with_writes(rx, s(4));
+        let a = h.poll(t0 + s(20));
+        let Action::Ping(p) = &a[0] else {
+            panic!("expected ping, got {a:?}")
+        };
+        // Not written yet: pong_timeout plus the longest wait for a turn.
+        assert_eq!(h.deadline(), t0 + s(34));
+        assert!(h.poll(t0 + s(31)).is_empty(), "still waiting for its turn");
+        tx.send_replace(Some((Bytes::from(p.clone()), t0 + s(23))));
+        assert_eq!(h.deadline(), t0 + s(33), "due pong_timeout after the write");
+        assert!(h.poll(t0 + s(32)).is_empty());
+        let rtt = h.on_pong(p, t0 + s(23) + ms(40));
+        assert_eq!(
+            rtt,
+            Some(ms(40)),
+            "round trip from the write, not from when it was due"
+        );
+
+        // Another ping's write does not count for this one; a stuck writer is still found.
+        let a = h.poll(t0 + s(44));
+        assert!(matches!(&a[..], [Action::Ping(_)]), "{a:?}");
+        assert_eq!(h.deadline(), t0 + s(58));
+        let a = h.poll(t0 + s(58));
+        assert!(matches!(&a[0], Action::Dead(r) if r.starts_with("pong timeout")));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::auth::Auth;
@@ -194,11 +194,7 @@ async fn open(
         .into_iter()
         .chain(first.iter().map(|f| Message::text(f.expose())))
         .collect();
-    match send(&mut ws, first, cfg).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("replacement connection: write failed: {e}")),
-        Err(_) => return Err("replacement connection: write timeout".into()),
-    }
+    send(&mut ws, first, cfg, ep).await?;
     let mut heard = false;
     while !dialogue.is_open() {
         let deadline = dialogue.deadline().unwrap_or_else(std::time::Instant::now);
@@ -242,9 +238,7 @@ async fn open(
             .iter()
             .map(|f| Message::text(f.expose()))
             .collect();
-        if !matches!(send(&mut ws, frames, cfg).await, Ok(Ok(()))) {
-            return Err("replacement connection: write failed".into());
-        }
+        send(&mut ws, frames, cfg, ep).await?;
     }
     let mut held = None;
     if !heard {
@@ -275,17 +269,23 @@ async fn open(
     Ok((ws, dialogue.counter(), held))
 }
 
-/// Writes `frames`, within the pong timeout.
+/// Writes `frames`, each when its turn comes under the rate limit, within the pong timeout.
 async fn send(
     ws: &mut Ws,
     frames: Vec<Message>,
     cfg: &EndpointConfig,
-) -> Result<Result<(), tokio_tungstenite::tungstenite::Error>, tokio::time::error::Elapsed> {
-    let all = async {
-        for f in frames {
-            ws.feed(f).await?;
-        }
-        ws.flush().await
-    };
-    tokio::time::timeout(cfg.heartbeat.pong_timeout, all).await
+    ep: &Endpoint,
+) -> Result<(), String> {
+    for f in frames {
+        super::writer::send_one(
+            ws,
+            ep,
+            f,
+            cfg.heartbeat.pong_timeout,
+            "the replacement's opening frames",
+        )
+        .await
+        .map_err(|f| format!("replacement connection: {}", f.reason))?;
+    }
+    Ok(())
 }

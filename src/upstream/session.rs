@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -20,7 +20,7 @@ use super::heartbeat::{Action, Heartbeat};
 use super::overlap::Overlap;
 use super::replace::{self, Plan, Ready, Replacing, Why};
 use super::resume::Resume;
-use super::writer::{writer, Ctl, CTL_QUEUE};
+use super::writer::{send_one, writer, Ctl, CTL_QUEUE};
 use crate::config::EndpointConfig;
 use crate::dialogue::capture::Captures;
 use crate::dialogue::decode::{Decoded, Decoder};
@@ -160,21 +160,18 @@ impl<'a> Session<'a> {
                 Ok(frames) => frames,
                 Err(reason) => return End::Lost(Failure::retry(reason)),
             };
-            let send_all = async {
-                for m in first {
-                    sink.feed(m).await?;
-                }
-                sink.flush().await
-            };
-            let r = tokio::select! {
-                _ = self.shutdown.cancelled() => return End::Shutdown,
-                r = tokio::time::timeout(cfg.heartbeat.pong_timeout, send_all) => r,
-            };
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return End::Lost(Failure::retry(format!("write failed: {e}"))),
-                Err(_) => {
-                    return End::Lost(Failure::retry("write timeout sending on_connect frames"))
+            // One at a time, each when its turn comes under the rate limit.
+            for m in first {
+                let sent = send_one(
+                    &mut sink,
+                    ep,
+                    m,
+                    cfg.heartbeat.pong_timeout,
+                    "on_connect frames",
+                );
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return End::Shutdown,
+                    r = sent => if let Err(f) = r { return End::Lost(f) },
                 }
             }
         }
@@ -189,11 +186,13 @@ impl<'a> Session<'a> {
                 format!("{}; waiting for the on_connect answers", self.connected),
             );
         }
-        let writer = writer(sink, ctl_rx, open_rx, ep);
+        let (pinged, ping_written) = watch::channel(None);
+        let writer = writer(sink, ctl_rx, open_rx, ep, pinged);
         tokio::pin!(writer);
 
         let mut conn = Conn {
-            hb: Heartbeat::new(cfg.heartbeat.clone(), Instant::now()),
+            hb: Heartbeat::new(cfg.heartbeat.clone(), Instant::now())
+                .with_writes(ping_written, ep.rate.longest_ping_wait()),
             wire_close,
             announce: None,
             dialogue,
@@ -551,7 +550,9 @@ impl<'a> Session<'a> {
                         .store(rtt.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+            // tungstenite has queued the pong; it leaves with the next read.
+            Some(Ok(Message::Ping(_))) => ep.rate.pong_sent(),
+            Some(Ok(Message::Frame(_))) => {}
             Some(Ok(Message::Close(frame))) => {
                 // As sent: tungstenite turns codes it does not know into 1002.
                 let (code, text) = conn

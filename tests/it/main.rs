@@ -17,6 +17,7 @@ mod fanout;
 mod features;
 mod ordering;
 mod publish;
+mod ratelimit;
 mod reconnect;
 mod reload;
 mod replay;

@@ -1,6 +1,7 @@
 //! Network fixtures for the integration tests, used through `mod support;`: a scriptable fake
 //! upstream WebSocket server ([`upstream`]), a numbered tick feed on top of it ([`ticks`]), a
-//! chaos TCP proxy ([`proxy`]) and small helpers. Everything binds 127.0.0.1 port 0.
+//! chaos TCP proxy ([`proxy`]), a fake Binance that enforces its send limit ([`binance`]) and
+//! small helpers. Everything binds 127.0.0.1 port 0.
 //!
 //! Each test binary uses a different subset, hence the blanket `allow`s.
 //!
@@ -10,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod access;
+pub mod binance;
 pub mod daemon;
 pub mod discovery;
 pub mod flood;

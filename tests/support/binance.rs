@@ -1,0 +1,362 @@
+//! A fake Binance spot market-stream server that enforces Binance's documented send limit: at
+//! most `messages` incoming frames per connection within any `per` (5 per second on spot),
+//! pings, pongs and data frames alike; one more and the connection is closed with 1008.
+//!
+//! It records when it received every frame of every connection, so a test can check the rule
+//! over everything the daemon sent, across connections too. Each connection is read by its own
+//! OS thread with blocking reads: the timestamps then do not depend on how busy the test's
+//! tokio runtime (which also runs the daemon) is.
+
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Error as WsError, Message, WebSocket};
+
+/// How often a connection's thread looks up from its socket, to ping or close when asked.
+const TICK: Duration = Duration::from_millis(5);
+
+/// What the fake enforces and does by itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// Frames allowed per connection within any `per`.
+    pub messages: usize,
+    pub per: Duration,
+    /// The server pings every connection this often (Binance: every 20 s).
+    pub ping_every: Option<Duration>,
+}
+
+/// A frame the fake received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping,
+    Pong,
+    Close(Option<u16>),
+}
+
+impl Frame {
+    /// Whether Binance counts it against the limit.
+    pub fn counts(&self) -> bool {
+        !matches!(self, Frame::Close(_))
+    }
+}
+
+/// One received frame: on which connection (0-based) and when.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub conn: usize,
+    pub at: Instant,
+    pub frame: Frame,
+}
+
+struct Shared {
+    rules: Rules,
+    /// While false, handshakes are refused with 503 (the server is down).
+    up: AtomicBool,
+    /// This many next connections are closed with 1001 right after their first frame.
+    close_after_first: AtomicUsize,
+    /// Bumped to close every open connection with `kick_code`.
+    kicks: AtomicUsize,
+    stop: AtomicBool,
+    received: Mutex<Vec<Received>>,
+    /// Mirrors `received.len()`, for tests to wait on.
+    count: watch::Sender<usize>,
+    connections: AtomicUsize,
+    /// Connections closed for going over the limit.
+    rate_closes: AtomicUsize,
+}
+
+/// The fake server; dropping it stops every thread within a few milliseconds.
+pub struct FakeBinance {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Drop for FakeBinance {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocking accept.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+impl FakeBinance {
+    /// Starts on 127.0.0.1, port 0, accepting connections.
+    pub fn start(rules: Rules) -> FakeBinance {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("fake binance: bind");
+        let addr = listener.local_addr().expect("fake binance: local address");
+        let shared = Arc::new(Shared {
+            rules,
+            up: AtomicBool::new(true),
+            close_after_first: AtomicUsize::new(0),
+            kicks: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            received: Mutex::new(Vec::new()),
+            count: watch::Sender::new(0),
+            connections: AtomicUsize::new(0),
+            rate_closes: AtomicUsize::new(0),
+        });
+        let s = Arc::clone(&shared);
+        std::thread::spawn(move || accept_loop(listener, s));
+        FakeBinance { addr, shared }
+    }
+
+    /// `ws://127.0.0.1:PORT/stream`, the combined-stream endpoint.
+    pub fn url(&self) -> String {
+        format!("ws://{}/stream", self.addr)
+    }
+
+    /// Up: handshakes succeed; down: they get 503.
+    pub fn set_up(&self, up: bool) {
+        self.shared.up.store(up, Ordering::SeqCst);
+    }
+
+    /// The next `n` connections are closed (1001) right after their first frame.
+    pub fn close_after_first(&self, n: usize) {
+        self.shared.close_after_first.store(n, Ordering::SeqCst);
+    }
+
+    /// Closes every open connection with 1001.
+    pub fn close_all(&self) {
+        self.shared.kicks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Connections that completed the handshake.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections the fake closed with 1008 for going over the limit.
+    pub fn rate_closes(&self) -> usize {
+        self.shared.rate_closes.load(Ordering::SeqCst)
+    }
+
+    /// Every frame received so far, in the order received.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.shared.received).clone()
+    }
+
+    /// The text frames of connection `conn`, in order.
+    pub fn texts(&self, conn: usize) -> Vec<String> {
+        texts(&self.received(), conn)
+    }
+
+    /// Waits until `pred` holds for what was received, at most `within`.
+    pub async fn wait_for(
+        &self,
+        within: Duration,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> anyhow::Result<Vec<Received>> {
+        let mut rx = self.shared.count.subscribe();
+        let check = || {
+            let all = self.received();
+            pred(&all).then_some(all)
+        };
+        let waited = tokio::time::timeout(within, async {
+            loop {
+                if let Some(all) = check() {
+                    return all;
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await;
+        waited.map_err(|_| {
+            let all = self.received();
+            anyhow::anyhow!(
+                "fake binance: condition not met within {within:?}; {} frame(s) on {} connection(s), {} closed for rate",
+                all.len(),
+                self.connections(),
+                self.rate_closes()
+            )
+        })
+    }
+}
+
+/// The text frames of connection `conn`, in order.
+pub fn texts(all: &[Received], conn: usize) -> Vec<String> {
+    all.iter()
+        .filter(|r| r.conn == conn)
+        .filter_map(|r| match &r.frame {
+            Frame::Text(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The largest number of counted frames, over all connections, that arrived within one window
+/// of length `per` (a window holds the frames less than `per` after its first one), with the
+/// time that window began relative to the first frame.
+pub fn busiest_window(all: &[Received], per: Duration) -> (usize, Duration) {
+    let times: Vec<Instant> = all
+        .iter()
+        .filter(|r| r.frame.counts())
+        .map(|r| r.at)
+        .collect();
+    let Some(first) = times.first().copied() else {
+        return (0, Duration::ZERO);
+    };
+    let mut best = (0, Duration::ZERO);
+    let mut end = 0;
+    for (i, start) in times.iter().enumerate() {
+        end = end.max(i);
+        while end < times.len() && times[end].duration_since(*start) < per {
+            end += 1;
+        }
+        if end - i > best.0 {
+            best = (end - i, start.duration_since(first));
+        }
+    }
+    best
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let s = Arc::clone(&shared);
+        std::thread::spawn(move || serve(stream, s));
+    }
+}
+
+// tungstenite's handshake callback returns its ErrorResponse unboxed; the size is not ours.
+#[allow(clippy::result_large_err)]
+fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    // Bounds a handshake that never completes.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let up = shared.up.load(Ordering::SeqCst);
+    let ws = tungstenite::accept_hdr(stream, |_: &Request, resp: Response| {
+        if up {
+            Ok(resp)
+        } else {
+            let mut refused = ErrorResponse::new(Some("down".into()));
+            *refused.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            Err(refused)
+        }
+    });
+    let Ok(mut ws) = ws else { return };
+    let conn = shared.connections.fetch_add(1, Ordering::SeqCst);
+    let _ = ws.get_ref().set_read_timeout(Some(TICK));
+    let close_first = shared
+        .close_after_first
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    Conn {
+        ws: &mut ws,
+        shared: &shared,
+        conn,
+        close_first,
+        kicks: shared.kicks.load(Ordering::SeqCst),
+        window: VecDeque::new(),
+        closing: false,
+    }
+    .run();
+}
+
+struct Conn<'a> {
+    ws: &'a mut WebSocket<TcpStream>,
+    shared: &'a Shared,
+    conn: usize,
+    close_first: bool,
+    kicks: usize,
+    /// When this connection's counted frames of the last `per` arrived.
+    window: VecDeque<Instant>,
+    closing: bool,
+}
+
+impl Conn<'_> {
+    fn run(mut self) {
+        let rules = self.shared.rules;
+        let mut next_ping = rules.ping_every.map(|every| Instant::now() + every);
+        while !self.shared.stop.load(Ordering::SeqCst) {
+            if self.shared.kicks.load(Ordering::SeqCst) != self.kicks {
+                self.kicks = self.shared.kicks.load(Ordering::SeqCst);
+                self.close(CloseCode::Away, "going away");
+            }
+            if let (Some(at), Some(every)) = (next_ping, rules.ping_every) {
+                if Instant::now() >= at && !self.closing {
+                    next_ping = Some(at + every);
+                    if self.ws.send(Message::Ping(Vec::new().into())).is_err() {
+                        return;
+                    }
+                }
+            }
+            match self.ws.read() {
+                Ok(m) => self.on_frame(m, Instant::now()),
+                Err(WsError::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn on_frame(&mut self, m: Message, at: Instant) {
+        let frame = match m {
+            Message::Text(t) => Frame::Text(t.as_str().to_owned()),
+            Message::Binary(b) => Frame::Binary(b.to_vec()),
+            Message::Ping(_) => Frame::Ping,
+            Message::Pong(_) => Frame::Pong,
+            Message::Close(c) => Frame::Close(c.map(|c| u16::from(c.code))),
+            Message::Frame(_) => return,
+        };
+        let counts = frame.counts();
+        {
+            let mut all = lock(&self.shared.received);
+            all.push(Received {
+                conn: self.conn,
+                at,
+                frame,
+            });
+            self.shared.count.send_replace(all.len());
+        }
+        if !counts {
+            return;
+        }
+        let per = self.shared.rules.per;
+        while self
+            .window
+            .front()
+            .is_some_and(|t| at.duration_since(*t) >= per)
+        {
+            self.window.pop_front();
+        }
+        self.window.push_back(at);
+        if self.window.len() > self.shared.rules.messages && !self.closing {
+            self.shared.rate_closes.fetch_add(1, Ordering::SeqCst);
+            self.close(CloseCode::Policy, "Too many requests");
+        } else if self.close_first {
+            self.close_first = false;
+            self.close(CloseCode::Away, "going away");
+        }
+    }
+
+    fn close(&mut self, code: CloseCode, reason: &'static str) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        let _ = self.ws.close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = self.ws.flush();
+    }
+}
