@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
 use crate::config::CloseAction;
 
 /// How the reconnect loop must react to a failure.
@@ -173,6 +176,34 @@ fn httpdate(s: &str) -> Option<SystemTime> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(days * 86_400 + h * 3600 + m * 60 + sec))
+}
+
+/// Maps a read error to a failure and, where we must tell the upstream, the close to send.
+pub(super) fn classify_read_error(
+    e: WsError,
+    max: usize,
+) -> (Failure, Option<(CloseCode, &'static str)>) {
+    match e {
+        WsError::Capacity(c) => (
+            Failure::retry(format!(
+                "inbound message exceeds max_message_size ({max} bytes): {c}"
+            )),
+            Some((CloseCode::Size, "message too big")),
+        ),
+        WsError::Utf8(_) => (
+            Failure::retry("invalid UTF-8 in a text frame"),
+            Some((CloseCode::Invalid, "invalid utf-8")),
+        ),
+        WsError::Protocol(p) => (
+            Failure::retry(format!("protocol error: {p}")),
+            Some((CloseCode::Protocol, "protocol error")),
+        ),
+        WsError::Io(e) => (Failure::retry(format!("connection error: {e}")), None),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            (Failure::retry("connection closed"), None)
+        }
+        other => (Failure::retry(format!("read failed: {other}")), None),
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,18 @@
-//! One inbound message on its way to subscribers: resume dedup and id breaks, `drop` filters,
-//! the seq, and the durable record that must precede delivery where resume or persisted replay
-//! is configured.
+//! One inbound message on its way to subscribers: the dialogue first (captures, rules, the
+//! opening gate) and duplicates across a switch, then resume dedup and id breaks, `drop`
+//! filters, the seq, and the durable record that must precede delivery where resume or
+//! persisted replay is configured.
+
+use std::time::Instant;
 
 use bytes::Bytes;
+use tokio_tungstenite::tungstenite::Message;
 
+use super::auth::Auth;
 use super::resume::{Break, UpstreamId, Verdict};
-use super::session::Session;
+use super::session::{Conn, Flow, Session};
+use crate::dialogue::matching;
+use crate::endpoint::State;
 use crate::endpoint::{unix_nanos, Endpoint};
 use crate::log::{GapReason, IdBreak, Kind};
 use crate::store::Op;
@@ -23,6 +30,100 @@ const SEQ_LEASE: u64 = 10_000;
 const TRIM_EVERY: u64 = 512;
 
 impl Session<'_> {
+    /// One inbound message: the dialogue first (captures, rules, the opening gate), then, unless
+    /// it keeps the message from apps, the log.
+    pub(super) async fn on_message(
+        &mut self,
+        kind: Kind,
+        data: Bytes,
+        conn: &mut Conn<'_>,
+    ) -> Flow {
+        let listens = self.script.listens() || !conn.dialogue.is_open();
+        let needs_json = self.resume.is_some() || !self.drop_filters.is_empty() || listens;
+        let doc = if needs_json {
+            serde_json::from_slice::<serde_json::Value>(&data).ok()
+        } else {
+            None
+        };
+        let mut flow = Flow::Continue;
+        if listens {
+            let m = matching::Message {
+                text: std::str::from_utf8(&data).ok(),
+                doc: doc.as_ref(),
+            };
+            let token = self.auth.as_ref().and_then(Auth::token);
+            let session = self
+                .resume
+                .as_ref()
+                .and_then(|r| r.session_capture())
+                .and_then(|s| self.captures.get(s).cloned());
+            let reaction = conn
+                .dialogue
+                .inbound(m, self.captures, token, Instant::now());
+            if reaction.captured {
+                self.sync_captures(conn, session);
+            }
+            conn.out
+                .extend(reaction.send.iter().map(|f| Message::text(f.expose())));
+            if reaction.opened {
+                self.ep.set_state(State::Connected, self.connected.clone());
+                let _ = conn.open.send(true);
+            }
+            if let Some(act) = reaction.act {
+                flow = Flow::Act(act);
+            }
+            if !reaction.deliver {
+                return flow;
+            }
+        }
+        if self.overlap.is_active() {
+            let hash = super::resume::payload_hash(&data);
+            if self.overlap.is_resend(hash, Instant::now()) {
+                Endpoint::count(&self.ep.stats.duplicates_dropped, 1);
+                return flow;
+            }
+            self.overlap.delivered(hash);
+        }
+        self.ingest(kind, data, doc, &mut conn.announce).await;
+        flow
+    }
+
+    /// Applies what captured values decide: the app ping interval (Discord's Hello), and a
+    /// new session (its value other than `session_before`) whose ids start afresh.
+    pub(super) fn sync_captures(
+        &mut self,
+        conn: &mut Conn<'_>,
+        session_before: Option<serde_json::Value>,
+    ) {
+        if let Some((name, unit)) = &self.cfg.heartbeat.app_ping_interval_capture {
+            let n = self.captures.get(name).and_then(serde_json::Value::as_f64);
+            if let Some(interval) = n
+                .filter(|n| *n > 0.0 && n.is_finite())
+                .map(|n| unit.mul_f64(n))
+            {
+                conn.hb.set_app_ping_interval(interval, Instant::now());
+            }
+        }
+        let Some(resume) = self.resume.as_mut() else {
+            return;
+        };
+        let Some(name) = resume.session_capture() else {
+            return;
+        };
+        let now = self.captures.get(name);
+        if session_before.is_some() && now != session_before.as_ref() {
+            tracing::info!("a new upstream session began: its ids start afresh");
+            resume.forget();
+            self.ep.set_last_upstream_id(String::new());
+            if let Some(store) = &self.ep.store {
+                let op = crate::store::Op::UpstreamIdClear {
+                    endpoint: std::sync::Arc::clone(&self.ep.key),
+                };
+                store.submit(vec![op], None);
+            }
+        }
+    }
+
     /// Fans out one inbound message, after resume dedup and `drop` filters.
     ///
     /// With resume or `replay.persist`, the message's seq, upstream id (and payload) are

@@ -19,6 +19,8 @@ mod proxy;
 mod replace;
 pub mod resume;
 mod session;
+mod speak;
+mod switch;
 pub mod tls;
 mod writer;
 

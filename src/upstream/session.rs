@@ -14,17 +14,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Auth;
 use super::connect::Ws;
+use super::failure::classify_read_error;
 use super::failure::Failure;
 use super::frame_watch::CloseSlot;
 use super::heartbeat::{Action, Heartbeat};
 use super::overlap::Overlap;
-use super::replace::{self, Plan, Ready, Replacing, Why};
+use super::replace::{Ready, Why};
 use super::resume::Resume;
-use super::writer::{send_one, writer, Ctl, CTL_QUEUE};
+use super::switch::{Event, Switching};
+use super::writer::{hand_over, send_one, writer, Ctl, CTL_QUEUE};
 use crate::config::EndpointConfig;
 use crate::dialogue::capture::Captures;
 use crate::dialogue::decode::{Decoded, Decoder};
-use crate::dialogue::{matching, template, Act, Dialogue, Script};
+use crate::dialogue::{Act, Dialogue, Script};
 use crate::endpoint::{Endpoint, State};
 use crate::filter::Filter;
 use crate::log::Kind;
@@ -44,7 +46,7 @@ pub enum End {
 }
 
 /// What the connection loop does after a frame.
-enum Flow {
+pub(super) enum Flow {
     Continue,
     End(End),
     /// Send this close frame, then end.
@@ -55,37 +57,6 @@ enum Flow {
 
 /// Inbound frames handled per wake-up of the connection loop.
 const INGEST_BATCH: usize = 256;
-
-/// First and longest wait between failed credential renewals (or rotations) while the old
-/// connection is in use.
-const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// A timer deadline for a wall-clock instant.
-fn timer_at(at: Option<std::time::SystemTime>) -> tokio::time::Instant {
-    match at {
-        Some(at) => {
-            let wait = at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            tokio::time::Instant::now() + wait
-        }
-        None => far_future(),
-    }
-}
-
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600)
-}
-
-/// When a connection opened now is rotated: `max_lifetime` less up to a tenth, at random, so
-/// connections opened together are not all replaced at once.
-fn rotation_deadline(max: Option<Duration>) -> tokio::time::Instant {
-    match max {
-        Some(max) => tokio::time::Instant::now() + max.mul_f64(1.0 - fastrand::f64() / 10.0),
-        None => far_future(),
-    }
-}
 
 /// Per-connection context borrowed from the endpoint task.
 pub struct Session<'a> {
@@ -121,16 +92,16 @@ pub struct Session<'a> {
 }
 
 /// One connection's state, threaded through frame handling.
-struct Conn<'s> {
-    hb: Heartbeat,
-    wire_close: CloseSlot,
+pub(super) struct Conn<'s> {
+    pub(super) hb: Heartbeat,
+    pub(super) wire_close: CloseSlot,
     /// The last seq appended but not yet announced to subscribers.
-    announce: Option<u64>,
-    dialogue: Dialogue<'s>,
+    pub(super) announce: Option<u64>,
+    pub(super) dialogue: Dialogue<'s>,
     /// Frames for the writer, handed over after each batch.
-    out: Vec<Message>,
+    pub(super) out: Vec<Message>,
     /// Tells the writer the outbox may flow (the opening dialogue is done).
-    open: watch::Sender<bool>,
+    pub(super) open: watch::Sender<bool>,
 }
 
 impl<'a> Session<'a> {
@@ -162,13 +133,8 @@ impl<'a> Session<'a> {
             };
             // One at a time, each when its turn comes under the rate limit.
             for m in first {
-                let sent = send_one(
-                    &mut sink,
-                    ep,
-                    m,
-                    cfg.heartbeat.pong_timeout,
-                    "on_connect frames",
-                );
+                let timeout = cfg.heartbeat.pong_timeout;
+                let sent = send_one(&mut sink, ep, m, timeout, "on_connect frames");
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return End::Shutdown,
                     r = sent => if let Err(f) = r { return End::Lost(f) },
@@ -178,18 +144,9 @@ impl<'a> Session<'a> {
 
         let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>(CTL_QUEUE);
         let (open_tx, open_rx) = watch::channel(dialogue.is_open());
-        if dialogue.is_open() {
-            ep.set_state(State::Connected, self.connected.clone());
-        } else {
-            ep.set_state(
-                State::Connecting,
-                format!("{}; waiting for the on_connect answers", self.connected),
-            );
-        }
         let (pinged, ping_written) = watch::channel(None);
         let writer = writer(sink, ctl_rx, open_rx, ep, pinged);
         tokio::pin!(writer);
-
         let mut conn = Conn {
             hb: Heartbeat::new(cfg.heartbeat.clone(), Instant::now())
                 .with_writes(ping_written, ep.rate.longest_ping_wait()),
@@ -199,27 +156,27 @@ impl<'a> Session<'a> {
             out: Vec::new(),
             open: open_tx,
         };
+        if conn.dialogue.is_open() {
+            ep.set_state(State::Connected, self.connected.clone());
+        } else {
+            let waiting = format!("{}; waiting for the on_connect answers", self.connected);
+            ep.set_state(State::Connecting, waiting);
+        }
         self.sync_captures(&mut conn, None);
         let sleep = tokio::time::sleep_until(conn.deadline().into());
         tokio::pin!(sleep);
-        let renew_sleep =
-            tokio::time::sleep_until(timer_at(self.auth.as_ref().and_then(Auth::renew_at)));
-        tokio::pin!(renew_sleep);
-        let rotate_sleep = tokio::time::sleep_until(rotation_deadline(cfg.max_lifetime));
-        tokio::pin!(rotate_sleep);
-        let mut retry = RETRY_MIN;
-        let mut replacing: Option<(Why, Replacing<'a>)> = None;
+        let mut switching = Switching::new(self.auth.as_ref(), cfg.max_lifetime);
 
-        // Hands the writer what the batch queued, then ends the loop where the batch ended the
-        // connection (the close frame, if any, after the queued frames).
+        // Carries out what a batch asked, hands the writer what it queued, then ends the loop
+        // where the batch ended the connection (the close frame after the queued frames).
         macro_rules! settle {
             ($flow:expr) => {
                 let flow = match $flow {
-                    Flow::Act(act) => self.act(act, &mut replacing),
+                    Flow::Act(act) => self.act(act, &mut switching),
                     other => other,
                 };
-                if let Err(end) = hand_over(&ctl_tx, &mut conn.out) {
-                    break end;
+                if let Err(f) = hand_over(&ctl_tx, &mut conn.out) {
+                    break End::Lost(f);
                 }
                 match flow {
                     Flow::Continue | Flow::Act(_) => {}
@@ -231,24 +188,13 @@ impl<'a> Session<'a> {
             };
         }
 
-        if let Some((kind, data)) = self.held.take() {
-            let flow = self.on_message(kind, data, &mut conn).await;
-            let flow = match flow {
-                Flow::Act(act) => self.act(act, &mut replacing),
-                other => other,
-            };
-            if let Err(end) = hand_over(&ctl_tx, &mut conn.out) {
-                return end;
-            }
-            match flow {
-                Flow::Continue | Flow::Act(_) => {}
-                Flow::End(end) => return end,
-                Flow::Close(code, why, end) => {
-                    return self.close(&ctl_tx, &mut writer, code, why, end).await
-                }
-            }
-        }
+        let mut held = self.held.take();
         let end = loop {
+            // A replacement's first message, read while it proved itself live.
+            if let Some((kind, data)) = held.take() {
+                let flow = self.on_message(kind, data, &mut conn).await;
+                settle!(flow);
+            }
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     break self.close(&ctl_tx, &mut writer, CloseCode::Away, "shutting down", End::Shutdown).await;
@@ -259,66 +205,20 @@ impl<'a> Session<'a> {
                 r = &mut writer => {
                     break End::Lost(r.err().unwrap_or_else(|| Failure::retry("writer stopped")));
                 }
-                _ = &mut renew_sleep, if replacing.is_none() && self.auth.is_some() => {
-                    replacing = Some((Why::Renewal, self.replace(self.base.clone(), Why::Renewal)));
-                    renew_sleep.as_mut().reset(far_future());
-                }
-                _ = &mut rotate_sleep, if replacing.is_none() => {
-                    tracing::info!("max_lifetime reached: opening the next connection before closing this one");
-                    replacing = Some((Why::Lifetime, self.replace(self.base.clone(), Why::Lifetime)));
-                    rotate_sleep.as_mut().reset(far_future());
-                }
-                (auth, result) = async { match replacing.as_mut() {
-                    Some((_, r)) => r.await,
-                    None => std::future::pending().await,
-                } } => {
-                    let why = replacing.take().map_or(Why::Renewal, |(w, _)| w);
-                    if why == Why::Renewal {
-                        if let Some(a) = auth.as_ref() {
-                            super::record_expiry(ep, a);
-                        }
-                    }
-                    *self.auth = auth;
-                    match result {
-                        Ok(Some(ready)) => {
-                            if why == Why::Renewal {
-                                Endpoint::count(&ep.stats.auth_renewals_ok, 1);
-                            }
-                            tracing::info!(reason = why.close_reason(), "switching to the new connection");
-                            // What the old connection has already received is delivered before
+                event = switching.next(self.auth.is_some()) => match event {
+                    Event::Due(why) => self.replace(&mut switching, self.base.clone(), why),
+                    Event::Done(why, outcome) => {
+                        if let Some(ready) = self.replaced(why, outcome, &mut conn, &mut switching) {
+                            // What the old connection has received already is delivered before
                             // it goes; the new connection's copies are dropped as overlap.
                             let flow = self.take_frames(None, &mut stream, &mut conn).await;
                             settle!(flow);
-                            return self.close(&ctl_tx, &mut writer, CloseCode::Normal, why.close_reason(), End::Switch(ready, why)).await;
+                            let reason = why.close_reason();
+                            break self.close(&ctl_tx, &mut writer, CloseCode::Normal, reason, End::Switch(ready, why)).await;
                         }
-                        Ok(None) => {
-                            self.overlap.clear();
-                            Endpoint::count(&ep.stats.auth_renewals_ok, 1);
-                            conn.out.extend(self.renew_frame(&conn.dialogue));
-                            tracing::info!("credential renewed on the live connection");
-                            retry = RETRY_MIN;
-                            renew_sleep.as_mut().reset(timer_at(self.auth.as_ref().and_then(Auth::renew_at)));
-                            settle!(Flow::Continue);
-                        }
-                        Err(reason) => {
-                            self.overlap.clear();
-                            let again = tokio::time::Instant::now() + retry;
-                            match why {
-                                Why::Renewal => {
-                                    Endpoint::count(&ep.stats.auth_renewals_failed, 1);
-                                    tracing::warn!(%reason, retry_in = %crate::fmt::duration(retry), "credential renewal failed; the current connection stays");
-                                    renew_sleep.as_mut().reset(again);
-                                }
-                                Why::Lifetime => {
-                                    tracing::warn!(%reason, retry_in = %crate::fmt::duration(retry), "cannot open the next connection; the current one stays");
-                                    rotate_sleep.as_mut().reset(again);
-                                }
-                                Why::Upstream => tracing::warn!(%reason, "the upstream asked to reconnect, but the new connection failed; staying on this one while it lasts"),
-                            }
-                            retry = (retry * 2).min(RETRY_MAX);
-                        }
+                        settle!(Flow::Continue);
                     }
-                }
+                },
                 _ = &mut sleep => {
                     // What is already in the socket counts before the timers: a timer that fired
                     // late (the daemon did not run for a while) must not declare dead a
@@ -366,138 +266,10 @@ impl<'a> Session<'a> {
         end
     }
 
-    /// The resume frame and the `on_connect` frames up to the first step that waits, rendered
-    /// for this connection.
-    fn first_frames(&self, dialogue: &mut Dialogue<'_>) -> Result<Vec<Message>, String> {
-        let token = self.auth.as_ref().and_then(Auth::token);
-        let mut first = Vec::new();
-        if let Some(frame) = self.resume_frame(dialogue) {
-            first.push(frame?);
-        }
-        let steps = dialogue.start(Instant::now(), token, self.captures)?;
-        first.extend(steps.iter().map(|f| Message::text(f.expose())));
-        Ok(first)
-    }
-
-    /// The position this connection offers, if any.
-    fn offered(&self) -> Option<super::resume::UpstreamId> {
-        let r = self.resume.as_ref()?;
-        r.is_resuming(self.captures)
-            .then(|| r.last_id().cloned())
-            .flatten()
-    }
-
-    /// The resume frame, when configured and a position is offered.
-    fn resume_frame(&self, dialogue: &Dialogue<'_>) -> Option<Result<Message, String>> {
-        let token = self.auth.as_ref().and_then(Auth::token);
-        let resume = self.resume.as_ref()?;
-        if !resume.is_resuming(self.captures) {
-            return None;
-        }
-        let frame = resume.frame(dialogue.values(token, self.captures))?;
-        Some(
-            frame
-                .map(|f| Message::text(f.expose()))
-                .map_err(|e| format!("resume.frame: {e}")),
-        )
-    }
-
-    /// The application ping, rendered now.
-    fn app_ping(&self, dialogue: &Dialogue<'_>) -> Option<Message> {
-        let t = self.cfg.heartbeat.app_ping.as_ref()?;
-        let token = self.auth.as_ref().and_then(Auth::token);
-        match template::frame(t, dialogue.values(token, self.captures)) {
-            Ok(f) => Some(Message::text(f.expose())),
-            Err(e) => {
-                tracing::warn!(error = %e, "heartbeat.app_ping cannot be built yet; not sent");
-                None
-            }
-        }
-    }
-
-    /// The renewal frame (`renew = "frame"`) with the new token.
-    fn renew_frame(&self, dialogue: &Dialogue<'_>) -> Option<Message> {
-        let auth = self.auth.as_ref()?;
-        let t = auth.renew_frame()?;
-        match template::frame(t, dialogue.values(auth.token(), self.captures)) {
-            Ok(f) => Some(Message::text(f.expose())),
-            Err(e) => {
-                tracing::warn!(error = %e, "auth.renew_frame cannot be built; not sent");
-                None
-            }
-        }
-    }
-
-    /// Starts a make-before-break replacement on `target` (a discovered URL is discovered
-    /// again: it is single-use).
-    fn replace(&mut self, target: crate::config::UrlSource, why: Why) -> Replacing<'a> {
-        if self.needs_overlap() {
-            self.overlap.remember_from_now();
-        }
-        // The resume frame for the new connection is built from the last id at this moment;
-        // what the old connection delivers meanwhile is sorted out by the resume ids.
-        let offered = self.offered();
-        let dialogue = Dialogue::new(self.script, offered.clone());
-        let resume_frame = self.resume_frame(&dialogue).and_then(Result::ok);
-        let offer = match target == *self.base {
-            true => self.resume.as_ref().and_then(Resume::query_offer),
-            false => None,
-        };
-        replace::start(Plan {
-            ep: self.ep,
-            cfg: self.cfg,
-            script: self.script,
-            target,
-            offer,
-            why,
-            auth: self.auth.take(),
-            captures: self.captures.clone(),
-            resume_frame,
-            offered,
-        })
-    }
-
-    /// Whether duplicates across a switch must be found by payload: no ids that outlive a
-    /// connection do it.
-    fn needs_overlap(&self) -> bool {
-        !self.resume.as_ref().is_some_and(Resume::is_global)
-    }
-
-    /// Carries out what the dialogue asks.
-    fn act(&mut self, act: Act, replacing: &mut Option<(Why, Replacing<'a>)>) -> Flow {
-        match act {
-            Act::Reconnect | Act::ReconnectTo(_) if replacing.is_some() => Flow::Continue,
-            Act::Reconnect => {
-                tracing::info!("the upstream asked to reconnect: opening the next connection");
-                *replacing = Some((
-                    Why::Upstream,
-                    self.replace(self.base.clone(), Why::Upstream),
-                ));
-                Flow::Continue
-            }
-            Act::ReconnectTo(url) => {
-                tracing::info!(url = %crate::redact::redact_url(&url), "the upstream asked to reconnect elsewhere: opening that connection");
-                *replacing = Some((
-                    Why::Upstream,
-                    self.replace(crate::config::UrlSource::Fixed(url), Why::Upstream),
-                ));
-                Flow::Continue
-            }
-            Act::ResetResume => {
-                Flow::Close(CloseCode::Normal, "resume position reset", End::ResetResume)
-            }
-            Act::End(why, class) => Flow::Close(
-                CloseCode::Normal,
-                "closing",
-                End::Lost(Failure::of(class, why)),
-            ),
-        }
-    }
-
     /// Handles `first` (a frame just read, if any) and every frame already buffered after it, up
     /// to a batch (so timers and control still get their turn), then wakes subscribers once for
     /// the whole batch. `Flow::Continue` when there was nothing to read.
-    async fn take_frames<S>(
+    pub(super) async fn take_frames<S>(
         &mut self,
         first: Option<Option<Result<Message, WsError>>>,
         stream: &mut S,
@@ -576,91 +348,6 @@ impl<'a> Session<'a> {
         Flow::Continue
     }
 
-    /// One inbound message: the dialogue first (captures, rules, the opening gate), then, unless
-    /// it keeps the message from apps, the log.
-    async fn on_message(&mut self, kind: Kind, data: Bytes, conn: &mut Conn<'_>) -> Flow {
-        let listens = self.script.listens() || !conn.dialogue.is_open();
-        let needs_json = self.resume.is_some() || !self.drop_filters.is_empty() || listens;
-        let doc = if needs_json {
-            serde_json::from_slice::<serde_json::Value>(&data).ok()
-        } else {
-            None
-        };
-        let mut flow = Flow::Continue;
-        if listens {
-            let m = matching::Message {
-                text: std::str::from_utf8(&data).ok(),
-                doc: doc.as_ref(),
-            };
-            let token = self.auth.as_ref().and_then(Auth::token);
-            let session = self
-                .resume
-                .as_ref()
-                .and_then(|r| r.session_capture())
-                .and_then(|s| self.captures.get(s).cloned());
-            let reaction = conn
-                .dialogue
-                .inbound(m, self.captures, token, Instant::now());
-            if reaction.captured {
-                self.sync_captures(conn, session);
-            }
-            conn.out
-                .extend(reaction.send.iter().map(|f| Message::text(f.expose())));
-            if reaction.opened {
-                self.ep.set_state(State::Connected, self.connected.clone());
-                let _ = conn.open.send(true);
-            }
-            if let Some(act) = reaction.act {
-                flow = Flow::Act(act);
-            }
-            if !reaction.deliver {
-                return flow;
-            }
-        }
-        if self.overlap.is_active() {
-            let hash = super::resume::payload_hash(&data);
-            if self.overlap.is_resend(hash, Instant::now()) {
-                Endpoint::count(&self.ep.stats.duplicates_dropped, 1);
-                return flow;
-            }
-            self.overlap.delivered(hash);
-        }
-        self.ingest(kind, data, doc, &mut conn.announce).await;
-        flow
-    }
-
-    /// Applies what captured values decide: the app ping interval (Discord's Hello), and a
-    /// new session (its value other than `session_before`) whose ids start afresh.
-    fn sync_captures(&mut self, conn: &mut Conn<'_>, session_before: Option<serde_json::Value>) {
-        if let Some((name, unit)) = &self.cfg.heartbeat.app_ping_interval_capture {
-            let n = self.captures.get(name).and_then(serde_json::Value::as_f64);
-            if let Some(interval) = n
-                .filter(|n| *n > 0.0 && n.is_finite())
-                .map(|n| unit.mul_f64(n))
-            {
-                conn.hb.set_app_ping_interval(interval, Instant::now());
-            }
-        }
-        let Some(resume) = self.resume.as_mut() else {
-            return;
-        };
-        let Some(name) = resume.session_capture() else {
-            return;
-        };
-        let now = self.captures.get(name);
-        if session_before.is_some() && now != session_before.as_ref() {
-            tracing::info!("a new upstream session began: its ids start afresh");
-            resume.forget();
-            self.ep.set_last_upstream_id(String::new());
-            if let Some(store) = &self.ep.store {
-                let op = crate::store::Op::UpstreamIdClear {
-                    endpoint: std::sync::Arc::clone(&self.ep.key),
-                };
-                store.submit(vec![op], None);
-            }
-        }
-    }
-
     /// Sends a close frame through the writer, waiting briefly for it to be flushed.
     async fn close<W>(
         &self,
@@ -685,43 +372,5 @@ impl Conn<'_> {
     fn deadline(&self) -> Instant {
         let hb = self.hb.deadline();
         self.dialogue.deadline().map_or(hb, |d| d.min(hb))
-    }
-}
-
-/// Queues `out` for the writer. A writer [`CTL_QUEUE`] frames behind means the upstream stopped
-/// reading: the connection is ended rather than queueing without bound.
-fn hand_over(ctl: &mpsc::Sender<Ctl>, out: &mut Vec<Message>) -> Result<(), End> {
-    for m in std::mem::take(out) {
-        if ctl.try_send(Ctl::Frame(m)).is_err() {
-            return Err(End::Lost(Failure::retry(format!(
-                "the upstream is not reading: {CTL_QUEUE} frames wait to be written"
-            ))));
-        }
-    }
-    Ok(())
-}
-
-/// Maps a read error to a failure and, where we must tell the upstream, the close to send.
-fn classify_read_error(e: WsError, max: usize) -> (Failure, Option<(CloseCode, &'static str)>) {
-    match e {
-        WsError::Capacity(c) => (
-            Failure::retry(format!(
-                "inbound message exceeds max_message_size ({max} bytes): {c}"
-            )),
-            Some((CloseCode::Size, "message too big")),
-        ),
-        WsError::Utf8(_) => (
-            Failure::retry("invalid UTF-8 in a text frame"),
-            Some((CloseCode::Invalid, "invalid utf-8")),
-        ),
-        WsError::Protocol(p) => (
-            Failure::retry(format!("protocol error: {p}")),
-            Some((CloseCode::Protocol, "protocol error")),
-        ),
-        WsError::Io(e) => (Failure::retry(format!("connection error: {e}")), None),
-        WsError::ConnectionClosed | WsError::AlreadyClosed => {
-            (Failure::retry("connection closed"), None)
-        }
-        other => (Failure::retry(format!("read failed: {other}")), None),
     }
 }

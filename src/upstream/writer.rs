@@ -159,3 +159,16 @@ where
         }
     }
 }
+
+/// Queues `out` for the writer. A writer [`CTL_QUEUE`] frames behind means the upstream stopped
+/// reading: the connection is ended rather than queueing without bound.
+pub(super) fn hand_over(ctl: &mpsc::Sender<Ctl>, out: &mut Vec<Message>) -> Result<(), Failure> {
+    for m in std::mem::take(out) {
+        if ctl.try_send(Ctl::Frame(m)).is_err() {
+            return Err(Failure::retry(format!(
+                "the upstream is not reading: {CTL_QUEUE} frames wait to be written"
+            )));
+        }
+    }
+    Ok(())
+}

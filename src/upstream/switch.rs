@@ -1,0 +1,236 @@
+//! When and why a live connection is replaced (make-before-break), and what follows: the
+//! credential renewal timer, `max_lifetime`, the upstream's `reconnect`/`reconnect_to`, and the
+//! replacement's outcome. Opening the replacement itself is `replace.rs`.
+
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::auth::Auth;
+use super::failure::Failure;
+use super::replace::{self, Outcome, Plan, Ready, Replacing, Why};
+use super::resume::Resume;
+use super::session::{Conn, End, Flow, Session};
+use crate::config::UrlSource;
+use crate::dialogue::{Act, Dialogue};
+use crate::endpoint::Endpoint;
+
+/// First and longest wait between failed renewals (or rotations) while the old connection
+/// stays in use.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// What the switching timers and the replacement under way bring.
+pub(super) enum Event {
+    /// A renewal or rotation is due.
+    Due(Why),
+    /// The replacement under way finished.
+    Done(Why, Box<Outcome>),
+}
+
+/// The connection's replacement timers and the replacement under way, if any.
+pub(super) struct Switching<'a> {
+    renew: std::pin::Pin<Box<Sleep>>,
+    rotate: std::pin::Pin<Box<Sleep>>,
+    retry: Duration,
+    under_way: Option<(Why, Replacing<'a>)>,
+}
+
+impl<'a> Switching<'a> {
+    /// Timers for a connection opened now: renewal when `auth` says, rotation after
+    /// `max_lifetime` less up to a tenth at random (so connections opened together are not
+    /// all replaced together).
+    pub(super) fn new(auth: Option<&Auth>, max_lifetime: Option<Duration>) -> Self {
+        let rotate = match max_lifetime {
+            Some(max) => Instant::now() + max.mul_f64(1.0 - fastrand::f64() / 10.0),
+            None => far_future(),
+        };
+        Switching {
+            renew: Box::pin(tokio::time::sleep_until(renew_deadline(auth))),
+            rotate: Box::pin(tokio::time::sleep_until(rotate)),
+            retry: RETRY_MIN,
+            under_way: None,
+        }
+    }
+
+    /// The next event; renewals only while the connection holds a credential (a replacement
+    /// under way holds it meanwhile).
+    pub(super) async fn next(&mut self, has_auth: bool) -> Event {
+        let idle = self.under_way.is_none();
+        tokio::select! {
+            _ = &mut self.renew, if idle && has_auth => {
+                self.renew.as_mut().reset(far_future());
+                Event::Due(Why::Renewal)
+            }
+            _ = &mut self.rotate, if idle => {
+                self.rotate.as_mut().reset(far_future());
+                Event::Due(Why::Lifetime)
+            }
+            outcome = async { match self.under_way.as_mut() {
+                Some((_, r)) => r.await,
+                None => std::future::pending().await,
+            } } => {
+                let why = self.under_way.take().map_or(Why::Renewal, |(w, _)| w);
+                Event::Done(why, Box::new(outcome))
+            }
+        }
+    }
+
+    /// Whether a replacement is under way.
+    fn busy(&self) -> bool {
+        self.under_way.is_some()
+    }
+
+    /// A failed replacement: try again after the current retry delay, doubling it.
+    fn again(&mut self, why: Why) -> Duration {
+        let wait = self.retry;
+        let at = Instant::now() + wait;
+        match why {
+            Why::Renewal => self.renew.as_mut().reset(at),
+            Why::Lifetime => self.rotate.as_mut().reset(at),
+            Why::Upstream => {}
+        }
+        self.retry = (self.retry * 2).min(RETRY_MAX);
+        wait
+    }
+}
+
+/// When the credential's renewal is due, as a timer deadline.
+fn renew_deadline(auth: Option<&Auth>) -> Instant {
+    match auth.and_then(Auth::renew_at) {
+        Some(at) => {
+            let wait = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            Instant::now() + wait
+        }
+        None => far_future(),
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+impl<'a> Session<'a> {
+    /// Starts a make-before-break replacement on `target`.
+    pub(super) fn replace(&mut self, switching: &mut Switching<'a>, target: UrlSource, why: Why) {
+        if self.needs_overlap() {
+            self.overlap.remember_from_now();
+        }
+        // The resume frame for the new connection is built from the last id at this moment;
+        // what the old connection delivers meanwhile is sorted out by the resume ids.
+        let offered = self.offered();
+        let dialogue = Dialogue::new(self.script, offered.clone());
+        let resume_frame = self.resume_frame(&dialogue).and_then(Result::ok);
+        let offer = match target == *self.base {
+            true => self.resume.as_ref().and_then(Resume::query_offer),
+            false => None,
+        };
+        let r = replace::start(Plan {
+            ep: self.ep,
+            cfg: self.cfg,
+            script: self.script,
+            target,
+            offer,
+            why,
+            auth: self.auth.take(),
+            captures: self.captures.clone(),
+            resume_frame,
+            offered,
+        });
+        switching.under_way = Some((why, r));
+    }
+
+    /// Whether duplicates across a switch must be found by payload: no ids that outlive a
+    /// connection do it.
+    fn needs_overlap(&self) -> bool {
+        !self.resume.as_ref().is_some_and(Resume::is_global)
+    }
+
+    /// Carries out what the dialogue asks.
+    pub(super) fn act(&mut self, act: Act, switching: &mut Switching<'a>) -> Flow {
+        match act {
+            Act::Reconnect | Act::ReconnectTo(_) if switching.busy() => Flow::Continue,
+            Act::Reconnect => {
+                tracing::info!("the upstream asked to reconnect: opening the next connection");
+                self.replace(switching, self.base.clone(), Why::Upstream);
+                Flow::Continue
+            }
+            Act::ReconnectTo(url) => {
+                tracing::info!(url = %crate::redact::redact_url(&url), "the upstream asked to reconnect elsewhere: opening that connection");
+                self.replace(switching, UrlSource::Fixed(url), Why::Upstream);
+                Flow::Continue
+            }
+            Act::ResetResume => {
+                Flow::Close(CloseCode::Normal, "resume position reset", End::ResetResume)
+            }
+            Act::End(why, class) => Flow::Close(
+                CloseCode::Normal,
+                "closing",
+                End::Lost(Failure::of(class, why)),
+            ),
+        }
+    }
+
+    /// A replacement finished: the endpoint's credential is back; returns the new connection
+    /// to switch to, if there is one.
+    pub(super) fn replaced(
+        &mut self,
+        why: Why,
+        outcome: Box<Outcome>,
+        conn: &mut Conn<'_>,
+        switching: &mut Switching<'a>,
+    ) -> Option<Box<Ready>> {
+        let ep = self.ep;
+        let (auth, result) = *outcome;
+        if why == Why::Renewal {
+            if let Some(a) = auth.as_ref() {
+                super::record_expiry(ep, a);
+            }
+        }
+        *self.auth = auth;
+        match result {
+            Ok(Some(ready)) => {
+                if why == Why::Renewal {
+                    Endpoint::count(&ep.stats.auth_renewals_ok, 1);
+                }
+                tracing::info!(
+                    reason = why.close_reason(),
+                    "switching to the new connection"
+                );
+                Some(ready)
+            }
+            Ok(None) => {
+                // `renew = "frame"`: the new token goes on this connection.
+                self.overlap.clear();
+                Endpoint::count(&ep.stats.auth_renewals_ok, 1);
+                conn.out.extend(self.renew_frame(&conn.dialogue));
+                tracing::info!("credential renewed on the live connection");
+                switching.retry = RETRY_MIN;
+                let next = renew_deadline(self.auth.as_ref());
+                switching.renew.as_mut().reset(next);
+                None
+            }
+            Err(reason) => {
+                self.overlap.clear();
+                let wait = switching.again(why);
+                let retry_in = crate::fmt::duration(wait);
+                match why {
+                    Why::Renewal => {
+                        Endpoint::count(&ep.stats.auth_renewals_failed, 1);
+                        tracing::warn!(%reason, %retry_in, "credential renewal failed; the current connection stays");
+                    }
+                    Why::Lifetime => {
+                        tracing::warn!(%reason, %retry_in, "cannot open the next connection; the current one stays")
+                    }
+                    Why::Upstream => {
+                        tracing::warn!(%reason, "the upstream asked to reconnect, but the new connection failed; staying on this one while it lasts")
+                    }
+                }
+                None
+            }
+        }
+    }
+}
