@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, oneshot, watch, Notify};
 
 use crate::config::EndpointConfig;
+use crate::dialogue::capture::Captures;
 use crate::log::Log;
 use crate::outbox::Outbox;
 use crate::ratelimit::RateLimit;
@@ -145,6 +146,9 @@ pub struct Endpoint {
     /// What resume remembers of the upstream's ids between runs of the upstream task: read
     /// back from the store at startup, handed over across a reload's restart.
     resume_memory: Mutex<Option<Memory>>,
+    /// The values captured from the upstream's messages, between runs of the upstream task:
+    /// those a resume needs read back from the store at startup, all of them across a reload.
+    captures: Mutex<Option<Captures>>,
     /// Operators waiting for the resume position to be forgotten (`reset-resume`).
     resume_resets: Mutex<Vec<ResumeReset>>,
     /// The send rate limit every frame to the upstream waits on; here rather than in a
@@ -214,6 +218,7 @@ impl Endpoint {
                     .filter_map(|(id, hash)| Some((UpstreamId::decode(id)?, *hash)))
                     .collect(),
             })),
+            captures: Mutex::new(Some(Captures::restored(&restored.captures))),
             resume_resets: Mutex::new(Vec::new()),
             rate: RateLimit::new(config.rate_limit.clone()),
             config: RwLock::new(Arc::new(config)),
@@ -256,6 +261,21 @@ impl Endpoint {
     /// Hands resume's memory to the next run of the upstream task.
     pub fn keep_resume_memory(&self, memory: Memory) {
         *self.resume_memory.lock().unwrap_or_else(|e| e.into_inner()) = Some(memory);
+    }
+
+    /// The captured values the last run of the upstream task left (or the store had at
+    /// startup); taken by the run that starts next.
+    pub fn take_captures(&self) -> Captures {
+        self.captures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default()
+    }
+
+    /// Hands the captured values to the next run of the upstream task.
+    pub fn keep_captures(&self, captures: Captures) {
+        *self.captures.lock().unwrap_or_else(|e| e.into_inner()) = Some(captures);
     }
 
     /// Records a transition; logs it and tells subscribers.

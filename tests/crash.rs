@@ -461,3 +461,79 @@ async fn a_full_store_refuses_publishes_and_keeps_serving() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A gateway with sessions (Discord's shape): `READY` names the session and where to resume
+/// it; a resume must name both and the last seq, on the resume URL. A daemon killed mid-session
+/// resumes it after its restart: the captured session and URL are kept in the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_is_resumed_after_a_crash() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = support::temp_dir();
+    let eps = format!(
+        r#"[endpoints.g]
+url = "{}"
+captures.session = {{ pointer = "/d/session_id", match = {{ pointer = "/t", equals = "READY" }} }}
+captures.resume_url = {{ pointer = "/d/resume_url", match = {{ pointer = "/t", equals = "READY" }} }}
+resume = {{ id_pointer = "/s", scope = "session", session = "session", url = "{{{{capture.resume_url}}}}" }}
+on_connect = [
+  {{ when = "resuming", send = '{{"op":6,"session_id":"{{{{capture.session}}}}","seq":{{{{last_id}}}}}}', expect = {{ pointer = "/t", equals = "RESUMED" }} }},
+  {{ when = "new_session", send = '{{"op":2}}', expect = {{ pointer = "/t", equals = "READY" }}, deliver = true }},
+]
+[endpoints.g.backoff]
+initial = "20ms"
+min_delay = "10ms"
+"#,
+        up.url("/gateway")
+    );
+    let dispatch = |s: u64| format!(r#"{{"op":0,"t":"MESSAGE","s":{s},"d":{{"n":{s}}}}}"#);
+    let child = spawn_daemon(dir.path(), &eps);
+    wait_ready(dir.path());
+    let mut c = grpc(dir.path()).await;
+    let mut sub = subscribe(&mut c, "g", None).await;
+    let first = up.next_accepted_within(T).await.expect("connects");
+    assert_eq!(first.uri().path(), "/gateway");
+    let identify: serde_json::Value = serde_json::from_str(&first.recv_text().await).expect("json");
+    assert_eq!(identify["op"], 2, "a new session is identified");
+    let ready = format!(
+        r#"{{"op":0,"t":"READY","s":1,"d":{{"session_id":"abc\"1","resume_url":"{}"}}}}"#,
+        up.url("/resume")
+    );
+    first.send_text(&ready).await.expect("send");
+    for s in 2..=5 {
+        first.send_text(&dispatch(s)).await.expect("send");
+    }
+    for s in 1..=5u64 {
+        let m = next_message(&mut sub, T).await;
+        let v: serde_json::Value = serde_json::from_slice(&m.data).expect("json");
+        assert_eq!(v["s"], s);
+    }
+    drop((sub, c));
+    crash(child);
+
+    let child = spawn_daemon(dir.path(), &eps);
+    wait_ready(dir.path());
+    let again = up.next_accepted_within(T).await.expect("reconnects");
+    assert_eq!(again.uri().path(), "/resume", "on the URL the session gave");
+    let resume: serde_json::Value = serde_json::from_str(&again.recv_text().await).expect("json");
+    assert_eq!(
+        resume,
+        serde_json::json!({"op": 6, "session_id": "abc\"1", "seq": 5}),
+        "the session and the last seq survived the crash"
+    );
+    again
+        .send_text(r#"{"op":0,"t":"RESUMED","s":null}"#)
+        .await
+        .expect("send");
+    again.send_text(&dispatch(6)).await.expect("send");
+    let mut c = grpc(dir.path()).await;
+    let mut sub = subscribe(&mut c, "g", None).await;
+    let v = loop {
+        let m = next_message(&mut sub, T).await;
+        let v: serde_json::Value = serde_json::from_slice(&m.data).expect("json");
+        if v["s"] == 6 {
+            break v;
+        }
+    };
+    assert_eq!(v["d"]["n"], 6);
+    stop(child);
+}

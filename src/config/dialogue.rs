@@ -43,11 +43,40 @@ pub(super) fn read_captures(r: &mut Report, node: &Node<'_>) -> Vec<CaptureConfi
                 name,
                 pointer,
                 matches,
+                persist: false,
             });
         }
     }
     t.finish(r);
     captures
+}
+
+/// Marks the captures a resume needs after a restart: the session capture, and those used
+/// where a position is offered (`resume.url`, `resume.frame`, steps taken when resuming).
+pub(super) fn mark_persisted(
+    captures: &mut [CaptureConfig],
+    resume: Option<&super::ResumeConfig>,
+    steps: &[StepConfig],
+) {
+    let Some(resume) = resume.filter(|r| r.scope.outlives_connection()) else {
+        return;
+    };
+    let resuming = steps
+        .iter()
+        .filter(|s| s.when == Some(StepWhen::Resuming))
+        .filter_map(|s| s.send.as_deref());
+    let templates: Vec<&str> = resume
+        .url
+        .iter()
+        .chain(&resume.frame)
+        .map(String::as_str)
+        .chain(resuming)
+        .collect();
+    for c in captures.iter_mut() {
+        let placeholder = format!("{{{{capture.{}}}}}", c.name);
+        c.persist = resume.session.as_deref() == Some(c.name.as_str())
+            || templates.iter().any(|t| t.contains(&placeholder));
+    }
 }
 
 /// The names `{{capture.NAME}}` may use.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use config::{Value, ValueKind};
 
-use super::dialogue::{capture_names, read_captures, read_rules, read_steps};
+use super::dialogue::{capture_names, mark_persisted, read_captures, read_rules, read_steps};
 use super::handshake::{read_auth, read_headers};
 use super::load::{at_least, non_empty, one_of, positive, size_at_least};
 use super::template::{literal, template, url_template, Allowed};
@@ -111,6 +111,8 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         r.at(&node, "only used with fallback_urls, which are not set");
     }
     let resume = t.get("resume").and_then(|n| read_resume(r, &n, in_frames));
+    let mut captures = captures;
+    mark_persisted(&mut captures, resume.as_ref(), &on_connect);
     // Steps taken only when resuming (or not) need a position that outlives a connection.
     if !resume
         .as_ref()

@@ -235,6 +235,9 @@ pub struct CaptureConfig {
     pub pointer: String,
     /// Only messages matching this are looked at; empty: every JSON message.
     pub matches: Vec<Condition>,
+    /// Kept in the store, since resuming needs it after a restart (set by the config loader:
+    /// the session capture, and those used in `resume.url`, `resume.frame` or a resuming step).
+    pub persist: bool,
 }
 
 /// `endpoints.NAME.rules[i]`.

@@ -20,6 +20,7 @@ struct Capture {
     name: String,
     pointer: String,
     when: Match,
+    persist: bool,
 }
 
 /// What to capture, compiled once per endpoint run.
@@ -35,6 +36,7 @@ impl Capturing {
                     name: c.name.clone(),
                     pointer: c.pointer.clone(),
                     when: Match::new(&c.matches),
+                    persist: c.persist,
                 })
                 .collect(),
         )
@@ -45,11 +47,13 @@ impl Capturing {
         self.0.is_empty()
     }
 
-    /// Takes every configured value `m` holds into `into`; true when one changed. A value
-    /// longer than [`MAX_VALUE`] is not taken (logged): the old one stays.
-    pub fn take(&self, m: Message<'_>, into: &mut Captures) -> bool {
-        let Some(doc) = m.doc else { return false };
-        let mut changed = false;
+    /// Takes every configured value `m` holds into `into`; returns the names of those that
+    /// changed and must be kept in the store (see [`CaptureConfig::persist`]), and whether any
+    /// changed at all. A value longer than [`MAX_VALUE`] is not taken (logged): the old one
+    /// stays.
+    pub fn take(&self, m: Message<'_>, into: &mut Captures) -> Changed {
+        let mut changed = Changed::default();
+        let Some(doc) = m.doc else { return changed };
         for c in &self.0 {
             if !c.when.is_empty() && !c.when.holds(m) {
                 continue;
@@ -63,11 +67,23 @@ impl Capturing {
             }
             if into.0.get(&c.name) != Some(v) {
                 into.0.insert(c.name.clone(), v.clone());
-                changed = true;
+                changed.any = true;
+                if c.persist {
+                    changed.to_store.push((c.name.clone(), v.to_string()));
+                }
             }
         }
         changed
     }
+}
+
+/// What one message changed among the captured values.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changed {
+    /// Some value changed.
+    pub any: bool,
+    /// (name, value as JSON text) of the changed values the store keeps.
+    pub to_store: Vec<(String, String)>,
 }
 
 /// The values captured so far, by name.
@@ -83,6 +99,15 @@ impl Captures {
     /// Forgets every value (a session that must start again).
     pub fn clear(&mut self) {
         self.0.clear();
+    }
+
+    /// The values the store kept: (name, JSON text); one that does not parse is left out.
+    pub fn restored(kept: &[(String, String)]) -> Self {
+        Captures(
+            kept.iter()
+                .filter_map(|(n, v)| Some((n.clone(), serde_json::from_str(v).ok()?)))
+                .collect(),
+        )
     }
 }
 
@@ -102,11 +127,13 @@ mod tests {
                     pointer: "/t".into(),
                     value: json!("READY"),
                 }],
+                persist: true,
             },
             CaptureConfig {
                 name: "seq".into(),
                 pointer: "/s".into(),
                 matches: vec![],
+                persist: false,
             },
         ]);
         let mut c = Captures::default();
@@ -119,21 +146,34 @@ mod tests {
                 c,
             )
         };
-        assert!(msg(
+        let changed = msg(
             &json!({"t": "OTHER", "d": {"session_id": "no"}, "s": 1}),
             &mut c,
-        ));
+        );
         assert!(
-            !msg(&json!({"s": 1}), &mut c),
+            changed.any && changed.to_store.is_empty(),
+            "seq is not kept"
+        );
+        assert_eq!(
+            msg(&json!({"s": 1}), &mut c),
+            Changed::default(),
             "the same value is no change"
         );
         assert_eq!(c.get("session"), None, "only from matching messages");
         assert_eq!(c.get("seq"), Some(&json!(1)));
-        msg(
+        let changed = msg(
             &json!({"t": "READY", "d": {"session_id": "abc"}, "s": 2}),
             &mut c,
         );
+        let kept = vec![("session".to_string(), "\"abc\"".to_string())];
+        assert_eq!(changed.to_store, kept);
         assert_eq!(c.get("session"), Some(&json!("abc")));
+        let back = Captures::restored(&kept);
+        assert_eq!(
+            back.get("session"),
+            Some(&json!("abc")),
+            "a restart gets it back"
+        );
         msg(&json!({"op": 11}), &mut c);
         assert_eq!(
             c.get("seq"),

@@ -75,8 +75,8 @@ pub struct Reaction {
     pub act: Option<Act>,
     /// The gate opened with this message: the connection is now `connected`.
     pub opened: bool,
-    /// A captured value changed.
-    pub captured: bool,
+    /// What changed among the captured values.
+    pub captured: capture::Changed,
 }
 
 /// One connection's part of the dialogue.

@@ -150,16 +150,19 @@ mod tests {
                 name: "id".into(),
                 pointer: "/id".into(),
                 matches: vec![],
+                persist: false,
             },
             crate::config::CaptureConfig {
                 name: "n".into(),
                 pointer: "/n".into(),
                 matches: vec![],
+                persist: false,
             },
             crate::config::CaptureConfig {
                 name: "o".into(),
                 pointer: "/o".into(),
                 matches: vec![],
+                persist: false,
             },
         ])
         .take(

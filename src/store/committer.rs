@@ -9,8 +9,8 @@ use std::sync::mpsc;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::{
-    decode, encode, open_db, storage_err, Done, Job, Op, RestoreLimits, Restored, StoreError, IDEM,
-    MARKS, MAX_GROUP, OUTBOX, REPLAY, UPSTREAM_IDS, UPSTREAM_RECENT,
+    decode, encode, open_db, storage_err, Done, Job, Op, RestoreLimits, Restored, StoreError,
+    CAPTURES, IDEM, MARKS, MAX_GROUP, OUTBOX, REPLAY, UPSTREAM_IDS, UPSTREAM_RECENT,
 };
 
 /// The committer thread's state. It owns the database so that, after an I/O error (which
@@ -130,6 +130,15 @@ impl Committer {
             let (id, at) = v.value();
             r.idempotency.push((key.to_owned(), id, at));
         }
+        let captures = txn.open_table(CAPTURES).map_err(|e| err(&e))?;
+        for item in captures.range((endpoint, "")..).map_err(|e| err(&e))? {
+            let (k, v) = item.map_err(|e| err(&e))?;
+            let (ep, name) = k.value();
+            if ep != endpoint {
+                break;
+            }
+            r.captures.push((name.to_owned(), v.value().to_owned()));
+        }
         let ids = txn.open_table(UPSTREAM_IDS).map_err(|e| err(&e))?;
         r.upstream_id = ids
             .get(endpoint)
@@ -201,6 +210,7 @@ fn apply<'a>(
         let mut ids = txn.open_table(UPSTREAM_IDS).map_err(|x| e(&x))?;
         let mut replay = txn.open_table(REPLAY).map_err(|x| e(&x))?;
         let mut recent = txn.open_table(UPSTREAM_RECENT).map_err(|x| e(&x))?;
+        let mut captures = txn.open_table(CAPTURES).map_err(|x| e(&x))?;
         // Marks and ids are written once per endpoint per commit, whatever the batch holds.
         let mut outbox_next: HashMap<&str, u64> = HashMap::new();
         let mut seqs: HashMap<&str, SeqUpdate> = HashMap::new();
@@ -277,6 +287,20 @@ fn apply<'a>(
                 Op::UpstreamIdTrim { endpoint, below } => {
                     recent
                         .retain_in((&**endpoint, 0)..(&**endpoint, *below), |_, _| false)
+                        .map_err(|x| e(&x))?;
+                }
+                Op::CaptureSet {
+                    endpoint,
+                    name,
+                    value,
+                } => {
+                    captures
+                        .insert((&**endpoint, name.as_str()), value.as_str())
+                        .map_err(|x| e(&x))?;
+                }
+                Op::CaptureClear { endpoint } => {
+                    captures
+                        .retain(|(ep, _), _| ep != &**endpoint)
                         .map_err(|x| e(&x))?;
                 }
                 Op::UpstreamIdClear { endpoint } => {

@@ -36,6 +36,9 @@ const UPSTREAM_RECENT: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("upstream_recent");
 /// Persisted replay log: (endpoint, seq) → kind, receive time (Unix ns), payload.
 const REPLAY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("replay");
+/// (endpoint, capture name) → its value as JSON text: the captured values a resume needs
+/// across a restart (a session id, the URL to resume on).
+const CAPTURES: TableDefinition<(&str, &str), &str> = TableDefinition::new("captures");
 
 /// Jobs committed together at most; bounds one transaction's size and latency.
 const MAX_GROUP: usize = 8192;
@@ -99,6 +102,14 @@ pub enum Op {
     },
     /// Drop persisted replay entries below `seq`.
     ReplayTrim { endpoint: Arc<str>, below: u64 },
+    /// Keep a captured value (JSON text) the resume needs across a restart.
+    CaptureSet {
+        endpoint: Arc<str>,
+        name: String,
+        value: String,
+    },
+    /// Forget every captured value of the endpoint (its session ended).
+    CaptureClear { endpoint: Arc<str> },
 }
 
 /// Called on the committer thread with the commit's outcome.
@@ -167,6 +178,8 @@ pub struct Restored {
     pub recent_ids: Vec<(String, u64)>,
     /// (seq, kind, received_at, payload), oldest first.
     pub replay: Vec<(u64, Kind, u64, Bytes)>,
+    /// Captured values kept for resume: (name, JSON text).
+    pub captures: Vec<(String, String)>,
 }
 
 fn kind_byte(k: Kind) -> u8 {
@@ -220,6 +233,7 @@ impl Store {
             txn.open_table(UPSTREAM_RECENT)
                 .map_err(|e| err(e.to_string()))?;
             txn.open_table(REPLAY).map_err(|e| err(e.to_string()))?;
+            txn.open_table(CAPTURES).map_err(|e| err(e.to_string()))?;
         }
         txn.commit().map_err(|e| storage_err(path, e))?;
         let (tx, rx) = mpsc::channel::<Job>();

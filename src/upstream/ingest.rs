@@ -60,7 +60,8 @@ impl Session<'_> {
             let reaction = conn
                 .dialogue
                 .inbound(m, self.captures, token, Instant::now());
-            if reaction.captured {
+            if reaction.captured.any {
+                self.keep_captures(&reaction.captured.to_store);
                 self.sync_captures(conn, session);
             }
             conn.out
@@ -86,6 +87,24 @@ impl Session<'_> {
         }
         self.ingest(kind, data, doc, &mut conn.announce).await;
         flow
+    }
+
+    /// Writes the captured values a resume needs after a restart to the store (without waiting:
+    /// the commit queue keeps their order with the ids committed after them).
+    fn keep_captures(&self, changed: &[(String, String)]) {
+        let Some(store) = &self.ep.store else { return };
+        if changed.is_empty() {
+            return;
+        }
+        let ops = changed
+            .iter()
+            .map(|(name, value)| Op::CaptureSet {
+                endpoint: std::sync::Arc::clone(&self.ep.key),
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        store.submit(ops, None);
     }
 
     /// Applies what captured values decide: the app ping interval (Discord's Hello), and a

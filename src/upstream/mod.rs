@@ -65,12 +65,18 @@ pub async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken, stalls: Stalls)
     if let Some(id) = resume.as_ref().and_then(Resume::last_id) {
         ep.set_last_upstream_id(id.to_string());
     }
-    run_inner(&ep, &cfg, &mut resume, &shutdown, &stalls)
+    let mut captures = ep.take_captures();
+    let state = Kept {
+        resume: &mut resume,
+        captures: &mut captures,
+    };
+    run_inner(&ep, &cfg, state, &shutdown, &stalls)
         .instrument(span)
         .await;
     if let Some(r) = &resume {
         ep.keep_resume_memory(r.memory());
     }
+    ep.keep_captures(captures);
     if !ep.is_restarting() {
         ep.set_state(State::Closed, "shutting down");
     }
@@ -94,13 +100,20 @@ fn starting_memory(ep: &Endpoint, cfg: &EndpointConfig) -> resume::Memory {
     })
 }
 
+/// What the endpoint remembers of the upstream across connections and runs of this task.
+struct Kept<'k> {
+    resume: &'k mut Option<Resume>,
+    captures: &'k mut crate::dialogue::capture::Captures,
+}
+
 async fn run_inner(
     ep: &Endpoint,
     cfg: &EndpointConfig,
-    resume: &mut Option<Resume>,
+    kept: Kept<'_>,
     shutdown: &CancellationToken,
     stalls: &Stalls,
 ) {
+    let Kept { resume, captures } = kept;
     let mut backoff = Backoff::new(cfg.backoff.clone());
     let mut auth = cfg.auth.clone().map(Auth::new);
     let drop_filters: Vec<Filter> = cfg
@@ -125,13 +138,16 @@ async fn run_inner(
     // A connection already open (make-before-break) to continue on.
     let mut switched: Option<(Box<replace::Ready>, replace::Why)> = None;
     let script = crate::dialogue::Script::new(cfg);
-    let mut captures = crate::dialogue::capture::Captures::default();
     let mut overlap = overlap::Overlap::default();
 
     loop {
         let resets = ep.take_resume_resets();
         if !resets.is_empty() {
-            let answer = forget_position(ep, resume.as_mut()).await;
+            let kept = Kept {
+                resume: &mut *resume,
+                captures: &mut *captures,
+            };
+            let answer = forget_position(ep, kept, "by operator request").await;
             for r in resets {
                 let _ = r.send(answer.clone());
             }
@@ -141,8 +157,8 @@ async fn run_inner(
         // A position is offered where the upstream said to resume (`resume.url`), if it did.
         let base = resume
             .as_ref()
-            .filter(|r| r.is_resuming(&captures))
-            .and_then(|r| r.url(&captures))
+            .filter(|r| r.is_resuming(captures))
+            .and_then(|r| r.url(captures))
             .map(crate::config::UrlSource::Fixed)
             .unwrap_or_else(|| urls[url_idx].clone());
         let mut opened = None;
@@ -162,7 +178,7 @@ async fn run_inner(
                 ep.set_url(shown.clone());
                 opened = Some(counter);
                 held = first;
-                captures = fresh;
+                *captures = fresh;
                 let via = base.fixed().map(|u| cfg.proxy.via(u)).unwrap_or_default();
                 Ok(Attempted::Connected(
                     Box::new(ws),
@@ -214,7 +230,7 @@ async fn run_inner(
                         .is_some_and(|r| r.scope.outlives_connection())
                         || cfg.replay.persist,
                     script: &script,
-                    captures: &mut captures,
+                    captures,
                     overlap: &mut overlap,
                     connected: format!("connected to {shown}{via}"),
                     opened,
@@ -234,10 +250,14 @@ async fn run_inner(
                         Next::Now
                     }
                     End::ResetResume => {
-                        if let Err(e) = forget_position(ep, resume.as_mut()).await {
+                        let kept = Kept {
+                            resume: &mut *resume,
+                            captures: &mut *captures,
+                        };
+                        let why = "as the upstream said (a reset_resume rule)";
+                        if let Err(e) = forget_position(ep, kept, why).await {
                             tracing::error!(error = %e, "cannot forget the stored resume position");
                         }
-                        captures.clear();
                         Next::Now
                     }
                     End::Lost(f) => {
@@ -362,12 +382,18 @@ async fn attempt(
     .await
 }
 
-/// Carries out an operator's reset-resume: the position is forgotten in memory and in the
-/// store, so the next connection offers none. Returns the forgotten position.
+/// Carries out a reset-resume (an operator's, or a rule's `reset_resume`): the position and
+/// the captured values (the session they belong to) are forgotten in memory and in the store,
+/// so the next connection offers none. `why` is said in the log. Returns the forgotten
+/// position.
 async fn forget_position(
     ep: &Endpoint,
-    resume: Option<&mut Resume>,
+    kept: Kept<'_>,
+    why: &str,
 ) -> Result<Option<String>, String> {
+    let Kept { resume, captures } = kept;
+    captures.clear();
+    let resume = resume.as_mut();
     let shown = ep.last_upstream_id();
     let previous = resume
         .and_then(Resume::forget)
@@ -376,14 +402,20 @@ async fn forget_position(
     ep.set_last_upstream_id(String::new());
     let _ = ep.take_resume_memory();
     if let Some(store) = &ep.store {
-        let op = crate::store::Op::UpstreamIdClear {
-            endpoint: std::sync::Arc::clone(&ep.key),
-        };
-        store.commit(vec![op]).await.map_err(|e| e.to_string())?;
+        let endpoint = || std::sync::Arc::clone(&ep.key);
+        let ops = vec![
+            crate::store::Op::UpstreamIdClear {
+                endpoint: endpoint(),
+            },
+            crate::store::Op::CaptureClear {
+                endpoint: endpoint(),
+            },
+        ];
+        store.commit(ops).await.map_err(|e| e.to_string())?;
     }
     tracing::warn!(
         previous = previous.as_deref().unwrap_or("none"),
-        "resume position forgotten by operator request; reconnecting without it"
+        "resume position forgotten {why}; reconnecting without it"
     );
     Ok(previous)
 }
