@@ -391,6 +391,7 @@ fn resume_config(
         scope: crate::config::IdScope::Global,
         session: None,
         url: None,
+        channel_pointer: None,
     }
 }
 

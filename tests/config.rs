@@ -577,6 +577,8 @@ fn invalid_values_are_reported_at_their_key() {
         ("[endpoints.p]\nurl = \"ws://x\"\nauth = { token = { env = \"T\" }, renew = \"frame\", renew_frame = '{{last_id}}' }", "endpoints.p.auth.renew_frame: {{last_id}} has a value only in resume.frame"),
         ("[endpoints.p]\nurl = \"ws://x\"\nresume = { id_pointer = \"/id\", scope = \"sessions\" }", "endpoints.p.resume.scope: invalid value \"sessions\", expected one of global, connection, session"),
         ("[endpoints.p]\nurl = \"ws://x\"\nresume = { id_pointer = \"/id\", scope = \"session\" }", "endpoints.p.resume.session: required key is missing"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nresume = { id_pointer = \"/id\", channel_pointer = \"/stream\", query = \"since\" }", "endpoints.p.resume.query: cannot be used with channel_pointer"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nresume = { id_pointer = \"/id\", channel_pointer = \"stream\" }", "endpoints.p.resume.channel_pointer: invalid JSON pointer"),
         ("[endpoints.p]\nurl = \"ws://x\"\ncaptures.s = { pointer = \"/s\" }\nresume = { id_pointer = \"/id\", session = \"s\" }", "endpoints.p.resume.session: only used with scope = \"session\""),
         ("[endpoints.p]\nurl = \"ws://x\"\nresume = { id_pointer = \"/id\", scope = \"session\", session = \"nope\" }", "endpoints.p.resume.session: there is no captures.nope"),
         ("[endpoints.p]\nurl = \"ws://x\"\nresume = { id_pointer = \"/id\", url = \"wss://{{token}}/\" }", "endpoints.p.resume.url: {{token}} is not filled in in a URL"),

@@ -546,6 +546,7 @@ fn read_resume(r: &mut Report, node: &Node<'_>, in_frames: Allowed<'_>) -> Optio
             Some(names) => url_template(names)(v),
             None => url_template(&std::collections::BTreeSet::new())(v),
         }),
+        channel_pointer: t.opt(r, "channel_pointer", pointer),
     };
     match (resume.scope, &resume.session) {
         (IdScope::Session, None) => r.at(
@@ -556,6 +557,21 @@ fn read_resume(r: &mut Report, node: &Node<'_>, in_frames: Allowed<'_>) -> Optio
             r.at(&t.path_of("session"), "only used with scope = \"session\"")
         }
         _ => {}
+    }
+    if resume.channel_pointer.is_some() {
+        // Each channel has its own last id: there is no one position to offer.
+        for (key, set) in [
+            ("query", resume.query.is_some()),
+            ("frame", resume.frame.is_some()),
+            ("url", resume.url.is_some()),
+        ] {
+            if set {
+                r.at(
+                    &t.path_of(key),
+                    "cannot be used with channel_pointer: each channel has its own last id, so there is no one position to offer",
+                );
+            }
+        }
     }
     if resume.contiguous && resume.id_kind == IdKind::String {
         r.at(

@@ -400,6 +400,9 @@ pub struct ResumeConfig {
     /// Template (captures only) of the URL to resume on, instead of `url`, when a position is
     /// offered (Discord's `resume_gateway_url`).
     pub url: Option<String>,
+    /// Where a message names its channel, for feeds with one id sequence per channel (Binance
+    /// combined streams): ids are compared, and gaps found, within a channel.
+    pub channel_pointer: Option<String>,
 }
 
 /// How far the upstream's ids are comparable.

@@ -168,7 +168,7 @@ impl Session<'_> {
                 let stored = id.encode();
                 let shown = id.to_string();
                 let hash = super::resume::payload_hash(&data);
-                match resume.accept(id, hash) {
+                match resume.accept_in(doc, id, hash) {
                     Verdict::Duplicate => {
                         Endpoint::count(&ep.stats.duplicates_dropped, 1);
                         return;

@@ -116,7 +116,18 @@ pub struct Resume {
     recent: VecDeque<String>,
     /// Their payload hash; `None` for the id restored from the store, whose content is unknown.
     recent_set: HashMap<String, Option<u64>>,
+    /// With `channel_pointer`: each channel's own ids, by channel.
+    lanes: HashMap<String, Resume>,
+    /// [`MAX_LANES`] was reached (and said in the log).
+    lanes_full: bool,
 }
+
+/// Most channels followed with `channel_pointer`; messages of further channels are delivered
+/// unchecked (logged once). With [`LANE_WINDOW`] this bounds the memory at about 16 MiB.
+const MAX_LANES: usize = 1024;
+
+/// Ids remembered per channel, at most.
+const LANE_WINDOW: usize = 1024;
 
 /// The payload hash remembered per id: 64 bits tell a resend from other content.
 pub fn payload_hash(data: &[u8]) -> u64 {
@@ -151,6 +162,8 @@ impl Resume {
             recent_ints: VecDeque::new(),
             recent,
             recent_set,
+            lanes: HashMap::new(),
+            lanes_full: false,
         }
     }
 
@@ -230,9 +243,10 @@ impl Resume {
         self.last.as_ref()
     }
 
-    /// Whether ids are compared across connections (and so worth storing).
+    /// Whether ids are compared across connections (and so worth storing). Per-channel ids
+    /// are not stored: after a restart each channel starts afresh.
     pub fn is_global(&self) -> bool {
-        self.cfg.scope.outlives_connection()
+        self.cfg.scope.outlives_connection() && self.cfg.channel_pointer.is_none()
     }
 
     /// Whether a position can be offered now: an id is known and, with `scope = "session"`,
@@ -281,6 +295,8 @@ impl Resume {
     /// Forgets every id: the next message is taken as it comes (operator reset, or a new
     /// connection with `scope = "connection"`). Returns the last id there was.
     pub fn forget(&mut self) -> Option<UpstreamId> {
+        self.lanes.clear();
+        self.lanes_full = false;
         self.recent_ints.clear();
         self.recent.clear();
         self.recent_set.clear();
@@ -303,6 +319,46 @@ impl Resume {
                 _ => None,
             },
         }
+    }
+
+    /// Decides on message `doc` with id `id` whose payload hashes to `hash`: within its channel
+    /// with `channel_pointer` (a message without one is compared with the others like it),
+    /// else as [`accept`](Self::accept).
+    pub fn accept_in(&mut self, doc: &serde_json::Value, id: UpstreamId, hash: u64) -> Verdict {
+        let Some(channel) = self
+            .cfg
+            .channel_pointer
+            .as_deref()
+            .and_then(|p| doc.pointer(p))
+        else {
+            return self.accept(id, hash);
+        };
+        let channel = match channel {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if !self.lanes.contains_key(&channel) && self.lanes.len() >= MAX_LANES {
+            if !self.lanes_full {
+                self.lanes_full = true;
+                tracing::warn!(
+                    max = MAX_LANES,
+                    "resume.channel_pointer: too many channels; messages of further ones are delivered without checking their ids"
+                );
+            }
+            return Verdict::Deliver(None);
+        }
+        let cfg = &self.cfg;
+        let lane = self.lanes.entry(channel).or_insert_with(|| {
+            let mut c = cfg.clone();
+            c.channel_pointer = None;
+            c.dedup_window = c.dedup_window.min(LANE_WINDOW);
+            Resume::new(c, None)
+        });
+        let verdict = lane.accept(id, hash);
+        if matches!(verdict, Verdict::Deliver(_)) {
+            self.last = lane.last.clone();
+        }
+        verdict
     }
 
     /// Decides on a message with id `id` whose payload hashes to `hash` (see
@@ -430,6 +486,7 @@ mod tests {
             scope: IdScope::Global,
             session: None,
             url: None,
+            channel_pointer: None,
         }
     }
 
@@ -535,6 +592,44 @@ mod tests {
         r.start_connection();
         assert_eq!(int(&mut r, 1, "x"), D, "a new connection starts afresh");
         assert!(!r.is_global());
+    }
+
+    #[test]
+    fn channels_have_their_own_ids_and_gaps() {
+        let mut c = cfg(IdKind::Integer, true);
+        c.query = None;
+        c.frame = None;
+        c.channel_pointer = Some("/stream".into());
+        let mut r = Resume::new(c, None);
+        let doc = |stream: &str| serde_json::json!({ "stream": stream });
+        let take = |r: &mut Resume, stream: &str, id: u64, body: &str| {
+            r.accept_in(
+                &doc(stream),
+                UpstreamId::Int(id),
+                payload_hash(body.as_bytes()),
+            )
+        };
+        let r = &mut r;
+        assert_eq!(take(r, "btc", 100, "a"), Verdict::Deliver(None));
+        assert_eq!(
+            take(r, "eth", 7, "b"),
+            Verdict::Deliver(None),
+            "not a reset of btc"
+        );
+        assert_eq!(
+            take(r, "btc", 101, "c"),
+            Verdict::Deliver(None),
+            "not a gap after eth's 7"
+        );
+        assert_eq!(take(r, "eth", 7, "b"), Verdict::Duplicate);
+        assert_eq!(
+            take(r, "eth", 10, "d"),
+            Verdict::Deliver(Some(Break::Gap(8, 9))),
+            "a gap within eth"
+        );
+        assert!(!r.is_global(), "per-channel ids are not stored");
+        r.forget();
+        assert_eq!(take(r, "eth", 3, "e"), Verdict::Deliver(None), "forgotten");
     }
 
     #[test]

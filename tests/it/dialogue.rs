@@ -401,3 +401,62 @@ async fn rotation_by_max_lifetime_loses_and_repeats_nothing() {
     accepted.abort();
     d.stop().await;
 }
+
+/// A combined stream (Binance's `/stream?streams=a/b`): each stream has its own trade ids, so
+/// gaps are found per stream, and the gap comes right before the message of the stream that
+/// jumped.
+#[tokio::test]
+async fn contiguous_ids_are_checked_per_channel() {
+    use crate::support::daemon::next_event;
+    use ws_sidecar::proto::event::Event as Ev;
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let cfg = parse_config(&format!(
+        "[endpoints.trades]\nurl = \"{}\"\nresume = {{ id_pointer = \"/data/t\", channel_pointer = \"/stream\", contiguous = true }}\n",
+        up.url("/stream?streams=btcusdt@trade/ethusdt@trade")
+    ));
+    let d = start_with(cfg).await;
+    let mut client = d.grpc().await;
+    let mut sub = subscribe(&mut client, "trades", None).await;
+    let c = up.next_accepted_within(T).await.expect("connects");
+    let trade = |s: &str, t: u64| format!(r#"{{"stream":"{s}","data":{{"e":"trade","t":{t}}}}}"#);
+    for (s, t) in [
+        ("btcusdt@trade", 1),
+        ("btcusdt@trade", 2),
+        ("ethusdt@trade", 100),
+        ("btcusdt@trade", 3),
+        ("ethusdt@trade", 100),
+        ("ethusdt@trade", 102),
+        ("btcusdt@trade", 4),
+    ] {
+        c.send_text(&trade(s, t)).await.expect("send");
+    }
+    let mut seen = Vec::new();
+    while seen.iter().filter(|e: &&String| e.starts_with('m')).count() < 6 {
+        match next_event(&mut sub, T).await {
+            Ev::Message(m) => {
+                let v = payload(&m);
+                seen.push(format!(
+                    "m {} {}",
+                    v["stream"].as_str().unwrap_or("?"),
+                    v["data"]["t"]
+                ));
+            }
+            Ev::Gap(g) => seen.push(format!("gap {}..{}", g.from_seq, g.to_seq)),
+            Ev::State(_) => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "m btcusdt@trade 1",
+            "m btcusdt@trade 2",
+            "m ethusdt@trade 100",
+            "m btcusdt@trade 3",
+            "gap 101..101",
+            "m ethusdt@trade 102",
+            "m btcusdt@trade 4",
+        ],
+        "no false gap across streams, the resent eth 100 dropped, eth's own gap reported"
+    );
+    d.stop().await;
+}
