@@ -49,21 +49,6 @@ impl Secret {
         matches!(self, Secret::Plain(_))
     }
 
-    /// Resolves the secret now; file and command sources do blocking I/O.
-    pub fn resolve_blocking(&self) -> Result<SecretString, SecretError> {
-        let raw = match self {
-            Secret::Plain(s) => s.clone(),
-            Secret::Env(var) => std::env::var(var).map_err(|_| SecretError::Env(var.clone()))?,
-            Secret::File(path) => {
-                let path = credential_path(path);
-                std::fs::read_to_string(&path)
-                    .map_err(|source| SecretError::File { path, source })?
-            }
-            Secret::Command(argv) => run_command(argv)?,
-        };
-        self.clean(&raw)
-    }
-
     /// The one rule for every source (see the module doc).
     fn clean(&self, raw: &str) -> Result<SecretString, SecretError> {
         let value = raw.trim_matches([' ', '\t', '\r', '\n']);
@@ -86,24 +71,27 @@ impl Secret {
         }
     }
 
-    /// Resolves the secret without blocking the runtime.
+    /// Resolves the secret without blocking the runtime: a file is read on the blocking pool,
+    /// a command runs for at most [`COMMAND_LIMIT`] (then it is killed).
     pub async fn resolve(&self) -> Result<SecretString, SecretError> {
-        match self {
-            Secret::Plain(_) | Secret::Env(_) => self.resolve_blocking(),
-            _ => {
-                let this = self.clone();
-                tokio::task::spawn_blocking(move || this.resolve_blocking())
+        let raw = match self {
+            Secret::Command(argv) => return command_output(argv, COMMAND_LIMIT).await,
+            Secret::Plain(s) => s.clone(),
+            Secret::Env(var) => std::env::var(var).map_err(|_| SecretError::Env(var.clone()))?,
+            Secret::File(path) => {
+                let path = credential_path(path);
+                tokio::fs::read_to_string(&path)
                     .await
-                    .unwrap_or_else(|e| {
-                        Err(SecretError::Command {
-                            prog: "resolver".into(),
-                            reason: e.to_string(),
-                        })
-                    })
+                    .map_err(|source| SecretError::File { path, source })?
             }
-        }
+        };
+        self.clean(&raw)
     }
 }
+
+/// Longest a secret command may run: a credential helper that hangs (a vault that does not
+/// answer) fails the attempt, which is retried with backoff, instead of stalling it for good.
+pub const COMMAND_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs `argv` and returns its stdout cleaned by the one rule (see the module doc), killing the
 /// program if it has not finished within `limit`. What a secret command's output is used for
@@ -151,29 +139,6 @@ fn credential_path(path: &Path) -> PathBuf {
     }
 }
 
-fn run_command(argv: &[String]) -> Result<String, SecretError> {
-    let Some((prog, args)) = argv.split_first() else {
-        return Err(SecretError::Command {
-            prog: String::new(),
-            reason: "empty command".into(),
-        });
-    };
-    let err = |reason: String| SecretError::Command {
-        prog: prog.clone(),
-        reason,
-    };
-    let out = std::process::Command::new(prog)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| err(e.to_string()))?;
-    if !out.status.success() {
-        // stderr is not shown: a failing credential helper may echo what it was given.
-        return Err(err(format!("exited with {}", out.status)));
-    }
-    String::from_utf8(out.stdout).map_err(|_| err("output is not UTF-8".into()))
-}
-
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -217,23 +182,23 @@ impl fmt::Display for SecretString {
 mod tests {
     use super::*;
 
-    #[test]
-    fn debug_never_shows_plain_value() {
+    #[tokio::test]
+    async fn debug_never_shows_plain_value() {
         let s = Secret::Plain("hunter2".into());
         assert_eq!(format!("{s:?}"), "***");
-        let v = s.resolve_blocking().expect("plain resolves");
+        let v = s.resolve().await.expect("plain resolves");
         assert_eq!(format!("{v:?} {v}"), "*** ***");
         assert_eq!(v.expose(), "hunter2");
     }
 
-    #[test]
-    fn command_output_is_trimmed() {
+    #[tokio::test]
+    async fn command_output_is_trimmed() {
         let s = Secret::Command(vec!["echo".into(), "  tok  ".into()]);
-        assert_eq!(s.resolve_blocking().expect("echo runs").expose(), "tok");
+        assert_eq!(s.resolve().await.expect("echo runs").expose(), "tok");
     }
 
-    #[test]
-    fn every_source_is_cleaned_by_one_rule() {
+    #[tokio::test]
+    async fn every_source_is_cleaned_by_one_rule() {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join("tok");
         std::fs::write(&file, "tok-123\r\n").expect("write");
@@ -243,11 +208,12 @@ mod tests {
             Secret::Command(vec!["printf".into(), "tok-123\n\n".into()]),
         ];
         for s in &sources {
-            assert_eq!(s.resolve_blocking().expect("resolves").expose(), "tok-123");
+            assert_eq!(s.resolve().await.expect("resolves").expose(), "tok-123");
         }
         std::fs::write(&file, "tok\n123\n").expect("write");
         let e = Secret::File(file.clone())
-            .resolve_blocking()
+            .resolve()
+            .await
             .expect_err("refused");
         assert_eq!(
             e.to_string(),
@@ -257,7 +223,8 @@ mod tests {
             )
         );
         let e = Secret::Plain("s3kr1t\u{7f}x".into())
-            .resolve_blocking()
+            .resolve()
+            .await
             .expect_err("refused");
         assert!(
             !e.to_string().contains("s3kr1t"),
@@ -291,9 +258,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn failing_command_is_an_error() {
+    #[tokio::test]
+    async fn failing_command_is_an_error() {
         let s = Secret::Command(vec!["false".into()]);
-        assert!(s.resolve_blocking().is_err());
+        assert!(s.resolve().await.is_err());
     }
 }
