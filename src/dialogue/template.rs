@@ -4,12 +4,12 @@
 //! inbound message). `config/template.rs` says where each may appear.
 //!
 //! One pass over the template, so a value that happens to contain `{{…}}` is never expanded
-//! again. In frames, a string value goes in as the body of a JSON string (quotes, backslashes
-//! and control characters escaped), so `"{{token}}"` stays valid JSON whatever the value holds;
-//! numbers, booleans and null go in as their JSON text, as do captured objects and arrays. A
-//! frame that is not JSON gets the same text, so a string captured for a plain-text frame goes in
-//! escaped too. `check-config` refuses a placeholder a template cannot have a value for, so
-//! rendering only fails when a value is not known yet (a capture before its message came).
+//! again. A frame template that is JSON is filled JSON-aware (see [`frame`]): inside a string
+//! literal every value is escaped into the string, so `"{{token}}"` stays valid JSON whatever
+//! the value holds; outside one a value goes in as JSON (`{"seq":{{last_id}}}` with a string id
+//! gives `{"seq":"a1"}`). Other frames (`ping`, `AUTH {{token}}`) and headers get the text as it
+//! is. `check-config` refuses a placeholder a template cannot have a value for, so rendering
+//! only fails when a value is not known yet (a capture before its message came).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,30 +33,77 @@ pub struct Values<'a> {
 #[error("{{{{{0}}}}} has no value yet")]
 pub struct Missing(pub String);
 
-/// `template` as a text frame.
+/// `template` as a text frame. A template that is JSON (it starts with `{` or `[`) gets JSON
+/// values: inside a string literal a value goes in escaped as part of the string (a captured
+/// object as its escaped JSON text); outside one, as a JSON value (a string quoted). Any other
+/// template gets values as plain text.
 pub fn frame(template: &str, v: Values<'_>) -> Result<SecretString, Missing> {
-    render(template, v, |s, out| {
-        let quoted = serde_json::Value::String(s.to_owned()).to_string();
-        out.push_str(&quoted[1..quoted.len() - 1]);
-    })
+    let json = template.trim_start().starts_with(['{', '[']);
+    render(template, v, json)
 }
 
 /// `template` as a header value: the token goes in as it is (a secret with a character a
 /// header cannot carry is refused when the header is built).
 pub fn header(template: &str, v: Values<'_>) -> Result<SecretString, Missing> {
-    render(template, v, |s, out| out.push_str(s))
+    render(template, v, false)
 }
 
-fn render(
-    template: &str,
-    v: Values<'_>,
-    string: impl Fn(&str, &mut String),
-) -> Result<SecretString, Missing> {
+/// A value to put in place of a placeholder.
+enum Val<'a> {
+    Str(&'a str),
+    /// JSON text of a number, boolean, null, object or array.
+    Json(String),
+}
+
+/// Where in a JSON template the renderer is.
+#[derive(Default)]
+struct JsonPlace {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl JsonPlace {
+    fn after(&mut self, literal: &str) {
+        for c in literal.chars() {
+            if self.escaped {
+                self.escaped = false;
+            } else if self.in_string && c == '\\' {
+                self.escaped = true;
+            } else if c == '"' {
+                self.in_string = !self.in_string;
+            }
+        }
+    }
+}
+
+fn escaped_body(s: &str, out: &mut String) {
+    let quoted = serde_json::Value::String(s.to_owned()).to_string();
+    out.push_str(&quoted[1..quoted.len() - 1]);
+}
+
+fn put(val: Val<'_>, place: Option<&JsonPlace>, out: &mut String) {
+    match (val, place) {
+        (Val::Str(s), None) => out.push_str(s),
+        (Val::Json(t), None) => out.push_str(&t),
+        (Val::Str(s), Some(p)) if p.in_string => escaped_body(s, out),
+        (Val::Json(t), Some(p)) if p.in_string => escaped_body(&t, out),
+        (Val::Str(s), Some(_)) => {
+            out.push_str(&serde_json::Value::String(s.to_owned()).to_string())
+        }
+        (Val::Json(t), Some(_)) => out.push_str(&t),
+    }
+}
+
+fn render(template: &str, v: Values<'_>, json: bool) -> Result<SecretString, Missing> {
     let mut out = String::with_capacity(template.len() + 64);
+    let mut place = json.then(JsonPlace::default);
     let mut rest = template;
     let missing = |name: &str| Missing(name.to_owned());
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
+        if let Some(p) = place.as_mut() {
+            p.after(&rest[..start]);
+        }
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
             out.push_str(&rest[start..]);
@@ -64,27 +111,36 @@ fn render(
             break;
         };
         let name = &after[..end];
-        match name {
-            "token" => string(v.token.ok_or_else(|| missing(name))?.expose(), &mut out),
+        let val = match name {
+            "token" => Val::Str(v.token.ok_or_else(|| missing(name))?.expose()),
             "last_id" => match v.last_id.ok_or_else(|| missing(name))? {
-                UpstreamId::Int(n) => out.push_str(&n.to_string()),
-                UpstreamId::Str(s) => string(s, &mut out),
+                UpstreamId::Int(n) => Val::Json(n.to_string()),
+                UpstreamId::Str(s) => Val::Str(s),
             },
             "counter" => {
                 let c = v.counter.ok_or_else(|| missing(name))?;
-                out.push_str(&(c.fetch_add(1, Ordering::Relaxed) + 1).to_string());
+                Val::Json((c.fetch_add(1, Ordering::Relaxed) + 1).to_string())
             }
-            "now_ms" => out.push_str(&(crate::endpoint::unix_nanos() / 1_000_000).to_string()),
+            "now_ms" => Val::Json((crate::endpoint::unix_nanos() / 1_000_000).to_string()),
             _ => match name.strip_prefix("capture.") {
                 Some(c) => match v.captures.and_then(|all| all.get(c)) {
-                    Some(serde_json::Value::String(s)) => string(s, &mut out),
-                    Some(other) => out.push_str(&other.to_string()),
+                    Some(serde_json::Value::String(s)) => Val::Str(s),
+                    Some(other) => Val::Json(other.to_string()),
                     None => return Err(missing(name)),
                 },
                 // Not a placeholder (check-config refuses unknown words): kept as written.
-                None => out.push_str(&rest[start..start + 2 + end + 2]),
+                None => {
+                    let literal = &rest[start..start + 2 + end + 2];
+                    out.push_str(literal);
+                    if let Some(p) = place.as_mut() {
+                        p.after(literal);
+                    }
+                    rest = &after[end + 2..];
+                    continue;
+                }
             },
-        }
+        };
+        put(val, place.as_ref(), &mut out);
         rest = &after[end + 2..];
     }
     out.push_str(rest);
@@ -194,6 +250,26 @@ mod tests {
         assert_eq!(
             frame("{{capture.gone}}", v).err(),
             Some(Missing("capture.gone".into()))
+        );
+        // JSON-aware by place: bare values are JSON values, a string quoted; in a string an
+        // object goes in as escaped text; a frame that is not JSON gets the text as it is.
+        let f = frame(
+            r#"{"s":{{capture.id}},"o":"{{capture.o}}","q":"a\"{{capture.id}}"}"#,
+            v,
+        )
+        .expect("renders");
+        let out: serde_json::Value = serde_json::from_str(f.expose()).expect("valid JSON");
+        assert_eq!(out["s"], "x\"y");
+        assert_eq!(out["o"], r#"{"a":[1]}"#);
+        assert_eq!(
+            out["q"], "a\"x\"y",
+            "an escaped quote does not end the string"
+        );
+        assert_eq!(
+            frame("AUTH {{capture.id}} {{capture.n}}", v)
+                .expect("renders")
+                .expose(),
+            "AUTH x\"y 7"
         );
     }
 }
