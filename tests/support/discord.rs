@@ -2,7 +2,8 @@
 //! documentation (https://discord.com/developers/docs/events/gateway) and enforcing it: Hello
 //! first, and nothing from the client before it; Identify or Resume within one heartbeat
 //! interval; a heartbeat at least every interval (plus slack) or the connection is closed with
-//! 4000; an Identify with a wrong token closes with 4004, a second one with 4005, anything but
+//! 4000, carrying the last sequence received (never one not sent, never going back to an older
+//! one or to null); an Identify with a wrong token closes with 4004, a second one with 4005, anything but
 //! a heartbeat before it with 4003; a Resume anywhere but on the session's resume_gateway_url,
 //! or for a session that is unknown or forgotten, or from a sequence it never sent, gets
 //! Invalid Session (op 9, d = false); a Resume replays every dispatch after the given sequence,
@@ -311,6 +312,8 @@ async fn serve(shared: Arc<Shared>, c: UpConn, index: usize) {
     let hello_at = tokio::time::Instant::now();
     let mut last_beat = hello_at;
     let mut session: Option<String> = None;
+    // The sequence the last heartbeat carried: a later one never goes back (nor to null).
+    let mut last_d: Option<u64> = None;
     loop {
         let mut deadline = last_beat + hb + slack;
         if session.is_none() {
@@ -347,7 +350,11 @@ async fn serve(shared: Arc<Shared>, c: UpConn, index: usize) {
                     .and_then(|id| gw.sessions.get(id))
                     .map_or(0, |s| s.seq);
                 let d = v["d"].clone();
-                let ok = d.is_null() || d.as_u64().is_some_and(|n| n <= sent);
+                let ok = match d.as_u64() {
+                    Some(n) => n <= sent && last_d.is_none_or(|l| n >= l),
+                    None => d.is_null() && last_d.is_none(),
+                };
+                last_d = d.as_u64().or(last_d);
                 if !ok {
                     gw.faults.push(format!(
                         "conn {index}: heartbeat {v} but the session is at {sent}"
