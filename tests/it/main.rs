@@ -11,6 +11,7 @@ mod classify;
 mod connect_only_auth;
 mod decode;
 mod dialogue;
+mod discord;
 mod discovery;
 mod durability;
 mod fanout;

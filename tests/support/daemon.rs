@@ -47,8 +47,12 @@ pub async fn start_daemon(toml: &str) -> TestDaemon {
 }
 
 /// Starts the daemon with a parsed config, its sockets in a fresh temp dir.
-pub async fn start_with(mut cfg: Config) -> TestDaemon {
-    let dir = tempfile::tempdir().expect("temp dir");
+pub async fn start_with(cfg: Config) -> TestDaemon {
+    start_in(cfg, tempfile::tempdir().expect("temp dir")).await
+}
+
+/// Starts the daemon with a parsed config, its sockets and store in `dir` (a restart keeps it).
+pub async fn start_in(mut cfg: Config, dir: tempfile::TempDir) -> TestDaemon {
     let grpc_path = dir.path().join("run/grpc.sock");
     let stream_path = dir.path().join("run/stream.sock");
     let tcp: Vec<ListenAddr> = cfg
@@ -138,6 +142,16 @@ impl TestDaemon {
                 .expect("daemon task");
             assert!(clean, "daemon needed more than its grace period");
         }
+    }
+}
+
+impl TestDaemon {
+    /// Stops the daemon as [`TestDaemon::stop`] does, then starts it again with `cfg` on the
+    /// same store and sockets, as a service restart would.
+    pub async fn restart(mut self, cfg: Config) -> TestDaemon {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        self.stop().await;
+        start_in(cfg, dir).await
     }
 }
 

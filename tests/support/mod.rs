@@ -13,11 +13,13 @@
 pub mod access;
 pub mod binance;
 pub mod daemon;
+pub mod discord;
 pub mod discovery;
 pub mod flood;
 pub mod frame;
 pub mod process;
 pub mod proxy;
+pub mod recipe;
 pub mod ticks;
 pub mod tls;
 pub mod upstream;
