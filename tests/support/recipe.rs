@@ -1,0 +1,34 @@
+//! Loads a recipe from `docs/recipes/` as written, for a test to run against a fake: only the
+//! URL, the token and timings are swapped for the test's.
+
+use std::time::Duration;
+
+use ws_sidecar::config::{Config, EndpointConfig, TokenSource};
+use ws_sidecar::secret::Secret;
+
+use crate::support::daemon::parse_config;
+
+/// The token a recipe with `auth` gets in tests.
+pub const TOKEN: &str = "test-token-\"quoted\"";
+
+/// `docs/recipes/<file>.toml` with endpoint `name` pointed at `url`, its token (if any) set to
+/// `token`, and `adjust` applied (shorter timings for a test).
+pub fn recipe(
+    file: &str,
+    name: &str,
+    url: &str,
+    adjust: impl FnOnce(&mut EndpointConfig),
+) -> Config {
+    let path = format!("{}/docs/recipes/{file}.toml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("recipe exists");
+    let mut cfg = parse_config(&text);
+    let ep = cfg.endpoints.get_mut(name).expect("recipe endpoint");
+    ep.url = ws_sidecar::config::UrlSource::Fixed(url::Url::parse(url).expect("test URL"));
+    if let Some(auth) = ep.auth.as_mut() {
+        auth.token = TokenSource::Secret(Secret::Plain(TOKEN.into()));
+    }
+    ep.backoff.initial = Duration::from_millis(20);
+    ep.backoff.min_delay = Duration::from_millis(10);
+    adjust(ep);
+    cfg
+}
