@@ -38,6 +38,20 @@ fn closed_normally(all: &[Received]) -> Vec<usize> {
 /// subscribing the next one while the old one still delivers.
 #[tokio::test]
 async fn binance_rotates_before_the_24h_cut_and_delivers_every_trade_once() {
+    binance_rotations(true).await;
+}
+
+/// As above, but the new connection's SUBSCRIBE answer may overtake trades the old connection
+/// has yet to send (two servers, two network paths). The daemon closes the old connection as
+/// soon as the new one has answered, after reading only what the old one had already
+/// received: the trades still on their way are lost (1 to 3 per switch here).
+#[tokio::test]
+#[ignore = "the switch does not wait for the old connection to catch up with the new one"]
+async fn binance_rotation_waits_for_a_lagging_old_connection() {
+    binance_rotations(false).await;
+}
+
+async fn binance_rotations(in_order: bool) {
     let rules = Rules {
         messages: 5,
         per: Duration::from_secs(1),
@@ -45,6 +59,7 @@ async fn binance_rotates_before_the_24h_cut_and_delivers_every_trade_once() {
         ping_every: Some(Duration::from_secs(1)),
     };
     let up = FakeBinance::start(rules);
+    up.set_in_order(in_order);
     up.cut_after(Duration::from_secs(3));
     up.feed(
         &["btcusdt@trade", "ethusdt@trade"],
@@ -141,6 +156,17 @@ fn push_every(
     })
 }
 
+/// The next message, failing at once should the fake end the connection meanwhile.
+async fn next_or_cut(
+    sub: &mut tonic::Streaming<proto::Event>,
+    fake: &mut tokio::task::JoinHandle<Seen>,
+) -> proto::Message {
+    tokio::select! {
+        m = next_message(sub, T) => m,
+        seen = fake => panic!("the fake ended the connection: {seen:?}"),
+    }
+}
+
 fn okx_ticker(n: u64) -> Message {
     Message::text(format!(
         r#"{{"arg":{{"channel":"tickers","instId":"BTC-USDT"}},"data":[{{"instType":"SPOT","instId":"BTC-USDT","last":"{}.1","ts":"{}"}}]}}"#,
@@ -216,10 +242,10 @@ async fn okx_text_pings_keep_the_connection_and_apps_get_only_tickers() {
     let mut client = d.grpc().await;
     let mut sub = subscribe(&mut client, "okx", None).await;
     let c = up.next_accepted_within(T).await.expect("connects");
-    let fake = tokio::spawn(okx(c, idle));
+    let mut fake = tokio::spawn(okx(c, idle));
     // 200 tickers take 4 s: more than twice the idle cut.
     for n in 0..200u64 {
-        let v = payload(&next_message(&mut sub, T).await);
+        let v = payload(&next_or_cut(&mut sub, &mut fake).await);
         assert_eq!(
             v["data"][0]["ts"],
             (1_700_000_000_000 + n).to_string(),
@@ -332,10 +358,10 @@ async fn htx_gzip_pings_are_answered_with_their_value_and_apps_get_only_trades()
     let mut client = d.grpc().await;
     let mut sub = subscribe(&mut client, "htx", None).await;
     let c = up.next_accepted_within(T).await.expect("connects");
-    let fake = tokio::spawn(htx(c, Duration::from_millis(200)));
+    let mut fake = tokio::spawn(htx(c, Duration::from_millis(200)));
     // 150 trades take 3 s: 15 pings.
     for n in 0..150u64 {
-        let m = next_message(&mut sub, T).await;
+        let m = next_or_cut(&mut sub, &mut fake).await;
         assert_eq!(m.kind, proto::Kind::Text as i32, "inflated JSON is text");
         let v = payload(&m);
         assert_eq!(v["tick"]["id"], n, "trades only, in order, once: {v}");

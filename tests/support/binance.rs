@@ -86,6 +86,8 @@ struct Shared {
     /// Requests answered with an error.
     bad_requests: AtomicUsize,
     market: Mutex<Market>,
+    /// A SUBSCRIBE answer waits for the other connections to write earlier trades.
+    in_order: AtomicBool,
 }
 
 /// The trade feed and who subscribed to what.
@@ -146,6 +148,7 @@ impl FakeBinance {
             lifetime_cuts: AtomicUsize::new(0),
             bad_requests: AtomicUsize::new(0),
             market: Mutex::new(Market::default()),
+            in_order: AtomicBool::new(true),
         });
         let s = Arc::clone(&shared);
         std::thread::spawn(move || accept_loop(listener, s));
@@ -190,6 +193,13 @@ impl FakeBinance {
                 lock(&s.market).head += 1;
             }
         });
+    }
+
+    /// `false`: a SUBSCRIBE is answered at once, while the other connections may still be
+    /// writing trades published before it, as when two connections are served by different
+    /// servers (by default the answer waits for them, see [`Conn::subscribe`]).
+    pub fn set_in_order(&self, in_order: bool) {
+        self.shared.in_order.store(in_order, Ordering::SeqCst);
     }
 
     /// Connections the fake closed because they reached the age given to [`Self::cut_after`].
@@ -510,7 +520,7 @@ impl Conn<'_> {
             head
         };
         let until = Instant::now() + CATCH_UP;
-        while Instant::now() < until {
+        while self.shared.in_order.load(Ordering::SeqCst) && Instant::now() < until {
             let behind = lock(&self.shared.market)
                 .subs
                 .iter()
