@@ -16,6 +16,7 @@ mod discovery;
 mod durability;
 mod fanout;
 mod features;
+mod feeds;
 mod ordering;
 mod publish;
 mod ratelimit;

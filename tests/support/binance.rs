@@ -2,12 +2,18 @@
 //! most `messages` incoming frames per connection within any `per` (5 per second on spot),
 //! pings, pongs and data frames alike; one more and the connection is closed with 1008.
 //!
+//! It speaks the market-stream side too: a `SUBSCRIBE` request is answered with
+//! `{"result":null,"id":N}` (a malformed request with Binance's error object), and once
+//! [`FakeBinance::feed`] runs, every connection gets the trades of the streams it subscribed,
+//! from one global sequence, wrapped as the combined endpoint wraps them. With
+//! [`FakeBinance::cut_after`] a connection is closed once it is that old (Binance: 24 hours).
+//!
 //! It records when it received every frame of every connection, so a test can check the rule
 //! over everything the daemon sent, across connections too. Each connection is read by its own
 //! OS thread with blocking reads: the timestamps then do not depend on how busy the test's
 //! tokio runtime (which also runs the daemon) is.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -73,7 +79,41 @@ struct Shared {
     connections: AtomicUsize,
     /// Connections closed for going over the limit.
     rate_closes: AtomicUsize,
+    /// Connections are closed once this old.
+    lifetime: Mutex<Option<Duration>>,
+    /// Connections the fake closed for their age.
+    lifetime_cuts: AtomicUsize,
+    /// Requests answered with an error.
+    bad_requests: AtomicUsize,
+    market: Mutex<Market>,
+    /// A SUBSCRIBE answer waits for the other connections to write earlier trades.
+    in_order: AtomicBool,
 }
+
+/// The trade feed and who subscribed to what.
+#[derive(Default)]
+struct Market {
+    /// The streams the feed publishes, in turn: trade `n` is on `streams[n % len]`.
+    streams: Vec<String>,
+    /// The number of the next trade to be published.
+    head: u64,
+    subs: HashMap<usize, Sub>,
+}
+
+/// One connection's subscription.
+struct Sub {
+    streams: BTreeSet<String>,
+    /// The first trade not yet taken to be written.
+    next: u64,
+    /// Every trade before this one is written.
+    written: u64,
+    /// Its SUBSCRIBE was answered: it is being sent trades.
+    answered: bool,
+}
+
+/// How long a SUBSCRIBE answer waits for the other connections to have written every trade
+/// published before it (see [`Conn::subscribe`]).
+const CATCH_UP: Duration = Duration::from_secs(1);
 
 /// The fake server; dropping it stops every thread within a few milliseconds.
 pub struct FakeBinance {
@@ -104,6 +144,11 @@ impl FakeBinance {
             count: watch::Sender::new(0),
             connections: AtomicUsize::new(0),
             rate_closes: AtomicUsize::new(0),
+            lifetime: Mutex::new(None),
+            lifetime_cuts: AtomicUsize::new(0),
+            bad_requests: AtomicUsize::new(0),
+            market: Mutex::new(Market::default()),
+            in_order: AtomicBool::new(true),
         });
         let s = Arc::clone(&shared);
         std::thread::spawn(move || accept_loop(listener, s));
@@ -128,6 +173,43 @@ impl FakeBinance {
     /// Closes every open connection with 1001.
     pub fn close_all(&self) {
         self.shared.kicks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Closes every connection (1001) once it is `age` old, as Binance does after 24 hours.
+    pub fn cut_after(&self, age: Duration) {
+        *lock(&self.shared.lifetime) = Some(age);
+    }
+
+    /// Publishes a trade every `every`, on `streams` in turn, numbered from 0 across all of
+    /// them: each connection subscribed to a trade's stream gets it.
+    pub fn feed(&self, streams: &[&str], every: Duration) {
+        lock(&self.shared.market).streams = streams.iter().map(|s| s.to_string()).collect();
+        let s = Arc::clone(&self.shared);
+        std::thread::spawn(move || {
+            let mut next = Instant::now();
+            while !s.stop.load(Ordering::SeqCst) {
+                next += every;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                lock(&s.market).head += 1;
+            }
+        });
+    }
+
+    /// `false`: a SUBSCRIBE is answered at once, while the other connections may still be
+    /// writing trades published before it, as when two connections are served by different
+    /// servers (by default the answer waits for them, see [`Conn::subscribe`]).
+    pub fn set_in_order(&self, in_order: bool) {
+        self.shared.in_order.store(in_order, Ordering::SeqCst);
+    }
+
+    /// Connections the fake closed because they reached the age given to [`Self::cut_after`].
+    pub fn lifetime_cuts(&self) -> usize {
+        self.shared.lifetime_cuts.load(Ordering::SeqCst)
+    }
+
+    /// Requests the fake answered with an error (not a valid SUBSCRIBE or UNSUBSCRIBE).
+    pub fn bad_requests(&self) -> usize {
+        self.shared.bad_requests.load(Ordering::SeqCst)
     }
 
     /// Connections that completed the handshake.
@@ -182,6 +264,20 @@ impl FakeBinance {
             )
         })
     }
+}
+
+/// Trade `n` on `stream` as the combined-stream endpoint sends it.
+pub fn trade(stream: &str, n: u64) -> String {
+    let symbol = stream
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    let time = 1_700_000_000_000 + n;
+    format!(
+        r#"{{"stream":"{stream}","data":{{"e":"trade","E":{time},"s":"{symbol}","t":{n},"p":"{}.00","q":"0.01","T":{time},"m":false,"M":true}}}}"#,
+        40_000 + n % 100
+    )
 }
 
 /// The text frames of connection `conn`, in order.
@@ -259,6 +355,7 @@ fn serve(stream: TcpStream, shared: Arc<Shared>) {
         .close_after_first
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
+    let cut_at = lock(&shared.lifetime).map(|age| Instant::now() + age);
     Conn {
         ws: &mut ws,
         shared: &shared,
@@ -267,8 +364,10 @@ fn serve(stream: TcpStream, shared: Arc<Shared>) {
         kicks: shared.kicks.load(Ordering::SeqCst),
         window: VecDeque::new(),
         closing: false,
+        cut_at,
     }
     .run();
+    lock(&shared.market).subs.remove(&conn);
 }
 
 struct Conn<'a> {
@@ -280,6 +379,8 @@ struct Conn<'a> {
     /// When this connection's counted frames of the last `per` arrived.
     window: VecDeque<Instant>,
     closing: bool,
+    /// When the connection is closed for its age.
+    cut_at: Option<Instant>,
 }
 
 impl Conn<'_> {
@@ -290,6 +391,13 @@ impl Conn<'_> {
             if self.shared.kicks.load(Ordering::SeqCst) != self.kicks {
                 self.kicks = self.shared.kicks.load(Ordering::SeqCst);
                 self.close(CloseCode::Away, "going away");
+            }
+            if self.cut_at.is_some_and(|at| Instant::now() >= at) && !self.closing {
+                self.shared.lifetime_cuts.fetch_add(1, Ordering::SeqCst);
+                self.close(CloseCode::Away, "connection lifetime reached");
+            }
+            if self.send_trades().is_err() {
+                return;
             }
             if let (Some(at), Some(every)) = (next_ping, rules.ping_every) {
                 if Instant::now() >= at && !self.closing {
@@ -309,6 +417,10 @@ impl Conn<'_> {
     }
 
     fn on_frame(&mut self, m: Message, at: Instant) {
+        let request = match &m {
+            Message::Text(t) => Some(t.as_str().to_owned()),
+            _ => None,
+        };
         let frame = match m {
             Message::Text(t) => Frame::Text(t.as_str().to_owned()),
             Message::Binary(b) => Frame::Binary(b.to_vec()),
@@ -345,7 +457,110 @@ impl Conn<'_> {
         } else if self.close_first {
             self.close_first = false;
             self.close(CloseCode::Away, "going away");
+        } else if let Some(text) = request.filter(|_| !self.closing) {
+            self.request(&text);
         }
+    }
+
+    /// Answers a request frame the way Binance does. Text that is not JSON is left unanswered
+    /// (the rate-limit tests send such frames by the thousand).
+    fn request(&mut self, text: &str) {
+        let Ok(req) = serde_json::from_str::<serde_json::Value>(text) else {
+            return;
+        };
+        let id = req.get("id").cloned().unwrap_or(serde_json::Value::Null);
+        let streams: Option<BTreeSet<String>> = req
+            .get("params")
+            .and_then(|p| p.as_array())
+            .and_then(|p| p.iter().map(|s| s.as_str().map(str::to_owned)).collect());
+        let valid_id = id.is_i64() || id.is_u64() || id.is_null() || id.is_string();
+        let answer = match (req.get("method").and_then(|m| m.as_str()), streams) {
+            (Some("SUBSCRIBE"), Some(streams)) if valid_id => {
+                self.subscribe(streams);
+                Ok(())
+            }
+            (Some("UNSUBSCRIBE"), Some(streams)) if valid_id => {
+                if let Some(sub) = lock(&self.shared.market).subs.get_mut(&self.conn) {
+                    sub.streams.retain(|s| !streams.contains(s));
+                }
+                Ok(())
+            }
+            _ => Err(()),
+        };
+        let reply = match answer {
+            Ok(()) => serde_json::json!({ "result": null, "id": id }),
+            Err(()) => {
+                self.shared.bad_requests.fetch_add(1, Ordering::SeqCst);
+                serde_json::json!({ "error": { "code": 2, "msg": "Invalid request" }, "id": id })
+            }
+        };
+        if self.ws.send(Message::text(reply.to_string())).is_ok() {
+            if let Some(sub) = lock(&self.shared.market).subs.get_mut(&self.conn) {
+                sub.answered = true;
+            }
+        }
+    }
+
+    /// Adds `streams` to this connection's subscription; it gets trades from the next one
+    /// published on. Before it is answered, every other subscribed connection is given the
+    /// time to write what was published before: one server process writes a trade to all its
+    /// subscribers before the next event, so a client that sees the answer on a new
+    /// connection finds every earlier trade already on its old one.
+    fn subscribe(&mut self, streams: BTreeSet<String>) {
+        let head = {
+            let mut market = lock(&self.shared.market);
+            let head = market.head;
+            let sub = market.subs.entry(self.conn).or_insert(Sub {
+                streams: BTreeSet::new(),
+                next: head,
+                written: head,
+                answered: false,
+            });
+            sub.streams.extend(streams);
+            head
+        };
+        let until = Instant::now() + CATCH_UP;
+        while self.shared.in_order.load(Ordering::SeqCst) && Instant::now() < until {
+            let behind = lock(&self.shared.market)
+                .subs
+                .iter()
+                .any(|(c, s)| *c != self.conn && s.answered && s.written < head);
+            if !behind {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Writes the trades published since the last call on the subscribed streams.
+    fn send_trades(&mut self) -> Result<(), WsError> {
+        if self.closing {
+            // Nothing more is written: no one waits for this connection to catch up.
+            lock(&self.shared.market).subs.remove(&self.conn);
+            return Ok(());
+        }
+        let (trades, head) = {
+            let mut market = lock(&self.shared.market);
+            let (head, streams) = (market.head, market.streams.clone());
+            let Some(sub) = market.subs.get_mut(&self.conn).filter(|s| s.answered) else {
+                return Ok(());
+            };
+            let from = std::mem::replace(&mut sub.next, head);
+            let trades: Vec<String> = (from..head)
+                .filter_map(|n| {
+                    let stream = streams.get(n as usize % streams.len().max(1))?;
+                    sub.streams.contains(stream).then(|| trade(stream, n))
+                })
+                .collect();
+            (trades, head)
+        };
+        for t in trades {
+            self.ws.send(Message::text(t))?;
+        }
+        if let Some(sub) = lock(&self.shared.market).subs.get_mut(&self.conn) {
+            sub.written = head;
+        }
+        Ok(())
     }
 
     fn close(&mut self, code: CloseCode, reason: &'static str) {
