@@ -188,7 +188,11 @@ impl<'s> Dialogue<'s> {
                 templates.extend(send);
                 r.opened = open;
             }
-            Passage::Refused(why, class) => r.act = Some(Act::End(why, class)),
+            // A rule that acts on the refusal (`reset_resume` on Discord's op 9) says more
+            // than the step's failure class.
+            Passage::Refused(why, class) => {
+                r.act.get_or_insert(Act::End(why, class));
+            }
         }
         for t in templates {
             match template::frame(t, self.values(token, captures)) {

@@ -77,16 +77,38 @@ impl Session<'_> {
                 return flow;
             }
         }
+        let flow2 = self.deliver(kind, data, doc, conn).await;
+        match flow {
+            Flow::Continue => flow2,
+            acted => acted,
+        }
+    }
+
+    /// Hands one message to the log, unless it is a copy of what the old connection delivered
+    /// across a switch. `doc` is its JSON, when parsed already.
+    pub(super) async fn deliver(
+        &mut self,
+        kind: Kind,
+        data: Bytes,
+        doc: Option<serde_json::Value>,
+        conn: &mut Conn<'_>,
+    ) -> Flow {
         if self.overlap.is_active() {
             let hash = super::resume::payload_hash(&data);
             if self.overlap.is_resend(hash, Instant::now()) {
                 Endpoint::count(&self.ep.stats.duplicates_dropped, 1);
-                return flow;
+                return Flow::Continue;
             }
             self.overlap.delivered(hash);
         }
+        let needs_json = self.resume.is_some() || !self.drop_filters.is_empty();
+        let doc = match doc {
+            Some(doc) => Some(doc),
+            None if needs_json => serde_json::from_slice::<serde_json::Value>(&data).ok(),
+            None => None,
+        };
         self.ingest(kind, data, doc, &mut conn.announce).await;
-        flow
+        Flow::Continue
     }
 
     /// Writes the captured values a resume needs after a restart to the store (without waiting:
@@ -130,7 +152,9 @@ impl Session<'_> {
             return;
         };
         let now = self.captures.get(name);
-        if session_before.is_some() && now != session_before.as_ref() {
+        // A session that began (its capture had no value, or another one): ids start afresh,
+        // so the first message of a new session is not taken for a reset of the old one.
+        if now != session_before.as_ref() {
             tracing::info!("a new upstream session began: its ids start afresh");
             resume.forget();
             self.ep.set_last_upstream_id(String::new());

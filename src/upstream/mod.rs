@@ -162,7 +162,7 @@ async fn run_inner(
             .map(crate::config::UrlSource::Fixed)
             .unwrap_or_else(|| urls[url_idx].clone());
         let mut opened = None;
-        let mut held = None;
+        let mut held = Vec::new();
         let mut decoder = None;
         let outcome = match switched.take() {
             Some((ready, why)) => {

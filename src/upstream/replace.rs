@@ -14,7 +14,7 @@ use crate::config::{EndpointConfig, RenewMode};
 use crate::dialogue::capture::Captures;
 use crate::dialogue::decode::{Decoded, Decoder};
 use crate::dialogue::matching;
-use crate::dialogue::{Dialogue, Script};
+use crate::dialogue::{Act, Dialogue, Script};
 use crate::endpoint::Endpoint;
 use crate::log::Kind;
 
@@ -49,16 +49,43 @@ pub struct Ready {
     pub counter: u64,
     /// What its opening captured (the newest values).
     pub captures: Captures,
-    /// Its first message after the opening, read to know it is live, not delivered yet
-    /// (decoded already).
-    pub held: Option<(Kind, bytes::Bytes)>,
+    /// What it received and the old connection may not have delivered yet, in order (decoded
+    /// already): delivered by the new connection first.
+    pub held: Vec<Held>,
     /// Its decompression context, which read its opening.
     pub decoder: Decoder,
 }
 
+/// A message a replacement received before it took over.
+pub struct Held {
+    pub kind: Kind,
+    pub data: bytes::Bytes,
+    /// Its opening's dialogue has seen it (captures, rules) and let it through (a step with
+    /// `deliver = true`): it goes straight to the log. Otherwise it arrived after the opening
+    /// and goes through the dialogue like any message.
+    pub seen: bool,
+}
+
+/// Why a replacement did not take over.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: String,
+    /// The upstream said the resume position is gone (a `reset_resume` rule on its opening).
+    pub reset: bool,
+}
+
+impl From<String> for Refused {
+    fn from(reason: String) -> Self {
+        Refused {
+            reason,
+            reset: false,
+        }
+    }
+}
+
 /// What a replacement ends with: the endpoint's credential state back, and the new
 /// connection, or `None` for a renewal that needs none (`renew = "frame"`).
-pub type Outcome = (Option<Auth>, Result<Option<Box<Ready>>, String>);
+pub type Outcome = (Option<Auth>, Result<Option<Box<Ready>>, Refused>);
 
 /// A replacement under way; it owns the endpoint's `Auth` until it finishes.
 pub type Replacing<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
@@ -101,10 +128,10 @@ pub fn start(plan: Plan<'_>) -> Replacing<'_> {
         } = plan;
         if why == Why::Renewal {
             let Some(a) = auth.as_mut() else {
-                return (auth, Err("no credential to renew".into()));
+                return (auth, Err(String::from("no credential to renew").into()));
             };
             if let Err(e) = a.renew(cfg).await {
-                return (auth, Err(e));
+                return (auth, Err(e.into()));
             }
             if a.renew_mode() == RenewMode::Frame {
                 return (auth, Ok(None));
@@ -119,7 +146,7 @@ pub fn start(plan: Plan<'_>) -> Replacing<'_> {
         };
         let (ws, shown) = match ws {
             Ok(ok) => ok,
-            Err(e) => return (auth, Err(e)),
+            Err(e) => return (auth, Err(e.into())),
         };
         let token = auth.as_ref().and_then(Auth::token).cloned();
         let mut decoder = Decoder::new(cfg.decode, cfg.max_message_size);
@@ -151,16 +178,10 @@ pub fn start(plan: Plan<'_>) -> Replacing<'_> {
     })
 }
 
-/// How long a replacement whose opening heard nothing is waited on for its first message.
-const FIRST_MESSAGE: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Sends the new connection's first frames and waits for its `on_connect` answers. What
-/// arrives meanwhile only feeds the gate and the captures: the old connection still delivers.
-///
-/// The old connection is closed only once the new one is known to be live: its opening heard
-/// from the upstream, or its first message came (held, for the new connection to deliver), or
-/// [`FIRST_MESSAGE`] passed (a quiet feed). Closing sooner would lose what the upstream sends
-/// between closing the old connection and starting to send on the new one.
+/// arrives meanwhile feeds the gate, the captures and the rules; what a `deliver = true` step
+/// lets through is held for the new connection to deliver once it takes over (the old
+/// connection still delivers until then).
 /// What opening a replacement needs.
 struct Opening<'o> {
     script: &'o Script,
@@ -173,10 +194,7 @@ struct Opening<'o> {
     decoder: &'o mut Decoder,
 }
 
-async fn open(
-    mut ws: Ws,
-    o: Opening<'_>,
-) -> Result<(Ws, u64, Option<(Kind, bytes::Bytes)>), String> {
+async fn open(mut ws: Ws, o: Opening<'_>) -> Result<(Ws, u64, Vec<Held>), Refused> {
     let Opening {
         script,
         resume_frame,
@@ -195,43 +213,43 @@ async fn open(
         .chain(first.iter().map(|f| Message::text(f.expose())))
         .collect();
     send(&mut ws, first, cfg, ep).await?;
-    let mut heard = false;
+    let mut held = Vec::new();
     while !dialogue.is_open() {
         let deadline = dialogue.deadline().unwrap_or_else(std::time::Instant::now);
-        let msg = tokio::select! {
-            m = ws.next() => m,
+        let read = tokio::select! {
+            r = read(&mut ws, decoder, ep) => r?,
             _ = tokio::time::sleep_until(deadline.into()) => None,
         };
-        let data = match msg {
-            Some(Ok(Message::Text(t))) => bytes::Bytes::from(t),
-            Some(Ok(Message::Binary(b))) => match decoder.binary(b, ep) {
-                Decoded::Message(_, data) => data,
-                Decoded::Nothing => continue,
-                Decoded::Close(_, _, f) => {
-                    return Err(format!("replacement connection: {}", f.reason))
-                }
-            },
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(format!("replacement connection: {e}")),
-            None => {
-                return Err(match dialogue.expired(std::time::Instant::now()) {
-                    Some(crate::dialogue::Act::End(why, _)) => {
-                        format!("replacement connection: {why}")
-                    }
-                    _ => "replacement connection closed while opening".into(),
-                })
+        let Some((kind, data)) = read else {
+            return Err(match dialogue.expired(std::time::Instant::now()) {
+                Some(Act::End(why, _)) => format!("replacement connection: {why}"),
+                _ => "replacement connection closed while opening".into(),
             }
+            .into());
         };
-        heard = true;
-        let text = std::str::from_utf8(&data).ok();
         let doc = serde_json::from_slice::<serde_json::Value>(&data).ok();
         let m = matching::Message {
-            text,
+            text: std::str::from_utf8(&data).ok(),
             doc: doc.as_ref(),
         };
         let reaction = dialogue.inbound(m, captures, token, std::time::Instant::now());
-        if let Some(crate::dialogue::Act::End(why, _)) = reaction.act {
-            return Err(format!("replacement connection: {why}"));
+        match reaction.act {
+            Some(Act::End(why, _)) => return Err(format!("replacement connection: {why}").into()),
+            Some(Act::ResetResume) => {
+                return Err(Refused {
+                    reason: "the upstream refused to resume on the new connection".into(),
+                    reset: true,
+                })
+            }
+            // Already replacing.
+            Some(Act::Reconnect | Act::ReconnectTo(_)) | None => {}
+        }
+        if reaction.deliver {
+            held.push(Held {
+                kind,
+                data,
+                seen: true,
+            });
         }
         let frames = reaction
             .send
@@ -240,33 +258,30 @@ async fn open(
             .collect();
         send(&mut ws, frames, cfg, ep).await?;
     }
-    let mut held = None;
-    if !heard {
-        let first = tokio::time::timeout(FIRST_MESSAGE, async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(t))) => {
-                        return Ok(Some((Kind::Text, bytes::Bytes::from(t))))
-                    }
-                    Some(Ok(Message::Binary(b))) => match decoder.binary(b, ep) {
-                        Decoded::Message(kind, data) => return Ok(Some((kind, data))),
-                        Decoded::Nothing => {}
-                        Decoded::Close(_, _, f) => {
-                            return Err(format!("replacement connection: {}", f.reason))
-                        }
-                    },
-                    Some(Ok(Message::Close(_))) | None => {
-                        return Err("replacement connection closed while opening".to_string())
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(format!("replacement connection: {e}")),
-                }
-            }
-        })
-        .await;
-        held = first.unwrap_or(Ok(None))?;
-    }
     Ok((ws, dialogue.counter(), held))
+}
+
+/// The next message of a replacement connection, decoded; `None` once it closed.
+pub async fn read(
+    ws: &mut Ws,
+    decoder: &mut Decoder,
+    ep: &Endpoint,
+) -> Result<Option<(Kind, bytes::Bytes)>, String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(Some((Kind::Text, bytes::Bytes::from(t)))),
+            Some(Ok(Message::Binary(b))) => match decoder.binary(b, ep) {
+                Decoded::Message(kind, data) => return Ok(Some((kind, data))),
+                Decoded::Nothing => {}
+                Decoded::Close(_, _, f) => {
+                    return Err(format!("replacement connection: {}", f.reason))
+                }
+            },
+            Some(Ok(Message::Close(_))) | None => return Ok(None),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("replacement connection: {e}")),
+        }
+    }
 }
 
 /// Writes `frames`, each when its turn comes under the rate limit, within the pong timeout.

@@ -21,7 +21,7 @@ use super::heartbeat::{Action, Heartbeat};
 use super::overlap::Overlap;
 use super::replace::{Ready, Why};
 use super::resume::Resume;
-use super::switch::{Event, Switching};
+use super::switch::{Event, Replaced, Switching};
 use super::writer::{hand_over, send_one, writer, Ctl, CTL_QUEUE};
 use crate::config::EndpointConfig;
 use crate::dialogue::capture::Captures;
@@ -86,7 +86,7 @@ pub struct Session<'a> {
     /// `Some(counter)` for a replacement whose opening dialogue ran already.
     pub opened: Option<u64>,
     /// A replacement's first message, read before the switch: delivered first.
-    pub held: Option<(Kind, Bytes)>,
+    pub held: Vec<super::replace::Held>,
     /// Inflates inbound binary messages; new for each connection, so a stream context resets.
     pub decoder: Decoder,
 }
@@ -178,6 +178,16 @@ impl<'a> Session<'a> {
                 if let Err(f) = hand_over(&ctl_tx, &mut conn.out) {
                     break End::Lost(f);
                 }
+                // The old connection ended while an open replacement waited for it to catch
+                // up (Slack closes it after its `disconnect`): continue on the replacement.
+                if matches!(
+                    flow,
+                    Flow::End(End::Lost(_)) | Flow::Close(_, _, End::Lost(_))
+                ) {
+                    if let Some((ready, why)) = switching.take_ready() {
+                        break self.switch_to(ready, why, &ctl_tx, &mut writer).await;
+                    }
+                }
                 match flow {
                     Flow::Continue | Flow::Act(_) => {}
                     Flow::End(end) => break end,
@@ -188,12 +198,22 @@ impl<'a> Session<'a> {
             };
         }
 
-        let mut held = self.held.take();
+        let mut held = std::mem::take(&mut self.held).into_iter();
         let end = loop {
-            // A replacement's first message, read while it proved itself live.
-            if let Some((kind, data)) = held.take() {
-                let flow = self.on_message(kind, data, &mut conn).await;
+            // What a replacement received before it took over, in order.
+            if let Some(h) = held.next() {
+                let flow = match h.seen {
+                    true => self.deliver(h.kind, h.data, None, &mut conn).await,
+                    false => self.on_message(h.kind, h.data, &mut conn).await,
+                };
                 settle!(flow);
+                continue;
+            }
+            // The old connection delivered what the new one holds: nothing falls between.
+            if self.overlap.caught_up() {
+                if let Some((ready, why)) = switching.take_ready() {
+                    break self.switch_to(ready, why, &ctl_tx, &mut writer).await;
+                }
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
@@ -205,18 +225,22 @@ impl<'a> Session<'a> {
                 r = &mut writer => {
                     break End::Lost(r.err().unwrap_or_else(|| Failure::retry("writer stopped")));
                 }
-                event = switching.next(self.auth.is_some()) => match event {
-                    Event::Due(why) => self.replace(&mut switching, self.base.clone(), why),
-                    Event::Done(why, outcome) => {
-                        if let Some(ready) = self.replaced(why, outcome, &mut conn, &mut switching) {
-                            // What the old connection has received already is delivered before
-                            // it goes; the new connection's copies are dropped as overlap.
-                            let flow = self.take_frames(None, &mut stream, &mut conn).await;
-                            settle!(flow);
-                            let reason = why.close_reason();
-                            break self.close(&ctl_tx, &mut writer, CloseCode::Normal, reason, End::Switch(ready, why)).await;
+                event = switching.next(self.auth.is_some(), ep) => match event {
+                    Event::Due(why) => self.replace(&mut switching, self.target(), why),
+                    Event::Done(why, outcome) => match self.replaced(why, outcome, &mut conn, &mut switching) {
+                        Replaced::Open(ready) => switching.catch_up(ready, why),
+                        Replaced::Stay => { settle!(Flow::Continue); }
+                        Replaced::Reset => { settle!(Flow::Act(Act::ResetResume)); }
+                    },
+                    Event::Held(hash) => self.overlap.held(hash),
+                    Event::Now => {
+                        // What the old connection has received already is delivered before it
+                        // goes; the new connection's copies are dropped as overlap.
+                        let flow = self.take_frames(None, &mut stream, &mut conn).await;
+                        settle!(flow);
+                        if let Some((ready, why)) = switching.take_ready() {
+                            break self.switch_to(ready, why, &ctl_tx, &mut writer).await;
                         }
-                        settle!(Flow::Continue);
                     }
                 },
                 _ = &mut sleep => {
@@ -346,6 +370,26 @@ impl<'a> Session<'a> {
             None => return Flow::End(End::Lost(Failure::retry("connection closed by upstream"))),
         }
         Flow::Continue
+    }
+
+    /// Closes this connection with 1000 for `why`, and continues on `ready`.
+    async fn switch_to<W>(
+        &self,
+        ready: Box<Ready>,
+        why: Why,
+        ctl: &mpsc::Sender<Ctl>,
+        writer: &mut std::pin::Pin<&mut W>,
+    ) -> End
+    where
+        W: std::future::Future<Output = Result<(), Failure>>,
+    {
+        tracing::info!(
+            reason = why.close_reason(),
+            "switching to the new connection"
+        );
+        let end = End::Switch(ready, why);
+        self.close(ctl, writer, CloseCode::Normal, why.close_reason(), end)
+            .await
     }
 
     /// Sends a close frame through the writer, waiting briefly for it to be flushed.

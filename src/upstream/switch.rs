@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::auth::Auth;
 use super::failure::Failure;
-use super::replace::{self, Outcome, Plan, Ready, Replacing, Why};
+use super::replace::{self, Outcome, Plan, Ready, Refused, Replacing, Why};
 use super::resume::Resume;
 use super::session::{Conn, End, Flow, Session};
 use crate::config::UrlSource;
@@ -21,12 +21,50 @@ use crate::endpoint::Endpoint;
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// How long the old connection is given to catch up with an open replacement that receives
+/// data.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// How long an open replacement that receives no data is waited on: its feed has not started,
+/// so nothing can fall between the two connections, and its own timers (the upstream's
+/// heartbeat deadline) are running.
+const QUIET: Duration = Duration::from_millis(250);
+
+/// Most messages a replacement holds while the old connection catches up.
+const MAX_HELD: usize = 4096;
+
 /// What the switching timers and the replacement under way bring.
 pub(super) enum Event {
     /// A renewal or rotation is due.
     Due(Why),
     /// The replacement under way finished.
     Done(Why, Box<Outcome>),
+    /// The open replacement received a message (held) with this payload hash.
+    Held(u64),
+    /// The old connection did not catch up in time, or the replacement holds all it may, or it
+    /// closed: switch now.
+    Now,
+}
+
+/// An open replacement, waiting for the old connection to catch up.
+struct Catching {
+    ready: Box<Ready>,
+    why: Why,
+    /// [`QUIET`] after it opened until data comes, then [`CATCH_UP`] after it opened.
+    until: Instant,
+    opened: Instant,
+    /// The replacement closed or failed meanwhile: switch at once (it reconnects from there).
+    ended: bool,
+}
+
+/// What a finished replacement means.
+pub(super) enum Replaced {
+    /// Open: wait for the old connection to catch up, then switch.
+    Open(Box<Ready>),
+    /// Nothing to switch to: the old connection stays.
+    Stay,
+    /// The upstream refused to resume on the new connection: forget the position.
+    Reset,
 }
 
 /// The connection's replacement timers and the replacement under way, if any.
@@ -35,6 +73,7 @@ pub(super) struct Switching<'a> {
     rotate: std::pin::Pin<Box<Sleep>>,
     retry: Duration,
     under_way: Option<(Why, Replacing<'a>)>,
+    catching: Option<Catching>,
 }
 
 impl<'a> Switching<'a> {
@@ -51,14 +90,58 @@ impl<'a> Switching<'a> {
             rotate: Box::pin(tokio::time::sleep_until(rotate)),
             retry: RETRY_MIN,
             under_way: None,
+            catching: None,
         }
+    }
+
+    /// Waits for the old connection to catch up with `ready` before switching to it.
+    pub(super) fn catch_up(&mut self, ready: Box<Ready>, why: Why) {
+        let now = Instant::now();
+        self.catching = Some(Catching {
+            ready,
+            why,
+            until: now + QUIET,
+            opened: now,
+            ended: false,
+        });
+    }
+
+    /// The replacement to switch to now.
+    pub(super) fn take_ready(&mut self) -> Option<(Box<Ready>, Why)> {
+        self.catching.take().map(|c| (c.ready, c.why))
     }
 
     /// The next event; renewals only while the connection holds a credential (a replacement
     /// under way holds it meanwhile).
-    pub(super) async fn next(&mut self, has_auth: bool) -> Event {
-        let idle = self.under_way.is_none();
+    pub(super) async fn next(&mut self, has_auth: bool, ep: &Endpoint) -> Event {
+        let idle = self.under_way.is_none() && self.catching.is_none();
+        if self.catching.as_ref().is_some_and(|c| c.ended) {
+            return Event::Now;
+        }
+        let until = self.catching.as_ref().map(|c| c.until);
         tokio::select! {
+            _ = tokio::time::sleep_until(until.unwrap_or_else(far_future)), if until.is_some() => Event::Now,
+            r = async { match self.catching.as_mut() {
+                Some(c) => super::replace::read(&mut c.ready.ws, &mut c.ready.decoder, ep).await,
+                None => std::future::pending().await,
+            } } => {
+                let Some(c) = self.catching.as_mut() else { return Event::Now };
+                match r {
+                    Ok(Some((kind, data))) => {
+                        let hash = super::resume::payload_hash(&data);
+                        c.ready.held.push(super::replace::Held { kind, data, seen: false });
+                        c.until = c.opened + CATCH_UP;
+                        if c.ready.held.len() >= MAX_HELD {
+                            return Event::Now;
+                        }
+                        Event::Held(hash)
+                    }
+                    Ok(None) | Err(_) => {
+                        c.ended = true;
+                        Event::Now
+                    }
+                }
+            }
             _ = &mut self.renew, if idle && has_auth => {
                 self.renew.as_mut().reset(far_future());
                 Event::Due(Why::Renewal)
@@ -79,7 +162,7 @@ impl<'a> Switching<'a> {
 
     /// Whether a replacement is under way.
     fn busy(&self) -> bool {
-        self.under_way.is_some()
+        self.under_way.is_some() || self.catching.is_some()
     }
 
     /// A failed replacement: try again after the current retry delay, doubling it.
@@ -116,15 +199,16 @@ fn far_future() -> Instant {
 impl<'a> Session<'a> {
     /// Starts a make-before-break replacement on `target`.
     pub(super) fn replace(&mut self, switching: &mut Switching<'a>, target: UrlSource, why: Why) {
-        if self.needs_overlap() {
-            self.overlap.remember_from_now();
-        }
+        // Remembered whatever the ids: the switch waits for the old connection to deliver what
+        // the new one holds, and without ids the duplicates are found by payload.
+        self.overlap.remember_from_now();
         // The resume frame for the new connection is built from the last id at this moment;
         // what the old connection delivers meanwhile is sorted out by the resume ids.
         let offered = self.offered();
         let dialogue = Dialogue::new(self.script, offered.clone());
         let resume_frame = self.resume_frame(&dialogue).and_then(Result::ok);
-        let offer = match target == *self.base {
+        // A URL the upstream named (`reconnect_to`) is used as given.
+        let offer = match target == *self.base || target == self.target() {
             true => self.resume.as_ref().and_then(Resume::query_offer),
             false => None,
         };
@@ -143,10 +227,14 @@ impl<'a> Session<'a> {
         switching.under_way = Some((why, r));
     }
 
-    /// Whether duplicates across a switch must be found by payload: no ids that outlive a
-    /// connection do it.
-    fn needs_overlap(&self) -> bool {
-        !self.resume.as_ref().is_some_and(Resume::is_global)
+    /// Where a replacement connects: where a reconnect would now (`resume.url` when a
+    /// position is offered, else the connection's own URL).
+    pub(super) fn target(&self) -> UrlSource {
+        self.resume
+            .as_ref()
+            .filter(|r| r.is_resuming(self.captures))
+            .and_then(|r| r.url(self.captures))
+            .map_or_else(|| self.base.clone(), UrlSource::Fixed)
     }
 
     /// Carries out what the dialogue asks.
@@ -155,7 +243,7 @@ impl<'a> Session<'a> {
             Act::Reconnect | Act::ReconnectTo(_) if switching.busy() => Flow::Continue,
             Act::Reconnect => {
                 tracing::info!("the upstream asked to reconnect: opening the next connection");
-                self.replace(switching, self.base.clone(), Why::Upstream);
+                self.replace(switching, self.target(), Why::Upstream);
                 Flow::Continue
             }
             Act::ReconnectTo(url) => {
@@ -182,7 +270,7 @@ impl<'a> Session<'a> {
         outcome: Box<Outcome>,
         conn: &mut Conn<'_>,
         switching: &mut Switching<'a>,
-    ) -> Option<Box<Ready>> {
+    ) -> Replaced {
         let ep = self.ep;
         let (auth, result) = *outcome;
         if why == Why::Renewal {
@@ -198,9 +286,9 @@ impl<'a> Session<'a> {
                 }
                 tracing::info!(
                     reason = why.close_reason(),
-                    "switching to the new connection"
+                    "the new connection is open; switching once this one has caught up"
                 );
-                Some(ready)
+                Replaced::Open(ready)
             }
             Ok(None) => {
                 // `renew = "frame"`: the new token goes on this connection.
@@ -211,9 +299,17 @@ impl<'a> Session<'a> {
                 switching.retry = RETRY_MIN;
                 let next = renew_deadline(self.auth.as_ref());
                 switching.renew.as_mut().reset(next);
-                None
+                Replaced::Stay
             }
-            Err(reason) => {
+            Err(Refused {
+                reset: true,
+                reason,
+            }) => {
+                self.overlap.clear();
+                tracing::warn!(%reason, "the upstream refused to resume; forgetting the position");
+                Replaced::Reset
+            }
+            Err(Refused { reason, .. }) => {
                 self.overlap.clear();
                 let wait = switching.again(why);
                 let retry_in = crate::fmt::duration(wait);
@@ -229,7 +325,7 @@ impl<'a> Session<'a> {
                         tracing::warn!(%reason, "the upstream asked to reconnect, but the new connection failed; staying on this one while it lasts")
                     }
                 }
-                None
+                Replaced::Stay
             }
         }
     }
