@@ -8,34 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Message;
-use ws_sidecar::config::{Config, EndpointConfig, TokenSource};
 use ws_sidecar::endpoint::State;
 use ws_sidecar::proto;
-use ws_sidecar::secret::Secret;
 
 use crate::support::daemon::{next_message, parse_config, start_with, subscribe};
+use crate::support::recipe::{recipe, TOKEN};
 use crate::support::{FakeUpstream, Reply, UpConn};
 
 const T: Duration = Duration::from_secs(10);
-
-/// `docs/recipes/<file>.toml` with endpoint `name` pointed at `url`, its token (if any) set to
-/// `token`, and `adjust` applied (shorter timings for a test).
-fn recipe(file: &str, name: &str, url: &str, adjust: impl FnOnce(&mut EndpointConfig)) -> Config {
-    let path = format!("{}/docs/recipes/{file}.toml", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).expect("recipe exists");
-    let mut cfg = parse_config(&text);
-    let ep = cfg.endpoints.get_mut(name).expect("recipe endpoint");
-    ep.url = ws_sidecar::config::UrlSource::Fixed(url::Url::parse(url).expect("test URL"));
-    if let Some(auth) = ep.auth.as_mut() {
-        auth.token = TokenSource::Secret(Secret::Plain(TOKEN.into()));
-    }
-    ep.backoff.initial = Duration::from_millis(20);
-    ep.backoff.min_delay = Duration::from_millis(10);
-    adjust(ep);
-    cfg
-}
-
-const TOKEN: &str = "test-token-\"quoted\"";
 
 fn json(m: &Message) -> serde_json::Value {
     match m {

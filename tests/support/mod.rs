@@ -18,6 +18,7 @@ pub mod flood;
 pub mod frame;
 pub mod process;
 pub mod proxy;
+pub mod recipe;
 pub mod ticks;
 pub mod tls;
 pub mod upstream;
