@@ -22,4 +22,5 @@ mod reconnect;
 mod reload;
 mod replay;
 mod resets;
+mod slack;
 mod upstream_access;
