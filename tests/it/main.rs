@@ -15,6 +15,7 @@ mod discovery;
 mod durability;
 mod fanout;
 mod features;
+mod kraken;
 mod ordering;
 mod publish;
 mod ratelimit;
