@@ -8,6 +8,7 @@ mod support;
 mod backoff;
 mod bad_input;
 mod classify;
+mod coinbase;
 mod connect_only_auth;
 mod decode;
 mod dialogue;
