@@ -314,6 +314,13 @@ async fn every_envelope_is_acknowledged_and_delivered_once_across_a_refresh() {
     }
     // Past the acknowledgement limit: nothing came again, and nothing else reached apps.
     tokio::time::sleep(ACK_WITHIN + ACK_WITHIN / 2).await;
+    while let Ok(Ok(Some(ev))) =
+        tokio::time::timeout(Duration::from_millis(200), sub.message()).await
+    {
+        if let Some(ws_sidecar::proto::event::Event::Message(m)) = ev.event {
+            panic!("more than the envelopes reached apps: {m:?}");
+        }
+    }
     let faults = slack.faults();
     assert!(faults.is_empty(), "the fake Slack saw: {faults:#?}");
     assert_eq!(
