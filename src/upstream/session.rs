@@ -228,11 +228,11 @@ impl<'a> Session<'a> {
                 event = switching.next(self.auth.is_some(), ep) => match event {
                     Event::Due(why) => self.replace(&mut switching, self.target(), why),
                     Event::Done(why, outcome) => match self.replaced(why, outcome, &mut conn, &mut switching) {
-                        Replaced::Open(ready) => switching.catch_up(ready, why),
+                        Replaced::Open(ready) => switching.catch_up(ready, why, self.script),
                         Replaced::Stay => { settle!(Flow::Continue); }
                         Replaced::Reset => { settle!(Flow::Act(Act::ResetResume)); }
                     },
-                    Event::Held(hash) => self.overlap.held(hash),
+                    Event::Held(kind, data) => self.converse_held(&mut switching, kind, data).await,
                     Event::Now => {
                         // What the old connection has received already is delivered before it
                         // goes; the new connection's copies are dropped as overlap.

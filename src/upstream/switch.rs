@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::auth::Auth;
 use super::failure::Failure;
@@ -13,8 +16,9 @@ use super::replace::{self, Outcome, Plan, Ready, Refused, Replacing, Why};
 use super::resume::Resume;
 use super::session::{Conn, End, Flow, Session};
 use crate::config::UrlSource;
-use crate::dialogue::{Act, Dialogue};
+use crate::dialogue::{matching, Act, Dialogue, Script};
 use crate::endpoint::Endpoint;
+use crate::log::Kind;
 
 /// First and longest wait between failed renewals (or rotations) while the old connection
 /// stays in use.
@@ -39,16 +43,20 @@ pub(super) enum Event {
     Due(Why),
     /// The replacement under way finished.
     Done(Why, Box<Outcome>),
-    /// The open replacement received a message (held) with this payload hash.
-    Held(u64),
+    /// The open replacement received a message: it takes part in the conversation at once
+    /// (see [`Session::converse_held`]).
+    Held(Kind, Bytes),
     /// The old connection did not catch up in time, or the replacement holds all it may, or it
     /// closed: switch now.
     Now,
 }
 
 /// An open replacement, waiting for the old connection to catch up.
-struct Catching {
+struct Catching<'a> {
     ready: Box<Ready>,
+    /// Its side of the conversation, which goes on while it waits (Slack's acknowledgements
+    /// are due within 3 s).
+    dialogue: Dialogue<'a>,
     why: Why,
     /// [`QUIET`] after it opened until data comes, then [`CATCH_UP`] after it opened.
     until: Instant,
@@ -73,7 +81,7 @@ pub(super) struct Switching<'a> {
     rotate: std::pin::Pin<Box<Sleep>>,
     retry: Duration,
     under_way: Option<(Why, Replacing<'a>)>,
-    catching: Option<Catching>,
+    catching: Option<Catching<'a>>,
 }
 
 impl<'a> Switching<'a> {
@@ -95,9 +103,10 @@ impl<'a> Switching<'a> {
     }
 
     /// Waits for the old connection to catch up with `ready` before switching to it.
-    pub(super) fn catch_up(&mut self, ready: Box<Ready>, why: Why) {
+    pub(super) fn catch_up(&mut self, ready: Box<Ready>, why: Why, script: &'a Script) {
         let now = Instant::now();
         self.catching = Some(Catching {
+            dialogue: Dialogue::opened(script, ready.counter),
             ready,
             why,
             until: now + QUIET,
@@ -108,7 +117,10 @@ impl<'a> Switching<'a> {
 
     /// The replacement to switch to now.
     pub(super) fn take_ready(&mut self) -> Option<(Box<Ready>, Why)> {
-        self.catching.take().map(|c| (c.ready, c.why))
+        self.catching.take().map(|mut c| {
+            c.ready.counter = c.dialogue.counter();
+            (c.ready, c.why)
+        })
     }
 
     /// The next event; renewals only while the connection holds a credential (a replacement
@@ -128,13 +140,11 @@ impl<'a> Switching<'a> {
                 let Some(c) = self.catching.as_mut() else { return Event::Now };
                 match r {
                     Ok(Some((kind, data))) => {
-                        let hash = super::resume::payload_hash(&data);
-                        c.ready.held.push(super::replace::Held { kind, data, seen: false });
-                        c.until = c.opened + CATCH_UP;
                         if c.ready.held.len() >= MAX_HELD {
                             return Event::Now;
                         }
-                        Event::Held(hash)
+                        c.until = c.opened + CATCH_UP;
+                        Event::Held(kind, data)
                     }
                     Ok(None) | Err(_) => {
                         c.ended = true;
@@ -197,6 +207,53 @@ fn far_future() -> Instant {
 }
 
 impl<'a> Session<'a> {
+    /// A message the open replacement received while the old connection catches up: its
+    /// dialogue answers at once on the new connection; what it lets through is held for the new
+    /// connection to deliver. A refusal abandons the replacement (this connection stays).
+    pub(super) async fn converse_held(
+        &mut self,
+        switching: &mut Switching<'a>,
+        kind: Kind,
+        data: Bytes,
+    ) {
+        let ep = self.ep;
+        let token = self.auth.as_ref().and_then(Auth::token);
+        let Some(c) = switching.catching.as_mut() else {
+            return;
+        };
+        let doc = serde_json::from_slice::<serde_json::Value>(&data).ok();
+        let m = matching::Message {
+            text: std::str::from_utf8(&data).ok(),
+            doc: doc.as_ref(),
+        };
+        let now = std::time::Instant::now();
+        let reaction = c.dialogue.inbound(m, &mut c.ready.captures, token, now);
+        let timeout = self.cfg.heartbeat.pong_timeout;
+        for f in &reaction.send {
+            let frame = Message::text(f.expose());
+            let sent = super::writer::send_one(&mut c.ready.ws, ep, frame, timeout, "replies");
+            if sent.await.is_err() {
+                c.ended = true;
+            }
+        }
+        if let Some(Act::End(..) | Act::ResetResume) = reaction.act {
+            tracing::warn!(
+                "the new connection was refused while this one caught up; this one stays"
+            );
+            switching.catching = None;
+            self.overlap.clear();
+            return;
+        }
+        if reaction.deliver {
+            self.overlap.held(super::resume::payload_hash(&data));
+            c.ready.held.push(super::replace::Held {
+                kind,
+                data,
+                seen: true,
+            });
+        }
+    }
+
     /// Starts a make-before-break replacement on `target`.
     pub(super) fn replace(&mut self, switching: &mut Switching<'a>, target: UrlSource, why: Why) {
         // Remembered whatever the ids: the switch waits for the old connection to deliver what
