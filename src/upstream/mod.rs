@@ -258,7 +258,12 @@ async fn run_inner(
                         if let Err(e) = forget_position(ep, kept, why).await {
                             tracing::error!(error = %e, "cannot forget the stored resume position");
                         }
-                        Next::Now
+                        // With backoff, as after any disconnect: an upstream that refuses
+                        // every position must not be hammered (Discord asks for 1-5 s after
+                        // an invalid session).
+                        let f = Failure::retry("the upstream said the resume position is gone");
+                        let delay = backoff.after_disconnect(Instant::now(), None, fastrand::f64());
+                        Next::Retry(f, delay)
                     }
                     End::Lost(f) => {
                         if f.class == Class::Auth {

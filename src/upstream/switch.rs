@@ -79,6 +79,8 @@ pub(super) enum Replaced {
 pub(super) struct Switching<'a> {
     renew: std::pin::Pin<Box<Sleep>>,
     rotate: std::pin::Pin<Box<Sleep>>,
+    /// Another try at a reconnect the upstream asked for, whose new connection failed.
+    upstream: std::pin::Pin<Box<Sleep>>,
     retry: Duration,
     under_way: Option<(Why, Replacing<'a>)>,
     catching: Option<Catching<'a>>,
@@ -96,6 +98,7 @@ impl<'a> Switching<'a> {
         Switching {
             renew: Box::pin(tokio::time::sleep_until(renew_deadline(auth))),
             rotate: Box::pin(tokio::time::sleep_until(rotate)),
+            upstream: Box::pin(tokio::time::sleep_until(far_future())),
             retry: RETRY_MIN,
             under_way: None,
             catching: None,
@@ -160,6 +163,10 @@ impl<'a> Switching<'a> {
                 self.rotate.as_mut().reset(far_future());
                 Event::Due(Why::Lifetime)
             }
+            _ = &mut self.upstream, if idle => {
+                self.upstream.as_mut().reset(far_future());
+                Event::Due(Why::Upstream)
+            }
             outcome = async { match self.under_way.as_mut() {
                 Some((_, r)) => r.await,
                 None => std::future::pending().await,
@@ -182,7 +189,7 @@ impl<'a> Switching<'a> {
         match why {
             Why::Renewal => self.renew.as_mut().reset(at),
             Why::Lifetime => self.rotate.as_mut().reset(at),
-            Why::Upstream => {}
+            Why::Upstream => self.upstream.as_mut().reset(at),
         }
         self.retry = (self.retry * 2).min(RETRY_MAX);
         wait
@@ -379,7 +386,7 @@ impl<'a> Session<'a> {
                         tracing::warn!(%reason, %retry_in, "cannot open the next connection; the current one stays")
                     }
                     Why::Upstream => {
-                        tracing::warn!(%reason, "the upstream asked to reconnect, but the new connection failed; staying on this one while it lasts")
+                        tracing::warn!(%reason, %retry_in, "the upstream asked to reconnect, but the new connection failed; this one stays meanwhile")
                     }
                 }
                 Replaced::Stay

@@ -445,3 +445,43 @@ async fn contiguous_ids_are_checked_per_channel() {
     );
     d.stop().await;
 }
+
+/// The upstream asks for a reconnect and the new connection fails once: it is tried again
+/// (after 1 s) while the old one keeps delivering, then switched to.
+#[tokio::test]
+async fn a_failed_reconnect_the_upstream_asked_for_is_tried_again() {
+    let up = FakeUpstream::start_with(|i, _| match i {
+        1 => Reply::reject(503, &[]),
+        _ => Reply::Accept,
+    })
+    .await;
+    let cfg = parse_config(&format!(
+        "[endpoints.a]\nurl = \"{}\"\nrules = [{{ match = {{ pointer = \"/type\", equals = \"reconnect\" }}, action = \"reconnect\", drop = true }}]\n",
+        up.url("/")
+    ));
+    let d = start_with(cfg).await;
+    let mut client = d.grpc().await;
+    let mut sub = subscribe(&mut client, "a", None).await;
+    let old = up.next_accepted_within(T).await.expect("connects");
+    old.send_text(r#"{"type":"reconnect"}"#)
+        .await
+        .expect("send");
+    old.send_text(r#"{"n":1}"#).await.expect("send");
+    assert_eq!(
+        payload(&next_message(&mut sub, T).await)["n"],
+        1,
+        "the old one still delivers"
+    );
+    let new = up
+        .next_accepted_within(T)
+        .await
+        .expect("tried again after the 503");
+    assert_eq!(up.attempts().len(), 3, "first, refused, retried");
+    new.send_text(r#"{"n":2}"#).await.expect("send");
+    let close = tokio::time::timeout(T, old.closed())
+        .await
+        .expect("old closed");
+    assert_eq!(close.map(|c| c.code), Some(1000));
+    assert_eq!(payload(&next_message(&mut sub, T).await)["n"], 2);
+    d.stop().await;
+}
