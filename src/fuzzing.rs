@@ -613,12 +613,14 @@ pub fn dialogue(messages: &[&[u8]]) {
             name: "v".into(),
             pointer: "/v".into(),
             matches: vec![],
+            default: None,
             persist: false,
         },
         CaptureConfig {
             name: "deep".into(),
             pointer: "/a/0/b".into(),
             matches: vec![equals("/t", serde_json::json!("x"))],
+            default: None,
             persist: false,
         },
     ];

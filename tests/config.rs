@@ -568,6 +568,7 @@ fn invalid_values_are_reported_at_their_key() {
         ("[endpoints.p]\nurl = \"ws://x\"\nrules = [{ reply = \"pong\" }]", "endpoints.p.rules[0].match: required key is missing"),
         ("[endpoints.p]\nurl = \"ws://x\"\ncaptures = { \"a-b\" = { pointer = \"/x\" } }", "a capture name holds only letters, digits and _"),
         ("[endpoints.p]\nurl = \"ws://x\"\ncaptures = { sid = { pointer = \"x\" } }", "endpoints.p.captures.sid.pointer: invalid JSON pointer"),
+        ("[endpoints.p]\nurl = \"ws://x\"\ncaptures = { sid = { pointer = \"/x\", default = \"nul\" } }", "endpoints.p.captures.sid.default: must be JSON text"),
         ("[endpoints.p]\nurl = \"ws://x\"\nmax_lifetime = \"500ms\"", "endpoints.p.max_lifetime: must be at least 1s"),
         ("[endpoints.p]\nurl = \"ws://x\"\nheartbeat = { ping_interval = \"never\" }", "endpoints.p.heartbeat.ping_interval"),
         ("[endpoints.p]\nurl = \"ws://x\"\nauth = { token = \"t\" }\nheaders = { X = \"{{counter}}\" }", "endpoints.p.headers.X: {{counter}} is not filled in here"),

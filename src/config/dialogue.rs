@@ -37,12 +37,19 @@ pub(super) fn read_captures(r: &mut Report, node: &Node<'_>) -> Vec<CaptureConfi
             .get("match")
             .map(|n| read_match(r, &n))
             .unwrap_or_default();
+        // JSON text, since TOML has no null: `default = "null"`, `default = '"text"'`.
+        let default = c.opt(r, "default", |v| {
+            let text = string(v)?;
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| format!("must be JSON text (\"null\", \"0\", '\"a string\"'): {e}"))
+        });
         c.finish(r);
         if let Some(pointer) = ptr {
             captures.push(CaptureConfig {
                 name,
                 pointer,
                 matches,
+                default,
                 persist: false,
             });
         }

@@ -235,6 +235,9 @@ pub struct CaptureConfig {
     pub pointer: String,
     /// Only messages matching this are looked at; empty: every JSON message.
     pub matches: Vec<Condition>,
+    /// The value before any message gave one, from JSON text (Discord's heartbeat wants `null`
+    /// before the first sequence number).
+    pub default: Option<serde_json::Value>,
     /// Kept in the store, since resuming needs it after a restart (set by the config loader:
     /// the session capture, and those used in `resume.url`, `resume.frame` or a resuming step).
     pub persist: bool,

@@ -21,6 +21,7 @@ struct Capture {
     pointer: String,
     when: Match,
     persist: bool,
+    default: Option<Value>,
 }
 
 /// What to capture, compiled once per endpoint run.
@@ -37,6 +38,7 @@ impl Capturing {
                     pointer: c.pointer.clone(),
                     when: Match::new(&c.matches),
                     persist: c.persist,
+                    default: c.default.clone(),
                 })
                 .collect(),
         )
@@ -45,6 +47,15 @@ impl Capturing {
     /// True when nothing is captured.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Gives every capture that has no value yet its configured `default`.
+    pub fn seed(&self, into: &mut Captures) {
+        for c in &self.0 {
+            if let (Some(d), false) = (&c.default, into.0.contains_key(&c.name)) {
+                into.0.insert(c.name.clone(), d.clone());
+            }
+        }
     }
 
     /// Takes every configured value `m` holds into `into`; returns the names of those that
@@ -127,16 +138,25 @@ mod tests {
                     pointer: "/t".into(),
                     value: json!("READY"),
                 }],
+                default: None,
                 persist: true,
             },
             CaptureConfig {
                 name: "seq".into(),
                 pointer: "/s".into(),
                 matches: vec![],
+                default: Some(Value::Null),
                 persist: false,
             },
         ]);
         let mut c = Captures::default();
+        capturing.seed(&mut c);
+        assert_eq!(
+            c.get("seq"),
+            Some(&Value::Null),
+            "its default before any message"
+        );
+        assert_eq!(c.get("session"), None);
         let msg = |d: &Value, c: &mut Captures| {
             capturing.take(
                 Message {

@@ -46,6 +46,11 @@ impl Script {
         }
     }
 
+    /// Gives captures without a value their configured default.
+    pub fn seed(&self, captures: &mut Captures) {
+        self.capturing.seed(captures);
+    }
+
     /// Whether an open connection's messages go through the dialogue (captures or rules).
     pub fn listens(&self) -> bool {
         !self.capturing.is_empty() || !self.rules.is_empty()

@@ -206,18 +206,21 @@ mod tests {
                 name: "id".into(),
                 pointer: "/id".into(),
                 matches: vec![],
+                default: None,
                 persist: false,
             },
             crate::config::CaptureConfig {
                 name: "n".into(),
                 pointer: "/n".into(),
                 matches: vec![],
+                default: None,
                 persist: false,
             },
             crate::config::CaptureConfig {
                 name: "o".into(),
                 pointer: "/o".into(),
                 matches: vec![],
+                default: None,
                 persist: false,
             },
         ])

@@ -149,6 +149,7 @@ pub fn start(plan: Plan<'_>) -> Replacing<'_> {
             Err(e) => return (auth, Err(e.into())),
         };
         let token = auth.as_ref().and_then(Auth::token).cloned();
+        script.seed(&mut captures);
         let mut decoder = Decoder::new(cfg.decode, cfg.max_message_size);
         let r = open(
             ws,

@@ -119,6 +119,7 @@ impl<'a> Session<'a> {
         let ep = self.ep;
         let cfg = self.cfg;
         let script: &'a Script = self.script;
+        script.seed(self.captures);
         let mut dialogue = match self.opened {
             Some(counter) => Dialogue::opened(script, counter),
             None => Dialogue::new(script, self.offered()),
