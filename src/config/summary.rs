@@ -282,11 +282,15 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
         format_duration(hb.pong_timeout),
         hb.idle_timeout.map_or("off".into(), format_duration)
     );
-    if hb.app_ping.is_some() {
-        heartbeat.push_str(&format!(
+    match (&hb.app_ping, &hb.app_ping_interval_capture) {
+        (Some(_), Some((name, _))) => {
+            heartbeat.push_str(&format!(", app ping every captures.{name}"));
+        }
+        (Some(_), None) => heartbeat.push_str(&format!(
             ", app ping every {}",
             format_duration(hb.app_ping_interval)
-        ));
+        )),
+        (None, _) => {}
     }
     line("heartbeat", heartbeat);
     if let Some(rl) = &ep.rate_limit {
@@ -343,8 +347,18 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
                     text.push_str(&format!(" (string, dedup {})", resume.dedup_window))
                 }
             }
-            if resume.scope == IdScope::Connection {
-                text.push_str(", ids per connection");
+            match (resume.scope, &resume.session) {
+                (IdScope::Connection, _) => text.push_str(", ids per connection"),
+                (IdScope::Session, Some(s)) => {
+                    text.push_str(&format!(", ids per session (captures.{s})"))
+                }
+                _ => {}
+            }
+            if let Some(channel) = &resume.channel_pointer {
+                text.push_str(&format!(", per channel {channel}"));
+            }
+            if resume.url.is_some() {
+                text.push_str(", resume url");
             }
             if let Some(query) = &resume.query {
                 text.push_str(&format!(", query {query}"));
