@@ -8,7 +8,7 @@ release binary ingests them with no subscriber; the daemon's CPU time (utime + s
 
     pip install websockets
     cargo build --release --locked
-    python3 benches/durable_ingest.py target/release/ws-sidecar 400000 resume   # or: plain
+    python3 benches/durable_ingest.py target/release/ws-sidecar 400000 resume   # or: plain, dialogue
 
 The upstream (one Python process) is the throughput limit here, about 100k messages/s: compare
 CPU per message between builds, not the rate.
@@ -30,8 +30,21 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def main(binary, n, resume):
-    messages = [json.dumps({"id": i, "type": "tick", "payload": "x" * 40}) for i in range(1, n + 1)]
+# The dialogue on every message: a capture and two rules looked at for each (one matches and
+# replies to one message in 1000; the other never matches), on top of resume.
+DIALOGUE = (
+    'captures.last = { pointer = "/id" }\n'
+    'rules = [{ match = { pointer = "/type", equals = "ping" }, reply = \'{"pong":{{capture.last}}}\', drop = true },'
+    ' { match = { text = "never" }, drop = true }]\n'
+)
+
+
+async def main(binary, n, mode):
+    resume = mode != "plain"
+    messages = [
+        json.dumps({"id": i, "type": "ping" if i % 1000 == 0 else "tick", "payload": "x" * 40})
+        for i in range(1, n + 1)
+    ]
     go = asyncio.Event()
 
     async def upstream(ws):
@@ -43,7 +56,9 @@ async def main(binary, n, resume):
     server = await websockets.serve(upstream, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     d = tempfile.mkdtemp(prefix="ws-sidecar-bench-")
-    section = '[endpoints.f.resume]\nid_pointer = "/id"\nquery = "since"\n' if resume else ""
+    section = DIALOGUE if mode == "dialogue" else ""
+    if resume:
+        section += '[endpoints.f.resume]\nid_pointer = "/id"\nquery = "since"\n'
     with open(f"{d}/config.toml", "w") as f:
         f.write(
             f'[grpc]\nlisten = ["unix:{d}/grpc.sock"]\n[stream]\npath = ""\n[http]\nlisten = ""\n'
@@ -59,11 +74,13 @@ async def main(binary, n, resume):
         cpu0, t0 = cpu_seconds(daemon.pid), time.time()
         go.set()
         status = [binary, "status", "--json", "--grpc", f"unix:{d}/grpc.sock"]
-        while json.loads(subprocess.run(status, capture_output=True).stdout)[0]["last_seq"] < n:
+        # Pings are answered and dropped, not delivered.
+        expected = n - (n // 1000 if mode == "dialogue" else 0)
+        while json.loads(subprocess.run(status, capture_output=True).stdout)[0]["last_seq"] < expected:
             await asyncio.sleep(0.05)
         elapsed, cpu = time.time() - t0, cpu_seconds(daemon.pid) - cpu0
         print(
-            f"{binary} resume={resume}: {n} messages in {elapsed:.2f} s, "
+            f"{binary} {mode}: {n} messages in {elapsed:.2f} s, "
             f"daemon CPU {cpu / n * 1e6:.2f} us/message"
         )
     finally:
@@ -73,6 +90,6 @@ async def main(binary, n, resume):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[3] not in ("resume", "plain"):
-        sys.exit("usage: durable_ingest.py BINARY N resume|plain")
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume"))
+    if len(sys.argv) != 4 or sys.argv[3] not in ("resume", "plain", "dialogue"):
+        sys.exit("usage: durable_ingest.py BINARY N resume|plain|dialogue")
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
