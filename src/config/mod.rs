@@ -17,6 +17,7 @@ mod load;
 mod numbers;
 mod proxy;
 mod ratelimit;
+mod resume;
 mod summary;
 mod template;
 pub mod units;
