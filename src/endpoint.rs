@@ -65,6 +65,9 @@ pub struct Stats {
     pub duplicates_dropped: AtomicU64,
     /// Upstream messages discarded by `drop` filters.
     pub filtered: AtomicU64,
+    /// Upstream messages the dialogue kept from apps: a rule's `drop`, or the opening dialogue
+    /// (what arrives while an `on_connect` step waits, unless it delivers).
+    pub dialogue_kept: AtomicU64,
     /// Times the upstream's ids started again (resume saw a reset).
     pub upstream_id_resets: AtomicU64,
     /// Compressed bytes of inbound binary messages handed to `decode`.

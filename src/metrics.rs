@@ -24,7 +24,8 @@ pub const RECONNECTS: &str = "ws_sidecar_reconnects_total";
 /// Upstream messages fanned out (after resume dedup and `drop` filters).
 pub const RECEIVED_MESSAGES: &str = "ws_sidecar_received_messages_total";
 pub const RECEIVED_BYTES: &str = "ws_sidecar_received_bytes_total";
-/// Upstream messages not fanned out, by `reason`: `duplicate`, `filtered`.
+/// Upstream messages not fanned out, by `reason`: `duplicate`, `filtered` (`drop` filters),
+/// `dialogue` (a rule's `drop`, or the opening dialogue).
 pub const DROPPED_MESSAGES: &str = "ws_sidecar_dropped_messages_total";
 /// Inbound messages `decode` failed on, by `reason`: `corrupt` (dropped; a stream's connection
 /// reopened), `too_big` (inflated past `max_message_size`: the connection closed with 1009).
@@ -147,6 +148,7 @@ pub fn render(registry: &Registry) -> String {
         for (reason, counter) in [
             ("duplicate", &ep.stats.duplicates_dropped),
             ("filtered", &ep.stats.filtered),
+            ("dialogue", &ep.stats.dialogue_kept),
         ] {
             out.sample(
                 DROPPED_MESSAGES,

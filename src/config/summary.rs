@@ -193,7 +193,7 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
         line("headers", headers.join(", "));
     }
     if !ep.subprotocols.is_empty() {
-        line("subprotocols", ep.subprotocols.join(", "));
+        line("protocols", ep.subprotocols.join(", "));
     }
     if !ep.on_connect.is_empty() {
         // Frames may carry credentials of their own: count them, do not print them.

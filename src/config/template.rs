@@ -37,13 +37,47 @@ impl Allowed<'_> {
     };
 }
 
-/// A template holding only the placeholders `allowed`.
+/// A template holding only the placeholders `allowed`; a frame template that is JSON (starts
+/// with `{` or `[`) must stay JSON once filled in.
 pub(super) fn template(allowed: Allowed<'_>) -> impl Fn(&Value) -> Result<String, String> + '_ {
     move |v| {
         let s = string(v)?;
         check(&s, allowed)?;
+        if let Some(names) = allowed.frame {
+            json_when_filled(&s, names)?;
+        }
         Ok(s)
     }
+}
+
+/// Fills a JSON frame template with stand-in values, as the daemon would, and parses it: a
+/// missing quote or brace would otherwise only show when the upstream refuses the frame.
+fn json_when_filled(s: &str, captures: &BTreeSet<String>) -> Result<(), String> {
+    use crate::dialogue::capture::Captures;
+    use crate::dialogue::template::{frame, Values};
+    if !s.trim_start().starts_with(['{', '[']) {
+        return Ok(());
+    }
+    let token = crate::secret::SecretString::new("token".into());
+    let last_id = crate::upstream::resume::UpstreamId::Int(1);
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    let stand_ins: Vec<(String, String)> = captures
+        .iter()
+        .map(|n| (n.clone(), "\"x\"".to_owned()))
+        .collect();
+    let captures = Captures::restored(&stand_ins);
+    let values = Values {
+        token: Some(&token),
+        last_id: Some(&last_id),
+        counter: Some(&counter),
+        captures: Some(&captures),
+    };
+    let filled = frame(s, values).map_err(|e| e.to_string())?;
+    serde_json::from_str::<serde_json::Value>(filled.expose())
+        .map(|_| ())
+        .map_err(|e| {
+            format!("starts like JSON but is not JSON once filled in ({e}); a frame that is not JSON must not start with {{ or [")
+        })
 }
 
 /// Refuses a placeholder `s` may not hold.
@@ -120,7 +154,16 @@ fn placeholders(s: &str) -> Result<Vec<&str>, String> {
     let mut rest = s;
     while let Some(start) = rest.find("{{") {
         let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else { break };
+        let Some(end) = after.find("}}") else {
+            let word: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                .collect();
+            if !word.is_empty() {
+                return Err(format!("{{{{{word} is not closed: write {{{{{word}}}}}"));
+            }
+            break;
+        };
         rest = &after[end + 2..];
         let raw = &after[..end];
         let name = raw.trim();

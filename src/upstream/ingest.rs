@@ -12,7 +12,6 @@ use super::auth::Auth;
 use super::resume::{Break, UpstreamId, Verdict};
 use super::session::{Conn, Flow, Session};
 use crate::dialogue::matching;
-use crate::endpoint::State;
 use crate::endpoint::{unix_nanos, Endpoint};
 use crate::log::{GapReason, IdBreak, Kind};
 use crate::store::Op;
@@ -67,13 +66,13 @@ impl Session<'_> {
             conn.out
                 .extend(reaction.send.iter().map(|f| Message::text(f.expose())));
             if reaction.opened {
-                self.ep.set_state(State::Connected, self.connected.clone());
-                let _ = conn.open.send(true);
+                self.opened(conn);
             }
             if let Some(act) = reaction.act {
                 flow = Flow::Act(act);
             }
             if !reaction.deliver {
+                Endpoint::count(&self.ep.stats.dialogue_kept, 1);
                 return flow;
             }
         }

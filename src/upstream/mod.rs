@@ -211,7 +211,6 @@ async fn run_inner(
                 ever_connected = true;
                 url_idx = 0;
                 url_failures = 0;
-                auth_failures = 0;
                 backoff.on_connected(Instant::now());
                 let span = tracing::info_span!("connection", attempt = connections);
                 let session = Session {
@@ -233,6 +232,7 @@ async fn run_inner(
                     captures,
                     overlap: &mut overlap,
                     connected: format!("connected to {shown}{via}"),
+                    auth_failures: &mut auth_failures,
                     opened,
                     held,
                     decoder: decoder

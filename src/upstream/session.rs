@@ -83,6 +83,10 @@ pub struct Session<'a> {
     pub overlap: &'a mut Overlap,
     /// What status says once the connection's opening dialogue is done.
     pub connected: String,
+    /// Consecutive auth failures of the endpoint: a refusal during the opening dialogue (a
+    /// step's `failure = "reauth"`, a reauth close code) counts, and only a completed opening
+    /// clears them.
+    pub auth_failures: &'a mut u32,
     /// `Some(counter)` for a replacement whose opening dialogue ran already.
     pub opened: Option<u64>,
     /// A replacement's first message, read before the switch: delivered first.
@@ -158,7 +162,7 @@ impl<'a> Session<'a> {
             open: open_tx,
         };
         if conn.dialogue.is_open() {
-            ep.set_state(State::Connected, self.connected.clone());
+            self.opened(&mut conn);
         } else {
             let waiting = format!("{}; waiting for the on_connect answers", self.connected);
             ep.set_state(State::Connecting, waiting);
@@ -261,6 +265,9 @@ impl<'a> Session<'a> {
                         match action {
                             Action::Dead(reason) => return End::Lost(Failure::retry(reason)),
                             Action::Ping(p) => conn.out.push(Message::Ping(Bytes::from(p))),
+                            // The opening dialogue speaks first (Home Assistant refuses anything
+                            // before auth_ok).
+                            Action::AppPing if !conn.dialogue.is_open() => {}
                             Action::AppPing => conn.out.extend(self.app_ping(&conn.dialogue)),
                         }
                     }
@@ -371,6 +378,14 @@ impl<'a> Session<'a> {
             None => return Flow::End(End::Lost(Failure::retry("connection closed by upstream"))),
         }
         Flow::Continue
+    }
+
+    /// The opening dialogue is done: the connection is `connected`, the outbox may flow, and
+    /// the credential proved good (auth failures start counting again from zero).
+    pub(super) fn opened(&mut self, conn: &mut Conn<'_>) {
+        self.ep.set_state(State::Connected, self.connected.clone());
+        let _ = conn.open.send(true);
+        *self.auth_failures = 0;
     }
 
     /// Closes this connection with 1000 for `why`, and continues on `ready`.

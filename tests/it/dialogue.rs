@@ -54,6 +54,12 @@ async fn home_assistant(
         return vec![format!("bad auth frame {first:?}")];
     }
     go.await.expect("released");
+    // A server slow to check the token: the client must say nothing meanwhile (three of the
+    // test's app ping intervals).
+    if let Ok(Some(early)) = c.recv_timeout(Duration::from_millis(300)).await {
+        c.close(1008, "before auth_ok").await.ok();
+        return vec![format!("sent before auth_ok: {early:?}")];
+    }
     c.send_text(r#"{"type":"auth_ok","ha_version":"2024.1.0"}"#)
         .await
         .expect("send");
@@ -132,6 +138,14 @@ async fn home_assistant_waits_for_auth_ok_and_keeps_ids_increasing() {
         .expect("fake done")
         .expect("fake ran");
     assert!(faults.is_empty(), "the fake Home Assistant saw: {faults:?}");
+    let kept = ep
+        .stats
+        .dialogue_kept
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        kept >= 5,
+        "auth_required, auth_ok, the result and pongs are counted: {kept}"
+    );
     d.stop().await;
 }
 
@@ -483,5 +497,37 @@ async fn a_failed_reconnect_the_upstream_asked_for_is_tried_again() {
         .expect("old closed");
     assert_eq!(close.map(|c| c.code), Some(1000));
     assert_eq!(payload(&next_message(&mut sub, T).await)["n"], 2);
+    d.stop().await;
+}
+
+/// Home Assistant answers a wrong token with `auth_invalid` and closes: a refusal in the
+/// opening dialogue with `failure = "reauth"` is an auth failure, and after `max_failures` of
+/// them in a row the endpoint is `failed` (not retried for ever because the handshake before
+/// it succeeded).
+#[tokio::test]
+async fn a_refused_token_in_the_opening_ends_in_failed() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let cfg = recipe("home-assistant", "home", &up.url("/api/websocket"), |_| {});
+    let d = start_with(cfg).await;
+    let refuse = async {
+        loop {
+            let Ok(c) = up.next_accepted_within(T).await else {
+                break;
+            };
+            c.send_text(r#"{"type":"auth_required"}"#).await.ok();
+            let _ = c.recv_timeout(T).await;
+            c.send_text(r#"{"type":"auth_invalid","message":"Invalid access token or password"}"#)
+                .await
+                .ok();
+            c.close(4001, "auth").await.ok();
+        }
+    };
+    tokio::select! {
+        ev = d.wait_state("home", State::Failed, T) => {
+            assert!(ev.reason.contains("3 consecutive auth failures"), "{}", ev.reason);
+        }
+        _ = refuse => panic!("the fake stopped"),
+    }
+    assert_eq!(up.attempts().len(), 3, "max_failures attempts, no more");
     d.stop().await;
 }
