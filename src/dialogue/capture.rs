@@ -76,12 +76,18 @@ impl Capturing {
                 tracing::warn!(capture = %c.name, max = MAX_VALUE, "captured value too long; keeping the previous one");
                 continue;
             }
-            if into.0.get(&c.name) != Some(v) {
-                into.0.insert(c.name.clone(), v.clone());
-                changed.any = true;
-                if c.persist {
-                    changed.to_store.push((c.name.clone(), v.to_string()));
+            // In place when the name is known: a capture that changes with every message (a
+            // sequence number) costs no allocation for its name.
+            match into.0.get_mut(&c.name) {
+                Some(old) if old == v => continue,
+                Some(old) => *old = v.clone(),
+                None => {
+                    into.0.insert(c.name.clone(), v.clone());
                 }
+            }
+            changed.any = true;
+            if c.persist {
+                changed.to_store.push((c.name.clone(), v.to_string()));
             }
         }
         changed
