@@ -3,40 +3,18 @@
 //! The fake upstreams compress the way the feeds do: a gzip member per binary frame (HTX,
 //! BingX), one sync-flushed zlib stream per connection (Discord's zlib-stream).
 
-use std::io::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use flate2::write::GzEncoder;
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::{Compress, Compression};
 use ws_sidecar::endpoint::State;
 use ws_sidecar::proto::Kind;
 
+use crate::support::compress::{gzip, sync_flushed};
 use crate::support::daemon::{next_message, start_daemon, subscribe};
 use crate::support::{FakeUpstream, Reply};
 
 const T: Duration = Duration::from_secs(10);
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = GzEncoder::new(Vec::new(), Compression::best());
-    e.write_all(data).expect("gzip");
-    e.finish().expect("gzip")
-}
-
-/// The next message of a connection's zlib stream, ending with the sync-flush suffix.
-fn sync_flushed(c: &mut Compress, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 64);
-    let start = c.total_in();
-    loop {
-        let used = (c.total_in() - start) as usize;
-        out.reserve(1024);
-        c.compress_vec(&data[used..], &mut out, FlushCompress::Sync)
-            .expect("compress");
-        if (c.total_in() - start) as usize == data.len() && out.ends_with(&[0, 0, 0xff, 0xff]) {
-            return out;
-        }
-    }
-}
 
 fn trade(seq: u64) -> String {
     format!(r#"{{"ch":"market.btcusdt.trade","seq":{seq},"price":"64000.5"}}"#)

@@ -3,11 +3,8 @@
 //! that enforce what each exchange documents. The app only subscribes; every message reaches it
 //! once, in order, and nothing of the protocol (answers, pings, pongs) does.
 
-use std::io::Write as _;
 use std::time::Duration;
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use tokio_tungstenite::tungstenite::Message;
 use ws_sidecar::proto;
 
@@ -268,9 +265,7 @@ async fn okx_text_pings_keep_the_connection_and_apps_get_only_tickers() {
 }
 
 fn gzip(text: &str) -> Vec<u8> {
-    let mut e = GzEncoder::new(Vec::new(), Compression::default());
-    e.write_all(text.as_bytes()).expect("gzip");
-    e.finish().expect("gzip")
+    crate::support::compress::gzip(text.as_bytes())
 }
 
 fn htx_trade(n: u64) -> Message {

@@ -11,6 +11,7 @@
 //! the URL every message goes out as the next sync-flushed part of one zlib stream per
 //! connection. Every breach is recorded in [`FakeDiscord::faults`].
 
+use super::compress::sync_flushed;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,21 +49,6 @@ impl Wire {
             }
             None => self.conn.send_text(&text).await,
         };
-    }
-}
-
-/// The next message of a connection's zlib stream, ending with the sync-flush suffix.
-fn sync_flushed(c: &mut Compress, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 64);
-    let start = c.total_in();
-    loop {
-        let used = (c.total_in() - start) as usize;
-        out.reserve(1024);
-        c.compress_vec(&data[used..], &mut out, FlushCompress::Sync)
-            .expect("compress");
-        if (c.total_in() - start) as usize == data.len() && out.ends_with(&[0, 0, 0xff, 0xff]) {
-            return out;
-        }
     }
 }
 

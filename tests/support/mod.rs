@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod binance;
+pub mod compress;
 pub mod daemon;
 pub mod discord;
 pub mod discovery;
