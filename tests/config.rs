@@ -618,6 +618,18 @@ fn invalid_values_are_reported_at_their_key() {
 }
 
 #[test]
+fn a_bad_pointer_in_a_condition_is_one_error() {
+    let found = errors(
+        "[endpoints.p]\nurl = \"ws://x\"\nrules = [{ match = { pointer = \"type\", equals = \"x\" }, drop = true }]",
+    );
+    assert_eq!(
+        found,
+        ["config.toml: endpoints.p.rules[0].match.pointer: invalid JSON pointer \"type\": must be \"\" or start with /"],
+        "not also \"pointer: required key is missing\""
+    );
+}
+
+#[test]
 fn scalar_forms_and_disabling() {
     let text = r#"
 [stream]

@@ -252,7 +252,7 @@ pub(super) fn read_match(r: &mut Report, node: &Node<'_>) -> Vec<Condition> {
             (Some(pointer), Some(value), None) => Some(Condition::Equals { pointer, value }),
             (Some(pointer), None, None) if !t.has("equals") => Some(Condition::Present { pointer }),
             (None, None, Some(text)) => Some(Condition::Text(text)),
-            (None, Some(_), None) => {
+            (None, Some(_), None) if !t.has("pointer") => {
                 r.at(
                     &t.path_of("pointer"),
                     "required key is missing (equals compares the value there)",
