@@ -238,6 +238,11 @@ impl<'a> Session<'a> {
                         Replaced::Reset => { settle!(Flow::Act(Act::ResetResume)); }
                     },
                     Event::Held(kind, data) => self.converse_held(&mut switching, kind, data).await,
+                    Event::Lost(why) => {
+                        self.overlap.clear();
+                        let retry_in = crate::fmt::duration(switching.lost(why));
+                        tracing::warn!(%retry_in, "the new connection closed before the switch; this one stays");
+                    }
                     Event::Now => {
                         // What the old connection has received already is delivered before it
                         // goes; the new connection's copies are dropped as overlap.

@@ -46,9 +46,12 @@ pub(super) enum Event {
     /// The open replacement received a message: it takes part in the conversation at once
     /// (see [`Session::converse_held`]).
     Held(Kind, Bytes),
-    /// The old connection did not catch up in time, or the replacement holds all it may, or it
-    /// closed: switch now.
+    /// The old connection did not catch up in time, or the replacement holds all it may:
+    /// switch now.
     Now,
+    /// The open replacement closed or failed while the old connection caught up: the old one
+    /// stays, and the replacement is tried again later.
+    Lost(Why),
 }
 
 /// An open replacement, waiting for the old connection to catch up.
@@ -61,7 +64,7 @@ struct Catching<'a> {
     /// [`QUIET`] after it opened until data comes, then [`CATCH_UP`] after it opened.
     until: Instant,
     opened: Instant,
-    /// The replacement closed or failed meanwhile: switch at once (it reconnects from there).
+    /// The replacement could not be written to: it is given up at the next event.
     ended: bool,
 }
 
@@ -131,7 +134,8 @@ impl<'a> Switching<'a> {
     pub(super) async fn next(&mut self, has_auth: bool, ep: &Endpoint) -> Event {
         let idle = self.under_way.is_none() && self.catching.is_none();
         if self.catching.as_ref().is_some_and(|c| c.ended) {
-            return Event::Now;
+            let why = self.catching.take().map_or(Why::Upstream, |c| c.why);
+            return Event::Lost(why);
         }
         let until = self.catching.as_ref().map(|c| c.until);
         tokio::select! {
@@ -150,8 +154,9 @@ impl<'a> Switching<'a> {
                         Event::Held(kind, data)
                     }
                     Ok(None) | Err(_) => {
-                        c.ended = true;
-                        Event::Now
+                        let why = c.why;
+                        self.catching = None;
+                        Event::Lost(why)
                     }
                 }
             }
@@ -175,6 +180,11 @@ impl<'a> Switching<'a> {
                 Event::Done(why, Box::new(outcome))
             }
         }
+    }
+
+    /// A replacement lost before the switch: try again after the retry delay.
+    pub(super) fn lost(&mut self, why: Why) -> Duration {
+        self.again(why)
     }
 
     /// Whether a replacement is under way.
@@ -241,6 +251,7 @@ impl<'a> Session<'a> {
             let sent = super::writer::send_one(&mut c.ready.ws, ep, frame, timeout, "replies");
             if sent.await.is_err() {
                 c.ended = true;
+                return;
             }
         }
         if let Some(Act::End(..) | Act::ResetResume) = reaction.act {

@@ -552,3 +552,40 @@ async fn a_refused_token_in_the_opening_ends_in_failed() {
     assert_eq!(up.attempts().len(), 3, "max_failures attempts, no more");
     d.stop().await;
 }
+
+/// A replacement that the upstream closes before the switch is given up: the old connection
+/// keeps delivering and is replaced by the next try, not by the closed one.
+#[tokio::test]
+async fn a_replacement_closed_before_the_switch_is_given_up() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let cfg = parse_config(&format!(
+        "[endpoints.a]\nurl = \"{}\"\nmax_lifetime = \"1s\"\n",
+        up.url("/")
+    ));
+    let d = start_with(cfg).await;
+    let mut client = d.grpc().await;
+    let mut sub = subscribe(&mut client, "a", None).await;
+    let old = up.next_accepted_within(T).await.expect("connects");
+    old.send_text(r#"{"n":1}"#).await.expect("send");
+    assert_eq!(payload(&next_message(&mut sub, T).await)["n"], 1);
+    let doomed = up.next_accepted_within(T).await.expect("rotation begins");
+    doomed.send_text(r#"{"n":2}"#).await.expect("send");
+    doomed.close(1011, "going away").await.expect("close");
+    old.send_text(r#"{"n":2}"#).await.expect("send");
+    assert_eq!(
+        payload(&next_message(&mut sub, T).await)["n"],
+        2,
+        "the old connection still delivers"
+    );
+    let next = up.next_accepted_within(T).await.expect("tried again");
+    next.send_text(r#"{"n":3}"#).await.expect("send");
+    old.send_text(r#"{"n":3}"#).await.expect("send");
+    let close = tokio::time::timeout(T, old.closed())
+        .await
+        .expect("old closed");
+    assert_eq!(close.map(|c| c.code), Some(1000));
+    assert_eq!(payload(&next_message(&mut sub, T).await)["n"], 3, "once");
+    next.send_text(r#"{"n":4}"#).await.expect("send");
+    assert_eq!(payload(&next_message(&mut sub, T).await)["n"], 4);
+    d.stop().await;
+}

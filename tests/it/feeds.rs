@@ -102,10 +102,26 @@ async fn binance_rotations(in_order: bool) {
         "every connection rotated before its cut"
     );
     assert_eq!(up.bad_requests(), 0);
+    // What each connection last received, to tell a close that never came from one sent late.
+    let last_frames: Vec<String> = (0..5)
+        .map(|c| {
+            let fr: Vec<&Received> = all.iter().filter(|r| r.conn == c).collect();
+            format!(
+                "conn {c}: {} frames, last {:?}",
+                fr.len(),
+                fr.iter()
+                    .rev()
+                    .take(3)
+                    .map(|r| format!("{:?}", r.frame))
+                    .collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    let state = d.endpoint("binance").state();
     assert_eq!(
         closed_normally(&all),
         vec![0, 1, 2],
-        "rotated out with 1000"
+        "rotated out with 1000: {last_frames:#?} {state:?}"
     );
     for conn in 0..4 {
         assert_eq!(
