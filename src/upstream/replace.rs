@@ -228,12 +228,7 @@ async fn open(mut ws: Ws, o: Opening<'_>) -> Result<(Ws, u64, Vec<Held>), Refuse
             }
             .into());
         };
-        let doc = serde_json::from_slice::<serde_json::Value>(&data).ok();
-        let m = matching::Message {
-            text: std::str::from_utf8(&data).ok(),
-            doc: doc.as_ref(),
-        };
-        let reaction = dialogue.inbound(m, captures, token, std::time::Instant::now());
+        let reaction = converse(&mut ws, &mut dialogue, captures, token, &data, (cfg, ep)).await?;
         match reaction.act {
             Some(Act::End(why, _)) => return Err(format!("replacement connection: {why}").into()),
             Some(Act::ResetResume) => {
@@ -252,14 +247,33 @@ async fn open(mut ws: Ws, o: Opening<'_>) -> Result<(Ws, u64, Vec<Held>), Refuse
                 seen: true,
             });
         }
-        let frames = reaction
-            .send
-            .iter()
-            .map(|f| Message::text(f.expose()))
-            .collect();
-        send(&mut ws, frames, cfg, ep).await?;
     }
     Ok((ws, dialogue.counter(), held))
+}
+
+/// One message on a replacement connection: its dialogue reacts (captures, rules, the gate)
+/// and the replies go out on that connection at once, under the rate limit.
+pub(super) async fn converse(
+    ws: &mut Ws,
+    dialogue: &mut Dialogue<'_>,
+    captures: &mut Captures,
+    token: Option<&crate::secret::SecretString>,
+    data: &[u8],
+    (cfg, ep): (&EndpointConfig, &Endpoint),
+) -> Result<crate::dialogue::Reaction, String> {
+    let doc = serde_json::from_slice::<serde_json::Value>(data).ok();
+    let m = matching::Message {
+        text: std::str::from_utf8(data).ok(),
+        doc: doc.as_ref(),
+    };
+    let reaction = dialogue.inbound(m, captures, token, std::time::Instant::now());
+    let frames = reaction
+        .send
+        .iter()
+        .map(|f| Message::text(f.expose()))
+        .collect();
+    send(ws, frames, cfg, ep).await?;
+    Ok(reaction)
 }
 
 /// The next message of a replacement connection, decoded; `None` once it closed.

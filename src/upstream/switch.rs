@@ -8,7 +8,6 @@ use bytes::Bytes;
 
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::auth::Auth;
 use super::failure::Failure;
@@ -16,7 +15,7 @@ use super::replace::{self, Outcome, Plan, Ready, Refused, Replacing, Why};
 use super::resume::Resume;
 use super::session::{Conn, End, Flow, Session};
 use crate::config::UrlSource;
-use crate::dialogue::{matching, Act, Dialogue, Script};
+use crate::dialogue::{Act, Dialogue, Script};
 use crate::endpoint::Endpoint;
 use crate::log::Kind;
 
@@ -238,22 +237,17 @@ impl<'a> Session<'a> {
         let Some(c) = switching.catching.as_mut() else {
             return;
         };
-        let doc = serde_json::from_slice::<serde_json::Value>(&data).ok();
-        let m = matching::Message {
-            text: std::str::from_utf8(&data).ok(),
-            doc: doc.as_ref(),
-        };
-        let now = std::time::Instant::now();
-        let reaction = c.dialogue.inbound(m, &mut c.ready.captures, token, now);
-        let timeout = self.cfg.heartbeat.pong_timeout;
-        for f in &reaction.send {
-            let frame = Message::text(f.expose());
-            let sent = super::writer::send_one(&mut c.ready.ws, ep, frame, timeout, "replies");
-            if sent.await.is_err() {
-                c.ended = true;
-                return;
-            }
-        }
+        let (ws, captures) = (&mut c.ready.ws, &mut c.ready.captures);
+        let reaction =
+            match replace::converse(ws, &mut c.dialogue, captures, token, &data, (self.cfg, ep))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    c.ended = true;
+                    return;
+                }
+            };
         if let Some(Act::End(..) | Act::ResetResume) = reaction.act {
             tracing::warn!(
                 "the new connection was refused while this one caught up; this one stays"
