@@ -251,6 +251,8 @@ impl Continuity {
                 }
                 out.line(format_args!("{now}  ── state {state:<10} {}", s.reason));
             }
+            // The demo holds no keys.
+            Some(proto::event::Event::Key(_)) => {}
             Some(proto::event::Event::Message(m)) => {
                 let id = serde_json::from_slice::<serde_json::Value>(&m.data)
                     .ok()

@@ -157,6 +157,8 @@ pub struct Endpoint {
     /// The send rate limit every frame to the upstream waits on; here rather than in a
     /// connection so that reconnects and reload restarts share one history.
     pub rate: RateLimit,
+    /// Upstream subscriptions held by apps and their requests in flight (`crate::share`).
+    pub share: Arc<crate::share::Share>,
 }
 
 /// The answer to one reset-resume request: the forgotten position, or why it failed.
@@ -224,6 +226,7 @@ impl Endpoint {
             captures: Mutex::new(Some(Captures::restored(&restored.captures))),
             resume_resets: Mutex::new(Vec::new()),
             rate: RateLimit::new(config.rate_limit.clone()),
+            share: Arc::default(),
             config: RwLock::new(Arc::new(config)),
             restarting: std::sync::atomic::AtomicBool::new(false),
         })

@@ -127,17 +127,42 @@ fn request_json(req: &Request) -> Value {
             endpoint,
             from_seq,
             filters,
+            key,
+            keys,
+            params,
         } => {
             let filters: Vec<Value> = filters
                 .iter()
                 .map(|f| json!({"pointer": f.pointer, "equals": f.equals}))
                 .collect();
-            let mut v = json!({"op": "subscribe", "endpoint": endpoint, "filters": filters});
+            let mut v = json!({"op": "subscribe", "endpoint": endpoint, "filters": filters, "keys": keys});
             if let Some(n) = from_seq {
                 v["from_seq"] = json!(n);
             }
+            if let Some(k) = key {
+                v["key"] = json!(k);
+            }
+            if let Some(p) = params {
+                v["params"] = p.clone();
+            }
             v
         }
+        Request::Unsubscribe { endpoint, key } => {
+            json!({"op": "unsubscribe", "endpoint": endpoint, "key": key})
+        }
+        Request::Call {
+            endpoint,
+            data,
+            id,
+            stream,
+        } => {
+            let mut v = json!({"op": "request", "endpoint": endpoint, "data": data, "stream": stream});
+            if let Some(id) = id {
+                v["id"] = id.clone();
+            }
+            v
+        }
+        Request::Cancel { id } => json!({"op": "cancel", "id": id}),
         Request::Publish {
             endpoint,
             data,
@@ -205,6 +230,20 @@ fn check_reply(req: Option<&Request>, reply: Option<Out>) {
             return;
         }
         Some(Out::Line(line)) => line,
+        // Handled by the connection's writer; the fuzzed registry has nothing shared, so a
+        // request never gets this far.
+        Some(Out::Call(..)) => panic!("a request started on an endpoint without requests"),
+        Some(Out::Cancel(_)) => {
+            assert!(matches!(req, Some(Request::Cancel { .. })), "a cancel for another request");
+            return;
+        }
+        Some(Out::Unsubscribe { .. }) => {
+            assert!(
+                matches!(req, Some(Request::Unsubscribe { .. })),
+                "an unsubscribe for another request"
+            );
+            return;
+        }
     };
     assert!(!line.contains('\n'), "reply spans lines: {line}");
     let v: Value = match serde_json::from_str(&line) {
@@ -222,7 +261,12 @@ fn check_reply(req: Option<&Request>, reply: Option<Out>) {
             "a line that does not parse must get an error"
         ),
         Some(Request::Status { .. }) => assert!(kind == "status" || kind == "error", "{line}"),
-        Some(Request::Subscribe { .. }) => assert_eq!(kind, "error", "{line}"),
+        Some(Request::Subscribe { .. } | Request::Call { .. }) => {
+            assert_eq!(kind, "error", "{line}")
+        }
+        Some(Request::Unsubscribe { .. } | Request::Cancel { .. }) => {
+            panic!("handled by the writer, not answered here: {line}")
+        }
         Some(Request::Publish { id, .. }) => {
             assert!(kind == "ack" || kind == "error", "{line}");
             if let Some(id) = id {

@@ -8,6 +8,8 @@
 //!                           log (per endpoint: seq, replay window; subscribers are cursors)
 //!                             ▼
 //!                 api::grpc · api::stream (NDJSON)  ◄── local apps
+//!                             │ hold keys, request (share: one upstream subscription per key,
+//!                             │ ids assigned by the daemon, replies routed to who asked)
 //!                             │ publish
 //!                             ▼
 //!                           outbox ──► upstream writer, in order, once connected, every frame
@@ -48,6 +50,7 @@ pub mod redact;
 pub mod registry;
 pub mod reload;
 pub mod secret;
+pub mod share;
 pub mod stall;
 pub mod status;
 pub mod store;

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::call::Call;
 use super::subscription::{SubEvent, SubscribeError, Subscription};
 use super::wire::EventFrame;
 use super::PublishError;
@@ -22,6 +23,7 @@ use crate::log::{GapReason, Item, Kind};
 use crate::proto::sidecar_server::{Sidecar, SidecarServer};
 use crate::proto::{self, event};
 use crate::registry::Registry;
+use crate::share::KeyState;
 use crate::status::{proto_state, EndpointStatus};
 
 /// Largest request accepted (a publish carries one message).
@@ -214,6 +216,19 @@ impl Stream for EventStream {
                 to_seq: to,
                 reason: proto_gap(reason) as i32,
             }),
+            SubEvent::Key(k) => event::Event::Key(proto::KeyChange {
+                endpoint: endpoint(),
+                key: k.key.to_string(),
+                state: match &k.state {
+                    KeyState::Pending => proto::KeyState::Pending,
+                    KeyState::Subscribed => proto::KeyState::Subscribed,
+                    KeyState::Refused(_) => proto::KeyState::Refused,
+                } as i32,
+                reason: match k.state {
+                    KeyState::Refused(r) => r,
+                    _ => String::new(),
+                },
+            }),
             SubEvent::Lagged(l) => {
                 self.failed = true;
                 return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
@@ -252,12 +267,75 @@ impl Sidecar for SidecarService {
         let filters =
             filter::for_subscriber(specs).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let sub = Subscription::open(&self.registry, &req.endpoint, req.from_seq, filters, peer)
-            .map_err(|e| match e {
-                SubscribeError::NotFound(_) => Status::not_found(e.to_string()),
-                SubscribeError::TooMany(_) => Status::resource_exhausted(e.to_string()),
-                SubscribeError::Denied(_) => Status::permission_denied(e.to_string()),
-            })?;
+            .map_err(subscribe_status)?;
         Ok(Response::new(EventStream { sub, failed: false }))
+    }
+
+    type AttachStream = EventStream;
+
+    async fn attach(
+        &self,
+        request: Request<proto::AttachRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let peer = peer(&request);
+        let req = request.into_inner();
+        let params = match req.params.trim() {
+            "" => None,
+            text => Some(serde_json::from_str(text).map_err(|e| {
+                Status::invalid_argument(format!("params is not JSON text: {e}"))
+            })?),
+        };
+        let sub = Subscription::attach(
+            &self.registry,
+            &req.endpoint,
+            req.keys,
+            params,
+            req.from_seq,
+            peer,
+        )
+        .map_err(subscribe_status)?;
+        Ok(Response::new(EventStream { sub, failed: false }))
+    }
+
+    async fn request(
+        &self,
+        request: Request<proto::UpstreamRequest>,
+    ) -> Result<Response<proto::UpstreamReply>, Status> {
+        let peer = peer(&request);
+        let req = request.into_inner();
+        let mut call = Call::start(&self.registry, &req.endpoint, &req.data, false, peer)
+            .map_err(|e| e.status())?;
+        match call.next().await {
+            Some(Ok(reply)) => Ok(Response::new(upstream_reply(&call, reply))),
+            Some(Err(e)) => Err(e.status()),
+            None => Err(Status::unavailable("the request ended without a reply")),
+        }
+    }
+
+    type RequestStreamStream = futures_util::stream::BoxStream<'static, Result<proto::UpstreamReply, Status>>;
+
+    async fn request_stream(
+        &self,
+        request: Request<proto::UpstreamRequest>,
+    ) -> Result<Response<Self::RequestStreamStream>, Status> {
+        let peer = peer(&request);
+        let req = request.into_inner();
+        let call = Call::start(&self.registry, &req.endpoint, &req.data, true, peer)
+            .map_err(|e| e.status())?;
+        // Ends after the last reply or the first error; dropped by tonic when the app cancels,
+        // which forgets the request and cancels the stream upstream.
+        let replies = futures_util::stream::unfold(Some(call), |call| async move {
+            let mut call = call?;
+            match call.next().await? {
+                Ok(reply) => {
+                    let end = reply.end;
+                    let out = upstream_reply(&call, reply);
+                    Some((Ok(out), (!end).then_some(call)))
+                }
+                Err(e) => Some((Err(e.status()), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn publish(
@@ -376,6 +454,28 @@ impl SidecarService {
         access::check(&ep.config().access, &ep.name, op, peer)
             .map_err(|e| Status::permission_denied(e.to_string()))?;
         Ok(ep)
+    }
+}
+
+fn upstream_reply(call: &Call, reply: crate::share::Reply) -> proto::UpstreamReply {
+    proto::UpstreamReply {
+        endpoint: call.endpoint.to_string(),
+        data: reply.data,
+        error: reply.error,
+        end: reply.end,
+        received_at_unix_nanos: crate::endpoint::unix_nanos(),
+    }
+}
+
+fn subscribe_status(e: SubscribeError) -> Status {
+    match e {
+        SubscribeError::NotFound(_) => Status::not_found(e.to_string()),
+        SubscribeError::TooMany(_) | SubscribeError::Share(_) => {
+            Status::resource_exhausted(e.to_string())
+        }
+        SubscribeError::Denied(_) => Status::permission_denied(e.to_string()),
+        SubscribeError::NotShared(_) => Status::failed_precondition(e.to_string()),
+        SubscribeError::BadKey(_) => Status::invalid_argument(e.to_string()),
     }
 }
 

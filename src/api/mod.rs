@@ -1,9 +1,11 @@
 //! The local APIs: gRPC (`grpc`) and NDJSON (`stream`), sharing subscriptions and publishing;
 //! and HTTP (`http`) for metrics and health.
 
+pub mod call;
 pub mod grpc;
 pub mod http;
 pub mod ndjson;
+pub mod share_ops;
 pub mod stream;
 pub mod subscription;
 pub mod wire;

@@ -71,6 +71,16 @@ impl Stream for EventLines {
                 "type": "gap", "endpoint": &**endpoint, "from_seq": from, "to_seq": to,
                 "reason": reason.as_str(),
             })),
+            SubEvent::Key(k) => {
+                let mut v = json!({
+                    "type": "key", "endpoint": &**endpoint, "key": &*k.key,
+                    "state": k.state.as_str(),
+                });
+                if let crate::share::KeyState::Refused(r) = k.state {
+                    v["reason"] = r.into();
+                }
+                json_line(v)
+            }
             SubEvent::Lagged(l) => Line::Other {
                 bytes: json_bytes(json!({
                     "type": "error", "code": "slow_subscriber", "endpoint": &**endpoint,
@@ -116,6 +126,17 @@ impl SubscriptionSet {
     /// Adds a subscription to drain.
     pub fn push(&mut self, sub: Subscription) {
         self.subs.push(EventLines(sub, false));
+    }
+
+    /// Ends the subscriptions on `endpoint` that hold `key` (their other keys go too); the
+    /// `unsubscribed` line says how many ended.
+    pub fn release(&mut self, endpoint: &str, key: &str) -> String {
+        let before = self.subs.len();
+        self.subs
+            .retain(|s| !(&*s.0.endpoint == endpoint && s.0.holds(key)));
+        let ended = before - self.subs.len();
+        json!({"type": "unsubscribed", "endpoint": endpoint, "key": key, "ended": ended})
+            .to_string()
     }
 
     /// Whether every subscription has ended (or none was made).

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ndjson::SubscriptionSet;
-use super::subscription::{SubscribeError, Subscription};
+use super::subscription::Subscription;
 use super::PublishError;
 use crate::access::Peer;
 use crate::filter;
@@ -62,6 +62,13 @@ pub async fn serve(listener: UnixListener, registry: Arc<Registry>, shutdown: Ca
 pub(crate) enum Out {
     Line(String),
     Subscribe(Box<Subscription>),
+    /// A request waiting for its replies (it writes them itself), by its line id's JSON text:
+    /// the writer keeps it to cancel it, and aborts it when the connection ends.
+    Call(String, super::share_ops::Running),
+    /// `cancel`: end the request with this line id (JSON text).
+    Cancel(String),
+    /// `unsubscribe`: end this connection's subscriptions holding `key` on `endpoint`.
+    Unsubscribe { endpoint: String, key: String },
 }
 
 #[derive(Deserialize)]
@@ -73,7 +80,29 @@ pub(crate) enum Request {
         from_seq: Option<u64>,
         #[serde(default)]
         filters: Vec<FilterReq>,
+        /// Shared upstream subscriptions to hold (`Attach`), one or several.
+        #[serde(default)]
+        key: Option<String>,
+        #[serde(default)]
+        keys: Vec<String>,
+        #[serde(default)]
+        params: Option<Value>,
     },
+    /// Lets go of a key held by this connection.
+    Unsubscribe { endpoint: String, key: String },
+    /// A request whose reply comes back to this connection (`Request`/`RequestStream`).
+    #[serde(rename = "request")]
+    Call {
+        endpoint: String,
+        /// The request: JSON, or a string of JSON text.
+        data: Value,
+        #[serde(default)]
+        id: Option<Value>,
+        #[serde(default)]
+        stream: bool,
+    },
+    /// Ends the request with this `id`.
+    Cancel { id: Value },
     Publish {
         endpoint: String,
         data: String,
@@ -214,6 +243,34 @@ pub(crate) async fn request(
             endpoint,
             from_seq,
             filters,
+            key,
+            keys,
+            params,
+        } if key.is_some() || !keys.is_empty() => {
+            if !filters.is_empty() {
+                let msg = "filters and keys do not go together: a key's messages are its own";
+                return Some(Out::Line(error_line("invalid_argument", msg, None)));
+            }
+            let keys = key.into_iter().chain(keys).collect();
+            Some(super::share_ops::attach(
+                registry, &endpoint, keys, params, from_seq, peer,
+            ))
+        }
+        Request::Unsubscribe { endpoint, key } => Some(Out::Unsubscribe { endpoint, key }),
+        Request::Call {
+            endpoint,
+            data,
+            id,
+            stream,
+        } => Some(super::share_ops::call(
+            registry, &endpoint, data, id, stream, peer, tx,
+        )),
+        Request::Cancel { id } => Some(Out::Cancel(id.to_string())),
+        Request::Subscribe {
+            endpoint,
+            from_seq,
+            filters,
+            ..
         } => {
             let specs = filters.into_iter().map(|f| (f.pointer, f.equals));
             let filters = match filter::for_subscriber(specs) {
@@ -228,19 +285,7 @@ pub(crate) async fn request(
             };
             match Subscription::open(registry, &endpoint, from_seq, filters, peer) {
                 Ok(sub) => Some(Out::Subscribe(Box::new(sub))),
-                Err(e @ SubscribeError::NotFound(_)) => {
-                    Some(Out::Line(error_line("not_found", &e.to_string(), None)))
-                }
-                Err(e @ SubscribeError::TooMany(_)) => Some(Out::Line(error_line(
-                    "resource_exhausted",
-                    &e.to_string(),
-                    None,
-                ))),
-                Err(e @ SubscribeError::Denied(_)) => Some(Out::Line(error_line(
-                    "permission_denied",
-                    &e.to_string(),
-                    None,
-                ))),
+                Err(e) => Some(Out::Line(super::share_ops::subscribe_error(&e))),
             }
         }
         Request::Publish {
@@ -348,12 +393,31 @@ fn publish_code(e: &PublishError) -> &'static str {
     }
 }
 
-fn error_line(code: &str, message: &str, id: Option<&Value>) -> String {
+pub(crate) fn error_line(code: &str, message: &str, id: Option<&Value>) -> String {
     let mut v = json!({"type": "error", "code": code, "message": message});
     if let Some(id) = id {
         v["id"] = id.clone();
     }
     v.to_string()
+}
+
+/// Puts what the reader handed over where it belongs: a line into the buffer, a subscription
+/// into the set, a request among the connection's calls.
+fn take(
+    out: Out,
+    buf: &mut Vec<u8>,
+    subs: &mut SubscriptionSet,
+    calls: &mut super::share_ops::Calls,
+) {
+    let line = match out {
+        Out::Line(l) => l,
+        Out::Subscribe(s) => return subs.push(*s),
+        Out::Call(id, running) => return calls.insert(id, running),
+        Out::Cancel(id) => calls.cancel(&id),
+        Out::Unsubscribe { endpoint, key } => subs.release(&endpoint, &key),
+    };
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
 }
 
 /// Bytes gathered before a write even if more events are ready.
@@ -365,6 +429,7 @@ async fn write_loop(
     shutdown: CancellationToken,
 ) {
     let mut subs = SubscriptionSet::default();
+    let mut calls = super::share_ops::Calls::default();
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut replies_open = true;
     loop {
@@ -376,8 +441,7 @@ async fn write_loop(
             biased;
             _ = shutdown.cancelled() => return,
             out = rx.recv(), if replies_open => match out {
-                Some(Out::Line(l)) => { buf.extend_from_slice(l.as_bytes()); buf.push(b'\n'); }
-                Some(Out::Subscribe(s)) => subs.push(*s),
+                Some(out) => take(out, &mut buf, &mut subs, &mut calls),
                 None => replies_open = false,
             },
             filled = std::future::poll_fn(|cx| subs.poll_fill(cx, &mut buf, WRITE_CHUNK)), if !subs.is_empty() => {
@@ -388,11 +452,7 @@ async fn write_loop(
         // were drained up to the chunk size already.)
         while buf.len() < WRITE_CHUNK {
             match rx.try_recv() {
-                Ok(Out::Line(l)) => {
-                    buf.extend_from_slice(l.as_bytes());
-                    buf.push(b'\n');
-                }
-                Ok(Out::Subscribe(s)) => subs.push(*s),
+                Ok(out) => take(out, &mut buf, &mut subs, &mut calls),
                 Err(_) => break,
             }
         }

@@ -15,6 +15,7 @@ use crate::endpoint::{Endpoint, StateEvent};
 use crate::filter::Filter;
 use crate::log::{Cursor, GapReason, Item, Lagged};
 use crate::registry::{Registry, SubscriberSlot, TooManySubscribers};
+use crate::share::{Holding, KeyEvent, KeyState, ShareError};
 
 /// Items taken from the log per lock: enough to fill a write, small enough to stay fair.
 const BATCH: usize = 256;
@@ -30,6 +31,8 @@ pub enum SubEvent {
     Item(Item),
     /// Fell behind under `slow_subscriber = "disconnect"`; the stream ends after this.
     Lagged(Lagged),
+    /// A held key's subscription changed state (`Attach` streams only).
+    Key(KeyEvent),
 }
 
 /// Why a subscription could not start.
@@ -41,6 +44,12 @@ pub enum SubscribeError {
     TooMany(#[from] TooManySubscribers),
     #[error(transparent)]
     Denied(#[from] Denied),
+    #[error("endpoint {0:?} has no subscriptions configured: there is nothing to attach to")]
+    NotShared(String),
+    #[error("{0}")]
+    BadKey(&'static str),
+    #[error(transparent)]
+    Share(#[from] ShareError),
 }
 
 /// A live subscription; ends when the endpoint's log closes.
@@ -56,6 +65,9 @@ pub struct Subscription {
     scratch: Vec<Item>,
     done: bool,
     _slot: SubscriberSlot,
+    /// The keys an `Attach` stream holds (released when the stream is dropped), and their
+    /// state changes.
+    holding: Option<(Holding, BroadcastStream<KeyEvent>)>,
 }
 
 impl Subscription {
@@ -85,8 +97,52 @@ impl Subscription {
             scratch: Vec::with_capacity(BATCH),
             done: false,
             _slot: slot,
+            holding: None,
             ep,
         })
+    }
+
+    /// Opens an `Attach` subscription: holds `keys` (the first holder of a key subscribes it
+    /// upstream, with `params`) and reads only their messages.
+    pub fn attach(
+        registry: &Registry,
+        endpoint: &str,
+        keys: Vec<String>,
+        params: Option<serde_json::Value>,
+        from_seq: Option<u64>,
+        peer: Peer,
+    ) -> Result<Subscription, SubscribeError> {
+        if keys.is_empty() {
+            return Err(SubscribeError::BadKey("at least one key is needed"));
+        }
+        if keys.iter().any(String::is_empty) {
+            return Err(SubscribeError::BadKey("a key must not be empty"));
+        }
+        let ep = registry
+            .get(endpoint)
+            .ok_or_else(|| SubscribeError::NotFound(endpoint.to_owned()))?;
+        let Some(max) = ep.config().subscriptions.as_ref().map(|s| s.max) else {
+            return Err(SubscribeError::NotShared(endpoint.to_owned()));
+        };
+        let mut sub = Subscription::open(registry, endpoint, from_seq, Vec::new(), peer)?;
+        let keys: Vec<(Arc<str>, Option<serde_json::Value>)> = keys
+            .into_iter()
+            .map(|k| (Arc::from(k), params.clone()))
+            .collect();
+        // Events first, so no change falls between the states read and the stream.
+        let events = BroadcastStream::new(ep.share.key_events());
+        let (holding, now) = ep.share.hold(keys, max)?;
+        sub.cursor.only_keys(holding.keys().to_vec());
+        sub.ready.extend(now.into_iter().map(SubEvent::Key));
+        sub.holding = Some((holding, events));
+        Ok(sub)
+    }
+
+    /// Whether this is an `Attach` subscription holding `key`.
+    pub fn holds(&self, key: &str) -> bool {
+        self.holding
+            .as_ref()
+            .is_some_and(|(h, _)| h.keys().iter().any(|k| &**k == key))
     }
 
     /// The endpoint this subscription reads.
@@ -102,6 +158,39 @@ impl Subscription {
         Endpoint::count(&self.ep.stats.delivery.gaps_slow_subscriber, 1);
         self.done = true;
         Poll::Ready(lagged)
+    }
+
+    /// Queues the state changes of held keys.
+    fn poll_keys(&mut self, cx: &mut Context<'_>) {
+        let Some((holding, events)) = self.holding.as_mut() else {
+            return;
+        };
+        loop {
+            match Pin::new(&mut *events).poll_next(cx) {
+                Poll::Ready(Some(Ok(ev))) if holding.keys().contains(&ev.key) => {
+                    self.ready.push_back(SubEvent::Key(ev));
+                }
+                Poll::Ready(Some(Ok(_))) => {}
+                // Missed changes: the current state of every held key instead.
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                    let now = self.ep.share.keys();
+                    for k in now {
+                        if let Some(key) = holding.keys().iter().find(|h| ***h == *k.key) {
+                            let state = match k.state {
+                                "subscribed" => KeyState::Subscribed,
+                                "refused" => KeyState::Refused(String::new()),
+                                _ => KeyState::Pending,
+                            };
+                            self.ready.push_back(SubEvent::Key(KeyEvent {
+                                key: Arc::clone(key),
+                                state,
+                            }));
+                        }
+                    }
+                }
+                Poll::Ready(None) | Poll::Pending => return,
+            }
+        }
     }
 
     /// Takes pending state transitions into `held`; a lagged receiver gets the current state.
@@ -171,6 +260,7 @@ impl Stream for Subscription {
             return Poll::Ready(None);
         }
         this.poll_states(cx);
+        this.poll_keys(cx);
         this.release_before(this.cursor.position());
         if let Some(ev) = this.ready.pop_front() {
             return Poll::Ready(Some(ev));

@@ -60,6 +60,7 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         token: has_auth,
         last_id: false,
         frame: Some(&names),
+        share: false,
     };
     let on_connect = t
         .get("on_connect")
@@ -144,6 +145,12 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     let rate_limit = t
         .get("rate_limit")
         .and_then(|n| super::ratelimit::read_rate_limit(r, &n));
+    let requests = t
+        .get("requests")
+        .and_then(|n| super::share::read_requests(r, &n, in_frames));
+    let subscriptions = t
+        .get("subscriptions")
+        .and_then(|n| super::share::read_subscriptions(r, &n, in_frames, requests.as_ref()));
 
     t.finish(r);
     Some(EndpointConfig {
@@ -170,6 +177,8 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         outbox,
         access,
         rate_limit,
+        subscriptions,
+        requests,
     })
 }
 

@@ -164,6 +164,7 @@ pub(super) fn read_auth(
             token: true,
             last_id: false,
             frame: Some(captures),
+            share: false,
         }),
     );
     match (renew, &renew_frame) {

@@ -18,6 +18,7 @@ mod numbers;
 mod proxy;
 mod ratelimit;
 mod resume;
+mod share;
 mod summary;
 mod template;
 pub mod units;
@@ -25,6 +26,7 @@ mod value;
 
 pub use discovery::{Discovery, DiscoveryMethod, HttpDiscovery, UrlSource};
 pub use load::{load, load_str, ConfigError};
+pub use share::{IdStyle, KeyRule, RequestsConfig, ReplyStreamConfig, Route, SubscriptionsConfig};
 pub use proxy::{no_proxy_exempts, ProxyConfig, ProxyEnvError, ProxyRoute, ProxyScheme, ProxyUrl};
 
 use std::collections::BTreeMap;
@@ -156,6 +158,10 @@ pub struct EndpointConfig {
     pub access: AccessConfig,
     /// Send rate limit; `None` (the default) sends as fast as the socket takes.
     pub rate_limit: Option<RateLimitConfig>,
+    /// One upstream subscription per key, shared by the apps that want it (issue 14).
+    pub subscriptions: Option<SubscriptionsConfig>,
+    /// Request ids assigned by the daemon, replies routed to the app that asked.
+    pub requests: Option<RequestsConfig>,
 }
 
 /// `endpoints.NAME.rate_limit`: at most `messages` frames sent in any window of length `per`.

@@ -26,6 +26,9 @@ pub(super) struct Allowed<'a> {
     pub last_id: bool,
     /// `{{counter}}` and `{{capture.NAME}}` of these names: in frames, not in headers.
     pub frame: Option<&'a BTreeSet<String>>,
+    /// `{{key}}`, `{{params}}`, `{{id}}`, `{{sub_id}}`, `{{request_id}}`: in the frames of
+    /// `subscriptions` and `requests.stream.cancel`.
+    pub share: bool,
 }
 
 impl Allowed<'_> {
@@ -34,6 +37,7 @@ impl Allowed<'_> {
         token: true,
         last_id: false,
         frame: None,
+        share: false,
     };
 }
 
@@ -66,11 +70,21 @@ fn json_when_filled(s: &str, captures: &BTreeSet<String>) -> Result<(), String> 
         .map(|n| (n.clone(), "\"x\"".to_owned()))
         .collect();
     let captures = Captures::restored(&stand_ins);
+    let params = serde_json::json!({"x": 1});
+    let id = serde_json::json!(1);
+    let share = crate::dialogue::template::ShareValues {
+        key: Some("key"),
+        params: Some(&params),
+        id: Some(&id),
+        sub_id: Some(&id),
+        request_id: Some(&id),
+    };
     let values = Values {
         token: Some(&token),
         last_id: Some(&last_id),
         counter: Some(&counter),
         captures: Some(&captures),
+        share: Some(&share),
     };
     let filled = frame(s, values).map_err(|e| e.to_string())?;
     serde_json::from_str::<serde_json::Value>(filled.expose())
@@ -93,6 +107,12 @@ pub(super) fn check(s: &str, allowed: Allowed<'_>) -> Result<(), String> {
             "now_ms" => {}
             "counter" if allowed.frame.is_some() => {}
             "counter" => return Err("{{counter}} is only filled in in frames".into()),
+            "key" | "params" | "id" | "sub_id" | "request_id" if allowed.share => {}
+            "key" | "params" | "id" | "sub_id" | "request_id" => {
+                return Err(format!(
+                    "{{{{{name}}}}} is only filled in in the frames of subscriptions and requests.stream.cancel"
+                ))
+            }
             other => match (other.strip_prefix("capture."), allowed.frame) {
                 (Some(c), Some(names)) if names.contains(c) => {}
                 (Some(c), Some(_)) => {

@@ -133,6 +133,7 @@ impl<'s> Dialogue<'s> {
             last_id: self.offered.as_ref(),
             counter: Some(&self.counter),
             captures: Some(captures),
+            share: None,
         }
     }
 

@@ -26,6 +26,22 @@ pub struct Values<'a> {
     /// The connection's counter: each `{{counter}}` takes the next value.
     pub counter: Option<&'a AtomicU64>,
     pub captures: Option<&'a Captures>,
+    /// A shared subscription's or a request's values.
+    pub share: Option<&'a ShareValues<'a>>,
+}
+
+/// The values of `{{key}}`, `{{params}}`, `{{id}}`, `{{sub_id}}` and `{{request_id}}` in the
+/// frames of `subscriptions` and `requests.stream.cancel`.
+#[derive(Clone, Copy, Default)]
+pub struct ShareValues<'a> {
+    pub key: Option<&'a str>,
+    pub params: Option<&'a serde_json::Value>,
+    /// The id this frame is sent with (a JSON number or string).
+    pub id: Option<&'a serde_json::Value>,
+    /// The subscription's (or stream's) id on the connection.
+    pub sub_id: Option<&'a serde_json::Value>,
+    /// The id the stream's request was sent with.
+    pub request_id: Option<&'a serde_json::Value>,
 }
 
 /// A placeholder without a value when a template was rendered.
@@ -122,6 +138,20 @@ fn render(template: &str, v: Values<'_>, json: bool) -> Result<SecretString, Mis
                 Val::Json((c.fetch_add(1, Ordering::Relaxed) + 1).to_string())
             }
             "now_ms" => Val::Json((crate::endpoint::unix_nanos() / 1_000_000).to_string()),
+            "key" => Val::Str(v.share.and_then(|s| s.key).ok_or_else(|| missing(name))?),
+            "params" | "id" | "sub_id" | "request_id" => {
+                let s = v.share.ok_or_else(|| missing(name))?;
+                let value = match name {
+                    "params" => s.params,
+                    "id" => s.id,
+                    "sub_id" => s.sub_id,
+                    _ => s.request_id,
+                };
+                match value.ok_or_else(|| missing(name))? {
+                    serde_json::Value::String(t) => Val::Str(t),
+                    other => Val::Json(other.to_string()),
+                }
+            }
             _ => match name.strip_prefix("capture.") {
                 Some(c) => match v.captures.and_then(|all| all.get(c)) {
                     Some(serde_json::Value::String(s)) => Val::Str(s),

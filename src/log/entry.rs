@@ -36,6 +36,9 @@ pub struct Entry {
     /// resume with `contiguous = true`) or ids that started again (`UPSTREAM_RESET`). Every
     /// reader gets it before the message, filtered or not.
     pub upstream_gap: Option<IdBreak>,
+    /// The shared subscription the message belongs to (`crate::share`): subscribers holding
+    /// keys get only their keys' messages.
+    pub key: Option<std::sync::Arc<str>>,
     /// Parsed JSON, computed once on first use by a filter and shared by all subscribers.
     json: OnceLock<Option<serde_json::Value>>,
     grpc_head: OnceLock<Bytes>,
@@ -51,6 +54,7 @@ impl Entry {
         kind: Kind,
         data: Bytes,
         upstream_gap: Option<IdBreak>,
+        key: Option<std::sync::Arc<str>>,
     ) -> Entry {
         Entry {
             seq,
@@ -58,6 +62,7 @@ impl Entry {
             kind,
             data,
             upstream_gap,
+            key,
             json: OnceLock::new(),
             grpc_head: OnceLock::new(),
             ndjson: OnceLock::new(),
@@ -137,7 +142,7 @@ mod tests {
     use super::*;
 
     fn entry() -> Entry {
-        Entry::new(1, 0, Kind::Text, Bytes::from_static(b"{}"), None)
+        Entry::new(1, 0, Kind::Text, Bytes::from_static(b"{}"), None, None)
     }
 
     #[test]

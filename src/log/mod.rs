@@ -146,7 +146,7 @@ impl Log {
         let entries = entries
             .into_iter()
             .map(|(seq, kind, received_at, data)| {
-                Arc::new(Entry::new(seq, received_at, kind, data, None))
+                Arc::new(Entry::new(seq, received_at, kind, data, None, None))
             })
             .collect();
         Arc::new(Log {
@@ -214,7 +214,7 @@ impl Log {
         received_at: u64,
         upstream_gap: Option<IdBreak>,
     ) -> u64 {
-        let seq = self.append_quiet(kind, data, received_at, upstream_gap);
+        let seq = self.append_quiet(kind, data, received_at, upstream_gap, None);
         self.announce(seq);
         seq
     }
@@ -227,8 +227,9 @@ impl Log {
         data: Bytes,
         received_at: u64,
         upstream_gap: Option<IdBreak>,
+        key: Option<Arc<str>>,
     ) -> u64 {
-        self.insert(kind, data, received_at, upstream_gap, true)
+        self.insert(kind, data, received_at, upstream_gap, key, true)
     }
 
     /// Wakes subscribers for everything visible up to `seq`.
@@ -250,8 +251,9 @@ impl Log {
         data: Bytes,
         received_at: u64,
         upstream_gap: Option<IdBreak>,
+        key: Option<Arc<str>>,
     ) -> u64 {
-        self.insert(kind, data, received_at, upstream_gap, false)
+        self.insert(kind, data, received_at, upstream_gap, key, false)
     }
 
     /// Makes every message up to `seq` visible and wakes subscribers.
@@ -322,6 +324,7 @@ impl Log {
         data: Bytes,
         received_at: u64,
         upstream_gap: Option<IdBreak>,
+        key: Option<Arc<str>>,
         visible: bool,
     ) -> u64 {
         {
@@ -335,6 +338,7 @@ impl Log {
                 kind,
                 data,
                 upstream_gap,
+                key,
             )));
             if visible {
                 w.visible = seq;
@@ -402,6 +406,7 @@ impl Log {
             next,
             pending_gaps,
             filters,
+            keys: None,
             changes,
             ended: false,
         }
@@ -409,7 +414,14 @@ impl Log {
 
     /// Copies up to `max` items starting at `cursor.next` into `out`; returns the new position
     /// and, when the cursor had fallen out of the window, the missed range.
-    fn read(&self, next: u64, filters: &[Filter], out: &mut Vec<Item>, max: usize) -> Read {
+    fn read(
+        &self,
+        next: u64,
+        filters: &[Filter],
+        keys: Option<&[Arc<str>]>,
+        out: &mut Vec<Item>,
+        max: usize,
+    ) -> Read {
         let w = self.lock();
         let first = w.entries.front().map_or(w.visible + 1, |e| e.seq);
         let mut pos = next;
@@ -433,7 +445,12 @@ impl Log {
                     reason: b.reason,
                 });
             }
-            if filter::all_match(filters, if filters.is_empty() { None } else { e.json() }) {
+            let held = keys.is_none_or(|keys| {
+                e.key
+                    .as_deref()
+                    .is_some_and(|k| keys.binary_search_by(|h| (**h).cmp(k)).is_ok())
+            });
+            if held && filter::all_match(filters, if filters.is_empty() { None } else { e.json() }) {
                 out.push(Item::Message(Arc::clone(e)));
                 taken += 1;
                 if taken >= max {
@@ -463,12 +480,21 @@ pub struct Cursor {
     /// The gaps of a `from_seq` older than the window, handed out before anything else.
     pending_gaps: Vec<Item>,
     filters: Vec<Filter>,
+    /// Only messages of these shared-subscription keys (sorted), when set.
+    keys: Option<Vec<Arc<str>>>,
     /// Wakes the cursor when the log grows; ends when the log is dropped.
     changes: WatchStream<u64>,
     ended: bool,
 }
 
 impl Cursor {
+    /// Reads only the messages tagged with one of `keys` (shared subscriptions).
+    pub fn only_keys(&mut self, mut keys: Vec<Arc<str>>) {
+        keys.sort_unstable();
+        keys.dedup();
+        self.keys = Some(keys);
+    }
+
     /// The seq this cursor reads next.
     pub fn position(&self) -> u64 {
         self.next
@@ -479,7 +505,9 @@ impl Cursor {
     pub fn try_read(&mut self, out: &mut Vec<Item>, max: usize) -> Result<(), Lagged> {
         out.append(&mut self.pending_gaps);
         let at = out.len();
-        let r = self.log.read(self.next, &self.filters, out, max);
+        let r = self
+            .log
+            .read(self.next, &self.filters, self.keys.as_deref(), out, max);
         if let Some((from, to)) = r.missed {
             if self.log.slow_policy == SlowPolicy::Disconnect {
                 self.ended = true;

@@ -14,6 +14,7 @@ use super::session::{Conn, Flow, Session};
 use crate::dialogue::matching;
 use crate::endpoint::{unix_nanos, Endpoint};
 use crate::log::{GapReason, IdBreak, Kind};
+use crate::share::link::Routed;
 use crate::store::Op;
 
 /// Inbound messages allowed to wait for their durable commit before reading pauses (which
@@ -38,7 +39,10 @@ impl Session<'_> {
         conn: &mut Conn<'_>,
     ) -> Flow {
         let listens = self.script.listens() || !conn.dialogue.is_open();
-        let needs_json = self.resume.is_some() || !self.drop_filters.is_empty() || listens;
+        let needs_json = self.resume.is_some()
+            || !self.drop_filters.is_empty()
+            || listens
+            || conn.link.is_some();
         let doc = if needs_json {
             serde_json::from_slice::<serde_json::Value>(&data).ok()
         } else {
@@ -84,7 +88,8 @@ impl Session<'_> {
     }
 
     /// Hands one message to the log, unless it is a copy of what the old connection delivered
-    /// across a switch. `doc` is its JSON, when parsed already.
+    /// across a switch, or a reply for one app (`crate::share`). `doc` is its JSON, when
+    /// parsed already.
     pub(super) async fn deliver(
         &mut self,
         kind: Kind,
@@ -92,6 +97,25 @@ impl Session<'_> {
         doc: Option<serde_json::Value>,
         conn: &mut Conn<'_>,
     ) -> Flow {
+        let mut key = None;
+        let mut data = data;
+        let mut doc = doc;
+        if let Some(link) = &conn.link {
+            if doc.is_none() {
+                doc = serde_json::from_slice::<serde_json::Value>(&data).ok();
+            }
+            let text = std::str::from_utf8(&data).ok();
+            match link.inbound(&self.ep.share, text, doc.as_ref()) {
+                Routed::Consumed => return Flow::Continue,
+                Routed::Key(k, rewritten) => {
+                    key = Some(k);
+                    if let Some(d) = rewritten {
+                        data = d;
+                    }
+                }
+                Routed::Plain => {}
+            }
+        }
         if self.overlap.is_active() {
             let hash = super::resume::payload_hash(&data);
             if self.overlap.is_resend(hash, Instant::now()) {
@@ -106,7 +130,7 @@ impl Session<'_> {
             None if needs_json => serde_json::from_slice::<serde_json::Value>(&data).ok(),
             None => None,
         };
-        self.ingest(kind, data, doc, &mut conn.announce).await;
+        self.ingest(kind, data, doc, key, &mut conn.announce).await;
         Flow::Continue
     }
 
@@ -181,6 +205,7 @@ impl Session<'_> {
         kind: Kind,
         data: Bytes,
         doc: Option<serde_json::Value>,
+        key: Option<std::sync::Arc<str>>,
         announce: &mut Option<u64>,
     ) {
         let ep = self.ep;
@@ -214,7 +239,7 @@ impl Session<'_> {
         Endpoint::count(&ep.stats.messages_received, 1);
         Endpoint::count(&ep.stats.bytes_received, data.len() as u64);
         let Some(store) = &ep.store else {
-            *announce = Some(ep.log.append_quiet(kind, data, unix_nanos(), gap));
+            *announce = Some(ep.log.append_quiet(kind, data, unix_nanos(), gap, key));
             return;
         };
         let endpoint = std::sync::Arc::clone(&ep.key);
@@ -240,14 +265,14 @@ impl Session<'_> {
                     Err(e) => tracing::error!(error = %e, "cannot reserve seqs; delivering anyway"),
                 }
             }
-            *announce = Some(ep.log.append_quiet(kind, data, unix_nanos(), gap));
+            *announce = Some(ep.log.append_quiet(kind, data, unix_nanos(), gap, key));
             return;
         }
         if ep.log.pending() >= MAX_PENDING {
             ep.log.wait_pending_at_most(MAX_PENDING / 2).await;
         }
         let received_at = unix_nanos();
-        let seq = ep.log.append_pending(kind, data.clone(), received_at, gap);
+        let seq = ep.log.append_pending(kind, data.clone(), received_at, gap, key);
         let mut ops = vec![Op::SeqMark {
             endpoint: std::sync::Arc::clone(&endpoint),
             seq,

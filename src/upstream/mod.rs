@@ -239,7 +239,11 @@ async fn run_inner(
                         .take()
                         .unwrap_or_else(|| Decoder::new(cfg.decode, cfg.max_message_size)),
                 };
-                match session.run(*ws).instrument(span).await {
+                let end = session.run(*ws).instrument(span).await;
+                if let Some(link) = crate::share::link::Link::new(cfg) {
+                    link.lost(&ep.share, end.describe());
+                }
+                match end {
                     End::Shutdown => Next::Stop,
                     End::Reconnect => {
                         backoff.reset();

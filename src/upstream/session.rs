@@ -30,6 +30,7 @@ use crate::dialogue::{Act, Dialogue, Script};
 use crate::endpoint::{Endpoint, State};
 use crate::filter::Filter;
 use crate::log::Kind;
+use crate::share::link::Link;
 
 /// How a connection ended.
 pub enum End {
@@ -57,6 +58,20 @@ pub(super) enum Flow {
 
 /// Inbound frames handled per wake-up of the connection loop.
 const INGEST_BATCH: usize = 256;
+
+/// Shared subscriptions and requests rendered per turn; the writer must have this much room
+/// first, so a flood of requests waits in the share's queue, not in the writer's.
+const SHARE_BATCH: usize = 64;
+
+/// Ready when the writer has room for a batch of shared frames and some are queued.
+async fn share_work(ep: &Endpoint, ctl: &mpsc::Sender<Ctl>) {
+    // Room first: the permits are only a measure, the frames go through `hand_over`.
+    match ctl.reserve_many(SHARE_BATCH).await {
+        Ok(permits) => drop(permits),
+        Err(_) => std::future::pending::<()>().await,
+    }
+    ep.share.work_queued().await;
+}
 
 /// Per-connection context borrowed from the endpoint task.
 pub struct Session<'a> {
@@ -106,6 +121,21 @@ pub(super) struct Conn<'s> {
     pub(super) out: Vec<Message>,
     /// Tells the writer the outbox may flow (the opening dialogue is done).
     pub(super) open: watch::Sender<bool>,
+    /// The endpoint's shared subscriptions and requests on this connection, if it has any.
+    pub(super) link: Option<Link<'s>>,
+}
+
+impl End {
+    /// Why the connection ended, as requests in flight are told.
+    pub fn describe(&self) -> &str {
+        match self {
+            End::Shutdown => "the daemon is stopping",
+            End::Reconnect => "an operator asked for a new connection",
+            End::ResetResume => "the upstream said the resume position is gone",
+            End::Lost(f) => &f.reason,
+            End::Switch(..) => "the connection was replaced",
+        }
+    }
 }
 
 impl<'a> Session<'a> {
@@ -160,6 +190,7 @@ impl<'a> Session<'a> {
             dialogue,
             out: Vec::new(),
             open: open_tx,
+            link: Link::new(cfg),
         };
         if conn.dialogue.is_open() {
             self.opened(&mut conn);
@@ -291,6 +322,10 @@ impl<'a> Session<'a> {
                     settle!(Flow::Continue);
                     sleep.as_mut().reset(conn.deadline().into());
                 }
+                () = share_work(ep, &ctl_tx), if conn.link.is_some() && conn.dialogue.is_open() => {
+                    self.share_frames(&mut conn);
+                    settle!(Flow::Continue);
+                }
                 msg = stream.next() => {
                     let flow = self.take_frames(Some(msg), &mut stream, &mut conn).await;
                     settle!(flow);
@@ -391,6 +426,18 @@ impl<'a> Session<'a> {
         self.ep.set_state(State::Connected, self.connected.clone());
         let _ = conn.open.send(true);
         *self.auth_failures = 0;
+        if let Some(link) = &conn.link {
+            link.opened(&self.ep.share);
+        }
+    }
+
+    /// Renders queued subscriptions and requests for the writer, as many as it has room for.
+    fn share_frames(&mut self, conn: &mut Conn<'_>) {
+        let Some(link) = &conn.link else { return };
+        let token = self.auth.as_ref().and_then(Auth::token);
+        let values = conn.dialogue.values(token, self.captures);
+        let frames = link.take(&self.ep.share, SHARE_BATCH, values);
+        conn.out.extend(frames.into_iter().map(Message::text));
     }
 
     /// Closes this connection with 1000 for `why`, and continues on `ready`.

@@ -1,0 +1,133 @@
+//! A request through an endpoint's shared connection (`crate::share`), as both APIs make it:
+//! checks, the wait for the reply under `requests.timeout`, and the errors each API maps to
+//! its own codes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::access::{self, Denied, Op, Peer};
+use crate::endpoint::State;
+use crate::registry::Registry;
+use crate::share::{Pending, Reply, ShareError};
+
+/// Why a request could not be made or did not get its reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("unknown endpoint {0:?}")]
+    NotFound(String),
+    #[error("endpoint {0:?} has no requests configured: replies cannot be told apart")]
+    NotShared(String),
+    #[error("endpoint {0:?} is failed; run `ws-sidecar reconnect` after fixing the cause")]
+    Failed(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
+    Share(#[from] ShareError),
+}
+
+impl CallError {
+    /// The gRPC code's name in lowercase, as NDJSON error lines carry it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::NotFound(_) => "not_found",
+            CallError::NotShared(_) | CallError::Failed(_) => "failed_precondition",
+            CallError::Invalid(_) => "invalid_argument",
+            CallError::Denied(_) => "permission_denied",
+            CallError::Share(ShareError::Timeout(_)) => "deadline_exceeded",
+            CallError::Share(
+                ShareError::TooManyKeys(_) | ShareError::TooManyRequests(_) | ShareError::Slow,
+            ) => "resource_exhausted",
+            CallError::Share(ShareError::Unavailable(_) | ShareError::Closed) => "unavailable",
+        }
+    }
+
+    /// As a gRPC status.
+    pub fn status(&self) -> tonic::Status {
+        use tonic::Code;
+        let code = match self.code() {
+            "not_found" => Code::NotFound,
+            "failed_precondition" => Code::FailedPrecondition,
+            "invalid_argument" => Code::InvalidArgument,
+            "permission_denied" => Code::PermissionDenied,
+            "deadline_exceeded" => Code::DeadlineExceeded,
+            "resource_exhausted" => Code::ResourceExhausted,
+            _ => Code::Unavailable,
+        };
+        tonic::Status::new(code, self.to_string())
+    }
+}
+
+/// One request waiting for its replies.
+pub struct Call {
+    pub endpoint: Arc<str>,
+    pending: Pending,
+    timeout: Duration,
+    /// Whether the first reply is waited for within `timeout`: always for a request, for a
+    /// stream only where the upstream answers at once by naming it (`requests.stream.id`).
+    first_bounded: bool,
+    answered: bool,
+}
+
+impl Call {
+    /// Sends `data` (a JSON object or array) to `endpoint` for `peer`, who needs publish
+    /// access; `stream` keeps the call open for every reply until the stream ends.
+    pub fn start(
+        registry: &Registry,
+        endpoint: &str,
+        data: &[u8],
+        stream: bool,
+        peer: Peer,
+    ) -> Result<Call, CallError> {
+        let ep = registry
+            .get(endpoint)
+            .ok_or_else(|| CallError::NotFound(endpoint.to_owned()))?;
+        let cfg = ep.config();
+        access::check(&cfg.access, &ep.name, Op::Publish, peer)?;
+        let Some(reqs) = cfg.requests.as_ref() else {
+            return Err(CallError::NotShared(endpoint.to_owned()));
+        };
+        let doc: serde_json::Value = serde_json::from_slice(data)
+            .map_err(|e| CallError::Invalid(format!("the request is not JSON: {e}")))?;
+        if !doc.is_object() && !doc.is_array() {
+            return Err(CallError::Invalid(
+                "the request must be a JSON object or array".into(),
+            ));
+        }
+        if ep.state().state == State::Failed {
+            return Err(CallError::Failed(endpoint.to_owned()));
+        }
+        let pending = ep
+            .share
+            .request(doc, &reqs.id, stream, reqs.max_in_flight)?;
+        Ok(Call {
+            endpoint: Arc::clone(&ep.key),
+            pending,
+            timeout: reqs.timeout,
+            first_bounded: !stream || reqs.stream.id.is_some(),
+            answered: false,
+        })
+    }
+
+    /// The next reply; `None` after the last one.
+    pub async fn next(&mut self) -> Option<Result<Reply, CallError>> {
+        let r = if self.answered || !self.first_bounded {
+            self.pending.next().await
+        } else {
+            match tokio::time::timeout(self.timeout, self.pending.next()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.pending.timed_out();
+                    self.answered = true;
+                    self.first_bounded = false;
+                    // Dropping the call forgets the request; a late reply is an orphan.
+                    let waited = crate::fmt::duration(self.timeout);
+                    return Some(Err(CallError::Share(ShareError::Timeout(waited))));
+                }
+            }
+        };
+        self.answered = true;
+        r.map(|r| r.map_err(CallError::from))
+    }
+}

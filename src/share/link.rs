@@ -1,0 +1,513 @@
+//! The connection's side of [`Share`]: the queued work rendered as frames with ids from the
+//! connection's counter (so they increase together with `{{counter}}`), and inbound messages
+//! routed: confirmations to the subscription table, replies to the app that asked, subscription
+//! messages tagged with their key for the log.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::key;
+use super::{Inner, Reply, Share, ShareError, SubState, Target, Work};
+use crate::config::{EndpointConfig, IdStyle, RequestsConfig, Route, SubscriptionsConfig};
+use crate::dialogue::matching::{Match, Message};
+use crate::dialogue::template::{frame, ShareValues, Values};
+
+/// Where an inbound message goes.
+#[derive(Debug)]
+pub enum Routed {
+    /// A reply or a confirmation: handled here, not fanned out.
+    Consumed,
+    /// A subscription's message: fanned out tagged with its key (`Some` payload: rewritten to
+    /// the id apps know).
+    Key(Arc<str>, Option<Bytes>),
+    /// Nothing of the shared conversation: fanned out as it is.
+    Plain,
+}
+
+/// One connection's view of the endpoint's shared subscriptions and requests.
+pub struct Link<'c> {
+    subs: Option<&'c SubscriptionsConfig>,
+    reqs: Option<&'c RequestsConfig>,
+    reply: Match,
+    error: Match,
+    refuse: Match,
+    ends: Vec<Match>,
+}
+
+impl<'c> Link<'c> {
+    /// The link for `cfg`; `None` when the endpoint shares nothing.
+    pub fn new(cfg: &'c EndpointConfig) -> Option<Self> {
+        if cfg.subscriptions.is_none() && cfg.requests.is_none() {
+            return None;
+        }
+        let reqs = cfg.requests.as_ref();
+        let subs = cfg.subscriptions.as_ref();
+        Some(Link {
+            reply: Match::new(reqs.map_or(&[][..], |r| &r.reply)),
+            error: Match::new(reqs.map_or(&[][..], |r| &r.error)),
+            refuse: Match::new(subs.map_or(&[][..], |s| &s.refuse)),
+            ends: reqs.map_or_else(Vec::new, |r| r.stream.ends.iter().map(|m| Match::new(m)).collect()),
+            subs,
+            reqs,
+        })
+    }
+
+    /// The connection's opening dialogue is done: every held key is subscribed again (in the
+    /// order first held), then every request not sent yet goes out.
+    pub fn opened(&self, share: &Share) {
+        let mut inner = share.lock();
+        inner.open = true;
+        inner.queue.clear();
+        inner.subs.retain(|_, s| s.holders > 0);
+        let mut keys: Vec<(u64, Arc<str>)> = Vec::new();
+        for (k, s) in inner.subs.iter_mut() {
+            s.state = SubState::Queued;
+            s.sub_id = None;
+            keys.push((s.since, Arc::clone(k)));
+        }
+        keys.sort_unstable();
+        let mut reqs: Vec<u64> = inner
+            .requests
+            .iter()
+            .filter(|(_, r)| r.sent.is_none())
+            .map(|(n, _)| *n)
+            .collect();
+        reqs.sort_unstable();
+        inner
+            .queue
+            .extend(keys.into_iter().map(|(_, k)| Work::Subscribe(k)));
+        inner.queue.extend(reqs.into_iter().map(Work::Request));
+        let any = !inner.queue.is_empty();
+        drop(inner);
+        if any {
+            share.work.notify_one();
+        }
+    }
+
+    /// The connection ended: requests in flight fail with `why` (or wait for the next
+    /// connection, where the endpoint resends them), subscriptions wait to be made again.
+    pub fn lost(&self, share: &Share, why: &str) {
+        let idempotent = self.reqs.is_some_and(|r| r.idempotent);
+        let resend_streams = self.reqs.is_none_or(|r| r.stream.resend);
+        let mut inner = share.lock();
+        inner.open = false;
+        inner.queue.clear();
+        inner.ids.clear();
+        inner.sub_ids.clear();
+        inner.streams.clear();
+        inner
+            .subs
+            .retain(|_, s| s.holders > 0 && s.state != SubState::Leaving);
+        for s in inner.subs.values_mut() {
+            s.state = SubState::Queued;
+            s.sub_id = None;
+        }
+        let mut failed = Vec::new();
+        for (n, r) in inner.requests.iter_mut() {
+            if r.sent.take().is_none() {
+                continue;
+            }
+            r.name = None;
+            let again = if r.stream { resend_streams } else { idempotent };
+            if again {
+                Share::count(&share.stats.resent);
+            } else {
+                failed.push(*n);
+            }
+        }
+        for n in failed {
+            if let Some(r) = inner.requests.remove(&n) {
+                let _ = r.tx.try_send(Err(ShareError::Unavailable(why.to_owned())));
+                Share::count(&share.stats.unavailable);
+            }
+        }
+    }
+
+    /// Renders up to `max` queued items as frames, with ids from `values`' counter.
+    pub fn take(&self, share: &Share, max: usize, values: Values<'_>) -> Vec<String> {
+        let mut inner = share.lock();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(work) = inner.queue.pop_front() else {
+                break;
+            };
+            if let Some(f) = self.render(share, &mut inner, work, values) {
+                out.push(f);
+            }
+        }
+        let more = !inner.queue.is_empty();
+        drop(inner);
+        if more {
+            // Taken on the next turn, once the writer has room.
+            share.work.notify_one();
+        }
+        out
+    }
+
+    fn next_id(&self, values: Values<'_>) -> Value {
+        let n = values
+            .counter
+            .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed) + 1);
+        match self.reqs.map(|r| &r.ids) {
+            Some(IdStyle::Text { prefix }) => Value::String(format!("{prefix}{n}")),
+            _ => Value::from(n),
+        }
+    }
+
+    fn render(
+        &self,
+        share: &Share,
+        inner: &mut Inner,
+        work: Work,
+        values: Values<'_>,
+    ) -> Option<String> {
+        match work {
+            Work::Subscribe(k) => {
+                let subs = self.subs?;
+                let sub = inner.subs.get(&k)?;
+                if sub.state != SubState::Queued {
+                    return None;
+                }
+                let id = subs
+                    .subscribe
+                    .contains("{{id}}")
+                    .then(|| self.next_id(values));
+                let sv = ShareValues {
+                    key: Some(&k),
+                    params: sub.params.as_ref(),
+                    id: id.as_ref(),
+                    ..ShareValues::default()
+                };
+                let filled = frame(&subs.subscribe, Values { share: Some(&sv), ..values });
+                let sub = inner.subs.get_mut(&k)?;
+                let text = match filled {
+                    Ok(t) => t.expose().to_owned(),
+                    Err(e) => {
+                        let why = format!("subscribe frame: {e}");
+                        tracing::warn!(key = %k, reason = %why, "cannot subscribe");
+                        sub.state = SubState::Refused(why.clone());
+                        share.tell(&k, super::KeyState::Refused(why));
+                        return None;
+                    }
+                };
+                Share::count(&share.stats.subscribe_frames);
+                match id {
+                    Some(id) => {
+                        sub.state = SubState::Sent;
+                        inner.ids.insert(id.to_string(), Target::Sub(Arc::clone(&k)));
+                    }
+                    None => {
+                        sub.state = SubState::Active;
+                        share.tell(&k, super::KeyState::Subscribed);
+                    }
+                }
+                Some(text)
+            }
+            Work::Unsubscribe {
+                key: k,
+                params,
+                sub_id,
+            } => {
+                let template = self.subs?.unsubscribe.as_deref()?;
+                let id = template.contains("{{id}}").then(|| self.next_id(values));
+                let sv = ShareValues {
+                    key: Some(&k),
+                    params: params.as_ref(),
+                    id: id.as_ref(),
+                    sub_id: sub_id.as_ref(),
+                    ..ShareValues::default()
+                };
+                let text = frame(template, Values { share: Some(&sv), ..values })
+                    .map_err(|e| tracing::warn!(key = %k, error = %e, "cannot unsubscribe"))
+                    .ok()?;
+                if let Some(id) = id {
+                    inner.ids.insert(id.to_string(), Target::Unsub);
+                }
+                if let Some(s) = sub_id {
+                    inner.sub_ids.remove(&s.to_string());
+                }
+                Share::count(&share.stats.unsubscribe_frames);
+                Some(text.expose().to_owned())
+            }
+            Work::Request(n) => {
+                let reqs = self.reqs?;
+                let id = self.next_id(values);
+                let req = inner.requests.get_mut(&n)?;
+                if req.sent.is_some() {
+                    return None;
+                }
+                let mut doc = req.doc.clone();
+                if !key::set(&mut doc, &reqs.id, id.clone()) {
+                    let _ = req.tx.try_send(Err(ShareError::Unavailable(format!(
+                        "the request has no place for an id at {:?}",
+                        reqs.id
+                    ))));
+                    inner.requests.remove(&n);
+                    return None;
+                }
+                req.sent = Some(id.clone());
+                inner.ids.insert(id.to_string(), Target::Req(n));
+                Some(doc.to_string())
+            }
+            Work::Cancel { request_id, sub_id } => {
+                let template = self.reqs?.stream.cancel.as_deref()?;
+                let id = template.contains("{{id}}").then(|| self.next_id(values));
+                let sv = ShareValues {
+                    id: id.as_ref(),
+                    request_id: Some(&request_id),
+                    sub_id: sub_id.as_ref(),
+                    ..ShareValues::default()
+                };
+                let text = frame(template, Values { share: Some(&sv), ..values })
+                    .map_err(|e| tracing::warn!(error = %e, "cannot cancel a stream"))
+                    .ok()?;
+                if let Some(id) = id {
+                    inner.ids.insert(id.to_string(), Target::Cancel);
+                }
+                Some(text.expose().to_owned())
+            }
+        }
+    }
+
+    /// Routes one inbound message (`doc`: its JSON, if it is JSON).
+    pub fn inbound(&self, share: &Share, text: Option<&str>, doc: Option<&Value>) -> Routed {
+        let Some(doc) = doc else {
+            return Routed::Plain;
+        };
+        let m = Message {
+            text,
+            doc: Some(doc),
+        };
+        let mut inner = share.lock();
+        if let Some(reqs) = self.reqs {
+            if let Some(id) = doc.pointer(&reqs.id).map(Value::to_string) {
+                let target = inner.ids.get(&id).cloned();
+                let is_reply = self.reply.is_empty() || self.reply.holds(m);
+                match target {
+                    Some(Target::Req(n)) if is_reply => {
+                        return self.reply_to(share, &mut inner, n, &id, doc, m)
+                    }
+                    Some(Target::Sub(k)) if is_reply => {
+                        inner.ids.remove(&id);
+                        self.confirmed(share, &mut inner, &k, doc, m);
+                        return Routed::Consumed;
+                    }
+                    Some(Target::Unsub) if is_reply => {
+                        inner.ids.remove(&id);
+                        return Routed::Consumed;
+                    }
+                    Some(Target::Cancel) if is_reply => {
+                        Share::count(&share.stats.orphan_replies);
+                        return Routed::Consumed;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(route) = reqs.stream.route.as_deref() {
+                let name = doc.pointer(route).map(Value::to_string);
+                if let Some(n) = name.and_then(|s| inner.streams.get(&s).copied()) {
+                    return self.stream_item(share, &mut inner, n, route, doc, m);
+                }
+            }
+        }
+        let Some(subs) = self.subs else {
+            return Routed::Plain;
+        };
+        match &subs.route {
+            Route::Key(rule) => match key::extract(rule, doc) {
+                Some(k) => {
+                    let k = inner
+                        .subs
+                        .get_key_value(k.as_str())
+                        .map_or_else(|| Arc::from(k.as_str()), |(k, _)| Arc::clone(k));
+                    Routed::Key(k, None)
+                }
+                None => Routed::Plain,
+            },
+            Route::Id(ptr) => {
+                let Some(now) = doc.pointer(ptr) else {
+                    return Routed::Plain;
+                };
+                let Some(k) = inner.sub_ids.get(&now.to_string()).cloned() else {
+                    return Routed::Plain;
+                };
+                let first = inner.subs.get(&k).and_then(|s| s.first_id.clone());
+                let rewritten = match first {
+                    Some(first) if &first != now => {
+                        let mut doc = doc.clone();
+                        key::set(&mut doc, ptr, first);
+                        Some(Bytes::from(doc.to_string()))
+                    }
+                    _ => None,
+                };
+                Routed::Key(k, rewritten)
+            }
+        }
+    }
+
+    /// A subscribe's answer: a refusal, or the subscription is on (named as `server_id` says).
+    fn confirmed(&self, share: &Share, inner: &mut Inner, k: &Arc<str>, doc: &Value, m: Message<'_>) {
+        let Some(subs) = self.subs else { return };
+        let open = inner.open;
+        let Some(sub) = inner.subs.get_mut(k) else {
+            return;
+        };
+        if !self.refuse.is_empty() && self.refuse.holds(m) {
+            let mut why = doc.to_string();
+            if why.len() > 512 {
+                let mut cut = 512;
+                while !why.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                why.truncate(cut);
+            }
+            tracing::warn!(key = %k, answer = %why, "the upstream refused a subscription");
+            let leaving = sub.state == SubState::Leaving;
+            sub.state = SubState::Refused(why.clone());
+            if leaving {
+                inner.subs.remove(k);
+            } else {
+                share.tell(k, super::KeyState::Refused(why));
+            }
+            return;
+        }
+        let sub_id = match &subs.server_id {
+            Some(p) => doc.pointer(p).cloned(),
+            None => doc.pointer(self.reqs.map_or("/id", |r| r.id.as_str())).cloned(),
+        };
+        if let Some(id) = &sub_id {
+            inner.sub_ids.insert(id.to_string(), Arc::clone(k));
+            sub.first_id.get_or_insert_with(|| id.clone());
+        }
+        sub.sub_id = sub_id;
+        if sub.state == SubState::Leaving {
+            let (params, sub_id) = (sub.params.clone(), sub.sub_id.clone());
+            inner.subs.remove(k);
+            if open {
+                inner.queue.push_back(Work::Unsubscribe {
+                    key: Arc::clone(k),
+                    params,
+                    sub_id,
+                });
+                share.work.notify_one();
+            }
+            return;
+        }
+        sub.state = SubState::Active;
+        share.tell(k, super::KeyState::Subscribed);
+    }
+
+    /// A reply to request `n` (sent with id text `id`).
+    fn reply_to(
+        &self,
+        share: &Share,
+        inner: &mut Inner,
+        n: u64,
+        id: &str,
+        doc: &Value,
+        m: Message<'_>,
+    ) -> Routed {
+        let Some(reqs) = self.reqs else {
+            return Routed::Plain;
+        };
+        let Some(req) = inner.requests.get_mut(&n) else {
+            inner.ids.remove(id);
+            Share::count(&share.stats.orphan_replies);
+            return Routed::Consumed;
+        };
+        let mut out = doc.clone();
+        match &req.app_id {
+            Some(app) => key::set(&mut out, &reqs.id, app.clone()),
+            None => {
+                key::remove(&mut out, &reqs.id);
+                true
+            }
+        };
+        let mut deliver = true;
+        if req.stream {
+            if let Some(name) = reqs.stream.id.as_deref().and_then(|p| doc.pointer(p)) {
+                // The reply that names the stream: after a resend it is the same stream to the
+                // app, which has its answer already.
+                deliver = !req.answered;
+                inner.streams.insert(name.to_string(), n);
+                let first = req.first_name.get_or_insert_with(|| name.clone()).clone();
+                req.name = Some(name.clone());
+                if let Some(p) = reqs.stream.id.as_deref() {
+                    key::set(&mut out, p, first);
+                }
+            }
+        }
+        let end = !req.stream || self.ends.iter().any(|e| e.holds(m));
+        let reply = Reply {
+            data: Bytes::from(out.to_string()),
+            error: !self.error.is_empty() && self.error.holds(m),
+            end,
+        };
+        req.answered = true;
+        let sent = !deliver || req.tx.try_send(Ok(reply)).is_ok();
+        if deliver {
+            Share::count(&share.stats.replies);
+        }
+        if end || !sent {
+            if let Some(r) = inner.requests.remove(&n) {
+                if let Some(name) = r.name {
+                    inner.streams.remove(&name.to_string());
+                }
+                if !sent {
+                    let _ = r.tx.try_send(Err(ShareError::Slow));
+                }
+            }
+            inner.ids.remove(id);
+        }
+        Routed::Consumed
+    }
+
+    /// A message of stream `n`, found by its name at `route`.
+    fn stream_item(
+        &self,
+        share: &Share,
+        inner: &mut Inner,
+        n: u64,
+        route: &str,
+        doc: &Value,
+        m: Message<'_>,
+    ) -> Routed {
+        let Some(req) = inner.requests.get_mut(&n) else {
+            return Routed::Consumed;
+        };
+        let data = match (&req.first_name, doc.pointer(route)) {
+            (Some(first), Some(now)) if first != now => {
+                let mut out = doc.clone();
+                key::set(&mut out, route, first.clone());
+                Bytes::from(out.to_string())
+            }
+            _ => m
+                .text
+                .map_or_else(|| Bytes::from(doc.to_string()), |t| Bytes::copy_from_slice(t.as_bytes())),
+        };
+        let end = self.ends.iter().any(|e| e.holds(m));
+        let ok = req
+            .tx
+            .try_send(Ok(Reply {
+                data,
+                error: false,
+                end,
+            }))
+            .is_ok();
+        Share::count(&share.stats.replies);
+        if end || !ok {
+            if let Some(r) = inner.requests.remove(&n) {
+                if let Some(name) = r.name {
+                    inner.streams.remove(&name.to_string());
+                }
+                if !ok {
+                    let _ = r.tx.try_send(Err(ShareError::Slow));
+                }
+            }
+        }
+        Routed::Consumed
+    }
+}
