@@ -257,10 +257,12 @@ pub fn event_json(ev: &crate::proto::Event) -> serde_json::Value {
                    "reason": s.reason, "at_unix_nanos": s.at_unix_nanos})
         }
         Some(E::Key(k)) => {
-            let state = crate::proto::KeyState::try_from(k.state).map_or("unknown".to_owned(), |st| {
-                st.as_str_name().to_ascii_lowercase()
-            });
-            let mut v = json!({"type": "key", "endpoint": k.endpoint, "key": k.key, "state": state});
+            let state = crate::proto::KeyState::try_from(k.state)
+                .map_or("unknown".to_owned(), |st| {
+                    st.as_str_name().to_ascii_lowercase()
+                });
+            let mut v =
+                json!({"type": "key", "endpoint": k.endpoint, "key": k.key, "state": state});
             if !k.reason.is_empty() {
                 v["reason"] = k.reason.clone().into();
             }

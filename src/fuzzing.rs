@@ -135,7 +135,8 @@ fn request_json(req: &Request) -> Value {
                 .iter()
                 .map(|f| json!({"pointer": f.pointer, "equals": f.equals}))
                 .collect();
-            let mut v = json!({"op": "subscribe", "endpoint": endpoint, "filters": filters, "keys": keys});
+            let mut v =
+                json!({"op": "subscribe", "endpoint": endpoint, "filters": filters, "keys": keys});
             if let Some(n) = from_seq {
                 v["from_seq"] = json!(n);
             }
@@ -156,7 +157,8 @@ fn request_json(req: &Request) -> Value {
             id,
             stream,
         } => {
-            let mut v = json!({"op": "request", "endpoint": endpoint, "data": data, "stream": stream});
+            let mut v =
+                json!({"op": "request", "endpoint": endpoint, "data": data, "stream": stream});
             if let Some(id) = id {
                 v["id"] = id.clone();
             }
@@ -234,7 +236,10 @@ fn check_reply(req: Option<&Request>, reply: Option<Out>) {
         // request never gets this far.
         Some(Out::Call(..)) => panic!("a request started on an endpoint without requests"),
         Some(Out::Cancel(_)) => {
-            assert!(matches!(req, Some(Request::Cancel { .. })), "a cancel for another request");
+            assert!(
+                matches!(req, Some(Request::Cancel { .. })),
+                "a cancel for another request"
+            );
             return;
         }
         Some(Out::Unsubscribe { .. }) => {

@@ -127,6 +127,8 @@ fn default_endpoint(url: &str) -> EndpointConfig {
         },
         access: AccessConfig::default(),
         rate_limit: None,
+        subscriptions: None,
+        requests: None,
     }
 }
 

@@ -136,6 +136,7 @@ async fn gaps_then_message(
     let mut gaps = Vec::new();
     loop {
         match next_event(&mut s, T).await {
+            Ev::Key(k) => panic!("a Subscribe stream carries no key changes: {k:?}"),
             Ev::Gap(g) => gaps.push(g),
             Ev::Message(m) => return (gaps, m),
             Ev::State(_) => {}
@@ -252,6 +253,7 @@ async fn a_restart_drops_the_overlap_an_upstream_resends() {
         let until = last_seq + 50;
         while last_seq < until {
             match next_event(&mut s, T).await {
+                Ev::Key(k) => panic!("a Subscribe stream carries no key changes: {k:?}"),
                 Ev::Message(m) => {
                     let id = tick_id(std::str::from_utf8(&m.data).expect("utf8")).expect("id");
                     assert_eq!(

@@ -279,12 +279,13 @@ impl Sidecar for SidecarService {
     ) -> Result<Response<EventStream>, Status> {
         let peer = peer(&request);
         let req = request.into_inner();
-        let params = match req.params.trim() {
-            "" => None,
-            text => Some(serde_json::from_str(text).map_err(|e| {
-                Status::invalid_argument(format!("params is not JSON text: {e}"))
-            })?),
-        };
+        let params =
+            match req.params.trim() {
+                "" => None,
+                text => Some(serde_json::from_str(text).map_err(|e| {
+                    Status::invalid_argument(format!("params is not JSON text: {e}"))
+                })?),
+            };
         let sub = Subscription::attach(
             &self.registry,
             &req.endpoint,
@@ -312,7 +313,8 @@ impl Sidecar for SidecarService {
         }
     }
 
-    type RequestStreamStream = futures_util::stream::BoxStream<'static, Result<proto::UpstreamReply, Status>>;
+    type RequestStreamStream =
+        futures_util::stream::BoxStream<'static, Result<proto::UpstreamReply, Status>>;
 
     async fn request_stream(
         &self,

@@ -112,7 +112,10 @@ pub(crate) fn call(
     let task = tokio::spawn(async move {
         while let Some(r) = call.next().await {
             let (line, last) = match r {
-                Ok(reply) => (reply_line(&call.endpoint, &reply, line_id.as_ref()), reply.end),
+                Ok(reply) => (
+                    reply_line(&call.endpoint, &reply, line_id.as_ref()),
+                    reply.end,
+                ),
                 Err(e) => (error_line(e.code(), &e.to_string(), line_id.as_ref()), true),
             };
             if tx.send(Out::Line(line)).await.is_err() || last {

@@ -68,7 +68,10 @@ pub(crate) enum Out {
     /// `cancel`: end the request with this line id (JSON text).
     Cancel(String),
     /// `unsubscribe`: end this connection's subscriptions holding `key` on `endpoint`.
-    Unsubscribe { endpoint: String, key: String },
+    Unsubscribe {
+        endpoint: String,
+        key: String,
+    },
 }
 
 #[derive(Deserialize)]

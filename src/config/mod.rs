@@ -26,8 +26,8 @@ mod value;
 
 pub use discovery::{Discovery, DiscoveryMethod, HttpDiscovery, UrlSource};
 pub use load::{load, load_str, ConfigError};
-pub use share::{IdStyle, KeyRule, RequestsConfig, ReplyStreamConfig, Route, SubscriptionsConfig};
 pub use proxy::{no_proxy_exempts, ProxyConfig, ProxyEnvError, ProxyRoute, ProxyScheme, ProxyUrl};
+pub use share::{IdStyle, KeyRule, ReplyStreamConfig, RequestsConfig, Route, SubscriptionsConfig};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

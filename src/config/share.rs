@@ -140,8 +140,14 @@ pub(super) fn read_requests(
     let mut t = Table::open(r, node)?;
     let id = t.required(r, "id", pointer);
     let ids = t.opt(r, "ids", id_style).unwrap_or(IdStyle::Integer);
-    let reply = t.get("reply").map(|n| read_match(r, &n)).unwrap_or_default();
-    let error = t.get("error").map(|n| read_match(r, &n)).unwrap_or_default();
+    let reply = t
+        .get("reply")
+        .map(|n| read_match(r, &n))
+        .unwrap_or_default();
+    let error = t
+        .get("error")
+        .map(|n| read_match(r, &n))
+        .unwrap_or_default();
     let timeout = t.or(r, "timeout", positive, REQUEST_TIMEOUT);
     let idempotent = t.or(r, "idempotent", boolean, false);
     let max_in_flight = t.or(r, "max_in_flight", at_least_one, MAX_IN_FLIGHT);
@@ -226,7 +232,10 @@ pub(super) fn read_subscriptions(
             );
         }
     }
-    if subscribe.as_deref().is_some_and(|s| s.contains("{{sub_id}}")) {
+    if subscribe
+        .as_deref()
+        .is_some_and(|s| s.contains("{{sub_id}}"))
+    {
         r.at(
             &t.path_of("subscribe"),
             "{{sub_id}} has a value only once the subscription is confirmed: use it in unsubscribe",
@@ -260,7 +269,10 @@ pub(super) fn read_subscriptions(
             "the confirmation is found by the subscribe frame's {{id}}, which it does not have",
         );
     }
-    let refuse = t.get("refuse").map(|n| read_match(r, &n)).unwrap_or_default();
+    let refuse = t
+        .get("refuse")
+        .map(|n| read_match(r, &n))
+        .unwrap_or_default();
     let max = t.or(r, "max_per_connection", at_least_one, MAX_PER_CONNECTION);
     t.finish(r);
     Some(SubscriptionsConfig {
@@ -333,9 +345,7 @@ fn key_template(v: &Value) -> Result<String, String> {
 fn id_style(v: &Value) -> Result<IdStyle, String> {
     if let ValueKind::Table(t) = &v.kind {
         return match (t.get("prefix"), t.len()) {
-            (Some(p), 1) => Ok(IdStyle::Text {
-                prefix: string(p)?,
-            }),
+            (Some(p), 1) => Ok(IdStyle::Text { prefix: string(p)? }),
             _ => Err("a table here is { prefix = \"…\" }".into()),
         };
     }

@@ -450,7 +450,8 @@ impl Log {
                     .as_deref()
                     .is_some_and(|k| keys.binary_search_by(|h| (**h).cmp(k)).is_ok())
             });
-            if held && filter::all_match(filters, if filters.is_empty() { None } else { e.json() }) {
+            if held && filter::all_match(filters, if filters.is_empty() { None } else { e.json() })
+            {
                 out.push(Item::Message(Arc::clone(e)));
                 taken += 1;
                 if taken >= max {

@@ -148,7 +148,7 @@ fn pending_appends_are_invisible_until_published() {
     let log = Log::new(&cfg(2, 1 << 20, SlowPolicy::Skip), 1);
     let mut c = log.subscribe(None, vec![]);
     for _ in 0..4 {
-        log.append_pending(Kind::Text, Bytes::from_static(b"p"), 0, None);
+        log.append_pending(Kind::Text, Bytes::from_static(b"p"), 0, None, None);
     }
     assert_eq!((log.last_seq(), log.pending(), log.next_seq()), (0, 4, 5));
     // Over the 2-message window, but nothing is evicted before readers could see it.

@@ -111,10 +111,7 @@ mod tests {
         assert!(set(&mut doc, "/new", json!(true)));
         assert!(!set(&mut doc, "/a/5", json!(0)));
         assert!(!set(&mut doc, "/nope/x", json!(0)));
-        assert_eq!(
-            doc,
-            json!({"id":7,"a":[1,9],"o":{"x/y":2},"new":true})
-        );
+        assert_eq!(doc, json!({"id":7,"a":[1,9],"o":{"x/y":2},"new":true}));
         remove(&mut doc, "/new");
         assert_eq!(doc.get("new"), None);
     }

@@ -49,7 +49,9 @@ impl<'c> Link<'c> {
             reply: Match::new(reqs.map_or(&[][..], |r| &r.reply)),
             error: Match::new(reqs.map_or(&[][..], |r| &r.error)),
             refuse: Match::new(subs.map_or(&[][..], |s| &s.refuse)),
-            ends: reqs.map_or_else(Vec::new, |r| r.stream.ends.iter().map(|m| Match::new(m)).collect()),
+            ends: reqs.map_or_else(Vec::new, |r| {
+                r.stream.ends.iter().map(|m| Match::new(m)).collect()
+            }),
             subs,
             reqs,
         })
@@ -181,7 +183,13 @@ impl<'c> Link<'c> {
                     id: id.as_ref(),
                     ..ShareValues::default()
                 };
-                let filled = frame(&subs.subscribe, Values { share: Some(&sv), ..values });
+                let filled = frame(
+                    &subs.subscribe,
+                    Values {
+                        share: Some(&sv),
+                        ..values
+                    },
+                );
                 let sub = inner.subs.get_mut(&k)?;
                 let text = match filled {
                     Ok(t) => t.expose().to_owned(),
@@ -197,7 +205,9 @@ impl<'c> Link<'c> {
                 match id {
                     Some(id) => {
                         sub.state = SubState::Sent;
-                        inner.ids.insert(id.to_string(), Target::Sub(Arc::clone(&k)));
+                        inner
+                            .ids
+                            .insert(id.to_string(), Target::Sub(Arc::clone(&k)));
                     }
                     None => {
                         sub.state = SubState::Active;
@@ -220,9 +230,15 @@ impl<'c> Link<'c> {
                     sub_id: sub_id.as_ref(),
                     ..ShareValues::default()
                 };
-                let text = frame(template, Values { share: Some(&sv), ..values })
-                    .map_err(|e| tracing::warn!(key = %k, error = %e, "cannot unsubscribe"))
-                    .ok()?;
+                let text = frame(
+                    template,
+                    Values {
+                        share: Some(&sv),
+                        ..values
+                    },
+                )
+                .map_err(|e| tracing::warn!(key = %k, error = %e, "cannot unsubscribe"))
+                .ok()?;
                 if let Some(id) = id {
                     inner.ids.insert(id.to_string(), Target::Unsub);
                 }
@@ -261,9 +277,15 @@ impl<'c> Link<'c> {
                     sub_id: sub_id.as_ref(),
                     ..ShareValues::default()
                 };
-                let text = frame(template, Values { share: Some(&sv), ..values })
-                    .map_err(|e| tracing::warn!(error = %e, "cannot cancel a stream"))
-                    .ok()?;
+                let text = frame(
+                    template,
+                    Values {
+                        share: Some(&sv),
+                        ..values
+                    },
+                )
+                .map_err(|e| tracing::warn!(error = %e, "cannot cancel a stream"))
+                .ok()?;
                 if let Some(id) = id {
                     inner.ids.insert(id.to_string(), Target::Cancel);
                 }
@@ -349,7 +371,14 @@ impl<'c> Link<'c> {
     }
 
     /// A subscribe's answer: a refusal, or the subscription is on (named as `server_id` says).
-    fn confirmed(&self, share: &Share, inner: &mut Inner, k: &Arc<str>, doc: &Value, m: Message<'_>) {
+    fn confirmed(
+        &self,
+        share: &Share,
+        inner: &mut Inner,
+        k: &Arc<str>,
+        doc: &Value,
+        m: Message<'_>,
+    ) {
         let Some(subs) = self.subs else { return };
         let open = inner.open;
         let Some(sub) = inner.subs.get_mut(k) else {
@@ -376,7 +405,9 @@ impl<'c> Link<'c> {
         }
         let sub_id = match &subs.server_id {
             Some(p) => doc.pointer(p).cloned(),
-            None => doc.pointer(self.reqs.map_or("/id", |r| r.id.as_str())).cloned(),
+            None => doc
+                .pointer(self.reqs.map_or("/id", |r| r.id.as_str()))
+                .cloned(),
         };
         if let Some(id) = &sub_id {
             inner.sub_ids.insert(id.to_string(), Arc::clone(k));
@@ -484,9 +515,10 @@ impl<'c> Link<'c> {
                 key::set(&mut out, route, first.clone());
                 Bytes::from(out.to_string())
             }
-            _ => m
-                .text
-                .map_or_else(|| Bytes::from(doc.to_string()), |t| Bytes::copy_from_slice(t.as_bytes())),
+            _ => m.text.map_or_else(
+                || Bytes::from(doc.to_string()),
+                |t| Bytes::copy_from_slice(t.as_bytes()),
+            ),
         };
         let end = self.ends.iter().any(|e| e.holds(m));
         let ok = req

@@ -335,7 +335,10 @@ impl Share {
                     }
                 }
             }
-            let state = inner.subs.get(&key).map_or(KeyState::Pending, |s| s.shown());
+            let state = inner
+                .subs
+                .get(&key)
+                .map_or(KeyState::Pending, |s| s.shown());
             now.push(KeyEvent { key, state });
         }
         drop(inner);
@@ -445,7 +448,9 @@ impl Share {
         let Some(req) = inner.requests.remove(&n) else {
             return;
         };
-        inner.queue.retain(|w| !matches!(w, Work::Request(m) if *m == n));
+        inner
+            .queue
+            .retain(|w| !matches!(w, Work::Request(m) if *m == n));
         let Some(sent) = req.sent else { return };
         // A reply still coming for it is an orphan, not someone else's.
         let key = sent.to_string();

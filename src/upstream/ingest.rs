@@ -272,7 +272,9 @@ impl Session<'_> {
             ep.log.wait_pending_at_most(MAX_PENDING / 2).await;
         }
         let received_at = unix_nanos();
-        let seq = ep.log.append_pending(kind, data.clone(), received_at, gap, key);
+        let seq = ep
+            .log
+            .append_pending(kind, data.clone(), received_at, gap, key);
         let mut ops = vec![Op::SeqMark {
             endpoint: std::sync::Arc::clone(&endpoint),
             seq,

@@ -69,6 +69,7 @@ async fn aborts_at_random_byte_positions_lose_and_duplicate_nothing() {
     within(deadline, "every id delivered", async {
         while next <= last {
             match next_event(&mut s, T).await {
+                Ev::Key(k) => panic!("a Subscribe stream carries no key changes: {k:?}"),
                 Ev::Message(m) => {
                     let text = std::str::from_utf8(&m.data).expect("ticks are text");
                     assert_eq!(tick_id(text), Some(next), "ids in order, none twice");

@@ -453,6 +453,7 @@ async fn contiguous_ids_are_checked_per_channel() {
     let mut seen = Vec::new();
     while seen.iter().filter(|e: &&String| e.starts_with('m')).count() < 6 {
         match next_event(&mut sub, T).await {
+            Ev::Key(k) => panic!("a Subscribe stream carries no key changes: {k:?}"),
             Ev::Message(m) => {
                 let v = payload(&m);
                 seen.push(format!(

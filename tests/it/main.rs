@@ -26,5 +26,6 @@ mod reconnect;
 mod reload;
 mod replay;
 mod resets;
+mod share;
 mod slack;
 mod upstream_access;

@@ -53,6 +53,7 @@ async fn burst_then_close(extra: &str, rounds: usize) {
             let (mut round, mut seen) = (0usize, 0usize);
             while round < rounds {
                 match next_event(&mut grpc, T).await {
+                    Ev::Key(k) => panic!("a Subscribe stream carries no key changes: {k:?}"),
                     Ev::Message(m) => {
                         let v: serde_json::Value = serde_json::from_slice(&m.data).expect("json");
                         assert_eq!(v["round"], round as u64, "messages of one round in order");

@@ -44,6 +44,7 @@ async fn reset_mid_stream_reconnects_and_subscribers_keep_their_stream() {
     let mut seqs = Vec::new();
     while seqs.len() < 5 {
         match next_event(&mut s, T).await {
+            Ev::Key(k) => panic!("a Subscribe stream carries no key changes: {k:?}"),
             Ev::State(st) => states.push((state_name(&st), st.reason)),
             Ev::Message(m) => {
                 assert_eq!(&m.data[..], format!("b{}", seqs.len() + 1).as_bytes());

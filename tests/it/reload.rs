@@ -109,6 +109,7 @@ async fn add_change_remove_and_keep_endpoints() {
     changed.send_text("c2").await.expect("send");
     loop {
         match next_event(&mut change_sub, T).await {
+            Ev::Key(k) => panic!("a Subscribe stream carries no key changes: {k:?}"),
             Ev::State(s) => assert_ne!(state_name(&s), "closed", "the subscriber stays"),
             Ev::Message(m) => {
                 assert_eq!((m.seq, &m.data[..]), (2, &b"c2"[..]));

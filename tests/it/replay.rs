@@ -60,6 +60,7 @@ async fn from_seq_inside_and_before_the_window() {
     let mut gap = None;
     loop {
         match next_event(&mut s, T).await {
+            Ev::Key(k) => panic!("a Subscribe stream carries no key changes: {k:?}"),
             Ev::State(_) => continue,
             Ev::Gap(g) => gap = Some(g),
             Ev::Message(m) => {
@@ -104,6 +105,7 @@ async fn a_subscriber_that_never_reads_gets_slow_subscriber_and_slows_no_one() {
     let mut gap = None;
     while last < N {
         match next_event(&mut stalled, T).await {
+            Ev::Key(k) => panic!("a Subscribe stream carries no key changes: {k:?}"),
             Ev::State(_) => {}
             Ev::Gap(g) => {
                 assert_eq!(g.reason, GapReason::SlowSubscriber as i32);

