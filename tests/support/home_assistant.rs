@@ -123,8 +123,9 @@ impl Shared {
     /// how many events went out.
     async fn fire(&self, event_type: &str, data: Value) -> usize {
         let targets: Vec<(usize, UpConn, Vec<u64>)> = {
+            // Wires before state, the order accepting a connection takes them in.
+            let wires = self.wires().clone();
             let state = self.state.borrow();
-            let wires = self.wires();
             state
                 .conns
                 .iter()

@@ -197,8 +197,9 @@ impl FakePhoenix {
     pub async fn broadcast(&self, topic: &str, event: &str, payload: Value) -> usize {
         let text = json!([null, null, topic, event, payload]).to_string();
         let targets: Vec<(usize, UpConn)> = {
+            // Wires before state, the order accepting a connection takes them in.
+            let wires = self.shared.wires().clone();
             let state = self.shared.state.borrow();
-            let wires = self.shared.wires();
             state
                 .conns
                 .iter()
