@@ -4,6 +4,11 @@
 
 mod support;
 
+#[path = "fixtures_selftest/home_assistant.rs"]
+mod home_assistant;
+#[path = "fixtures_selftest/phoenix.rs"]
+mod phoenix;
+
 use std::io::ErrorKind;
 use std::time::Duration;
 
