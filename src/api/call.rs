@@ -32,7 +32,9 @@ impl CallError {
     pub fn code(&self) -> &'static str {
         match self {
             CallError::NotFound(_) => "not_found",
-            CallError::NotShared(_) | CallError::Failed(_) => "failed_precondition",
+            CallError::NotShared(_)
+            | CallError::Failed(_)
+            | CallError::Share(ShareError::NotJoined(_)) => "failed_precondition",
             CallError::Invalid(_) => "invalid_argument",
             CallError::Denied(_) => "permission_denied",
             CallError::Share(ShareError::Timeout(_)) => "deadline_exceeded",

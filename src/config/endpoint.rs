@@ -34,7 +34,18 @@ const fn millis(n: u64) -> Duration {
 
 /// Reads an endpoint; `None` when it is unusable (every reason already reported).
 pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointConfig> {
+    // A preset's settings go under the endpoint's own, then everything is read as written.
+    let with_preset = super::presets::apply(r, node);
+    let node = match &with_preset {
+        Some(value) => &Node {
+            path: node.path.clone(),
+            value,
+        },
+        None => node,
+    };
     let mut t = Table::open(r, node)?;
+    // Read by `presets::apply`.
+    let _ = t.get("preset");
     let url = t
         .need(r, "url")
         .and_then(|n| super::discovery::read_url(r, &n, ws_url));

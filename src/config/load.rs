@@ -165,7 +165,8 @@ fn env_form(key: &str) -> String {
     key.to_ascii_lowercase().replace('-', "_")
 }
 
-fn merge(dst: &mut Value, src: Value) {
+/// Merges `src` over `dst`: tables key by key, anything else replaced.
+pub(super) fn merge(dst: &mut Value, src: Value) {
     if let (ValueKind::Table(d), ValueKind::Table(s)) = (&mut dst.kind, &src.kind) {
         for (k, v) in s {
             match d.get_mut(k) {

@@ -15,6 +15,7 @@ mod endpoint;
 mod handshake;
 mod load;
 mod numbers;
+mod presets;
 mod proxy;
 mod ratelimit;
 mod resume;
@@ -27,7 +28,9 @@ mod value;
 pub use discovery::{Discovery, DiscoveryMethod, HttpDiscovery, UrlSource};
 pub use load::{load, load_str, ConfigError};
 pub use proxy::{no_proxy_exempts, ProxyConfig, ProxyEnvError, ProxyRoute, ProxyScheme, ProxyUrl};
-pub use share::{IdStyle, KeyRule, ReplyStreamConfig, RequestsConfig, Route, SubscriptionsConfig};
+pub use share::{
+    IdStyle, Join, KeyRule, ReplyStreamConfig, RequestsConfig, Route, SubscriptionsConfig,
+};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

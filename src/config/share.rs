@@ -92,6 +92,16 @@ pub struct RequestsConfig {
     /// Requests waiting at once; one more is refused with `RESOURCE_EXHAUSTED`.
     pub max_in_flight: usize,
     pub stream: ReplyStreamConfig,
+    /// Requests on a held key's subscription carry the subscription's id (Phoenix: a push
+    /// carries its topic's join_ref).
+    pub join: Option<Join>,
+}
+
+/// `requests.join`: where a request names a key, and where its subscription's id goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Join {
+    pub key: String,
+    pub id: String,
 }
 
 /// `endpoints.NAME.requests.stream`: replies that keep coming (`eth_subscribe`, GraphQL
@@ -127,6 +137,7 @@ impl RequestsConfig {
                 resend: true,
                 ..ReplyStreamConfig::default()
             },
+            join: None,
         }
     }
 }
@@ -158,8 +169,16 @@ pub(super) fn read_requests(
             ..ReplyStreamConfig::default()
         }),
     };
+    let join = t.get("join").and_then(|n| {
+        let mut j = Table::open(r, &n)?;
+        let key = j.required(r, "key", pointer);
+        let id = j.required(r, "id", pointer);
+        j.finish(r);
+        Some(Join { key: key?, id: id? })
+    });
     t.finish(r);
     Some(RequestsConfig {
+        join,
         id: id?,
         ids,
         reply,
@@ -262,8 +281,15 @@ pub(super) fn read_subscriptions(
         }
         (None, None) => None,
     };
+    let has_id = subscribe.as_deref().is_some_and(|s| s.contains("{{id}}"));
+    if matches!(route, Some(Route::Id(_))) && !has_id {
+        r.at(
+            &t.path_of("id"),
+            "a subscription's id comes from its confirmation, found by the subscribe frame's {{id}}, which it does not have",
+        );
+    }
     let server_id = t.opt(r, "server_id", pointer);
-    if server_id.is_some() && !subscribe.as_deref().is_some_and(|s| s.contains("{{id}}")) {
+    if server_id.is_some() && !has_id {
         r.at(
             &t.path_of("server_id"),
             "the confirmation is found by the subscribe frame's {{id}}, which it does not have",

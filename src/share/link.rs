@@ -256,6 +256,24 @@ impl<'c> Link<'c> {
                     return None;
                 }
                 let mut doc = req.doc.clone();
+                if let Some(join) = &reqs.join {
+                    // A push on a key's subscription carries the subscription's id.
+                    let k = doc
+                        .pointer(&join.key)
+                        .and_then(|v| v.as_str().map(str::to_owned));
+                    let sub_id = k.as_deref().and_then(|k| {
+                        let sub = inner.subs.get(k).filter(|s| s.state == SubState::Active)?;
+                        sub.sub_id.clone()
+                    });
+                    let Some(sub_id) = sub_id else {
+                        let req = inner.requests.remove(&n)?;
+                        let k = k.unwrap_or_default();
+                        let _ = req.tx.try_send(Err(ShareError::NotJoined(k)));
+                        return None;
+                    };
+                    key::set(&mut doc, &join.id, sub_id);
+                }
+                let req = inner.requests.get_mut(&n)?;
                 if !key::set(&mut doc, &reqs.id, id.clone()) {
                     let _ = req.tx.try_send(Err(ShareError::Unavailable(format!(
                         "the request has no place for an id at {:?}",
@@ -322,6 +340,9 @@ impl<'c> Link<'c> {
                         return Routed::Consumed;
                     }
                     Some(Target::Cancel) if is_reply => {
+                        if self.ends.iter().any(|e| e.holds(m)) {
+                            inner.ids.remove(&id);
+                        }
                         Share::count(&share.stats.orphan_replies);
                         return Routed::Consumed;
                     }
@@ -483,6 +504,7 @@ impl<'c> Link<'c> {
             Share::count(&share.stats.replies);
         }
         if end || !sent {
+            let streamed = req.stream;
             if let Some(r) = inner.requests.remove(&n) {
                 if let Some(name) = r.name {
                     inner.streams.remove(&name.to_string());
@@ -491,7 +513,14 @@ impl<'c> Link<'c> {
                     let _ = r.tx.try_send(Err(ShareError::Slow));
                 }
             }
-            inner.ids.remove(id);
+            let ended = self.ends.iter().any(|e| e.holds(m));
+            if !streamed && !self.ends.is_empty() && !ended {
+                // The rest of a reply that comes in several messages (a GraphQL query's `next`
+                // then `complete`) is nobody's: kept from the log until its end.
+                inner.ids.insert(id.to_owned(), Target::Cancel);
+            } else {
+                inner.ids.remove(id);
+            }
         }
         Routed::Consumed
     }

@@ -38,6 +38,9 @@ pub enum ShareError {
     /// The connection dropped with the request in flight (and it is not idempotent).
     #[error("the upstream connection dropped with the request in flight: {0}")]
     Unavailable(String),
+    /// A request on a key's subscription (`requests.join`) whose key is not subscribed.
+    #[error("{0:?} is not subscribed on the connection: hold it (Attach) before sending on it")]
+    NotJoined(String),
     /// The app read a stream too slowly.
     #[error("the stream's app fell {STREAM_QUEUE} replies behind")]
     Slow,
