@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "fixtures_selftest/jsonrpc.rs"]
+mod jsonrpc;
+
 use std::io::ErrorKind;
 use std::time::Duration;
 

@@ -18,6 +18,8 @@ pub mod discord;
 pub mod discovery;
 pub mod flood;
 pub mod frame;
+pub mod journal;
+pub mod jsonrpc;
 pub mod process;
 pub mod proxy;
 pub mod recipe;
