@@ -4,6 +4,8 @@
 
 mod support;
 
+#[path = "fixtures_selftest/graphql_ws.rs"]
+mod graphql_ws;
 #[path = "fixtures_selftest/jsonrpc.rs"]
 mod jsonrpc;
 

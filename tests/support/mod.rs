@@ -18,6 +18,7 @@ pub mod discord;
 pub mod discovery;
 pub mod flood;
 pub mod frame;
+pub mod graphql_ws;
 pub mod journal;
 pub mod jsonrpc;
 pub mod process;
