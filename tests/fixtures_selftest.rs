@@ -8,6 +8,8 @@ mod support;
 mod graphql_ws;
 #[path = "fixtures_selftest/jsonrpc.rs"]
 mod jsonrpc;
+#[path = "fixtures_selftest/socketio.rs"]
+mod socketio;
 
 use std::io::ErrorKind;
 use std::time::Duration;

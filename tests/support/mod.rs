@@ -24,6 +24,7 @@ pub mod jsonrpc;
 pub mod process;
 pub mod proxy;
 pub mod recipe;
+pub mod socketio;
 pub mod ticks;
 pub mod tls;
 pub mod upstream;
