@@ -147,7 +147,7 @@ impl FakeGraphql {
         self.conn(index).subscribe_ids
     }
 
-    /// Waits until the open connections run `n` ticks streams in total.
+    /// Waits until the open connections run exactly `n` ticks streams in total.
     pub async fn wait_streams(&self, n: usize, within: Duration) -> anyhow::Result<()> {
         let what = format!("{n} running ticks stream(s)");
         self.server

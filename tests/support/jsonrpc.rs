@@ -174,7 +174,8 @@ impl FakeNode {
         out
     }
 
-    /// Waits until the open connections hold `n` live subscriptions of `kind` in total.
+    /// Waits until the open connections hold exactly `n` live subscriptions of `kind` in total
+    /// (0: every one was unsubscribed or died with its connection).
     pub async fn wait_subscriptions(
         &self,
         kind: &str,
@@ -192,7 +193,7 @@ impl FakeNode {
                     .flat_map(|c| &c.state.subs)
                     .filter(|s| s.kind == kind)
                     .count();
-                live >= n
+                live == n
             })
             .await
             .map(drop)
