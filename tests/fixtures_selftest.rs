@@ -4,10 +4,16 @@
 
 mod support;
 
+#[path = "fixtures_selftest/graphql_ws.rs"]
+mod graphql_ws;
 #[path = "fixtures_selftest/home_assistant.rs"]
 mod home_assistant;
+#[path = "fixtures_selftest/jsonrpc.rs"]
+mod jsonrpc;
 #[path = "fixtures_selftest/phoenix.rs"]
 mod phoenix;
+#[path = "fixtures_selftest/socketio.rs"]
+mod socketio;
 
 use std::io::ErrorKind;
 use std::time::Duration;

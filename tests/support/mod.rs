@@ -1,7 +1,9 @@
 //! Network fixtures for the integration tests, used through `mod support;`: a scriptable fake
 //! upstream WebSocket server ([`upstream`]), a numbered tick feed on top of it ([`ticks`]), a
-//! chaos TCP proxy ([`proxy`]), a fake Binance that enforces its send limit ([`binance`]) and
-//! small helpers. Everything binds 127.0.0.1 port 0.
+//! chaos TCP proxy ([`proxy`]), a fake Binance that enforces its send limit ([`binance`]),
+//! protocol fakes written from public specs ([`jsonrpc`], [`graphql_ws`], [`socketio`], [`phoenix`],
+//! [`home_assistant`]; the first three recording
+//! into a [`journal`]) and small helpers. Everything binds 127.0.0.1 port 0.
 //!
 //! Each test binary uses a different subset, hence the blanket `allow`s.
 //!
@@ -18,11 +20,15 @@ pub mod discord;
 pub mod discovery;
 pub mod flood;
 pub mod frame;
+pub mod graphql_ws;
 pub mod home_assistant;
+pub mod journal;
+pub mod jsonrpc;
 pub mod phoenix;
 pub mod process;
 pub mod proxy;
 pub mod recipe;
+pub mod socketio;
 pub mod ticks;
 pub mod tls;
 pub mod upstream;
