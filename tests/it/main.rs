@@ -27,5 +27,6 @@ mod reload;
 mod replay;
 mod resets;
 mod share;
+mod share_requests;
 mod slack;
 mod upstream_access;

@@ -1,0 +1,234 @@
+//! Requests with replies (issue 14) against a fake JSON-RPC node that enforces JSON-RPC 2.0
+//! (an id in flight is never reused on a connection) and records every id it saw: apps that
+//! choose colliding ids each get their own replies, with their own ids; a drop fails what was
+//! in flight (or resends it where requests are idempotent); an `eth_subscribe` stream outlives
+//! a reconnect under the subscription id the app first got.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tonic::Code;
+use ws_sidecar::proto::{self, sidecar_client::SidecarClient};
+
+use crate::support::daemon::start_daemon;
+use crate::support::jsonrpc::FakeNode;
+
+const T: Duration = Duration::from_secs(20);
+
+fn config(url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[endpoints.node]
+url = "{url}"
+preset = "jsonrpc"
+backoff = {{ initial = "10ms", max = "40ms", min_delay = "10ms" }}
+{extra}
+"#
+    )
+}
+
+async fn request(
+    c: &mut SidecarClient<tonic::transport::Channel>,
+    body: Value,
+) -> Result<Value, tonic::Status> {
+    let reply = c
+        .request(proto::UpstreamRequest {
+            endpoint: "node".into(),
+            data: body.to_string().into(),
+        })
+        .await?
+        .into_inner();
+    Ok(serde_json::from_slice(&reply.data).expect("a JSON reply"))
+}
+
+/// 1,000 concurrent requests from 10 apps, every app using ids 0..100: each reply reaches the
+/// app that asked, with its own id; the node saw unique, increasing ids and no breach.
+#[tokio::test]
+async fn colliding_ids_from_ten_apps_each_get_their_own_replies() {
+    let up = FakeNode::start().await;
+    let d = start_daemon(&config(&up.url(), "")).await;
+    let mut apps = Vec::new();
+    for app in 0..10u64 {
+        let c = d.grpc().await;
+        apps.push(tokio::spawn(async move {
+            let calls = (0..100u64).map(|i| {
+                let mut c = c.clone();
+                async move {
+                    // Replies come back out of order: each waits 0-19 ms at the node.
+                    let body = json!({"jsonrpc": "2.0", "id": i, "method": "echo",
+                                      "params": [{"app": app, "n": i}, (i * 7 + app) % 20]});
+                    let reply = request(&mut c, body).await.expect("a reply");
+                    assert_eq!(reply["id"], json!(i), "the app's own id: {reply}");
+                    assert_eq!(
+                        reply["result"][0],
+                        json!({"app": app, "n": i}),
+                        "its own reply"
+                    );
+                }
+            });
+            futures_util::future::join_all(calls).await;
+        }));
+    }
+    for a in apps {
+        tokio::time::timeout(T, a)
+            .await
+            .expect("replies in time")
+            .expect("app task");
+    }
+    assert_eq!(up.faults(), Vec::<String>::new());
+    assert_eq!(up.connections(), 1);
+    let ids = up.ids(0);
+    assert_eq!(ids.len(), 1000, "one request each");
+    assert_eq!(up.id_order_faults(0), Vec::<String>::new());
+    let share = &d.endpoint("node").share;
+    assert_eq!(share.in_flight(), 0, "nothing left waiting");
+}
+
+/// Requests in flight when the connection drops end with UNAVAILABLE, never with another
+/// request's reply; one asked after the reconnect is answered.
+#[tokio::test]
+async fn a_drop_fails_requests_in_flight_with_unavailable() {
+    let up = FakeNode::start().await;
+    let d = start_daemon(&config(&up.url(), "")).await;
+    let c = d.grpc().await;
+    let waiting: Vec<_> = (0..20u64)
+        .map(|i| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                request(
+                    &mut c,
+                    json!({"jsonrpc": "2.0", "id": 1, "method": "slow", "params": [i]}),
+                )
+                .await
+            })
+        })
+        .collect();
+    up.wait_calls("slow", 20, T).await.expect("all sent");
+    up.drop_all().await;
+    for w in waiting {
+        let r = tokio::time::timeout(T, w)
+            .await
+            .expect("ends in time")
+            .expect("task");
+        let e = r.expect_err("no reply to a request whose connection dropped");
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    }
+    let mut c = c.clone();
+    let reply = request(
+        &mut c,
+        json!({"jsonrpc": "2.0", "id": "x", "method": "eth_blockNumber"}),
+    )
+    .await
+    .expect("answered on the new connection");
+    assert_eq!(reply["id"], "x");
+    assert!(reply["result"].is_string(), "{reply}");
+    assert_eq!(up.faults(), Vec::<String>::new());
+}
+
+/// With `requests.idempotent = true`, a request whose connection dropped is sent again on the
+/// next one and answered there.
+#[tokio::test]
+async fn idempotent_requests_are_resent_after_a_drop() {
+    let up = FakeNode::start().await;
+    let extra = "[endpoints.node.requests]\nidempotent = true";
+    let d = start_daemon(&config(&up.url(), extra)).await;
+    let mut c = d.grpc().await;
+    let asked = tokio::spawn(async move {
+        // The node answers after 2 s: long after the drop below.
+        request(
+            &mut c,
+            json!({"jsonrpc": "2.0", "id": 7, "method": "echo", "params": ["hi", 2000]}),
+        )
+        .await
+    });
+    up.wait_calls("echo", 1, T).await.expect("sent");
+    up.drop_all().await;
+    up.wait_calls("echo", 2, T)
+        .await
+        .expect("sent again on the new connection");
+    let reply = tokio::time::timeout(T, asked)
+        .await
+        .expect("in time")
+        .expect("task")
+        .expect("answered");
+    assert_eq!(reply["id"], 7);
+    assert_eq!(reply["result"], json!(["hi", 2000]));
+    let stats = &d.endpoint("node").share.stats;
+    assert_eq!(stats.resent.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// No reply within `requests.timeout`: DEADLINE_EXCEEDED, and the late reply (none here) would
+/// be nobody's.
+#[tokio::test]
+async fn a_request_without_a_reply_times_out() {
+    let up = FakeNode::start().await;
+    let extra = "[endpoints.node.requests]\ntimeout = \"300ms\"";
+    let d = start_daemon(&config(&up.url(), extra)).await;
+    let mut c = d.grpc().await;
+    let e = request(&mut c, json!({"jsonrpc": "2.0", "id": 1, "method": "slow"}))
+        .await
+        .expect_err("no reply");
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert_eq!(d.endpoint("node").share.in_flight(), 0, "forgotten");
+}
+
+async fn next_reply(s: &mut tonic::Streaming<proto::UpstreamReply>) -> Value {
+    let r = tokio::time::timeout(T, s.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open");
+    serde_json::from_slice::<Value>(&r.data).expect("JSON")
+}
+
+/// `eth_subscribe` as a stream: after a reconnect the node names the subscription anew, and
+/// the app keeps receiving heads under the id it first got.
+#[tokio::test]
+async fn eth_subscribe_survives_a_reconnect_under_its_first_id() {
+    let up = FakeNode::start().await;
+    let d = start_daemon(&config(&up.url(), "")).await;
+    let mut c = d.grpc().await;
+    let mut stream = c
+        .request_stream(proto::UpstreamRequest {
+            endpoint: "node".into(),
+            data:
+                json!({"jsonrpc":"2.0","id":"mine","method":"eth_subscribe","params":["newHeads"]})
+                    .to_string()
+                    .into(),
+        })
+        .await
+        .expect("accepted")
+        .into_inner();
+    let first = next_reply(&mut stream).await;
+    assert_eq!(first["id"], "mine");
+    let sub_id = first["result"]
+        .as_str()
+        .expect("a subscription id")
+        .to_owned();
+    let n = up.new_head().await;
+    let head = next_reply(&mut stream).await;
+    assert_eq!(head["params"]["subscription"], sub_id.as_str());
+    assert_eq!(head["params"]["result"]["number"], format!("{n:#x}"));
+
+    up.drop_all().await;
+    up.wait_subscriptions("newHeads", 1, T)
+        .await
+        .expect("subscribed again on the new connection");
+    let renamed = up.subscriptions(1);
+    assert_ne!(renamed[0].id, sub_id, "the node gave a new id");
+    let n = up.new_head().await;
+    let head = next_reply(&mut stream).await;
+    assert_eq!(
+        head["params"]["subscription"],
+        sub_id.as_str(),
+        "the app still sees its first id"
+    );
+    assert_eq!(head["params"]["result"]["number"], format!("{n:#x}"));
+
+    // The app leaves: the node is told.
+    drop(stream);
+    up.wait_subscriptions("newHeads", 0, T)
+        .await
+        .expect("eth_unsubscribe sent for the current id");
+    assert_eq!(up.faults(), Vec::<String>::new());
+}
