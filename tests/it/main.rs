@@ -18,6 +18,7 @@ mod durability;
 mod fanout;
 mod features;
 mod feeds;
+mod home_assistant;
 mod kraken;
 mod ordering;
 mod publish;
