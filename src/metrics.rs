@@ -53,6 +53,22 @@ pub const OUTBOX_EXPIRED: &str = "ws_sidecar_outbox_expired_total";
 pub const AUTH_RENEWALS: &str = "ws_sidecar_auth_renewals_total";
 /// When the current credential expires; absent when unknown.
 pub const AUTH_TOKEN_EXPIRY: &str = "ws_sidecar_auth_token_expiry_timestamp_seconds";
+/// Upstream subscriptions held by apps (`subscriptions`), by `state`: `pending`,
+/// `subscribed`, `refused`.
+pub const UPSTREAM_SUBSCRIPTIONS: &str = "ws_sidecar_upstream_subscriptions";
+/// Requests waiting for their reply (`requests`), streams included.
+pub const REQUESTS_IN_FLIGHT: &str = "ws_sidecar_requests_in_flight";
+/// Requests apps made.
+pub const REQUESTS: &str = "ws_sidecar_requests_total";
+/// Replies routed to the app that asked (a stream's count each).
+pub const REPLIES: &str = "ws_sidecar_replies_total";
+/// Requests that ended without a reply, by `reason`: `timeout`, `unavailable` (their
+/// connection dropped).
+pub const REQUEST_FAILURES: &str = "ws_sidecar_request_failures_total";
+/// Requests sent again on a new connection (idempotent ones, and open streams).
+pub const REQUESTS_RESENT: &str = "ws_sidecar_requests_resent_total";
+/// Replies whose request was gone (it timed out, or its app left).
+pub const ORPHAN_REPLIES: &str = "ws_sidecar_orphan_replies_total";
 /// Frames that waited for the endpoint's send rate limit (`rate_limit`).
 pub const RATE_LIMITED: &str = "ws_sidecar_rate_limited_total";
 /// Time frames spent waiting for the send rate limit.
@@ -67,6 +83,82 @@ const STATES: [State; 5] = [
     State::Failed,
     State::Closed,
 ];
+
+/// The shared conversation's figures (`crate::share`), for endpoints that share one.
+fn shared(out: &mut Text, eps: &[std::sync::Arc<crate::endpoint::Endpoint>]) {
+    let eps: Vec<_> = eps
+        .iter()
+        .filter(|ep| {
+            let cfg = ep.config();
+            cfg.subscriptions.is_some() || cfg.requests.is_some()
+        })
+        .cloned()
+        .collect();
+    if eps.is_empty() {
+        return;
+    }
+    out.family(
+        UPSTREAM_SUBSCRIPTIONS,
+        "gauge",
+        "Upstream subscriptions held by apps, by state.",
+    );
+    for ep in &eps {
+        let keys = ep.share.keys();
+        for state in ["pending", "subscribed", "refused"] {
+            let n = keys.iter().filter(|k| k.state == state).count() as u64;
+            out.sample(
+                UPSTREAM_SUBSCRIPTIONS,
+                &[("endpoint", &ep.name), ("state", state)],
+                Value::Int(n),
+            );
+        }
+    }
+    out.per_endpoint(
+        &eps,
+        REQUESTS_IN_FLIGHT,
+        "gauge",
+        "Requests waiting for their reply, streams included.",
+        |ep| Some(Value::Int(ep.share.in_flight() as u64)),
+    );
+    out.counter(&eps, REQUESTS, "Requests made by apps.", |ep| {
+        &ep.share.stats.requests
+    });
+    out.counter(
+        &eps,
+        REPLIES,
+        "Replies routed to the app that asked.",
+        |ep| &ep.share.stats.replies,
+    );
+    out.family(
+        REQUEST_FAILURES,
+        "counter",
+        "Requests that ended without a reply, by reason.",
+    );
+    for ep in &eps {
+        for (reason, counter) in [
+            ("timeout", &ep.share.stats.timeouts),
+            ("unavailable", &ep.share.stats.unavailable),
+        ] {
+            out.sample(
+                REQUEST_FAILURES,
+                &[("endpoint", &ep.name), ("reason", reason)],
+                load(counter),
+            );
+        }
+    }
+    out.counter(
+        &eps,
+        REQUESTS_RESENT,
+        "Requests sent again on a new connection (idempotent ones, open streams).",
+        |ep| &ep.share.stats.resent,
+    );
+    out.counter(
+        &eps,
+        ORPHAN_REPLIES,
+        "Replies whose request was gone (timed out, or its app left).",
+        |ep| &ep.share.stats.orphan_replies,
+    );
+}
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -157,6 +249,7 @@ pub fn render(registry: &Registry) -> String {
             );
         }
     }
+    shared(&mut out, &eps);
     out.family(
         DECODE_FAILURES,
         "counter",

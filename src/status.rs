@@ -27,6 +27,14 @@ pub struct EndpointStatus {
     /// Frames that waited for the send rate limit, and how long they waited in all.
     pub rate_limited: u64,
     pub rate_limit_wait_micros: u64,
+    /// Upstream subscriptions held by apps, by key (`subscriptions`).
+    #[serde(default)]
+    pub upstream_subscriptions: Vec<crate::share::KeyStatus>,
+    /// Requests waiting for their reply, and those that timed out so far (`requests`).
+    #[serde(default)]
+    pub requests_in_flight: u64,
+    #[serde(default)]
+    pub request_timeouts: u64,
 }
 
 impl EndpointStatus {
@@ -49,6 +57,9 @@ impl EndpointStatus {
             last_upstream_id: ep.last_upstream_id(),
             rate_limited: ep.rate.throttled(),
             rate_limit_wait_micros: u64::try_from(ep.rate.waited().as_micros()).unwrap_or(u64::MAX),
+            upstream_subscriptions: ep.share.keys(),
+            requests_in_flight: ep.share.in_flight() as u64,
+            request_timeouts: ep.share.stats.timeouts.load(Ordering::Relaxed),
         }
     }
 }
@@ -104,6 +115,17 @@ impl From<EndpointStatus> for proto::EndpointStatus {
             last_upstream_id: s.last_upstream_id,
             rate_limited: s.rate_limited,
             rate_limit_wait_micros: s.rate_limit_wait_micros,
+            upstream_subscriptions: s
+                .upstream_subscriptions
+                .into_iter()
+                .map(|k| proto::UpstreamSubscription {
+                    key: k.key,
+                    holders: k.holders as u32,
+                    state: k.state,
+                })
+                .collect(),
+            requests_in_flight: s.requests_in_flight,
+            request_timeouts: s.request_timeouts,
         }
     }
 }
@@ -127,6 +149,17 @@ impl From<proto::EndpointStatus> for EndpointStatus {
             last_upstream_id: s.last_upstream_id,
             rate_limited: s.rate_limited,
             rate_limit_wait_micros: s.rate_limit_wait_micros,
+            upstream_subscriptions: s
+                .upstream_subscriptions
+                .into_iter()
+                .map(|k| crate::share::KeyStatus {
+                    key: k.key,
+                    holders: k.holders as usize,
+                    state: crate::share::KeyState::named(&k.state).to_owned(),
+                })
+                .collect(),
+            requests_in_flight: s.requests_in_flight,
+            request_timeouts: s.request_timeouts,
         }
     }
 }

@@ -176,7 +176,7 @@ impl Subscription {
                     let now = self.ep.share.keys();
                     for k in now {
                         if let Some(key) = holding.keys().iter().find(|h| ***h == *k.key) {
-                            let state = match k.state {
+                            let state = match k.state.as_str() {
                                 "subscribed" => KeyState::Subscribed,
                                 "refused" => KeyState::Refused(String::new()),
                                 _ => KeyState::Pending,

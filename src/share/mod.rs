@@ -61,6 +61,15 @@ pub enum KeyState {
 }
 
 impl KeyState {
+    /// The name as status shows it, for a name read back (`pending` for one unknown).
+    pub fn named(name: &str) -> &'static str {
+        match name {
+            "subscribed" => "subscribed",
+            "refused" => "refused",
+            _ => "pending",
+        }
+    }
+
     /// Lowercase name, as in status and NDJSON.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -191,11 +200,12 @@ pub struct ShareStats {
 }
 
 /// One subscription as status shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyStatus {
     pub key: String,
     pub holders: usize,
-    pub state: &'static str,
+    /// `pending`, `subscribed` or `refused`.
+    pub state: String,
 }
 
 /// An endpoint's shared subscriptions and requests.
@@ -481,7 +491,7 @@ impl Share {
             .map(|(k, s)| KeyStatus {
                 key: k.to_string(),
                 holders: s.holders,
-                state: s.shown().as_str(),
+                state: s.shown().as_str().to_owned(),
             })
             .collect()
     }

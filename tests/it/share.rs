@@ -213,14 +213,32 @@ async fn three_apps_share_one_subscription_per_key_across_drops() {
         .map(|(_, s)| s.clone())
         .collect();
     assert_eq!(unsubs, vec!["btcusdt@trade".to_owned()]);
-    let keys = d.endpoint("bn").share.keys();
-    let shown: Vec<(String, usize)> = keys.iter().map(|k| (k.key.clone(), k.holders)).collect();
+    // Status shows the held keys with their holders and state.
+    let status = c
+        .get_status(proto::GetStatusRequest {
+            endpoint: Some("bn".into()),
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    let shown: Vec<(String, u32, String)> = status.endpoints[0]
+        .upstream_subscriptions
+        .iter()
+        .map(|k| (k.key.clone(), k.holders, k.state.clone()))
+        .collect();
+    let subscribed = |k: &str| (k.to_owned(), 1, "subscribed".to_owned());
     assert_eq!(
         shown,
         vec![
-            ("bnbusdt@trade".to_owned(), 1),
-            ("ethusdt@trade".to_owned(), 1),
-            ("xrpusdt@trade".to_owned(), 1)
+            subscribed("bnbusdt@trade"),
+            subscribed("ethusdt@trade"),
+            subscribed("xrpusdt@trade")
         ]
+    );
+    let metrics = ws_sidecar::metrics::render(&d.registry);
+    assert!(
+        metrics
+            .contains(r#"ws_sidecar_upstream_subscriptions{endpoint="bn",state="subscribed"} 3"#),
+        "{metrics}"
     );
 }
