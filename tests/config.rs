@@ -129,6 +129,7 @@ fn default_endpoint(url: &str) -> EndpointConfig {
         rate_limit: None,
         subscriptions: None,
         requests: None,
+        framing: ws_sidecar::config::Framing::Json,
     }
 }
 

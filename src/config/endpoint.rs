@@ -156,6 +156,20 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     let rate_limit = t
         .get("rate_limit")
         .and_then(|n| super::ratelimit::read_rate_limit(r, &n));
+    let framing = t.or(
+        r,
+        "framing",
+        |v| {
+            one_of(
+                v,
+                &[
+                    ("json", super::Framing::Json),
+                    ("socketio", super::Framing::SocketIo),
+                ],
+            )
+        },
+        super::Framing::Json,
+    );
     let requests = t
         .get("requests")
         .and_then(|n| super::share::read_requests(r, &n, in_frames));
@@ -190,6 +204,7 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         rate_limit,
         subscriptions,
         requests,
+        framing,
     })
 }
 

@@ -165,6 +165,19 @@ pub struct EndpointConfig {
     pub subscriptions: Option<SubscriptionsConfig>,
     /// Request ids assigned by the daemon, replies routed to the app that asked.
     pub requests: Option<RequestsConfig>,
+    /// How text frames are packed: plain JSON, or Socket.IO packets.
+    pub framing: Framing,
+}
+
+/// `endpoints.NAME.framing`: what a text frame holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// The message itself (JSON or not).
+    #[default]
+    Json,
+    /// A Socket.IO v5 packet in an Engine.IO v4 packet (`42["event",…]`): matched and routed as
+    /// `{"eio":4,"sio":2,"id":…,"data":[…]}`, events delivered to apps as their array.
+    SocketIo,
 }
 
 /// `endpoints.NAME.rate_limit`: at most `messages` frames sent in any window of length `per`.

@@ -96,12 +96,34 @@ id = "/id"
 refuse = { pointer = "/success", equals = false }
 "#;
 
+/// Socket.IO v5 over Engine.IO v4, WebSocket transport only (socket.io-protocol and
+/// engine.io-protocol): the URL is `…/socket.io/?EIO=4&transport=websocket`; the server opens
+/// with `0{…}`, the client connects the main namespace with `40` and waits for `40{"sid"…}`
+/// (`44{…}` refuses); the server pings (`2`) and closes without a pong (`3`) in pingTimeout;
+/// apps get each event as its array; a request is an event sent with an ack id, its reply the
+/// ack's arguments.
+const SOCKETIO: &str = r#"
+framing = "socketio"
+on_connect = [
+  { expect = { pointer = "/eio", equals = 0 } },
+  { send = "40", expect = [{ pointer = "/eio", equals = 4 }, { pointer = "/sio", equals = 0 }], refuse = [{ pointer = "/eio", equals = 4 }, { pointer = "/sio", equals = 4 }], timeout = "10s" },
+]
+rules = [
+  { match = { text = "2" }, reply = "3", drop = true },
+  { match = [{ pointer = "/eio", equals = 4 }, { pointer = "/sio", equals = 1 }], action = "reconnect" },
+]
+[requests]
+id = "/id"
+reply = [{ pointer = "/eio", equals = 4 }, { pointer = "/sio", equals = 3 }]
+"#;
+
 /// The presets by name.
 pub(crate) const PRESETS: &[(&str, &str)] = &[
     ("jsonrpc", JSONRPC),
     ("graphql-transport-ws", GRAPHQL_TRANSPORT_WS),
     ("phoenix", PHOENIX),
     ("home-assistant", HOME_ASSISTANT),
+    ("socketio", SOCKETIO),
 ];
 
 /// The endpoint table with its preset's settings under it, when it names one; `None` when it

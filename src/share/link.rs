@@ -29,6 +29,8 @@ pub enum Routed {
 
 /// One connection's view of the endpoint's shared subscriptions and requests.
 pub struct Link<'c> {
+    /// Socket.IO: a request is an EVENT packet with an ack id, its reply the ACK's arguments.
+    socketio: bool,
     subs: Option<&'c SubscriptionsConfig>,
     reqs: Option<&'c RequestsConfig>,
     reply: Match,
@@ -46,6 +48,7 @@ impl<'c> Link<'c> {
         let reqs = cfg.requests.as_ref();
         let subs = cfg.subscriptions.as_ref();
         Some(Link {
+            socketio: cfg.framing == crate::config::Framing::SocketIo,
             reply: Match::new(reqs.map_or(&[][..], |r| &r.reply)),
             error: Match::new(reqs.map_or(&[][..], |r| &r.error)),
             refuse: Match::new(subs.map_or(&[][..], |s| &s.refuse)),
@@ -274,6 +277,12 @@ impl<'c> Link<'c> {
                     key::set(&mut doc, &join.id, sub_id);
                 }
                 let req = inner.requests.get_mut(&n)?;
+                if self.socketio {
+                    // The ack id goes before the arguments, not inside them.
+                    req.sent = Some(id.clone());
+                    inner.ids.insert(id.to_string(), Target::Req(n));
+                    return Some(super::socketio::event(Some(&id), &doc));
+                }
                 if !key::set(&mut doc, &reqs.id, id.clone()) {
                     let _ = req.tx.try_send(Err(ShareError::Unavailable(format!(
                         "the request has no place for an id at {:?}",
@@ -471,13 +480,18 @@ impl<'c> Link<'c> {
             return Routed::Consumed;
         };
         let mut out = doc.clone();
-        match &req.app_id {
-            Some(app) => key::set(&mut out, &reqs.id, app.clone()),
-            None => {
-                key::remove(&mut out, &reqs.id);
-                true
-            }
-        };
+        if self.socketio {
+            // An ACK's arguments are the reply.
+            out = doc.get("data").cloned().unwrap_or(Value::Null);
+        } else {
+            match &req.app_id {
+                Some(app) => key::set(&mut out, &reqs.id, app.clone()),
+                None => {
+                    key::remove(&mut out, &reqs.id);
+                    true
+                }
+            };
+        }
         let mut deliver = true;
         if req.stream {
             if let Some(name) = reqs.stream.id.as_deref().and_then(|p| doc.pointer(p)) {

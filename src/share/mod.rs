@@ -10,6 +10,7 @@
 
 pub mod key;
 pub mod link;
+pub mod socketio;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

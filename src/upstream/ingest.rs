@@ -11,10 +11,12 @@ use tokio_tungstenite::tungstenite::Message;
 use super::auth::Auth;
 use super::resume::{Break, UpstreamId, Verdict};
 use super::session::{Conn, Flow, Session};
+use crate::config::Framing;
 use crate::dialogue::matching;
 use crate::endpoint::{unix_nanos, Endpoint};
 use crate::log::{GapReason, IdBreak, Kind};
 use crate::share::link::Routed;
+use crate::share::socketio;
 use crate::store::Op;
 
 /// Inbound messages allowed to wait for their durable commit before reading pauses (which
@@ -43,10 +45,19 @@ impl Session<'_> {
             || !self.drop_filters.is_empty()
             || listens
             || conn.link.is_some();
-        let doc = if needs_json {
-            serde_json::from_slice::<serde_json::Value>(&data).ok()
-        } else {
-            None
+        // Socket.IO: conditions and routing read the packet as a document; apps get an
+        // event's array.
+        let packet = match self.cfg.framing {
+            Framing::SocketIo => std::str::from_utf8(&data).ok().and_then(socketio::decode),
+            Framing::Json => None,
+        };
+        let (doc, for_apps) = match packet {
+            Some(p) => (Some(p.doc), p.for_apps),
+            None if needs_json => (
+                serde_json::from_slice::<serde_json::Value>(&data).ok(),
+                None,
+            ),
+            None => (None, None),
         };
         let mut flow = Flow::Continue;
         if listens {
@@ -80,6 +91,7 @@ impl Session<'_> {
                 return flow;
             }
         }
+        let data = for_apps.unwrap_or(data);
         let flow2 = self.deliver(kind, data, doc, conn).await;
         match flow {
             Flow::Continue => flow2,

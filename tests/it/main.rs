@@ -30,4 +30,5 @@ mod resets;
 mod share;
 mod share_requests;
 mod slack;
+mod socketio;
 mod upstream_access;
