@@ -59,7 +59,8 @@ enum Command {
         #[command(flatten)]
         target: cli::TargetArg,
     },
-    /// Subscribe to an endpoint and print one JSON object per line.
+    /// Subscribe to an endpoint (with --key: to shared subscriptions on it) and print one JSON
+    /// object per line.
     Tail {
         endpoint: String,
         /// Replay every retained message with seq > N first (0: from the oldest retained).
@@ -82,6 +83,7 @@ enum Command {
     /// Send a JSON request upstream on the endpoint's shared connection (its `requests`) and
     /// print the reply as one JSON line; exit 2 when the upstream answers with an error.
     Request {
+        /// The endpoint's name in the config.
         endpoint: String,
         /// The request, e.g. '{"id":1,"method":"ping"}' (its id comes back in the reply);
         /// `-` reads it from stdin.

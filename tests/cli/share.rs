@@ -370,6 +370,35 @@ async fn ctrl_c_cancels_a_stream_upstream() {
     assert_eq!(cancel["params"], json!([name]));
 }
 
+/// `request --stream | head -1`: once nobody reads, the command ends with 0 and the stream is
+/// cancelled upstream rather than left open.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_nobody_reads_is_cancelled() {
+    let rpc = JsonRpc::start().await;
+    let d = start_daemon(&rpc_config(&rpc.up.url("/"), "10s")).await;
+    let req = r#"{"jsonrpc":"2.0","id":3,"method":"eth_subscribe","params":["ticks",{"count":0}]}"#;
+    let (reader, gone) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let child = Command::new(BIN)
+        .args(["request", "rpc", req, "--stream", "--grpc", &grpc(&d)])
+        .stdin(Stdio::null())
+        .stdout(gone)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ws-sidecar");
+    let out = tokio::time::timeout(T, child.wait_with_output())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let cancel = rpc
+        .wait_for("eth_unsubscribe", |v| v["method"] == "eth_unsubscribe")
+        .await;
+    assert_eq!(cancel["params"], json!(["0xab00"]));
+}
+
 fn binance_config(url: &str) -> String {
     format!(
         r#"
