@@ -1,5 +1,7 @@
 //! Client commands and process plumbing for the binary: logging, signals, exit codes.
 
+pub mod request;
+
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -161,13 +163,24 @@ pub async fn status(target: &TargetArg, json: bool) -> u8 {
     out.exit_code(0)
 }
 
+/// `tail --key`: the shared subscriptions to hold instead of subscribing to the whole feed.
+pub struct Attach {
+    /// Empty: a plain subscription, as without `--key`.
+    pub keys: Vec<String>,
+    pub params: Option<String>,
+}
+
 /// `tail`: one JSON object per event until the stream ends or nobody reads the output.
 pub async fn tail(
     target: &TargetArg,
     endpoint: &str,
     from_seq: Option<u64>,
     filters: &[String],
+    shared: Attach,
 ) -> u8 {
+    if !shared.keys.is_empty() {
+        return tail_keys(target, endpoint, from_seq, shared).await;
+    }
     let mut parsed = Vec::new();
     for f in filters {
         let Some((pointer, equals)) = f.split_once('=') else {
@@ -188,10 +201,52 @@ pub async fn tail(
         from_seq,
         filters: parsed,
     };
-    let mut stream = match c.subscribe(req).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return refused(&s),
+    match c.subscribe(req).await {
+        Ok(r) => print_events(r.into_inner(), refused).await,
+        Err(s) => refused(&s),
+    }
+}
+
+/// `tail --key`: holds the keys with an Attach call and prints what it streams.
+async fn tail_keys(
+    target: &TargetArg,
+    endpoint: &str,
+    from_seq: Option<u64>,
+    shared: Attach,
+) -> u8 {
+    if shared.keys.iter().any(String::is_empty) {
+        report!("ws-sidecar: --key must not be empty");
+        return exit::USAGE;
+    }
+    let params = shared.params.unwrap_or_default();
+    if !params.trim().is_empty() {
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&params) {
+            report!("ws-sidecar: --params is not JSON: {e}");
+            return exit::USAGE;
+        }
+    }
+    let mut c = match target.connect().await {
+        Ok(c) => c,
+        Err(code) => return code,
     };
+    let req = proto::AttachRequest {
+        endpoint: endpoint.into(),
+        keys: shared.keys,
+        params,
+        from_seq,
+    };
+    match c.attach(req).await {
+        Ok(r) => print_events(r.into_inner(), request::call_refused).await,
+        Err(s) => request::call_refused(&s),
+    }
+}
+
+/// Prints each event as a JSON line until the stream ends, fails (`failed` says how to exit)
+/// or nobody reads the output.
+async fn print_events(
+    mut stream: tonic::Streaming<proto::Event>,
+    failed: fn(&tonic::Status) -> u8,
+) -> u8 {
     let mut out = Stdout::new();
     loop {
         match stream.message().await {
@@ -201,7 +256,7 @@ pub async fn tail(
                 }
             }
             Ok(None) => return out.exit_code(0),
-            Err(s) => return refused(&s),
+            Err(s) => return failed(&s),
         }
     }
 }

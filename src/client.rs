@@ -1,4 +1,4 @@
-//! gRPC client side used by the CLI commands (`status`, `tail`, `send`, `reconnect`), the demo
+//! gRPC client side used by the CLI commands (`status`, `tail`, `send`, `request`, …), the demo
 //! and tests: connects over `unix:PATH` or `HOST:PORT`, and says why when it cannot.
 
 use std::error::Error as _;

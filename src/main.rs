@@ -1,8 +1,9 @@
 //! The `ws-sidecar` command line (SPEC §3): the daemon, config check, demo and client commands.
-//! Exit codes follow sysexits: 0 ok, 1 refused by the daemon, 64 usage, 65 a stdin line `send`
-//! could not send, 69 daemon unreachable, 71 cannot bind a listener, 74 output or input failed,
-//! 78 invalid config. A reader that goes away (`| head -1`) is no failure: see
-//! `ws_sidecar::output`.
+//! Exit codes follow sysexits: 0 ok, 1 refused by the daemon, 64 usage, 65 input that cannot be
+//! used (a stdin line `send` could not send, a `request` that is no JSON object or array), 69
+//! daemon unreachable, 71 cannot bind a listener, 74 output or input failed, 78 invalid config;
+//! `request` and `tail --key` add 2, 75, 76, 78, 124 and 130 (see [`exit`]). A reader that goes
+//! away (`| head -1`) is no failure: see `ws_sidecar::output`.
 
 #![forbid(unsafe_code)]
 
@@ -58,15 +59,40 @@ enum Command {
         #[command(flatten)]
         target: cli::TargetArg,
     },
-    /// Subscribe to an endpoint and print one JSON object per line.
+    /// Subscribe to an endpoint (with --key: to shared subscriptions on it) and print one JSON
+    /// object per line.
     Tail {
         endpoint: String,
         /// Replay every retained message with seq > N first (0: from the oldest retained).
         #[arg(long, value_name = "N")]
         from_seq: Option<u64>,
         /// Only messages whose JSON value at POINTER equals VALUE (repeatable; all must match).
-        #[arg(long, value_name = "POINTER=VALUE")]
+        #[arg(long, value_name = "POINTER=VALUE", conflicts_with = "key")]
         filter: Vec<String>,
+        /// Hold the shared upstream subscription KEY (the endpoint's `subscriptions`, e.g.
+        /// btcusdt@trade) and print only its messages, plus a {"type":"key"} line each time its
+        /// state changes (repeatable).
+        #[arg(long, value_name = "KEY")]
+        key: Vec<String>,
+        /// JSON for {{params}} in the subscribe frame of a key no other app holds yet.
+        #[arg(long, value_name = "JSON", requires = "key")]
+        params: Option<String>,
+        #[command(flatten)]
+        target: cli::TargetArg,
+    },
+    /// Send a JSON request upstream on the endpoint's shared connection (its `requests`) and
+    /// print the reply as one JSON line; exit 2 when the upstream answers with an error.
+    Request {
+        /// The endpoint's name in the config.
+        endpoint: String,
+        /// The request, e.g. '{"id":1,"method":"ping"}' (its id comes back in the reply);
+        /// `-` reads it from stdin.
+        #[arg(value_name = "JSON")]
+        json: String,
+        /// Print every reply, one line each, until the upstream's last (eth_subscribe, GraphQL
+        /// subscriptions); Ctrl-C ends the stream upstream too.
+        #[arg(long)]
+        stream: bool,
         #[command(flatten)]
         target: cli::TargetArg,
     },
@@ -111,6 +137,22 @@ pub mod exit {
     pub const IOERR: u8 = ws_sidecar::output::IOERR;
     /// The config is invalid.
     pub const CONFIG: u8 = 78;
+
+    /// `request`: the upstream answered with an error (printed like any reply).
+    pub const UPSTREAM_ERROR: u8 = 2;
+    /// `request`: the upstream connection dropped with the request in flight, or the endpoint
+    /// stopped; it may have reached the upstream (sysexits EX_TEMPFAIL).
+    pub const TEMPFAIL: u8 = 75;
+    /// `request`: the daemon's reply is not JSON (sysexits EX_PROTOCOL; a daemon bug).
+    pub const PROTOCOL: u8 = 76;
+    /// `request`, `tail --key`: the endpoint has no `requests` (`subscriptions`) in its config,
+    /// or it is `failed` (sysexits EX_CONFIG).
+    pub const UNCONFIGURED: u8 = 78;
+    /// `request`: no reply within the endpoint's `requests.timeout`; it may have reached the
+    /// upstream. 124 is what timeout(1) exits with.
+    pub const TIMEOUT: u8 = 124;
+    /// `request` ended by Ctrl-C (128 + SIGINT, as a shell reports it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 fn main() -> ExitCode {
@@ -158,8 +200,19 @@ fn main() -> ExitCode {
                 endpoint,
                 from_seq,
                 filter,
+                key,
+                params,
                 target,
-            } => cli::tail(&target, &endpoint, from_seq, &filter).await,
+            } => {
+                let shared = cli::Attach { keys: key, params };
+                cli::tail(&target, &endpoint, from_seq, &filter, shared).await
+            }
+            Command::Request {
+                endpoint,
+                json,
+                stream,
+                target,
+            } => cli::request::request(&target, &endpoint, json, stream).await,
             Command::Send {
                 endpoint,
                 message,

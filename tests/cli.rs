@@ -6,6 +6,8 @@ mod support;
 
 #[path = "cli/output.rs"]
 mod output;
+#[path = "cli/share.rs"]
+mod share;
 #[path = "cli/unreachable.rs"]
 mod unreachable;
 
@@ -156,6 +158,8 @@ fn client_commands_exit_69_when_the_daemon_is_unreachable() {
         vec!["reset-resume", "a"],
         vec!["send", "a", "x"],
         vec!["tail", "a"],
+        vec!["tail", "a", "--key", "k"],
+        vec!["request", "a", "{}"],
     ] {
         let out = Command::new(BIN)
             .args(&args)
