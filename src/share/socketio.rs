@@ -65,7 +65,9 @@ pub fn decode(text: &str) -> Option<Decoded> {
 }
 
 /// The Socket.IO packet in an Engine.IO message: type, namespace, ack id, JSON payload.
-fn socket_packet(s: &str) -> Option<(u32, Option<&str>, Option<u64>, Option<Value>)> {
+type SocketPacket<'a> = (u32, Option<&'a str>, Option<u64>, Option<Value>);
+
+fn socket_packet(s: &str) -> Option<SocketPacket<'_>> {
     let mut rest = s;
     let sio = rest.chars().next()?.to_digit(10)?;
     if sio > 6 {
