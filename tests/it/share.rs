@@ -242,3 +242,56 @@ async fn three_apps_share_one_subscription_per_key_across_drops() {
         "{metrics}"
     );
 }
+
+/// Over NDJSON: `subscribe` with a key holds it (a `key` line, then only its messages),
+/// `unsubscribe` lets go of it, and a client whose socket closes without a word lets go too.
+#[tokio::test]
+async fn ndjson_holds_keys_and_lets_go_of_them() {
+    let rules = Rules {
+        messages: 10,
+        per: Duration::from_millis(200),
+        ping_every: None,
+    };
+    let up = FakeBinance::start(rules);
+    up.feed(
+        &["btcusdt@trade", "ethusdt@trade"],
+        Duration::from_millis(2),
+    );
+    let d = start_daemon(&binance_config(&up.url())).await;
+    let mut a = d.ndjson().await;
+    let mut b = d.ndjson().await;
+    a.send(serde_json::json!({"op": "subscribe", "endpoint": "bn", "key": "btcusdt@trade"}))
+        .await;
+    b.send(serde_json::json!({"op": "subscribe", "endpoint": "bn", "keys": ["ethusdt@trade"]}))
+        .await;
+    let k = a.recv_type("key", T).await;
+    assert_eq!(k["key"], "btcusdt@trade");
+    for _ in 0..20 {
+        let m = a.recv_type("message", T).await;
+        let v: serde_json::Value =
+            serde_json::from_str(m["data"].as_str().expect("text")).expect("JSON");
+        assert_eq!(v["stream"], "btcusdt@trade", "only its key");
+    }
+    a.send(serde_json::json!({"op": "unsubscribe", "endpoint": "bn", "key": "btcusdt@trade"}))
+        .await;
+    let u = a.recv_type("unsubscribed", T).await;
+    assert_eq!(u["ended"], 1);
+    let unsubscribed = |stream: &'static str| {
+        move |all: &[Received]| {
+            requests(all)
+                .values()
+                .flatten()
+                .any(|(m, s)| m == "UNSUBSCRIBE" && s == stream)
+        }
+    };
+    up.wait_for(T, unsubscribed("btcusdt@trade"))
+        .await
+        .expect("unsubscribed once its only holder let go");
+    b.recv_type("message", T).await;
+    // B's process dies: its socket closes, nothing said.
+    drop(b);
+    up.wait_for(T, unsubscribed("ethusdt@trade"))
+        .await
+        .expect("unsubscribed once its holder's socket closed");
+    assert_eq!(up.bad_requests(), 0);
+}

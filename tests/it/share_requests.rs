@@ -232,3 +232,63 @@ async fn eth_subscribe_survives_a_reconnect_under_its_first_id() {
         .expect("eth_unsubscribe sent for the current id");
     assert_eq!(up.faults(), Vec::<String>::new());
 }
+
+/// The same operations over NDJSON: `request` lines get `reply` lines under the line's id with
+/// the app's own id in the data; a stream (`"stream": true`) sends reply lines until it is
+/// cancelled, and `cancel` ends it upstream; an error comes back as an `error` line.
+#[tokio::test]
+async fn ndjson_requests_streams_and_cancel() {
+    let up = FakeNode::start().await;
+    let extra = "[endpoints.node.requests]\ntimeout = \"500ms\"";
+    let d = start_daemon(&config(&up.url(), extra)).await;
+    let mut n = d.ndjson().await;
+    n.send(json!({"op": "request", "endpoint": "node", "id": "my-1",
+                  "data": {"jsonrpc": "2.0", "id": 1, "method": "echo", "params": ["a"]}}))
+        .await;
+    // `data` may also be JSON text, as `send` reads it.
+    n.send(json!({"op": "request", "endpoint": "node", "id": "my-2",
+                  "data": r#"{"jsonrpc":"2.0","id":1,"method":"echo","params":["b"]}"#}))
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(n.recv_type("reply", T).await);
+    }
+    got.sort_by_key(|v| v["id"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(got[0]["id"], "my-1");
+    assert_eq!(got[0]["data"]["id"], 1, "the app's own id inside");
+    assert_eq!(got[0]["data"]["result"], json!(["a"]));
+    assert_eq!(got[0]["end"], true);
+    assert_eq!(got[1]["data"]["result"], json!(["b"]));
+
+    n.send(
+        json!({"op": "request", "endpoint": "node", "id": "heads", "stream": true,
+                  "data": {"jsonrpc": "2.0", "id": 9, "method": "eth_subscribe",
+                           "params": ["newHeads"]}}),
+    )
+    .await;
+    let opened = n.recv_type("reply", T).await;
+    assert_eq!(opened["id"], "heads");
+    assert_eq!(opened["end"], false);
+    up.new_head().await;
+    let head = n.recv_type("reply", T).await;
+    assert_eq!(
+        head["data"]["params"]["subscription"],
+        opened["data"]["result"]
+    );
+    n.send(json!({"op": "cancel", "id": "heads"})).await;
+    assert_eq!(n.recv_type("cancelled", T).await["id"], "heads");
+    up.wait_subscriptions("newHeads", 0, T)
+        .await
+        .expect("eth_unsubscribe sent");
+
+    n.send(json!({"op": "request", "endpoint": "node", "id": 3,
+                  "data": {"jsonrpc": "2.0", "id": 1, "method": "slow"}}))
+        .await;
+    let e = n.recv_type("error", T).await;
+    assert_eq!(e["id"], 3);
+    assert_eq!(e["code"], "deadline_exceeded");
+    n.send(json!({"op": "request", "endpoint": "nope", "id": 4, "data": {}}))
+        .await;
+    assert_eq!(n.recv_type("error", T).await["code"], "not_found");
+    assert_eq!(up.faults(), Vec::<String>::new());
+}
