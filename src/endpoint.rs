@@ -184,7 +184,17 @@ impl Endpoint {
         } else {
             Vec::new()
         };
-        let log = Log::restored(&config.replay, restored.seq_mark + 1, replay);
+        // Keys are not stored with the entries: those a message spells itself are read again.
+        let key_rule = match config.subscriptions.as_ref().map(|s| &s.route) {
+            Some(crate::config::Route::Key(rule)) => Some(rule.clone()),
+            _ => None,
+        };
+        let key_of = |data: &[u8]| {
+            let rule = key_rule.as_ref()?;
+            let doc = serde_json::from_slice::<serde_json::Value>(data).ok()?;
+            crate::share::key::extract(rule, &doc).map(|k| Arc::from(k.as_str()))
+        };
+        let log = Log::restored_keyed(&config.replay, restored.seq_mark + 1, replay, key_of);
         if let Some(hole) = restored.seq_hole {
             log.set_restart_hole(hole);
         }

@@ -140,13 +140,25 @@ impl Log {
         next_seq: u64,
         entries: Vec<(u64, Kind, u64, Bytes)>,
     ) -> Arc<Log> {
+        Self::restored_keyed(cfg, next_seq, entries, |_| None)
+    }
+
+    /// [`restored`](Self::restored), each entry tagged with the shared-subscription key
+    /// `key_of` finds in its payload.
+    pub fn restored_keyed(
+        cfg: &ReplayConfig,
+        next_seq: u64,
+        entries: Vec<(u64, Kind, u64, Bytes)>,
+        key_of: impl Fn(&[u8]) -> Option<Arc<str>>,
+    ) -> Arc<Log> {
         let last = entries.last().map_or(0, |e| e.0);
         let next_seq = next_seq.max(last + 1).max(1);
         let bytes = entries.iter().map(|e| e.3.len()).sum();
         let entries = entries
             .into_iter()
             .map(|(seq, kind, received_at, data)| {
-                Arc::new(Entry::new(seq, received_at, kind, data, None, None))
+                let key = key_of(&data);
+                Arc::new(Entry::new(seq, received_at, kind, data, None, key))
             })
             .collect();
         Arc::new(Log {

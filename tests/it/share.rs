@@ -295,3 +295,56 @@ async fn ndjson_holds_keys_and_lets_go_of_them() {
         .expect("unsubscribed once its holder's socket closed");
     assert_eq!(up.bad_requests(), 0);
 }
+
+/// With `replay.persist`, an `Attach` stream's `from_seq` replays its keys' messages from
+/// before a restart: the key is read again from each stored message.
+#[tokio::test]
+async fn attach_replays_its_keys_across_a_restart() {
+    let rules = Rules {
+        messages: 10,
+        per: Duration::from_millis(200),
+        ping_every: None,
+    };
+    let up = FakeBinance::start(rules);
+    up.feed(
+        &["btcusdt@trade", "ethusdt@trade"],
+        Duration::from_millis(5),
+    );
+    let toml = format!(
+        "{}\n[endpoints.bn.replay]\npersist = true\nmessages = 100000\n",
+        binance_config(&up.url())
+    );
+    let d = start_daemon(&toml).await;
+    let mut c = d.grpc().await;
+    let mut a = attach(&mut c, &["btcusdt@trade"]).await;
+    let mut before = Vec::new();
+    for _ in 0..10 {
+        before.push(next_trade(&mut a).await);
+    }
+    drop(a);
+    let d = d.restart(crate::support::daemon::parse_config(&toml)).await;
+    let mut c = d.grpc().await;
+    let mut replayed = c
+        .attach(proto::AttachRequest {
+            endpoint: "bn".into(),
+            keys: vec!["btcusdt@trade".into()],
+            params: String::new(),
+            from_seq: Some(0),
+        })
+        .await
+        .expect("attach accepted")
+        .into_inner();
+    let mut again = Vec::new();
+    while again.len() < before.len() + 5 {
+        again.push(next_trade(&mut replayed).await);
+    }
+    assert!(
+        again.iter().all(|(s, _)| s == "btcusdt@trade"),
+        "only the key's messages: {again:?}"
+    );
+    let first = before[0].1;
+    assert!(
+        again.iter().any(|(_, t)| *t == first),
+        "trade {first} from before the restart is replayed: {again:?}"
+    );
+}
