@@ -31,7 +31,7 @@ pub enum Routed {
 pub struct Link<'c> {
     /// Socket.IO: a request is an EVENT packet with an ack id, its reply the ACK's arguments.
     socketio: bool,
-    subs: Option<&'c SubscriptionsConfig>,
+    pub(super) subs: Option<&'c SubscriptionsConfig>,
     reqs: Option<&'c RequestsConfig>,
     reply: Match,
     error: Match,
@@ -66,14 +66,18 @@ impl<'c> Link<'c> {
         let mut inner = share.lock();
         inner.open = true;
         inner.queue.clear();
-        inner.subs.retain(|_, s| s.holders > 0);
+        // Those subscribed on this connection before it took over (make-before-break) stay.
         let mut keys: Vec<(u64, Arc<str>)> = Vec::new();
         for (k, s) in inner.subs.iter_mut() {
-            s.state = SubState::Queued;
-            s.sub_id = None;
-            keys.push((s.since, Arc::clone(k)));
+            if matches!(s.state, SubState::Queued | SubState::Refused(_)) {
+                s.state = SubState::Queued;
+                s.sub_id = None;
+                keys.push((s.since, Arc::clone(k)));
+            }
         }
         keys.sort_unstable();
+        let carried = std::mem::take(&mut inner.carry);
+        inner.queue.extend(carried);
         let mut reqs: Vec<u64> = inner
             .requests
             .iter()
@@ -95,14 +99,9 @@ impl<'c> Link<'c> {
     /// The connection ended: requests in flight fail with `why` (or wait for the next
     /// connection, where the endpoint resends them), subscriptions wait to be made again.
     pub fn lost(&self, share: &Share, why: &str) {
-        let idempotent = self.reqs.is_some_and(|r| r.idempotent);
-        let resend_streams = self.reqs.is_none_or(|r| r.stream.resend);
         let mut inner = share.lock();
-        inner.open = false;
-        inner.queue.clear();
-        inner.ids.clear();
-        inner.sub_ids.clear();
-        inner.streams.clear();
+        inner.next = None;
+        inner.carry.clear();
         inner
             .subs
             .retain(|_, s| s.holders > 0 && s.state != SubState::Leaving);
@@ -110,6 +109,19 @@ impl<'c> Link<'c> {
             s.state = SubState::Queued;
             s.sub_id = None;
         }
+        self.end_connection(share, &mut inner, why);
+    }
+
+    /// The connection ended: the queue and its maps go; requests in flight fail with `why`
+    /// (or wait for the next connection, where the endpoint resends them).
+    pub(super) fn end_connection(&self, share: &Share, inner: &mut Inner, why: &str) {
+        let idempotent = self.reqs.is_some_and(|r| r.idempotent);
+        let resend_streams = self.reqs.is_none_or(|r| r.stream.resend);
+        inner.open = false;
+        inner.queue.clear();
+        inner.ids.clear();
+        inner.sub_ids.clear();
+        inner.streams.clear();
         let mut failed = Vec::new();
         for (n, r) in inner.requests.iter_mut() {
             if r.sent.take().is_none() {
@@ -152,7 +164,7 @@ impl<'c> Link<'c> {
         out
     }
 
-    fn next_id(&self, values: Values<'_>) -> Value {
+    pub(super) fn next_id(&self, values: Values<'_>) -> Value {
         let n = values
             .counter
             .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed) + 1);

@@ -10,6 +10,7 @@
 
 pub mod key;
 pub mod link;
+mod next;
 pub mod socketio;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -182,6 +183,19 @@ struct Inner {
     sub_ids: HashMap<String, Arc<str>>,
     /// On the current connection: stream name → request.
     streams: HashMap<String, u64>,
+    /// The connection that will replace the current one (make-before-break), while it opens.
+    next: Option<Next>,
+    /// Work for the next connection once it opens, besides what the table says (unsubscribing
+    /// what a replacement subscribed for a key let go meanwhile).
+    carry: Vec<Work>,
+}
+
+/// What was sent on a replacement connection before the switch.
+#[derive(Default)]
+struct Next {
+    ids: HashMap<String, Target>,
+    /// The keys subscribed on it: `Sent` (a confirmation is awaited) or `Active`.
+    subs: HashMap<Arc<str>, SubState>,
 }
 
 /// Counters shown by status and metrics.

@@ -241,7 +241,10 @@ async fn run_inner(
                 };
                 let end = session.run(*ws).instrument(span).await;
                 if let Some(link) = crate::share::link::Link::new(cfg) {
-                    link.lost(&ep.share, end.describe());
+                    match &end {
+                        End::Switch(..) => link.switched(&ep.share, end.describe()),
+                        _ => link.lost(&ep.share, end.describe()),
+                    }
                 }
                 match end {
                     End::Shutdown => Next::Stop,

@@ -261,16 +261,23 @@ impl<'a> Session<'a> {
                 r = &mut writer => {
                     break End::Lost(r.err().unwrap_or_else(|| Failure::retry("writer stopped")));
                 }
-                event = switching.next(self.auth.is_some(), ep) => match event {
+                event = switching.next(self.auth.is_some(), ep, conn.link.as_ref(), self.auth.as_ref().and_then(Auth::token)) => match event {
                     Event::Due(why) => self.replace(&mut switching, self.target(), why),
+                    Event::Subscribed => {}
                     Event::Done(why, outcome) => match self.replaced(why, outcome, &mut conn, &mut switching) {
-                        Replaced::Open(ready) => switching.catch_up(ready, why, self.script),
+                        Replaced::Open(ready) => {
+                            let keys = conn.link.as_ref().map(|l| l.begin_next(&ep.share)).unwrap_or_default();
+                            switching.catch_up(ready, why, self.script, keys);
+                        }
                         Replaced::Stay => { settle!(Flow::Continue); }
                         Replaced::Reset => { settle!(Flow::Act(Act::ResetResume)); }
                     },
                     Event::Held(kind, data) => self.converse_held(&mut switching, kind, data).await,
                     Event::Lost(why) => {
                         self.overlap.clear();
+                        if let Some(link) = &conn.link {
+                            link.abandon_next(&ep.share);
+                        }
                         let retry_in = crate::fmt::duration(switching.lost(why));
                         tracing::warn!(%retry_in, "the new connection closed before the switch; this one stays");
                     }

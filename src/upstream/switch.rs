@@ -2,9 +2,13 @@
 //! credential renewal timer, `max_lifetime`, the upstream's `reconnect`/`reconnect_to`, and the
 //! replacement's outcome. Opening the replacement itself is `replace.rs`.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message;
 
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -18,6 +22,9 @@ use crate::config::UrlSource;
 use crate::dialogue::{Act, Dialogue, Script};
 use crate::endpoint::Endpoint;
 use crate::log::Kind;
+use crate::ratelimit::Class;
+use crate::secret::SecretString;
+use crate::share::link::Link;
 
 /// First and longest wait between failed renewals (or rotations) while the old connection
 /// stays in use.
@@ -51,6 +58,8 @@ pub(super) enum Event {
     /// The open replacement closed or failed while the old connection caught up: the old one
     /// stays, and the replacement is tried again later.
     Lost(Why),
+    /// A held key was subscribed on the open replacement.
+    Subscribed,
 }
 
 /// An open replacement, waiting for the old connection to catch up.
@@ -65,6 +74,9 @@ struct Catching<'a> {
     opened: Instant,
     /// The replacement could not be written to: it is given up at the next event.
     ended: bool,
+    /// Held keys still to subscribe on it (`crate::share`), one per turn of the rate limit;
+    /// it does not take over before they are, unless it holds all it may.
+    subscribing: VecDeque<Arc<str>>,
 }
 
 /// What a finished replacement means.
@@ -107,8 +119,15 @@ impl<'a> Switching<'a> {
         }
     }
 
-    /// Waits for the old connection to catch up with `ready` before switching to it.
-    pub(super) fn catch_up(&mut self, ready: Box<Ready>, why: Why, script: &'a Script) {
+    /// Waits for the old connection to catch up with `ready` before switching to it, after
+    /// subscribing `keys` on it.
+    pub(super) fn catch_up(
+        &mut self,
+        ready: Box<Ready>,
+        why: Why,
+        script: &'a Script,
+        keys: VecDeque<Arc<str>>,
+    ) {
         let now = Instant::now();
         self.catching = Some(Catching {
             dialogue: Dialogue::opened(script, ready.counter),
@@ -117,6 +136,7 @@ impl<'a> Switching<'a> {
             until: now + QUIET,
             opened: now,
             ended: false,
+            subscribing: keys,
         });
     }
 
@@ -130,14 +150,50 @@ impl<'a> Switching<'a> {
 
     /// The next event; renewals only while the connection holds a credential (a replacement
     /// under way holds it meanwhile).
-    pub(super) async fn next(&mut self, has_auth: bool, ep: &Endpoint) -> Event {
+    pub(super) async fn next(
+        &mut self,
+        has_auth: bool,
+        ep: &Endpoint,
+        link: Option<&Link<'_>>,
+        token: Option<&SecretString>,
+    ) -> Event {
         let idle = self.under_way.is_none() && self.catching.is_none();
         if self.catching.as_ref().is_some_and(|c| c.ended) {
             let why = self.catching.take().map_or(Why::Upstream, |c| c.why);
             return Event::Lost(why);
         }
-        let until = self.catching.as_ref().map(|c| c.until);
+        let subscribing = link.is_some()
+            && self
+                .catching
+                .as_ref()
+                .is_some_and(|c| !c.subscribing.is_empty());
+        // No switch while keys are still being subscribed on the replacement.
+        let until = self
+            .catching
+            .as_ref()
+            .filter(|_| !subscribing)
+            .map(|c| c.until);
         tokio::select! {
+            permit = ep.rate.acquire(Class::Data), if subscribing => {
+                let (Some(c), Some(link)) = (self.catching.as_mut(), link) else {
+                    return Event::Subscribed;
+                };
+                if let Some(key) = c.subscribing.pop_front() {
+                    let values = c.dialogue.values(token, &c.ready.captures);
+                    if let Some(text) = link.subscribe_next(&ep.share, &key, values) {
+                        let sent = tokio::time::timeout(CATCH_UP, c.ready.ws.send(Message::text(text))).await;
+                        c.ended |= !matches!(sent, Ok(Ok(())));
+                    }
+                }
+                drop(permit);
+                if c.subscribing.is_empty() {
+                    // Catching up counts from here; the feed starts once subscribed.
+                    let now = Instant::now();
+                    c.opened = now;
+                    c.until = now + if c.ready.held.is_empty() { QUIET } else { CATCH_UP };
+                }
+                Event::Subscribed
+            }
             _ = tokio::time::sleep_until(until.unwrap_or_else(far_future)), if until.is_some() => Event::Now,
             r = async { match self.catching.as_mut() {
                 Some(c) => super::replace::read(&mut c.ready.ws, &mut c.ready.decoder, ep).await,
@@ -254,6 +310,9 @@ impl<'a> Session<'a> {
             );
             switching.catching = None;
             self.overlap.clear();
+            if let Some(link) = Link::new(self.cfg) {
+                link.abandon_next(&ep.share);
+            }
             return;
         }
         if reaction.deliver {

@@ -348,3 +348,66 @@ async fn attach_replays_its_keys_across_a_restart() {
         "trade {first} from before the restart is replayed: {again:?}"
     );
 }
+
+/// Binance cuts connections at 24 h (scaled: 3 s); `max_lifetime` (2 s) rotates before it. The
+/// held keys are subscribed on each new connection before it takes over, so an app holding
+/// two keys gets every trade of both once, in order, across three rotations.
+#[tokio::test]
+async fn held_keys_move_to_the_new_connection_before_a_rotation() {
+    let rules = Rules {
+        messages: 5,
+        per: Duration::from_secs(1),
+        ping_every: Some(Duration::from_secs(1)),
+    };
+    let up = FakeBinance::start(rules);
+    up.cut_after(Duration::from_secs(3));
+    let streams = ["btcusdt@trade", "ethusdt@trade", "bnbusdt@trade"];
+    up.feed(&streams, Duration::from_millis(4));
+    let toml = binance_config(&up.url()).replace(
+        r#"rate_limit = { messages = 10, per = "200ms" }"#,
+        "rate_limit = { messages = 5, per = \"1s\" }\nmax_lifetime = \"2s\"",
+    );
+    let d = start_daemon(&toml).await;
+    let mut c = d.grpc().await;
+    let mut a = attach(&mut c, &["btcusdt@trade", "ethusdt@trade"]).await;
+    // Trade n is on streams[n % 3]: the app's are those with n % 3 < 2.
+    let (_, mut last) = next_trade(&mut a).await;
+    let mut after = 0;
+    while after < 100 {
+        let (stream, t) = next_trade(&mut a).await;
+        let mut expect = last + 1;
+        if expect % 3 == 2 {
+            expect += 1;
+        }
+        assert_eq!(
+            t, expect,
+            "every trade of both keys once, in order ({stream})"
+        );
+        assert_eq!(stream, streams[t as usize % 3]);
+        last = t;
+        let rotated = up
+            .received()
+            .iter()
+            .filter(|r| r.frame == Frame::Close(Some(1000)))
+            .count();
+        if rotated >= 3 {
+            after += 1;
+        }
+    }
+    assert_eq!(up.rate_closes(), 0, "never over 5 frames a second");
+    assert_eq!(
+        up.lifetime_cuts(),
+        0,
+        "every connection rotated before its cut"
+    );
+    assert_eq!(up.bad_requests(), 0);
+    for (conn, reqs) in requests(&up.received()) {
+        let subscribed: BTreeSet<&str> = reqs.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(
+            subscribed,
+            BTreeSet::from(["btcusdt@trade", "ethusdt@trade"]),
+            "conn {conn}: {reqs:?}"
+        );
+        assert_eq!(reqs.len(), 2, "conn {conn}: once each: {reqs:?}");
+    }
+}
