@@ -20,6 +20,7 @@ mod features;
 mod feeds;
 mod kraken;
 mod ordering;
+mod presets;
 mod publish;
 mod ratelimit;
 mod reconnect;
