@@ -21,6 +21,7 @@ mod feeds;
 mod home_assistant;
 mod kraken;
 mod ordering;
+mod presets;
 mod publish;
 mod ratelimit;
 mod reconnect;
