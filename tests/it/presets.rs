@@ -467,7 +467,10 @@ async fn phoenix_refused_join_leaves_the_stream_working() {
     );
     assert_eq!(up.conn(0).refused, vec!["private:secret"]);
     let keys = d.endpoint("phx").share.keys();
-    let states: Vec<(&str, &str)> = keys.iter().map(|k| (k.key.as_str(), k.state)).collect();
+    let states: Vec<(&str, &str)> = keys
+        .iter()
+        .map(|k| (k.key.as_str(), k.state.as_str()))
+        .collect();
     assert_eq!(
         states,
         vec![("private:secret", "refused"), ("room:c", "subscribed")]
