@@ -236,6 +236,52 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
     if ep.decode != super::Decode::None {
         line("decode", format!("{} (binary frames)", ep.decode.name()));
     }
+    if ep.framing == super::Framing::SocketIo {
+        line(
+            "framing",
+            "Socket.IO packets (events delivered as their arrays)".into(),
+        );
+    }
+    if let Some(subs) = &ep.subscriptions {
+        let by = match &subs.route {
+            super::Route::Key(super::KeyRule::Pointer(p)) => format!("key at {p}"),
+            super::Route::Key(super::KeyRule::Template(t)) => format!("key {t}"),
+            super::Route::Id(p) => format!("subscription id at {p}"),
+        };
+        let unsub = if subs.unsubscribe.is_some() {
+            "unsubscribed when the last holder leaves"
+        } else {
+            "never unsubscribed (no unsubscribe frame)"
+        };
+        line(
+            "keys",
+            format!(
+                "shared upstream subscriptions, messages named by {by}, {unsub}, at most {} per connection",
+                subs.max
+            ),
+        );
+    }
+    if let Some(reqs) = &ep.requests {
+        let ids = match &reqs.ids {
+            super::IdStyle::Integer => "integer".to_owned(),
+            super::IdStyle::Text { prefix } if prefix.is_empty() => "string".to_owned(),
+            super::IdStyle::Text { prefix } => format!("string {prefix:?}+n"),
+        };
+        let resend = if reqs.idempotent {
+            "resent after a drop"
+        } else {
+            "failed by a drop"
+        };
+        line(
+            "requests",
+            format!(
+                "id at {} ({ids}), timeout {}, at most {} in flight, {resend}",
+                reqs.id,
+                format_duration(reqs.timeout),
+                reqs.max_in_flight
+            ),
+        );
+    }
     let proxy = match &ep.proxy {
         // What this process's environment gives for the main URL: check-config runs with the
         // service's environment, so this is what the daemon will do.
