@@ -35,7 +35,9 @@ impl CallError {
             CallError::NotShared(_)
             | CallError::Failed(_)
             | CallError::Share(ShareError::NotJoined(_)) => "failed_precondition",
-            CallError::Invalid(_) => "invalid_argument",
+            CallError::Invalid(_) | CallError::Share(ShareError::NoIdPlace(_)) => {
+                "invalid_argument"
+            }
             CallError::Denied(_) => "permission_denied",
             CallError::Share(ShareError::Timeout(_)) => "deadline_exceeded",
             CallError::Share(
@@ -96,6 +98,12 @@ impl Call {
             return Err(CallError::Invalid(
                 "the request must be a JSON object or array".into(),
             ));
+        }
+        // Refused now rather than after waiting for the connection: the id must have a place.
+        let socketio = cfg.framing == crate::config::Framing::SocketIo;
+        if !socketio && !crate::share::key::set(&mut doc.clone(), &reqs.id, serde_json::Value::Null)
+        {
+            return Err(ShareError::NoIdPlace(reqs.id.clone()).into());
         }
         if ep.state().state == State::Failed {
             return Err(CallError::Failed(endpoint.to_owned()));

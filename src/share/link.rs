@@ -296,10 +296,7 @@ impl<'c> Link<'c> {
                     return Some(super::socketio::event(Some(&id), &doc));
                 }
                 if !key::set(&mut doc, &reqs.id, id.clone()) {
-                    let _ = req.tx.try_send(Err(ShareError::Unavailable(format!(
-                        "the request has no place for an id at {:?}",
-                        reqs.id
-                    ))));
+                    let _ = req.tx.try_send(Err(ShareError::NoIdPlace(reqs.id.clone())));
                     inner.requests.remove(&n);
                     return None;
                 }

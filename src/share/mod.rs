@@ -43,6 +43,9 @@ pub enum ShareError {
     /// A request on a key's subscription (`requests.join`) whose key is not subscribed.
     #[error("{0:?} is not subscribed on the connection: hold it (Attach) before sending on it")]
     NotJoined(String),
+    /// The request cannot carry an id where `requests.id` says.
+    #[error("the request has no place for an id at {0:?}: a JSON object (or array) with that parent is needed")]
+    NoIdPlace(String),
     /// The app read a stream too slowly.
     #[error("the stream's app fell {STREAM_QUEUE} replies behind")]
     Slow,

@@ -292,3 +292,34 @@ async fn ndjson_requests_streams_and_cancel() {
     assert_eq!(n.recv_type("error", T).await["code"], "not_found");
     assert_eq!(up.faults(), Vec::<String>::new());
 }
+
+/// A request with no place for the daemon's id (`requests.id = "/id"` in an array) is refused
+/// at once with INVALID_ARGUMENT, as is one that is not JSON; nothing reaches the node.
+#[tokio::test]
+async fn a_request_without_a_place_for_the_id_is_refused() {
+    let up = FakeNode::start().await;
+    let d = start_daemon(&config(&up.url(), "")).await;
+    let mut c = d.grpc().await;
+    for body in [&b"[1,2]"[..], b"not json", b"\"text\""] {
+        let e = c
+            .request(proto::UpstreamRequest {
+                endpoint: "node".into(),
+                data: body.to_vec().into(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    // The node is asked something that works, so its frames can be counted after the refusals.
+    request(
+        &mut c,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(
+        up.ids(0).len(),
+        1,
+        "only the valid request reached the node"
+    );
+}
