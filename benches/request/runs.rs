@@ -195,8 +195,12 @@ pub fn run(
             Ok(Err(e)) => slots.fail(e),
             Err(_) => {}
         }
-        let cpu = cpu.stop();
-        let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+        let mut cpu = cpu.stop();
+        // The pacer has exited by now, taking its thread's CPU out of /proc/self/task: it
+        // reports its own.
+        if let Ok(Ok(ns)) = tokio::task::spawn_blocking(move || pacer.join()).await {
+            cpu.ns[3] = ns;
+        }
         Ok::<_, String>((cpu, start))
     })?;
 
@@ -244,13 +248,14 @@ pub fn run(
     })
 }
 
-/// The pacer: hands `k` to the client at `start + k × period` (ns), late ones at once.
+/// The pacer: hands `k` to the client at `start + k × period` (ns), late ones at once. Its
+/// thread returns the CPU ns it used.
 fn pace(
     tx: mpsc::UnboundedSender<usize>,
     start: u64,
     period: f64,
     n: usize,
-) -> Result<std::thread::JoinHandle<()>, String> {
+) -> Result<std::thread::JoinHandle<u64>, String> {
     std::thread::Builder::new()
         .name("pacer".into())
         .spawn(move || {
@@ -264,9 +269,13 @@ fn pace(
                     std::thread::sleep(Duration::from_nanos(due - now));
                 }
                 if tx.send(k).is_err() {
-                    return;
+                    break;
                 }
             }
+            std::fs::read_to_string("/proc/thread-self/schedstat")
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
         })
         .map_err(|e| format!("pacer thread: {e}"))
 }
