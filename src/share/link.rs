@@ -174,6 +174,32 @@ impl<'c> Link<'c> {
         }
     }
 
+    /// Fills a shared frame's template; a fresh id (returned, to route its reply) when it
+    /// holds `{{id}}`.
+    pub(super) fn fill(
+        &self,
+        template: &str,
+        base: ShareValues<'_>,
+        values: Values<'_>,
+    ) -> (
+        Option<Value>,
+        Result<String, crate::dialogue::template::Missing>,
+    ) {
+        let id = template.contains("{{id}}").then(|| self.next_id(values));
+        let sv = ShareValues {
+            id: id.as_ref(),
+            ..base
+        };
+        let text = frame(
+            template,
+            Values {
+                share: Some(&sv),
+                ..values
+            },
+        );
+        (id, text.map(|t| t.expose().to_owned()))
+    }
+
     fn render(
         &self,
         share: &Share,
@@ -188,26 +214,15 @@ impl<'c> Link<'c> {
                 if sub.state != SubState::Queued {
                     return None;
                 }
-                let id = subs
-                    .subscribe
-                    .contains("{{id}}")
-                    .then(|| self.next_id(values));
                 let sv = ShareValues {
                     key: Some(&k),
                     params: sub.params.as_ref(),
-                    id: id.as_ref(),
                     ..ShareValues::default()
                 };
-                let filled = frame(
-                    &subs.subscribe,
-                    Values {
-                        share: Some(&sv),
-                        ..values
-                    },
-                );
+                let (id, filled) = self.fill(&subs.subscribe, sv, values);
                 let sub = inner.subs.get_mut(&k)?;
                 let text = match filled {
-                    Ok(t) => t.expose().to_owned(),
+                    Ok(t) => t,
                     Err(e) => {
                         let why = format!("subscribe frame: {e}");
                         tracing::warn!(key = %k, reason = %why, "cannot subscribe");
@@ -237,23 +252,16 @@ impl<'c> Link<'c> {
                 sub_id,
             } => {
                 let template = self.subs?.unsubscribe.as_deref()?;
-                let id = template.contains("{{id}}").then(|| self.next_id(values));
                 let sv = ShareValues {
                     key: Some(&k),
                     params: params.as_ref(),
-                    id: id.as_ref(),
                     sub_id: sub_id.as_ref(),
                     ..ShareValues::default()
                 };
-                let text = frame(
-                    template,
-                    Values {
-                        share: Some(&sv),
-                        ..values
-                    },
-                )
-                .map_err(|e| tracing::warn!(key = %k, error = %e, "cannot unsubscribe"))
-                .ok()?;
+                let (id, text) = self.fill(template, sv, values);
+                let text = text
+                    .map_err(|e| tracing::warn!(key = %k, error = %e, "cannot unsubscribe"))
+                    .ok()?;
                 if let Some(id) = id {
                     inner.ids.insert(id.to_string(), Target::Unsub);
                 }
@@ -261,7 +269,7 @@ impl<'c> Link<'c> {
                     inner.sub_ids.remove(&s.to_string());
                 }
                 Share::count(&share.stats.unsubscribe_frames);
-                Some(text.expose().to_owned())
+                Some(text)
             }
             Work::Request(n) => {
                 let reqs = self.reqs?;
@@ -306,26 +314,19 @@ impl<'c> Link<'c> {
             }
             Work::Cancel { request_id, sub_id } => {
                 let template = self.reqs?.stream.cancel.as_deref()?;
-                let id = template.contains("{{id}}").then(|| self.next_id(values));
                 let sv = ShareValues {
-                    id: id.as_ref(),
                     request_id: Some(&request_id),
                     sub_id: sub_id.as_ref(),
                     ..ShareValues::default()
                 };
-                let text = frame(
-                    template,
-                    Values {
-                        share: Some(&sv),
-                        ..values
-                    },
-                )
-                .map_err(|e| tracing::warn!(error = %e, "cannot cancel a stream"))
-                .ok()?;
+                let (id, text) = self.fill(template, sv, values);
+                let text = text
+                    .map_err(|e| tracing::warn!(error = %e, "cannot cancel a stream"))
+                    .ok()?;
                 if let Some(id) = id {
                     inner.ids.insert(id.to_string(), Target::Cancel);
                 }
-                Some(text.expose().to_owned())
+                Some(text)
             }
         }
     }

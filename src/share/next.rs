@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::link::Link;
 use super::{Next, Share, Sub, SubState, Target, Work};
-use crate::dialogue::template::{frame, ShareValues, Values};
+use crate::dialogue::template::{ShareValues, Values};
 
 impl Link<'_> {
     /// The current connection ended and the replacement opened beside it took over: what was
@@ -91,27 +91,15 @@ impl Link<'_> {
         let mut inner = share.lock();
         inner.next.as_ref()?;
         let sub = inner.subs.get(key).filter(|s| s.holders > 0)?;
-        let id = subs
-            .subscribe
-            .contains("{{id}}")
-            .then(|| self.next_id(values));
         let sv = ShareValues {
             key: Some(key),
             params: sub.params.as_ref(),
-            id: id.as_ref(),
             ..ShareValues::default()
         };
-        let text = frame(
-            &subs.subscribe,
-            Values {
-                share: Some(&sv),
-                ..values
-            },
-        )
-        .map_err(
-            |e| tracing::warn!(key = %key, error = %e, "cannot subscribe on the new connection"),
-        )
-        .ok()?;
+        let (id, text) = self.fill(&subs.subscribe, sv, values);
+        let text = text
+            .map_err(|e| tracing::warn!(key = %key, error = %e, "cannot subscribe on the new connection"))
+            .ok()?;
         let next = inner.next.as_mut()?;
         match id {
             Some(id) => {
@@ -124,6 +112,6 @@ impl Link<'_> {
             }
         }
         Share::count(&share.stats.subscribe_frames);
-        Some(text.expose().to_owned())
+        Some(text)
     }
 }

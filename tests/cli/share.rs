@@ -399,27 +399,6 @@ async fn a_stream_nobody_reads_is_cancelled() {
     assert_eq!(cancel["params"], json!(["0xab00"]));
 }
 
-fn binance_config(url: &str) -> String {
-    format!(
-        r#"
-[endpoints.bn]
-url = "{url}"
-rate_limit = {{ messages = 10, per = "200ms" }}
-backoff = {{ initial = "10ms", max = "40ms", min_delay = "10ms" }}
-
-[endpoints.bn.requests]
-id = "/id"
-error = {{ pointer = "/error" }}
-
-[endpoints.bn.subscriptions]
-subscribe = '{{"method":"SUBSCRIBE","params":["{{{{key}}}}"],"id":{{{{id}}}}}}'
-unsubscribe = '{{"method":"UNSUBSCRIBE","params":["{{{{key}}}}"],"id":{{{{id}}}}}}'
-key = "/stream"
-refuse = {{ pointer = "/error" }}
-"#
-    )
-}
-
 /// The stream a printed message line belongs to, and its seq.
 fn trade(line: &Value) -> (String, u64) {
     assert_eq!(line["type"], "message", "{line}");
@@ -441,7 +420,7 @@ async fn tail_key_prints_only_the_keys_messages_and_its_state() {
         &["btcusdt@trade", "ethusdt@trade"],
         Duration::from_millis(2),
     );
-    let d = start_daemon(&binance_config(&up.url())).await;
+    let d = start_daemon(&crate::support::binance::shared_config(&up.url())).await;
     let mut c = d.grpc().await;
     let _other = c
         .attach(ws_sidecar::proto::AttachRequest {

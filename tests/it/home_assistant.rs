@@ -8,28 +8,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio_stream::StreamExt;
-use ws_sidecar::proto::{self, event::Event as Ev, sidecar_client::SidecarClient};
+use ws_sidecar::proto::{self, event::Event as Ev};
 
-use crate::support::daemon::start_daemon;
+use crate::support::daemon::{attach, start_daemon};
 use crate::support::home_assistant::FakeHomeAssistant;
 
 const T: Duration = Duration::from_secs(20);
 const TOKEN: &str = "llat-secret";
-
-async fn attach(
-    c: &mut SidecarClient<tonic::transport::Channel>,
-    keys: &[&str],
-) -> tonic::Streaming<proto::Event> {
-    c.attach(proto::AttachRequest {
-        endpoint: "home".into(),
-        keys: keys.iter().map(|k| k.to_string()).collect(),
-        params: String::new(),
-        from_seq: None,
-    })
-    .await
-    .expect("attach accepted")
-    .into_inner()
-}
 
 /// The next event an Attach stream delivers, as JSON.
 async fn next_event(s: &mut tonic::Streaming<proto::Event>) -> Value {
@@ -75,8 +60,8 @@ backoff = {{ initial = "10ms", max = "40ms", min_delay = "10ms" }}
         .into_inner();
     let states: Value = serde_json::from_slice(&states.data).expect("JSON");
     assert_eq!(states["id"], 5);
-    let mut a = attach(&mut c1, &["state_changed"]).await;
-    let mut b = attach(&mut c2, &["state_changed", "call_service"]).await;
+    let mut a = attach(&mut c1, "home", &["state_changed"]).await;
+    let mut b = attach(&mut c2, "home", &["state_changed", "call_service"]).await;
     up.wait_subscribed(0, "call_service", T)
         .await
         .expect("subscribed");

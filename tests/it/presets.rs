@@ -13,7 +13,9 @@ use tonic::transport::Channel;
 use ws_sidecar::endpoint::State;
 use ws_sidecar::proto::{self, event::Event as Ev, sidecar_client::SidecarClient};
 
-use crate::support::daemon::{next_event, next_message, start_daemon, subscribe, TestDaemon};
+use crate::support::daemon::{
+    attach, next_event, next_message, start_daemon, subscribe, TestDaemon,
+};
 use crate::support::graphql_ws::FakeGraphql;
 use crate::support::phoenix::FakePhoenix;
 
@@ -270,18 +272,6 @@ heartbeat = {{ app_ping_interval = "300ms" }}
     .await
 }
 
-async fn attach(c: &mut Client, keys: &[&str]) -> tonic::Streaming<proto::Event> {
-    c.attach(proto::AttachRequest {
-        endpoint: "phx".into(),
-        keys: keys.iter().map(|k| k.to_string()).collect(),
-        params: String::new(),
-        from_seq: None,
-    })
-    .await
-    .expect("attach accepted")
-    .into_inner()
-}
-
 /// Reads an Attach stream until `key` is in `state`; panics on a message or another final
 /// state first.
 async fn wait_key(
@@ -327,8 +317,8 @@ async fn phoenix_topics_are_joined_once_and_broadcasts_reach_their_holders() {
     let d = phoenix_daemon(&up).await;
     let mut ca = d.grpc().await;
     let mut cb = d.grpc().await;
-    let mut a = attach(&mut ca, &["room:a"]).await;
-    let mut b = attach(&mut cb, &["room:a", "room:b"]).await;
+    let mut a = attach(&mut ca, "phx", &["room:a"]).await;
+    let mut b = attach(&mut cb, "phx", &["room:a", "room:b"]).await;
     wait_key(&mut a, "room:a", proto::KeyState::Subscribed).await;
     wait_key(&mut b, "room:a", proto::KeyState::Subscribed).await;
     wait_key(&mut b, "room:b", proto::KeyState::Subscribed).await;
@@ -391,7 +381,7 @@ async fn phoenix_push_carries_the_join_ref_and_its_reply_the_apps_ref() {
     let up = FakePhoenix::start_with_timeout(PHX_HEARTBEAT_TIMEOUT).await;
     let d = phoenix_daemon(&up).await;
     let mut c = d.grpc().await;
-    let mut a = attach(&mut c, &["room:a"]).await;
+    let mut a = attach(&mut c, "phx", &["room:a"]).await;
     wait_key(&mut a, "room:a", proto::KeyState::Subscribed).await;
     let join_ref = phx_frames(&up, "room:a", "phx_join")[0][0].clone();
 
@@ -436,7 +426,7 @@ async fn phoenix_refused_join_leaves_the_stream_working() {
     let up = FakePhoenix::start_with_timeout(PHX_HEARTBEAT_TIMEOUT).await;
     let d = phoenix_daemon(&up).await;
     let mut c = d.grpc().await;
-    let mut s = attach(&mut c, &["private:secret", "room:c"]).await;
+    let mut s = attach(&mut c, "phx", &["private:secret", "room:c"]).await;
     let mut refused = None;
     let mut subscribed = false;
     while refused.is_none() || !subscribed {

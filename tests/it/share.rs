@@ -8,33 +8,10 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use ws_sidecar::proto::{self, event::Event as Ev};
 
-use crate::support::binance::{FakeBinance, Frame, Received, Rules};
-use crate::support::daemon::start_daemon;
+use crate::support::binance::{shared_config, FakeBinance, Frame, Received, Rules};
+use crate::support::daemon::{attach, start_daemon};
 
 const T: Duration = Duration::from_secs(20);
-
-/// A Binance combined-stream endpoint shared by key: SUBSCRIBE/UNSUBSCRIBE per stream name,
-/// answered by id; messages name their stream at `/stream`.
-fn binance_config(url: &str) -> String {
-    format!(
-        r#"
-[endpoints.bn]
-url = "{url}"
-rate_limit = {{ messages = 10, per = "200ms" }}
-backoff = {{ initial = "10ms", max = "40ms", min_delay = "10ms" }}
-
-[endpoints.bn.requests]
-id = "/id"
-error = {{ pointer = "/error" }}
-
-[endpoints.bn.subscriptions]
-subscribe = '{{"method":"SUBSCRIBE","params":["{{{{key}}}}"],"id":{{{{id}}}}}}'
-unsubscribe = '{{"method":"UNSUBSCRIBE","params":["{{{{key}}}}"],"id":{{{{id}}}}}}'
-key = "/stream"
-refuse = {{ pointer = "/error" }}
-"#
-    )
-}
 
 /// What each connection asked for, in order: `("SUBSCRIBE", stream)` pairs.
 fn requests(all: &[Received]) -> BTreeMap<usize, Vec<(String, String)>> {
@@ -53,21 +30,6 @@ fn requests(all: &[Received]) -> BTreeMap<usize, Vec<(String, String)>> {
         }
     }
     out
-}
-
-async fn attach(
-    c: &mut proto::sidecar_client::SidecarClient<tonic::transport::Channel>,
-    keys: &[&str],
-) -> tonic::Streaming<proto::Event> {
-    c.attach(proto::AttachRequest {
-        endpoint: "bn".into(),
-        keys: keys.iter().map(|k| k.to_string()).collect(),
-        params: String::new(),
-        from_seq: None,
-    })
-    .await
-    .expect("attach accepted")
-    .into_inner()
 }
 
 /// The trade number and stream of an app's next message, skipping states and key changes.
@@ -109,11 +71,11 @@ async fn three_apps_share_one_subscription_per_key_across_drops() {
         "xrpusdt@trade",
     ];
     up.feed(&streams, Duration::from_millis(2));
-    let d = start_daemon(&binance_config(&up.url())).await;
+    let d = start_daemon(&shared_config(&up.url())).await;
     let mut c = d.grpc().await;
-    let mut a = attach(&mut c, &["btcusdt@trade"]).await;
-    let mut b = attach(&mut c, &["ethusdt@trade", "btcusdt@trade"]).await;
-    let mut cc = attach(&mut c, &["bnbusdt@trade", "ethusdt@trade"]).await;
+    let mut a = attach(&mut c, "bn", &["btcusdt@trade"]).await;
+    let mut b = attach(&mut c, "bn", &["ethusdt@trade", "btcusdt@trade"]).await;
+    let mut cc = attach(&mut c, "bn", &["bnbusdt@trade", "ethusdt@trade"]).await;
     let held: [&[&str]; 3] = [
         &["btcusdt@trade"],
         &["ethusdt@trade", "btcusdt@trade"],
@@ -187,7 +149,7 @@ async fn three_apps_share_one_subscription_per_key_across_drops() {
     // ethusdt stays for C.
     let conn = up.connections() - 1;
     drop(a);
-    let mut probe = attach(&mut c, &["xrpusdt@trade"]).await;
+    let mut probe = attach(&mut c, "bn", &["xrpusdt@trade"]).await;
     next_trade(&mut probe).await;
     assert!(
         !requests(&up.received())[&conn]
@@ -257,7 +219,7 @@ async fn ndjson_holds_keys_and_lets_go_of_them() {
         &["btcusdt@trade", "ethusdt@trade"],
         Duration::from_millis(2),
     );
-    let d = start_daemon(&binance_config(&up.url())).await;
+    let d = start_daemon(&shared_config(&up.url())).await;
     let mut a = d.ndjson().await;
     let mut b = d.ndjson().await;
     a.send(serde_json::json!({"op": "subscribe", "endpoint": "bn", "key": "btcusdt@trade"}))
@@ -312,11 +274,11 @@ async fn attach_replays_its_keys_across_a_restart() {
     );
     let toml = format!(
         "{}\n[endpoints.bn.replay]\npersist = true\nmessages = 100000\n",
-        binance_config(&up.url())
+        shared_config(&up.url())
     );
     let d = start_daemon(&toml).await;
     let mut c = d.grpc().await;
-    let mut a = attach(&mut c, &["btcusdt@trade"]).await;
+    let mut a = attach(&mut c, "bn", &["btcusdt@trade"]).await;
     let mut before = Vec::new();
     for _ in 0..10 {
         before.push(next_trade(&mut a).await);
@@ -363,13 +325,13 @@ async fn held_keys_move_to_the_new_connection_before_a_rotation() {
     up.cut_after(Duration::from_secs(3));
     let streams = ["btcusdt@trade", "ethusdt@trade", "bnbusdt@trade"];
     up.feed(&streams, Duration::from_millis(4));
-    let toml = binance_config(&up.url()).replace(
+    let toml = shared_config(&up.url()).replace(
         r#"rate_limit = { messages = 10, per = "200ms" }"#,
         "rate_limit = { messages = 5, per = \"1s\" }\nmax_lifetime = \"2s\"",
     );
     let d = start_daemon(&toml).await;
     let mut c = d.grpc().await;
-    let mut a = attach(&mut c, &["btcusdt@trade", "ethusdt@trade"]).await;
+    let mut a = attach(&mut c, "bn", &["btcusdt@trade", "ethusdt@trade"]).await;
     // Trade n is on streams[n % 3]: the app's are those with n % 3 < 2.
     let (_, mut last) = next_trade(&mut a).await;
     let mut after = 0;

@@ -575,3 +575,26 @@ impl Conn<'_> {
         let _ = self.ws.flush();
     }
 }
+
+/// A Binance combined-stream endpoint shared by key: SUBSCRIBE/UNSUBSCRIBE per stream name,
+/// answered by id; messages name their stream at `/stream`.
+pub fn shared_config(url: &str) -> String {
+    format!(
+        r#"
+[endpoints.bn]
+url = "{url}"
+rate_limit = {{ messages = 10, per = "200ms" }}
+backoff = {{ initial = "10ms", max = "40ms", min_delay = "10ms" }}
+
+[endpoints.bn.requests]
+id = "/id"
+error = {{ pointer = "/error" }}
+
+[endpoints.bn.subscriptions]
+subscribe = '{{"method":"SUBSCRIBE","params":["{{{{key}}}}"],"id":{{{{id}}}}}}'
+unsubscribe = '{{"method":"UNSUBSCRIBE","params":["{{{{key}}}}"],"id":{{{{id}}}}}}'
+key = "/stream"
+refuse = {{ pointer = "/error" }}
+"#
+    )
+}

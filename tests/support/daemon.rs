@@ -218,6 +218,23 @@ pub async fn subscribe(
     .into_inner()
 }
 
+/// Holds `keys` of `endpoint` over gRPC (`Attach`) and returns the event stream.
+pub async fn attach(
+    c: &mut SidecarClient<tonic::transport::Channel>,
+    endpoint: &str,
+    keys: &[&str],
+) -> tonic::Streaming<proto::Event> {
+    c.attach(proto::AttachRequest {
+        endpoint: endpoint.into(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        params: String::new(),
+        from_seq: None,
+    })
+    .await
+    .expect("attach accepted")
+    .into_inner()
+}
+
 /// Next event, bounded in time.
 pub async fn next_event(s: &mut tonic::Streaming<proto::Event>, within: Duration) -> Ev {
     tokio::time::timeout(within, s.message())
