@@ -144,8 +144,9 @@ pub async fn status(target: &TargetArg, json: bool) -> u8 {
         } else {
             String::new()
         };
+        let shared = shared_figures(&e);
         let shown = out.line(format_args!(
-            "{:<16} {:<10} last_seq={} subscribers={} outbox={} reconnects={}{}{} ({})",
+            "{:<16} {:<10} last_seq={} subscribers={} outbox={} reconnects={}{}{}{} ({})",
             e.name,
             e.state,
             e.last_seq,
@@ -154,6 +155,7 @@ pub async fn status(target: &TargetArg, json: bool) -> u8 {
             e.reconnects,
             rtt,
             throttled,
+            shared,
             e.reason
         ));
         if !shown {
@@ -161,6 +163,28 @@ pub async fn status(target: &TargetArg, json: bool) -> u8 {
         }
     }
     out.exit_code(0)
+}
+
+/// ` keys=N (M pending, R refused) requests=N timeouts=N` where an endpoint shares its
+/// conversation; empty otherwise.
+fn shared_figures(e: &ws_sidecar::status::EndpointStatus) -> String {
+    let mut out = String::new();
+    let keys = &e.upstream_subscriptions;
+    if !keys.is_empty() {
+        let count = |state: &str| keys.iter().filter(|k| k.state == state).count();
+        out.push_str(&format!(" keys={}", keys.len()));
+        let (pending, refused) = (count("pending"), count("refused"));
+        if pending + refused > 0 {
+            out.push_str(&format!(" ({pending} pending, {refused} refused)"));
+        }
+    }
+    if e.requests_in_flight > 0 || e.request_timeouts > 0 {
+        out.push_str(&format!(
+            " requests={} timeouts={}",
+            e.requests_in_flight, e.request_timeouts
+        ));
+    }
+    out
 }
 
 /// `tail --key`: the shared subscriptions to hold instead of subscribing to the whole feed.

@@ -449,6 +449,10 @@ async fn tail_key_prints_only_the_keys_messages_and_its_state() {
         assert_eq!(stream, "ethusdt@trade", "only the key's messages");
         seqs.push(seq);
     }
+    // Status shows the two keys, each subscribed.
+    let (code, out, err) = run(&["status", "--grpc", &addr], "").await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(" keys=2 "), "{out}");
     drop(tail);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     assert!(
