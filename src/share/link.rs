@@ -120,6 +120,7 @@ impl<'c> Link<'c> {
         inner.open = false;
         inner.queue.clear();
         inner.ids.clear();
+        inner.orphans.clear();
         inner.sub_ids.clear();
         inner.streams.clear();
         let mut failed = Vec::new();
@@ -324,7 +325,7 @@ impl<'c> Link<'c> {
                     .map_err(|e| tracing::warn!(error = %e, "cannot cancel a stream"))
                     .ok()?;
                 if let Some(id) = id {
-                    inner.ids.insert(id.to_string(), Target::Cancel);
+                    inner.orphan(id.to_string());
                 }
                 Some(text)
             }
@@ -541,7 +542,7 @@ impl<'c> Link<'c> {
             if !streamed && !self.ends.is_empty() && !ended {
                 // The rest of a reply that comes in several messages (a GraphQL query's `next`
                 // then `complete`) is nobody's: kept from the log until its end.
-                inner.ids.insert(id.to_owned(), Target::Cancel);
+                inner.orphan(id.to_owned());
             } else {
                 inner.ids.remove(id);
             }

@@ -12,6 +12,8 @@ pub mod key;
 pub mod link;
 mod next;
 pub mod socketio;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -191,6 +193,28 @@ struct Inner {
     /// Work for the next connection once it opens, besides what the table says (unsubscribing
     /// what a replacement subscribed for a key let go meanwhile).
     carry: Vec<Work>,
+    /// Ids whose replies nobody waits for any more, oldest first: at most [`MAX_ORPHANS`] are
+    /// remembered, so requests that never get a reply cannot grow the map without bound.
+    orphans: VecDeque<String>,
+}
+
+/// Ids of abandoned requests remembered per connection, to keep their late replies from the
+/// log; past this the oldest are forgotten (a reply that late reaches the log as a message).
+const MAX_ORPHANS: usize = 10_000;
+
+impl Inner {
+    /// Marks `id` (JSON text) as a request nobody waits for.
+    fn orphan(&mut self, id: String) {
+        self.ids.insert(id.clone(), Target::Cancel);
+        self.orphans.push_back(id);
+        while self.orphans.len() > MAX_ORPHANS {
+            if let Some(old) = self.orphans.pop_front() {
+                if matches!(self.ids.get(&old), Some(Target::Cancel)) {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 /// What was sent on a replacement connection before the switch.
@@ -324,8 +348,10 @@ impl Share {
         let mut inner = self.lock();
         let new = keys
             .iter()
-            .filter(|(k, _)| !inner.subs.contains_key(k))
-            .count();
+            .map(|(k, _)| k)
+            .filter(|k| !inner.subs.contains_key(*k))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         if inner.subs.len() + new > max {
             return Err(ShareError::TooManyKeys(max));
         }
@@ -485,8 +511,8 @@ impl Share {
         let Some(sent) = req.sent else { return };
         // A reply still coming for it is an orphan, not someone else's.
         let key = sent.to_string();
-        if let Some(t) = inner.ids.get_mut(&key) {
-            *t = Target::Cancel;
+        if inner.ids.contains_key(&key) {
+            inner.orphan(key);
         }
         if let Some(name) = &req.name {
             inner.streams.remove(&name.to_string());
