@@ -512,3 +512,55 @@ fn tail_key_usage_errors_exit_64() {
         );
     }
 }
+
+/// Two `tail --key` processes hold one key: one SUBSCRIBE. Killed with SIGKILL (no chance to say
+/// goodbye), the first leaves the key to the second; when the second is killed too, the daemon
+/// sends the UNSUBSCRIBE.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_tail_lets_go_of_its_key() {
+    use crate::support::binance::{Frame, Received};
+    let up = FakeBinance::start(Rules {
+        messages: 10,
+        per: Duration::from_millis(200),
+        ping_every: None,
+    });
+    up.feed(&["ethusdt@trade"], Duration::from_millis(5));
+    let d = start_daemon(&crate::support::binance::shared_config(&up.url())).await;
+    let addr = grpc(&d);
+    let count = |all: &[Received], method: &str| {
+        all.iter()
+            .filter(|r| matches!(&r.frame, Frame::Text(t) if t.contains(method)))
+            .count()
+    };
+    let mut tails = Vec::new();
+    for _ in 0..2 {
+        let mut t = Running::spawn(&["tail", "bn", "--key", "ethusdt@trade", "--grpc", &addr]);
+        // Its first trade: it holds the key.
+        while t.next().await["type"] != "message" {}
+        tails.push(t);
+    }
+    assert_eq!(
+        count(&up.received(), "\"SUBSCRIBE\""),
+        1,
+        "one subscription for two"
+    );
+    let second = tails.pop().expect("two");
+    let first = tails.pop().expect("two");
+    first.signal("-KILL");
+    let _ = first.exit().await;
+    // The second still gets trades, and nothing was unsubscribed.
+    let mut second = second;
+    for _ in 0..5 {
+        while second.next().await["type"] != "message" {}
+    }
+    assert_eq!(
+        count(&up.received(), "UNSUBSCRIBE"),
+        0,
+        "the key is still held"
+    );
+    second.signal("-KILL");
+    let _ = second.exit().await;
+    up.wait_for(T, |all| count(all, "UNSUBSCRIBE") == 1)
+        .await
+        .expect("unsubscribed once the last holder's process died");
+}
