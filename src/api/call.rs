@@ -66,6 +66,8 @@ impl CallError {
 /// One request waiting for its replies.
 pub struct Call {
     pub endpoint: Arc<str>,
+    /// For the state shown when a request was never sent.
+    ep: Arc<crate::endpoint::Endpoint>,
     pending: Pending,
     timeout: Duration,
     /// Whether the first reply is waited for within `timeout`: always for a request, for a
@@ -108,11 +110,32 @@ impl Call {
         if ep.state().state == State::Failed {
             return Err(CallError::Failed(endpoint.to_owned()));
         }
+        // Where the endpoint says which requests open a stream, a plain request must not open one
+        // (nothing would ever end it) and a stream request that opens none is a plain one.
+        let opens = &reqs.stream.opens;
+        let stream = if opens.is_empty() {
+            stream
+        } else {
+            let m = crate::dialogue::matching::Message {
+                text: None,
+                doc: Some(&doc),
+            };
+            let opening = opens
+                .iter()
+                .any(|c| crate::dialogue::matching::Match::new(c).holds(m));
+            if opening && !stream {
+                return Err(CallError::Invalid(
+                    "this request opens a stream (requests.stream.opens), which a plain request would never end: use RequestStream (ws-sidecar request --stream)".into(),
+                ));
+            }
+            stream && opening
+        };
         let pending = ep
             .share
             .request(doc, &reqs.id, stream, reqs.max_in_flight)?;
         Ok(Call {
             endpoint: Arc::clone(&ep.key),
+            ep: Arc::clone(&ep),
             pending,
             timeout: reqs.timeout,
             first_bounded: !stream || reqs.stream.id.is_some(),
@@ -128,11 +151,19 @@ impl Call {
             match tokio::time::timeout(self.timeout, self.pending.next()).await {
                 Ok(r) => r,
                 Err(_) => {
-                    self.pending.timed_out();
+                    let sent = self.pending.timed_out();
                     self.answered = true;
                     self.first_bounded = false;
                     // Dropping the call forgets the request; a late reply is an orphan.
-                    let waited = crate::fmt::duration(self.timeout);
+                    let mut waited = crate::fmt::duration(self.timeout);
+                    if !sent {
+                        let st = self.ep.state();
+                        waited.push_str(&format!(
+                            "; it was never sent: the endpoint is {} ({})",
+                            st.state.as_str(),
+                            st.reason
+                        ));
+                    }
                     return Some(Err(CallError::Share(ShareError::Timeout(waited))));
                 }
             }

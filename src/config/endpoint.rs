@@ -170,12 +170,13 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         },
         super::Framing::Json,
     );
+    let requests_written = t.has("requests");
     let requests = t
         .get("requests")
         .and_then(|n| super::share::read_requests(r, &n, in_frames));
-    let subscriptions = t
-        .get("subscriptions")
-        .and_then(|n| super::share::read_subscriptions(r, &n, in_frames, requests.as_ref()));
+    let subscriptions = t.get("subscriptions").and_then(|n| {
+        super::share::read_subscriptions(r, &n, in_frames, requests.as_ref(), requests_written)
+    });
 
     t.finish(r);
     Some(EndpointConfig {

@@ -17,6 +17,7 @@ const JSONRPC: &str = r#"
 id = "/id"
 error = { pointer = "/error" }
 [requests.stream]
+opens = { pointer = "/method", equals = "eth_subscribe" }
 id = "/result"
 route = "/params/subscription"
 cancel = '{"jsonrpc":"2.0","id":{{id}},"method":"eth_unsubscribe","params":[{{sub_id}}]}'

@@ -108,7 +108,12 @@ pub struct Join {
 /// subscriptions).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ReplyStreamConfig {
-    /// A message matching any of these ends the stream (it is delivered first).
+    /// Requests that open a stream (any of these holds for the app's request), when set: a
+    /// `Request` matching one is refused (its stream would never be cancelled), a
+    /// `RequestStream` matching none gets its one reply and ends.
+    pub opens: Vec<Vec<Condition>>,
+    /// A message matching any of these ends the stream (it is delivered first); so does an
+    /// error reply (`requests.error`).
     pub ends: Vec<Vec<Condition>>,
     /// The first reply names the stream at this pointer (`/result` of `eth_subscribe`) and later
     /// messages carry that name at `route`.
@@ -192,13 +197,15 @@ pub(super) fn read_requests(
 
 fn read_stream(r: &mut Report, node: &Node<'_>, allowed: Allowed<'_>) -> Option<ReplyStreamConfig> {
     let mut t = Table::open(r, node)?;
-    let ends = match t.get("ends") {
+    let mut any_of = |t: &mut Table<'_>, key: &str| match t.get(key) {
         Some(n) => match &n.value.kind {
             ValueKind::Array(_) => n.items(r).iter().map(|i| read_match(r, i)).collect(),
             _ => vec![read_match(r, &n)],
         },
         None => Vec::new(),
     };
+    let opens = any_of(&mut t, "opens");
+    let ends = any_of(&mut t, "ends");
     let id = t.opt(r, "id", pointer);
     let route = t.opt(r, "route", pointer);
     if id.is_some() != route.is_some() {
@@ -219,6 +226,7 @@ fn read_stream(r: &mut Report, node: &Node<'_>, allowed: Allowed<'_>) -> Option<
     let resend = t.or(r, "resend", boolean, true);
     t.finish(r);
     Some(ReplyStreamConfig {
+        opens,
         ends,
         id,
         route,
@@ -234,6 +242,7 @@ pub(super) fn read_subscriptions(
     node: &Node<'_>,
     allowed: Allowed<'_>,
     requests: Option<&RequestsConfig>,
+    requests_written: bool,
 ) -> Option<SubscriptionsConfig> {
     let mut t = Table::open(r, node)?;
     let frames = Allowed {
@@ -244,7 +253,8 @@ pub(super) fn read_subscriptions(
     let unsubscribe = t.opt(r, "unsubscribe", template(frames));
     for (name, frame) in [("subscribe", &subscribe), ("unsubscribe", &unsubscribe)] {
         let Some(frame) = frame else { continue };
-        if frame.contains("{{id}}") && requests.is_none() {
+        // An invalid requests table was reported already.
+        if frame.contains("{{id}}") && requests.is_none() && !requests_written {
             r.at(
                 &t.path_of(name),
                 "{{id}} needs a requests table: its id pointer is where the confirmation carries the id",

@@ -121,6 +121,11 @@ pub(super) fn check(s: &str, allowed: Allowed<'_>) -> Result<(), String> {
                     ))
                 }
                 (Some(_), None) => return Err("captured values are only filled in in frames".into()),
+                (None, _) if allowed.share => {
+                    return Err(format!(
+                        "unknown placeholder {{{{{other}}}}}: these frames know {{{{key}}}}, {{{{params}}}}, {{{{id}}}}, {{{{sub_id}}}}, {{{{request_id}}}}, {{{{token}}}}, {{{{counter}}}}, {{{{now_ms}}}} and {{{{capture.NAME}}}}"
+                    ))
+                }
                 (None, _) => {
                     return Err(format!(
                         "unknown placeholder {{{{{other}}}}}: templates know {{{{token}}}}, {{{{last_id}}}}, {{{{counter}}}}, {{{{now_ms}}}} and {{{{capture.NAME}}}}"

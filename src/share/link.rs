@@ -32,7 +32,7 @@ pub struct Link<'c> {
     /// Socket.IO: a request is an EVENT packet with an ack id, its reply the ACK's arguments.
     socketio: bool,
     pub(super) subs: Option<&'c SubscriptionsConfig>,
-    reqs: Option<&'c RequestsConfig>,
+    pub(super) reqs: Option<&'c RequestsConfig>,
     reply: Match,
     error: Match,
     refuse: Match,
@@ -105,7 +105,11 @@ impl<'c> Link<'c> {
         inner
             .subs
             .retain(|_, s| s.holders > 0 && s.state != SubState::Leaving);
-        for s in inner.subs.values_mut() {
+        for (k, s) in inner.subs.iter_mut() {
+            if matches!(s.state, SubState::Sent | SubState::Active) {
+                // Its holders learn it is not on a connection until it is made again.
+                share.tell(k, super::KeyState::Pending);
+            }
             s.state = SubState::Queued;
             s.sub_id = None;
         }
@@ -325,7 +329,8 @@ impl<'c> Link<'c> {
                     .map_err(|e| tracing::warn!(error = %e, "cannot cancel a stream"))
                     .ok()?;
                 if let Some(id) = id {
-                    inner.orphan(id.to_string());
+                    // Its answer is the daemon's business, like an unsubscribe's.
+                    inner.ids.insert(id.to_string(), Target::Unsub);
                 }
                 Some(text)
             }
@@ -517,10 +522,12 @@ impl<'c> Link<'c> {
                 }
             }
         }
-        let end = !req.stream || self.ends.iter().any(|e| e.holds(m));
+        let error = !self.error.is_empty() && self.error.holds(m);
+        // An error answers the whole request: a stream it refused never starts.
+        let end = !req.stream || error || self.ends.iter().any(|e| e.holds(m));
         let reply = Reply {
             data: Bytes::from(out.to_string()),
-            error: !self.error.is_empty() && self.error.holds(m),
+            error,
             end,
         };
         req.answered = true;
@@ -538,11 +545,22 @@ impl<'c> Link<'c> {
                     let _ = r.tx.try_send(Err(ShareError::Slow));
                 }
             }
-            let ended = self.ends.iter().any(|e| e.holds(m));
+            let ended = error || self.ends.iter().any(|e| e.holds(m));
             if !streamed && !self.ends.is_empty() && !ended {
                 // The rest of a reply that comes in several messages (a GraphQL query's `next`
-                // then `complete`) is nobody's: kept from the log until its end.
+                // then `complete`) is nobody's: kept from the log until its end, and the
+                // upstream is told to stop (a subscription sent as a plain request would
+                // otherwise run for the connection's life).
                 inner.orphan(id.to_owned());
+                if reqs.stream.cancel.is_some() && inner.open {
+                    if let Ok(request_id) = serde_json::from_str::<Value>(id) {
+                        inner.queue.push_back(Work::Cancel {
+                            request_id,
+                            sub_id: None,
+                        });
+                        share.work.notify_one();
+                    }
+                }
             } else {
                 inner.ids.remove(id);
             }

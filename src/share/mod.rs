@@ -223,6 +223,8 @@ struct Next {
     ids: HashMap<String, Target>,
     /// The keys subscribed on it: `Sent` (a confirmation is awaited) or `Active`.
     subs: HashMap<Arc<str>, SubState>,
+    /// Subscribe frames sent on it whose answers came, by id.
+    answered: std::collections::HashSet<String>,
 }
 
 /// Counters shown by status and metrics.
@@ -311,9 +313,15 @@ impl Pending {
         Some(r)
     }
 
-    /// Ends the request waiting: a timeout, counted.
-    pub fn timed_out(&mut self) {
+    /// Ends the request waiting: a timeout, counted. True when it had been sent (it may have
+    /// reached the upstream), false when it still waited for a connection.
+    pub fn timed_out(&mut self) -> bool {
         Share::count(&self.share.stats.timeouts);
+        self.share
+            .lock()
+            .requests
+            .get(&self.n)
+            .is_some_and(|r| r.sent.is_some())
     }
 }
 

@@ -26,7 +26,11 @@ impl Link<'_> {
         }
         inner.subs.retain(|_, s| s.holders > 0);
         for (k, s) in inner.subs.iter_mut() {
-            s.state = next.subs.get(k).cloned().unwrap_or(SubState::Queued);
+            let now = next.subs.get(k).cloned().unwrap_or(SubState::Queued);
+            if now == SubState::Queued && matches!(s.state, SubState::Sent | SubState::Active) {
+                share.tell(k, super::KeyState::Pending);
+            }
+            s.state = now;
             s.sub_id = None;
         }
         // Let go of while the replacement opened: unsubscribed there once it took over.
@@ -54,6 +58,38 @@ impl Link<'_> {
         }
         self.end_connection(share, &mut inner, why);
         inner.ids = next.ids;
+    }
+
+    /// Notes a message the replacement received while the old connection catches up: true once
+    /// every subscribe frame sent on it has its answer (its feed is complete from then on).
+    pub fn next_answered(&self, share: &Share, doc: Option<&serde_json::Value>) -> bool {
+        let mut inner = share.lock();
+        let Some(next) = inner.next.as_mut() else {
+            return false;
+        };
+        if let (Some(reqs), Some(doc)) = (self.reqs, doc) {
+            if let Some(id) = doc.pointer(&reqs.id).map(serde_json::Value::to_string) {
+                if matches!(next.ids.get(&id), Some(Target::Sub(_))) {
+                    next.answered.insert(id);
+                }
+            }
+        }
+        Self::next_settled(next)
+    }
+
+    /// Whether every subscribe frame sent on the replacement has its answer.
+    fn next_settled(next: &Next) -> bool {
+        let awaited = next
+            .ids
+            .iter()
+            .filter(|(_, t)| matches!(t, Target::Sub(_)))
+            .count();
+        next.answered.len() >= awaited
+    }
+
+    /// Whether the replacement's subscriptions are all answered (or need none).
+    pub fn next_complete(&self, share: &Share) -> bool {
+        share.lock().next.as_ref().is_none_or(Self::next_settled)
     }
 
     /// Forgets a replacement that will not take over.

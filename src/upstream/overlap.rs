@@ -73,6 +73,13 @@ impl Overlap {
         }
     }
 
+    /// The replacement's feed is complete only from now (its last subscription was just made):
+    /// only what it receives from here on shows that the old connection caught up.
+    pub fn restart_catch_up(&mut self) {
+        self.held.clear();
+        self.caught_up = false;
+    }
+
     /// Whether the old connection has delivered something the replacement holds.
     pub fn caught_up(&self) -> bool {
         self.caught_up

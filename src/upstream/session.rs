@@ -245,8 +245,9 @@ impl<'a> Session<'a> {
                 settle!(flow);
                 continue;
             }
-            // The old connection delivered what the new one holds: nothing falls between.
-            if self.overlap.caught_up() {
+            // The old connection delivered what the new one holds: nothing falls between (once
+            // the new one has every held key).
+            if self.overlap.caught_up() && !switching.subscribing() {
                 if let Some((ready, why)) = switching.take_ready() {
                     break self.switch_to(ready, why, &ctl_tx, &mut writer).await;
                 }
@@ -263,7 +264,11 @@ impl<'a> Session<'a> {
                 }
                 event = switching.next(self.auth.is_some(), ep, conn.link.as_ref(), self.auth.as_ref().and_then(Auth::token)) => match event {
                     Event::Due(why) => self.replace(&mut switching, self.target(), why),
-                    Event::Subscribed => {}
+                    Event::Subscribed(last) => {
+                        if last {
+                            self.overlap.restart_catch_up();
+                        }
+                    }
                     Event::Done(why, outcome) => match self.replaced(why, outcome, &mut conn, &mut switching) {
                         Replaced::Open(ready) => {
                             let keys = conn.link.as_ref().map(|l| l.begin_next(&ep.share)).unwrap_or_default();

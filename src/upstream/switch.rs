@@ -58,8 +58,8 @@ pub(super) enum Event {
     /// The open replacement closed or failed while the old connection caught up: the old one
     /// stays, and the replacement is tried again later.
     Lost(Why),
-    /// A held key was subscribed on the open replacement.
-    Subscribed,
+    /// A held key was subscribed on the open replacement; `true` when it was the last.
+    Subscribed(bool),
 }
 
 /// An open replacement, waiting for the old connection to catch up.
@@ -77,6 +77,9 @@ struct Catching<'a> {
     /// Held keys still to subscribe on it (`crate::share`), one per turn of the rate limit;
     /// it does not take over before they are, unless it holds all it may.
     subscribing: VecDeque<Arc<str>>,
+    /// Every subscription made on it has its answer: its feed is complete from then on, and
+    /// only what it holds from then shows the old connection caught up.
+    settled: bool,
 }
 
 /// What a finished replacement means.
@@ -136,8 +139,24 @@ impl<'a> Switching<'a> {
             until: now + QUIET,
             opened: now,
             ended: false,
+            settled: keys.is_empty(),
             subscribing: keys,
         });
+    }
+
+    /// Whether keys are still being subscribed on the open replacement (it must not take over
+    /// on catching up before they are).
+    pub(super) fn subscribing(&self) -> bool {
+        self.catching
+            .as_ref()
+            .is_some_and(|c| !c.settled && !c.ended)
+    }
+
+    /// The open replacement's subscriptions all have their answers.
+    pub(super) fn settle(&mut self) {
+        if let Some(c) = self.catching.as_mut() {
+            c.settled = true;
+        }
     }
 
     /// The replacement to switch to now.
@@ -176,7 +195,7 @@ impl<'a> Switching<'a> {
         tokio::select! {
             permit = ep.rate.acquire(Class::Data), if subscribing => {
                 let (Some(c), Some(link)) = (self.catching.as_mut(), link) else {
-                    return Event::Subscribed;
+                    return Event::Subscribed(false);
                 };
                 if let Some(key) = c.subscribing.pop_front() {
                     let values = c.dialogue.values(token, &c.ready.captures);
@@ -186,13 +205,17 @@ impl<'a> Switching<'a> {
                     }
                 }
                 drop(permit);
-                if c.subscribing.is_empty() {
-                    // Catching up counts from here; the feed starts once subscribed.
+                let last = c.subscribing.is_empty();
+                if last {
+                    // The answers come within the catch-up bound, or it switches anyway.
                     let now = Instant::now();
                     c.opened = now;
-                    c.until = now + if c.ready.held.is_empty() { QUIET } else { CATCH_UP };
+                    c.until = now + CATCH_UP;
+                    if link.next_complete(&ep.share) {
+                        c.settled = true;
+                    }
                 }
-                Event::Subscribed
+                Event::Subscribed(last && c.settled)
             }
             _ = tokio::time::sleep_until(until.unwrap_or_else(far_future)), if until.is_some() => Event::Now,
             r = async { match self.catching.as_mut() {
@@ -315,6 +338,18 @@ impl<'a> Session<'a> {
             }
             return;
         }
+        if !c.settled {
+            let link = Link::new(self.cfg);
+            let doc = serde_json::from_slice::<serde_json::Value>(&data).ok();
+            if link.is_some_and(|l| l.next_answered(&ep.share, doc.as_ref())) {
+                // Its feed is complete from the message after this one.
+                switching.settle();
+                self.overlap.restart_catch_up();
+            }
+        }
+        let Some(c) = switching.catching.as_mut() else {
+            return;
+        };
         if reaction.deliver {
             self.overlap.held(super::resume::payload_hash(&data));
             c.ready.held.push(super::replace::Held {

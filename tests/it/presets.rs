@@ -137,6 +137,35 @@ async fn graphql_same_operation_id_from_two_apps_and_one_cancels() {
     assert_eq!(up.connections(), 1);
 }
 
+/// A subscription sent as a plain `Request` gets its first `next` as the reply, and the daemon
+/// then completes it upstream: it would otherwise run for the connection's life, its ticks
+/// reaching nobody.
+#[tokio::test]
+async fn graphql_subscription_sent_as_a_plain_request_is_completed_after_its_reply() {
+    let up = FakeGraphql::start().await;
+    let d = graphql_daemon(&up).await;
+    let mut c = d.grpc().await;
+    let ticks = gql_subscribe("only-one", "subscription { ticks }");
+    let asked = tokio::spawn(async move { c.request(upstream_request("gql", &ticks)).await });
+    let id = gql_streams(&up, 0, 1).await.remove(0);
+    up.tick().await;
+    let r = tokio::time::timeout(T, asked)
+        .await
+        .expect("in time")
+        .expect("task")
+        .expect("a reply")
+        .into_inner();
+    let v: Value = serde_json::from_slice(&r.data).expect("JSON");
+    assert_eq!(v["id"], "only-one");
+    up.journal()
+        .wait(T, "the subscription completed by the client", |s| {
+            s.conns[0].state.completed.contains(&id)
+        })
+        .await
+        .expect("completed upstream after the reply");
+    assert_eq!(up.faults(), Vec::<String>::new());
+}
+
 /// A query is a unary request: its `next` comes back under the app's id and its trailing
 /// `complete` reaches nobody (a plain Subscribe stream sees none of it); a failing query's
 /// `error` is a reply flagged as an error. The server's ping is answered with a pong and the

@@ -373,3 +373,38 @@ async fn held_keys_move_to_the_new_connection_before_a_rotation() {
         assert_eq!(reqs.len(), 2, "conn {conn}: once each: {reqs:?}");
     }
 }
+
+/// An `Attach` stream hears its key go `PENDING` when the connection drops and `SUBSCRIBED`
+/// again once it is made on the next one.
+#[tokio::test]
+async fn key_changes_follow_the_connection() {
+    let rules = Rules {
+        messages: 10,
+        per: Duration::from_millis(200),
+        ping_every: None,
+    };
+    let up = FakeBinance::start(rules);
+    up.feed(&["btcusdt@trade"], Duration::from_millis(20));
+    let d = start_daemon(&shared_config(&up.url())).await;
+    let mut c = d.grpc().await;
+    let mut a = attach(&mut c, "bn", &["btcusdt@trade"]).await;
+    let mut states = Vec::new();
+    let mut dropped = false;
+    while states.len() < 4 {
+        let ev = tokio::time::timeout(T, a.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("ok");
+        if let Some(Ev::Key(k)) = ev.event {
+            let state = proto::KeyState::try_from(k.state).expect("a state");
+            states.push(state);
+            if state == proto::KeyState::Subscribed && !dropped {
+                dropped = true;
+                up.close_all();
+            }
+        }
+    }
+    use proto::KeyState::{Pending, Subscribed};
+    assert_eq!(states, [Pending, Subscribed, Pending, Subscribed]);
+}

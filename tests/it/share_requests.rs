@@ -323,3 +323,80 @@ async fn a_request_without_a_place_for_the_id_is_refused() {
         "only the valid request reached the node"
     );
 }
+
+/// `requests.stream.opens` (the jsonrpc preset: `eth_subscribe`): a plain request that would open
+/// a stream is refused (nothing would ever end it upstream); a stream request that opens none gets
+/// its one reply and ends, and nothing is cancelled; an error reply ends a stream.
+#[tokio::test]
+async fn requests_that_open_streams_are_told_apart() {
+    let up = FakeNode::start().await;
+    let d = start_daemon(&config(&up.url(), "")).await;
+    let mut c = d.grpc().await;
+    let e = request(
+        &mut c,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]}),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("RequestStream"), "{e:?}");
+
+    let stream = |body: Value| {
+        let mut c = c.clone();
+        async move {
+            c.request_stream(proto::UpstreamRequest {
+                endpoint: "node".into(),
+                data: body.to_string().into(),
+            })
+            .await
+            .expect("accepted")
+            .into_inner()
+        }
+    };
+    let mut one = stream(json!({"jsonrpc": "2.0", "id": 2, "method": "eth_blockNumber"})).await;
+    let r = tokio::time::timeout(T, one.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("a reply");
+    assert!(r.end, "one reply, the last");
+    let after = tokio::time::timeout(T, one.message())
+        .await
+        .expect("in time");
+    assert!(matches!(after, Ok(None)), "the stream ended: {after:?}");
+
+    let mut refused = stream(json!({"jsonrpc": "2.0", "id": 3, "method": "eth_subscribe",
+                                    "params": ["noSuchKind"]}))
+    .await;
+    let r = tokio::time::timeout(T, refused.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("a reply");
+    assert!(r.error && r.end, "the node's error ends the stream: {r:?}");
+    let frames: Vec<Value> = up.frames(0);
+    assert!(
+        !frames.iter().any(|f| f["method"] == "eth_unsubscribe"),
+        "nothing to cancel: {frames:?}"
+    );
+    assert_eq!(up.faults(), Vec::<String>::new());
+}
+
+/// A request that times out while the endpoint has no connection says it was never sent.
+#[tokio::test]
+async fn a_timeout_says_when_the_request_was_never_sent() {
+    let toml = config(
+        "ws://127.0.0.1:1/",
+        "[endpoints.node.requests]\ntimeout = \"300ms\"",
+    );
+    let d = start_daemon(&toml).await;
+    let mut c = d.grpc().await;
+    let e = request(
+        &mut c,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}),
+    )
+    .await
+    .expect_err("no connection");
+    assert_eq!(e.code(), Code::DeadlineExceeded);
+    assert!(e.message().contains("never sent"), "{e:?}");
+}
