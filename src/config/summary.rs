@@ -268,9 +268,9 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
             super::IdStyle::Text { prefix } => format!("string {prefix:?}+n"),
         };
         let resend = if reqs.idempotent {
-            "resent after a drop"
+            "sent again when the connection drops"
         } else {
-            "failed by a drop"
+            "UNAVAILABLE when the connection drops"
         };
         line(
             "requests",
