@@ -30,7 +30,9 @@ pub struct Confirmed {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConfirmError {
     /// `outbox.max_messages` publishes wait for their confirmation already.
-    #[error("{depth} confirmed publishes wait for their reply (limit outbox.max_messages = {max})")]
+    #[error(
+        "{depth} confirmed publishes wait for their reply (limit outbox.max_messages = {max})"
+    )]
     Full { depth: usize, max: usize },
     /// No reply within `outbox.max_age`.
     #[error("no confirmation from the upstream within outbox.max_age")]
@@ -209,6 +211,17 @@ impl Share {
         }
     }
 
+    /// The daemon stops: publishers waiting for a confirmation end with `Closed` (so the API
+    /// servers can finish); the entries stay in the store and are sent after the next start.
+    pub fn stop_confirm_waiters(&self) {
+        let mut inner = self.lock();
+        for e in inner.confirms.entries.values_mut() {
+            for w in e.waiters.drain(..) {
+                let _ = w.send(Err(ConfirmError::Closed));
+            }
+        }
+    }
+
     /// Confirmed publishes waiting for their reply.
     pub fn confirm_depth(&self) -> usize {
         self.lock().confirms.entries.len()
@@ -311,7 +324,14 @@ impl Link<'_> {
 
     /// The upstream answered confirm entry `id` (its reply sent with id text `rid`): the entry
     /// leaves the queue durably and its publishers learn the answer.
-    pub(super) fn confirm_reply(&self, share: &Share, inner: &mut Inner, id: u64, rid: &str, error: bool) {
+    pub(super) fn confirm_reply(
+        &self,
+        share: &Share,
+        inner: &mut Inner,
+        id: u64,
+        rid: &str,
+        error: bool,
+    ) {
         inner.ids.remove(rid);
         let Some(e) = inner.confirms.entries.remove(&id) else {
             return;
