@@ -506,6 +506,39 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn confirm_entries_round_trip_per_endpoint() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("store");
+        let s = Store::open(&path).expect("open");
+        let put = |endpoint: &str, id: u64| Op::ConfirmPut {
+            endpoint: ep(endpoint),
+            id,
+            kind: Kind::Text,
+            enqueued_ms: 9,
+            data: Bytes::from(format!("c{id}")),
+        };
+        s.commit(vec![put("a", 1), put("a", 2), put("a", 3), put("b", 1)])
+            .await
+            .expect("commit");
+        s.commit(vec![Op::ConfirmRemove {
+            endpoint: ep("a"),
+            id: 2,
+        }])
+        .await
+        .expect("commit");
+        s.close();
+        drop(s);
+        let s = Store::open(&path).expect("reopen");
+        let r = s.restore("a", RestoreLimits::default()).expect("restore");
+        let ids: Vec<u64> = r.confirm.iter().map(|c| c.0).collect();
+        assert_eq!(ids, vec![1, 3], "2 was removed, out of FIFO order");
+        assert_eq!((r.confirm[1].2, &r.confirm[1].3[..]), (9, &b"c3"[..]));
+        assert!(r.outbox.is_empty(), "the outbox is apart");
+        let b = s.restore("b", RestoreLimits::default()).expect("restore");
+        assert_eq!(b.confirm.len(), 1);
+    }
+
     #[test]
     fn garbage_file_is_an_error_naming_it() {
         let dir = tempfile::tempdir().expect("tmp");
