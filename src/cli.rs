@@ -184,6 +184,9 @@ fn shared_figures(e: &ws_sidecar::status::EndpointStatus) -> String {
             e.requests_in_flight, e.request_timeouts
         ));
     }
+    if e.confirm_depth > 0 {
+        out.push_str(&format!(" confirming={}", e.confirm_depth));
+    }
     out
 }
 

@@ -212,6 +212,13 @@ impl Endpoint {
             after_seq: log.next_seq() - 1,
         };
         let url = config.url.shown();
+        // Confirmed publishes are durable where the outbox is.
+        let share = Arc::new(crate::share::Share::with_confirms(
+            store.clone().filter(|_| config.outbox.durable),
+            Arc::clone(&key),
+            &restored.confirm,
+            config.outbox.max_age,
+        ));
         Arc::new(Endpoint {
             name,
             key,
@@ -236,7 +243,7 @@ impl Endpoint {
             captures: Mutex::new(Some(Captures::restored(&restored.captures))),
             resume_resets: Mutex::new(Vec::new()),
             rate: RateLimit::new(config.rate_limit.clone()),
-            share: Arc::default(),
+            share,
             config: RwLock::new(Arc::new(config)),
             restarting: std::sync::atomic::AtomicBool::new(false),
         })

@@ -58,6 +58,8 @@ pub const AUTH_TOKEN_EXPIRY: &str = "ws_sidecar_auth_token_expiry_timestamp_seco
 pub const UPSTREAM_SUBSCRIPTIONS: &str = "ws_sidecar_upstream_subscriptions";
 /// Requests waiting for their reply (`requests`), streams included.
 pub const REQUESTS_IN_FLIGHT: &str = "ws_sidecar_requests_in_flight";
+/// Confirmed publishes waiting for the upstream's reply.
+pub const CONFIRM_MESSAGES: &str = "ws_sidecar_confirm_messages";
 /// Requests apps made.
 pub const REQUESTS: &str = "ws_sidecar_requests_total";
 /// Replies routed to the app that asked (a stream's count each).
@@ -119,6 +121,13 @@ fn shared(out: &mut Text, eps: &[std::sync::Arc<crate::endpoint::Endpoint>]) {
         "gauge",
         "Requests waiting for their reply, streams included.",
         |ep| Some(Value::Int(ep.share.in_flight() as u64)),
+    );
+    out.per_endpoint(
+        &eps,
+        CONFIRM_MESSAGES,
+        "gauge",
+        "Confirmed publishes waiting for the upstream's reply.",
+        |ep| Some(Value::Int(ep.share.confirm_depth() as u64)),
     );
     out.counter(&eps, REQUESTS, "Requests made by apps.", |ep| {
         &ep.share.stats.requests

@@ -35,6 +35,9 @@ pub struct EndpointStatus {
     pub requests_in_flight: u64,
     #[serde(default)]
     pub request_timeouts: u64,
+    /// Confirmed publishes waiting for the upstream's reply (`wait = confirmed`).
+    #[serde(default)]
+    pub confirm_depth: u64,
 }
 
 impl EndpointStatus {
@@ -60,6 +63,7 @@ impl EndpointStatus {
             upstream_subscriptions: ep.share.keys(),
             requests_in_flight: ep.share.in_flight() as u64,
             request_timeouts: ep.share.stats.timeouts.load(Ordering::Relaxed),
+            confirm_depth: ep.share.confirm_depth() as u64,
         }
     }
 }
@@ -126,6 +130,7 @@ impl From<EndpointStatus> for proto::EndpointStatus {
                 .collect(),
             requests_in_flight: s.requests_in_flight,
             request_timeouts: s.request_timeouts,
+            confirm_depth: s.confirm_depth,
         }
     }
 }
@@ -160,6 +165,7 @@ impl From<proto::EndpointStatus> for EndpointStatus {
                 .collect(),
             requests_in_flight: s.requests_in_flight,
             request_timeouts: s.request_timeouts,
+            confirm_depth: s.confirm_depth,
         }
     }
 }

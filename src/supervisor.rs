@@ -149,6 +149,7 @@ impl Daemon {
         }
         for ep in self.registry.all() {
             ep.log.close();
+            ep.share.stop_confirm_waiters();
         }
         let servers_done = tokio::time::timeout_at(deadline, self.servers.wait())
             .await

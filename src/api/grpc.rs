@@ -353,6 +353,18 @@ impl Sidecar for SidecarService {
         };
         let wait_sent = matches!(proto::Wait::try_from(req.wait), Ok(proto::Wait::Sent));
         let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+        if matches!(proto::Wait::try_from(req.wait), Ok(proto::Wait::Confirmed)) {
+            if key.is_some() {
+                return Err(Status::invalid_argument(
+                    "idempotency_key is not supported with wait CONFIRMED",
+                ));
+            }
+            let data = Bytes::copy_from_slice(&req.data);
+            let id = super::publish_confirmed(&self.registry, &req.endpoint, peer, kind, data)
+                .await
+                .map_err(publish_status)?;
+            return Ok(Response::new(proto::PublishResponse { outbox_id: id }));
+        }
         let id = super::publish(
             &self.registry,
             &req.endpoint,
@@ -482,15 +494,15 @@ fn subscribe_status(e: SubscribeError) -> Status {
 }
 
 fn publish_status(e: PublishError) -> Status {
-    match e {
-        PublishError::NotFound(_) => Status::not_found(e.to_string()),
-        PublishError::Failed(_) => Status::failed_precondition(e.to_string()),
-        PublishError::InvalidText => Status::invalid_argument(e.to_string()),
-        PublishError::Outbox(_) if e.is_exhausted() => Status::resource_exhausted(e.to_string()),
-        PublishError::Outbox(_) => Status::unavailable(e.to_string()),
-        PublishError::Expired => Status::deadline_exceeded(e.to_string()),
-        PublishError::Closed => Status::unavailable(e.to_string()),
-        PublishError::Denied(_) => Status::permission_denied(e.to_string()),
+    let msg = e.to_string();
+    match e.code() {
+        "not_found" => Status::not_found(msg),
+        "failed_precondition" => Status::failed_precondition(msg),
+        "invalid_argument" => Status::invalid_argument(msg),
+        "resource_exhausted" => Status::resource_exhausted(msg),
+        "deadline_exceeded" => Status::deadline_exceeded(msg),
+        "permission_denied" => Status::permission_denied(msg),
+        _ => Status::unavailable(msg),
     }
 }
 

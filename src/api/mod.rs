@@ -17,6 +17,7 @@ use crate::endpoint::State;
 use crate::log::Kind;
 use crate::outbox::{self, SentOutcome};
 use crate::registry::Registry;
+use crate::share::confirm::ConfirmError;
 
 /// Why a publish was refused; each API maps it to its own error code.
 #[derive(Debug, thiserror::Error)]
@@ -35,19 +36,48 @@ pub enum PublishError {
     Closed,
     #[error(transparent)]
     Denied(#[from] Denied),
+    /// `wait = CONFIRMED` on an endpoint without `requests`: nothing could confirm it.
+    #[error("endpoint {0:?} has no requests configured: the upstream's confirmation cannot be recognised")]
+    NotConfirmable(String),
+    /// `wait = CONFIRMED` with a message that cannot carry the daemon's id.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Confirm(#[from] ConfirmError),
 }
 
 impl PublishError {
     /// True when the refusal is about room (outbox limits or a full disk).
     pub fn is_exhausted(&self) -> bool {
-        matches!(
-            self,
-            PublishError::Outbox(
-                outbox::PublishError::Full { .. }
-                    | outbox::PublishError::TooLarge(_)
-                    | outbox::PublishError::StoreFull(_)
-            )
-        )
+        match self {
+            PublishError::Confirm(ConfirmError::Store(e)) => e.full,
+            _ => matches!(
+                self,
+                PublishError::Outbox(
+                    outbox::PublishError::Full { .. }
+                        | outbox::PublishError::TooLarge(_)
+                        | outbox::PublishError::StoreFull(_)
+                ) | PublishError::Confirm(ConfirmError::Full { .. })
+            ),
+        }
+    }
+
+    /// The gRPC code's name in lowercase, as NDJSON error lines carry it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PublishError::NotFound(_) => "not_found",
+            PublishError::Failed(_) | PublishError::NotConfirmable(_) => "failed_precondition",
+            PublishError::InvalidText
+            | PublishError::Invalid(_)
+            | PublishError::Confirm(ConfirmError::NoIdPlace(_)) => "invalid_argument",
+            _ if self.is_exhausted() => "resource_exhausted",
+            PublishError::Expired | PublishError::Confirm(ConfirmError::Expired) => {
+                "deadline_exceeded"
+            }
+            PublishError::Denied(_) => "permission_denied",
+            // Outbox and store failures, a stopping daemon.
+            _ => "unavailable",
+        }
     }
 }
 
@@ -84,4 +114,54 @@ pub async fn publish(
         }
     }
     Ok(id)
+}
+
+/// Queues a JSON message from `peer` on an endpoint's confirm queue (`wait = CONFIRMED`) and
+/// returns its confirm id once the upstream answered it (an error reply too: the upstream got
+/// it). Sent as a request with an id of the daemon's, again on every new connection until
+/// answered; dropped after `outbox.max_age`.
+pub async fn publish_confirmed(
+    registry: &Registry,
+    endpoint: &str,
+    peer: Peer,
+    kind: Kind,
+    data: Bytes,
+) -> Result<u64, PublishError> {
+    let ep = registry
+        .get(endpoint)
+        .ok_or_else(|| PublishError::NotFound(endpoint.to_owned()))?;
+    let cfg = ep.config();
+    access::check(&cfg.access, &ep.name, Op::Publish, peer)?;
+    let Some(reqs) = cfg.requests.as_ref() else {
+        return Err(PublishError::NotConfirmable(endpoint.to_owned()));
+    };
+    if kind != Kind::Text {
+        return Err(PublishError::Invalid(
+            "a confirmed publish must be a text JSON message, not binary".into(),
+        ));
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&data)
+        .map_err(|e| PublishError::Invalid(format!("a confirmed publish must be JSON: {e}")))?;
+    if !doc.is_object() && !doc.is_array() {
+        return Err(PublishError::Invalid(
+            "a confirmed publish must be a JSON object or array".into(),
+        ));
+    }
+    let socketio = cfg.framing == crate::config::Framing::SocketIo;
+    if !socketio && !crate::share::key::set(&mut doc.clone(), &reqs.id, serde_json::Value::Null) {
+        return Err(ConfirmError::NoIdPlace(reqs.id.clone()).into());
+    }
+    if ep.state().state == State::Failed {
+        return Err(PublishError::Failed(endpoint.to_owned()));
+    }
+    let (max, max_age) = (cfg.outbox.max_messages, cfg.outbox.max_age);
+    drop(cfg);
+    let (_, deadline, mut rx) = ep.share.confirm(kind, data, doc, max, max_age)?;
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let r = match tokio::time::timeout_at(deadline, &mut rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(ConfirmError::Closed),
+        Err(_) => ep.share.confirm_deadline(rx),
+    };
+    Ok(r?.id)
 }

@@ -299,11 +299,18 @@ pub(crate) async fn request(
             idempotency_key,
             wait,
         } => {
-            let wait_sent = match wait.as_deref() {
-                None | Some("stored") => false,
-                Some("sent") => true,
+            let (wait_sent, confirmed) = match wait.as_deref() {
+                None | Some("stored") => (false, false),
+                Some("sent") => (true, false),
+                Some("confirmed") if idempotency_key.is_none() => (true, true),
+                Some("confirmed") => {
+                    let msg = "idempotency_key is not supported with wait \"confirmed\"";
+                    return Some(Out::Line(error_line("invalid_argument", msg, id.as_ref())));
+                }
                 Some(other) => {
-                    let msg = format!("wait must be \"stored\" or \"sent\", not {other:?}");
+                    let msg = format!(
+                        "wait must be \"stored\", \"sent\" or \"confirmed\", not {other:?}"
+                    );
                     return Some(Out::Line(error_line("invalid_argument", &msg, id.as_ref())));
                 }
             };
@@ -320,16 +327,20 @@ pub(crate) async fn request(
             };
             let registry = Arc::clone(registry);
             let publish = async move {
-                let r = super::publish(
-                    &registry,
-                    &endpoint,
-                    peer,
-                    kind,
-                    payload,
-                    idempotency_key.as_deref(),
-                    wait_sent,
-                )
-                .await;
+                let r = if confirmed {
+                    super::publish_confirmed(&registry, &endpoint, peer, kind, payload).await
+                } else {
+                    super::publish(
+                        &registry,
+                        &endpoint,
+                        peer,
+                        kind,
+                        payload,
+                        idempotency_key.as_deref(),
+                        wait_sent,
+                    )
+                    .await
+                };
                 Out::Line(match r {
                     Ok(outbox_id) => {
                         let mut ack = json!({"type": "ack", "outbox_id": outbox_id});
@@ -384,16 +395,7 @@ fn bad_request(line: &str, e: &serde_json::Error) -> String {
 }
 
 fn publish_code(e: &PublishError) -> &'static str {
-    match e {
-        PublishError::NotFound(_) => "not_found",
-        PublishError::Failed(_) => "failed_precondition",
-        PublishError::InvalidText => "invalid_argument",
-        PublishError::Outbox(_) if e.is_exhausted() => "resource_exhausted",
-        PublishError::Outbox(_) => "unavailable",
-        PublishError::Expired => "deadline_exceeded",
-        PublishError::Closed => "unavailable",
-        PublishError::Denied(_) => "permission_denied",
-    }
+    e.code()
 }
 
 pub(crate) fn error_line(code: &str, message: &str, id: Option<&Value>) -> String {

@@ -30,7 +30,7 @@ pub enum Routed {
 /// One connection's view of the endpoint's shared subscriptions and requests.
 pub struct Link<'c> {
     /// Socket.IO: a request is an EVENT packet with an ack id, its reply the ACK's arguments.
-    socketio: bool,
+    pub(super) socketio: bool,
     pub(super) subs: Option<&'c SubscriptionsConfig>,
     pub(super) reqs: Option<&'c RequestsConfig>,
     reply: Match,
@@ -88,6 +88,8 @@ impl<'c> Link<'c> {
         inner
             .queue
             .extend(keys.into_iter().map(|(_, k)| Work::Subscribe(k)));
+        let confirms = self.confirms_to_send(share, &mut inner);
+        inner.queue.extend(confirms);
         inner.queue.extend(reqs.into_iter().map(Work::Request));
         let any = !inner.queue.is_empty();
         drop(inner);
@@ -127,6 +129,7 @@ impl<'c> Link<'c> {
         inner.orphans.clear();
         inner.sub_ids.clear();
         inner.streams.clear();
+        Self::confirms_lost(inner);
         let mut failed = Vec::new();
         for (n, r) in inner.requests.iter_mut() {
             if r.sent.take().is_none() {
@@ -317,6 +320,7 @@ impl<'c> Link<'c> {
                 inner.ids.insert(id.to_string(), Target::Req(n));
                 Some(doc.to_string())
             }
+            Work::Confirm(id) => self.render_confirm(share, inner, id, values),
             Work::Cancel { request_id, sub_id } => {
                 let template = self.reqs?.stream.cancel.as_deref()?;
                 let sv = ShareValues {
@@ -358,6 +362,11 @@ impl<'c> Link<'c> {
                     Some(Target::Sub(k)) if is_reply => {
                         inner.ids.remove(&id);
                         self.confirmed(share, &mut inner, &k, doc, m);
+                        return Routed::Consumed;
+                    }
+                    Some(Target::Confirm(n)) if is_reply => {
+                        let error = !self.error.is_empty() && self.error.holds(m);
+                        self.confirm_reply(share, &mut inner, n, &id, error);
                         return Routed::Consumed;
                     }
                     Some(Target::Unsub) if is_reply => {

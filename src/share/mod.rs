@@ -8,6 +8,7 @@
 //! their key. Everything here is in memory: a subscription lives as long as an app holds it, a
 //! request as long as its app waits.
 
+pub mod confirm;
 pub mod key;
 pub mod link;
 mod next;
@@ -140,6 +141,8 @@ pub(crate) enum Work {
         sub_id: Option<Value>,
     },
     Request(u64),
+    /// A confirmed publish, by its confirm id.
+    Confirm(u64),
     /// An app ended its stream: tell the upstream.
     Cancel {
         request_id: Value,
@@ -170,6 +173,7 @@ enum Target {
     Sub(Arc<str>),
     Unsub,
     Req(u64),
+    Confirm(u64),
     Cancel,
 }
 
@@ -196,6 +200,8 @@ struct Inner {
     /// Ids whose replies nobody waits for any more, oldest first: at most [`MAX_ORPHANS`] are
     /// remembered, so requests that never get a reply cannot grow the map without bound.
     orphans: VecDeque<String>,
+    /// Confirmed publishes waiting for their reply.
+    confirms: confirm::Queue,
 }
 
 /// Ids of abandoned requests remembered per connection, to keep their late replies from the
@@ -241,6 +247,8 @@ pub struct ShareStats {
     pub orphan_replies: AtomicU64,
     pub subscribe_frames: AtomicU64,
     pub unsubscribe_frames: AtomicU64,
+    /// Confirmed publishes the upstream answered.
+    pub confirmed: AtomicU64,
 }
 
 /// One subscription as status shows it.
@@ -259,6 +267,8 @@ pub struct Share {
     work: Notify,
     events: broadcast::Sender<KeyEvent>,
     pub stats: ShareStats,
+    /// Where confirmed publishes are kept (`None`: in memory only).
+    durable: Option<confirm::Durable>,
 }
 
 impl Default for Share {
@@ -268,6 +278,7 @@ impl Default for Share {
             work: Notify::new(),
             events: broadcast::Sender::new(1024),
             stats: ShareStats::default(),
+            durable: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::{
     decode, encode, open_db, storage_err, Done, Job, Op, RestoreLimits, Restored, StoreError,
-    CAPTURES, IDEM, MARKS, MAX_GROUP, OUTBOX, REPLAY, UPSTREAM_IDS, UPSTREAM_RECENT,
+    CAPTURES, CONFIRM, IDEM, MARKS, MAX_GROUP, OUTBOX, REPLAY, UPSTREAM_IDS, UPSTREAM_RECENT,
 };
 
 /// The committer thread's state. It owns the database so that, after an I/O error (which
@@ -120,6 +120,18 @@ impl Committer {
                 None => return Err(err(&format!("outbox entry {endpoint}/{id} is corrupt"))),
             }
         }
+        let confirm = txn.open_table(CONFIRM).map_err(|e| err(&e))?;
+        for item in confirm
+            .range((endpoint, 0)..=(endpoint, u64::MAX))
+            .map_err(|e| err(&e))?
+        {
+            let (k, v) = item.map_err(|e| err(&e))?;
+            let id = k.value().1;
+            match decode(v.value()) {
+                Some((kind, at, data)) => r.confirm.push((id, kind, at, data)),
+                None => return Err(err(&format!("confirm entry {endpoint}/{id} is corrupt"))),
+            }
+        }
         let idem = txn.open_table(IDEM).map_err(|e| err(&e))?;
         for item in idem.range((endpoint, "")..).map_err(|e| err(&e))? {
             let (k, v) = item.map_err(|e| err(&e))?;
@@ -211,6 +223,7 @@ fn apply<'a>(
         let mut replay = txn.open_table(REPLAY).map_err(|x| e(&x))?;
         let mut recent = txn.open_table(UPSTREAM_RECENT).map_err(|x| e(&x))?;
         let mut captures = txn.open_table(CAPTURES).map_err(|x| e(&x))?;
+        let mut confirm = txn.open_table(CONFIRM).map_err(|x| e(&x))?;
         // Marks and ids are written once per endpoint per commit, whatever the batch holds.
         let mut outbox_next: HashMap<&str, u64> = HashMap::new();
         let mut seqs: HashMap<&str, SeqUpdate> = HashMap::new();
@@ -320,6 +333,21 @@ fn apply<'a>(
                     replay
                         .insert((&**endpoint, *seq), value.as_slice())
                         .map_err(|x| e(&x))?;
+                }
+                Op::ConfirmPut {
+                    endpoint,
+                    id,
+                    kind,
+                    enqueued_ms,
+                    data,
+                } => {
+                    let value = encode(*kind, *enqueued_ms, data);
+                    confirm
+                        .insert((&**endpoint, *id), value.as_slice())
+                        .map_err(|x| e(&x))?;
+                }
+                Op::ConfirmRemove { endpoint, id } => {
+                    confirm.remove((&**endpoint, *id)).map_err(|x| e(&x))?;
                 }
                 Op::ReplayTrim { endpoint, below } => {
                     if *below > 0 {

@@ -39,6 +39,10 @@ const REPLAY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("replay
 /// (endpoint, capture name) → its value as JSON text: the captured values a resume needs
 /// across a restart (a session id, the URL to resume on).
 const CAPTURES: TableDefinition<(&str, &str), &str> = TableDefinition::new("captures");
+/// Confirmed publishes waiting for the upstream's reply: (endpoint, confirm id) → kind, enqueue
+/// time (Unix ms), payload. Kept apart from the outbox, whose range deletes assume FIFO order:
+/// these leave in the order their replies come.
+const CONFIRM: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("confirm");
 
 /// Jobs committed together at most; bounds one transaction's size and latency.
 const MAX_GROUP: usize = 8192;
@@ -110,6 +114,16 @@ pub enum Op {
     },
     /// Forget every captured value of the endpoint (its session ended).
     CaptureClear { endpoint: Arc<str> },
+    /// Keep a confirmed publish until the upstream answers it.
+    ConfirmPut {
+        endpoint: Arc<str>,
+        id: u64,
+        kind: Kind,
+        enqueued_ms: u64,
+        data: Bytes,
+    },
+    /// The upstream answered confirmed publish `id` (or it expired).
+    ConfirmRemove { endpoint: Arc<str>, id: u64 },
 }
 
 /// Called on the committer thread with the commit's outcome.
@@ -180,6 +194,9 @@ pub struct Restored {
     pub replay: Vec<(u64, Kind, u64, Bytes)>,
     /// Captured values kept for resume: (name, JSON text).
     pub captures: Vec<(String, String)>,
+    /// Confirmed publishes not answered yet: (confirm id, kind, enqueued Unix ms, payload),
+    /// oldest first.
+    pub confirm: Vec<(u64, Kind, u64, Bytes)>,
 }
 
 fn kind_byte(k: Kind) -> u8 {
@@ -234,6 +251,7 @@ impl Store {
                 .map_err(|e| err(e.to_string()))?;
             txn.open_table(REPLAY).map_err(|e| err(e.to_string()))?;
             txn.open_table(CAPTURES).map_err(|e| err(e.to_string()))?;
+            txn.open_table(CONFIRM).map_err(|e| err(e.to_string()))?;
         }
         txn.commit().map_err(|e| storage_err(path, e))?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -486,6 +504,39 @@ mod tests {
             (other.seq_mark, other.outbox_next, other.outbox.len()),
             (0, 1, 0)
         );
+    }
+
+    #[tokio::test]
+    async fn confirm_entries_round_trip_per_endpoint() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("store");
+        let s = Store::open(&path).expect("open");
+        let put = |endpoint: &str, id: u64| Op::ConfirmPut {
+            endpoint: ep(endpoint),
+            id,
+            kind: Kind::Text,
+            enqueued_ms: 9,
+            data: Bytes::from(format!("c{id}")),
+        };
+        s.commit(vec![put("a", 1), put("a", 2), put("a", 3), put("b", 1)])
+            .await
+            .expect("commit");
+        s.commit(vec![Op::ConfirmRemove {
+            endpoint: ep("a"),
+            id: 2,
+        }])
+        .await
+        .expect("commit");
+        s.close();
+        drop(s);
+        let s = Store::open(&path).expect("reopen");
+        let r = s.restore("a", RestoreLimits::default()).expect("restore");
+        let ids: Vec<u64> = r.confirm.iter().map(|c| c.0).collect();
+        assert_eq!(ids, vec![1, 3], "2 was removed, out of FIFO order");
+        assert_eq!((r.confirm[1].2, &r.confirm[1].3[..]), (9, &b"c3"[..]));
+        assert!(r.outbox.is_empty(), "the outbox is apart");
+        let b = s.restore("b", RestoreLimits::default()).expect("restore");
+        assert_eq!(b.confirm.len(), 1);
     }
 
     #[test]

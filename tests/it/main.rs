@@ -9,6 +9,7 @@ mod backoff;
 mod bad_input;
 mod classify;
 mod coinbase;
+mod confirm;
 mod connect_only_auth;
 mod decode;
 mod dialogue;

@@ -60,6 +60,10 @@ struct Node {
     block: AtomicU64,
     /// Serialises notifications so every subscriber sees blocks in order.
     push: tokio::sync::Mutex<()>,
+    /// Methods whose next request resets its connection instead of being answered.
+    drop_on: std::sync::Mutex<Vec<String>>,
+    /// Methods whose requests are recorded but not answered while listed.
+    muted: std::sync::Mutex<Vec<String>>,
 }
 
 /// A fake JSON-RPC node. Dropping it stops the server.
@@ -87,6 +91,8 @@ impl FakeNode {
             journal: Journal::new("JSON-RPC node"),
             block: AtomicU64::new(0x100),
             push: tokio::sync::Mutex::new(()),
+            drop_on: std::sync::Mutex::default(),
+            muted: std::sync::Mutex::default(),
         });
         let on_accept = {
             let node = Arc::clone(&node);
@@ -117,6 +123,33 @@ impl FakeNode {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.node.journal.connections()
+    }
+
+    /// The next request calling `method` resets its connection (no close frame) right after it
+    /// arrived, unanswered: the write reached the node, the reply never leaves it.
+    pub fn drop_on_next(&self, method: &str) {
+        self.node
+            .drop_on
+            .lock()
+            .expect("lock")
+            .push(method.to_owned());
+    }
+
+    /// While `on`, requests calling `method` are recorded but never answered.
+    pub fn mute(&self, method: &str, on: bool) {
+        let mut muted = self.node.muted.lock().expect("lock");
+        muted.retain(|m| m != method);
+        if on {
+            muted.push(method.to_owned());
+        }
+    }
+
+    /// Requests calling `method` over all connections, as received (answered or not).
+    pub fn received(&self, method: &str) -> usize {
+        (0..self.connections())
+            .flat_map(|i| self.frames(i))
+            .filter(|f| f["method"] == method)
+            .count()
     }
 
     /// Resets every open connection; their subscriptions die with them.
@@ -312,6 +345,22 @@ async fn serve(node: Arc<Node>, c: UpConn, index: usize) {
             continue;
         };
         journal.frame(index, v.clone());
+        if let Some(method) = v.get("method").and_then(Value::as_str) {
+            let armed = {
+                let mut d = node.drop_on.lock().expect("lock");
+                let at = d.iter().position(|m| m == method);
+                at.map(|at| d.remove(at)).is_some()
+            };
+            if armed {
+                let _ = c.reset().await;
+                break;
+            }
+            if node.muted.lock().expect("lock").iter().any(|m| m == method) {
+                // Recorded as a call, never answered.
+                let _ = handle(&node, index, &v);
+                continue;
+            }
+        }
         match v {
             Value::Array(items) => batch(&node, &c, index, &items).await,
             one => match handle(&node, index, &one) {
