@@ -5,8 +5,9 @@
 //! upstream task's [`link::Link`] turns the queued work into frames on the live connection, in
 //! order and under the endpoint's rate limit, and routes what comes back: confirmations to the
 //! subscription table, replies to the app that asked, subscription messages into the log with
-//! their key. Everything here is in memory: a subscription lives as long as an app holds it, a
-//! request as long as its app waits.
+//! their key. Subscriptions and requests are in memory: a subscription lives as long as an app
+//! holds it, a request as long as its app waits. Confirmed publishes (`confirm.rs`) are kept in
+//! the store until the upstream answers them.
 
 pub mod confirm;
 pub mod key;
