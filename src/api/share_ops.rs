@@ -69,9 +69,16 @@ pub(crate) fn attach(
     from_seq: Option<u64>,
     peer: Peer,
 ) -> Out {
+    let named = keys.clone();
     match Subscription::attach(registry, endpoint, keys, params, from_seq, peer) {
         Ok(sub) => Out::Subscribe(Box::new(sub)),
-        Err(e) => Out::Line(subscribe_error(&e)),
+        Err(e) => {
+            // Which subscribe failed, for a client that sent several.
+            let mut line: Value = serde_json::from_str(&subscribe_error(&e)).unwrap_or_default();
+            line["endpoint"] = json!(endpoint);
+            line["keys"] = json!(named);
+            Out::Line(line.to_string())
+        }
     }
 }
 

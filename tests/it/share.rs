@@ -234,6 +234,15 @@ async fn ndjson_holds_keys_and_lets_go_of_them() {
             serde_json::from_str(m["data"].as_str().expect("text")).expect("JSON");
         assert_eq!(v["stream"], "btcusdt@trade", "only its key");
     }
+    // A failed subscribe names what it was for.
+    a.send(serde_json::json!({"op": "subscribe", "endpoint": "bn", "key": ""}))
+        .await;
+    let e = a.recv_type("error", T).await;
+    assert_eq!(e["code"], "invalid_argument");
+    assert_eq!(
+        (e["endpoint"].clone(), e["keys"].clone()),
+        (serde_json::json!("bn"), serde_json::json!([""]))
+    );
     a.send(serde_json::json!({"op": "unsubscribe", "endpoint": "bn", "key": "btcusdt@trade"}))
         .await;
     let u = a.recv_type("unsubscribed", T).await;
