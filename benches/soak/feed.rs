@@ -58,16 +58,19 @@ pub struct Feed {
     pub reordered: AtomicU64,
     /// Answers written to publishes that carried an id (resends answered again included).
     pub answered: AtomicU64,
+    /// Set TCP_NODELAY on its connections (`--confirmed`, see `main`).
+    nodelay: bool,
 }
 
 impl Feed {
     /// Binds 127.0.0.1:0 with `prefill` ids already produced, then produces `rate` ids per second
-    /// until `stop_producing`; serves connections until `stop`.
+    /// until `stop_producing`; serves connections until `stop`; `nodelay`: no Nagle delay.
     pub async fn start(
         name: &'static str,
         style: Style,
         rate: u32,
         prefill: u64,
+        nodelay: bool,
         stop_producing: CancellationToken,
         stop: CancellationToken,
     ) -> std::io::Result<Arc<Feed>> {
@@ -84,6 +87,7 @@ impl Feed {
             last_by_publisher: Mutex::new(HashMap::new()),
             reordered: AtomicU64::new(0),
             answered: AtomicU64::new(0),
+            nodelay,
         });
         let f = Arc::clone(&feed);
         tokio::spawn(async move {
@@ -181,6 +185,9 @@ impl Feed {
     // tungstenite's handshake callback type fixes the large error variant.
     #[allow(clippy::result_large_err)]
     async fn serve(self: Arc<Self>, sock: TcpStream, stop: CancellationToken) {
+        if self.nodelay {
+            let _ = sock.set_nodelay(true);
+        }
         let mut since: Option<String> = None;
         let callback = |req: &Request, resp: Response| {
             since = req.uri().query().and_then(|q| {
