@@ -67,14 +67,17 @@ pub struct Chaos {
     resets_at: Mutex<Vec<Instant>>,
     /// Mode switch of each live connection, newest last.
     live: Mutex<Vec<(u64, watch::Sender<Mode>)>>,
+    /// Set TCP_NODELAY on both sides (`--confirmed`, see `main`).
+    nodelay: bool,
 }
 
 impl Chaos {
     /// Proxies 127.0.0.1:0 to `upstream`; a fault every `every` (±50%) until `calm`, serving
-    /// until `stop`.
+    /// until `stop`; `nodelay`: no Nagle delay on its sockets.
     pub async fn start(
         upstream: SocketAddr,
         every: Duration,
+        nodelay: bool,
         calm: CancellationToken,
         stop: CancellationToken,
     ) -> std::io::Result<Arc<Chaos>> {
@@ -86,6 +89,7 @@ impl Chaos {
             forwarded: Mutex::new(HashSet::new()),
             resets_at: Mutex::new(Vec::new()),
             live: Mutex::new(Vec::new()),
+            nodelay,
         });
         let c = Arc::clone(&chaos);
         let accept_stop = stop.clone();
@@ -190,6 +194,10 @@ impl Chaos {
         let Ok(up) = TcpStream::connect(upstream).await else {
             return;
         };
+        if self.nodelay {
+            let _ = daemon.set_nodelay(true);
+            let _ = up.set_nodelay(true);
+        }
         let (tx, rx) = watch::channel(Mode::Pass);
         self.live
             .lock()

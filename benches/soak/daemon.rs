@@ -31,7 +31,15 @@ pub struct EndpointSpec {
     pub url: String,
     pub resume: &'static str,
     pub extra: &'static str,
+    /// Give it a `requests` table, so that publishes can wait for the feed's answer.
+    pub requests: bool,
 }
+
+/// The `requests` table of a `--confirmed` run. The feed's own messages carry integer ids at
+/// `/id` too: the prefix keeps the daemon's ids apart from them, and `reply` takes only the
+/// feed's answers as replies.
+const REQUESTS: &str = "id = \"/id\"\nids = { prefix = \"sc-\" }\n\
+                        reply = { pointer = \"/result\", equals = \"ok\" }\n";
 
 /// The daemon binary cargo built for this bench, copied into `dir` so that a rebuild during the
 /// run (say from another checkout sharing the target dir) cannot swap it underneath.
@@ -80,6 +88,9 @@ fn config(dir: &Path, grpc_port: u16, endpoints: &[EndpointSpec]) -> String {
                 ""
             },
         ));
+        if e.requests {
+            c.push_str(&format!("[endpoints.{}.requests]\n{REQUESTS}", e.name));
+        }
     }
     c
 }

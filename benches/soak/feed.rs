@@ -1,6 +1,7 @@
 //! The soak's upstream: a numbered feed that keeps its whole history, resumes from `?since=` or
 //! a resume frame, resends a few ids it already sent (the daemon must drop them), and records
-//! every publish that reaches it.
+//! every publish that reaches it. A publish frame that carries an `id` (a confirmed publish, sent
+//! as a request) is answered on its connection with `{"id":<that id>,"result":"ok"}`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,16 +56,21 @@ pub struct Feed {
     last_by_publisher: Mutex<HashMap<String, u64>>,
     /// Publishes that arrived after a later one from the same publisher.
     pub reordered: AtomicU64,
+    /// Answers written to publishes that carried an id (resends answered again included).
+    pub answered: AtomicU64,
+    /// Set TCP_NODELAY on its connections (`--confirmed`, see `main`).
+    nodelay: bool,
 }
 
 impl Feed {
     /// Binds 127.0.0.1:0 with `prefill` ids already produced, then produces `rate` ids per second
-    /// until `stop_producing`; serves connections until `stop`.
+    /// until `stop_producing`; serves connections until `stop`; `nodelay`: no Nagle delay.
     pub async fn start(
         name: &'static str,
         style: Style,
         rate: u32,
         prefill: u64,
+        nodelay: bool,
         stop_producing: CancellationToken,
         stop: CancellationToken,
     ) -> std::io::Result<Arc<Feed>> {
@@ -80,6 +86,8 @@ impl Feed {
             received: Mutex::new(HashMap::new()),
             last_by_publisher: Mutex::new(HashMap::new()),
             reordered: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            nodelay,
         });
         let f = Arc::clone(&feed);
         tokio::spawn(async move {
@@ -164,7 +172,8 @@ impl Feed {
                 }
                 *l = (*l).max(n);
             }
-            return None;
+            // The daemon's id on a confirmed publish: the answer is what confirms it.
+            return v.get("id").map(|id| Ask::Answer(id.clone()));
         }
         match v.get("op").and_then(|o| o.as_str()) {
             Some("resume") => v.get("from").and_then(|f| f.as_u64()).map(Ask::Resume),
@@ -176,6 +185,9 @@ impl Feed {
     // tungstenite's handshake callback type fixes the large error variant.
     #[allow(clippy::result_large_err)]
     async fn serve(self: Arc<Self>, sock: TcpStream, stop: CancellationToken) {
+        if self.nodelay {
+            let _ = sock.set_nodelay(true);
+        }
         let mut since: Option<String> = None;
         let callback = |req: &Request, resp: Response| {
             since = req.uri().query().and_then(|q| {
@@ -207,6 +219,9 @@ impl Feed {
                 done.cancel();
             })
         };
+        // Answers asked for before the feed starts writing (a `Frame` connection's publishes
+        // ahead of its subscribe frame), written first.
+        let mut early = Vec::new();
         let resume_from = match self.style {
             Style::Query => since.and_then(|s| s.parse::<u64>().ok()),
             Style::StringIds => since.and_then(|s| s.strip_prefix("g-")?.parse::<u64>().ok()),
@@ -220,6 +235,7 @@ impl Feed {
                         _ = conn_done.cancelled() => break,
                         a = ask_rx.recv() => match a {
                             Some(Ask::Resume(n)) => from = Some(n),
+                            Some(Ask::Answer(id)) => early.push(id),
                             Some(Ask::Subscribe) => break,
                             None => break,
                         },
@@ -239,6 +255,12 @@ impl Feed {
             self.resent.fetch_add(n + 1 - next, Ordering::Relaxed);
         }
         let mut produced = self.produced.subscribe();
+        for id in early {
+            if !self.answer(&mut sink, id).await {
+                let _ = reader.await;
+                return;
+            }
+        }
         'conn: loop {
             if conn_done.is_cancelled() {
                 break;
@@ -262,9 +284,28 @@ impl Feed {
                 _ = conn_done.cancelled() => break,
                 // The sender lives in `self`, so this only ends with the process.
                 r = produced.changed() => if r.is_err() { break },
+                a = ask_rx.recv() => match a {
+                    Some(Ask::Answer(id)) => if !self.answer(&mut sink, id).await { break },
+                    Some(_) => {}
+                    // The reader has ended, and with it the connection.
+                    None => break,
+                },
             }
         }
         let _ = reader.await;
+    }
+
+    /// Writes the answer to a publish that carried `id`; false once the connection is gone.
+    async fn answer<S>(&self, sink: &mut S, id: serde_json::Value) -> bool
+    where
+        S: futures_util::Sink<Message> + Unpin,
+    {
+        let text = serde_json::json!({"id": id, "result": "ok"}).to_string();
+        if sink.send(Message::text(text)).await.is_err() {
+            return false;
+        }
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -272,6 +313,8 @@ impl Feed {
 enum Ask {
     Resume(u64),
     Subscribe,
+    /// Answer the publish that carried this id.
+    Answer(serde_json::Value),
 }
 
 /// `alpha.p1.42` → (`alpha.p1`, 42).

@@ -2,6 +2,9 @@
 //! keyed `<endpoint>.<publisher>.<n>` so the feed can tell which acknowledged publish arrived.
 //! One in ten is sent twice with an idempotency key, as a client retrying after a timeout would:
 //! the second call must return the same outbox id and nothing may be queued twice.
+//!
+//! With `--confirmed` they publish with `wait = CONFIRMED` instead (no idempotency key: the
+//! daemon refuses one there): a call returns OK only once the feed answered the message.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +27,9 @@ pub struct Acks {
     pub retried: AtomicU64,
     /// Retries answered with a different outbox id than the first call.
     pub retry_mismatches: AtomicU64,
+    /// How long each acknowledged publish took, call to OK (the confirm latency with
+    /// `--confirmed`).
+    pub latencies: Mutex<Vec<Duration>>,
 }
 
 impl Acks {
@@ -34,6 +40,7 @@ impl Acks {
             refused: Mutex::new(BTreeMap::new()),
             retried: AtomicU64::new(0),
             retry_mismatches: AtomicU64::new(0),
+            latencies: Mutex::new(Vec::new()),
         })
     }
 
@@ -47,8 +54,14 @@ impl Acks {
     }
 }
 
-/// Publishes every 10–90 ms until `stop`.
-pub async fn publisher(target: Target, name: String, acks: Arc<Acks>, stop: CancellationToken) {
+/// Publishes every 10–90 ms until `stop`; with `confirmed`, `wait = CONFIRMED` and no retries.
+pub async fn publisher(
+    target: Target,
+    name: String,
+    acks: Arc<Acks>,
+    confirmed: bool,
+    stop: CancellationToken,
+) {
     let mut n = 0u64;
     let mut client = None;
     while !stop.is_cancelled() {
@@ -65,18 +78,27 @@ pub async fn publisher(target: Target, name: String, acks: Arc<Acks>, stop: Canc
         };
         n += 1;
         let key = format!("{}.{name}.{n}", acks.endpoint);
-        let retry = fastrand::u8(0..10) == 0;
+        let retry = !confirmed && fastrand::u8(0..10) == 0;
         let data = serde_json::json!({"pub": key, "pad": "p".repeat(fastrand::usize(16..200))});
         let req = proto::PublishRequest {
             endpoint: acks.endpoint.into(),
             data: data.to_string().into_bytes().into(),
             kind: proto::Kind::Text as i32,
             idempotency_key: if retry { key.clone() } else { String::new() },
-            wait: proto::Wait::Stored as i32,
+            wait: if confirmed {
+                proto::Wait::Confirmed
+            } else {
+                proto::Wait::Stored
+            } as i32,
         };
         let mut c2 = c.clone();
+        let called = Instant::now();
         match c2.publish(req.clone()).await {
             Ok(r) => {
+                acks.latencies
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(called.elapsed());
                 acks.acked
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)

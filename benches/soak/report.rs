@@ -1,6 +1,8 @@
 //! The final report: what each feed produced against what the verifier and the churning
 //! subscribers received, what was acknowledged against what the feed received, the faults
-//! applied, the daemon's own counters, and its RSS over time. Decides pass or fail.
+//! applied, the daemon's own counters, and its RSS over time. Decides pass or fail: with
+//! `--confirmed`, any acknowledged publish missing at its feed fails the run (duplicates, the
+//! resends of publishes whose answer was cut off, are counted, not failed).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -41,6 +43,8 @@ pub struct Report {
     pub failures: Vec<String>,
     /// The run was long enough for RSS growth to mean something (see `main`).
     pub judge_rss: bool,
+    /// Publishes waited for the feed's answer (`--confirmed`).
+    pub confirmed: bool,
 }
 
 impl Report {
@@ -97,12 +101,13 @@ impl Report {
             f.connections.load(Ordering::Relaxed),
         );
         println!(
-            "  daemon   : received {}, last_seq {}, reconnects {}, state {}, outbox_depth {}",
+            "  daemon   : received {}, last_seq {}, reconnects {}, state {}, outbox_depth {}, confirm_depth {}",
             s.messages_received,
             s.last_seq,
             s.reconnects,
             state_name(s.state),
-            s.outbox_depth
+            s.outbox_depth,
+            s.confirm_depth
         );
         println!(
             "  verifier : {} messages in seq order; lost {lost}, duplicated {dup}, out of order {unordered}",
@@ -125,14 +130,18 @@ impl Report {
             b.errors.load(Ordering::Relaxed),
         );
         let p = publish_check(ep);
-        println!(
+        if self.confirmed {
+            self.confirmed_publishes(ep, &p);
+        } else {
+            println!(
             "  publish  : {} acked, {} received by upstream; lost {} ({} thrown away in flight by the proxy, {} written just before a reset, {} unexplained); {} duplicates at upstream; {} reordered; {} idempotent retries ({} mismatched); refused {:?}",
             p.acked, p.received, p.lost, p.swallowed, p.at_reset, p.unexplained, p.duplicates,
             f.reordered.load(Ordering::Relaxed),
             ep.acks.retried.load(Ordering::Relaxed),
             ep.acks.retry_mismatches.load(Ordering::Relaxed),
             ep.acks.refused.lock().unwrap_or_else(PoisonError::into_inner),
-        );
+            );
+        }
         let c = &ep.chaos.faults;
         println!(
             "  faults   : {} resets, {} FINs, {} stalls, {} reset before handshake, {} hung handshakes ({} proxied connections, {} frames cut mid-write)",
@@ -158,7 +167,7 @@ impl Report {
         if !gaps.is_empty() {
             fail(format!("gaps reported: {gaps:?}"));
         }
-        if p.unexplained > 0 {
+        if p.unexplained > 0 && !self.confirmed {
             fail(format!(
                 "{} acknowledged publishes missing that the proxy did not throw away ({} of \
                  them passed on whole, so lost in the feed), e.g. {:?}",
@@ -169,6 +178,51 @@ impl Report {
             > 0
         {
             fail("publishes reordered or an idempotent retry got another outbox id".into());
+        }
+    }
+
+    /// The `--confirmed` publish line and its check: every acknowledged publish reached the feed.
+    fn confirmed_publishes(&mut self, ep: &Endpoint, p: &PublishFigures) {
+        let mut lat = ep
+            .acks
+            .latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        lat.sort();
+        let q = |f: f64| {
+            lat.get(((lat.len() as f64 * f) as usize).min(lat.len().saturating_sub(1)))
+                .map_or("?".to_owned(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
+        };
+        println!(
+            "  publish  : CONFIRMED: {} acked, {} of them received by upstream; lost {}; {} duplicates at upstream (resends), {} answers sent; {} reordered; refused {:?}",
+            p.acked,
+            p.received,
+            p.lost,
+            p.duplicates,
+            ep.feed.answered.load(Ordering::Relaxed),
+            ep.feed.reordered.load(Ordering::Relaxed),
+            ep.acks.refused.lock().unwrap_or_else(PoisonError::into_inner),
+        );
+        println!(
+            "  confirm  : latency ms p50 {}, p99 {}, p999 {}, max {}",
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            lat.last()
+                .map_or("?".to_owned(), |d| format!("{:.1}", d.as_secs_f64() * 1e3)),
+        );
+        if p.lost > 0 {
+            self.failures.push(format!(
+                "{}: {} acknowledged confirmed publishes never reached the feed, e.g. {:?}",
+                ep.books.endpoint, p.lost, p.lost_examples
+            ));
+        }
+        if p.acked == 0 {
+            self.failures.push(format!(
+                "{}: no confirmed publish was acknowledged",
+                ep.books.endpoint
+            ));
         }
     }
 
@@ -257,6 +311,8 @@ struct PublishFigures {
     lost_in_feed: usize,
     /// A few unexplained keys, for a look at the daemon log.
     examples: Vec<String>,
+    /// A few lost keys, explained or not.
+    lost_examples: Vec<String>,
     duplicates: u64,
 }
 
@@ -288,6 +344,9 @@ fn publish_check(ep: &Endpoint) -> PublishFigures {
         .iter()
         .filter(|(k, _)| !received.contains_key(*k))
         .collect();
+    let mut lost_examples: Vec<String> = lost.iter().map(|(k, _)| (*k).clone()).collect();
+    lost_examples.sort();
+    lost_examples.truncate(5);
     let unseen: Vec<(&String, &Instant)> = lost
         .iter()
         .copied()
@@ -311,6 +370,7 @@ fn publish_check(ep: &Endpoint) -> PublishFigures {
             .filter(|k| forwarded.contains(**k))
             .count(),
         examples: unexplained.iter().take(5).map(|k| (*k).clone()).collect(),
+        lost_examples,
         duplicates: received
             .values()
             .map(|c| u64::from(c.saturating_sub(1)))
