@@ -528,7 +528,8 @@ min_delay = "10ms"
         .expect("send");
     again.send_text(&dispatch(6)).await.expect("send");
     let mut c = grpc(dir.path()).await;
-    let mut sub = subscribe(&mut c, "g", None).await;
+    // From the oldest retained: dispatch 6 may be delivered before this subscription opens.
+    let mut sub = subscribe(&mut c, "g", Some(0)).await;
     let v = loop {
         let m = next_message(&mut sub, T).await;
         let v: serde_json::Value = serde_json::from_slice(&m.data).expect("json");
