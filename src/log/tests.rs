@@ -1,3 +1,5 @@
+use std::task::{Context, Poll};
+
 use super::*;
 
 fn cfg(messages: usize, bytes: usize, slow: SlowPolicy) -> ReplayConfig {

@@ -10,6 +10,7 @@
 //! the store until the upstream answers them.
 
 pub mod confirm;
+mod inbound;
 pub mod key;
 pub mod link;
 mod next;
