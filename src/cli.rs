@@ -14,29 +14,34 @@ use ws_sidecar::output::Stdout;
 use ws_sidecar::proto;
 use ws_sidecar::status::EndpointStatus;
 
-/// `--grpc ADDR` shared by the client commands.
+/// How a client command finds the daemon (see `ws_sidecar::paths::discover`).
 #[derive(clap::Args)]
 pub struct TargetArg {
-    /// Daemon address: unix:PATH or HOST:PORT [default: unix:$RUNTIME_DIRECTORY/grpc.sock or
-    /// unix:/run/ws-sidecar/grpc.sock].
+    /// Daemon address: unix:PATH or HOST:PORT [default: from --config, $WS_SIDECAR_GRPC,
+    /// $WS_SIDECAR_CONFIG, else the first socket that exists of the user's config, the user's
+    /// $XDG_RUNTIME_DIR/ws-sidecar/grpc.sock, /etc/ws-sidecar/config.toml and
+    /// /run/ws-sidecar/grpc.sock].
     #[arg(long, value_name = "ADDR")]
     grpc: Option<String>,
+    /// Read the daemon's address from this config file (its first grpc.listen entry).
+    #[arg(long, value_name = "FILE", conflicts_with = "grpc")]
+    config: Option<std::path::PathBuf>,
 }
 
 impl TargetArg {
     fn target(&self) -> Result<Target, u8> {
-        let s = match &self.grpc {
-            Some(s) => s.clone(),
-            None => {
-                let dir = std::env::var("RUNTIME_DIRECTORY")
-                    .ok()
-                    .and_then(|d| d.split(':').next().map(str::to_owned))
-                    .unwrap_or_else(|| "/run/ws-sidecar".into());
-                format!("unix:{dir}/grpc.sock")
-            }
-        };
-        Target::parse(&s).map_err(|e| {
-            report!("ws-sidecar: --grpc: {e}");
+        ws_sidecar::paths::discover(
+            self.grpc.as_deref(),
+            self.config.as_deref(),
+            &ws_sidecar::paths::process_env(),
+            ws_sidecar::paths::is_root(),
+        )
+        .map(|found| {
+            tracing::debug!(target = %found.target, from = %found.from, "daemon address");
+            found.target
+        })
+        .map_err(|e| {
+            report!("ws-sidecar: {e}");
             exit::USAGE
         })
     }

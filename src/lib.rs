@@ -45,6 +45,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod output;
+pub mod paths;
 pub mod ratelimit;
 pub mod redact;
 pub mod registry;

@@ -36,12 +36,14 @@ struct Cli {
 enum Command {
     /// Run the daemon in the foreground (what systemd starts).
     Run {
-        /// Config file [default: $WS_SIDECAR_CONFIG or /etc/ws-sidecar/config.toml].
+        /// Config file [default: $WS_SIDECAR_CONFIG, else the first that exists of
+        /// $XDG_CONFIG_HOME/ws-sidecar/config.toml (not for root) and /etc/ws-sidecar/config.toml].
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Validate the config and print a summary; exit 0 if valid, 78 if not.
     CheckConfig {
+        /// Config file [default: as for `run`].
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -232,13 +234,20 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn config_path(arg: Option<PathBuf>) -> PathBuf {
-    arg.or_else(|| std::env::var_os("WS_SIDECAR_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/etc/ws-sidecar/config.toml"))
+fn config_path(arg: Option<PathBuf>) -> Result<PathBuf, u8> {
+    ws_sidecar::paths::config_file(
+        arg.as_deref(),
+        &ws_sidecar::paths::process_env(),
+        ws_sidecar::paths::is_root(),
+    )
+    .map_err(|e| {
+        report!("ws-sidecar: {e}");
+        exit::CONFIG
+    })
 }
 
 fn load(arg: Option<PathBuf>) -> Result<Config, u8> {
-    config::load(&config_path(arg)).map_err(|e| {
+    config::load(&config_path(arg)?).map_err(|e| {
         report!("{e}");
         exit::CONFIG
     })
@@ -260,7 +269,10 @@ fn check_config(arg: Option<PathBuf>) -> u8 {
 }
 
 async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activation>) -> u8 {
-    let path = config_path(arg);
+    let path = match config_path(arg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let cfg = match load(Some(path.clone())) {
         Ok(c) => c,
         Err(code) => return code,

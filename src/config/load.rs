@@ -29,6 +29,7 @@ use super::{
     Config, GrpcConfig, HttpConfig, LimitsConfig, ListenAddr, LogConfig, LogFormat, SocketsConfig,
     StoreConfig, StreamConfig,
 };
+use crate::paths::Dirs;
 
 /// Every problem found in a config file, one `<file>: <key.path>: <what is wrong>` line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,10 +53,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })?;
     // Variables that are not Unicode cannot be config overrides; skipping them beats refusing to
     // start over an unrelated variable.
-    let env: HashMap<String, String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    load_str(&text, path, &env)
+    load_str(&text, path, &crate::paths::process_env())
 }
 
 /// Loads `text` as if read from `source`, with `env` standing in for the process environment
@@ -68,7 +66,12 @@ pub fn load_str(
     let mut r = Report::new(source.display().to_string());
     let config = merged_tree(&mut r, text, env).and_then(|mut tree| {
         fold_env_case(&mut tree);
-        read_config(&mut r, &tree, source, &Defaults::from_env(env))
+        read_config(
+            &mut r,
+            &tree,
+            source,
+            &Dirs::resolve(env, crate::paths::is_root()),
+        )
     });
     match config {
         Some(config) if r.errors.is_empty() => Ok(config),
@@ -181,30 +184,7 @@ pub(super) fn merge(dst: &mut Value, src: Value) {
     *dst = src;
 }
 
-/// Paths whose default depends on where systemd put the service's directories.
-struct Defaults {
-    /// `$RUNTIME_DIRECTORY` or `/run/ws-sidecar`: parent of the default sockets.
-    runtime: PathBuf,
-    /// `$STATE_DIRECTORY` or `/var/lib/ws-sidecar`: parent of the default store.
-    state: PathBuf,
-}
-
-impl Defaults {
-    fn from_env(env: &HashMap<String, String>) -> Self {
-        // systemd passes one path per configured directory, colon-separated; ours is the first.
-        let first = |var: &str, fallback: &str| {
-            env.get(var)
-                .and_then(|v| v.split(':').find(|s| !s.is_empty()))
-                .map_or_else(|| PathBuf::from(fallback), PathBuf::from)
-        };
-        Defaults {
-            runtime: first("RUNTIME_DIRECTORY", "/run/ws-sidecar"),
-            state: first("STATE_DIRECTORY", "/var/lib/ws-sidecar"),
-        }
-    }
-}
-
-fn read_config(r: &mut Report, tree: &Value, source: &Path, d: &Defaults) -> Option<Config> {
+fn read_config(r: &mut Report, tree: &Value, source: &Path, d: &Dirs) -> Option<Config> {
     let mut top = Table::open(r, &Node::root(tree))?;
     let t = top.section(r, "log");
     let log = read_log(r, t);
@@ -314,7 +294,7 @@ fn log_level(v: &Value) -> Result<String, String> {
         .map_err(|e| format!("invalid log level {level:?}: {e}"))
 }
 
-fn read_grpc(r: &mut Report, mut t: Table<'_>, d: &Defaults) -> GrpcConfig {
+fn read_grpc(r: &mut Report, mut t: Table<'_>, d: &Dirs) -> GrpcConfig {
     let allow_remote = t.or(r, "allow_remote", boolean, false);
     let mut listen = Vec::new();
     match t.get("listen") {
@@ -340,7 +320,7 @@ fn read_grpc(r: &mut Report, mut t: Table<'_>, d: &Defaults) -> GrpcConfig {
     }
 }
 
-fn read_stream(r: &mut Report, mut t: Table<'_>, d: &Defaults, grpc: &GrpcConfig) -> StreamConfig {
+fn read_stream(r: &mut Report, mut t: Table<'_>, d: &Dirs, grpc: &GrpcConfig) -> StreamConfig {
     let default = Some(d.runtime.join("stream.sock"));
     let path = t.or(r, "path", optional(unix_path), default);
     if let Some(p) = &path {

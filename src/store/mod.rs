@@ -235,8 +235,13 @@ impl Store {
             full: false,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| err(format!("cannot create directory {}: {e}", dir.display())))?;
+            // 0700: the store holds every retained message and publish.
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(dir)
+            .map_err(|e| err(format!("cannot create directory {}: {e}", dir.display())))?;
         }
         let db = open_db(path).map_err(|e| err(format!("cannot open database: {e}")))?;
         // Create every table now, so readers never meet a missing one.
