@@ -59,9 +59,50 @@ pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
 }
 
 /// Like [`bind`], but each kind of socket that systemd passed is used instead of the config's.
+///
+/// Errors name the config key that moves the listener (`grpc.listen: cannot bind …`); socket
+/// files bound before the failure are removed again.
 pub async fn bind_with(cfg: &Config, passed: Option<Activation>) -> anyhow::Result<Listeners> {
-    let passed = passed.unwrap_or_default();
     let mut owned = Vec::new();
+    let bound = bind_all(cfg, passed.unwrap_or_default(), &mut owned);
+    if bound.is_err() {
+        remove_sockets(&owned);
+    }
+    let (grpc, stream, http) = bound?;
+    Ok(Listeners {
+        grpc,
+        stream,
+        http,
+        owned,
+    })
+}
+
+/// The key that moves a listener, and how to set it, for [`moved_by`].
+const GRPC: (&str, &str) = ("grpc.listen", "to another socket or address");
+const STREAM: (&str, &str) = (
+    "stream.path",
+    "to another path, or to \"\" to turn the NDJSON socket off",
+);
+const HTTP: (&str, &str) = (
+    "http.listen",
+    "to another address, or to \"\" to turn the HTTP listener off",
+);
+
+/// Puts the config key in front of a bind error and says how to set it: the error is reported
+/// when the defaults are in use too, where the file names no key to look for.
+fn moved_by(
+    (key, how): (&'static str, &'static str),
+) -> impl FnOnce(anyhow::Error) -> anyhow::Error {
+    move |e| anyhow::anyhow!("{key}: {e:#}; set {key} {how}")
+}
+
+type Bound = (
+    Vec<GrpcListener>,
+    Option<(UnixListener, PathBuf)>,
+    Option<TcpListener>,
+);
+
+fn bind_all(cfg: &Config, passed: Activation, owned: &mut Vec<PathBuf>) -> anyhow::Result<Bound> {
     let gid = match &cfg.sockets.group {
         Some(g) => Some(lookup_group(g)?),
         None => None,
@@ -81,11 +122,13 @@ pub async fn bind_with(cfg: &Config, passed: Option<Activation>) -> anyhow::Resu
         for addr in &cfg.grpc.listen {
             match addr {
                 ListenAddr::Unix(path) => {
-                    let l = bind_unix(path, cfg.sockets.mode, gid)?;
+                    let l = bind_unix(path, cfg.sockets.mode, gid).map_err(moved_by(GRPC))?;
                     owned.push(path.clone());
                     grpc.push(GrpcListener::Unix(l, path.clone()));
                 }
-                ListenAddr::Tcp(sa) => grpc.push(GrpcListener::Tcp(bind_tcp(sa)?)),
+                ListenAddr::Tcp(sa) => {
+                    grpc.push(GrpcListener::Tcp(bind_tcp(sa).map_err(moved_by(GRPC))?))
+                }
             }
         }
     }
@@ -95,7 +138,7 @@ pub async fn bind_with(cfg: &Config, passed: Option<Activation>) -> anyhow::Resu
             Some((unix_from_std(l)?, path))
         }
         (None, Some(path)) => {
-            let l = bind_unix(path, cfg.sockets.mode, gid)?;
+            let l = bind_unix(path, cfg.sockets.mode, gid).map_err(moved_by(STREAM))?;
             owned.push(path.clone());
             Some((l, path.clone()))
         }
@@ -103,15 +146,10 @@ pub async fn bind_with(cfg: &Config, passed: Option<Activation>) -> anyhow::Resu
     };
     let http = match (passed.http, &cfg.http.listen) {
         (Some(l), _) => Some(tcp_from_std(l)?),
-        (None, Some(sa)) => Some(bind_tcp(sa)?),
+        (None, Some(sa)) => Some(bind_tcp(sa).map_err(moved_by(HTTP))?),
         (None, None) => None,
     };
-    Ok(Listeners {
-        grpc,
-        stream,
-        http,
-        owned,
-    })
+    Ok((grpc, stream, http))
 }
 
 /// Connections a self-bound socket queues before the daemon accepts them: the kernel's SOMAXCONN
@@ -180,10 +218,14 @@ fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<UnixLis
     let current = std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::gid(&m));
     if let Some(gid) = gid.filter(|g| current.ok() != Some(*g)) {
         std::os::unix::fs::chown(path, None, Some(gid))
-            .with_context(|| format!("cannot set group of {}", path.display()))?;
+            .with_context(|| format!("sockets.group: cannot set group of {}", path.display()))?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| {
+        format!(
+            "sockets.mode: cannot set mode {mode:o} on {}",
+            path.display()
+        )
+    })?;
     UnixListener::from_std(l).with_context(|| format!("cannot listen on {}", path.display()))
 }
 

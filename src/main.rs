@@ -1,7 +1,8 @@
 //! The `ws-sidecar` command line (SPEC §3): the daemon, config check, demo and client commands.
 //! Exit codes follow sysexits: 0 ok, 1 refused by the daemon, 64 usage, 65 input that cannot be
 //! used (a stdin line `send` could not send, a `request` that is no JSON object or array), 69
-//! daemon unreachable, 71 cannot bind a listener, 74 output or input failed, 78 invalid config;
+//! daemon unreachable, 71 cannot bind a listener, 74 output or input failed, 75 (`run`) another
+//! daemon holds the store, 78 invalid config;
 //! `request` and `tail --key` add 2, 75, 76, 78, 124 and 130 (see [`exit`]). A reader that goes
 //! away (`| head -1`) is no failure: see `ws_sidecar::output`.
 
@@ -143,7 +144,8 @@ pub mod exit {
     /// `request`: the upstream answered with an error (printed like any reply).
     pub const UPSTREAM_ERROR: u8 = 2;
     /// `request`: the upstream connection dropped with the request in flight, or the endpoint
-    /// stopped; it may have reached the upstream (sysexits EX_TEMPFAIL).
+    /// stopped; it may have reached the upstream. `run`: another daemon holds the store
+    /// (sysexits EX_TEMPFAIL: try again later).
     pub const TEMPFAIL: u8 = 75;
     /// `request`: the daemon's reply is not JSON (sysexits EX_PROTOCOL; a daemon bug).
     pub const PROTOCOL: u8 = 76;
@@ -268,6 +270,39 @@ fn check_config(arg: Option<PathBuf>) -> u8 {
     out.exit_code(0)
 }
 
+/// Says a fatal start-up error once: through the log when it shows errors (under the journal
+/// that gives the line its priority), else plainly on stderr.
+fn fatal(msg: std::fmt::Arguments<'_>) {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{msg}");
+    } else {
+        report!("ws-sidecar: {msg}");
+    }
+}
+
+/// Files a failed start created, removed when it returns early (see `run`).
+struct Leftovers {
+    store: Option<PathBuf>,
+    sockets: Vec<PathBuf>,
+}
+
+impl Leftovers {
+    /// The start succeeded: the daemon owns the files now.
+    fn keep(mut self) {
+        self.store = None;
+        self.sockets.clear();
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        ws_sidecar::listen::remove_sockets(&self.sockets);
+        if let Some(p) = &self.store {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activation>) -> u8 {
     let path = match config_path(arg) {
         Ok(p) => p,
@@ -289,22 +324,31 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
+    // A start that fails from here on removes what it created: a new, empty store file and
+    // the socket files it bound.
+    let mut leftovers = Leftovers {
+        store: (!cfg.store.path.exists()).then(|| cfg.store.path.clone()),
+        sockets: Vec::new(),
+    };
     let store = match ws_sidecar::store::Store::open(&cfg.store.path) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("{e}");
-            report!("ws-sidecar: {e}");
-            return exit::CONFIG;
+            fatal(format_args!("{e}"));
+            return match e {
+                // Restartable: the other daemon may stop (systemd's Restart= retries 75, not 78).
+                ws_sidecar::store::OpenError::Held { .. } => exit::TEMPFAIL,
+                _ => exit::CONFIG,
+            };
         }
     };
     let listeners = match ws_sidecar::listen::bind_with(&cfg, activation).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!("{e:#}");
-            report!("ws-sidecar: {e:#}");
+            fatal(format_args!("{e:#}"));
             return exit::OSERR;
         }
     };
+    leftovers.sockets = listeners.socket_paths();
     let shutdown = tokio_util::sync::CancellationToken::new();
     cli::stop_on_signals(shutdown.clone());
     tracing::info!(
@@ -320,11 +364,11 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
     ) {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!("{e}");
-            report!("ws-sidecar: {e}");
+            fatal(format_args!("{e}"));
             return exit::CONFIG;
         }
     };
+    leftovers.keep();
     // Every listener is bound, so READY=1 can go now; the upstreams connect on their own.
     let notifier = ws_sidecar::systemd::Notifier::from_env();
     tokio::spawn(cli::reload_on_hangup(

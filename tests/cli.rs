@@ -4,6 +4,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "cli/by_hand.rs"]
+mod by_hand;
 #[path = "cli/output.rs"]
 mod output;
 #[path = "cli/share.rs"]

@@ -292,10 +292,11 @@ impl Daemon {
         }
         self.rt.shutdown_timeout(Duration::from_secs(2));
         let restored = ws_sidecar::store::Store::open(&self.store)
+            .map_err(|e| e.to_string())
             .and_then(|s| {
                 let r = s.restore(ENDPOINT, ws_sidecar::store::RestoreLimits::default());
                 s.close();
-                r
+                r.map_err(|e| e.to_string())
             })
             .map_err(|e| checks.fail(format!("reopening the store: {e}")))
             .ok();

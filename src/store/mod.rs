@@ -225,10 +225,35 @@ fn decode(v: &[u8]) -> Option<(Kind, u64, Bytes)> {
     Some((kind, at, Bytes::copy_from_slice(rest.get(8..)?)))
 }
 
+/// Why [`Store::open`] failed; every message names the file and `store.path`, the key that
+/// moves it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process has the database open: redb locks the file (flock(2)) while it is open.
+    #[error(
+        "store {}: another ws-sidecar{} holds this store; stop it, or give this daemon its own \
+         store.path",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Held {
+        path: PathBuf,
+        /// The holder, when this process may see it in /proc.
+        pid: Option<u32>,
+    },
+    /// The file or its directory cannot be created or opened (permissions, a read-only file
+    /// system, a missing parent).
+    #[error("{0}; set store.path to move it")]
+    Place(StoreError),
+    /// The file is there but is no usable database, or the first write failed.
+    #[error(transparent)]
+    Other(#[from] StoreError),
+}
+
 impl Store {
     /// Opens (or creates) the database file and starts the committer. A file that is not a
     /// readable database is an error naming it: never a silent reset.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<Store, OpenError> {
         let err = |msg: String| StoreError {
             path: path.to_path_buf(),
             msg,
@@ -241,9 +266,23 @@ impl Store {
                 0o700,
             )
             .create(dir)
-            .map_err(|e| err(format!("cannot create directory {}: {e}", dir.display())))?;
+            .map_err(|e| {
+                OpenError::Place(err(format!(
+                    "cannot create directory {}: {e}",
+                    dir.display()
+                )))
+            })?;
         }
-        let db = open_db(path).map_err(|e| err(format!("cannot open database: {e}")))?;
+        let db = open_db(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Held {
+                path: path.to_path_buf(),
+                pid: holder_of(path),
+            },
+            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+                OpenError::Place(err(format!("cannot open database: {io}")))
+            }
+            e => OpenError::Other(err(format!("cannot open database: {e}"))),
+        })?;
         // Create every table now, so readers never meet a missing one.
         let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
         {
@@ -372,6 +411,24 @@ impl Store {
 /// default outbox would cost its size twice. Pages are only read back at start-up; writes need
 /// the upper levels of each tree, which this holds many times over.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The pid of another process with `path` open, found through /proc/PID/fd; `None` when none
+/// is visible (another user's process without privileges, `ProtectProc=invisible`).
+fn holder_of(path: &Path) -> Option<u32> {
+    let target = std::fs::canonicalize(path).ok()?;
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .find(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == target))
+        })
+}
 
 fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
     redb::Builder::new()

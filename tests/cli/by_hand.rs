@@ -1,0 +1,246 @@
+//! Running the daemon by hand, as README's "Run it without systemd" says: a normal user with the
+//! minimal config gets the XDG places and the CLI finds the daemon there; start-up failures name
+//! the config key that fixes them, say so once, and leave nothing behind.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::process::{
+    daemon_config, spawn_daemon, stop, wait_ready, write_config, Spawned, BIN,
+};
+use crate::support::{self, FakeUpstream, Reply};
+use crate::{finish, wait_for_socket};
+
+/// The uid and gid the test's commands run as: ourselves, or `nobody` when the tests run as
+/// root (CI does), so that the non-root defaults are what is tested.
+fn user() -> Option<(u32, u32)> {
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok()?;
+    (me == 0).then_some((65534, 65534))
+}
+
+/// `BIN args…` with exactly `env` as its environment, as [`user`].
+fn as_user(args: &[&str], env: &[(&str, &Path)]) -> Command {
+    let mut cmd = match user() {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+                BIN,
+            ]);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    cmd.args(args).env_clear().env("PATH", "/usr/bin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Hands `path` and everything under it to [`user`].
+fn give_to_user(path: &Path) {
+    let Some((uid, gid)) = user() else { return };
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).expect("read_dir") {
+            give_to_user(&e.expect("entry").path());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_runs_the_minimal_config_by_hand_and_the_cli_finds_it() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = support::temp_dir();
+    let home = dir.path().join("home");
+    let runtime = dir.path().join("run");
+    let config = home.join(".config/ws-sidecar/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // README's minimal config, as its newcomer writes it.
+    std::fs::write(
+        &config,
+        format!("[endpoints.prices]\nurl = \"{}\"\n", up.url("/prices")),
+    )
+    .unwrap();
+    give_to_user(dir.path());
+    let env = [("HOME", home.as_path()), ("XDG_RUNTIME_DIR", &runtime)];
+
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let daemon = Spawned::new(
+        as_user(&["run"], &env)
+            // The one key this test must move: 9750 may be taken on the machine running it.
+            .env("WS_SIDECAR__HTTP__LISTEN", "")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the daemon"),
+    );
+    let sock = runtime.join("ws-sidecar/grpc.sock");
+    wait_for_socket(&sock);
+    assert!(runtime.join("ws-sidecar/stream.sock").exists());
+    let state = home.join(".local/state/ws-sidecar");
+    assert!(
+        state.join("store").exists(),
+        "the store is in XDG_STATE_HOME"
+    );
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().mode() & 0o777,
+        0o700,
+        "a store directory the daemon creates is private"
+    );
+    up.next_accepted_within(Duration::from_secs(10))
+        .await
+        .expect("the daemon connects upstream");
+
+    // No --grpc, no --config: the CLI looks where the daemon put its socket.
+    let out = as_user(&["status"], &env).output().expect("status");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("prices"), "{stdout}");
+    stop(daemon);
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(!log.contains("Permission denied"), "{log}");
+}
+
+/// Runs `ws-sidecar run --config FILE` to its end: exit code and stderr.
+fn run_to_end(config: &Path) -> (Option<i32>, String) {
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    finish(child, Duration::from_secs(20))
+}
+
+fn once(stderr: &str, needle: &str) {
+    assert_eq!(
+        stderr.matches(needle).count(),
+        1,
+        "{needle:?} once in:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_store_names_the_first_and_exits_75() {
+    let first_dir = support::temp_dir();
+    let first = spawn_daemon(
+        first_dir.path(),
+        "[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n",
+    );
+    wait_ready(first_dir.path());
+    let dir = support::temp_dir();
+    let config = write_config(
+        dir.path(),
+        &daemon_config(dir.path(), "[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n").replace(
+            &format!("{}/store", dir.path().display()),
+            &format!("{}/store", first_dir.path().display()),
+        ),
+    );
+    let (code, stderr) = run_to_end(&config);
+    assert_eq!(code, Some(75), "{stderr}");
+    once(
+        &stderr,
+        &format!("another ws-sidecar (pid {}) holds this store", first.id()),
+    );
+    assert!(stderr.contains("store.path"), "{stderr}");
+    assert_leaves_nothing(dir.path(), &["grpc.sock", "stream.sock", "store"]);
+    stop(first);
+}
+
+/// Asserts none of `names` exists in `dir`.
+fn assert_leaves_nothing(dir: &Path, names: &[&str]) {
+    let left: Vec<PathBuf> = names
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn a_port_in_use_names_http_listen_once_and_leaves_no_store_or_socket() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = support::temp_dir();
+    let config = write_config(
+        dir.path(),
+        &daemon_config(dir.path(), "[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n").replace(
+            "[http]\nlisten = \"\"",
+            &format!("[http]\nlisten = \"{addr}\""),
+        ),
+    );
+    let (code, stderr) = run_to_end(&config);
+    assert_eq!(code, Some(71), "{stderr}");
+    once(&stderr, &format!("http.listen: cannot listen on {addr}"));
+    assert!(
+        stderr.contains("set http.listen to another address"),
+        "{stderr}"
+    );
+    assert_leaves_nothing(dir.path(), &["grpc.sock", "stream.sock", "store"]);
+
+    // A store that was there before the failed start stays.
+    drop(ws_sidecar::store::Store::open(&dir.path().join("store")).expect("create a store"));
+    let (code, stderr) = run_to_end(&config);
+    assert_eq!(code, Some(71), "{stderr}");
+    assert!(
+        dir.path().join("store").exists(),
+        "an existing store is kept"
+    );
+}
+
+#[test]
+fn a_store_that_cannot_be_created_names_store_path() {
+    let dir = support::temp_dir();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let config = write_config(
+        dir.path(),
+        &daemon_config(dir.path(), "[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n").replace(
+            &format!("{}/store", dir.path().display()),
+            &format!("{}/store", file.display()),
+        ),
+    );
+    let (code, stderr) = run_to_end(&config);
+    assert_eq!(code, Some(78), "{stderr}");
+    once(&stderr, "set store.path to move it");
+}
+
+#[test]
+fn a_socket_that_cannot_be_bound_names_its_key() {
+    let dir = support::temp_dir();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let body = daemon_config(dir.path(), "[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n");
+    let config = write_config(
+        dir.path(),
+        &body.replace(
+            &format!("{}/stream.sock", dir.path().display()),
+            &format!("{}/stream.sock", file.display()),
+        ),
+    );
+    let (code, stderr) = run_to_end(&config);
+    assert_eq!(code, Some(71), "{stderr}");
+    once(&stderr, "stream.path: ");
+    assert!(
+        stderr.contains("set stream.path to another path"),
+        "{stderr}"
+    );
+    // The gRPC socket bound before the failure is gone again.
+    assert_leaves_nothing(dir.path(), &["grpc.sock", "store"]);
+}
