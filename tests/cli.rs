@@ -8,6 +8,8 @@ mod support;
 mod by_hand;
 #[path = "cli/output.rs"]
 mod output;
+#[path = "cli/readme.rs"]
+mod readme;
 #[path = "cli/share.rs"]
 mod share;
 #[path = "cli/unreachable.rs"]

@@ -1,0 +1,183 @@
+//! README's newcomer path, run as written: every fenced block right after a
+//! `<!-- newcomer path -->` line in README.md, line by line, as a normal user with an empty
+//! home (the `nobody` account when the tests run as root).
+//!
+//! Two substitutions keep it off the internet and out of a second build: the upstream URL
+//! `wss://stream.example.com/prices` becomes a fake upstream on 127.0.0.1, and
+//! `cargo run --release --` becomes the binary this test run built (the same code; a release
+//! build would add minutes to CI). A `run` line starts the daemon in the background (a newcomer
+//! runs it in its own terminal); every other line must exit 0 within 60 s. `python3` lines use
+//! `$WS_SIDECAR_TEST_PYTHON` (the venv `.ci/run` makes with the client installed), and are
+//! skipped with a message without it.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::process::{Spawned, BIN};
+use crate::support::{self, FakeUpstream, Reply};
+use crate::{finish, wait_for_socket};
+
+const MARKER: &str = "<!-- newcomer path -->";
+const EXAMPLE_URL: &str = "wss://stream.example.com/prices";
+
+/// A marked fenced block: its language (`sh`, `python`) and its non-empty lines.
+struct Block {
+    lang: String,
+    lines: Vec<String>,
+}
+
+/// Every marked block, in order.
+fn newcomer_blocks(readme: &str) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    let mut it = readme.lines();
+    while let Some(l) = it.next() {
+        if l.trim() != MARKER {
+            continue;
+        }
+        let fence = it.next().unwrap_or_default();
+        let lang = fence
+            .strip_prefix("```")
+            .unwrap_or_else(|| panic!("{MARKER} must precede a fenced block, not {fence:?}"));
+        let mut lines = Vec::new();
+        for l in it.by_ref() {
+            if l.starts_with("```") {
+                break;
+            }
+            lines.push(l.to_owned());
+        }
+        blocks.push(Block {
+            lang: lang.trim().to_owned(),
+            lines,
+        });
+    }
+    blocks
+}
+
+/// Who runs the lines: `nobody` when the tests run as root, else ourselves.
+fn user() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok()?;
+    (me == 0).then_some((65534, 65534))
+}
+
+fn shell(line: &str, home: &Path, runtime: &Path) -> Command {
+    let mut cmd = match user() {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+                "sh",
+            ]);
+            c
+        }
+        None => Command::new("sh"),
+    };
+    cmd.args(["-euc", line])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", home)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn give_to_user(path: &Path) {
+    let Some((uid, gid)) = user() else { return };
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).expect("read_dir") {
+            give_to_user(&e.expect("entry").path());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_newcomer_path_works_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let blocks = newcomer_blocks(&readme);
+    let up = FakeUpstream::start_with_handler(
+        |_, _| Reply::Accept,
+        |conn| {
+            tokio::spawn(async move {
+                for i in 0..1000 {
+                    if conn.send_text(&format!("{{\"price\":{i}}}")).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        },
+    )
+    .await;
+    let dir = support::temp_dir();
+    let home = dir.path().join("home");
+    let runtime = dir.path().join("run");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&runtime).unwrap();
+    give_to_user(dir.path());
+    let python = std::env::var("WS_SIDECAR_TEST_PYTHON").ok();
+    let log_path = dir.path().join("daemon.log");
+    let check = |what: &str, child: std::process::Child| {
+        let (code, stderr) = finish(child, Duration::from_secs(60));
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert_eq!(code, Some(0), "{what}\n{stderr}\ndaemon log:\n{log}");
+    };
+
+    let mut daemon: Option<Spawned> = None;
+    let mut ran = 0;
+    for block in &blocks {
+        if block.lang == "python" {
+            let Some(py) = &python else {
+                eprintln!("skipped without $WS_SIDECAR_TEST_PYTHON: the README's Python example");
+                continue;
+            };
+            let script = dir.path().join(format!("readme-{ran}.py"));
+            std::fs::write(&script, block.lines.join("\n")).unwrap();
+            give_to_user(&script);
+            let line = format!("{py} {}", script.display());
+            check(&line, spawn(&line, &home, &runtime));
+            ran += 1;
+            continue;
+        }
+        for line in block.lines.iter().filter(|l| !l.trim().is_empty()) {
+            let line = line
+                .replace("cargo run --release --", BIN)
+                .replace(EXAMPLE_URL, &up.url("/prices"));
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.first() == Some(&BIN) && words.get(1) == Some(&"run") {
+                let mut cmd = shell(&line, &home, &runtime);
+                // The one thing a shared CI machine may already use: the default metrics port.
+                cmd.env("WS_SIDECAR__HTTP__LISTEN", "")
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log_path).unwrap());
+                daemon = Some(Spawned::new(cmd.spawn().expect("spawn the run line")));
+                wait_for_socket(&runtime.join("ws-sidecar/grpc.sock"));
+                ran += 1;
+                continue;
+            }
+            if words.first() == Some(&"pip") {
+                // `.ci/run` installed the client into the venv `$WS_SIDECAR_TEST_PYTHON` is in.
+                eprintln!("done by .ci/run: {line}");
+                continue;
+            }
+            check(&line, spawn(&line, &home, &runtime));
+            ran += 1;
+        }
+    }
+    assert!(daemon.is_some(), "the newcomer path starts the daemon");
+    assert!(ran >= 3, "ran {ran} README lines");
+}
+
+fn spawn(line: &str, home: &Path, runtime: &Path) -> std::process::Child {
+    shell(line, home, runtime)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a README line")
+}
