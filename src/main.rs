@@ -2,8 +2,8 @@
 //! Exit codes follow sysexits: 0 ok, 1 refused by the daemon, 64 usage, 65 input that cannot be
 //! used (a stdin line `send` could not send, a `request` that is no JSON object or array), 69
 //! daemon unreachable, 71 cannot bind a listener, 74 output or input failed, 78 invalid config;
-//! `request` and `tail --key` add 2, 75, 76, 78, 124 and 130, `send --timeout` 124 (see [`exit`]). A reader that goes
-//! away (`| head -1`) is no failure: see `ws_sidecar::output`.
+//! `request` and `tail --key` add 2, 75, 76, 78, 124 and 130, `send --timeout` 124 (see
+//! [`exit`]). A reader that goes away (`| head -1`) is no failure: see `ws_sidecar::output`.
 
 #![forbid(unsafe_code)]
 
