@@ -303,3 +303,57 @@ fn pty() -> (std::fs::File, std::fs::File) {
         .expect("open the terminal side");
     (std::fs::File::from(master), terminal)
 }
+
+/// Client commands find the daemon from `--config FILE` (its grpc.listen), `$WS_SIDECAR_GRPC`
+/// and `$WS_SIDECAR_CONFIG`, as the real binary resolves them; `--grpc` with `--config` is a
+/// usage error.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_commands_find_the_daemon_from_config_and_environment() {
+    let (d, _up) = stuck_daemon("").await;
+    let g = grpc(&d);
+    let conf = crate::support::temp_dir();
+    let config = crate::support::process::write_config(
+        conf.path(),
+        &format!("[grpc]\nlisten = [\"{g}\"]\n[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n"),
+    );
+    let config = config.to_str().expect("utf-8 path");
+    // Nothing to find by default: an empty runtime and config home.
+    let empty = crate::support::temp_dir();
+    let empty = empty.path().to_str().expect("utf-8 path");
+    let status = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_remove("WS_SIDECAR_GRPC")
+            .env_remove("WS_SIDECAR_CONFIG")
+            .env("XDG_RUNTIME_DIR", empty)
+            .env("XDG_CONFIG_HOME", empty)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        async move {
+            let out = tokio::time::timeout(T, cmd.output())
+                .await
+                .expect("exits in time")
+                .expect("run");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    for (args, env) in [
+        (vec!["status", "a", "--config", config], vec![]),
+        (vec!["status", "a"], vec![("WS_SIDECAR_GRPC", g.as_str())]),
+        (vec!["status", "a"], vec![("WS_SIDECAR_CONFIG", config)]),
+    ] {
+        let (code, out, err) = status(&args, &env).await;
+        assert_eq!(code, Some(0), "{args:?} {env:?}: {err}");
+        assert!(out.starts_with("a "), "{out}");
+    }
+    let (code, _, err) = status(&["status", "--config", config, "--grpc", &g], &[]).await;
+    assert_eq!(code, Some(64), "{err}");
+    d.stop().await;
+}
