@@ -9,7 +9,8 @@
 //!
 //! A TCP peer has no credentials, so an operation whose list is set is refused over TCP.
 //! `Reconnect` disturbs every subscriber, so it needs the `publish` list: whoever may steer the
-//! upstream may also restart it. Status is open to anyone who can reach a socket.
+//! upstream may also restart it, forget its resume position or clear its outbox. Status (and
+//! an outbox's depth and age) is open to anyone who can reach a socket.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
@@ -44,6 +45,8 @@ pub enum Op {
     Reconnect,
     /// Forgetting the stored resume position (`ws-sidecar reset-resume`).
     ResetResume,
+    /// Dropping the messages waiting in the outbox (`ws-sidecar outbox --clear`).
+    ClearOutbox,
 }
 
 impl Op {
@@ -53,6 +56,7 @@ impl Op {
             Op::Publish => "publish to",
             Op::Reconnect => "reconnect",
             Op::ResetResume => "reset the resume position of",
+            Op::ClearOutbox => "clear the outbox of",
         }
     }
 }
@@ -66,7 +70,7 @@ pub struct Denied(String);
 pub fn check(access: &AccessConfig, endpoint: &str, op: Op, peer: Peer) -> Result<(), Denied> {
     let list = match op {
         Op::Subscribe => &access.subscribe,
-        Op::Publish | Op::Reconnect | Op::ResetResume => &access.publish,
+        Op::Publish | Op::Reconnect | Op::ResetResume | Op::ClearOutbox => &access.publish,
     };
     let Some(list) = list else { return Ok(()) };
     let verb = op.verb();

@@ -1,6 +1,9 @@
 //! Client commands and process plumbing for the binary: logging, signals, exit codes.
 
+pub mod outbox;
 pub mod request;
+pub mod send;
+pub mod tail;
 
 use std::time::Duration;
 
@@ -28,8 +31,18 @@ pub struct TargetArg {
     config: Option<std::path::PathBuf>,
 }
 
+/// A gRPC client of the daemon.
+pub type Client = proto::sidecar_client::SidecarClient<tonic::transport::Channel>;
+
+/// Connects to the daemon at `target` and checks its API answers (see
+/// `client::connect_checked`); the error says why not, for the caller to word.
+pub async fn reach(target: &Target) -> Result<Client, client::Unreachable> {
+    client::connect_checked(target, client::ANSWER_WITHIN).await
+}
+
 impl TargetArg {
-    fn target(&self) -> Result<Target, u8> {
+    /// The daemon's address as discovered; a usage error is reported.
+    pub fn target(&self) -> Result<Target, u8> {
         ws_sidecar::paths::discover(
             self.grpc.as_deref(),
             self.config.as_deref(),
@@ -46,16 +59,13 @@ impl TargetArg {
         })
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<proto::sidecar_client::SidecarClient<tonic::transport::Channel>, u8> {
+    /// A checked connection to the daemon; failures are reported (exit 69 or 64).
+    pub async fn connect(&self) -> Result<Client, u8> {
         let target = self.target()?;
-        client::connect_checked(&target, client::ANSWER_WITHIN)
-            .await
-            .map_err(|e| {
-                report!("ws-sidecar: cannot reach the daemon at {target}: {e}");
-                exit::UNAVAILABLE
-            })
+        reach(&target).await.map_err(|e| {
+            report!("ws-sidecar: cannot reach the daemon at {target}: {e}");
+            exit::UNAVAILABLE
+        })
     }
 }
 
@@ -106,16 +116,13 @@ fn refused(status: &tonic::Status) -> u8 {
     }
 }
 
-/// `status`: one line per endpoint, or a JSON array.
-pub async fn status(target: &TargetArg, json: bool) -> u8 {
+/// `status`: one line per endpoint (or only `endpoint`'s), or a JSON array.
+pub async fn status(target: &TargetArg, endpoint: Option<String>, json: bool) -> u8 {
     let mut c = match target.connect().await {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let resp = match c
-        .get_status(proto::GetStatusRequest { endpoint: None })
-        .await
-    {
+    let resp = match c.get_status(proto::GetStatusRequest { endpoint }).await {
         Ok(r) => r.into_inner(),
         Err(s) => return refused(&s),
     };
@@ -195,188 +202,6 @@ fn shared_figures(e: &ws_sidecar::status::EndpointStatus) -> String {
     out
 }
 
-/// `tail --key`: the shared subscriptions to hold instead of subscribing to the whole feed.
-pub struct Attach {
-    /// Empty: a plain subscription, as without `--key`.
-    pub keys: Vec<String>,
-    pub params: Option<String>,
-}
-
-/// `tail`: one JSON object per event until the stream ends or nobody reads the output.
-pub async fn tail(
-    target: &TargetArg,
-    endpoint: &str,
-    from_seq: Option<u64>,
-    filters: &[String],
-    shared: Attach,
-) -> u8 {
-    if !shared.keys.is_empty() {
-        return tail_keys(target, endpoint, from_seq, shared).await;
-    }
-    let mut parsed = Vec::new();
-    for f in filters {
-        let Some((pointer, equals)) = f.split_once('=') else {
-            report!("ws-sidecar: --filter must be POINTER=VALUE, got {f:?}");
-            return exit::USAGE;
-        };
-        parsed.push(proto::Filter {
-            pointer: pointer.into(),
-            equals: equals.into(),
-        });
-    }
-    let mut c = match target.connect().await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let req = proto::SubscribeRequest {
-        endpoint: endpoint.into(),
-        from_seq,
-        filters: parsed,
-    };
-    match c.subscribe(req).await {
-        Ok(r) => print_events(r.into_inner(), refused).await,
-        Err(s) => refused(&s),
-    }
-}
-
-/// `tail --key`: holds the keys with an Attach call and prints what it streams.
-async fn tail_keys(
-    target: &TargetArg,
-    endpoint: &str,
-    from_seq: Option<u64>,
-    shared: Attach,
-) -> u8 {
-    if shared.keys.iter().any(String::is_empty) {
-        report!("ws-sidecar: --key must not be empty");
-        return exit::USAGE;
-    }
-    let params = shared.params.unwrap_or_default();
-    if !params.trim().is_empty() {
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&params) {
-            report!("ws-sidecar: --params is not JSON: {e}");
-            return exit::USAGE;
-        }
-    }
-    let mut c = match target.connect().await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let req = proto::AttachRequest {
-        endpoint: endpoint.into(),
-        keys: shared.keys,
-        params,
-        from_seq,
-    };
-    match c.attach(req).await {
-        Ok(r) => print_events(r.into_inner(), request::call_refused).await,
-        Err(s) => request::call_refused(&s),
-    }
-}
-
-/// Prints each event as a JSON line until the stream ends, fails (`failed` says how to exit)
-/// or nobody reads the output.
-async fn print_events(
-    mut stream: tonic::Streaming<proto::Event>,
-    failed: fn(&tonic::Status) -> u8,
-) -> u8 {
-    let mut out = Stdout::new();
-    loop {
-        match stream.message().await {
-            Ok(Some(ev)) => {
-                if !out.line(client::event_json(&ev)) {
-                    return out.exit_code(0);
-                }
-            }
-            Ok(None) => return out.exit_code(0),
-            Err(s) => return failed(&s),
-        }
-    }
-}
-
-/// One line of stdin: its text, or its bytes when they are not UTF-8 (a text frame cannot carry
-/// them).
-type InputLine = std::io::Result<Result<String, Vec<u8>>>;
-
-/// Stdin split as `BufRead::lines` splits it (without `\n` or `\r\n`), except that a line that
-/// is not UTF-8 is handed over as such instead of ending the input.
-fn stdin_lines() -> impl Iterator<Item = InputLine> {
-    use std::io::BufRead;
-    let mut stdin = std::io::stdin().lock();
-    std::iter::from_fn(move || {
-        let mut line = Vec::new();
-        match stdin.read_until(b'\n', &mut line) {
-            Ok(0) => None,
-            Ok(_) => {
-                if line.ends_with(b"\n") {
-                    line.pop();
-                    if line.ends_with(b"\r") {
-                        line.pop();
-                    }
-                }
-                Some(Ok(String::from_utf8(line).map_err(|e| e.into_bytes())))
-            }
-            Err(e) => Some(Err(e)),
-        }
-    })
-}
-
-/// `send`: publishes MESSAGE or every stdin line, printing each outbox id. Output nobody reads
-/// stops nothing: the messages are the work, the ids a courtesy.
-pub async fn send(
-    target: &TargetArg,
-    endpoint: &str,
-    message: Option<String>,
-    wait_sent: bool,
-) -> u8 {
-    let mut c = match target.connect().await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let wait = if wait_sent {
-        proto::Wait::Sent
-    } else {
-        proto::Wait::Stored
-    } as i32;
-    let publish = |data: String| proto::PublishRequest {
-        endpoint: endpoint.into(),
-        data: data.into(),
-        kind: proto::Kind::Text as i32,
-        idempotency_key: String::new(),
-        wait,
-    };
-    let messages: Box<dyn Iterator<Item = InputLine>> = match message {
-        Some(m) => Box::new(std::iter::once(Ok(Ok(m)))),
-        None => Box::new(stdin_lines()),
-    };
-    let mut out = Stdout::new();
-    let mut code = 0;
-    for (index, m) in messages.enumerate() {
-        let m = match m {
-            Ok(Ok(m)) => m,
-            Ok(Err(_)) => {
-                // One bad line costs only itself; the exit code tells the script.
-                report!(
-                    "ws-sidecar: stdin line {} is not UTF-8, not sent",
-                    index + 1
-                );
-                code = exit::DATAERR;
-                continue;
-            }
-            Err(e) => {
-                report!("ws-sidecar: reading stdin: {e}");
-                return exit::IOERR;
-            }
-        };
-        match c.publish(publish(m)).await {
-            Ok(r) => {
-                out.line(r.into_inner().outbox_id);
-            }
-            Err(s) => return refused(&s),
-        }
-    }
-    out.exit_code(code)
-}
-
 /// `reconnect`: asks the daemon to reconnect an endpoint.
 pub async fn reconnect(target: &TargetArg, endpoint: &str) -> u8 {
     let mut c = match target.connect().await {
@@ -453,7 +278,8 @@ pub async fn demo(duration: Option<String>) -> u8 {
     }
 }
 
-/// The demo's `--duration`, in the config file's syntax (`10s`, `1m30s`, `500ms`).
+/// A duration option (`demo --duration`, `send --timeout`) in the config file's syntax (`10s`,
+/// `1m30s`, `500ms`).
 fn parse_duration(s: &str) -> Result<Duration, String> {
     ws_sidecar::config::units::parse_duration(s)
         .ok_or_else(|| format!("invalid duration {s:?} (examples: 10s, 1m30s, 500ms)"))
@@ -488,5 +314,32 @@ pub async fn reload_on_hangup(
         }
         notifier.ready(&registry);
         notifier.endpoints_changed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every argument and option of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (the command itself)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&crate::Cli::command(), "ws-sidecar", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }

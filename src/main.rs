@@ -2,9 +2,9 @@
 //! Exit codes follow sysexits: 0 ok, 1 refused by the daemon, 64 usage, 65 input that cannot be
 //! used (a stdin line `send` could not send, a `request` that is no JSON object or array), 69
 //! daemon unreachable, 71 cannot bind a listener, 74 output or input failed, 75 (`run`) another
-//! daemon holds the store, 78 invalid config;
-//! `request` and `tail --key` add 2, 75, 76, 78, 124 and 130 (see [`exit`]). A reader that goes
-//! away (`| head -1`) is no failure: see `ws_sidecar::output`.
+//! daemon holds the store, 78 invalid config; `request` and `tail --key` add 2, 75, 76, 78, 124
+//! and 130, `send --timeout` 124 (see [`exit`]). A reader that goes away (`| head -1`) is no
+//! failure: see `ws_sidecar::output`.
 
 #![forbid(unsafe_code)]
 
@@ -57,32 +57,18 @@ enum Command {
     },
     /// One line per endpoint: state, reason, last seq, subscribers, outbox depth.
     Status {
+        /// Only this endpoint (exit 1 if the daemon has none of that name).
+        #[arg(value_name = "ENDPOINT")]
+        endpoint: Option<String>,
+        /// Print a JSON array of objects instead of lines.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         target: cli::TargetArg,
     },
-    /// Subscribe to an endpoint (with --key: to shared subscriptions on it) and print one JSON
-    /// object per line.
-    Tail {
-        endpoint: String,
-        /// Replay every retained message with seq > N first (0: from the oldest retained).
-        #[arg(long, value_name = "N")]
-        from_seq: Option<u64>,
-        /// Only messages whose JSON value at POINTER equals VALUE (repeatable; all must match).
-        #[arg(long, value_name = "POINTER=VALUE", conflicts_with = "key")]
-        filter: Vec<String>,
-        /// Hold the shared upstream subscription KEY (the endpoint's `subscriptions`, e.g.
-        /// btcusdt@trade) and print only its messages, plus a {"type":"key"} line each time its
-        /// state changes (repeatable).
-        #[arg(long, value_name = "KEY")]
-        key: Vec<String>,
-        /// JSON for {{params}} in the subscribe frame of a key no other app holds yet.
-        #[arg(long, value_name = "JSON", requires = "key")]
-        params: Option<String>,
-        #[command(flatten)]
-        target: cli::TargetArg,
-    },
+    /// Subscribe to endpoints (with --key: to shared subscriptions on one) and print one JSON
+    /// object per line, or with --raw the payloads only.
+    Tail(cli::tail::TailArgs),
     /// Send a JSON request upstream on the endpoint's shared connection (its `requests`) and
     /// print the reply as one JSON line; exit 2 when the upstream answers with an error.
     Request {
@@ -99,18 +85,12 @@ enum Command {
         #[command(flatten)]
         target: cli::TargetArg,
     },
-    /// Publish MESSAGE, or each line of stdin, to an endpoint's outbox.
-    Send {
-        endpoint: String,
-        message: Option<String>,
-        /// Return only once each message was written to the upstream socket.
-        #[arg(long)]
-        wait_sent: bool,
-        #[command(flatten)]
-        target: cli::TargetArg,
-    },
+    /// Publish MESSAGE, or each line of stdin, to an endpoint's outbox; prints
+    /// `stored outbox_id=N` (or `sent outbox_id=N`) per message.
+    Send(cli::send::SendArgs),
     /// Force a reconnect; also leaves the `failed` state.
     Reconnect {
+        /// The endpoint's name in the config.
         endpoint: String,
         #[command(flatten)]
         target: cli::TargetArg,
@@ -118,10 +98,14 @@ enum Command {
     /// Forget the endpoint's stored resume position (its last upstream id), then reconnect
     /// without offering it: for an upstream whose ids started again. Needs publish access.
     ResetResume {
+        /// The endpoint's name in the config.
         endpoint: String,
         #[command(flatten)]
         target: cli::TargetArg,
     },
+    /// Show what waits in an endpoint's outbox (depth, bytes, oldest age); --clear drops it.
+    /// Clearing needs publish access.
+    Outbox(cli::outbox::OutboxArgs),
 }
 
 /// sysexits codes used by the CLI.
@@ -152,8 +136,8 @@ pub mod exit {
     /// `request`, `tail --key`: the endpoint has no `requests` (`subscriptions`) in its config,
     /// or it is `failed` (sysexits EX_CONFIG).
     pub const UNCONFIGURED: u8 = 78;
-    /// `request`: no reply within the endpoint's `requests.timeout`; it may have reached the
-    /// upstream. 124 is what timeout(1) exits with.
+    /// `request`: no reply within the endpoint's `requests.timeout`; `send`: no answer within
+    /// `--timeout`. Either may have reached the upstream. 124 is what timeout(1) exits with.
     pub const TIMEOUT: u8 = 124;
     /// `request` ended by Ctrl-C (128 + SIGINT, as a shell reports it).
     pub const INTERRUPTED: u8 = 130;
@@ -199,34 +183,24 @@ fn main() -> ExitCode {
             Command::Run { config } => run(config, activation).await,
             Command::CheckConfig { config } => check_config(config),
             Command::Demo { duration } => cli::demo(duration).await,
-            Command::Status { json, target } => cli::status(&target, json).await,
-            Command::Tail {
+            Command::Status {
                 endpoint,
-                from_seq,
-                filter,
-                key,
-                params,
+                json,
                 target,
-            } => {
-                let shared = cli::Attach { keys: key, params };
-                cli::tail(&target, &endpoint, from_seq, &filter, shared).await
-            }
+            } => cli::status(&target, endpoint, json).await,
+            Command::Tail(args) => cli::tail::tail(args).await,
             Command::Request {
                 endpoint,
                 json,
                 stream,
                 target,
             } => cli::request::request(&target, &endpoint, json, stream).await,
-            Command::Send {
-                endpoint,
-                message,
-                wait_sent,
-                target,
-            } => cli::send(&target, &endpoint, message, wait_sent).await,
+            Command::Send(args) => cli::send::send(args).await,
             Command::Reconnect { endpoint, target } => cli::reconnect(&target, &endpoint).await,
             Command::ResetResume { endpoint, target } => {
                 cli::reset_resume(&target, &endpoint).await
             }
+            Command::Outbox(args) => cli::outbox::outbox(args).await,
         }
     });
     // Don't wait on stdin readers or lingering client tasks at exit.

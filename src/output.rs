@@ -46,6 +46,21 @@ impl Stdout {
         self.write(format_args!("{text}"))
     }
 
+    /// Writes `bytes` exactly as they are (a payload that is no text).
+    pub fn bytes(&mut self, bytes: &[u8]) -> bool {
+        if self.state != State::Open {
+            return false;
+        }
+        let mut out = io::stdout().lock();
+        match out.write_all(bytes).and_then(|()| out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed(&e);
+                false
+            }
+        }
+    }
+
     /// Whether output is still being written.
     pub fn is_open(&self) -> bool {
         self.state == State::Open

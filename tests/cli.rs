@@ -8,10 +8,14 @@ mod support;
 mod by_hand;
 #[path = "cli/output.rs"]
 mod output;
+#[path = "cli/publish.rs"]
+mod publish;
 #[path = "cli/readme.rs"]
 mod readme;
 #[path = "cli/share.rs"]
 mod share;
+#[path = "cli/tail.rs"]
+mod tail;
 #[path = "cli/unreachable.rs"]
 mod unreachable;
 
@@ -163,7 +167,11 @@ fn client_commands_exit_69_when_the_daemon_is_unreachable() {
         vec!["send", "a", "x"],
         vec!["tail", "a"],
         vec!["tail", "a", "--key", "k"],
+        vec!["tail", "a", "b", "--follow"],
         vec!["request", "a", "{}"],
+        vec!["status", "a"],
+        vec!["outbox", "a"],
+        vec!["outbox", "a", "--clear", "--yes"],
     ] {
         let out = Command::new(BIN)
             .args(&args)
@@ -275,7 +283,7 @@ async fn status_send_and_reconnect_against_a_running_daemon() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "1",
+        "stored outbox_id=1",
         "prints the outbox id"
     );
     let frame = tokio::time::timeout(Duration::from_secs(10), conn.recv_text())

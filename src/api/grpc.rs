@@ -448,6 +448,46 @@ impl Sidecar for SidecarService {
             ))),
         }
     }
+
+    async fn get_outbox(
+        &self,
+        request: Request<proto::GetOutboxRequest>,
+    ) -> Result<Response<proto::OutboxInfo>, Status> {
+        let name = request.into_inner().endpoint;
+        let ep = self
+            .registry
+            .get(&name)
+            .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
+        let s = ep.outbox.snapshot();
+        Ok(Response::new(proto::OutboxInfo {
+            endpoint: ep.name.to_string(),
+            depth: s.depth as u64,
+            bytes: s.bytes as u64,
+            oldest_age_micros: u64::try_from(s.oldest_age.as_micros()).unwrap_or(u64::MAX),
+            oldest_id: s.oldest_id,
+            newest_id: s.newest_id,
+            durable: s.durable,
+            expired: ep.outbox.expired(),
+        }))
+    }
+
+    async fn clear_outbox(
+        &self,
+        request: Request<proto::ClearOutboxRequest>,
+    ) -> Result<Response<proto::ClearOutboxResponse>, Status> {
+        let peer = peer(&request);
+        let req = request.into_inner();
+        let ep = self.operable(&req.endpoint, Op::ClearOutbox, peer)?;
+        let cleared = ep.outbox.clear(req.up_to_id).await.map_err(|e| {
+            Status::unavailable(format!(
+                "{e}; the messages are gone from memory but may be sent after a restart"
+            ))
+        })?;
+        Ok(Response::new(proto::ClearOutboxResponse {
+            cleared: cleared.messages as u64,
+            bytes: cleared.bytes as u64,
+        }))
+    }
 }
 
 /// How long `ResetResume` waits for the endpoint's task.
@@ -502,6 +542,7 @@ fn publish_status(e: PublishError) -> Status {
         "resource_exhausted" => Status::resource_exhausted(msg),
         "deadline_exceeded" => Status::deadline_exceeded(msg),
         "permission_denied" => Status::permission_denied(msg),
+        "aborted" => Status::aborted(msg),
         _ => Status::unavailable(msg),
     }
 }

@@ -32,6 +32,9 @@ pub enum PublishError {
     Outbox(#[from] outbox::PublishError),
     #[error("message expired in the outbox before it could be sent")]
     Expired,
+    /// An operator cleared the outbox (`ClearOutbox`) before the message was sent.
+    #[error("message was cleared from the outbox by an operator before it could be sent")]
+    Cleared,
     #[error("daemon is shutting down")]
     Closed,
     #[error(transparent)]
@@ -75,6 +78,7 @@ impl PublishError {
                 "deadline_exceeded"
             }
             PublishError::Denied(_) => "permission_denied",
+            PublishError::Cleared => "aborted",
             // Outbox and store failures, a stopping daemon.
             _ => "unavailable",
         }
@@ -110,6 +114,7 @@ pub async fn publish(
         match rx.await {
             Ok(SentOutcome::Sent) => {}
             Ok(SentOutcome::Expired) => return Err(PublishError::Expired),
+            Ok(SentOutcome::Cleared) => return Err(PublishError::Cleared),
             Err(_) => return Err(PublishError::Closed),
         }
     }

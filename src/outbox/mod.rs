@@ -65,6 +65,30 @@ pub enum SentOutcome {
     Sent,
     /// Dropped after `max_age` before it could be sent.
     Expired,
+    /// Dropped by an operator (`ClearOutbox`) before it could be sent.
+    Cleared,
+}
+
+/// What an outbox holds, for `GetOutbox`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Entries waiting to be sent, and their payload bytes.
+    pub depth: usize,
+    pub bytes: usize,
+    /// How long the oldest entry has waited; zero when empty.
+    pub oldest_age: Duration,
+    /// Ids of the oldest and newest entries; 0 when empty.
+    pub oldest_id: u64,
+    pub newest_id: u64,
+    /// Entries are committed to the store.
+    pub durable: bool,
+}
+
+/// What [`Outbox::clear`] dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cleared {
+    pub messages: usize,
+    pub bytes: usize,
 }
 
 /// Receives the outcome of one `wait = SENT` publish.
@@ -427,6 +451,96 @@ impl Outbox {
                 );
             }
         }
+    }
+
+    /// What the outbox holds now (expired entries dropped first).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut q = self.shared.lock();
+        let now = Instant::now();
+        self.expire_locked(&mut q, now);
+        let (front, back) = (q.entries.front(), q.entries.back());
+        Snapshot {
+            depth: q.entries.len(),
+            bytes: q.bytes,
+            oldest_age: front.map_or(Duration::ZERO, |e| {
+                now.saturating_duration_since(e.enqueued_at)
+            }),
+            oldest_id: front.map_or(0, |e| e.id),
+            newest_id: back.map_or(0, |e| e.id),
+            durable: self.store.is_some(),
+        }
+    }
+
+    /// Drops every entry with id <= `up_to` (`None`: every entry), for good: an operator gave
+    /// up on them. The queue loses a prefix, as when entries are sent, so FIFO order holds for
+    /// the rest; idempotency keys stay, so a repeated publish is still not queued again. A
+    /// durable outbox returns once the store forgot them; on a store failure they are gone
+    /// from memory but may come back after a restart, and the error says so.
+    pub async fn clear(&self, up_to: Option<u64>) -> Result<Cleared, StoreError> {
+        let (cleared, upto, done) = {
+            let mut q = self.shared.lock();
+            let mut cleared = Cleared::default();
+            let mut last = None;
+            while let Some(e) = q.entries.front() {
+                if up_to.is_some_and(|u| e.id > u) {
+                    break;
+                }
+                let Some(e) = q.entries.pop_front() else {
+                    break;
+                };
+                q.bytes -= e.data.len();
+                cleared.messages += 1;
+                cleared.bytes += e.data.len();
+                last = Some(e.id);
+                for w in q.waiters.remove(&e.id).unwrap_or_default() {
+                    let _ = w.send(SentOutcome::Cleared);
+                }
+            }
+            let Some(upto) = last else {
+                return Ok(cleared);
+            };
+            // Submitted under the lock, so it commits after the puts of every cleared entry
+            // (some may still be committing): none of them comes back after a restart.
+            let done = self.store.as_ref().map(|store| {
+                let (tx, rx) = oneshot::channel();
+                store.submit(
+                    vec![Op::OutboxRemoveUpTo {
+                        endpoint: Arc::clone(&self.endpoint),
+                        upto,
+                    }],
+                    Some(Box::new(move |r| {
+                        let _ = tx.send(r);
+                    })),
+                );
+                rx
+            });
+            (cleared, upto, done)
+        };
+        tracing::warn!(
+            endpoint = %self.endpoint,
+            cleared = cleared.messages,
+            bytes = cleared.bytes,
+            upto,
+            "outbox cleared by an operator: these messages will never be sent"
+        );
+        if let Some(done) = done {
+            match done.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(StoreError {
+                        path: self
+                            .store
+                            .as_ref()
+                            .map(|s| s.path().to_owned())
+                            .unwrap_or_default(),
+                        msg: "store stopped before the clear was committed".into(),
+                        full: false,
+                    })
+                }
+            }
+        }
+        Ok(cleared)
     }
 
     /// Entries queued.

@@ -142,3 +142,89 @@ async fn durable_entries_survive_a_reopen_in_order() {
         .expect("stored");
     assert_eq!(next, 66, "ids continue");
 }
+
+#[tokio::test]
+async fn clear_drops_a_prefix_and_keeps_fifo_and_keys() {
+    let o = outbox(10, 1000, Duration::from_secs(60));
+    let (first, _) = o
+        .push(Kind::Text, b("a"), Some("k1"), false)
+        .await
+        .expect("room");
+    let (_, waiter) = o.push(Kind::Text, b("bb"), None, true).await.expect("room");
+    push(&o, "c").await.expect("room");
+    let seen = o.snapshot();
+    assert_eq!(
+        (seen.depth, seen.bytes, seen.oldest_id, seen.newest_id),
+        (3, 4, 1, 3)
+    );
+    // Published after the operator looked: not theirs to drop.
+    push(&o, "d").await.expect("room");
+    let cleared = o.clear(Some(seen.newest_id)).await.expect("cleared");
+    assert_eq!(
+        cleared,
+        Cleared {
+            messages: 3,
+            bytes: 4
+        }
+    );
+    assert_eq!(
+        waiter.expect("asked").await,
+        Ok(SentOutcome::Cleared),
+        "a wait=SENT publisher learns its message will never be sent"
+    );
+    let left: Vec<Bytes> = o.peek_after(0, 10).into_iter().map(|e| e.data).collect();
+    assert_eq!(left, vec![b("d")]);
+    let (again, _) = o
+        .push(Kind::Text, b("a"), Some("k1"), false)
+        .await
+        .expect("known key");
+    assert_eq!(
+        again, first,
+        "a cleared message's key is still not queued twice"
+    );
+    assert_eq!(push(&o, "e").await, Ok(5), "ids continue");
+    assert_eq!(o.clear(None).await.expect("cleared").messages, 2);
+    assert_eq!(o.snapshot(), Snapshot::default());
+    assert_eq!(o.clear(None).await.expect("nothing"), Cleared::default());
+}
+
+#[tokio::test]
+async fn a_cleared_durable_outbox_stays_cleared_after_a_reopen() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("store");
+    let cfg = OutboxConfig {
+        max_messages: 1000,
+        max_bytes: 1 << 20,
+        max_age: Duration::from_secs(3600),
+        durable: true,
+    };
+    let store = Store::open(&path).expect("open");
+    let o = Outbox::restored(
+        cfg.clone(),
+        Arc::from("ep"),
+        Some(store.clone()),
+        &Restored::default(),
+    );
+    for s in ["a", "b", "c"] {
+        push(&o, s).await.expect("stored");
+    }
+    o.push(Kind::Text, b("k"), Some("key"), false)
+        .await
+        .expect("stored");
+    let cleared = o.clear(Some(3)).await.expect("cleared");
+    assert_eq!(cleared.messages, 3);
+    store.close();
+    drop((o, store));
+    let store = Store::open(&path).expect("reopen");
+    let restored = store
+        .restore("ep", RestoreLimits::default())
+        .expect("restore");
+    let o = Outbox::restored(cfg, Arc::from("ep"), Some(store), &restored);
+    let ids: Vec<u64> = o.peek_after(0, 1000).iter().map(|e| e.id).collect();
+    assert_eq!(
+        ids,
+        vec![4],
+        "only the message after the cleared ones is back"
+    );
+    assert_eq!(push(&o, "n").await, Ok(5), "ids are not reused");
+}

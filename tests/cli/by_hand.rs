@@ -195,7 +195,10 @@ fn a_port_in_use_names_http_listen_once_and_leaves_no_store_or_socket() {
     assert_leaves_nothing(dir.path(), &["grpc.sock", "stream.sock", "store"]);
 
     // A store that was there before the failed start stays.
-    drop(ws_sidecar::store::Store::open(&dir.path().join("store")).expect("create a store"));
+    // close() waits for the committer to let go of the file (a drop does not).
+    ws_sidecar::store::Store::open(&dir.path().join("store"))
+        .expect("create a store")
+        .close();
     let (code, stderr) = run_to_end(&config);
     assert_eq!(code, Some(71), "{stderr}");
     assert!(

@@ -51,7 +51,7 @@ async fn send_publishes_every_stdin_line_after_its_reader_left() {
         .expect("first outbox id within 10 s")
         .expect("reader thread")
         .expect("read stdout");
-    assert_eq!(first.trim(), "1", "the first outbox id");
+    assert_eq!(first.trim(), "stored outbox_id=1", "the first outbox id");
     for i in 2..=50 {
         // On failure the child is gone; its exit code below says why.
         if writeln!(stdin, "m{i}").is_err() {

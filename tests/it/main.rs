@@ -22,6 +22,7 @@ mod feeds;
 mod home_assistant;
 mod kraken;
 mod ordering;
+mod outbox_clear;
 mod presets;
 mod publish;
 mod ratelimit;
