@@ -24,7 +24,7 @@ use std::time::Duration;
 use config::{Value, ValueKind};
 
 use super::endpoint::read_endpoint;
-use super::value::{boolean, integer, only_from_env, size, string, Node, Report, Table};
+use super::value::{boolean, closest, integer, only_from_env, size, string, Node, Report, Table};
 use super::{
     Config, GrpcConfig, HttpConfig, LimitsConfig, ListenAddr, LogConfig, LogFormat, SocketsConfig,
     StoreConfig, StreamConfig,
@@ -50,12 +50,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         errors: vec![format!("{}: cannot read file: {e}", path.display())],
     })?;
+    load_str(&text, path, &process_env())
+}
+
+fn process_env() -> HashMap<String, String> {
     // Variables that are not Unicode cannot be config overrides; skipping them beats refusing to
     // start over an unrelated variable.
-    let env: HashMap<String, String> = std::env::vars_os()
+    std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    load_str(&text, path, &env)
+        .collect()
 }
 
 /// Loads `text` as if read from `source`, with `env` standing in for the process environment
@@ -66,11 +69,125 @@ pub fn load_str(
     env: &HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
     let mut r = Report::new(source.display().to_string());
-    let config = merged_tree(&mut r, text, env).and_then(|mut tree| {
+    match walk(&mut r, text, source, env) {
+        Some(config) if r.errors.is_empty() => Ok(config),
+        _ => Err(ConfigError { errors: r.errors }),
+    }
+}
+
+/// What `check-config` needs besides the verdict: the errors, and whatever could be read
+/// despite them, so warnings about the rest of the file are not hidden behind one typo.
+#[derive(Debug)]
+pub struct Lenient {
+    /// Every problem, as [`ConfigError`] lists them; empty when the file is valid.
+    pub errors: Vec<String>,
+    /// The config, complete when `errors` is empty; otherwise the parts that were valid (an
+    /// endpoint with a fatal problem left out, a bad value at its default). `None` when the file
+    /// could not be read or parsed at all.
+    pub config: Option<Config>,
+}
+
+/// Reads `path` like [`load`], keeping what was valid even when something was not.
+pub fn load_lenient(path: &Path) -> Lenient {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Lenient {
+                errors: vec![format!("{}: cannot read file: {e}", path.display())],
+                config: None,
+            }
+        }
+    };
+    let env = process_env();
+    let mut r = Report::new(path.display().to_string());
+    let config = walk(&mut r, &text, path, &env);
+    Lenient {
+        errors: r.errors,
+        config,
+    }
+}
+
+fn walk(
+    r: &mut Report,
+    text: &str,
+    source: &Path,
+    env: &HashMap<String, String>,
+) -> Option<Config> {
+    merged_tree(r, text, env).and_then(|mut tree| {
         fold_env_case(&mut tree);
-        read_config(&mut r, &tree, source, &Defaults::from_env(env))
-    });
-    match config {
+        if !r.placeholders_ok {
+            placeholders(r, &Node::root(&tree));
+        }
+        read_config(r, &tree, source, &Defaults::from_env(env))
+    })
+}
+
+/// The marker config/example.toml puts where the user must write a value of their own.
+pub const PLACEHOLDER: &str = "REPLACE_ME";
+
+/// Refuses the placeholders of config/example.toml, so a copy that was not finished fails
+/// `check-config` (and `run`) instead of retrying against a host that does not exist: any
+/// string holding [`PLACEHOLDER`], and any URL under `.invalid`, a domain that never resolves
+/// (RFC 6761).
+fn placeholders(r: &mut Report, node: &Node<'_>) {
+    match &node.value.kind {
+        ValueKind::Table(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            for k in keys {
+                placeholders(r, &node.child(k, &map[k]));
+            }
+        }
+        ValueKind::Array(items) => {
+            for (i, value) in items.iter().enumerate() {
+                let item = Node {
+                    path: format!("{}[{i}]", node.path),
+                    value,
+                };
+                placeholders(r, &item);
+            }
+        }
+        // The value itself is never shown: it may be a secret with the marker left in it.
+        ValueKind::String(s) if s.contains(PLACEHOLDER) => r.at(
+            node,
+            format!("still holds the placeholder {PLACEHOLDER}: replace it with your own value"),
+        ),
+        ValueKind::String(s) => {
+            let host = url::Url::parse(s).ok().and_then(|u| {
+                u.host_str()
+                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            });
+            if let Some(host) = host.filter(|h| h == "invalid" || h.ends_with(".invalid")) {
+                r.at(
+                    node,
+                    format!(
+                        "{host} is a placeholder (.invalid never resolves): replace the URL with \
+                         your upstream's"
+                    ),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every key path the loader asks for while reading `text` (array indexes as written), and its
+/// errors: the reference file's test checks that each of them is documented.
+#[cfg(test)]
+pub(crate) fn keys_asked(text: &str) -> (std::collections::BTreeSet<String>, Vec<String>) {
+    let mut r = Report::new("reference.toml".into());
+    r.asked = Some(std::collections::BTreeSet::new());
+    r.placeholders_ok = true;
+    let _ = walk(&mut r, text, Path::new("reference.toml"), &HashMap::new());
+    (r.asked.take().unwrap_or_default(), r.errors)
+}
+
+/// [`load_str`] for the reference file's examples, which use the placeholders.
+#[cfg(test)]
+pub(crate) fn load_with_placeholders(text: &str) -> Result<Config, ConfigError> {
+    let mut r = Report::new("reference.toml".into());
+    r.placeholders_ok = true;
+    match walk(&mut r, text, Path::new("reference.toml"), &HashMap::new()) {
         Some(config) if r.errors.is_empty() => Ok(config),
         _ => Err(ConfigError { errors: r.errors }),
     }
@@ -128,6 +245,11 @@ fn one_line(message: &str) -> String {
             .collect::<Vec<_>>()
             .join(" "),
     }
+}
+
+/// True when `node` is a table holding `key`.
+fn has_key(node: &Node<'_>, key: &str) -> bool {
+    matches!(&node.value.kind, ValueKind::Table(map) if map.contains_key(key))
 }
 
 /// Merges each environment-only key into the one sibling whose [`env_form`] it is (see the module
@@ -253,7 +375,24 @@ fn read_config(r: &mut Report, tree: &Value, source: &Path, d: &Defaults) -> Opt
         if entries.is_empty() {
             r.at(t.node(), "at least one endpoint is required");
         }
+        let in_file: Vec<String> = entries
+            .iter()
+            .filter(|(_, n)| !n.is_from_env())
+            .map(|(name, _)| name.clone())
+            .collect();
         for (name, node) in entries {
+            if node.is_from_env() && !has_key(&node, "url") {
+                // Most likely a misspelt endpoint name in a variable: say so rather than
+                // starting to validate an endpoint nobody meant.
+                let hint = closest(&name, in_file.iter().map(String::as_str))
+                    .map(|k| format!(", did you mean `{k}`?"))
+                    .unwrap_or_default();
+                r.at(
+                    &node,
+                    format!("no endpoint of that name in the file, and the environment sets no url for it{hint}"),
+                );
+                continue;
+            }
             let valid = !name.is_empty()
                 && name
                     .chars()

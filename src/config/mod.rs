@@ -18,6 +18,8 @@ mod numbers;
 mod presets;
 mod proxy;
 mod ratelimit;
+#[cfg(test)]
+mod reference;
 mod resume;
 mod share;
 mod summary;
@@ -26,7 +28,7 @@ pub mod units;
 mod value;
 
 pub use discovery::{Discovery, DiscoveryMethod, HttpDiscovery, UrlSource};
-pub use load::{load, load_str, ConfigError};
+pub use load::{load, load_lenient, load_str, ConfigError, Lenient};
 pub use proxy::{no_proxy_exempts, ProxyConfig, ProxyEnvError, ProxyRoute, ProxyScheme, ProxyUrl};
 pub use share::{
     IdStyle, Join, KeyRule, ReplyStreamConfig, RequestsConfig, Route, SubscriptionsConfig,
