@@ -176,7 +176,8 @@ impl Accounts {
         self.users.iter().find(|u| u.uid == uid)
     }
 
-    fn uid_of(&self, name: &str) -> Option<u32> {
+    /// The uid of user `name`.
+    pub fn uid_of(&self, name: &str) -> Option<u32> {
         self.users.iter().find(|u| u.name == name).map(|u| u.uid)
     }
 

@@ -40,10 +40,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Validate the config and print a summary; exit 0 if valid, 78 if not.
+    /// Validate the config and print a summary; exit 0 if valid, 78 if not. Also resolves
+    /// what it can (secret references, users and groups of access lists, TLS files) and warns
+    /// about what fails.
     CheckConfig {
+        /// Config file [default: $WS_SIDECAR_CONFIG or /etc/ws-sidecar/config.toml].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Treat warnings as errors: exit 78 when there is any.
+        #[arg(long)]
+        strict: bool,
     },
     /// Self-contained demo: a simulated upstream that drops now and then, the daemon, and a
     /// subscriber showing resume with contiguous seqs. Ctrl-C ends it.
@@ -193,7 +199,7 @@ fn main() -> ExitCode {
     let code = rt.block_on(async move {
         match cli.command {
             Command::Run { config } => run(config, activation).await,
-            Command::CheckConfig { config } => check_config(config),
+            Command::CheckConfig { config, strict } => check_config(config, strict).await,
             Command::Demo { duration } => cli::demo(duration).await,
             Command::Status { json, target } => cli::status(&target, json).await,
             Command::Tail {
@@ -244,13 +250,33 @@ fn load(arg: Option<PathBuf>) -> Result<Config, u8> {
     })
 }
 
-fn check_config(arg: Option<PathBuf>) -> u8 {
-    let cfg = match load(arg) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    for w in cfg.warnings() {
+/// `check-config`: every error and every warning (both, even when there are errors), then the
+/// summary of a valid file.
+async fn check_config(arg: Option<PathBuf>, strict: bool) -> u8 {
+    let path = config_path(arg);
+    let loaded = config::load_lenient(&path);
+    for e in &loaded.errors {
+        report!("{e}");
+    }
+    let mut warnings = Vec::new();
+    if let Some(cfg) = &loaded.config {
+        warnings = cfg.warnings();
+        warnings.extend(config::resolve(cfg).await);
+    }
+    for w in &warnings {
         report!("warning: {w}");
+    }
+    let Some(cfg) = loaded.config.filter(|_| loaded.errors.is_empty()) else {
+        return exit::CONFIG;
+    };
+    if strict && !warnings.is_empty() {
+        report!(
+            "{}: refused by --strict: {} warning{}",
+            path.display(),
+            warnings.len(),
+            if warnings.len() == 1 { "" } else { "s" }
+        );
+        return exit::CONFIG;
     }
     // The verdict is the exit code; nobody reading the summary changes nothing.
     let mut out = ws_sidecar::output::Stdout::new();

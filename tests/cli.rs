@@ -4,6 +4,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "cli/check_config.rs"]
+mod check_config;
 #[path = "cli/output.rs"]
 mod output;
 #[path = "cli/share.rs"]

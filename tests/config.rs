@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ws_sidecar::config::{
     load, load_str, AccessConfig, AuthConfig, AuthPlacement, BackoffConfig, CloseAction, Config,
-    ConfigError, Decode, EndpointConfig, FilterConfig, GrpcConfig, HeartbeatConfig, HttpConfig,
-    IdKind, LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, ProxyConfig,
+    ConfigError, Decode, EndpointConfig, GrpcConfig, HeartbeatConfig, HttpConfig, IdKind,
+    LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, ProxyConfig,
     ProxyScheme, RenewMode, ReplayConfig, SlowPolicy, SocketsConfig, StoreConfig, StreamConfig,
     TlsConfig, TokenSource, UrlSource,
 };

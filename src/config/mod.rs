@@ -20,6 +20,7 @@ mod proxy;
 mod ratelimit;
 #[cfg(test)]
 mod reference;
+mod resolve;
 mod resume;
 mod share;
 mod summary;
@@ -28,8 +29,9 @@ pub mod units;
 mod value;
 
 pub use discovery::{Discovery, DiscoveryMethod, HttpDiscovery, UrlSource};
-pub use load::{load, load_lenient, load_str, ConfigError, Lenient};
+pub use load::{load, load_lenient, load_str, ConfigError, Lenient, PLACEHOLDER};
 pub use proxy::{no_proxy_exempts, ProxyConfig, ProxyEnvError, ProxyRoute, ProxyScheme, ProxyUrl};
+pub use resolve::resolve;
 pub use share::{
     IdStyle, Join, KeyRule, ReplyStreamConfig, RequestsConfig, Route, SubscriptionsConfig,
 };
