@@ -9,7 +9,8 @@
 //!
 //! A TCP peer has no credentials, so an operation whose list is set is refused over TCP.
 //! `Reconnect` disturbs every subscriber, so it needs the `publish` list: whoever may steer the
-//! upstream may also restart it. Status is open to anyone who can reach a socket.
+//! upstream may also restart it. `Reload` may reconnect any endpoint, so it needs the `publish`
+//! list of every one. Status is open to anyone who can reach a socket.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
@@ -44,6 +45,8 @@ pub enum Op {
     Reconnect,
     /// Forgetting the stored resume position (`ws-sidecar reset-resume`).
     ResetResume,
+    /// Reloading the config file, which may reconnect or close the endpoint.
+    Reload,
 }
 
 impl Op {
@@ -53,6 +56,7 @@ impl Op {
             Op::Publish => "publish to",
             Op::Reconnect => "reconnect",
             Op::ResetResume => "reset the resume position of",
+            Op::Reload => "reload the config, which may reconnect",
         }
     }
 }
@@ -66,7 +70,7 @@ pub struct Denied(String);
 pub fn check(access: &AccessConfig, endpoint: &str, op: Op, peer: Peer) -> Result<(), Denied> {
     let list = match op {
         Op::Subscribe => &access.subscribe,
-        Op::Publish | Op::Reconnect | Op::ResetResume => &access.publish,
+        Op::Publish | Op::Reconnect | Op::ResetResume | Op::Reload => &access.publish,
     };
     let Some(list) = list else { return Ok(()) };
     let verb = op.verb();

@@ -118,6 +118,12 @@ enum Command {
         #[command(flatten)]
         target: cli::TargetArg,
     },
+    /// Ask the running daemon to reload its config file (as SIGHUP does) and print what
+    /// changed, or why the file was refused; exit 0 accepted, 78 refused, 69 unreachable.
+    Reload {
+        #[command(flatten)]
+        target: cli::TargetArg,
+    },
     /// Forget the endpoint's stored resume position (its last upstream id), then reconnect
     /// without offering it: for an upstream whose ids started again. Needs publish access.
     ResetResume {
@@ -226,6 +232,7 @@ fn main() -> ExitCode {
                 target,
             } => cli::send(&target, &endpoint, message, wait_sent).await,
             Command::Reconnect { endpoint, target } => cli::reconnect(&target, &endpoint).await,
+            Command::Reload { target } => cli::reload(&target).await,
             Command::ResetResume { endpoint, target } => {
                 cli::reset_resume(&target, &endpoint).await
             }
@@ -287,7 +294,7 @@ async fn check_config(arg: Option<PathBuf>, strict: bool) -> u8 {
 
 async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activation>) -> u8 {
     let path = config_path(arg);
-    let cfg = match load(Some(path.clone())) {
+    let cfg = match load(Some(path)) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -341,13 +348,8 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
     };
     // Every listener is bound, so READY=1 can go now; the upstreams connect on their own.
     let notifier = ws_sidecar::systemd::Notifier::from_env();
-    tokio::spawn(cli::reload_on_hangup(
-        hangups,
-        path,
-        daemon.reloader.clone(),
-        Arc::clone(&daemon.registry),
-        notifier.clone(),
-    ));
+    daemon.reloader.notify_via(notifier.clone());
+    tokio::spawn(cli::reload_on_hangup(hangups, daemon.reloader.clone()));
     ws_sidecar::systemd::start(
         notifier,
         Arc::clone(&daemon.registry),

@@ -8,6 +8,8 @@ mod support;
 mod check_config;
 #[path = "cli/output.rs"]
 mod output;
+#[path = "cli/reload.rs"]
+mod reload;
 #[path = "cli/share.rs"]
 mod share;
 #[path = "cli/unreachable.rs"]
@@ -158,6 +160,7 @@ fn client_commands_exit_69_when_the_daemon_is_unreachable() {
         vec!["status"],
         vec!["reconnect", "a"],
         vec!["reset-resume", "a"],
+        vec!["reload"],
         vec!["send", "a", "x"],
         vec!["tail", "a"],
         vec!["tail", "a", "--key", "k"],

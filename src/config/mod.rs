@@ -43,6 +43,12 @@ use std::time::Duration;
 
 use crate::secret::Secret;
 
+/// The key path of endpoint `name` as errors and reports write it (`endpoints.prices`,
+/// `endpoints."eu.prices"`).
+pub fn endpoint_path(name: &str) -> String {
+    value::join_key("endpoints", name)
+}
+
 /// The whole daemon configuration, after defaults and validation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
