@@ -107,7 +107,7 @@ pub fn load_lenient(path: &Path) -> Lenient {
     }
 }
 
-fn walk(
+pub(super) fn walk(
     r: &mut Report,
     text: &str,
     source: &Path,
@@ -116,81 +116,10 @@ fn walk(
     merged_tree(r, text, env).and_then(|mut tree| {
         fold_env_case(&mut tree);
         if !r.placeholders_ok {
-            placeholders(r, &Node::root(&tree));
+            super::placeholder::check(r, &Node::root(&tree));
         }
         read_config(r, &tree, source, &Defaults::from_env(env))
     })
-}
-
-/// The marker config/example.toml puts where the user must write a value of their own.
-pub const PLACEHOLDER: &str = "REPLACE_ME";
-
-/// Refuses the placeholders of config/example.toml, so a copy that was not finished fails
-/// `check-config` (and `run`) instead of retrying against a host that does not exist: any
-/// string holding [`PLACEHOLDER`], and any URL under `.invalid`, a domain that never resolves
-/// (RFC 6761).
-fn placeholders(r: &mut Report, node: &Node<'_>) {
-    match &node.value.kind {
-        ValueKind::Table(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            for k in keys {
-                placeholders(r, &node.child(k, &map[k]));
-            }
-        }
-        ValueKind::Array(items) => {
-            for (i, value) in items.iter().enumerate() {
-                let item = Node {
-                    path: format!("{}[{i}]", node.path),
-                    value,
-                };
-                placeholders(r, &item);
-            }
-        }
-        // The value itself is never shown: it may be a secret with the marker left in it.
-        ValueKind::String(s) if s.contains(PLACEHOLDER) => r.at(
-            node,
-            format!("still holds the placeholder {PLACEHOLDER}: replace it with your own value"),
-        ),
-        ValueKind::String(s) => {
-            let host = url::Url::parse(s).ok().and_then(|u| {
-                u.host_str()
-                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-            });
-            if let Some(host) = host.filter(|h| h == "invalid" || h.ends_with(".invalid")) {
-                r.at(
-                    node,
-                    format!(
-                        "{host} is a placeholder (.invalid never resolves): replace the URL with \
-                         your upstream's"
-                    ),
-                );
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Every key path the loader asks for while reading `text` (array indexes as written), and its
-/// errors: the reference file's test checks that each of them is documented.
-#[cfg(test)]
-pub(crate) fn keys_asked(text: &str) -> (std::collections::BTreeSet<String>, Vec<String>) {
-    let mut r = Report::new("reference.toml".into());
-    r.asked = Some(std::collections::BTreeSet::new());
-    r.placeholders_ok = true;
-    let _ = walk(&mut r, text, Path::new("reference.toml"), &HashMap::new());
-    (r.asked.take().unwrap_or_default(), r.errors)
-}
-
-/// [`load_str`] for the reference file's examples, which use the placeholders.
-#[cfg(test)]
-pub(crate) fn load_with_placeholders(text: &str) -> Result<Config, ConfigError> {
-    let mut r = Report::new("reference.toml".into());
-    r.placeholders_ok = true;
-    match walk(&mut r, text, Path::new("reference.toml"), &HashMap::new()) {
-        Some(config) if r.errors.is_empty() => Ok(config),
-        _ => Err(ConfigError { errors: r.errors }),
-    }
 }
 
 fn merged_tree(r: &mut Report, text: &str, env: &HashMap<String, String>) -> Option<Value> {

@@ -5,7 +5,8 @@
 //! table: the URL discovered before every attempt), `proxy.rs` (proxy URLs and
 //! the proxy environment variables), `value.rs` (the error-collecting
 //! field reader) and `units.rs` (the duration and size syntax);
-//! `summary.rs` renders what `check-config` prints. This file is the shape the rest of the daemon reads.
+//! `summary.rs` renders what `check-config` prints, `resolve.rs` what it finds by resolving
+//! secrets, users and files, `placeholder.rs` refuses config/example.toml's placeholders. This file is the shape the rest of the daemon reads.
 //! Everything here is checked before anything starts, so runtime code never re-validates.
 
 mod decode;
@@ -15,6 +16,7 @@ mod endpoint;
 mod handshake;
 mod load;
 mod numbers;
+mod placeholder;
 mod presets;
 mod proxy;
 mod ratelimit;
@@ -29,7 +31,8 @@ pub mod units;
 mod value;
 
 pub use discovery::{Discovery, DiscoveryMethod, HttpDiscovery, UrlSource};
-pub use load::{load, load_lenient, load_str, ConfigError, Lenient, PLACEHOLDER};
+pub use load::{load, load_lenient, load_str, ConfigError, Lenient};
+pub use placeholder::PLACEHOLDER;
 pub use proxy::{no_proxy_exempts, ProxyConfig, ProxyEnvError, ProxyRoute, ProxyScheme, ProxyUrl};
 pub use resolve::resolve;
 pub use share::{

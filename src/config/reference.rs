@@ -7,11 +7,34 @@
 //! default is none or depends on the environment. Lines indented after the `#`
 //! (`#   key = value`) show other forms a key takes. Everything else is prose.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 
-use super::value::join_key;
+use super::load::walk;
+use super::value::{join_key, Report};
+use super::{Config, ConfigError};
 
 const REFERENCE: &str = include_str!("../../config/reference.toml");
+
+/// Every key path the loader asks for while reading `text` (array indexes as written), and its
+/// errors: the reference file's test checks that each of them is documented.
+fn keys_asked(text: &str) -> (BTreeSet<String>, Vec<String>) {
+    let mut r = Report::new("reference.toml".into());
+    r.asked = Some(BTreeSet::new());
+    r.placeholders_ok = true;
+    let _ = walk(&mut r, text, Path::new("reference.toml"), &HashMap::new());
+    (r.asked.take().unwrap_or_default(), r.errors)
+}
+
+/// [`super::load_str`] for the reference file's examples, which use the placeholders.
+fn load_with_placeholders(text: &str) -> Result<Config, ConfigError> {
+    let mut r = Report::new("reference.toml".into());
+    r.placeholders_ok = true;
+    match walk(&mut r, text, Path::new("reference.toml"), &HashMap::new()) {
+        Some(config) if r.errors.is_empty() => Ok(config),
+        _ => Err(ConfigError { errors: r.errors }),
+    }
+}
 
 /// One `# key = value` line, uncommented.
 struct KeyLine {
@@ -91,7 +114,7 @@ fn parse(text: &str) -> Parsed {
 }
 
 fn load(text: &str) -> Result<super::Config, Vec<String>> {
-    super::load::load_with_placeholders(text).map_err(|e| e.errors)
+    load_with_placeholders(text).map_err(|e| e.errors)
 }
 
 /// Every key path in a TOML text, array indexes written `[]`.
@@ -227,7 +250,7 @@ fn every_key_the_loader_reads_is_listed() {
     }
     let mut missing = BTreeSet::new();
     for text in &texts {
-        let (asked, errors) = super::load::keys_asked(text);
+        let (asked, errors) = keys_asked(text);
         let unknown: Vec<&String> = errors
             .iter()
             .filter(|e| e.contains("unknown key"))
