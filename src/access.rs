@@ -9,8 +9,9 @@
 //!
 //! A TCP peer has no credentials, so an operation whose list is set is refused over TCP.
 //! `Reconnect` disturbs every subscriber, so it needs the `publish` list: whoever may steer the
-//! upstream may also restart it, forget its resume position or clear its outbox. Status (and
-//! an outbox's depth and age) is open to anyone who can reach a socket.
+//! upstream may also restart it, forget its resume position or clear its outbox. `Reload` may
+//! reconnect any endpoint, so it needs the `publish` list of every one. Status (and an outbox's
+//! depth and age) is open to anyone who can reach a socket.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
@@ -47,6 +48,8 @@ pub enum Op {
     ResetResume,
     /// Dropping the messages waiting in the outbox (`ws-sidecar outbox --clear`).
     ClearOutbox,
+    /// Reloading the config file, which may reconnect or close the endpoint.
+    Reload,
 }
 
 impl Op {
@@ -57,6 +60,7 @@ impl Op {
             Op::Reconnect => "reconnect",
             Op::ResetResume => "reset the resume position of",
             Op::ClearOutbox => "clear the outbox of",
+            Op::Reload => "reload the config, which may reconnect",
         }
     }
 }
@@ -70,7 +74,9 @@ pub struct Denied(String);
 pub fn check(access: &AccessConfig, endpoint: &str, op: Op, peer: Peer) -> Result<(), Denied> {
     let list = match op {
         Op::Subscribe => &access.subscribe,
-        Op::Publish | Op::Reconnect | Op::ResetResume | Op::ClearOutbox => &access.publish,
+        Op::Publish | Op::Reconnect | Op::ResetResume | Op::ClearOutbox | Op::Reload => {
+            &access.publish
+        }
     };
     let Some(list) = list else { return Ok(()) };
     let verb = op.verb();
@@ -180,7 +186,8 @@ impl Accounts {
         self.users.iter().find(|u| u.uid == uid)
     }
 
-    fn uid_of(&self, name: &str) -> Option<u32> {
+    /// The uid of user `name`.
+    pub fn uid_of(&self, name: &str) -> Option<u32> {
         self.users.iter().find(|u| u.name == name).map(|u| u.uid)
     }
 

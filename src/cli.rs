@@ -219,6 +219,43 @@ pub async fn reconnect(target: &TargetArg, endpoint: &str) -> u8 {
     }
 }
 
+/// `reload`: asks the daemon to reload its config file and prints the outcome: what changed on
+/// stdout, or the errors that refused the file on stderr (exit 78).
+pub async fn reload(target: &TargetArg) -> u8 {
+    let mut c = match target.connect().await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let r = match c.reload(proto::ReloadRequest {}).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return refused(&s),
+    };
+    for w in &r.warnings {
+        report!("warning: {w}");
+    }
+    if !r.accepted {
+        for e in &r.errors {
+            report!("{e}");
+        }
+        report!("ws-sidecar: reload refused; the daemon keeps running the config it had");
+        return exit::CONFIG;
+    }
+    let mut out = Stdout::new();
+    out.line(format_args!("reloaded {}", r.config));
+    for (label, names) in [
+        ("added", &r.added),
+        ("changed (reconnected)", &r.changed),
+        ("removed", &r.removed),
+        ("unchanged", &r.unchanged),
+        ("needs a restart", &r.need_restart),
+    ] {
+        if !names.is_empty() {
+            out.line(format_args!("  {label}: {}", names.join(", ")));
+        }
+    }
+    out.exit_code(0)
+}
+
 /// `reset-resume`: forgets the endpoint's resume position and prints the one forgotten.
 pub async fn reset_resume(target: &TargetArg, endpoint: &str) -> u8 {
     let mut c = match target.connect().await {
@@ -285,35 +322,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("invalid duration {s:?} (examples: 10s, 1m30s, 500ms)"))
 }
 
-/// Re-reads the config on every SIGHUP: an invalid file is logged and changes nothing; a valid
-/// one is applied (see `ws_sidecar::reload`), bracketed by RELOADING=1 … READY=1.
+/// Re-reads the config on every SIGHUP, as the `Reload` RPC does (see
+/// `ws_sidecar::reload::Reloader::reload_file`).
 pub async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
-    path: std::path::PathBuf,
     reloader: ws_sidecar::reload::Reloader,
-    registry: std::sync::Arc<ws_sidecar::registry::Registry>,
-    notifier: ws_sidecar::systemd::Notifier,
 ) {
     while hangups.recv().await.is_some() {
-        tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
-        notifier.reloading();
-        match ws_sidecar::config::load(&path) {
-            Err(e) => {
-                for line in &e.errors {
-                    tracing::error!("reload refused, running config unchanged: {line}");
-                }
-            }
-            Ok(cfg) => {
-                for w in cfg.warnings() {
-                    tracing::warn!("{w}");
-                }
-                if let Err(e) = reloader.apply(cfg).await {
-                    tracing::error!("reload incomplete: {e}");
-                }
-            }
-        }
-        notifier.ready(&registry);
-        notifier.endpoints_changed();
+        tracing::info!("SIGHUP received");
+        reloader.reload_file().await;
     }
 }
 

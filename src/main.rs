@@ -42,11 +42,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Validate the config and print a summary; exit 0 if valid, 78 if not.
+    /// Validate the config and print a summary; exit 0 if valid, 78 if not. Also resolves
+    /// what it can (secret references, users and groups of access lists, TLS files) and warns
+    /// about what fails.
     CheckConfig {
         /// Config file [default: as for `run`].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Treat warnings as errors: exit 78 when there is any.
+        #[arg(long)]
+        strict: bool,
     },
     /// Self-contained demo: a simulated upstream that drops now and then, the daemon, and a
     /// subscriber showing resume with contiguous seqs. Ctrl-C ends it.
@@ -92,6 +97,12 @@ enum Command {
     Reconnect {
         /// The endpoint's name in the config.
         endpoint: String,
+        #[command(flatten)]
+        target: cli::TargetArg,
+    },
+    /// Ask the running daemon to reload its config file (as SIGHUP does) and print what
+    /// changed, or why the file was refused; exit 0 accepted, 78 refused, 69 unreachable.
+    Reload {
         #[command(flatten)]
         target: cli::TargetArg,
     },
@@ -181,7 +192,7 @@ fn main() -> ExitCode {
     let code = rt.block_on(async move {
         match cli.command {
             Command::Run { config } => run(config, activation).await,
-            Command::CheckConfig { config } => check_config(config),
+            Command::CheckConfig { config, strict } => check_config(config, strict).await,
             Command::Demo { duration } => cli::demo(duration).await,
             Command::Status {
                 endpoint,
@@ -197,6 +208,7 @@ fn main() -> ExitCode {
             } => cli::request::request(&target, &endpoint, json, stream).await,
             Command::Send(args) => cli::send::send(args).await,
             Command::Reconnect { endpoint, target } => cli::reconnect(&target, &endpoint).await,
+            Command::Reload { target } => cli::reload(&target).await,
             Command::ResetResume { endpoint, target } => {
                 cli::reset_resume(&target, &endpoint).await
             }
@@ -229,13 +241,36 @@ fn load(arg: Option<PathBuf>) -> Result<Config, u8> {
     })
 }
 
-fn check_config(arg: Option<PathBuf>) -> u8 {
-    let cfg = match load(arg) {
-        Ok(c) => c,
+/// `check-config`: every error and every warning (both, even when there are errors), then the
+/// summary of a valid file.
+async fn check_config(arg: Option<PathBuf>, strict: bool) -> u8 {
+    let path = match config_path(arg) {
+        Ok(p) => p,
         Err(code) => return code,
     };
-    for w in cfg.warnings() {
+    let loaded = config::load_lenient(&path);
+    for e in &loaded.errors {
+        report!("{e}");
+    }
+    let mut warnings = Vec::new();
+    if let Some(cfg) = &loaded.config {
+        warnings = cfg.warnings();
+        warnings.extend(config::resolve(cfg).await);
+    }
+    for w in &warnings {
         report!("warning: {w}");
+    }
+    let Some(cfg) = loaded.config.filter(|_| loaded.errors.is_empty()) else {
+        return exit::CONFIG;
+    };
+    if strict && !warnings.is_empty() {
+        report!(
+            "{}: refused by --strict: {} warning{}",
+            path.display(),
+            warnings.len(),
+            if warnings.len() == 1 { "" } else { "s" }
+        );
+        return exit::CONFIG;
     }
     // The verdict is the exit code; nobody reading the summary changes nothing.
     let mut out = ws_sidecar::output::Stdout::new();
@@ -278,11 +313,7 @@ impl Drop for Leftovers {
 }
 
 async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activation>) -> u8 {
-    let path = match config_path(arg) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let cfg = match load(Some(path.clone())) {
+    let cfg = match load(arg) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -345,13 +376,8 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
     leftovers.keep();
     // Every listener is bound, so READY=1 can go now; the upstreams connect on their own.
     let notifier = ws_sidecar::systemd::Notifier::from_env();
-    tokio::spawn(cli::reload_on_hangup(
-        hangups,
-        path,
-        daemon.reloader.clone(),
-        Arc::clone(&daemon.registry),
-        notifier.clone(),
-    ));
+    daemon.reloader.notify_via(notifier.clone());
+    tokio::spawn(cli::reload_on_hangup(hangups, daemon.reloader.clone()));
     ws_sidecar::systemd::start(
         notifier,
         Arc::clone(&daemon.registry),

@@ -132,7 +132,9 @@ pub async fn command_output(
     Secret::Command(argv.to_vec()).clean(&raw)
 }
 
-fn credential_path(path: &Path) -> PathBuf {
+/// Where a `{ file = … }` reference is read: a relative path in `$CREDENTIALS_DIRECTORY` when
+/// it is set, else as given.
+pub fn credential_path(path: &Path) -> PathBuf {
     match std::env::var_os("CREDENTIALS_DIRECTORY") {
         Some(dir) if path.is_relative() => Path::new(&dir).join(path),
         _ => path.to_path_buf(),

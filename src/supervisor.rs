@@ -28,7 +28,7 @@ pub struct Daemon {
     pub registry: Arc<Registry>,
     /// The probe behind the systemd watchdog and `/healthz`.
     pub liveness: Liveness,
-    /// Applies a reloaded config (SIGHUP).
+    /// Applies a reloaded config (SIGHUP, the `Reload` RPC).
     pub reloader: Reloader,
     shutdown: CancellationToken,
     upstreams: TaskTracker,
@@ -81,10 +81,14 @@ impl Daemon {
             shutdown.clone(),
         ));
         for l in listeners.grpc {
-            let (registry, reporter, token) =
-                (Arc::clone(&registry), reporter.clone(), shutdown.clone());
+            let (registry, reloader, reporter, token) = (
+                Arc::clone(&registry),
+                reloader.clone(),
+                reporter.clone(),
+                shutdown.clone(),
+            );
             servers.spawn(async move {
-                if let Err(e) = api::grpc::serve(l, registry, reporter, token).await {
+                if let Err(e) = api::grpc::serve(l, registry, reloader, reporter, token).await {
                     tracing::error!(error = %e, "gRPC server stopped");
                 }
             });

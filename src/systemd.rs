@@ -26,6 +26,8 @@ use crate::registry::Registry;
 
 /// Longest STATUS line sent; systemd shows it on one line of `systemctl status`.
 const MAX_STATUS: usize = 400;
+/// Longest refusal shown in the STATUS line: the first error says enough, the log has all.
+const MAX_REFUSAL: usize = 200;
 /// Longest reason shown per endpoint in the STATUS line.
 const MAX_REASON: usize = 80;
 
@@ -35,6 +37,9 @@ pub struct Notifier {
     target: Option<Arc<Target>>,
     /// Wakes the status loop to re-read the set of endpoints (after a reload changed it).
     endpoints_changed: Arc<Notify>,
+    /// The first error of the last reload when it was refused; shown at the start of every
+    /// STATUS line until a reload succeeds.
+    refused: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 struct Target {
@@ -82,6 +87,7 @@ impl Notifier {
                 shown: path.to_owned(),
             })),
             endpoints_changed: Arc::default(),
+            refused: Arc::default(),
         })
     }
 
@@ -100,7 +106,24 @@ impl Notifier {
 
     /// READY=1: every listener is bound (or a reload finished), with the current STATUS line.
     pub fn ready(&self, registry: &Registry) {
-        self.send(&format!("READY=1\nSTATUS={}", status_line(&registry.all())));
+        self.send(&format!("READY=1\nSTATUS={}", self.line(registry)));
+    }
+
+    /// Records the outcome of a reload: `Some(first error)` when it was refused, `None` when it
+    /// was applied. A refusal stays in the STATUS line until a later reload is applied.
+    pub fn reload_refused(&self, first_error: Option<&str>) {
+        // One line: a newline would end the STATUS= assignment.
+        let note = first_error.map(|e| truncate(&e.replace('\n', " "), MAX_REFUSAL));
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = note;
+    }
+
+    /// The STATUS line: the refused reload, if any, then the endpoint states.
+    pub fn line(&self, registry: &Registry) -> String {
+        let states = status_line(&registry.all());
+        match &*self.refused.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => truncate(&format!("reload refused: {why}; {states}"), MAX_STATUS),
+            None => states,
+        }
     }
 
     /// RELOADING=1: for the SIGHUP handler, before it re-reads the config. Follow it with
@@ -150,7 +173,7 @@ pub fn start(
     if !notifier.enabled() {
         return;
     }
-    let status = status_line(&registry.all());
+    let status = notifier.line(&registry);
     notifier.send(&format!("READY=1\nSTATUS={status}"));
     if let Some(timeout) = watchdog_timeout() {
         tokio::spawn(watchdog_loop(
@@ -200,7 +223,7 @@ async fn status_loop(
                 .map(|ep| BroadcastStream::new(ep.state_events())),
         );
         loop {
-            let line = status_line(&registry.all());
+            let line = notifier.line(&registry);
             if line != last {
                 notifier.send(&format!("STATUS={line}"));
                 last = line;

@@ -6,12 +6,16 @@ mod support;
 
 #[path = "cli/by_hand.rs"]
 mod by_hand;
+#[path = "cli/check_config.rs"]
+mod check_config;
 #[path = "cli/output.rs"]
 mod output;
 #[path = "cli/publish.rs"]
 mod publish;
 #[path = "cli/readme.rs"]
 mod readme;
+#[path = "cli/reload.rs"]
+mod reload;
 #[path = "cli/share.rs"]
 mod share;
 #[path = "cli/tail.rs"]
@@ -164,6 +168,7 @@ fn client_commands_exit_69_when_the_daemon_is_unreachable() {
         vec!["status"],
         vec!["reconnect", "a"],
         vec!["reset-resume", "a"],
+        vec!["reload"],
         vec!["send", "a", "x"],
         vec!["tail", "a"],
         vec!["tail", "a", "--key", "k"],

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ws_sidecar::config::{
     load, load_str, AccessConfig, AuthConfig, AuthPlacement, BackoffConfig, CloseAction, Config,
-    ConfigError, Decode, EndpointConfig, FilterConfig, GrpcConfig, HeartbeatConfig, HttpConfig,
-    IdKind, LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, ProxyConfig,
+    ConfigError, Decode, EndpointConfig, GrpcConfig, HeartbeatConfig, HttpConfig, IdKind,
+    LimitsConfig, ListenAddr, LogConfig, LogFormat, OutboxConfig, Principal, ProxyConfig,
     ProxyScheme, RenewMode, ReplayConfig, SlowPolicy, SocketsConfig, StoreConfig, StreamConfig,
     TlsConfig, TokenSource, UrlSource,
 };
@@ -201,7 +201,7 @@ backoff = { multiplier = 0.5 }
         errors(text),
         [
             r#"config.toml: log.format: invalid value "xml", expected one of text, json, journald"#,
-            r#"config.toml: endpoints.prices.heartbeat.ping_interval: invalid duration "ten seconds""#,
+            r#"config.toml: endpoints.prices.heartbeat.ping_interval: invalid duration "ten seconds": expected a duration like "500ms", "30s", "5m", "1h30m" (units ns, us, ms, s, m, h, d)"#,
             "config.toml: endpoints.prices.backoff.multiplier: must be at least 1.0",
         ]
     );
@@ -213,7 +213,21 @@ fn bad_duration_matches_the_spec_example() {
     assert_eq!(
         errors(&text),
         [
-            r#"config.toml: endpoints.prices.heartbeat.ping_interval: invalid duration "ten seconds""#
+            r#"config.toml: endpoints.prices.heartbeat.ping_interval: invalid duration "ten seconds": expected a duration like "500ms", "30s", "5m", "1h30m" (units ns, us, ms, s, m, h, d)"#
+        ]
+    );
+}
+
+#[test]
+fn bad_sizes_and_durations_show_valid_examples() {
+    let text =
+        prices("max_message_size = \"16 MiBs\"\nconnect_timeout = 10\nreplay = { bytes = 1.5 }");
+    assert_eq!(
+        errors(&text),
+        [
+            r#"config.toml: endpoints.prices.connect_timeout: expected a duration like "500ms", "30s", "5m", "1h30m" (units ns, us, ms, s, m, h, d), found an integer"#,
+            r#"config.toml: endpoints.prices.max_message_size: invalid size "16 MiBs": expected a size like "512B", "64KiB", "16MiB", "1GiB", "1MB" or a number of bytes"#,
+            r#"config.toml: endpoints.prices.replay.bytes: expected a size like "512B", "64KiB", "16MiB", "1GiB", "1MB" or a number of bytes, found a float"#,
         ]
     );
 }
@@ -232,9 +246,10 @@ auth = { token = { env = "T", vault = "x" } }
     assert_eq!(
         errors(text),
         [
-            "config.toml: log.levle: unknown key",
+            "config.toml: log.levle: unknown key, did you mean `level`?",
             "config.toml: endpoints.prices.auth.token.vault: unknown key",
-            "config.toml: endpoints.prices.heartbeat.pingg_interval: unknown key",
+            "config.toml: endpoints.prices.heartbeat.pingg_interval: unknown key, did you mean \
+             `ping_interval`?",
             "config.toml: colour: unknown key",
         ]
     );
@@ -291,15 +306,81 @@ fn env_errors_name_the_variable() {
     assert_eq!(
         errors_env(MINIMAL, &vars),
         [
-            "config.toml: endpoints.prices.backoff.max: invalid duration \"forever\" \
+            "config.toml: endpoints.prices.backoff.max: invalid duration \"forever\": expected a \
+             duration like \"500ms\", \"30s\", \"5m\", \"1h30m\" (units ns, us, ms, s, m, h, d) \
              (set by WS_SIDECAR__ENDPOINTS__PRICES__BACKOFF__MAX)"
         ]
     );
     let vars = env(&[("WS_SIDECAR__LOG__LEVL", "debug")]);
     assert_eq!(
         errors_env(MINIMAL, &vars),
-        ["config.toml: log.levl: unknown key (set by WS_SIDECAR__LOG__LEVL)"]
+        [
+            "config.toml: log.levl: unknown key, did you mean `level` (WS_SIDECAR__LOG__LEVEL)? \
+             (set by WS_SIDECAR__LOG__LEVL)"
+        ]
     );
+}
+
+#[test]
+fn misspelt_keys_get_a_suggestion_from_the_keys_valid_there() {
+    let text = r#"
+[grpc]
+lisen = ["unix:/tmp/g.sock"]
+[endpoints.prices]
+url = "wss://stream.example.com/prices"
+conect_timeout = "5s"
+fallback-urls = []
+backof = { initial = "1s" }
+heartbeat = { ping_intervall = "5s", pong = "1s" }
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "config.toml: grpc.lisen: unknown key, did you mean `listen`?",
+            "config.toml: endpoints.prices.heartbeat.ping_intervall: unknown key, did you mean \
+             `ping_interval`?",
+            // Too far from every key to guess.
+            "config.toml: endpoints.prices.heartbeat.pong: unknown key",
+            "config.toml: endpoints.prices.backof: unknown key, did you mean `backoff`?",
+            "config.toml: endpoints.prices.conect_timeout: unknown key, did you mean \
+             `connect_timeout`?",
+            "config.toml: endpoints.prices.fallback-urls: unknown key, did you mean \
+             `fallback_urls`?",
+        ]
+    );
+}
+
+#[test]
+fn misspelt_environment_overrides_name_their_variable() {
+    // A misspelt section: the variable is named in full, not just its first part.
+    let vars = env(&[("WS_SIDECAR__LOGG__LEVEL", "debug")]);
+    assert_eq!(
+        errors_env(MINIMAL, &vars),
+        [
+            "config.toml: logg: unknown key, did you mean `log` (WS_SIDECAR__LOG)? \
+             (set by WS_SIDECAR__LOGG__LEVEL)"
+        ]
+    );
+    // A misspelt endpoint name would otherwise be a new endpoint with no url.
+    let vars = env(&[
+        (
+            "WS_SIDECAR__ENDPOINTS__PRICSE__HEARTBEAT__PING_INTERVAL",
+            "5s",
+        ),
+        ("WS_SIDECAR__ENDPOINTS__PRICSE__CONNECT_TIMEOUT", "5s"),
+    ]);
+    assert_eq!(
+        errors_env(MINIMAL, &vars),
+        [
+            "config.toml: endpoints.pricse: no endpoint of that name in the file, and the \
+             environment sets no url for it, did you mean `prices`? (set by \
+             WS_SIDECAR__ENDPOINTS__PRICSE__CONNECT_TIMEOUT, \
+             WS_SIDECAR__ENDPOINTS__PRICSE__HEARTBEAT__PING_INTERVAL)"
+        ]
+    );
+    // An endpoint the environment defines whole is fine.
+    let vars = env(&[("WS_SIDECAR__ENDPOINTS__EXTRA__URL", "ws://extra.test/")]);
+    assert_eq!(ok_env(MINIMAL, &vars).endpoints.len(), 2);
 }
 
 #[test]
@@ -451,53 +532,61 @@ E = { env = "" }
     );
 }
 
+/// config/example.toml is a start, not a working file: it is refused, naming each placeholder,
+/// until they are replaced; then it loads as written.
 #[test]
-fn example_file_loads_and_documents_the_defaults() {
+fn example_file_is_refused_until_its_placeholders_are_replaced() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
     let text = std::fs::read_to_string(&path).expect("example exists");
-    let config = ok(&text);
-    assert_eq!(config.endpoints.len(), 2);
-    // Keys the example spells out must be the defaults, or the documentation lies.
-    let defaults = default_endpoint("wss://stream.example.com/prices");
+    assert_eq!(
+        errors(&text),
+        [
+            "config.toml: endpoints.prices.on_connect[0]: still holds the placeholder \
+             REPLACE_ME: replace it with your own value",
+            "config.toml: endpoints.prices.url: stream.example.invalid is a placeholder \
+             (.invalid never resolves): replace the URL with your upstream's",
+        ]
+    );
+    let filled = text
+        .replace("stream.example.invalid", "stream.example.com")
+        .replace("REPLACE_ME", "trades");
+    let config = ok(&filled);
+    assert_eq!(config.endpoints.len(), 1);
     let prices = ep(&config, "prices");
-    assert_eq!(prices.heartbeat, defaults.heartbeat);
-    assert_eq!(prices.backoff, defaults.backoff);
-    assert_eq!(prices.replay, defaults.replay);
-    assert_eq!(prices.outbox, defaults.outbox);
-    assert_eq!(prices.connect_timeout, defaults.connect_timeout);
-    assert_eq!(prices.max_message_size, defaults.max_message_size);
-    assert_eq!(prices.decode, defaults.decode);
-    let auth = prices.auth.as_ref().expect("example has auth");
-    assert_eq!(auth.max_failures, 3);
-    assert_eq!(auth.refresh_before, secs(60));
-    assert_eq!(
-        prices.drop,
-        [FilterConfig {
-            pointer: "/type".into(),
-            equals: serde_json::json!("heartbeat"),
-        }]
-    );
-    let resume = prices.resume.as_ref().expect("example has resume");
-    assert_eq!(
-        (resume.id_kind, resume.dedup_window),
-        (IdKind::Integer, 10_000)
-    );
-    let minimal = ok(MINIMAL);
-    assert_eq!(config.log, minimal.log);
-    assert_eq!(config.grpc, minimal.grpc);
-    assert_eq!(config.sockets, minimal.sockets);
-    assert_eq!(config.http, minimal.http);
-    assert_eq!(config.limits, minimal.limits);
-    let chat = ep(&config, "chat");
-    let chat_auth = chat.auth.as_ref().expect("chat has auth");
-    assert_eq!(
-        chat_auth.placement,
-        AuthPlacement::Query {
-            name: "access_token".into()
-        }
-    );
+    assert!(prices.replay.persist);
+    assert!(prices.auth.is_some());
     // Also through `load`, which reads the file itself.
-    assert_eq!(load(&path).map(|c| c.endpoints.len()), Ok(2));
+    let refused = load(&path).expect_err("placeholders");
+    assert_eq!(refused.errors.len(), 2, "{refused}");
+}
+
+#[test]
+fn placeholders_are_refused_wherever_they_are() {
+    let text = prices(
+        "fallback_urls = [\"wss://b.invalid./x\"]\nheaders = { X-Key = \"k-REPLACE_ME\" }\n\
+         proxy = \"http://proxy.invalid:3128\"",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "config.toml: endpoints.prices.fallback_urls[0]: b.invalid is a placeholder \
+             (.invalid never resolves): replace the URL with your upstream's",
+            "config.toml: endpoints.prices.headers.X-Key: still holds the placeholder REPLACE_ME: \
+             replace it with your own value",
+            "config.toml: endpoints.prices.proxy: proxy.invalid is a placeholder (.invalid never \
+             resolves): replace the URL with your upstream's",
+        ]
+    );
+    // From the environment, the variable is named; the value never is.
+    let vars = env(&[("WS_SIDECAR__ENDPOINTS__PRICES__URL", "wss://x.invalid/")]);
+    assert_eq!(
+        errors_env(MINIMAL, &vars),
+        [
+            "config.toml: endpoints.prices.url: x.invalid is a placeholder (.invalid never \
+             resolves): replace the URL with your upstream's (set by \
+             WS_SIDECAR__ENDPOINTS__PRICES__URL)"
+        ]
+    );
 }
 
 #[test]
@@ -539,7 +628,7 @@ fn invalid_values_are_reported_at_their_key() {
         ("[endpoints.p]\nurl = \"ws://x\"\nbackoff = { initial = \"1m\" }", "endpoints.p.backoff.max: must not be less than backoff.initial"),
         ("[endpoints.p]\nurl = \"ws://x\"\nbackoff = { min_delay = \"1m\" }", "endpoints.p.backoff.min_delay: must not be more than backoff.max (30s)"),
         ("[endpoints.p]\nurl = \"ws://x\"\nbackoff = { multiplier = \"nan\" }", "endpoints.p.backoff.multiplier: NaN is not a finite number"),
-        ("[endpoints.p]\nurl = \"ws://x\"\nheartbeat = { pong_timeout = 10 }", "endpoints.p.heartbeat.pong_timeout: expected a duration string such as \"20s\", found an integer"),
+        ("[endpoints.p]\nurl = \"ws://x\"\nheartbeat = { pong_timeout = 10 }", "endpoints.p.heartbeat.pong_timeout: expected a duration like \"500ms\", \"30s\", \"5m\", \"1h30m\" (units ns, us, ms, s, m, h, d), found an integer"),
         ("[endpoints.p]\nurl = \"ws://x\"\nreplay = { messages = 0 }", "endpoints.p.replay.messages: must be at least 1"),
         ("[endpoints.p]\nurl = \"ws://x\"\nreplay = { slow_subscriber = \"wait\" }", "endpoints.p.replay.slow_subscriber: invalid value \"wait\", expected one of skip, disconnect"),
         ("[endpoints.p]\nurl = \"ws://x\"\noutbox = { max_bytes = 0 }", "endpoints.p.outbox.max_bytes: must be at least 1B"),

@@ -23,6 +23,7 @@ use crate::log::{GapReason, Item, Kind};
 use crate::proto::sidecar_server::{Sidecar, SidecarServer};
 use crate::proto::{self, event};
 use crate::registry::Registry;
+use crate::reload::Reloader;
 use crate::share::KeyState;
 use crate::status::{proto_state, EndpointStatus};
 
@@ -33,12 +34,14 @@ const MAX_REQUEST: usize = 16 * 1024 * 1024 + 1024;
 #[derive(Clone)]
 pub struct SidecarService {
     registry: Arc<Registry>,
+    /// What `Reload` runs: the SIGHUP code path.
+    reloader: Reloader,
 }
 
 impl SidecarService {
     /// A service over the daemon's endpoints.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        SidecarService { registry }
+    pub fn new(registry: Arc<Registry>, reloader: Reloader) -> Self {
+        SidecarService { registry, reloader }
     }
 }
 
@@ -46,6 +49,7 @@ impl SidecarService {
 pub async fn serve(
     listener: GrpcListener,
     registry: Arc<Registry>,
+    reloader: Reloader,
     health: tonic_health::server::HealthReporter,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -58,7 +62,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha();
-    let sidecar = SidecarServer::new(SidecarService::new(registry))
+    let sidecar = SidecarServer::new(SidecarService::new(registry, reloader))
         .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(usize::MAX);
     let mut builder = tonic::transport::Server::builder()
@@ -415,6 +419,19 @@ impl Sidecar for SidecarService {
         Ok(Response::new(proto::ReconnectResponse {}))
     }
 
+    async fn reload(
+        &self,
+        request: Request<proto::ReloadRequest>,
+    ) -> Result<Response<proto::ReloadResponse>, Status> {
+        let peer = peer(&request);
+        for ep in self.registry.all() {
+            access::check(&ep.config().access, &ep.name, Op::Reload, peer)
+                .map_err(|e| Status::permission_denied(e.to_string()))?;
+        }
+        let outcome = self.reloader.reload_file().await;
+        Ok(Response::new(reload_response(outcome)))
+    }
+
     async fn reset_resume(
         &self,
         request: Request<proto::ResetResumeRequest>,
@@ -487,6 +504,21 @@ impl Sidecar for SidecarService {
             cleared: cleared.messages as u64,
             bytes: cleared.bytes as u64,
         }))
+    }
+}
+
+/// A reload's outcome on the wire.
+fn reload_response(o: crate::reload::ReloadOutcome) -> proto::ReloadResponse {
+    proto::ReloadResponse {
+        accepted: o.accepted,
+        errors: o.errors,
+        warnings: o.warnings,
+        added: o.report.added,
+        changed: o.report.changed,
+        removed: o.report.removed,
+        unchanged: o.report.unchanged,
+        need_restart: o.report.need_restart,
+        config: o.config.display().to_string(),
     }
 }
 

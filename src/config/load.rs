@@ -24,12 +24,12 @@ use std::time::Duration;
 use config::{Value, ValueKind};
 
 use super::endpoint::read_endpoint;
-use super::value::{boolean, integer, only_from_env, size, string, Node, Report, Table};
+use super::value::{boolean, closest, integer, only_from_env, size, string, Node, Report, Table};
 use super::{
     Config, GrpcConfig, HttpConfig, LimitsConfig, ListenAddr, LogConfig, LogFormat, SocketsConfig,
     StoreConfig, StreamConfig,
 };
-use crate::paths::Dirs;
+use crate::paths::{process_env, Dirs};
 
 /// Every problem found in a config file, one `<file>: <key.path>: <what is wrong>` line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })?;
     // Variables that are not Unicode cannot be config overrides; skipping them beats refusing to
     // start over an unrelated variable.
-    load_str(&text, path, &crate::paths::process_env())
+    load_str(&text, path, &process_env())
 }
 
 /// Loads `text` as if read from `source`, with `env` standing in for the process environment
@@ -64,19 +64,62 @@ pub fn load_str(
     env: &HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
     let mut r = Report::new(source.display().to_string());
-    let config = merged_tree(&mut r, text, env).and_then(|mut tree| {
+    match walk(&mut r, text, source, env) {
+        Some(config) if r.errors.is_empty() => Ok(config),
+        _ => Err(ConfigError { errors: r.errors }),
+    }
+}
+
+/// What `check-config` needs besides the verdict: the errors, and whatever could be read
+/// despite them, so warnings about the rest of the file are not hidden behind one typo.
+#[derive(Debug)]
+pub struct Lenient {
+    /// Every problem, as [`ConfigError`] lists them; empty when the file is valid.
+    pub errors: Vec<String>,
+    /// The config, complete when `errors` is empty; otherwise the parts that were valid (an
+    /// endpoint with a fatal problem left out, a bad value at its default). `None` when the file
+    /// could not be read or parsed at all.
+    pub config: Option<Config>,
+}
+
+/// Reads `path` like [`load`], keeping what was valid even when something was not.
+pub fn load_lenient(path: &Path) -> Lenient {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Lenient {
+                errors: vec![format!("{}: cannot read file: {e}", path.display())],
+                config: None,
+            }
+        }
+    };
+    let env = process_env();
+    let mut r = Report::new(path.display().to_string());
+    let config = walk(&mut r, &text, path, &env);
+    Lenient {
+        errors: r.errors,
+        config,
+    }
+}
+
+pub(super) fn walk(
+    r: &mut Report,
+    text: &str,
+    source: &Path,
+    env: &HashMap<String, String>,
+) -> Option<Config> {
+    merged_tree(r, text, env).and_then(|mut tree| {
         fold_env_case(&mut tree);
+        if !r.placeholders_ok {
+            super::placeholder::check(r, &Node::root(&tree));
+        }
         read_config(
-            &mut r,
+            r,
             &tree,
             source,
             &Dirs::resolve(env, crate::paths::is_root()),
         )
-    });
-    match config {
-        Some(config) if r.errors.is_empty() => Ok(config),
-        _ => Err(ConfigError { errors: r.errors }),
-    }
+    })
 }
 
 fn merged_tree(r: &mut Report, text: &str, env: &HashMap<String, String>) -> Option<Value> {
@@ -131,6 +174,11 @@ fn one_line(message: &str) -> String {
             .collect::<Vec<_>>()
             .join(" "),
     }
+}
+
+/// True when `node` is a table holding `key`.
+fn has_key(node: &Node<'_>, key: &str) -> bool {
+    matches!(&node.value.kind, ValueKind::Table(map) if map.contains_key(key))
 }
 
 /// Merges each environment-only key into the one sibling whose [`env_form`] it is (see the module
@@ -233,7 +281,24 @@ fn read_config(r: &mut Report, tree: &Value, source: &Path, d: &Dirs) -> Option<
         if entries.is_empty() {
             r.at(t.node(), "at least one endpoint is required");
         }
+        let in_file: Vec<String> = entries
+            .iter()
+            .filter(|(_, n)| !n.is_from_env())
+            .map(|(name, _)| name.clone())
+            .collect();
         for (name, node) in entries {
+            if node.is_from_env() && !has_key(&node, "url") {
+                // Most likely a misspelt endpoint name in a variable: say so rather than
+                // starting to validate an endpoint nobody meant.
+                let hint = closest(&name, in_file.iter().map(String::as_str))
+                    .map(|k| format!(", did you mean `{k}`?"))
+                    .unwrap_or_default();
+                r.at(
+                    &node,
+                    format!("no endpoint of that name in the file, and the environment sets no url for it{hint}"),
+                );
+                continue;
+            }
             let valid = !name.is_empty()
                 && name
                     .chars()

@@ -5,7 +5,8 @@
 //! table: the URL discovered before every attempt), `proxy.rs` (proxy URLs and
 //! the proxy environment variables), `value.rs` (the error-collecting
 //! field reader) and `units.rs` (the duration and size syntax);
-//! `summary.rs` renders what `check-config` prints. This file is the shape the rest of the daemon reads.
+//! `summary.rs` renders what `check-config` prints, `resolve.rs` what it finds by resolving
+//! secrets, users and files, `placeholder.rs` refuses config/example.toml's placeholders. This file is the shape the rest of the daemon reads.
 //! Everything here is checked before anything starts, so runtime code never re-validates.
 
 mod decode;
@@ -15,9 +16,13 @@ mod endpoint;
 mod handshake;
 mod load;
 mod numbers;
+mod placeholder;
 mod presets;
 mod proxy;
 mod ratelimit;
+#[cfg(test)]
+mod reference;
+mod resolve;
 mod resume;
 mod share;
 mod summary;
@@ -26,8 +31,10 @@ pub mod units;
 mod value;
 
 pub use discovery::{Discovery, DiscoveryMethod, HttpDiscovery, UrlSource};
-pub use load::{load, load_str, ConfigError};
+pub use load::{load, load_lenient, load_str, ConfigError, Lenient};
+pub use placeholder::PLACEHOLDER;
 pub use proxy::{no_proxy_exempts, ProxyConfig, ProxyEnvError, ProxyRoute, ProxyScheme, ProxyUrl};
+pub use resolve::resolve;
 pub use share::{
     IdStyle, Join, KeyRule, ReplyStreamConfig, RequestsConfig, Route, SubscriptionsConfig,
 };
@@ -38,6 +45,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::secret::Secret;
+
+/// The key path of endpoint `name` as errors and reports write it (`endpoints.prices`,
+/// `endpoints."eu.prices"`).
+pub fn endpoint_path(name: &str) -> String {
+    value::join_key("endpoints", name)
+}
 
 /// The whole daemon configuration, after defaults and validation.
 #[derive(Debug, Clone, PartialEq)]

@@ -24,6 +24,12 @@ pub(crate) struct Report {
     source: String,
     /// One line per problem, in the order the walk met them.
     pub(crate) errors: Vec<String>,
+    /// Every key path the walk asked for, when recording (the reference file's test uses it to
+    /// list the keys the loader accepts).
+    pub(crate) asked: Option<std::collections::BTreeSet<String>>,
+    /// Accepts config/example.toml's placeholders (for the reference file's test, whose
+    /// examples use them too).
+    pub(crate) placeholders_ok: bool,
 }
 
 impl Report {
@@ -32,6 +38,8 @@ impl Report {
         Report {
             source,
             errors: Vec::new(),
+            asked: None,
+            placeholders_ok: false,
         }
     }
 
@@ -45,20 +53,48 @@ impl Report {
     pub(crate) fn at(&mut self, node: &Node<'_>, msg: impl fmt::Display) {
         let mut line = format!("{}: {}: {msg}", self.source, node.path);
         if node.is_from_env() {
-            line.push_str(&format!(" (set by {})", env_var_name(&node.path)));
+            line.push_str(&format!(" (set by {})", env_vars(node).join(", ")));
         }
         self.errors.push(line);
     }
 }
 
 /// The `WS_SIDECAR__…` variable that addresses `path`; paths reached by env are plain keys.
-fn env_var_name(path: &str) -> String {
+pub(crate) fn env_var_name(path: &str) -> String {
     let mut name = String::from("WS_SIDECAR");
     for part in path.split('.') {
         name.push_str("__");
         name.push_str(&part.trim_matches('"').to_ascii_uppercase());
     }
     name
+}
+
+/// The variables that set `node`: its own name for a value, every leaf's for a table (a typo
+/// in a section name, `WS_SIDECAR__LOGG__LEVEL`, makes a table only the environment set).
+fn env_vars(node: &Node<'_>) -> Vec<String> {
+    match &node.value.kind {
+        ValueKind::Table(map) if !map.is_empty() => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            keys.into_iter()
+                .flat_map(|k| env_vars(&node.child(k, &map[k])))
+                .collect()
+        }
+        _ => vec![env_var_name(&node.path)],
+    }
+}
+
+/// The known key closest to `typo`, when one is close enough to be a slip of the keyboard
+/// rather than a different word (case and `-`/`_` do not count: the environment loses both).
+pub(crate) fn closest<'a>(typo: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let norm = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    let typo_norm = norm(typo);
+    known
+        .into_iter()
+        .map(|k| (strsim::damerau_levenshtein(&typo_norm, &norm(k)), k))
+        .filter(|(d, k)| *d <= (k.chars().count().max(typo.chars().count()) / 3).max(1))
+        .min()
+        .map(|(_, k)| k)
 }
 
 /// One value of the tree together with its full key path, for error messages.
@@ -281,14 +317,30 @@ impl<'v> Table<'v> {
 
     /// Reports every key nobody asked for.
     pub(crate) fn finish(self, r: &mut Report) {
+        if let Some(asked) = &mut r.asked {
+            asked.extend(self.used.iter().map(|k| join_key(&self.node.path, k)));
+        }
         let mut unknown: Vec<(&String, &Value)> = self
             .map
             .iter()
             .filter(|(key, _)| !self.used.contains(*key))
             .collect();
         unknown.sort_by(|a, b| a.0.cmp(b.0));
+        let mut known: Vec<&str> = self.used.iter().map(String::as_str).collect();
+        // Sorted, so a tie between two equally close keys always suggests the same one.
+        known.sort_unstable();
         for (key, value) in unknown {
-            r.at(&self.node.child(key, value), "unknown key");
+            let node = self.node.child(key, value);
+            let hint = match closest(key, known.iter().copied()) {
+                // The variable to set instead, since that is where the typo is.
+                Some(k) if node.is_from_env() => format!(
+                    ", did you mean `{k}` ({})?",
+                    env_var_name(&join_key(&self.node.path, k))
+                ),
+                Some(k) => format!(", did you mean `{k}`?"),
+                None => String::new(),
+            };
+            r.at(&node, format!("unknown key{hint}"));
         }
     }
 }
@@ -366,22 +418,31 @@ pub(crate) fn number(v: &Value) -> Result<f64, String> {
     }
 }
 
+/// What a duration error shows, so the fix is in the message.
+pub(crate) const DURATION_EXAMPLES: &str =
+    "expected a duration like \"500ms\", \"30s\", \"5m\", \"1h30m\" (units ns, us, ms, s, m, h, d)";
+
+/// What a size error shows.
+pub(crate) const SIZE_EXAMPLES: &str =
+    "expected a size like \"512B\", \"64KiB\", \"16MiB\", \"1GiB\", \"1MB\" or a number of bytes";
+
 /// A human duration string such as `"1m30s"`.
 pub(crate) fn duration(v: &Value) -> Result<Duration, String> {
     match &v.kind {
-        ValueKind::String(s) => parse_duration(s).ok_or_else(|| format!("invalid duration {s:?}")),
-        other => Err(format!(
-            "expected a duration string such as \"20s\", found {}",
-            kind_name(other)
-        )),
+        ValueKind::String(s) => {
+            parse_duration(s).ok_or_else(|| format!("invalid duration {s:?}: {DURATION_EXAMPLES}"))
+        }
+        other => Err(format!("{DURATION_EXAMPLES}, found {}", kind_name(other))),
     }
 }
 
 /// A size: a `"16MiB"`-style string, or an integer (or numeric string) of bytes.
 pub(crate) fn size(v: &Value) -> Result<usize, String> {
     match &v.kind {
-        ValueKind::String(s) => parse_size(s).ok_or_else(|| format!("invalid size {s:?}")),
-        ValueKind::Float(_) => Err("expected a size such as \"16MiB\", found a float".into()),
+        ValueKind::String(s) => {
+            parse_size(s).ok_or_else(|| format!("invalid size {s:?}: {SIZE_EXAMPLES}"))
+        }
+        ValueKind::Float(_) => Err(format!("{SIZE_EXAMPLES}, found a float")),
         _ => integer(v),
     }
 }
@@ -445,7 +506,8 @@ mod tests {
         assert_eq!(
             r.errors,
             [
-                "c.toml: heartbeat.ping_interval: invalid duration \"soon\"",
+                "c.toml: heartbeat.ping_interval: invalid duration \"soon\": expected a duration \
+                 like \"500ms\", \"30s\", \"5m\", \"1h30m\" (units ns, us, ms, s, m, h, d)",
                 "c.toml: heartbeat.idle: required key is missing",
                 "c.toml: heartbeat.pingg: unknown key",
                 "c.toml: \"eu.prices\": unknown key",

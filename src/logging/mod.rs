@@ -27,7 +27,12 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Sets up tracing from `[log]`; `RUST_LOG` wins over `log.level`.
+/// Replaces the filter of the subscriber [`init`] installed; set once, by `init`.
+type Reload = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+static RELOAD: std::sync::OnceLock<Reload> = std::sync::OnceLock::new();
+
+/// Sets up tracing from `[log]`; `RUST_LOG` wins over `log.level`. The level can be changed
+/// later with [`set_level`] (a reload).
 pub fn init(cfg: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.level))
@@ -45,15 +50,55 @@ pub fn init(cfg: &LogConfig) {
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    let _ = match format {
-        LogFormat::Json => builder.with_ansi(false).json().try_init(),
-        LogFormat::Journald => builder
+    // Each format is its own subscriber type, and so is the handle that reloads its filter.
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            if builder.try_init().is_ok() {
+                let _ = RELOAD.set(Box::new(move |f| {
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
+            }
+        }};
+    }
+    match format {
+        LogFormat::Json => install!(builder.with_ansi(false).json()),
+        LogFormat::Journald => install!(builder
             .with_ansi(false)
-            .event_format(Journald(format::format().without_time().with_ansi(false)))
-            .try_init(),
+            .event_format(Journald(format::format().without_time().with_ansi(false)))),
         // tracing-subscriber colours by default wherever the output goes.
-        LogFormat::Text => builder.with_ansi(colour).try_init(),
-    };
+        LogFormat::Text => install!(builder.with_ansi(colour)),
+    }
+}
+
+/// Why [`set_level`] left the level as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LevelError {
+    /// `RUST_LOG` is set, and wins over `log.level` at any time.
+    #[error("RUST_LOG is set, and wins over log.level")]
+    RustLogWins,
+    /// The directives do not parse (the config loader checks them first, so rare).
+    #[error("invalid log level: {0}")]
+    Invalid(String),
+    /// This process did not set up logging with [`init`] (a test, say).
+    #[error("logging was not set up by this process")]
+    NotInitialised,
+    /// The subscriber is gone.
+    #[error("cannot change the log level: {0}")]
+    Reload(String),
+}
+
+/// Applies a new `log.level` to the running subscriber (a reload): from the next line on,
+/// the new directives filter what is logged.
+pub fn set_level(level: &str) -> Result<(), LevelError> {
+    if std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty()) {
+        return Err(LevelError::RustLogWins);
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| LevelError::Invalid(e.to_string()))?;
+    let reload = RELOAD.get().ok_or(LevelError::NotInitialised)?;
+    reload(crate::redact::cap_leaky_targets(filter)).map_err(LevelError::Reload)
 }
 
 /// Whether the text format is coloured: only on a terminal, and not when `NO_COLOR` (the

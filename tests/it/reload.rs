@@ -2,14 +2,17 @@
 //! connection, subscribers and seq; changed ones reconnect keeping subscribers; removed ones
 //! close with 1001 and end their subscriptions with a final state; new ones start.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ws_sidecar::endpoint::State;
-use ws_sidecar::proto::event::Event as Ev;
+use ws_sidecar::proto::{self, event::Event as Ev};
+use ws_sidecar::systemd::Notifier;
 
 use crate::support::daemon::{
-    next_event, next_message, parse_config, start_daemon, state_name, subscribe,
+    next_event, next_message, parse_config, start_daemon, start_in, state_name, subscribe,
+    TestDaemon,
 };
 use crate::support::{FakeUpstream, Reply};
 
@@ -155,5 +158,226 @@ async fn add_change_remove_and_keep_endpoints() {
     })
     .await
     .expect("health follows the reload");
+    d.stop().await;
+}
+
+/// A daemon started from a config file in `dir` (as `run` starts one), so that reloads re-read
+/// that file; its sockets and store are where `start_in` puts them.
+async fn start_from_file(dir: tempfile::TempDir, endpoints: &str) -> (TestDaemon, PathBuf) {
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, file_text(dir.path(), endpoints)).expect("write config");
+    let cfg = ws_sidecar::config::load(&path).expect("valid config");
+    (start_in(cfg, dir).await, path)
+}
+
+/// The config text `start_from_file` writes: the paths `start_in` uses, then `endpoints`.
+fn file_text(dir: &Path, endpoints: &str) -> String {
+    format!(
+        "[grpc]\nlisten = [\"unix:{0}/run/grpc.sock\"]\n[stream]\npath = \"{0}/run/stream.sock\"\n\
+         [http]\nlisten = \"\"\n[store]\npath = \"{0}/store\"\n{endpoints}",
+        dir.display()
+    )
+}
+
+/// `toml` with the listeners and store `d` runs with, as the file it started from would have.
+fn like_running(d: &TestDaemon, toml: &str) -> ws_sidecar::config::Config {
+    use ws_sidecar::config::ListenAddr;
+    let mut cfg = parse_config(toml);
+    cfg.grpc.listen = vec![ListenAddr::Unix(d.grpc_path.clone())];
+    cfg.stream.path = Some(d.stream_path.clone());
+    cfg.store.path = d.dir.path().join("store");
+    cfg.http.listen = None;
+    cfg
+}
+
+/// Receives the next sd_notify datagram, bounded in time.
+async fn notified(sock: &tokio::net::UnixDatagram) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(T, sock.recv(&mut buf))
+        .await
+        .expect("a notification in time")
+        .expect("recv");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_refused_reload_changes_nothing_and_stays_in_the_status_line() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    let keep = format!("[endpoints.keep]\nurl = \"{}\"\n", up.url("/keep"));
+    let (d, path) = start_from_file(dir, &keep).await;
+    let notifier = Notifier::to(notify_path.to_str().expect("utf-8")).expect("notifier");
+    d.reloader.notify_via(notifier);
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("keep", State::Connected, T).await;
+
+    // A typo: refused, reported, nothing restarted.
+    std::fs::write(
+        &path,
+        file_text(d.dir.path(), &format!("{keep}conect_timeout = \"5s\"\n")),
+    )
+    .expect("write");
+    let outcome = d.reloader.reload_file().await;
+    let first = format!(
+        "{}: endpoints.keep.conect_timeout: unknown key, did you mean `connect_timeout`?",
+        path.display()
+    );
+    assert!(!outcome.accepted);
+    assert_eq!(outcome.errors, std::slice::from_ref(&first));
+    assert_eq!(outcome.report, Default::default());
+    assert!(notified(&notify).await.starts_with("RELOADING=1"));
+    assert_eq!(
+        notified(&notify).await,
+        format!("READY=1\nSTATUS=reload refused: {first}; 1 endpoint: 1 connected")
+    );
+    assert!(!conn.is_closed(), "a refused reload reconnects nothing");
+
+    // The next good reload clears it.
+    std::fs::write(&path, file_text(d.dir.path(), &keep)).expect("write");
+    let outcome = d.reloader.reload_file().await;
+    assert!(outcome.accepted, "{:?}", outcome.errors);
+    assert_eq!(outcome.report.unchanged, ["keep"]);
+    assert!(notified(&notify).await.starts_with("RELOADING=1"));
+    assert_eq!(
+        notified(&notify).await,
+        "READY=1\nSTATUS=1 endpoint: 1 connected"
+    );
+    assert!(!conn.is_closed());
+    assert_eq!(up.accepted(), 1);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_that_waits_for_a_restart_reconnects_nothing_and_names_its_keys() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let keep = format!("[endpoints.keep]\nurl = \"{}\"\n", up.url("/keep"));
+    let d = start_daemon(&keep).await;
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("keep", State::Connected, T).await;
+    let mut client = d.grpc().await;
+    let mut sub = subscribe(&mut client, "keep", None).await;
+    conn.send_text("m1").await.expect("send");
+    assert_eq!(next_message(&mut sub, T).await.seq, 1);
+
+    let sizes = "replay = { messages = 5 }\noutbox = { max_age = \"5m\" }\n";
+    let new = format!("[limits]\nmax_subscribers = 7\n{keep}{sizes}");
+    let report = d
+        .reloader
+        .apply(like_running(&d, &new))
+        .await
+        .expect("reload");
+    assert_eq!(report.unchanged, ["keep"]);
+    assert!(report.changed.is_empty(), "{report:?}");
+    assert_eq!(
+        report.need_restart,
+        [
+            "limits.max_subscribers",
+            "endpoints.keep.replay.messages",
+            "endpoints.keep.outbox.max_age",
+        ]
+    );
+    assert_eq!(
+        d.endpoint("keep").config().replay.messages,
+        10_000,
+        "kept until a restart"
+    );
+    // The connection and the subscription went on untouched.
+    conn.send_text("m2").await.expect("send");
+    assert_eq!(next_message(&mut sub, T).await.seq, 2);
+    assert!(!conn.is_closed());
+    assert_eq!(up.accepted(), 1);
+
+    // With a change that does apply, the endpoint reconnects; the sizes still wait.
+    let header = "headers = { X-V = \"2\" }\n";
+    let newer = format!("[limits]\nmax_subscribers = 7\n{keep}{header}{sizes}");
+    let report = d
+        .reloader
+        .apply(like_running(&d, &newer))
+        .await
+        .expect("reload");
+    assert_eq!(report.changed, ["keep"]);
+    assert_eq!(
+        report.need_restart,
+        [
+            "limits.max_subscribers",
+            "endpoints.keep.replay.messages",
+            "endpoints.keep.outbox.max_age",
+        ]
+    );
+    let again = up.next_accepted_within(T).await.expect("reconnects");
+    assert_eq!(again.header("x-v"), Some("2"));
+    assert_eq!(d.endpoint("keep").config().replay.messages, 10_000);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn the_reload_rpc_applies_the_file_as_sighup_does_and_needs_publish_access() {
+    use std::os::unix::fs::MetadataExt;
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let me = std::fs::metadata(dir.path()).expect("stat").uid();
+    let a = |publish: u32| {
+        format!(
+            "[endpoints.a]\nurl = \"{}\"\naccess = {{ publish = [\"uid:{publish}\"] }}\n",
+            up.url("/a")
+        )
+    };
+    let (d, path) = start_from_file(dir, &a(me)).await;
+    up.next_accepted_within(T).await.expect("connects");
+    let mut client = d.grpc().await;
+
+    let b = format!("[endpoints.b]\nurl = \"{}\"\n", up.url("/b"));
+    std::fs::write(&path, file_text(d.dir.path(), &(a(me) + &b))).expect("write");
+    let r = client
+        .reload(proto::ReloadRequest {})
+        .await
+        .expect("reload allowed")
+        .into_inner();
+    assert!(r.accepted, "{:?}", r.errors);
+    assert_eq!(
+        (r.added, r.unchanged),
+        (vec!["b".to_owned()], vec!["a".to_owned()])
+    );
+    assert_eq!(r.config, path.display().to_string());
+    d.wait_state("b", State::Connected, T).await;
+
+    std::fs::write(&path, file_text(d.dir.path(), "[endpoints.a]\nurl = 7\n")).expect("write");
+    let r = client
+        .reload(proto::ReloadRequest {})
+        .await
+        .expect("a refusal is an answer")
+        .into_inner();
+    assert!(!r.accepted);
+    assert_eq!(
+        r.errors,
+        [format!(
+            "{}: endpoints.a.url: expected a ws:// or wss:// URL, or a table {{ command = [...] }}, \
+             {{ post = \"https://…\" }} or {{ get = \"https://…\" }}; found an integer",
+            path.display()
+        )]
+    );
+    assert!(d.registry.get("b").is_some(), "nothing changed");
+
+    // Once a's publish list leaves this uid out, it may no longer reload.
+    std::fs::write(&path, file_text(d.dir.path(), &(a(me + 1) + &b))).expect("write");
+    let r = client
+        .reload(proto::ReloadRequest {})
+        .await
+        .expect("reload");
+    assert!(r.into_inner().accepted);
+    let denied = client
+        .reload(proto::ReloadRequest {})
+        .await
+        .expect_err("no publish access to a");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        denied
+            .message()
+            .contains("may not reload the config, which may reconnect \"a\""),
+        "{}",
+        denied.message()
+    );
     d.stop().await;
 }

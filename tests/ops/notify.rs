@@ -178,10 +178,9 @@ async fn sighup_reloads_between_reloading_and_ready_and_refuses_an_invalid_file(
     // Add `b`.
     let two = format!("{one}[endpoints.b]\nurl = \"{}\"\n", up.url("/b"));
     write_config(dir.path(), &daemon_config(dir.path(), &two));
+    let pid = child.id().to_string();
     let hup = || {
-        let st = Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status();
+        let st = Command::new("kill").args(["-HUP", &pid]).status();
         assert!(st.expect("kill").success());
     };
     hup();
@@ -204,11 +203,26 @@ async fn sighup_reloads_between_reloading_and_ready_and_refuses_an_invalid_file(
         .await;
     assert!(child.try_wait().expect("wait").is_none(), "still running");
     assert_eq!(up.accepted(), 2, "no endpoint reconnected");
+    // systemd shows the refusal until a reload succeeds.
     let status = notes
-        .wait_for("STATUS naming both endpoints", |m| {
+        .wait_for("STATUS saying the reload was refused", |m| {
+            m.starts_with("STATUS=reload refused: ")
+        })
+        .await;
+    assert!(
+        status.contains("config.toml: endpoints.a.url: expected a ws:// or wss:// URL")
+            && status.ends_with("; 2 endpoints: 2 connected"),
+        "{status}"
+    );
+    write_config(dir.path(), &daemon_config(dir.path(), &two));
+    hup();
+    notes.wait_for("RELOADING=1", |m| m == "RELOADING=1").await;
+    let status = notes
+        .wait_for("STATUS without the refusal", |m| {
             m.starts_with("STATUS=2 endpoints")
         })
         .await;
     assert!(status.contains("2 connected"), "{status}");
+    assert_eq!(up.accepted(), 2, "no endpoint reconnected");
     tokio::task::block_in_place(|| sigterm_and_wait(&mut child));
 }
