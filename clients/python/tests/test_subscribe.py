@@ -65,6 +65,8 @@ def test_subscribe_continues_across_daemon_restarts_with_no_duplicate_and_no_hol
         rest = take(sub, 3)
         sub.close()
     items = first + rest
+    # States were not asked for: only messages (and gaps) come.
+    assert all(isinstance(i, (ws_sidecar.Message, ws_sidecar.Gap)) for i in items), items
     assert texts(items) == [f"m{n}" for n in range(6)]
     seqs = [i.seq for i in items if isinstance(i, ws_sidecar.Message)]
     assert seqs == sorted(set(seqs)), seqs
@@ -77,8 +79,8 @@ def test_subscribe_continues_across_daemon_restarts_with_no_duplicate_and_no_hol
 
 
 APP = """
-import json, sys, ws_sidecar
-address, path, count, fail_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+import os, sys, ws_sidecar
+address, path, count, fail_at, how = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 with ws_sidecar.connect(address) as sc:
     with sc.subscribe("feed", from_seq=0, resume_file=path) as sub:
         n = 0
@@ -86,6 +88,8 @@ with ws_sidecar.connect(address) as sc:
             if isinstance(item, ws_sidecar.Message):
                 n += 1
                 if n == fail_at:
+                    if how == "crash":  # no cleanup at all, as with kill -9
+                        os._exit(3)
                     raise SystemExit("failed while handling " + item.text)
                 print(item.text, flush=True)
                 if n == count:
@@ -93,9 +97,11 @@ with ws_sidecar.connect(address) as sc:
 """
 
 
-def run_app(address: str, path: pathlib.Path, count: int, fail_at: int = 0) -> subprocess.CompletedProcess:
+def run_app(
+    address: str, path: pathlib.Path, count: int, fail_at: int = 0, how: str = "raise"
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", APP, address, str(path), str(count), str(fail_at)],
+        [sys.executable, "-c", APP, address, str(path), str(count), str(fail_at), how],
         capture_output=True,
         text=True,
         timeout=30,
@@ -121,9 +127,13 @@ def test_a_resume_file_lets_a_new_process_continue_where_the_last_one_stopped(
     failed = run_app(d.address, pos, 10, fail_at=2)
     assert failed.returncode == 1 and "failed while handling m3" in failed.stderr
     assert failed.stdout.split() == ["m2"]
-    again = run_app(d.address, pos, 3)
+    # One that dies without any cleanup has its position of the last message it was done with.
+    crashed = run_app(d.address, pos, 10, fail_at=3, how="crash")
+    assert crashed.returncode == 3 and crashed.stdout.split() == ["m3", "m4"]
+    assert json.loads(pos.read_text()) == {"endpoint": "feed", "seq": 5}
+    again = run_app(d.address, pos, 1)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.split() == ["m3", "m4", "m5"]
+    assert again.stdout.split() == ["m5"]
     # The file names its endpoint: another endpoint's file is refused, not overwritten.
     with ws_sidecar.connect(d.address) as sc:
         with pytest.raises(ws_sidecar.ResumeFileError, match="'feed', not 'other'"):
@@ -143,7 +153,18 @@ def test_a_gap_is_yielded_when_retention_ran_out(upstream, make_daemon):
     with ws_sidecar.connect(d.address) as sc:
         wait_until(lambda: sc.status("feed").last_seq >= 10, what="10 messages")
         with sc.subscribe("feed", from_seq=1) as sub:
-            got = take(sub, 3)
-            assert got[0] == ws_sidecar.Gap("feed", 2, 7, ws_sidecar.GapReason.REPLAY_EXPIRED)
-            assert texts(got) == ["m7", "m8", "m9"]
+            assert next(sub) == ws_sidecar.Gap("feed", 2, 7, ws_sidecar.GapReason.REPLAY_EXPIRED)
+            # Past the gap: a resumed stream must not report it again.
+            assert sub.last_seq == 7
+            assert texts(take(sub, 3)) == ["m7", "m8", "m9"]
             assert sub.last_seq == 10
+
+
+def test_a_message_larger_than_grpcios_default_limit_arrives(upstream, make_daemon):
+    d = make_daemon(feed_config(upstream.url))
+    upstream.wait_connected()
+    big = b"x" * (6 << 20)
+    with ws_sidecar.connect(d.address) as sc:
+        with sc.subscribe("feed") as sub:
+            upstream.send(big)
+            assert take(sub, 1)[-1].data == big
