@@ -63,6 +63,10 @@ class FakeUpstream:
             with self._cond:
                 self._conns.remove(conn)
                 self._cond.notify_all()
+            self.on_close(conn)
+
+    def on_close(self, conn: ServerConnection) -> None:
+        """What the server does when a connection ends (a plain feed: nothing)."""
 
     def on_frame(self, conn: ServerConnection, frame: str | bytes) -> None:
         """What the server does with a frame from the daemon (a plain feed: nothing)."""
@@ -157,6 +161,13 @@ class FakeNode(FakeUpstream):
         else:
             return self._error(conn, id_, -32601, "Method not found")
         conn.send(json.dumps({"jsonrpc": "2.0", "id": id_, "result": result}))
+
+    def on_close(self, conn: ServerConnection) -> None:
+        # As on a real node, subscriptions die with their connection.
+        with self._cond:
+            for sub_id in [k for k, c in self._subs.items() if c is conn]:
+                del self._subs[sub_id]
+            self._cond.notify_all()
 
     def _fault(self, what: str) -> None:
         with self._cond:

@@ -116,3 +116,29 @@ def test_attach_holds_a_shared_key_and_yields_its_messages(node, make_daemon):
         # Closed: its last holder gone, the key is unsubscribed upstream.
         node.wait(lambda n: "eth_unsubscribe" in n.methods, what="eth_unsubscribe")
     assert node.faults == []
+
+
+def test_attach_holds_its_keys_again_after_a_daemon_restart(node, make_daemon):
+    d = make_daemon(NODE.format(url=node.url))
+    node.wait_connected(1)
+    with ws_sidecar.connect(d.address) as sc:
+        with sc.attach("node", ["newHeads"]) as sub:
+            node.wait(lambda n: n.subscriptions() == 1, what="eth_subscribe")
+            first = node.push_head()
+            before = take(sub, 1)
+            d.kill(signal.SIGTERM)
+            d.start()
+            node.wait_connected(2)
+            # No holder is left in the new daemon: the subscription comes back only because
+            # the client attaches again on its own.
+            got = []
+            for item in sub:
+                got.append(item)
+                if isinstance(item, ws_sidecar.KeyChange) and item.state == ws_sidecar.KeyState.SUBSCRIBED:
+                    break
+            second = node.push_head()
+            after = take(sub, 1)
+    heads = [json.loads(i.data)["params"]["result"]["number"] for i in before + got + after
+             if isinstance(i, ws_sidecar.Message)]
+    assert heads == [hex(first), hex(second)]
+    assert node.faults == []

@@ -331,12 +331,14 @@ class Client:
         if position is None and (reconnect or resume is not None):
             # "From now on" as a position, so that a stream broken before its first message
             # resumes from here too rather than from whenever it reconnects.
+            req = pb.GetStatusRequest(endpoint=endpoint)
             try:
-                position = self.status(endpoint, timeout=10.0).last_seq
-            except NotFound:
-                raise
-            except Exception:  # the daemon is not there yet: live from when it is
-                position = None
+                resp = self._stub.GetStatus(req, timeout=10.0)
+            except grpc.RpcError as e:
+                if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.NOT_FOUND:
+                    raise from_grpc(e) from None
+                resp = None  # the daemon is not there yet: live from when it is
+            position = next((s.last_seq for s in resp.endpoints if s.name == endpoint), None) if resp else None
         return Subscription(
             endpoint, open_call, position, stored, resume, states, reconnect, self.found.address
         )
