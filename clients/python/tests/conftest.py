@@ -43,7 +43,11 @@ def make_daemon(tmp_path: pathlib.Path) -> Iterator:
     started: list[Daemon] = []
 
     def make(endpoints: str, start: bool = True) -> Daemon:
-        d = Daemon(tmp_path / f"d{len(started)}", endpoints) if started else Daemon(tmp_path, endpoints)
+        d = (
+            Daemon(tmp_path / f"d{len(started)}", endpoints)
+            if started
+            else Daemon(tmp_path, endpoints)
+        )
         started.append(d)
         if start:
             d.start()

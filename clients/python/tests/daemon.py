@@ -44,11 +44,11 @@ level = "info,ws_sidecar=debug"
 [grpc]
 listen = ["unix:{self.grpc}"]
 [stream]
-path = "{self.run / 'stream.sock'}"
+path = "{self.run / "stream.sock"}"
 [http]
 listen = ""
 [store]
-path = "{dir / 'store'}"
+path = "{dir / "store"}"
 {endpoints}
 """
         )

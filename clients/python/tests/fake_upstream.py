@@ -116,7 +116,9 @@ class FakeNode(FakeUpstream):
         super().__init__()
 
     def _error(self, conn: ServerConnection, id_: Any, code: int, message: str) -> None:
-        conn.send(json.dumps({"jsonrpc": "2.0", "id": id_, "error": {"code": code, "message": message}}))
+        conn.send(
+            json.dumps({"jsonrpc": "2.0", "id": id_, "error": {"code": code, "message": message}})
+        )
 
     def on_frame(self, conn: ServerConnection, frame: str | bytes) -> None:
         if isinstance(frame, bytes):
@@ -154,7 +156,11 @@ class FakeNode(FakeUpstream):
                 self._subs[result] = conn
         elif method == "eth_unsubscribe":
             with self._cond:
-                found = isinstance(params, list) and len(params) == 1 and self._subs.pop(params[0], None)
+                found = (
+                    isinstance(params, list)
+                    and len(params) == 1
+                    and self._subs.pop(params[0], None)
+                )
             if not found:
                 return self._error(conn, id_, -32000, "subscription not found")
             result = True

@@ -7,10 +7,10 @@ import signal
 import threading
 
 import pytest
-
-import ws_sidecar
 from conftest import feed_config
 from helpers import take, wait_until
+
+import ws_sidecar
 
 
 def test_publish_reaches_the_upstream_as_text_or_binary_and_once_per_key(upstream, make_daemon):
@@ -25,7 +25,13 @@ def test_publish_reaches_the_upstream_as_text_or_binary_and_once_per_key(upstrea
         assert sc.publish("feed", "once", idempotency_key="k-1") == k1
         sc.publish("feed", b"as text", binary=False)
         frames = upstream.wait_received(5)
-        assert frames[:5] == ['{"op":"ping"}', b"\x01\x02", '{"op":"sub","ch":["a"]}', "once", "as text"]
+        assert frames[:5] == [
+            '{"op":"ping"}',
+            b"\x01\x02",
+            '{"op":"sub","ch":["a"]}',
+            "once",
+            "as text",
+        ]
         with pytest.raises(ws_sidecar.NotFound):
             sc.publish("nope", "x")
         with pytest.raises(ValueError):
@@ -106,7 +112,10 @@ def test_attach_holds_a_shared_key_and_yields_its_messages(node, make_daemon):
             got = []
             for item in sub:
                 got.append(item)
-                if isinstance(item, ws_sidecar.KeyChange) and item.state == ws_sidecar.KeyState.SUBSCRIBED:
+                if (
+                    isinstance(item, ws_sidecar.KeyChange)
+                    and item.state == ws_sidecar.KeyState.SUBSCRIBED
+                ):
                     break
             assert all(isinstance(i, ws_sidecar.KeyChange) and i.key == "newHeads" for i in got)
             assert sc.status("node").upstream_subscriptions[0].key == "newHeads"
@@ -134,11 +143,17 @@ def test_attach_holds_its_keys_again_after_a_daemon_restart(node, make_daemon):
             got = []
             for item in sub:
                 got.append(item)
-                if isinstance(item, ws_sidecar.KeyChange) and item.state == ws_sidecar.KeyState.SUBSCRIBED:
+                if (
+                    isinstance(item, ws_sidecar.KeyChange)
+                    and item.state == ws_sidecar.KeyState.SUBSCRIBED
+                ):
                     break
             second = node.push_head()
             after = take(sub, 1)
-    heads = [json.loads(i.data)["params"]["result"]["number"] for i in before + got + after
-             if isinstance(i, ws_sidecar.Message)]
+    heads = [
+        json.loads(i.data)["params"]["result"]["number"]
+        for i in before + got + after
+        if isinstance(i, ws_sidecar.Message)
+    ]
     assert heads == [hex(first), hex(second)]
     assert node.faults == []

@@ -8,9 +8,9 @@ import os
 import pathlib
 
 import pytest
+from conftest import feed_config
 
 import ws_sidecar
-from conftest import feed_config
 from ws_sidecar.discover import discover
 
 
@@ -43,7 +43,9 @@ def test_the_order_is_address_config_variable_config_variable_then_defaults(tmp_
     env["WS_SIDECAR_CONFIG"] = str(cfg)
     assert target(discover(None, None, env, False)) == "127.0.0.1:7000"
     for bad in ("nonsense", "unix:", "host:99999"):
-        with pytest.raises(ws_sidecar.DiscoveryError, match="expected unix:PATH or HOST:PORT|empty"):
+        with pytest.raises(
+            ws_sidecar.DiscoveryError, match="expected unix:PATH or HOST:PORT|empty"
+        ):
             discover(bad, env={}, root=False)
     assert target(discover("/abs.sock", env={}, root=False)) == "unix:/abs.sock"
 
@@ -114,7 +116,9 @@ def test_connect_reaches_a_real_daemon_through_config_variables_and_defaults(
         os.rename(d.dir / "ws-sidecar", d.run)
     # Nothing there: the error names the place and what to do.
     monkeypatch.setenv("WS_SIDECAR_GRPC", f"unix:{tmp_path}/none.sock")
-    with pytest.raises(ws_sidecar.Unreachable, match=r"no ws-sidecar socket at .*none.sock \(\$WS_SIDECAR_GRPC\)"):
+    with pytest.raises(
+        ws_sidecar.Unreachable, match=r"no ws-sidecar socket at .*none.sock \(\$WS_SIDECAR_GRPC\)"
+    ):
         ws_sidecar.connect()
     # A socket that is not the gRPC API (the NDJSON one) does not pass the check.
     with pytest.raises(ws_sidecar.Unreachable, match="does not answer at"):

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from daemon import REPO
 
 SECTION = re.compile(r"^### Python\n(.*?)^### ", re.S | re.M)
@@ -24,7 +23,9 @@ def blocks(lang: str) -> list[str]:
 
 def run_until(args: list[str], cwd: pathlib.Path, env: dict[str, str], want: int) -> list[str]:
     """Runs an endless example until it printed `want` lines, then stops it."""
-    p = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     lines: list[str] = []
     try:
         for line in p.stdout:  # type: ignore[union-attr]
@@ -56,7 +57,9 @@ url = "{upstream.url}"
         for cmd in blocks("sh")[1].replace("\\\n", " ").splitlines():
             cmd = cmd.split("#")[0].strip()
             if cmd.startswith("python -m grpc_tools.protoc"):
-                cmd = cmd.replace("-I proto", f"-I {REPO}/proto").replace(" proto/", f" {REPO}/proto/")
+                cmd = cmd.replace("-I proto", f"-I {REPO}/proto").replace(
+                    " proto/", f" {REPO}/proto/"
+                )
                 args = [sys.executable] + shlex.split(cmd)[1:]
                 subprocess.run(args, cwd=tmp_path, check=True, timeout=60)
         assert (tmp_path / "ws_sidecar/v1/sidecar_pb2_grpc.py").exists()
@@ -65,7 +68,9 @@ url = "{upstream.url}"
         code = code.replace("unix:/run/ws-sidecar/grpc.sock", d.address)
     script = tmp_path / "example.py"
     script.write_text(code)
-    lines = run_until([sys.executable, str(script)], tmp_path, env, want=2 if which == "package" else 1)
+    lines = run_until(
+        [sys.executable, str(script)], tmp_path, env, want=2 if which == "package" else 1
+    )
     if which == "package":
         assert lines[0].isdigit()  # the outbox id
         assert lines[1] == '1 {"price":1}'

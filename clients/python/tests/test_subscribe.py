@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
-
-import ws_sidecar
 from conftest import feed_config
 from helpers import take, texts, wait_until
+
+import ws_sidecar
 
 
 def test_subscribe_yields_messages_with_their_seq_kind_and_filters(upstream, make_daemon):
@@ -30,7 +30,11 @@ def test_subscribe_yields_messages_with_their_seq_kind_and_filters(upstream, mak
         assert isinstance(got[0], ws_sidecar.StateChange)
         assert got[0].state == ws_sidecar.State.CONNECTED
         msgs = [i for i in got if isinstance(i, ws_sidecar.Message)]
-        assert [m.data for m in msgs] == [b'{"type":"quote","px":1}', b'{"type":"trade","px":2}', b"\x00\xffraw"]
+        assert [m.data for m in msgs] == [
+            b'{"type":"quote","px":1}',
+            b'{"type":"trade","px":2}',
+            b"\x00\xffraw",
+        ]
         assert [m.binary for m in msgs] == [False, False, True]
         assert msgs[1].json() == {"type": "trade", "px": 2}
         assert [m.seq for m in msgs] == [msgs[0].seq, msgs[0].seq + 1, msgs[0].seq + 2]
@@ -61,7 +65,9 @@ def test_subscribe_continues_across_daemon_restarts_with_no_duplicate_and_no_hol
         for n in range(3, 6):
             upstream.send(f"m{n}")
         with ws_sidecar.connect(d.address) as probe:
-            wait_until(lambda: probe.status("feed").last_seq >= first[-1].seq + 3, what="m3..m5 stored")
+            wait_until(
+                lambda: probe.status("feed").last_seq >= first[-1].seq + 3, what="m3..m5 stored"
+            )
         rest = take(sub, 3)
         sub.close()
     items = first + rest
@@ -80,7 +86,8 @@ def test_subscribe_continues_across_daemon_restarts_with_no_duplicate_and_no_hol
 
 APP = """
 import os, sys, ws_sidecar
-address, path, count, fail_at, how = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+address, path, how = sys.argv[1], sys.argv[2], sys.argv[5]
+count, fail_at = int(sys.argv[3]), int(sys.argv[4])
 with ws_sidecar.connect(address) as sc:
     with sc.subscribe("feed", from_seq=0, resume_file=path) as sub:
         n = 0

@@ -139,7 +139,9 @@ class Client:
         except grpc.RpcError as e:
             raise from_grpc(e) from None
 
-    def status(self, endpoint: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+    def status(
+        self, endpoint: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> Any:
         """One endpoint's `EndpointStatus` (NotFound if there is none), or with no name a dict of
         every endpoint's by name."""
         req = pb.GetStatusRequest() if endpoint is None else pb.GetStatusRequest(endpoint=endpoint)
@@ -338,7 +340,11 @@ class Client:
                 if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.NOT_FOUND:
                     raise from_grpc(e) from None
                 resp = None  # the daemon is not there yet: live from when it is
-            position = next((s.last_seq for s in resp.endpoints if s.name == endpoint), None) if resp else None
+            position = (
+                next((s.last_seq for s in resp.endpoints if s.name == endpoint), None)
+                if resp
+                else None
+            )
         return Subscription(
             endpoint, open_call, position, stored, resume, states, reconnect, self.found.address
         )

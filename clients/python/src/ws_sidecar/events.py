@@ -42,7 +42,7 @@ class KeyState(str, enum.Enum):
     REFUSED = "refused"
 
 
-def _enum(cls: type[enum.Enum], pb_enum: Any, value: int) -> Any:
+def _enum(cls: Any, pb_enum: Any, value: int) -> Any:
     try:
         name = pb_enum.Name(value)
     except ValueError:

@@ -43,7 +43,9 @@ class ResumeFile:
                 f'{self.path}: not a resume file (expected {{"endpoint": …, "seq": …}}): {e}'
             ) from None
         if not isinstance(doc, dict):
-            raise ResumeFileError(f'{self.path}: not a resume file (expected {{"endpoint": …, "seq": …}})')
+            raise ResumeFileError(
+                f'{self.path}: not a resume file (expected {{"endpoint": …, "seq": …}})'
+            )
         seq, endpoint = doc.get("seq"), doc.get("endpoint")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise ResumeFileError(f"{self.path}: seq must be a non-negative integer, got {seq!r}")

@@ -128,9 +128,7 @@ class Subscription:
                 return
             self._closed = True
         self._stop.set()
-        call = self._call
-        if call is not None and isinstance(call, grpc.Future):
-            call.cancel()
+        _cancel(self._call)
         if self._resume is not None and position is not None:
             self._resume.store(position, durable=True)
             self._stored = position
@@ -143,9 +141,8 @@ class Subscription:
             self._stored = self._last
 
     def _lost(self, why: str) -> None:
-        call, self._call = self._call, None
-        if call is not None and isinstance(call, grpc.Future):
-            call.cancel()
+        _cancel(self._call)
+        self._call = None
         if not self._reconnect:
             self._closed = True
             return
@@ -157,17 +154,23 @@ class Subscription:
             self._down_since = time.monotonic()
             log.warning(
                 "ws-sidecar stream of %s lost (%s); resubscribing at %s %s",
-                self.endpoint, why, self._address, after,
+                self.endpoint,
+                why,
+                self._address,
+                after,
             )
         else:
-            log.info("ws-sidecar stream of %s: attempt %d failed (%s)", self.endpoint, self._attempt, why)
+            log.info(
+                "ws-sidecar stream of %s: attempt %d failed (%s)", self.endpoint, self._attempt, why
+            )
         self._stop.wait(delay)
 
     def _up(self) -> None:
         if self._down_since is not None:
             log.warning(
                 "ws-sidecar stream of %s resumed after %.1fs",
-                self.endpoint, time.monotonic() - self._down_since,
+                self.endpoint,
+                time.monotonic() - self._down_since,
             )
             self._down_since = None
         self._attempt = 0
@@ -206,3 +209,10 @@ class Subscription:
             self._keys[k.key] = k
             return k
         return None  # an event kind newer than these stubs
+
+
+def _cancel(call: object) -> None:
+    # grpcio's stream object is both the iterator and the call (a grpc.Future).
+    cancel = getattr(call, "cancel", None)
+    if cancel is not None:
+        cancel()
