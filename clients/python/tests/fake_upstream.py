@@ -151,9 +151,14 @@ class FakeNode(FakeUpstream):
         elif method == "eth_subscribe":
             if params != ["newHeads"]:
                 return self._error(conn, id_, -32602, "invalid params")
-            result = "0x" + secrets.token_hex(16)
+            sub_id = "0x" + secrets.token_hex(16)
+            reply = json.dumps({"jsonrpc": "2.0", "id": id_, "result": sub_id})
+            # Announced before it is live: no notification ever precedes this reply.
+            conn.send(reply)
             with self._cond:
-                self._subs[result] = conn
+                self._subs[sub_id] = conn
+                self._cond.notify_all()
+            return
         elif method == "eth_unsubscribe":
             with self._cond:
                 found = (
