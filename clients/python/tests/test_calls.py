@@ -157,3 +157,20 @@ def test_attach_holds_its_keys_again_after_a_daemon_restart(node, make_daemon):
     ]
     assert heads == [hex(first), hex(second)]
     assert node.faults == []
+
+
+def test_status_reconnect_and_reset_resume(upstream, make_daemon):
+    d = make_daemon(feed_config(upstream.url, extra='[endpoints.feed.resume]\nid_pointer = "/id"'))
+    upstream.wait_connected(1)
+    with ws_sidecar.connect(d.address) as sc:
+        upstream.send('{"id":41}')
+        wait_until(lambda: sc.status("feed").last_upstream_id == "41", what="the upstream id")
+        every = sc.status()
+        assert list(every) == ["feed"] and every["feed"].state == ws_sidecar.State.CONNECTED
+        assert every["feed"].url == upstream.url and every["feed"].messages_received == 1
+        with pytest.raises(ws_sidecar.NotFound):
+            sc.status("nope")
+        sc.reconnect("feed")
+        upstream.wait_connected(2)
+        assert sc.reset_resume("feed") == "41"
+        assert sc.reset_resume("feed") == ""
