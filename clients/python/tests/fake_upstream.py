@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
 
@@ -29,7 +30,16 @@ class FakeUpstream:
         self.connections = 0
         #: Every frame the daemon sent, in order (str for text, bytes for binary).
         self.received: list[str | bytes] = []
-        self._server = serve(self._handle, "127.0.0.1", 0, compression=None, ping_interval=None)
+        #: While False the handshake is refused with 503 (an upstream that is down).
+        self.accepting = True
+        self._server = serve(
+            self._handle,
+            "127.0.0.1",
+            0,
+            compression=None,
+            ping_interval=None,
+            process_request=self._admit,
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         port = self._server.socket.getsockname()[1]
@@ -45,6 +55,9 @@ class FakeUpstream:
         """Closes the listener and every connection."""
         self._server.shutdown()
         self._thread.join(10)
+
+    def _admit(self, conn: ServerConnection, request: Request) -> Response | None:
+        return None if self.accepting else conn.respond(503, "down for the test\n")
 
     def _handle(self, conn: ServerConnection) -> None:
         with self._cond:

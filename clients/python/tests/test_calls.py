@@ -58,6 +58,41 @@ def test_a_publish_made_while_the_daemon_restarts_waits_for_it(upstream, make_da
         assert upstream.wait_received(2) == ["before", "during"]
 
 
+@pytest.mark.parametrize("key", ["", "k-1"], ids=["no-key", "key"])
+def test_a_publish_cut_off_by_a_daemon_crash_is_retried_only_with_an_idempotency_key(
+    upstream, make_daemon, key
+):
+    upstream.accepting = False  # nothing is sent: the publish waits for "sent"
+    d = make_daemon(feed_config(upstream.url))
+    with ws_sidecar.connect(d.address) as sc:
+        result: list = []
+
+        def publish() -> None:
+            try:
+                result.append(sc.publish("feed", "once", wait="sent", idempotency_key=key))
+            except ws_sidecar.Error as e:
+                result.append(e)
+
+        t = threading.Thread(target=publish)
+        t.start()
+        wait_until(lambda: sc.status("feed").outbox_depth == 1, what="the publish stored")
+        d.kill()
+        if not key:
+            t.join(20)
+            assert isinstance(result[0], ws_sidecar.Unavailable), result
+        d.start()
+        upstream.accepting = True
+        t.join(30)
+        assert not t.is_alive()
+        if key:
+            assert isinstance(result[0], int), result
+        # The stored message goes out once either way: the key kept the retry from queueing it
+        # a second time.
+        assert upstream.wait_received(1) == ["once"]
+        sc.publish("feed", "marker", wait="sent")
+        assert upstream.wait_received(2) == ["once", "marker"]
+
+
 NODE = """
 [endpoints.node]
 url = "{url}"
