@@ -75,7 +75,7 @@ def test_a_publish_cut_off_by_a_daemon_crash_is_retried_only_with_an_idempotency
 
         t = threading.Thread(target=publish)
         t.start()
-        wait_until(lambda: sc.status("feed").outbox_depth == 1, what="the publish stored")
+        wait_until(lambda: sc.status("feed").outbox_depth == 1, what="the publish queued")
         d.kill()
         if not key:
             t.join(20)
@@ -86,11 +86,15 @@ def test_a_publish_cut_off_by_a_daemon_crash_is_retried_only_with_an_idempotency
         assert not t.is_alive()
         if key:
             assert isinstance(result[0], int), result
-        # The stored message goes out once either way: the key kept the retry from queueing it
-        # a second time.
-        assert upstream.wait_received(1) == ["once"]
         sc.publish("feed", "marker", wait="sent")
-        assert upstream.wait_received(2) == ["once", "marker"]
+        upstream.wait(lambda u: "marker" in u.received, what="the marker")
+        frames = list(upstream.received)
+    if key:
+        # Stored before the crash or not, the retry under the key leaves exactly one copy.
+        assert frames == ["once", "marker"]
+    else:
+        # Never acknowledged: the crash may have come before the commit. Never twice, though.
+        assert frames in (["once", "marker"], ["marker"])
 
 
 NODE = """
