@@ -125,6 +125,8 @@ class FakeNode(FakeUpstream):
         #: Methods called, in order.
         self.methods: list[str] = []
         self._subs: dict[str, ServerConnection] = {}
+        # Held while a subscription is announced and while a block is pushed.
+        self._push = threading.Lock()
         self._block = 0x10D4F
         super().__init__()
 
@@ -166,11 +168,13 @@ class FakeNode(FakeUpstream):
                 return self._error(conn, id_, -32602, "invalid params")
             sub_id = "0x" + secrets.token_hex(16)
             reply = json.dumps({"jsonrpc": "2.0", "id": id_, "result": sub_id})
-            # Announced before it is live: no notification ever precedes this reply.
-            conn.send(reply)
-            with self._cond:
-                self._subs[sub_id] = conn
-                self._cond.notify_all()
+            # Announced before it is live, so no notification ever precedes this reply; and live
+            # before push_head can run again, so a test that saw the reply reaches it.
+            with self._push:
+                conn.send(reply)
+                with self._cond:
+                    self._subs[sub_id] = conn
+                    self._cond.notify_all()
             return
         elif method == "eth_unsubscribe":
             with self._cond:
@@ -205,6 +209,10 @@ class FakeNode(FakeUpstream):
 
     def push_head(self) -> int:
         """A new block: every newHeads subscription gets its notification. Returns its number."""
+        with self._push:
+            return self._push_head()
+
+    def _push_head(self) -> int:
         self._block += 1
         with self._cond:
             subs = list(self._subs.items())
