@@ -6,9 +6,9 @@
 //! `wss://stream.example.com/prices` becomes a fake upstream on 127.0.0.1, and
 //! `cargo run --release --` becomes the binary this test run built (the same code; a release
 //! build would add minutes to CI). A `run` line starts the daemon in the background (a newcomer
-//! runs it in its own terminal); every other line must exit 0 within 60 s. `python3` lines use
-//! `$WS_SIDECAR_TEST_PYTHON` (the venv `.ci/run` makes with the client installed), and are
-//! skipped with a message without it.
+//! runs it in its own terminal); every other line must exit 0 within 60 s. The README's Python
+//! examples are run as written by `clients/python/tests/test_readme.py` (in the venv `.ci/run`
+//! makes).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,9 +21,8 @@ use crate::{finish, wait_for_socket};
 const MARKER: &str = "<!-- newcomer path -->";
 const EXAMPLE_URL: &str = "wss://stream.example.com/prices";
 
-/// A marked fenced block: its language (`sh`, `python`) and its non-empty lines.
+/// The lines of a marked fenced block.
 struct Block {
-    lang: String,
     lines: Vec<String>,
 }
 
@@ -36,9 +35,7 @@ fn newcomer_blocks(readme: &str) -> Vec<Block> {
             continue;
         }
         let fence = it.next().unwrap_or_default();
-        let lang = fence
-            .strip_prefix("```")
-            .unwrap_or_else(|| panic!("{MARKER} must precede a fenced block, not {fence:?}"));
+        assert_eq!(fence, "```sh", "{MARKER} must precede a fenced shell block");
         let mut lines = Vec::new();
         for l in it.by_ref() {
             if l.starts_with("```") {
@@ -46,10 +43,7 @@ fn newcomer_blocks(readme: &str) -> Vec<Block> {
             }
             lines.push(l.to_owned());
         }
-        blocks.push(Block {
-            lang: lang.trim().to_owned(),
-            lines,
-        });
+        blocks.push(Block { lines });
     }
     blocks
 }
@@ -121,7 +115,6 @@ async fn the_readme_newcomer_path_works_as_written() {
     std::fs::create_dir_all(&home).unwrap();
     std::fs::create_dir_all(&runtime).unwrap();
     give_to_user(dir.path());
-    let python = std::env::var("WS_SIDECAR_TEST_PYTHON").ok();
     let log_path = dir.path().join("daemon.log");
     let check = |what: &str, child: std::process::Child| {
         let (code, stderr) = finish(child, Duration::from_secs(60));
@@ -132,19 +125,6 @@ async fn the_readme_newcomer_path_works_as_written() {
     let mut daemon: Option<Spawned> = None;
     let mut ran = 0;
     for block in &blocks {
-        if block.lang == "python" {
-            let Some(py) = &python else {
-                eprintln!("skipped without $WS_SIDECAR_TEST_PYTHON: the README's Python example");
-                continue;
-            };
-            let script = dir.path().join(format!("readme-{ran}.py"));
-            std::fs::write(&script, block.lines.join("\n")).unwrap();
-            give_to_user(&script);
-            let line = format!("{py} {}", script.display());
-            check(&line, spawn(&line, &home, &runtime));
-            ran += 1;
-            continue;
-        }
         for line in block.lines.iter().filter(|l| !l.trim().is_empty()) {
             let line = line
                 .replace("cargo run --release --", BIN)
@@ -159,11 +139,6 @@ async fn the_readme_newcomer_path_works_as_written() {
                 daemon = Some(Spawned::new(cmd.spawn().expect("spawn the run line")));
                 wait_for_socket(&runtime.join("ws-sidecar/grpc.sock"));
                 ran += 1;
-                continue;
-            }
-            if words.first() == Some(&"pip") {
-                // `.ci/run` installed the client into the venv `$WS_SIDECAR_TEST_PYTHON` is in.
-                eprintln!("done by .ci/run: {line}");
                 continue;
             }
             check(&line, spawn(&line, &home, &runtime));
