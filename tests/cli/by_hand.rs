@@ -8,50 +8,20 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::process::{
-    daemon_config, spawn_daemon, stop, wait_ready, write_config, Spawned, BIN,
+    as_normal_user, daemon_config, give_to_normal_user, spawn_daemon, stop, wait_ready,
+    write_config, Spawned, BIN,
 };
 use crate::support::{self, FakeUpstream, Reply};
 use crate::{finish, wait_for_socket};
 
-/// The uid and gid the test's commands run as: ourselves, or `nobody` when the tests run as
-/// root (CI does), so that the non-root defaults are what is tested.
-fn user() -> Option<(u32, u32)> {
-    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok()?;
-    (me == 0).then_some((65534, 65534))
-}
-
-/// `BIN args…` with exactly `env` as its environment, as [`user`].
+/// `BIN args…` as a normal user, with exactly `env` (and `PATH`) as its environment.
 fn as_user(args: &[&str], env: &[(&str, &Path)]) -> Command {
-    let mut cmd = match user() {
-        Some((uid, gid)) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                &format!("--reuid={uid}"),
-                &format!("--regid={gid}"),
-                "--clear-groups",
-                "--",
-                BIN,
-            ]);
-            c
-        }
-        None => Command::new(BIN),
-    };
-    cmd.args(args).env_clear().env("PATH", "/usr/bin:/bin");
+    let mut cmd = as_normal_user(BIN);
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd
-}
-
-/// Hands `path` and everything under it to [`user`].
-fn give_to_user(path: &Path) {
-    let Some((uid, gid)) = user() else { return };
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
-    if path.is_dir() {
-        for e in std::fs::read_dir(path).expect("read_dir") {
-            give_to_user(&e.expect("entry").path());
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,7 +40,7 @@ async fn a_user_runs_the_minimal_config_by_hand_and_the_cli_finds_it() {
         format!("[endpoints.prices]\nurl = \"{}\"\n", up.url("/prices")),
     )
     .unwrap();
-    give_to_user(dir.path());
+    give_to_normal_user(dir.path());
     let env = [("HOME", home.as_path()), ("XDG_RUNTIME_DIR", &runtime)];
 
     let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();

@@ -5,43 +5,16 @@ use std::io::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncReadExt as _;
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::daemon::{start_daemon, TestDaemon};
-use crate::support::process::BIN;
+use crate::support::process::{run_cli as run, BIN};
 use crate::support::{FakeUpstream, Reply};
 use crate::tail::grpc;
 
 const T: Duration = Duration::from_secs(20);
-
-/// Runs the binary with `args` and `stdin`: exit code, stdout, stderr.
-async fn run(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn ws-sidecar");
-    let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.as_bytes())
-        .await
-        .expect("write stdin");
-    drop(input);
-    let out = tokio::time::timeout(T, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{args:?} did not exit within {T:?}"))
-        .expect("wait");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Every result is labelled; empty stdin lines are skipped unless `--keep-empty`; `--binary`
 /// sends base64 input as binary frames and names a line that is not base64.

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::process::{Spawned, BIN};
+use crate::support::process::{as_normal_user, give_to_normal_user, Spawned, BIN};
 use crate::support::{self, FakeUpstream, Reply};
 use crate::{finish, wait_for_socket};
 
@@ -48,46 +48,14 @@ fn newcomer_blocks(readme: &str) -> Vec<Block> {
     blocks
 }
 
-/// Who runs the lines: `nobody` when the tests run as root, else ourselves.
-fn user() -> Option<(u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok()?;
-    (me == 0).then_some((65534, 65534))
-}
-
 fn shell(line: &str, home: &Path, runtime: &Path) -> Command {
-    let mut cmd = match user() {
-        Some((uid, gid)) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                &format!("--reuid={uid}"),
-                &format!("--regid={gid}"),
-                "--clear-groups",
-                "--",
-                "sh",
-            ]);
-            c
-        }
-        None => Command::new("sh"),
-    };
+    let mut cmd = as_normal_user("sh");
     cmd.args(["-euc", line])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
         .env("HOME", home)
         .env("XDG_RUNTIME_DIR", runtime)
         .stdin(Stdio::null());
     cmd
-}
-
-fn give_to_user(path: &Path) {
-    let Some((uid, gid)) = user() else { return };
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
-    if path.is_dir() {
-        for e in std::fs::read_dir(path).expect("read_dir") {
-            give_to_user(&e.expect("entry").path());
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -114,7 +82,7 @@ async fn the_readme_newcomer_path_works_as_written() {
     let runtime = dir.path().join("run");
     std::fs::create_dir_all(&home).unwrap();
     std::fs::create_dir_all(&runtime).unwrap();
-    give_to_user(dir.path());
+    give_to_normal_user(dir.path());
     let log_path = dir.path().join("daemon.log");
     let check = |what: &str, child: std::process::Child| {
         let (code, stderr) = finish(child, Duration::from_secs(60));

@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::binance::{FakeBinance, Rules};
 use crate::support::daemon::{start_daemon, TestDaemon};
-use crate::support::process::BIN;
+use crate::support::process::{run_cli as run, BIN};
 use crate::support::{FakeUpstream, Reply, UpConn};
 
 const T: Duration = Duration::from_secs(20);
@@ -163,33 +163,6 @@ url = "{url}"
 
 fn grpc(d: &TestDaemon) -> String {
     format!("unix:{}", d.grpc_path.display())
-}
-
-/// Runs the binary with `args` and `stdin`: exit code, stdout, stderr.
-async fn run(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn ws-sidecar");
-    let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.as_bytes())
-        .await
-        .expect("write stdin");
-    drop(input);
-    let out = tokio::time::timeout(T, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{args:?} did not exit within {T:?}"))
-        .expect("wait");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A long-running command with its stdout read line by line.

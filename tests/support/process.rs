@@ -123,3 +123,75 @@ pub fn stop(mut child: Spawned) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs the binary with `args`, `stdin` written to it and closed, to its end within 20 s: exit
+/// code, stdout, stderr.
+pub async fn run_cli(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    use tokio::io::AsyncWriteExt as _;
+    const T: Duration = Duration::from_secs(20);
+    let mut child = tokio::process::Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ws-sidecar");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(input);
+    let out = tokio::time::timeout(T, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} did not exit within {T:?}"))
+        .expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The uid and gid to run commands as a normal user: `nobody` when the tests run as root (CI
+/// does), else `None` (run as ourselves), so that the non-root behaviour is what is tested.
+pub fn normal_user() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok()?;
+    (me == 0).then_some((65534, 65534))
+}
+
+/// `program` run as [`normal_user`] (through setpriv(1) when we are root), with an empty
+/// environment but `PATH`.
+pub fn as_normal_user(program: &str) -> Command {
+    let mut cmd = match normal_user() {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+                program,
+            ]);
+            c
+        }
+        None => Command::new(program),
+    };
+    cmd.env_clear().env("PATH", "/usr/bin:/bin");
+    cmd
+}
+
+/// Hands `path` and everything under it to [`normal_user`].
+pub fn give_to_normal_user(path: &Path) {
+    let Some((uid, gid)) = normal_user() else {
+        return;
+    };
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).expect("read_dir") {
+            give_to_normal_user(&e.expect("entry").path());
+        }
+    }
+}
