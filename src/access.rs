@@ -196,6 +196,14 @@ impl Accounts {
         self.groups.iter().find(|g| g.name == name).map(|g| g.gid)
     }
 
+    /// The name of group `gid`.
+    pub fn group_name(&self, gid: u32) -> Option<String> {
+        self.groups
+            .iter()
+            .find(|g| g.gid == gid)
+            .map(|g| g.name.clone())
+    }
+
     fn members(&self, gid: u32) -> impl Iterator<Item = &str> {
         self.groups
             .iter()

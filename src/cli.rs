@@ -21,9 +21,10 @@ use ws_sidecar::status::EndpointStatus;
 #[derive(clap::Args)]
 pub struct TargetArg {
     /// Daemon address: unix:PATH or HOST:PORT [default: from --config, $WS_SIDECAR_GRPC,
-    /// $WS_SIDECAR_CONFIG, else the first socket that exists of the user's config, the user's
-    /// $XDG_RUNTIME_DIR/ws-sidecar/grpc.sock, /etc/ws-sidecar/config.toml and
-    /// /run/ws-sidecar/grpc.sock].
+    /// $WS_SIDECAR_CONFIG, else the first socket that exists of: the one
+    /// ~/.config/ws-sidecar/config.toml names, $RUNTIME_DIRECTORY/grpc.sock,
+    /// $XDG_RUNTIME_DIR/ws-sidecar/grpc.sock, ~/.local/state/ws-sidecar/grpc.sock, the one
+    /// /etc/ws-sidecar/config.toml names, /run/ws-sidecar/grpc.sock].
     #[arg(long, value_name = "ADDR")]
     grpc: Option<String>,
     /// Read the daemon's address from this config file (its first grpc.listen entry).
@@ -41,17 +42,16 @@ pub async fn reach(target: &Target) -> Result<Client, client::Unreachable> {
 }
 
 impl TargetArg {
-    /// The daemon's address as discovered; a usage error is reported.
-    pub fn target(&self) -> Result<Target, u8> {
+    /// The daemon's address as discovered, and how; a usage error is reported.
+    pub fn found(&self) -> Result<ws_sidecar::paths::Found, u8> {
         ws_sidecar::paths::discover(
             self.grpc.as_deref(),
             self.config.as_deref(),
             &ws_sidecar::paths::process_env(),
             ws_sidecar::paths::is_root(),
         )
-        .map(|found| {
+        .inspect(|found| {
             tracing::debug!(target = %found.target, from = %found.from, "daemon address");
-            found.target
         })
         .map_err(|e| {
             report!("ws-sidecar: {e}");
@@ -61,12 +61,58 @@ impl TargetArg {
 
     /// A checked connection to the daemon; failures are reported (exit 69 or 64).
     pub async fn connect(&self) -> Result<Client, u8> {
-        let target = self.target()?;
-        reach(&target).await.map_err(|e| {
-            report!("ws-sidecar: cannot reach the daemon at {target}: {e}");
+        let found = self.found()?;
+        reach(&found.target).await.map_err(|e| {
+            report!("ws-sidecar: {}", unreachable_message(&found, &e));
             exit::UNAVAILABLE
         })
     }
+}
+
+/// Why the daemon at `found` cannot be reached. When the search found no socket anywhere it
+/// lists every place it looked, rather than only the last; a socket the user may not open
+/// names the group that may.
+pub fn unreachable_message(found: &ws_sidecar::paths::Found, e: &client::Unreachable) -> String {
+    let os = match e {
+        client::Unreachable::Os(os) => Some(os.kind()),
+        _ => None,
+    };
+    if !found.looked.is_empty() && os == Some(std::io::ErrorKind::NotFound) {
+        let places: Vec<String> = found
+            .looked
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        return format!(
+            "no daemon found: no socket at {}; start one with `ws-sidecar run`, or pass \
+             --grpc ADDR or --config FILE",
+            places.join(", ")
+        );
+    }
+    let mut msg = format!("cannot reach the daemon at {}: {e}", found.target);
+    if os == Some(std::io::ErrorKind::PermissionDenied) {
+        if let Some(group) = socket_group(&found.target) {
+            msg.push_str(&format!(
+                " (the socket is for group {group}: `sudo usermod -aG {group} $USER`, then log \
+                 in again)"
+            ));
+        }
+    }
+    msg
+}
+
+/// The group owning a Unix socket, by name when the account database has it.
+fn socket_group(target: &Target) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Target::Unix(path) = target else {
+        return None;
+    };
+    let gid = std::fs::metadata(path).ok()?.gid();
+    Some(
+        ws_sidecar::access::accounts()
+            .group_name(gid)
+            .unwrap_or_else(|| gid.to_string()),
+    )
 }
 
 /// Sets up tracing from `[log]` (see `ws_sidecar::logging`).

@@ -47,6 +47,29 @@ impl Listeners {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Where apps reach the daemon, for the start-up log line: `grpc=unix:/run/…/grpc.sock
+    /// stream=/run/…/stream.sock http=127.0.0.1:9750` (a listener that is off is left out).
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .grpc
+            .iter()
+            .map(|l| match l {
+                GrpcListener::Unix(_, p) => format!("grpc=unix:{}", p.display()),
+                GrpcListener::Tcp(t) => match t.local_addr() {
+                    Ok(a) => format!("grpc={a}"),
+                    Err(_) => "grpc=tcp".into(),
+                },
+            })
+            .collect();
+        if let Some((_, p)) = &self.stream {
+            parts.push(format!("stream={}", p.display()));
+        }
+        if let Some(a) = self.http_addr() {
+            parts.push(format!("http={a}"));
+        }
+        parts.join(" ")
+    }
+
     /// Unix socket paths to remove at exit: the ones this daemon created.
     pub fn socket_paths(&self) -> Vec<PathBuf> {
         self.owned.clone()

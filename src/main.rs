@@ -359,7 +359,9 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
     tracing::info!(
         endpoints = cfg.endpoints.len(),
         config = %cfg.source.display(),
-        "ws-sidecar started"
+        store = %cfg.store.path.display(),
+        "ws-sidecar started; apps connect at {}",
+        listeners.describe()
     );
     let daemon = match ws_sidecar::supervisor::Daemon::start(
         cfg,

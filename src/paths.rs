@@ -147,6 +147,43 @@ pub struct Found {
     pub target: Target,
     /// e.g. `--grpc`, `grpc.listen in /etc/ws-sidecar/config.toml`, `the default`.
     pub from: String,
+    /// When the search found no socket at all: every place it looked, in order (`target` is
+    /// then the last of them). Empty otherwise.
+    pub looked: Vec<PathBuf>,
+}
+
+impl Found {
+    fn new(target: Target, from: impl Into<String>) -> Found {
+        Found {
+            target,
+            from: from.into(),
+            looked: Vec::new(),
+        }
+    }
+}
+
+/// The first candidate that exists (a TCP address counts as existing); else the last, with the
+/// places looked at.
+fn first_existing(mut candidates: Vec<Found>) -> Found {
+    let i = candidates.iter().position(|f| match &f.target {
+        Target::Unix(p) => p.exists(),
+        Target::Tcp(_) => true,
+    });
+    if let Some(i) = i {
+        return candidates.swap_remove(i);
+    }
+    let looked = candidates
+        .iter()
+        .filter_map(|f| match &f.target {
+            Target::Unix(p) => Some(p.clone()),
+            Target::Tcp(_) => None,
+        })
+        .collect();
+    let mut last = candidates
+        .pop()
+        .expect("the system default is always a candidate");
+    last.looked = looked;
+    last
 }
 
 /// Finds the daemon's gRPC address for a client command.
@@ -154,13 +191,13 @@ pub struct Found {
 /// Order: `grpc` (the `--grpc` flag); the first `grpc.listen` entry of `config` (`--config`;
 /// its first Unix socket, else its first TCP address; the default socket if it sets none);
 /// `$WS_SIDECAR_GRPC`; `$WS_SIDECAR_CONFIG` read like `--config`; then the first that exists of
-/// the user's config file's socket, `$RUNTIME_DIRECTORY/grpc.sock`, the user's default socket
-/// (`$XDG_RUNTIME_DIR/ws-sidecar/grpc.sock`), the system config's socket and
-/// `/run/ws-sidecar/grpc.sock`.
+/// the user's config file's socket, `$RUNTIME_DIRECTORY/grpc.sock`, the user's default sockets
+/// (`$XDG_RUNTIME_DIR/ws-sidecar/grpc.sock`, and the state directory's for a daemon started
+/// without `$XDG_RUNTIME_DIR`), the system config's socket and `/run/ws-sidecar/grpc.sock`.
 ///
 /// Errors: an address that does not parse, or a config file that cannot be read or parsed
 /// (named in the message). Nothing existing among the defaults is no error: the last default
-/// comes back, and connecting to it says what is missing.
+/// comes back with [`Found::looked`] listing every place tried, for the connect error.
 pub fn discover(
     grpc: Option<&str>,
     config: Option<&Path>,
@@ -192,41 +229,47 @@ pub fn discover(
     if let Some(Ok(Some(f))) = system_config.first().map(|c| listen_of(c)) {
         candidates.push(f);
     }
-    candidates.push(Found {
-        target: Target::Unix(Path::new(SYSTEM_RUNTIME).join("grpc.sock")),
-        from: "the system default".into(),
-    });
-    let existing = candidates.iter().position(|f| match &f.target {
-        Target::Unix(p) => p.exists(),
-        Target::Tcp(_) => true,
-    });
-    let i = existing.unwrap_or(candidates.len() - 1);
-    Ok(candidates.swap_remove(i))
+    candidates.push(Found::new(
+        Target::Unix(Path::new(SYSTEM_RUNTIME).join("grpc.sock")),
+        "the system default",
+    ));
+    Ok(first_existing(candidates))
 }
 
 fn parsed(s: &str, from: String) -> Result<Found, String> {
     let target = Target::parse(s).map_err(|e| format!("{from}: {e}"))?;
-    Ok(Found { target, from })
+    Ok(Found::new(target, from))
 }
 
 /// The daemon's own default sockets for this environment: `$RUNTIME_DIRECTORY` (a client run by
-/// a unit with the same `RuntimeDirectory=`), then a non-root user's XDG place.
+/// a unit with the same `RuntimeDirectory=`), then a non-root user's: in `$XDG_RUNTIME_DIR`,
+/// and in the state directory, where a daemon started without `$XDG_RUNTIME_DIR` (cron, `su`)
+/// put it.
 fn default_sockets(env: &HashMap<String, String>, root: bool) -> Vec<Found> {
     let mut v = Vec::new();
     if let Some(d) = absolute(env, "RUNTIME_DIRECTORY") {
-        v.push(Found {
-            target: Target::Unix(d.join("grpc.sock")),
-            from: "$RUNTIME_DIRECTORY".into(),
-        });
+        v.push(Found::new(
+            Target::Unix(d.join("grpc.sock")),
+            "$RUNTIME_DIRECTORY",
+        ));
     }
     if !root {
         let mut user = env.clone();
         user.remove("RUNTIME_DIRECTORY");
         user.remove("STATE_DIRECTORY");
-        v.push(Found {
-            target: Target::Unix(Dirs::resolve(&user, false).runtime.join("grpc.sock")),
-            from: "the default for a daemon run by this user".into(),
-        });
+        let own = Dirs::resolve(&user, false).runtime.join("grpc.sock");
+        user.remove("XDG_RUNTIME_DIR");
+        let without = Dirs::resolve(&user, false).runtime.join("grpc.sock");
+        if without != own {
+            v.push(Found::new(
+                Target::Unix(own),
+                "the default for a daemon run by this user",
+            ));
+        }
+        v.push(Found::new(
+            Target::Unix(without),
+            "the default for a daemon run by this user without $XDG_RUNTIME_DIR",
+        ));
     }
     v
 }
@@ -238,18 +281,14 @@ fn from_config(path: &Path, env: &HashMap<String, String>, root: bool) -> Result
     }
     // No grpc.listen: the daemon used its runtime directory, which depends on how it ran.
     let mut defaults = default_sockets(env, root);
-    defaults.push(Found {
-        target: Target::Unix(Path::new(SYSTEM_RUNTIME).join("grpc.sock")),
-        from: format!(
+    defaults.push(Found::new(
+        Target::Unix(Path::new(SYSTEM_RUNTIME).join("grpc.sock")),
+        format!(
             "the default socket ({} sets no grpc.listen)",
             path.display()
         ),
-    });
-    let i = defaults
-        .iter()
-        .position(|f| matches!(&f.target, Target::Unix(p) if p.exists()))
-        .unwrap_or(defaults.len() - 1);
-    Ok(defaults.swap_remove(i))
+    ));
+    Ok(first_existing(defaults))
 }
 
 /// The first Unix socket of `grpc.listen` in the TOML file at `path` (else its first TCP
@@ -288,10 +327,7 @@ fn listen_of(path: &Path) -> Result<Option<Found>, String> {
         .iter()
         .find(|t| matches!(t, Target::Unix(_)))
         .or(targets.first());
-    Ok(pick.map(|t| Found {
-        target: t.clone(),
-        from,
-    }))
+    Ok(pick.map(|t| Found::new(t.clone(), from)))
 }
 
 #[cfg(test)]
@@ -424,11 +460,27 @@ mod tests {
             ("HOME", dir.path().to_str().unwrap()),
             ("XDG_RUNTIME_DIR", run.to_str().unwrap()),
         ]);
-        // Nothing exists: the system socket, whose absence the connect error names.
+        // Nothing exists: the system socket, with every place looked at for the connect error.
         let f = discover(None, None, &e, false).unwrap();
+        let state_sock = dir.path().join(".local/state/ws-sidecar/grpc.sock");
         if !Path::new("/run/ws-sidecar/grpc.sock").exists() {
             assert_eq!(f.target, Target::Unix("/run/ws-sidecar/grpc.sock".into()));
+            assert_eq!(
+                f.looked,
+                [
+                    run.join("ws-sidecar/grpc.sock"),
+                    state_sock.clone(),
+                    "/run/ws-sidecar/grpc.sock".into()
+                ]
+            );
         }
+        // A daemon started without $XDG_RUNTIME_DIR (cron, su) is found from a login shell.
+        std::fs::create_dir_all(state_sock.parent().unwrap()).unwrap();
+        std::fs::write(&state_sock, "").unwrap();
+        let f = discover(None, None, &e, false).unwrap();
+        assert_eq!(f.target, Target::Unix(state_sock.clone()));
+        assert!(f.looked.is_empty());
+        std::fs::remove_file(&state_sock).unwrap();
         let sock = run.join("ws-sidecar/grpc.sock");
         std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
         std::fs::write(&sock, "").unwrap();

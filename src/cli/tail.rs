@@ -87,15 +87,16 @@ pub async fn tail(args: TailArgs) -> u8 {
         Ok(w) => w,
         Err(code) => return code,
     };
-    let target = match args.target.target() {
-        Ok(t) => t,
+    let found = match args.target.found() {
+        Ok(f) => f,
         Err(code) => return code,
     };
+    let target = found.target.clone();
     // One connection for the first subscriptions: an address that is wrong fails here, once.
     let client = match super::reach(&target).await {
         Ok(c) => c,
         Err(e) => {
-            report!("ws-sidecar: cannot reach the daemon at {target}: {e}");
+            report!("ws-sidecar: {}", super::unreachable_message(&found, &e));
             return exit::UNAVAILABLE;
         }
     };

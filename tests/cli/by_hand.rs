@@ -83,6 +83,71 @@ async fn a_user_runs_the_minimal_config_by_hand_and_the_cli_finds_it() {
     stop(daemon);
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(!log.contains("Permission denied"), "{log}");
+    // The start line says where apps connect.
+    let at = format!(
+        "apps connect at grpc=unix:{} stream={}",
+        sock.display(),
+        runtime.join("ws-sidecar/stream.sock").display()
+    );
+    assert!(log.contains(&at), "{at:?} in {log}");
+
+    // Started where there is no $XDG_RUNTIME_DIR (cron, su): still found from a login shell.
+    let daemon = Spawned::new(
+        as_user(&["run"], &env[..1])
+            .env("WS_SIDECAR__HTTP__LISTEN", "")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the daemon"),
+    );
+    wait_for_socket(&state.join("grpc.sock"));
+    let out = as_user(&["status", "prices"], &env)
+        .output()
+        .expect("status");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(daemon);
+
+    // No daemon: the error lists every place looked at, the user's own first.
+    let out = as_user(&["status"], &env).output().expect("status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    if !Path::new("/run/ws-sidecar/grpc.sock").exists() {
+        let looked = format!(
+            "no daemon found: no socket at {}, {}, /run/ws-sidecar/grpc.sock;",
+            sock.display(),
+            state.join("grpc.sock").display()
+        );
+        assert!(stderr.contains(&looked), "{looked:?} in {stderr}");
+    }
+}
+
+#[test]
+fn a_socket_the_user_may_not_open_names_its_group() {
+    if support::process::normal_user().is_none() {
+        eprintln!("skipped: needs root to make a socket another user may not open");
+        return;
+    }
+    let dir = support::temp_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = spawn_daemon(dir.path(), "[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n");
+    wait_ready(dir.path());
+    let sock = format!("unix:{}", dir.path().join("grpc.sock").display());
+    let out = as_user(&["status", "--grpc", &sock], &[])
+        .output()
+        .expect("status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(
+        stderr.contains("the socket is for group root: `sudo usermod -aG root $USER`"),
+        "{stderr}"
+    );
+    stop(daemon);
 }
 
 /// Runs `ws-sidecar run --config FILE` to its end: exit code and stderr.

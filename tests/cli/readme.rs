@@ -3,7 +3,7 @@
 //! home (the `nobody` account when the tests run as root).
 //!
 //! Two substitutions keep it off the internet and out of a second build: the upstream URL
-//! `wss://stream.example.com/prices` becomes a fake upstream on 127.0.0.1, and
+//! `wss://stream.example.invalid/prices` becomes a fake upstream on 127.0.0.1, and
 //! `cargo run --release --` becomes the binary this test run built (the same code; a release
 //! build would add minutes to CI). A `run` line starts the daemon in the background (a newcomer
 //! runs it in its own terminal); every other line must exit 0 within 60 s. The README's Python
@@ -19,7 +19,7 @@ use crate::support::{self, FakeUpstream, Reply};
 use crate::{finish, wait_for_socket};
 
 const MARKER: &str = "<!-- newcomer path -->";
-const EXAMPLE_URL: &str = "wss://stream.example.com/prices";
+const EXAMPLE_URL: &str = "wss://stream.example.invalid/prices";
 
 /// The lines of a marked fenced block.
 struct Block {

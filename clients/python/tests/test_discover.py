@@ -53,9 +53,19 @@ def test_the_order_is_address_config_variable_config_variable_then_defaults(tmp_
 def test_by_default_the_first_socket_that_exists(tmp_path):
     run = tmp_path / "run"
     env = {"HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(run)}
-    if not pathlib.Path("/run/ws-sidecar/grpc.sock").exists():
-        assert target(discover(env=env, root=False)) == "unix:/run/ws-sidecar/grpc.sock"
+    state_sock = tmp_path / ".local" / "state" / "ws-sidecar" / "grpc.sock"
     sock = run / "ws-sidecar" / "grpc.sock"
+    if not pathlib.Path("/run/ws-sidecar/grpc.sock").exists():
+        f = discover(env=env, root=False)
+        assert target(f) == "unix:/run/ws-sidecar/grpc.sock"
+        # Nothing exists: every place looked at, for the error.
+        assert f.looked == (sock, state_sock, pathlib.Path("/run/ws-sidecar/grpc.sock"))
+    # A daemon started without XDG_RUNTIME_DIR (cron, su) is found from a login shell.
+    state_sock.parent.mkdir(parents=True)
+    state_sock.write_text("")
+    assert target(discover(env=env, root=False)) == f"unix:{state_sock}"
+    assert discover(env=env, root=False).looked == ()
+    state_sock.unlink()
     sock.parent.mkdir(parents=True)
     sock.write_text("")
     assert target(discover(env=env, root=False)) == f"unix:{sock}"

@@ -70,7 +70,10 @@ def connect(
 
 def _unreachable(found: Found, e: grpc.RpcError) -> Unreachable:
     hint = "start the daemon, or pass address=/config= or set WS_SIDECAR_GRPC"
-    if found.unix is not None and not found.unix.exists():
+    if found.looked and found.unix is not None and not found.unix.exists():
+        places = ", ".join(str(p) for p in found.looked)
+        msg = f"no ws-sidecar daemon found: no socket at {places}: {hint}"
+    elif found.unix is not None and not found.unix.exists():
         msg = f"no ws-sidecar socket at {found.unix} ({found.found_from}): {hint}"
     else:
         details = e.details() if isinstance(e, grpc.Call) else str(e)

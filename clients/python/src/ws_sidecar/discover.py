@@ -4,17 +4,17 @@
 Order: an explicit address; the `grpc.listen` of a config file the app names; `$WS_SIDECAR_GRPC`;
 the `grpc.listen` of `$WS_SIDECAR_CONFIG`; then the first that exists of the user's config
 file's socket (`$XDG_CONFIG_HOME/ws-sidecar/config.toml`, not for root),
-`$RUNTIME_DIRECTORY/grpc.sock`, the socket a daemon run by this user makes by default
-(`$XDG_RUNTIME_DIR/ws-sidecar/grpc.sock`, or the XDG state directory without
+`$RUNTIME_DIRECTORY/grpc.sock`, the sockets a daemon run by this user makes by default
+(`$XDG_RUNTIME_DIR/ws-sidecar/grpc.sock`, and the XDG state directory's for one started without
 `$XDG_RUNTIME_DIR`), the system config's socket (`/etc/ws-sidecar/config.toml`) and
-`/run/ws-sidecar/grpc.sock`; when none exists, the last, so the error names it.
+`/run/ws-sidecar/grpc.sock`; when none exists, the last, with every place looked at.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -36,6 +36,8 @@ class Found:
     tcp: str | None
     #: e.g. ``$WS_SIDECAR_GRPC``, ``grpc.listen in /etc/ws-sidecar/config.toml``.
     found_from: str
+    #: When the search found no socket at all: every place it looked, in order. Empty otherwise.
+    looked: tuple[Path, ...] = ()
 
     @property
     def address(self) -> str:
@@ -89,6 +91,10 @@ def user_runtime_dir(env: Mapping[str, str]) -> Path | None:
     xdg = _absolute(env, "XDG_RUNTIME_DIR")
     if xdg is not None:
         return xdg / "ws-sidecar"
+    return _user_state_dir(env)
+
+
+def _user_state_dir(env: Mapping[str, str]) -> Path | None:
     # No login session: the daemon uses its state directory, never a guessable /tmp path.
     state = _xdg_home(env, "XDG_STATE_HOME", ".local/state")
     return state / "ws-sidecar" if state is not None else None
@@ -138,10 +144,28 @@ def _default_sockets(env: Mapping[str, str], root: bool) -> list[Found]:
     if rd is not None:
         v.append(Found(rd / "grpc.sock", None, "$RUNTIME_DIRECTORY"))
     if not root:
-        d = user_runtime_dir(env)
-        if d is not None:
-            v.append(Found(d / "grpc.sock", None, "the default for a daemon run by this user"))
+        own = user_runtime_dir(env)
+        without = _user_state_dir(env)
+        if own is not None and own != without:
+            v.append(Found(own / "grpc.sock", None, "the default for a daemon run by this user"))
+        if without is not None:
+            v.append(
+                Found(
+                    without / "grpc.sock",
+                    None,
+                    "the default for a daemon run by this user without $XDG_RUNTIME_DIR",
+                )
+            )
     return v
+
+
+def _first_existing(candidates: list[Found]) -> Found:
+    """The first candidate that exists; else the last, with every place looked at."""
+    for c in candidates:
+        if c.exists():
+            return c
+    looked = tuple(c.unix for c in candidates if c.unix is not None)
+    return replace(candidates[-1], looked=looked)
 
 
 def _system_default(found_from: str) -> Found:
@@ -155,7 +179,7 @@ def _from_config(path: Path, env: Mapping[str, str], root: bool) -> Found:
     # No grpc.listen: the daemon used its runtime directory, which depends on how it ran.
     defaults = _default_sockets(env, root)
     defaults.append(_system_default(f"the default socket ({path} sets no grpc.listen)"))
-    return next((d for d in defaults if d.exists()), defaults[-1])
+    return _first_existing(defaults)
 
 
 def discover(
@@ -199,4 +223,4 @@ def discover(
     if f is not None:
         candidates.append(f)
     candidates.append(_system_default("the system default"))
-    return next((c for c in candidates if c.exists()), candidates[-1])
+    return _first_existing(candidates)

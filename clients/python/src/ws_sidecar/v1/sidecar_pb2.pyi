@@ -283,3 +283,71 @@ class ResetResumeResponse(_message.Message):
     PREVIOUS_ID_FIELD_NUMBER: _ClassVar[int]
     previous_id: str
     def __init__(self, previous_id: _Optional[str] = ...) -> None: ...
+
+class GetOutboxRequest(_message.Message):
+    __slots__ = ("endpoint",)
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    def __init__(self, endpoint: _Optional[str] = ...) -> None: ...
+
+class OutboxInfo(_message.Message):
+    __slots__ = ("endpoint", "depth", "bytes", "oldest_age_micros", "oldest_id", "newest_id", "durable", "expired")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_AGE_MICROS_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    depth: int
+    bytes: int
+    oldest_age_micros: int
+    oldest_id: int
+    newest_id: int
+    durable: bool
+    expired: int
+    def __init__(self, endpoint: _Optional[str] = ..., depth: _Optional[int] = ..., bytes: _Optional[int] = ..., oldest_age_micros: _Optional[int] = ..., oldest_id: _Optional[int] = ..., newest_id: _Optional[int] = ..., durable: _Optional[bool] = ..., expired: _Optional[int] = ...) -> None: ...
+
+class ClearOutboxRequest(_message.Message):
+    __slots__ = ("endpoint", "up_to_id")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_ID_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    up_to_id: int
+    def __init__(self, endpoint: _Optional[str] = ..., up_to_id: _Optional[int] = ...) -> None: ...
+
+class ClearOutboxResponse(_message.Message):
+    __slots__ = ("cleared", "bytes")
+    CLEARED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    cleared: int
+    bytes: int
+    def __init__(self, cleared: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class ReloadRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadResponse(_message.Message):
+    __slots__ = ("accepted", "errors", "warnings", "added", "changed", "removed", "unchanged", "need_restart", "config")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    NEED_RESTART_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    added: _containers.RepeatedScalarFieldContainer[str]
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    unchanged: _containers.RepeatedScalarFieldContainer[str]
+    need_restart: _containers.RepeatedScalarFieldContainer[str]
+    config: str
+    def __init__(self, accepted: _Optional[bool] = ..., errors: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., added: _Optional[_Iterable[str]] = ..., changed: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., unchanged: _Optional[_Iterable[str]] = ..., need_restart: _Optional[_Iterable[str]] = ..., config: _Optional[str] = ...) -> None: ...

@@ -75,6 +75,21 @@ class SidecarStub:
                 request_serializer=ws__sidecar_dot_v1_dot_sidecar__pb2.UpstreamRequest.SerializeToString,
                 response_deserializer=ws__sidecar_dot_v1_dot_sidecar__pb2.UpstreamReply.FromString,
                 _registered_method=True)
+        self.GetOutbox = channel.unary_unary(
+                '/ws_sidecar.v1.Sidecar/GetOutbox',
+                request_serializer=ws__sidecar_dot_v1_dot_sidecar__pb2.GetOutboxRequest.SerializeToString,
+                response_deserializer=ws__sidecar_dot_v1_dot_sidecar__pb2.OutboxInfo.FromString,
+                _registered_method=True)
+        self.ClearOutbox = channel.unary_unary(
+                '/ws_sidecar.v1.Sidecar/ClearOutbox',
+                request_serializer=ws__sidecar_dot_v1_dot_sidecar__pb2.ClearOutboxRequest.SerializeToString,
+                response_deserializer=ws__sidecar_dot_v1_dot_sidecar__pb2.ClearOutboxResponse.FromString,
+                _registered_method=True)
+        self.Reload = channel.unary_unary(
+                '/ws_sidecar.v1.Sidecar/Reload',
+                request_serializer=ws__sidecar_dot_v1_dot_sidecar__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=ws__sidecar_dot_v1_dot_sidecar__pb2.ReloadResponse.FromString,
+                _registered_method=True)
 
 
 class SidecarServicer:
@@ -171,6 +186,39 @@ class SidecarServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOutbox(self, request, context):
+        """The endpoint's outbox: how many messages wait to go upstream, their bytes and the oldest's
+        age. Open to anyone who can reach the socket, like GetStatus (which shows the depth too).
+        Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearOutbox(self, request, context):
+        """Drop the messages waiting in the endpoint's outbox, for good: they are never sent, and a
+        durable outbox forgets them in the store before this returns. Only entries with id <=
+        up_to_id go (unset: every entry queued now), so messages published after the operator
+        looked stay. Idempotency keys stay too: a publish repeating a cleared one's key is still
+        answered with the first outbox_id and not queued again. A `wait = SENT` publisher of a
+        cleared message gets ABORTED; a message the connection was already writing may still be
+        sent. The daemon logs the count at warning level, never the payloads. Needs the same
+        access as Reconnect (the `publish` list). Errors: NOT_FOUND, PERMISSION_DENIED,
+        UNAVAILABLE (the store failed; nothing was cleared).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reload(self, request, context):
+        """Re-read the config file the daemon was started with and apply it, as SIGHUP does. A file
+        that does not validate changes nothing: the call still succeeds, with accepted = false and
+        the errors. Needs the publish access of every endpoint (a reload may reconnect any of them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SidecarServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +261,21 @@ def add_SidecarServicer_to_server(servicer, server):
                     servicer.RequestStream,
                     request_deserializer=ws__sidecar_dot_v1_dot_sidecar__pb2.UpstreamRequest.FromString,
                     response_serializer=ws__sidecar_dot_v1_dot_sidecar__pb2.UpstreamReply.SerializeToString,
+            ),
+            'GetOutbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOutbox,
+                    request_deserializer=ws__sidecar_dot_v1_dot_sidecar__pb2.GetOutboxRequest.FromString,
+                    response_serializer=ws__sidecar_dot_v1_dot_sidecar__pb2.OutboxInfo.SerializeToString,
+            ),
+            'ClearOutbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearOutbox,
+                    request_deserializer=ws__sidecar_dot_v1_dot_sidecar__pb2.ClearOutboxRequest.FromString,
+                    response_serializer=ws__sidecar_dot_v1_dot_sidecar__pb2.ClearOutboxResponse.SerializeToString,
+            ),
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=ws__sidecar_dot_v1_dot_sidecar__pb2.ReloadRequest.FromString,
+                    response_serializer=ws__sidecar_dot_v1_dot_sidecar__pb2.ReloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +495,87 @@ class Sidecar:
             '/ws_sidecar.v1.Sidecar/RequestStream',
             ws__sidecar_dot_v1_dot_sidecar__pb2.UpstreamRequest.SerializeToString,
             ws__sidecar_dot_v1_dot_sidecar__pb2.UpstreamReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOutbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ws_sidecar.v1.Sidecar/GetOutbox',
+            ws__sidecar_dot_v1_dot_sidecar__pb2.GetOutboxRequest.SerializeToString,
+            ws__sidecar_dot_v1_dot_sidecar__pb2.OutboxInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearOutbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ws_sidecar.v1.Sidecar/ClearOutbox',
+            ws__sidecar_dot_v1_dot_sidecar__pb2.ClearOutboxRequest.SerializeToString,
+            ws__sidecar_dot_v1_dot_sidecar__pb2.ClearOutboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ws_sidecar.v1.Sidecar/Reload',
+            ws__sidecar_dot_v1_dot_sidecar__pb2.ReloadRequest.SerializeToString,
+            ws__sidecar_dot_v1_dot_sidecar__pb2.ReloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
