@@ -293,6 +293,7 @@ pub async fn reload(target: &TargetArg) -> u8 {
         ("changed (reconnected)", &r.changed),
         ("removed", &r.removed),
         ("unchanged", &r.unchanged),
+        ("applied", &r.applied),
         ("needs a restart", &r.need_restart),
     ] {
         if !names.is_empty() {

@@ -40,6 +40,8 @@ pub struct ReloadReport {
     /// Keys that differ but only take effect at a restart, e.g. `http.listen` or
     /// `endpoints.prices.replay.messages`; they are left as they run.
     pub need_restart: Vec<String>,
+    /// Settings applied in place, reconnecting nothing: `log.level = "debug"`.
+    pub applied: Vec<String>,
     /// What the operator should know about the new settings (a `log.level` that `RUST_LOG`
     /// overrides).
     pub warnings: Vec<String>,
@@ -187,6 +189,9 @@ impl Reloader {
                 Ok(()) | Err(crate::logging::LevelError::NotInitialised) => {
                     st.config.log.level = new.log.level.clone();
                     tracing::info!(level = %new.log.level, "log.level applied");
+                    report
+                        .applied
+                        .push(format!("log.level = {:?}", new.log.level));
                 }
                 Err(e) => report.warnings.push(format!(
                     "{}: log.level: not applied: {e}",

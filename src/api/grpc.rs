@@ -518,6 +518,7 @@ fn reload_response(o: crate::reload::ReloadOutcome) -> proto::ReloadResponse {
         removed: o.report.removed,
         unchanged: o.report.unchanged,
         need_restart: o.report.need_restart,
+        applied: o.report.applied,
         config: o.config.display().to_string(),
     }
 }

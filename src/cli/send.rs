@@ -102,7 +102,7 @@ pub async fn send(args: SendArgs) -> u8 {
         let what = if from_stdin {
             format!("stdin line {}", index + 1)
         } else {
-            "MESSAGE".to_owned()
+            "the message".to_owned()
         };
         let m = match m {
             Ok(Ok(m)) => m,

@@ -76,7 +76,7 @@ fn reload_prints_what_changed_or_why_the_file_was_refused() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!(
-            "reloaded {}\n  added: b\n  unchanged: a\n  needs a restart: limits.max_subscribers\n",
+            "reloaded {}\n  added: b\n  unchanged: a\n  applied: log.level = \"info\"\n  needs a restart: limits.max_subscribers\n",
             path.display()
         )
     );

@@ -331,7 +331,7 @@ class ReloadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReloadResponse(_message.Message):
-    __slots__ = ("accepted", "errors", "warnings", "added", "changed", "removed", "unchanged", "need_restart", "config")
+    __slots__ = ("accepted", "errors", "warnings", "added", "changed", "removed", "unchanged", "need_restart", "config", "applied")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
@@ -341,6 +341,7 @@ class ReloadResponse(_message.Message):
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     NEED_RESTART_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     errors: _containers.RepeatedScalarFieldContainer[str]
     warnings: _containers.RepeatedScalarFieldContainer[str]
@@ -350,4 +351,5 @@ class ReloadResponse(_message.Message):
     unchanged: _containers.RepeatedScalarFieldContainer[str]
     need_restart: _containers.RepeatedScalarFieldContainer[str]
     config: str
-    def __init__(self, accepted: _Optional[bool] = ..., errors: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., added: _Optional[_Iterable[str]] = ..., changed: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., unchanged: _Optional[_Iterable[str]] = ..., need_restart: _Optional[_Iterable[str]] = ..., config: _Optional[str] = ...) -> None: ...
+    applied: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, accepted: _Optional[bool] = ..., errors: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., added: _Optional[_Iterable[str]] = ..., changed: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., unchanged: _Optional[_Iterable[str]] = ..., need_restart: _Optional[_Iterable[str]] = ..., config: _Optional[str] = ..., applied: _Optional[_Iterable[str]] = ...) -> None: ...
