@@ -225,6 +225,13 @@ impl Feed {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return None,
+                Some((name, _)) = self.wakes.next() => {
+                    // Lagging behind the broadcast loses nothing: the history has every change.
+                    let out = self.changes_of(&name);
+                    if !out.is_empty() {
+                        return Some(Bytes::from(out));
+                    }
+                }
                 _ = self.tick.tick() => {
                     let mut out = String::new();
                     if !self.started {
@@ -233,13 +240,6 @@ impl Feed {
                     }
                     self.snapshot(&mut out);
                     return Some(Bytes::from(out));
-                }
-                Some((name, _)) = self.wakes.next() => {
-                    // Lagging behind the broadcast loses nothing: the history has every change.
-                    let out = self.changes_of(&name);
-                    if !out.is_empty() {
-                        return Some(Bytes::from(out));
-                    }
                 }
             }
         }
@@ -283,7 +283,7 @@ impl Feed {
         }
     }
 
-    /// Appends a snapshot event to `out`.
+    /// Appends to `out` the state events not sent yet, then a snapshot.
     fn snapshot(&mut self, out: &mut String) {
         self.sync();
         let at_unix_ms = unix_nanos() / 1_000_000;
@@ -320,6 +320,12 @@ impl Feed {
                 }
             })
             .collect();
+        // A change the rows show was recorded before they were read (set_state records it
+        // first): its event goes out ahead of the snapshot, never after it.
+        let names: Vec<String> = self.shown.keys().cloned().collect();
+        for name in names {
+            out.push_str(&self.changes_of(&name));
+        }
         let snap = Snapshot {
             at_unix_ms,
             version: env!("CARGO_PKG_VERSION"),

@@ -7,9 +7,11 @@ mod support;
 
 mod access;
 mod activation;
+mod events;
 mod http;
 mod logs;
 mod notify;
+mod sse;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
