@@ -2,6 +2,7 @@
 //! framing, what a snapshot holds, state events ahead of the snapshots, the viewer bound, and
 //! that shutdown ends the stream cleanly. And `GET /` itself: one self-contained file.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ws_sidecar::api::status_page::{MAX_VIEWERS, RETRY};
@@ -23,7 +24,7 @@ fn config(url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_frame_snapshots_with_history_rates_and_state_changes() {
-    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let (up, accept) = FakeUpstream::start_gated(true, 503).await;
     let d = start_daemon(&config(&up.url("/feed?api_key=hunter2"))).await;
     let addr = d.http.expect("http listener");
     let conn = up.next_accepted_within(T).await.expect("connects");
@@ -94,9 +95,12 @@ async fn events_frame_snapshots_with_history_rates_and_state_changes() {
 
     // A state change comes as its own event, with the upstream's reason as sent, and ahead of
     // any snapshot that shows it.
+    accept.store(false, Ordering::SeqCst);
     conn.close(1011, "<b>restart</b>").await.expect("close");
+    let deadline = tokio::time::Instant::now() + T;
     let change = loop {
-        let b = sse.next(T).await.expect("stream goes on");
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let b = sse.next(left).await.expect("stream goes on");
         if b.event.as_deref() == Some("state") {
             break b.json();
         }
