@@ -7,10 +7,12 @@ mod support;
 
 mod access;
 mod activation;
+mod browser;
 mod events;
 mod http;
 mod logs;
 mod notify;
+mod page;
 mod sse;
 
 use std::io::{BufRead, BufReader, Read, Write};
