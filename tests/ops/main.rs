@@ -9,6 +9,7 @@ mod access;
 mod activation;
 mod browser;
 mod events;
+mod grafana;
 mod http;
 mod logs;
 mod notify;
