@@ -159,6 +159,8 @@ pub struct Endpoint {
     pub rate: RateLimit,
     /// Upstream subscriptions held by apps and their requests in flight (`crate::share`).
     pub share: Arc<crate::share::Share>,
+    /// The last hour's transitions, for the status page; `set_state` records them.
+    pub history: crate::history::History,
 }
 
 /// The answer to one reset-resume request: the forgotten position, or why it failed.
@@ -212,6 +214,8 @@ impl Endpoint {
             after_seq: log.next_seq() - 1,
         };
         let url = config.url.shown();
+        let history = crate::history::History::default();
+        history.record(&first);
         // Confirmed publishes are durable where the outbox is.
         let share = Arc::new(crate::share::Share::with_confirms(
             store.clone().filter(|_| config.outbox.durable),
@@ -244,6 +248,7 @@ impl Endpoint {
             resume_resets: Mutex::new(Vec::new()),
             rate: RateLimit::new(config.rate_limit.clone()),
             share,
+            history,
             config: RwLock::new(Arc::new(config)),
             restarting: std::sync::atomic::AtomicBool::new(false),
         })
@@ -320,6 +325,8 @@ impl Endpoint {
                 tracing::info!(endpoint = %self.name, state = state.as_str(), reason = %ev.reason, "endpoint state")
             }
         }
+        // Before the broadcast: a reader woken by it finds the change in the history.
+        self.history.record(&ev);
         let previous = self.state.send_replace(ev.clone());
         if previous.state == State::Connecting {
             let c = &self.stats.connects;

@@ -39,6 +39,7 @@ pub mod fmt;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod history;
 pub mod listen;
 pub mod log;
 pub mod logging;

@@ -1,6 +1,7 @@
 //! The HTTP endpoint (SPEC §14), served with hyper on a listener handed in by the caller:
 //! `GET /metrics` (Prometheus text), `/healthz` (the daemon answers), `/readyz` (every endpoint
-//! connected), `/status` (the JSON of `ws-sidecar status --json`).
+//! connected), `/status` (the JSON of `ws-sidecar status --json`), and the status page: `/` and
+//! its feed `/events` (`super::status_page`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -20,6 +22,8 @@ use crate::health::Liveness;
 use crate::registry::Registry;
 use crate::status::EndpointStatus;
 
+use super::status_page::{self, Viewers};
+
 /// How long `/healthz` waits for the liveness probe.
 const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
 /// A client must send its request headers within this (slowloris).
@@ -27,11 +31,17 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// In-flight requests get this long to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(1);
 
+/// A response body: whole, or streamed (`/events`).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
 /// What every request handler reads.
 #[derive(Clone)]
 struct Ctx {
     registry: Arc<Registry>,
     liveness: Liveness,
+    /// Open status page feeds; ends them at shutdown.
+    viewers: Viewers,
+    shutdown: CancellationToken,
 }
 
 /// Serves `listener` until `shutdown`, then lets in-flight requests finish briefly.
@@ -41,7 +51,12 @@ pub async fn serve(
     liveness: Liveness,
     shutdown: CancellationToken,
 ) {
-    let ctx = Ctx { registry, liveness };
+    let ctx = Ctx {
+        registry,
+        liveness,
+        viewers: Viewers::default(),
+        shutdown: shutdown.clone(),
+    };
     let conns = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -82,7 +97,7 @@ pub async fn serve(
     let _ = tokio::time::timeout(DRAIN, conns.wait()).await;
 }
 
-async fn route(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
         r.headers_mut()
@@ -90,6 +105,13 @@ async fn route(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return r;
     }
     match req.uri().path() {
+        "/" => status_page::page(),
+        "/events" => status_page::events(
+            Arc::clone(&ctx.registry),
+            &ctx.viewers,
+            ctx.shutdown.clone(),
+            req.method() == Method::HEAD,
+        ),
         "/metrics" => {
             let body = crate::metrics::render(&ctx.registry);
             with_type(StatusCode::OK, crate::metrics::CONTENT_TYPE, body)
@@ -119,13 +141,13 @@ async fn route(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /readyz or /status\n".into(),
+            "not found; try /, /events, /metrics, /healthz, /readyz or /status\n".into(),
         ),
     }
 }
 
 /// 200 when every endpoint is connected; else 503 naming the others and their states.
-fn readyz(registry: &Registry) -> Response<Full<Bytes>> {
+fn readyz(registry: &Registry) -> Response<Body> {
     let waiting: Vec<String> = registry
         .all()
         .iter()
@@ -144,16 +166,12 @@ fn readyz(registry: &Registry) -> Response<Full<Bytes>> {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: String) -> Response<Body> {
     with_type(status, "text/plain; charset=utf-8", body)
 }
 
-fn with_type(
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn with_type(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

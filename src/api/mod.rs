@@ -1,11 +1,12 @@
 //! The local APIs: gRPC (`grpc`) and NDJSON (`stream`), sharing subscriptions and publishing;
-//! and HTTP (`http`) for metrics and health.
+//! and HTTP (`http`) for metrics, health and the status page (`status_page`).
 
 pub mod call;
 pub mod grpc;
 pub mod http;
 pub mod ndjson;
 pub mod share_ops;
+pub mod status_page;
 pub mod stream;
 pub mod subscription;
 pub mod wire;

@@ -7,9 +7,14 @@ mod support;
 
 mod access;
 mod activation;
+mod browser;
+mod events;
+mod grafana;
 mod http;
 mod logs;
 mod notify;
+mod page;
+mod sse;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
