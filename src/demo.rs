@@ -185,6 +185,9 @@ async fn run_in(
         "  NDJSON: socat - UNIX-CONNECT:{}",
         dir.join("stream.sock").display()
     ));
+    if let Some(addr) = listeners.http_addr() {
+        out.line(format_args!("  status page: http://{addr}/"));
+    }
     // The demo exists to be watched: with nobody reading, it ends.
     if !out.line("  Ctrl-C to stop\n") {
         stop.cancel();

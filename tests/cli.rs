@@ -396,6 +396,10 @@ fn demo_shows_a_reconnect_with_contiguous_seqs() {
         text.contains("resumed: upstream resent"),
         "a resume is shown:\n{text}"
     );
+    assert!(
+        text.contains("  status page: http://127.0.0.1:"),
+        "the status page is offered:\n{text}"
+    );
     let summary = text
         .lines()
         .find(|l| l.starts_with("summary:"))
