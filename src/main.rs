@@ -293,13 +293,41 @@ fn fatal(msg: std::fmt::Arguments<'_>) {
 struct Leftovers {
     store: Option<PathBuf>,
     sockets: Vec<PathBuf>,
+    /// Directories that did not exist before the start (the store's and the sockets'
+    /// parents), deepest first; removed when empty.
+    dirs: Vec<PathBuf>,
 }
 
 impl Leftovers {
+    /// What a start with `cfg` may create, noted before it does.
+    fn before_start(cfg: &Config) -> Leftovers {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let sockets = cfg.grpc.listen.iter().filter_map(|l| match l {
+            config::ListenAddr::Unix(p) => Some(p),
+            config::ListenAddr::Tcp(_) => None,
+        });
+        for file in sockets.chain(&cfg.stream.path).chain([&cfg.store.path]) {
+            for dir in file.ancestors().skip(1).take_while(|d| !d.exists()) {
+                // A relative path's last ancestor is "" (the working directory).
+                if !dir.as_os_str().is_empty() && !dirs.iter().any(|d| d == dir) {
+                    dirs.push(dir.to_path_buf());
+                }
+            }
+        }
+        // Deepest first, so a parent is empty by the time its turn comes.
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        Leftovers {
+            store: (!cfg.store.path.exists()).then(|| cfg.store.path.clone()),
+            sockets: Vec::new(),
+            dirs,
+        }
+    }
+
     /// The start succeeded: the daemon owns the files now.
     fn keep(mut self) {
         self.store = None;
         self.sockets.clear();
+        self.dirs.clear();
     }
 }
 
@@ -308,6 +336,10 @@ impl Drop for Leftovers {
         ws_sidecar::listen::remove_sockets(&self.sockets);
         if let Some(p) = &self.store {
             let _ = std::fs::remove_file(p);
+        }
+        for d in &self.dirs {
+            // remove_dir(2) refuses a directory that is not empty: nothing else is lost.
+            let _ = std::fs::remove_dir(d);
         }
     }
 }
@@ -331,10 +363,7 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
     }
     // A start that fails from here on removes what it created: a new, empty store file and
     // the socket files it bound.
-    let mut leftovers = Leftovers {
-        store: (!cfg.store.path.exists()).then(|| cfg.store.path.clone()),
-        sockets: Vec::new(),
-    };
+    let mut leftovers = Leftovers::before_start(&cfg);
     let store = match ws_sidecar::store::Store::open(&cfg.store.path) {
         Ok(s) => s,
         Err(e) => {

@@ -229,6 +229,20 @@ fn a_port_in_use_names_http_listen_once_and_leaves_no_store_or_socket() {
     );
     assert_leaves_nothing(dir.path(), &["grpc.sock", "stream.sock", "store"]);
 
+    // Directories the failed start created for its files go too.
+    let nested = dir.path().join("nested.toml");
+    std::fs::write(
+        &nested,
+        std::fs::read_to_string(&config).unwrap().replace(
+            &format!("{}/store", dir.path().display()),
+            &format!("{}/new/deeper/store", dir.path().display()),
+        ),
+    )
+    .unwrap();
+    let (code, stderr) = run_to_end(&nested);
+    assert_eq!(code, Some(71), "{stderr}");
+    assert_leaves_nothing(dir.path(), &["new"]);
+
     // A store that was there before the failed start stays.
     // close() waits for the committer to let go of the file (a drop does not).
     ws_sidecar::store::Store::open(&dir.path().join("store"))
