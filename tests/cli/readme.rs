@@ -99,7 +99,9 @@ async fn the_readme_newcomer_path_works_as_written() {
                 .replace(EXAMPLE_URL, &up.url("/prices"));
             let words: Vec<&str> = line.split_whitespace().collect();
             if words.first() == Some(&BIN) && words.get(1) == Some(&"run") {
-                let mut cmd = shell(&line, &home, &runtime);
+                // exec: the daemon replaces the shell, so the test stops the daemon itself
+                // (a forked one would outlive the test).
+                let mut cmd = shell(&format!("exec {line}"), &home, &runtime);
                 // The one thing a shared CI machine may already use: the default metrics port.
                 cmd.env("WS_SIDECAR__HTTP__LISTEN", "")
                     .stdout(Stdio::null())
@@ -114,6 +116,11 @@ async fn the_readme_newcomer_path_works_as_written() {
         }
     }
     assert!(daemon.is_some(), "the newcomer path starts the daemon");
+    drop(daemon);
+    assert!(
+        std::os::unix::net::UnixStream::connect(runtime.join("ws-sidecar/grpc.sock")).is_err(),
+        "the daemon the run line started is stopped with the test"
+    );
     assert!(ran >= 4, "ran {ran} README lines");
 }
 
