@@ -255,6 +255,32 @@ auth = { token = { env = "T", vault = "x" } }
     );
 }
 
+/// `EnvFilter` reads a bare word as a target at every level: a misspelt level would turn the
+/// daemon's own log off without a word.
+#[test]
+fn a_misspelt_log_level_is_refused_not_read_as_a_target() {
+    let with = |level: &str| {
+        format!("[log]\nlevel = \"{level}\"\n[endpoints.a]\nurl = \"ws://127.0.0.1:9/\"\n")
+    };
+    assert_eq!(
+        errors(&with("warnign")),
+        [
+            "config.toml: log.level: invalid log level \"warnign\": expected one of trace, debug, \
+          info, warn, error, off, or TARGET=LEVEL directives separated by commas, did you mean \
+          `warn`?"
+        ]
+    );
+    assert_eq!(errors(&with("info,verbose")).len(), 1);
+    for fine in [
+        "WARN",
+        "info,ws_sidecar::upstream=debug",
+        "ws_sidecar=trace",
+        "off",
+    ] {
+        assert_eq!(ok(&with(fine)).log.level, fine);
+    }
+}
+
 #[test]
 fn env_overrides_a_duration_and_keeps_strings_as_written() {
     let text = r#"

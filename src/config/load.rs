@@ -352,8 +352,30 @@ fn read_log(r: &mut Report, mut t: Table<'_>) -> LogConfig {
     log
 }
 
+/// The levels of an `EnvFilter` directive (tracing-subscriber's `LevelFilter` names).
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// A level (`"warn"`) or an `EnvFilter` directive list (`"info,ws_sidecar::upstream=debug"`).
+/// `EnvFilter` takes a bare word for a target enabled at every level, so a misspelt level
+/// (`"warnign"`) would silently turn the daemon's own log off: a bare word must be a level.
 fn log_level(v: &Value) -> Result<String, String> {
     let level = string(v)?;
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', '[']);
+        if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
+            let typo = directive.to_ascii_lowercase();
+            // Level names are short: a typed-on tail ("warnign") counts as close too.
+            let hint = super::value::closest(&typo, LEVELS)
+                .or_else(|| LEVELS.into_iter().find(|l| typo.starts_with(l)))
+                .map(|l| format!(", did you mean `{l}`?"))
+                .unwrap_or_default();
+            return Err(format!(
+                "invalid log level {directive:?}: expected one of {}, or TARGET=LEVEL \
+                 directives separated by commas{hint}",
+                LEVELS.join(", ")
+            ));
+        }
+    }
     tracing_subscriber::EnvFilter::try_new(&level)
         .map(|_| level.clone())
         .map_err(|e| format!("invalid log level {level:?}: {e}"))
