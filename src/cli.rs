@@ -260,7 +260,11 @@ pub async fn reconnect(target: &TargetArg, endpoint: &str) -> u8 {
         })
         .await
     {
-        Ok(_) => 0,
+        Ok(_) => {
+            let mut out = Stdout::new();
+            out.line(format_args!("{endpoint}: reconnecting"));
+            out.exit_code(0)
+        }
         Err(s) => refused(&s),
     }
 }

@@ -39,7 +39,7 @@ enum Command {
     Run {
         /// Config file [default: $WS_SIDECAR_CONFIG, else the first that exists of
         /// $XDG_CONFIG_HOME/ws-sidecar/config.toml (not for root) and /etc/ws-sidecar/config.toml].
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Validate the config and print a summary; exit 0 if valid, 78 if not. Also resolves
@@ -47,7 +47,7 @@ enum Command {
     /// about what fails.
     CheckConfig {
         /// Config file [default: as for `run`].
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Treat warnings as errors: exit 78 when there is any.
         #[arg(long)]

@@ -315,6 +315,7 @@ async fn status_send_and_reconnect_against_a_running_daemon() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a: reconnecting\n");
     let close = tokio::time::timeout(Duration::from_secs(10), conn.closed())
         .await
         .expect("closed");

@@ -30,7 +30,7 @@ pub async fn outbox(args: OutboxArgs) -> u8 {
     // Refused before anything is asked of the daemon: a script must say --yes.
     let ask = args.clear && !args.yes;
     if ask && !std::io::stdin().is_terminal() {
-        report!("ws-sidecar: --clear asks for confirmation on a terminal; stdin is none, so pass --yes to clear without asking");
+        report!("ws-sidecar: --clear asks for confirmation on a terminal; stdin is not a terminal, so pass --yes to clear without asking");
         return exit::USAGE;
     }
     let mut c = match args.target.connect().await {

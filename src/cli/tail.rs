@@ -23,7 +23,9 @@ pub struct TailArgs {
     /// endpoint's last seq, a note on stderr says so and only new messages come.
     #[arg(long, value_name = "N")]
     from_seq: Option<u64>,
-    /// Only messages whose JSON value at POINTER equals VALUE (repeatable; all must match).
+    /// Only messages whose JSON value at POINTER equals VALUE (repeatable; all must match):
+    /// a string's text (quotes optional: /type=trade or /type='"trade"'), or a number, true,
+    /// false or null as JSON.
     #[arg(long, value_name = "POINTER=VALUE", conflicts_with = "key")]
     filter: Vec<String>,
     /// Hold the shared upstream subscription KEY (the endpoint's `subscriptions`, e.g.
@@ -174,9 +176,15 @@ impl What {
                 report!("ws-sidecar: --filter must be POINTER=VALUE, got {f:?}");
                 return Err(exit::USAGE);
             };
+            // The daemon compares a string by its text: a JSON-quoted VALUE, as a user reading
+            // "JSON value" may well write it, would never match.
+            let equals = match serde_json::from_str::<String>(equals) {
+                Ok(text) if equals.starts_with('"') => text,
+                _ => equals.to_owned(),
+            };
             parsed.push(proto::Filter {
                 pointer: pointer.into(),
-                equals: equals.into(),
+                equals,
             });
         }
         Ok(What::Feed(parsed))

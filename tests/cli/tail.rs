@@ -219,6 +219,34 @@ async fn raw_prints_payloads_only_and_count_ends_it() {
 }
 
 /// `tail a b` prints both endpoints' messages; every line says which endpoint it is from.
+/// A string VALUE matches with or without JSON quotes; a number matches by its JSON text.
+#[tokio::test(flavor = "multi_thread")]
+async fn filter_values_match_with_or_without_json_quotes() {
+    let (d, _up, conns) = daemon_with(&["a"], "").await;
+    for m in [
+        r#"{"type":"x","n":1}"#,
+        r#"{"type":"tick","n":2}"#,
+        r#"{"type":"x","n":3}"#,
+    ] {
+        conns[0].send_text(m).await.expect("send");
+    }
+    wait_seq(&d, "a", 3).await;
+    let g = grpc(&d);
+    for filter in ["/type=tick", r#"/type="tick""#, "/n=2"] {
+        let args = ["tail", "a", "--from-seq", "0", "--raw", "--count", "1"];
+        let (code, out, err) =
+            Cmd::spawn(&[args.as_slice(), &["--filter", filter, "--grpc", &g]].concat())
+                .finish()
+                .await;
+        assert_eq!(code, Some(0), "{filter}: {err}");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "{\"type\":\"tick\",\"n\":2}\n",
+            "{filter}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn several_endpoints_in_one_tail() {
     let (d, _up, conns) = daemon_with(&["a", "b"], "").await;
