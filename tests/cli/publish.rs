@@ -10,7 +10,7 @@ use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::daemon::{start_daemon, TestDaemon};
-use crate::support::process::{run_cli as run, BIN};
+use crate::support::process::{pty, run_cli as run, BIN};
 use crate::support::{FakeUpstream, Reply};
 use crate::tail::grpc;
 
@@ -256,25 +256,6 @@ async fn outbox_clear_asks_on_a_terminal() {
         assert_eq!(d.endpoint("a").outbox.depth(), depth, "{answer:?}");
     }
     d.stop().await;
-}
-
-/// A pseudo-terminal: the side the test writes to, and the terminal the child reads.
-fn pty() -> (std::fs::File, std::fs::File) {
-    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
-    use std::os::unix::fs::OpenOptionsExt;
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
-    grantpt(&master).expect("grantpt");
-    unlockpt(&master).expect("unlockpt");
-    let name = ptsname(&master, Vec::new()).expect("ptsname");
-    let name = name.to_str().expect("utf-8 pty name").to_owned();
-    let terminal = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        // Never this test's controlling terminal.
-        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
-        .open(&name)
-        .expect("open the terminal side");
-    (std::fs::File::from(master), terminal)
 }
 
 /// Client commands find the daemon from `--config FILE` (its grpc.listen), `$WS_SIDECAR_GRPC`

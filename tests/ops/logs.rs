@@ -6,7 +6,7 @@ use crate::support::process::Spawned;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::process::{daemon_config, write_config, BIN};
+use crate::support::process::{daemon_config, pty, write_config, BIN};
 use crate::support::{self, FakeUpstream, Reply};
 use crate::{sigterm_and_wait, Lines, T};
 
@@ -229,25 +229,6 @@ fn logs_into_a_file_or_a_pipe_have_no_colour_codes() {
         "escape codes in a pipe:\n{:?}",
         lines.seen
     );
-}
-
-/// A pseudo-terminal: the side the test reads, and the terminal the child writes to.
-fn pty() -> (std::fs::File, std::fs::File) {
-    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
-    use std::os::unix::fs::OpenOptionsExt;
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
-    grantpt(&master).expect("grantpt");
-    unlockpt(&master).expect("unlockpt");
-    let name = ptsname(&master, Vec::new()).expect("ptsname");
-    let name = name.to_str().expect("utf-8 pty name").to_owned();
-    let terminal = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        // Never this test's controlling terminal.
-        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
-        .open(&name)
-        .expect("open the terminal side");
-    (std::fs::File::from(master), terminal)
 }
 
 /// On a terminal the text format is coloured, unless `NO_COLOR` is set to anything but the

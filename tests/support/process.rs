@@ -195,3 +195,23 @@ pub fn give_to_normal_user(path: &Path) {
         }
     }
 }
+
+/// A pseudo-terminal: the side the test reads and writes, and the terminal the child uses as
+/// its stdin, stdout or stderr.
+pub fn pty() -> (std::fs::File, std::fs::File) {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+    grantpt(&master).expect("grantpt");
+    unlockpt(&master).expect("unlockpt");
+    let name = ptsname(&master, Vec::new()).expect("ptsname");
+    let name = name.to_str().expect("utf-8 pty name").to_owned();
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        // Never this test's controlling terminal.
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+        .open(&name)
+        .expect("open the terminal side");
+    (std::fs::File::from(master), terminal)
+}
