@@ -60,7 +60,8 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         duration: Option<String>,
     },
-    /// One line per endpoint: state, reason, last seq, subscribers, outbox depth.
+    /// One line per endpoint: state, reason, last seq, subscribers, outbox depth, reconnects,
+    /// rtt (and keys=, requests= where the endpoint shares them); exit 69 when no daemon answers.
     Status {
         /// Only this endpoint (exit 1 if the daemon has none of that name).
         #[arg(value_name = "ENDPOINT")]
@@ -75,7 +76,10 @@ enum Command {
     /// object per line, or with --raw the payloads only.
     Tail(cli::tail::TailArgs),
     /// Send a JSON request upstream on the endpoint's shared connection (its `requests`) and
-    /// print the reply as one JSON line; exit 2 when the upstream answers with an error.
+    /// print the reply as one JSON line. Exit 0 a reply, 2 the upstream answered with an error,
+    /// 1 refused, 65 not a JSON object or array, 69 no daemon, 75 the connection dropped with the
+    /// request in flight (it may have reached the upstream), 78 no `requests` table, 124 no reply
+    /// within `requests.timeout`, 130 Ctrl-C.
     Request {
         /// The endpoint's name in the config.
         endpoint: String,
