@@ -14,6 +14,7 @@ mod dialogue;
 mod discovery;
 mod endpoint;
 mod handshake;
+mod listeners;
 mod load;
 mod numbers;
 mod placeholder;

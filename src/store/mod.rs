@@ -11,12 +11,16 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use redb::{Database, TableDefinition};
+use redb::TableDefinition;
 
 use crate::log::Kind;
 
 mod committer;
+mod open;
+
 use committer::Committer;
+use open::open_db;
+pub use open::OpenError;
 
 /// Outbox entries: (endpoint, outbox id) → kind, enqueue time (Unix ms), payload.
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
@@ -225,31 +229,6 @@ fn decode(v: &[u8]) -> Option<(Kind, u64, Bytes)> {
     Some((kind, at, Bytes::copy_from_slice(rest.get(8..)?)))
 }
 
-/// Why [`Store::open`] failed; every message names the file and `store.path`, the key that
-/// moves it.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// Another process has the database open: redb locks the file (flock(2)) while it is open.
-    #[error(
-        "store {}: another ws-sidecar{} holds this store; stop it, or give this daemon its own \
-         store.path",
-        path.display(),
-        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
-    )]
-    Held {
-        path: PathBuf,
-        /// The holder, when this process may see it in /proc.
-        pid: Option<u32>,
-    },
-    /// The file or its directory cannot be created or opened (permissions, a read-only file
-    /// system, a missing parent).
-    #[error("{0}; set store.path to move it")]
-    Place(StoreError),
-    /// The file is there but is no usable database, or the first write failed.
-    #[error(transparent)]
-    Other(#[from] StoreError),
-}
-
 impl Store {
     /// Opens (or creates) the database file and starts the committer. A file that is not a
     /// readable database is an error naming it: never a silent reset.
@@ -259,30 +238,7 @@ impl Store {
             msg,
             full: false,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // 0700: the store holds every retained message and publish.
-            std::os::unix::fs::DirBuilderExt::mode(
-                std::fs::DirBuilder::new().recursive(true),
-                0o700,
-            )
-            .create(dir)
-            .map_err(|e| {
-                OpenError::Place(err(format!(
-                    "cannot create directory {}: {e}",
-                    dir.display()
-                )))
-            })?;
-        }
-        let db = open_db(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Held {
-                path: path.to_path_buf(),
-                pid: holder_of(path),
-            },
-            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
-                OpenError::Place(err(format!("cannot open database: {io}")))
-            }
-            e => OpenError::Other(err(format!("cannot open database: {e}"))),
-        })?;
+        let db = open::database(path)?;
         // Create every table now, so readers never meet a missing one.
         let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
         {
@@ -404,36 +360,6 @@ impl Store {
         }
         rx.recv().unwrap_or_else(|_| Err(self.closed()))
     }
-}
-
-/// Memory redb may use to cache pages. Its default (1 GiB) lets the cache grow with the file,
-/// which holds a copy of what the outbox and replay window already keep in memory: a full
-/// default outbox would cost its size twice. Pages are only read back at start-up; writes need
-/// the upper levels of each tree, which this holds many times over.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
-
-/// The pid of another process with `path` open, found through /proc/PID/fd; `None` when none
-/// is visible (another user's process without privileges, `ProtectProc=invisible`).
-fn holder_of(path: &Path) -> Option<u32> {
-    let target = std::fs::canonicalize(path).ok()?;
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .find(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .into_iter()
-                .flatten()
-                .filter_map(Result::ok)
-                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == target))
-        })
-}
-
-fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
-    redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(path)
 }
 
 fn storage_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
