@@ -66,7 +66,7 @@ pub fn init(cfg: &LogConfig) {
         LogFormat::Json => install!(builder.with_ansi(false).json()),
         LogFormat::Journald => install!(builder
             .with_ansi(false)
-            .event_format(Journald(format::format().without_time().with_ansi(false)))),
+            .event_format(Journald(journald_lines()))),
         // tracing-subscriber colours by default wherever the output goes.
         LogFormat::Text => install!(builder.with_ansi(colour)),
     }
@@ -144,6 +144,16 @@ pub fn priority(level: &Level) -> u8 {
         Level::INFO => 6,
         _ => 7,
     }
+}
+
+/// The line format under [`Journald`]: no timestamp (the journal stamps each entry) and no level
+/// word (the `<N>` prefix becomes the entry's `PRIORITY=`, and `journalctl` shows that, so a
+/// word would only repeat it, padded, at the start of every `MESSAGE=`).
+pub fn journald_lines() -> format::Format<format::Full, ()> {
+    format::format()
+        .without_time()
+        .with_level(false)
+        .with_ansi(false)
 }
 
 /// Wraps an event format so every output line starts with the event's `<N>` priority.
@@ -235,7 +245,7 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || out.clone())
             .with_ansi(false)
-            .event_format(Journald(format::format().without_time().with_ansi(false)))
+            .event_format(Journald(journald_lines()))
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("endpoint", endpoint = "prices");
@@ -250,6 +260,15 @@ mod tests {
         assert!(lines[0].starts_with("<4>"), "{text}");
         assert!(lines[0].contains("endpoint{endpoint=\"prices\"}"), "{text}");
         assert_eq!(lines[1], "<4>second");
+        for line in &lines {
+            let message = &line[3..];
+            assert!(
+                !["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
+                    .iter()
+                    .any(|w| message.trim_start().starts_with(w)),
+                "the priority prefix carries the level; MESSAGE= must not repeat it: {line}"
+            );
+        }
         assert!(
             lines[2].starts_with("<3>") && lines[2].contains("code=7"),
             "{text}"
