@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::limits::RequestLimits;
 use crate::config::{Config, EndpointConfig};
 use crate::endpoint::{Endpoint, State};
 use crate::registry::Registry;
@@ -94,6 +95,8 @@ struct Inner {
     reloading: tokio::sync::Mutex<()>,
     /// Where READY/STATUS go; set by the daemon's `run` (tests may leave it unset).
     notifier: OnceLock<Notifier>,
+    /// The API request limits the listeners were started with.
+    limits: RequestLimits,
 }
 
 impl Reloader {
@@ -112,6 +115,7 @@ impl Reloader {
         }
         Reloader {
             inner: Arc::new(Inner {
+                limits: RequestLimits::for_config(&config),
                 registry,
                 store,
                 upstreams,
@@ -184,6 +188,12 @@ impl Reloader {
             need_restart: global_restart_keys(&st.config, &new),
             ..ReloadReport::default()
         };
+        if RequestLimits::for_config(&new) != inner.limits {
+            // The listeners sized their request limits from the largest one when they started.
+            report
+                .need_restart
+                .push("API request size (the largest endpoints.*.max_message_size)".into());
+        }
         if st.config.log.level != new.log.level {
             match crate::logging::set_level(&new.log.level) {
                 Ok(()) | Err(crate::logging::LevelError::NotInitialised) => {

@@ -62,6 +62,7 @@ impl Daemon {
         let registry = Registry::new(endpoints, cfg.limits.max_subscribers);
         let upstreams = TaskTracker::new();
         let stalls = Stalls::default();
+        let limits = api::limits::RequestLimits::for_config(&cfg);
         let reloader = Reloader::start(
             cfg,
             Arc::clone(&registry),
@@ -88,7 +89,9 @@ impl Daemon {
                 shutdown.clone(),
             );
             servers.spawn(async move {
-                if let Err(e) = api::grpc::serve(l, registry, reloader, reporter, token).await {
+                let max = limits.grpc_request;
+                if let Err(e) = api::grpc::serve(l, max, registry, reloader, reporter, token).await
+                {
                     tracing::error!(error = %e, "gRPC server stopped");
                 }
             });
@@ -97,6 +100,7 @@ impl Daemon {
             servers.spawn(api::stream::serve(
                 l,
                 Arc::clone(&registry),
+                limits.ndjson_line,
                 shutdown.clone(),
             ));
         }

@@ -27,9 +27,6 @@ use crate::reload::Reloader;
 use crate::share::KeyState;
 use crate::status::{proto_state, EndpointStatus};
 
-/// Largest request accepted (a publish carries one message).
-const MAX_REQUEST: usize = 16 * 1024 * 1024 + 1024;
-
 /// The `Sidecar` service.
 #[derive(Clone)]
 pub struct SidecarService {
@@ -45,9 +42,11 @@ impl SidecarService {
     }
 }
 
-/// Serves one listener until `shutdown`, then finishes in-flight calls.
+/// Serves one listener until `shutdown`, then finishes in-flight calls. `max_request` is the
+/// largest request message decoded, in bytes ([`super::limits::RequestLimits::grpc_request`]).
 pub async fn serve(
     listener: GrpcListener,
+    max_request: usize,
     registry: Arc<Registry>,
     reloader: Reloader,
     health: tonic_health::server::HealthReporter,
@@ -63,7 +62,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha();
     let sidecar = SidecarServer::new(SidecarService::new(registry, reloader))
-        .max_decoding_message_size(MAX_REQUEST)
+        .max_decoding_message_size(max_request)
         .max_encoding_message_size(usize::MAX);
     let mut builder = tonic::transport::Server::builder()
         // Loopback and Unix sockets: fixed large windows beat adaptive ones.

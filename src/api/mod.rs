@@ -4,6 +4,7 @@
 pub mod call;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod ndjson;
 pub mod share_ops;
 pub mod status_page;

@@ -28,14 +28,18 @@ use crate::log::Kind;
 use crate::registry::Registry;
 use crate::status::EndpointStatus;
 
-/// Longest request line accepted.
-pub const MAX_LINE: usize = 1024 * 1024;
-
 /// Replies queued per connection before its reader waits for the writer.
 const REPLY_QUEUE: usize = 256;
 
-/// Accepts connections until `shutdown`; each runs on its own task.
-pub async fn serve(listener: UnixListener, registry: Arc<Registry>, shutdown: CancellationToken) {
+/// Accepts connections until `shutdown`; each runs on its own task. `max_line` is the longest
+/// request line read, in bytes ([`super::limits::RequestLimits::ndjson_line`]); a longer one is
+/// answered with a `line_too_long` error and skipped.
+pub async fn serve(
+    listener: UnixListener,
+    registry: Arc<Registry>,
+    max_line: usize,
+    shutdown: CancellationToken,
+) {
     let conns = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -45,7 +49,13 @@ pub async fn serve(listener: UnixListener, registry: Arc<Registry>, shutdown: Ca
         match accepted {
             Ok((sock, _)) => {
                 let peer = sock.peer_cred().map_or(Peer::Unknown, Peer::from);
-                conns.spawn(handle(sock, peer, Arc::clone(&registry), shutdown.clone()));
+                conns.spawn(handle(
+                    sock,
+                    peer,
+                    Arc::clone(&registry),
+                    max_line,
+                    shutdown.clone(),
+                ));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning on accept.
@@ -171,6 +181,7 @@ async fn handle(
     sock: UnixStream,
     peer: Peer,
     registry: Arc<Registry>,
+    max_line: usize,
     shutdown: CancellationToken,
 ) {
     let (rd, wr) = sock.into_split();
@@ -179,7 +190,7 @@ async fn handle(
     // subscriber slot until its next event fails to write.
     let gone = shutdown.child_token();
     let writer = tokio::spawn(write_loop(wr, rx, gone.clone()));
-    let mut lines = FramedRead::new(rd, Lines(LinesCodec::new_with_max_length(MAX_LINE)));
+    let mut lines = FramedRead::new(rd, Lines(LinesCodec::new_with_max_length(max_line)));
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -191,7 +202,10 @@ async fn handle(
             Some(Ok(Line::Text(line))) => request(&line, peer, &registry, &tx).await,
             Some(Ok(Line::TooLong)) => Some(Out::Line(error_line(
                 "line_too_long",
-                &format!("request line longer than {MAX_LINE} bytes ignored"),
+                &format!(
+                    "request line longer than {max_line} bytes ignored (the limit follows the \
+                     largest endpoint max_message_size)"
+                ),
                 None,
             ))),
             Some(Ok(Line::NotUtf8)) => Some(Out::Line(error_line(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use ws_sidecar::api::stream::MAX_LINE;
+use ws_sidecar::api::limits::RequestLimits;
 use ws_sidecar::endpoint::State;
 
 use crate::support::daemon::{next_message, subscribe};
@@ -25,9 +25,16 @@ fn padded(request: &serde_json::Value, len: usize) -> String {
 #[tokio::test]
 async fn bad_lines_each_get_an_error_and_the_connection_stays_usable() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let (d, mut by) = with_bystander(&(endpoint("feed", &up.url("/feed"), ""))).await;
+    // The line limit follows the largest max_message_size; a small one keeps the lines small.
+    let (d, mut by) = with_bystander(&endpoint(
+        "feed",
+        &up.url("/feed"),
+        "max_message_size = \"256KiB\"",
+    ))
+    .await;
     let _conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
+    let max_line = RequestLimits::for_message(256 * 1024).ndjson_line;
 
     let mut bad = d.ndjson().await;
     // Nesting 100,000 deep must end in an error, not a stack overflow.
@@ -131,14 +138,14 @@ async fn bad_lines_each_get_an_error_and_the_connection_stays_usable() {
     }
 
     // At the limit it is read; one byte over, refused, and the next line is read again.
-    bad.send_line(&padded(&json!({"op": "status"}), MAX_LINE))
+    bad.send_line(&padded(&json!({"op": "status"}), max_line))
         .await;
     assert_eq!(
         bad.recv(T).await["type"],
         "status",
-        "a line of exactly MAX_LINE bytes"
+        "a line of exactly the limit"
     );
-    bad.send_line(&padded(&json!({"op": "status"}), MAX_LINE + 1))
+    bad.send_line(&padded(&json!({"op": "status"}), max_line + 1))
         .await;
     assert_eq!(bad.recv(T).await["code"], "line_too_long");
     // CRLF endings and blank lines are fine.
@@ -186,7 +193,7 @@ async fn bad_lines_each_get_an_error_and_the_connection_stays_usable() {
 
     // Over the limit with no newline at all, then the client stops writing: still answered.
     let mut s = UnixStream::connect(&d.stream_path).await.expect("connect");
-    s.write_all(&vec![b'x'; 2 * MAX_LINE]).await.expect("write");
+    s.write_all(&vec![b'x'; 2 * max_line]).await.expect("write");
     s.shutdown().await.expect("half-close");
     let mut reply = String::new();
     within(T, "the reply and EOF", s.read_to_string(&mut reply))

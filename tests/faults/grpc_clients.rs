@@ -259,3 +259,82 @@ async fn max_subscribers_holds_across_both_apis_and_slots_come_back() {
     assert_eq!(d.registry.subscribers(), 3);
     d.stop().await;
 }
+
+/// An app can send what it can receive, over either API: both request limits follow the
+/// largest `max_message_size` (here 20 MiB, over the 16 MiB gRPC and 1 MiB NDJSON limits the
+/// daemon once had fixed), with base64's growth for NDJSON's binary data.
+#[tokio::test]
+async fn both_apis_take_a_publish_as_large_as_the_largest_message_they_deliver() {
+    use base64::Engine;
+    use ws_sidecar::api::limits::{RequestLimits, ENVELOPE};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let max = 20 * MIB;
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let (d, mut by) = with_bystander(&endpoint(
+        "feed",
+        &up.url("/feed"),
+        "max_message_size = \"20MiB\"",
+    ))
+    .await;
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("feed", State::Connected, T).await;
+    let mut nd = d.ndjson().await;
+    nd.send(json!({"op": "subscribe", "endpoint": "feed"}))
+        .await;
+    nd.recv_type("state", T).await;
+
+    // The largest message the endpoint takes reaches the NDJSON app, as base64.
+    let mut full = vec![b'z'; max];
+    full[0] = 0xff;
+    conn.send_binary(full.clone())
+        .await
+        .expect("upstream sends");
+    let m = nd.recv_type("message", T).await;
+    let data = m["data"].as_str().expect("base64 data");
+    assert!(
+        b64.decode(data).expect("base64") == full,
+        "delivered intact"
+    );
+
+    // ...and the app publishes it back as it got it, on one NDJSON line.
+    let line =
+        json!({"op": "publish", "endpoint": "feed", "binary": true, "data": data, "id": "n1"})
+            .to_string();
+    assert!(line.len() > 16 * MIB, "more than the old limits");
+    nd.send_line(&line).await;
+    let ack = nd.recv_type("ack", T).await;
+    assert_eq!(ack["id"], "n1", "{ack}");
+    match within(T, "upstream gets the NDJSON publish", conn.recv()).await {
+        Some(Message::Binary(b)) => assert!(b == full, "arrives intact"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // The same size over gRPC.
+    let mut c = d.grpc().await;
+    within(T, "a 20 MiB gRPC publish", c.publish(publish(full.clone())))
+        .await
+        .expect("as large as max_message_size is accepted");
+    match within(T, "upstream gets the gRPC publish", conn.recv()).await {
+        Some(Message::Binary(b)) => assert!(b == full, "arrives intact"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Past the envelope's room, both refuse, and say so.
+    let err = c
+        .publish(publish(vec![b'x'; max + ENVELOPE + 1]))
+        .await
+        .expect_err("over the gRPC limit");
+    assert!(err.message().contains("too large"), "{}", err.message());
+    let limits = RequestLimits::for_message(max);
+    nd.send_line(&"x".repeat(limits.ndjson_line + 1)).await;
+    let e = nd.recv_type("error", T).await;
+    assert_eq!(e["code"], "line_too_long", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_message_size")),
+        "the error names what sets the limit: {e}"
+    );
+    by.check(&d).await;
+    d.stop().await;
+}

@@ -78,7 +78,8 @@ impl Bystander {
 
     /// The config section for the bystander endpoint.
     pub fn config(up: &FakeUpstream) -> String {
-        endpoint(CALM, &up.url("/calm"), "")
+        // Small, so the API request limits follow the endpoints of the test at hand.
+        endpoint(CALM, &up.url("/calm"), "max_message_size = \"64KiB\"")
     }
 
     /// Waits for the bystander to connect and subscribes on both APIs.

@@ -312,6 +312,49 @@ async fn a_change_that_waits_for_a_restart_reconnects_nothing_and_names_its_keys
     d.stop().await;
 }
 
+/// The API listeners size their request limits from the largest `max_message_size` when they
+/// start: a reload that changes it applies to the upstream at once, and names the API limit
+/// as waiting for a restart rather than leaving the two APIs behind silently.
+#[tokio::test]
+async fn a_new_largest_max_message_size_names_the_api_request_limit_as_waiting() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let keep = format!("[endpoints.keep]\nurl = \"{}\"\n", up.url("/keep"));
+    let d = start_daemon(&keep).await;
+    let _conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("keep", State::Connected, T).await;
+
+    // Smaller than the largest (the default 16 MiB of `keep`): the limits stay the same.
+    let small = format!(
+        "{keep}[endpoints.small]\nurl = \"{}\"\nmax_message_size = \"1MiB\"\n",
+        up.url("/small")
+    );
+    let report = d
+        .reloader
+        .apply(like_running(&d, &small))
+        .await
+        .expect("reload");
+    assert_eq!(report.added, ["small"]);
+    assert!(report.need_restart.is_empty(), "{report:?}");
+
+    let larger = format!("{keep}max_message_size = \"32MiB\"\n");
+    let report = d
+        .reloader
+        .apply(like_running(&d, &larger))
+        .await
+        .expect("reload");
+    assert_eq!(report.changed, ["keep"]);
+    assert_eq!(
+        report.need_restart,
+        ["API request size (the largest endpoints.*.max_message_size)"]
+    );
+    assert_eq!(
+        d.endpoint("keep").config().max_message_size,
+        32 << 20,
+        "the upstream side applies at once"
+    );
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn the_reload_rpc_applies_the_file_as_sighup_does_and_needs_publish_access() {
     use std::os::unix::fs::MetadataExt;
