@@ -27,6 +27,40 @@ impl Drop for SubscriberSlot {
     }
 }
 
+/// A request named an endpoint the daemon does not run. Its message names the closest one
+/// (a typo), or lists the endpoints there are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownEndpoint {
+    /// The name asked for.
+    pub name: String,
+    /// The endpoints running when it was asked, sorted.
+    pub known: Vec<String>,
+}
+
+/// At most this many names are listed after an unknown one.
+const LISTED: usize = 8;
+
+impl std::fmt::Display for UnknownEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown endpoint {:?}", self.name)?;
+        let known = self.known.iter().map(String::as_str);
+        if let Some(close) = crate::config::value::closest(&self.name, known) {
+            return write!(f, "; did you mean {close:?}?");
+        }
+        match self.known.len() {
+            0 => write!(f, "; no endpoints are configured"),
+            n if n <= LISTED => write!(f, "; endpoints: {}", self.known.join(", ")),
+            n => write!(
+                f,
+                "; endpoints: {}, … ({n} in all; `ws-sidecar status` lists them)",
+                self.known[..LISTED].join(", ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for UnknownEndpoint {}
+
 /// Refusal when the subscriber budget is spent.
 #[derive(Debug, thiserror::Error)]
 #[error("too many subscribers (limits.max_subscribers = {0})")]
@@ -40,6 +74,15 @@ impl Registry {
             subscribers: Arc::new(AtomicUsize::new(0)),
             max_subscribers,
             changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The endpoint called `name`, or an error that names the ones there are.
+    pub fn lookup(&self, name: &str) -> Result<Arc<Endpoint>, UnknownEndpoint> {
+        let endpoints = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
+        endpoints.get(name).cloned().ok_or_else(|| UnknownEndpoint {
+            name: name.to_owned(),
+            known: endpoints.keys().cloned().collect(),
         })
     }
 
@@ -103,5 +146,42 @@ impl Registry {
             return Err(TooManySubscribers(self.max_subscribers));
         }
         Ok(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UnknownEndpoint;
+
+    fn unknown(name: &str, known: &[&str]) -> String {
+        UnknownEndpoint {
+            name: name.into(),
+            known: known.iter().map(|k| k.to_string()).collect(),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn an_unknown_endpoint_names_the_closest_or_lists_the_known_ones() {
+        let known = ["orders", "prices", "trades"];
+        assert_eq!(
+            unknown("prcies", &known),
+            "unknown endpoint \"prcies\"; did you mean \"prices\"?"
+        );
+        assert_eq!(
+            unknown("weather", &known),
+            "unknown endpoint \"weather\"; endpoints: orders, prices, trades"
+        );
+        assert_eq!(
+            unknown("x", &[]),
+            "unknown endpoint \"x\"; no endpoints are configured"
+        );
+        let many: Vec<String> = (0..20).map(|i| format!("feed{i:02}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let text = unknown("weather", &many);
+        assert!(
+            text.ends_with("feed07, … (20 in all; `ws-sidecar status` lists them)"),
+            "{text}"
+        );
     }
 }

@@ -13,8 +13,8 @@ use crate::share::{Pending, Reply, ShareError};
 /// Why a request could not be made or did not get its reply.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("unknown endpoint {0:?}")]
-    NotFound(String),
+    #[error(transparent)]
+    NotFound(#[from] crate::registry::UnknownEndpoint),
     #[error("endpoint {0:?} has no requests configured: replies cannot be told apart")]
     NotShared(String),
     #[error("endpoint {0:?} is failed; run `ws-sidecar reconnect` after fixing the cause")]
@@ -86,9 +86,7 @@ impl Call {
         stream: bool,
         peer: Peer,
     ) -> Result<Call, CallError> {
-        let ep = registry
-            .get(endpoint)
-            .ok_or_else(|| CallError::NotFound(endpoint.to_owned()))?;
+        let ep = registry.lookup(endpoint)?;
         let cfg = ep.config();
         access::check(&cfg.access, &ep.name, Op::Publish, peer)?;
         let Some(reqs) = cfg.requests.as_ref() else {

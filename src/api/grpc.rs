@@ -394,8 +394,8 @@ impl Sidecar for SidecarService {
             Some(name) => {
                 let ep = self
                     .registry
-                    .get(&name)
-                    .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
+                    .lookup(&name)
+                    .map_err(|e| Status::not_found(e.to_string()))?;
                 vec![EndpointStatus::of(&ep).into()]
             }
             None => self
@@ -472,8 +472,8 @@ impl Sidecar for SidecarService {
         let name = request.into_inner().endpoint;
         let ep = self
             .registry
-            .get(&name)
-            .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
+            .lookup(&name)
+            .map_err(|e| Status::not_found(e.to_string()))?;
         let s = ep.outbox.snapshot();
         Ok(Response::new(proto::OutboxInfo {
             endpoint: ep.name.to_string(),
@@ -535,8 +535,8 @@ impl SidecarService {
     ) -> Result<Arc<crate::endpoint::Endpoint>, Status> {
         let ep = self
             .registry
-            .get(name)
-            .ok_or_else(|| Status::not_found(format!("unknown endpoint {name:?}")))?;
+            .lookup(name)
+            .map_err(|e| Status::not_found(e.to_string()))?;
         access::check(&ep.config().access, &ep.name, op, peer)
             .map_err(|e| Status::permission_denied(e.to_string()))?;
         Ok(ep)

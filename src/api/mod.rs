@@ -24,8 +24,8 @@ use crate::share::confirm::ConfirmError;
 /// Why a publish was refused; each API maps it to its own error code.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("unknown endpoint {0:?}")]
-    NotFound(String),
+    #[error(transparent)]
+    NotFound(#[from] crate::registry::UnknownEndpoint),
     #[error("endpoint {0:?} is failed; run `ws-sidecar reconnect` after fixing the cause")]
     Failed(String),
     #[error("text message is not valid UTF-8")]
@@ -98,9 +98,7 @@ pub async fn publish(
     idempotency_key: Option<&str>,
     wait_sent: bool,
 ) -> Result<u64, PublishError> {
-    let ep = registry
-        .get(endpoint)
-        .ok_or_else(|| PublishError::NotFound(endpoint.to_owned()))?;
+    let ep = registry.lookup(endpoint)?;
     access::check(&ep.config().access, &ep.name, Op::Publish, peer)?;
     if ep.state().state == State::Failed {
         return Err(PublishError::Failed(endpoint.to_owned()));
@@ -134,9 +132,7 @@ pub async fn publish_confirmed(
     kind: Kind,
     data: Bytes,
 ) -> Result<u64, PublishError> {
-    let ep = registry
-        .get(endpoint)
-        .ok_or_else(|| PublishError::NotFound(endpoint.to_owned()))?;
+    let ep = registry.lookup(endpoint)?;
     let cfg = ep.config();
     access::check(&cfg.access, &ep.name, Op::Publish, peer)?;
     let Some(reqs) = cfg.requests.as_ref() else {

@@ -379,11 +379,10 @@ pub(crate) async fn request(
         }
         Request::Status { endpoint } => {
             let eps = match endpoint {
-                Some(name) => match registry.get(&name) {
-                    Some(ep) => vec![EndpointStatus::of(&ep)],
-                    None => {
-                        let msg = format!("unknown endpoint {name:?}");
-                        return Some(Out::Line(error_line("not_found", &msg, None)));
+                Some(name) => match registry.lookup(&name) {
+                    Ok(ep) => vec![EndpointStatus::of(&ep)],
+                    Err(e) => {
+                        return Some(Out::Line(error_line("not_found", &e.to_string(), None)));
                     }
                 },
                 None => registry

@@ -38,8 +38,8 @@ pub enum SubEvent {
 /// Why a subscription could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
-    #[error("unknown endpoint {0:?}")]
-    NotFound(String),
+    #[error(transparent)]
+    NotFound(#[from] crate::registry::UnknownEndpoint),
     #[error(transparent)]
     TooMany(#[from] TooManySubscribers),
     #[error(transparent)]
@@ -79,9 +79,7 @@ impl Subscription {
         filters: Vec<Filter>,
         peer: Peer,
     ) -> Result<Subscription, SubscribeError> {
-        let ep = registry
-            .get(endpoint)
-            .ok_or_else(|| SubscribeError::NotFound(endpoint.to_owned()))?;
+        let ep = registry.lookup(endpoint)?;
         access::check(&ep.config().access, &ep.name, Op::Subscribe, peer)?;
         let slot = registry.subscriber_slot()?;
         // Transitions are subscribed before the current state is read, so none is lost between.
@@ -118,9 +116,7 @@ impl Subscription {
         if keys.iter().any(String::is_empty) {
             return Err(SubscribeError::BadKey("a key must not be empty"));
         }
-        let ep = registry
-            .get(endpoint)
-            .ok_or_else(|| SubscribeError::NotFound(endpoint.to_owned()))?;
+        let ep = registry.lookup(endpoint)?;
         let Some(max) = ep.config().subscriptions.as_ref().map(|s| s.max) else {
             return Err(SubscribeError::NotShared(endpoint.to_owned()));
         };

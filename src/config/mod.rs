@@ -29,7 +29,7 @@ mod share;
 mod summary;
 mod template;
 pub mod units;
-mod value;
+pub(crate) mod value;
 
 pub use discovery::{Discovery, DiscoveryMethod, HttpDiscovery, UrlSource};
 pub use load::{load, load_lenient, load_str, ConfigError, Lenient};

@@ -128,7 +128,16 @@ async fn status_of_one_endpoint() {
     assert_eq!(v[0]["name"], "b");
     let (code, _, err) = run(&["status", "nope", "--grpc", &g], "").await;
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("unknown endpoint \"nope\""), "{err}");
+    assert!(
+        err.contains("unknown endpoint \"nope\"; endpoints: a, b"),
+        "the refusal lists the endpoints there are: {err}"
+    );
+    let (code, _, err) = run(&["status", "B", "--grpc", &g], "").await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("unknown endpoint \"B\"; did you mean \"b\"?"),
+        "{err}"
+    );
     d.stop().await;
 }
 

@@ -115,6 +115,11 @@ async fn bad_lines_each_get_an_error_and_the_connection_stays_usable() {
             "not_found",
             "nope",
         ),
+        (
+            "{\"op\":\"subscribe\",\"endpoint\":\"fed\"}".to_owned(),
+            "not_found",
+            "unknown endpoint \"fed\"; did you mean \"feed\"?",
+        ),
         ("\u{0}\u{0}\u{0}".to_owned(), "bad_request", "invalid JSON"),
         (
             "\u{feff}{\"op\":\"status\"}".to_owned(),
