@@ -60,6 +60,16 @@ impl Filter {
     }
 }
 
+/// The string a gRPC filter's `equals` stands for: its text, or, when the text is a JSON string
+/// literal (`"trade"` with the quotes), the string it quotes. gRPC carries `equals` as text, and
+/// a user told "the JSON value" may well quote it; unquoted, it would never match a string.
+pub fn equals_text(equals: &str) -> String {
+    match serde_json::from_str::<String>(equals) {
+        Ok(text) if equals.starts_with('"') => text,
+        _ => equals.to_owned(),
+    }
+}
+
 /// A subscriber's filters, checked against the limits above and then one by one. Only local
 /// clients are held to the limits; `drop` filters come from the operator's config.
 pub fn for_subscriber(

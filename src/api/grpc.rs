@@ -266,7 +266,10 @@ impl Sidecar for SidecarService {
         let peer = peer(&request);
         let req = request.into_inner();
         let specs = req.filters.into_iter();
-        let specs = specs.map(|f| (f.pointer, serde_json::Value::String(f.equals)));
+        let specs = specs.map(|f| {
+            let equals = filter::equals_text(&f.equals);
+            (f.pointer, serde_json::Value::String(equals))
+        });
         let filters =
             filter::for_subscriber(specs).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let sub = Subscription::open(&self.registry, &req.endpoint, req.from_seq, filters, peer)

@@ -176,12 +176,8 @@ impl What {
                 report!("ws-sidecar: --filter must be POINTER=VALUE, got {f:?}");
                 return Err(exit::USAGE);
             };
-            // The daemon compares a string by its text: a JSON-quoted VALUE, as a user reading
-            // "JSON value" may well write it, would never match.
-            let equals = match serde_json::from_str::<String>(equals) {
-                Ok(text) if equals.starts_with('"') => text,
-                _ => equals.to_owned(),
-            };
+            // Unquoted here too, for a daemon from before it did so itself.
+            let equals = ws_sidecar::filter::equals_text(equals);
             parsed.push(proto::Filter {
                 pointer: pointer.into(),
                 equals,

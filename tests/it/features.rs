@@ -118,6 +118,26 @@ async fn drop_filters_and_subscribe_filters() {
         (1, 4),
         "filtered subscriber keeps the real seqs"
     );
+    // `equals` written as a JSON string literal, quotes and all, selects the same messages.
+    let mut quoted = client
+        .subscribe(proto::SubscribeRequest {
+            endpoint: "a".into(),
+            from_seq: Some(0),
+            filters: vec![proto::Filter {
+                pointer: "/type".into(),
+                equals: "\"trade\"".into(),
+            }],
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let q1 = next_message(&mut quoted, T).await;
+    let q2 = next_message(&mut quoted, T).await;
+    assert_eq!(
+        (q1.seq, q2.seq),
+        (1, 4),
+        "a quoted string matches as its text"
+    );
     let bad = client
         .subscribe(proto::SubscribeRequest {
             endpoint: "a".into(),
