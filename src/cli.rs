@@ -172,6 +172,10 @@ pub async fn status(target: &TargetArg, endpoint: Option<String>, json: bool) ->
         Ok(r) => r.into_inner(),
         Err(s) => return refused(&s),
     };
+    if let Some(why) = &resp.reload_refused {
+        // On stderr, so `status --json` stays the endpoint list scripts parse.
+        report!("ws-sidecar: last reload refused, the previous config runs: {why}");
+    }
     let eps: Vec<EndpointStatus> = resp.endpoints.into_iter().map(Into::into).collect();
     let mut out = Stdout::new();
     if json {

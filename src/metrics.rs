@@ -13,6 +13,9 @@ use crate::registry::Registry;
 
 /// `version` label, value 1.
 pub const BUILD_INFO: &str = "ws_sidecar_build_info";
+/// 0 while the last reload was refused (the file on disk is not what runs), else 1; named as
+/// Prometheus names its own (`prometheus_config_last_reload_successful`).
+pub const CONFIG_RELOAD_OK: &str = "ws_sidecar_config_last_reload_successful";
 /// 1 for the endpoint's current `state` label, 0 for the others.
 pub const ENDPOINT_STATE: &str = "ws_sidecar_endpoint_state";
 /// When the endpoint entered its current state.
@@ -182,6 +185,13 @@ pub fn render(registry: &Registry) -> String {
         &[("version", env!("CARGO_PKG_VERSION"))],
         Value::Int(1),
     );
+    out.family(
+        CONFIG_RELOAD_OK,
+        "gauge",
+        "0 while the last config reload was refused, else 1.",
+    );
+    let ok = registry.reload_refused().is_none();
+    out.sample(CONFIG_RELOAD_OK, &[], Value::Int(u64::from(ok)));
 
     out.family(
         ENDPOINT_STATE,

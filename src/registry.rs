@@ -14,6 +14,8 @@ pub struct Registry {
     max_subscribers: usize,
     /// Woken when a reload adds or removes an endpoint.
     changed: tokio::sync::Notify,
+    /// Why the last reload was refused (its first error); `None` once one succeeds.
+    reload_refused: RwLock<Option<String>>,
 }
 
 /// Holds one unit of the subscriber budget until dropped.
@@ -74,7 +76,25 @@ impl Registry {
             subscribers: Arc::new(AtomicUsize::new(0)),
             max_subscribers,
             changed: tokio::sync::Notify::new(),
+            reload_refused: RwLock::new(None),
         })
+    }
+
+    /// Records the outcome of a reload: its first error, or `None` when it was applied.
+    pub fn set_reload_refused(&self, error: Option<String>) {
+        *self
+            .reload_refused
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
+    /// Why the last reload was refused, until one succeeds: the running config is the
+    /// previous one, and the file on disk is not what runs.
+    pub fn reload_refused(&self) -> Option<String> {
+        self.reload_refused
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The endpoint called `name`, or an error that names the ones there are.

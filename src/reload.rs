@@ -174,6 +174,9 @@ impl Reloader {
             }
         }
         notifier.reload_refused(outcome.errors.first().map(String::as_str));
+        inner
+            .registry
+            .set_reload_refused(outcome.errors.first().cloned());
         notifier.ready(&inner.registry);
         notifier.endpoints_changed();
         outcome

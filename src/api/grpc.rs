@@ -408,7 +408,10 @@ impl Sidecar for SidecarService {
                 .map(|ep| EndpointStatus::of(ep).into())
                 .collect(),
         };
-        Ok(Response::new(proto::GetStatusResponse { endpoints }))
+        Ok(Response::new(proto::GetStatusResponse {
+            endpoints,
+            reload_refused: self.registry.reload_refused(),
+        }))
     }
 
     async fn reconnect(

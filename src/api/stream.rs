@@ -392,7 +392,11 @@ pub(crate) async fn request(
                     .collect(),
             };
             Some(Out::Line(
-                json!({"type": "status", "endpoints": eps}).to_string(),
+                match registry.reload_refused() {
+                    Some(why) => json!({"type": "status", "endpoints": eps, "reload_refused": why}),
+                    None => json!({"type": "status", "endpoints": eps}),
+                }
+                .to_string(),
             ))
         }
     }

@@ -115,6 +115,15 @@ fn reload_prints_what_changed_or_why_the_file_was_refused() {
         shown.contains("a ") && shown.contains("b ") && !shown.contains("c "),
         "{shown}"
     );
+    // `status` says the file on disk is not what runs, until a reload succeeds.
+    assert_eq!(
+        String::from_utf8_lossy(&status.stderr),
+        format!(
+            "ws-sidecar: last reload refused, the previous config runs: {}: \
+             endpoints.c.url: required key is missing\n",
+            path.display()
+        )
+    );
     stop(daemon);
 }
 

@@ -200,6 +200,21 @@ async fn notified(sock: &tokio::net::UnixDatagram) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// What GetStatus says of the last reload, and the metrics text.
+async fn refusal_shown(d: &TestDaemon) -> (Option<String>, String) {
+    let status = d
+        .grpc()
+        .await
+        .get_status(proto::GetStatusRequest { endpoint: None })
+        .await
+        .expect("status")
+        .into_inner();
+    (
+        status.reload_refused,
+        ws_sidecar::metrics::render(&d.registry),
+    )
+}
+
 #[tokio::test]
 async fn a_refused_reload_changes_nothing_and_stays_in_the_status_line() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
@@ -233,6 +248,17 @@ async fn a_refused_reload_changes_nothing_and_stays_in_the_status_line() {
         format!("READY=1\nSTATUS=reload refused: {first}; 1 endpoint: 1 connected")
     );
     assert!(!conn.is_closed(), "a refused reload reconnects nothing");
+    // Outside systemd it shows too: GetStatus, NDJSON status, and the metric.
+    let (why, metrics) = refusal_shown(&d).await;
+    assert_eq!(why.as_deref(), Some(first.as_str()));
+    assert!(
+        metrics.contains("\nws_sidecar_config_last_reload_successful 0\n"),
+        "{metrics}"
+    );
+    let mut nd = d.ndjson().await;
+    nd.send(serde_json::json!({"op": "status"})).await;
+    let status = nd.recv_type("status", T).await;
+    assert_eq!(status["reload_refused"], first.as_str(), "{status}");
 
     // The next good reload clears it.
     std::fs::write(&path, file_text(d.dir.path(), &keep)).expect("write");
@@ -246,6 +272,15 @@ async fn a_refused_reload_changes_nothing_and_stays_in_the_status_line() {
     );
     assert!(!conn.is_closed());
     assert_eq!(up.accepted(), 1);
+    let (why, metrics) = refusal_shown(&d).await;
+    assert_eq!(why, None, "cleared by the good reload");
+    assert!(
+        metrics.contains("\nws_sidecar_config_last_reload_successful 1\n"),
+        "{metrics}"
+    );
+    nd.send(serde_json::json!({"op": "status"})).await;
+    let status = nd.recv_type("status", T).await;
+    assert!(status.get("reload_refused").is_none(), "{status}");
     d.stop().await;
 }
 

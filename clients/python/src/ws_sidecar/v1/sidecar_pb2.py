@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bws_sidecar/v1/sidecar.proto\x12\rws_sidecar.v1\")\n\x06\x46ilter\x12\x0f\n\x07pointer\x18\x01 \x01(\t\x12\x0e\n\x06\x65quals\x18\x02 \x01(\t\"p\n\x10SubscribeRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x15\n\x08\x66rom_seq\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12&\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x15.ws_sidecar.v1.FilterB\x0b\n\t_from_seq\"\xb4\x01\n\x05\x45vent\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x16.ws_sidecar.v1.MessageH\x00\x12!\n\x03gap\x18\x02 \x01(\x0b\x32\x12.ws_sidecar.v1.GapH\x00\x12+\n\x05state\x18\x03 \x01(\x0b\x32\x1a.ws_sidecar.v1.StateChangeH\x00\x12\'\n\x03key\x18\x04 \x01(\x0b\x32\x18.ws_sidecar.v1.KeyChangeH\x00\x42\x07\n\x05\x65vent\"b\n\tKeyChange\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.ws_sidecar.v1.KeyState\x12\x0e\n\x06reason\x18\x04 \x01(\t\"c\n\rAttachRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x0e\n\x06params\x18\x03 \x01(\t\x12\x15\n\x08\x66rom_seq\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x0b\n\t_from_seq\"1\n\x0fUpstreamRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"k\n\rUpstreamReply\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\x08\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x08\x12\x1e\n\x16received_at_unix_nanos\x18\x05 \x01(\x04\"y\n\x07Message\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1e\n\x16received_at_unix_nanos\x18\x03 \x01(\x04\x12!\n\x04kind\x18\x04 \x01(\x0e\x32\x13.ws_sidecar.v1.Kind\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"c\n\x03Gap\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x0e\n\x06to_seq\x18\x03 \x01(\x04\x12(\n\x06reason\x18\x04 \x01(\x0e\x32\x18.ws_sidecar.v1.GapReason\"k\n\x0bStateChange\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.ws_sidecar.v1.State\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x15\n\rat_unix_nanos\x18\x04 \x01(\x04\"\x8f\x01\n\x0ePublishRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.ws_sidecar.v1.Kind\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12!\n\x04wait\x18\x05 \x01(\x0e\x32\x13.ws_sidecar.v1.Wait\"$\n\x0fPublishResponse\x12\x11\n\toutbox_id\x18\x01 \x01(\x04\"6\n\x10GetStatusRequest\x12\x15\n\x08\x65ndpoint\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x0b\n\t_endpoint\"E\n\x11GetStatusResponse\x12\x30\n\tendpoints\x18\x01 \x03(\x0b\x32\x1d.ws_sidecar.v1.EndpointStatus\"\x80\x04\n\x0e\x45ndpointStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.ws_sidecar.v1.State\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x18\n\x10since_unix_nanos\x18\x05 \x01(\x04\x12\x10\n\x08last_seq\x18\x06 \x01(\x04\x12\x12\n\nreconnects\x18\x07 \x01(\x04\x12\x19\n\x11messages_received\x18\x08 \x01(\x04\x12\x13\n\x0bsubscribers\x18\t \x01(\r\x12\x14\n\x0coutbox_depth\x18\n \x01(\x04\x12\x12\n\nrtt_micros\x18\x0b \x01(\x04\x12\"\n\x1a\x61uth_expires_at_unix_nanos\x18\x0c \x01(\x04\x12\x18\n\x10last_upstream_id\x18\r \x01(\t\x12\x14\n\x0crate_limited\x18\x0e \x01(\x04\x12\x1e\n\x16rate_limit_wait_micros\x18\x0f \x01(\x04\x12\x43\n\x16upstream_subscriptions\x18\x10 \x03(\x0b\x32#.ws_sidecar.v1.UpstreamSubscription\x12\x1a\n\x12requests_in_flight\x18\x11 \x01(\x04\x12\x18\n\x10request_timeouts\x18\x12 \x01(\x04\x12\x15\n\rconfirm_depth\x18\x13 \x01(\x04\"C\n\x14UpstreamSubscription\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07holders\x18\x02 \x01(\r\x12\r\n\x05state\x18\x03 \x01(\t\"$\n\x10ReconnectRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"\x13\n\x11ReconnectResponse\"&\n\x12ResetResumeRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"*\n\x13ResetResumeResponse\x12\x13\n\x0bprevious_id\x18\x01 \x01(\t\"$\n\x10GetOutboxRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"\x9f\x01\n\nOutboxInfo\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x19\n\x11oldest_age_micros\x18\x04 \x01(\x04\x12\x11\n\toldest_id\x18\x05 \x01(\x04\x12\x11\n\tnewest_id\x18\x06 \x01(\x04\x12\x0f\n\x07\x64urable\x18\x07 \x01(\x08\x12\x0f\n\x07\x65xpired\x18\x08 \x01(\x04\"J\n\x12\x43learOutboxRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x15\n\x08up_to_id\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x0b\n\t_up_to_id\"5\n\x13\x43learOutboxResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\x0f\n\rReloadRequest\"\xbf\x01\n\x0eReloadResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\x12\x10\n\x08warnings\x18\x03 \x03(\t\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x04 \x03(\t\x12\x0f\n\x07\x63hanged\x18\x05 \x03(\t\x12\x0f\n\x07removed\x18\x06 \x03(\t\x12\x11\n\tunchanged\x18\x07 \x03(\t\x12\x14\n\x0cneed_restart\x18\x08 \x03(\t\x12\x0e\n\x06\x63onfig\x18\t \x01(\t\x12\x0f\n\x07\x61pplied\x18\n \x03(\t*\x1c\n\x04Kind\x12\x08\n\x04TEXT\x10\x00\x12\n\n\x06\x42INARY\x10\x01*b\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nCONNECTING\x10\x01\x12\r\n\tCONNECTED\x10\x02\x12\x0b\n\x07\x42\x41\x43KOFF\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\n\n\x06\x43LOSED\x10\x05*\x8a\x01\n\tGapReason\x12\x1a\n\x16GAP_REASON_UNSPECIFIED\x10\x00\x12\x12\n\x0eREPLAY_EXPIRED\x10\x01\x12\x13\n\x0fSLOW_SUBSCRIBER\x10\x02\x12\x10\n\x0cUPSTREAM_GAP\x10\x03\x12\x12\n\x0e\x44\x41\x45MON_RESTART\x10\x04\x12\x12\n\x0eUPSTREAM_RESET\x10\x05*O\n\x08KeyState\x12\x19\n\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0e\n\nSUBSCRIBED\x10\x02\x12\x0b\n\x07REFUSED\x10\x03*+\n\x04Wait\x12\n\n\x06STORED\x10\x00\x12\x08\n\x04SENT\x10\x01\x12\r\n\tCONFIRMED\x10\x02\x32\xcf\x06\n\x07Sidecar\x12\x44\n\tSubscribe\x12\x1f.ws_sidecar.v1.SubscribeRequest\x1a\x14.ws_sidecar.v1.Event0\x01\x12H\n\x07Publish\x12\x1d.ws_sidecar.v1.PublishRequest\x1a\x1e.ws_sidecar.v1.PublishResponse\x12N\n\tGetStatus\x12\x1f.ws_sidecar.v1.GetStatusRequest\x1a .ws_sidecar.v1.GetStatusResponse\x12N\n\tReconnect\x12\x1f.ws_sidecar.v1.ReconnectRequest\x1a .ws_sidecar.v1.ReconnectResponse\x12T\n\x0bResetResume\x12!.ws_sidecar.v1.ResetResumeRequest\x1a\".ws_sidecar.v1.ResetResumeResponse\x12>\n\x06\x41ttach\x12\x1c.ws_sidecar.v1.AttachRequest\x1a\x14.ws_sidecar.v1.Event0\x01\x12G\n\x07Request\x12\x1e.ws_sidecar.v1.UpstreamRequest\x1a\x1c.ws_sidecar.v1.UpstreamReply\x12O\n\rRequestStream\x12\x1e.ws_sidecar.v1.UpstreamRequest\x1a\x1c.ws_sidecar.v1.UpstreamReply0\x01\x12G\n\tGetOutbox\x12\x1f.ws_sidecar.v1.GetOutboxRequest\x1a\x19.ws_sidecar.v1.OutboxInfo\x12T\n\x0b\x43learOutbox\x12!.ws_sidecar.v1.ClearOutboxRequest\x1a\".ws_sidecar.v1.ClearOutboxResponse\x12\x45\n\x06Reload\x12\x1c.ws_sidecar.v1.ReloadRequest\x1a\x1d.ws_sidecar.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bws_sidecar/v1/sidecar.proto\x12\rws_sidecar.v1\")\n\x06\x46ilter\x12\x0f\n\x07pointer\x18\x01 \x01(\t\x12\x0e\n\x06\x65quals\x18\x02 \x01(\t\"p\n\x10SubscribeRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x15\n\x08\x66rom_seq\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12&\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x15.ws_sidecar.v1.FilterB\x0b\n\t_from_seq\"\xb4\x01\n\x05\x45vent\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x16.ws_sidecar.v1.MessageH\x00\x12!\n\x03gap\x18\x02 \x01(\x0b\x32\x12.ws_sidecar.v1.GapH\x00\x12+\n\x05state\x18\x03 \x01(\x0b\x32\x1a.ws_sidecar.v1.StateChangeH\x00\x12\'\n\x03key\x18\x04 \x01(\x0b\x32\x18.ws_sidecar.v1.KeyChangeH\x00\x42\x07\n\x05\x65vent\"b\n\tKeyChange\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.ws_sidecar.v1.KeyState\x12\x0e\n\x06reason\x18\x04 \x01(\t\"c\n\rAttachRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x0e\n\x06params\x18\x03 \x01(\t\x12\x15\n\x08\x66rom_seq\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x0b\n\t_from_seq\"1\n\x0fUpstreamRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"k\n\rUpstreamReply\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\x08\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x08\x12\x1e\n\x16received_at_unix_nanos\x18\x05 \x01(\x04\"y\n\x07Message\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1e\n\x16received_at_unix_nanos\x18\x03 \x01(\x04\x12!\n\x04kind\x18\x04 \x01(\x0e\x32\x13.ws_sidecar.v1.Kind\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"c\n\x03Gap\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x0e\n\x06to_seq\x18\x03 \x01(\x04\x12(\n\x06reason\x18\x04 \x01(\x0e\x32\x18.ws_sidecar.v1.GapReason\"k\n\x0bStateChange\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.ws_sidecar.v1.State\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x15\n\rat_unix_nanos\x18\x04 \x01(\x04\"\x8f\x01\n\x0ePublishRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.ws_sidecar.v1.Kind\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12!\n\x04wait\x18\x05 \x01(\x0e\x32\x13.ws_sidecar.v1.Wait\"$\n\x0fPublishResponse\x12\x11\n\toutbox_id\x18\x01 \x01(\x04\"6\n\x10GetStatusRequest\x12\x15\n\x08\x65ndpoint\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x0b\n\t_endpoint\"u\n\x11GetStatusResponse\x12\x30\n\tendpoints\x18\x01 \x03(\x0b\x32\x1d.ws_sidecar.v1.EndpointStatus\x12\x1b\n\x0ereload_refused\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x11\n\x0f_reload_refused\"\x80\x04\n\x0e\x45ndpointStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.ws_sidecar.v1.State\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x18\n\x10since_unix_nanos\x18\x05 \x01(\x04\x12\x10\n\x08last_seq\x18\x06 \x01(\x04\x12\x12\n\nreconnects\x18\x07 \x01(\x04\x12\x19\n\x11messages_received\x18\x08 \x01(\x04\x12\x13\n\x0bsubscribers\x18\t \x01(\r\x12\x14\n\x0coutbox_depth\x18\n \x01(\x04\x12\x12\n\nrtt_micros\x18\x0b \x01(\x04\x12\"\n\x1a\x61uth_expires_at_unix_nanos\x18\x0c \x01(\x04\x12\x18\n\x10last_upstream_id\x18\r \x01(\t\x12\x14\n\x0crate_limited\x18\x0e \x01(\x04\x12\x1e\n\x16rate_limit_wait_micros\x18\x0f \x01(\x04\x12\x43\n\x16upstream_subscriptions\x18\x10 \x03(\x0b\x32#.ws_sidecar.v1.UpstreamSubscription\x12\x1a\n\x12requests_in_flight\x18\x11 \x01(\x04\x12\x18\n\x10request_timeouts\x18\x12 \x01(\x04\x12\x15\n\rconfirm_depth\x18\x13 \x01(\x04\"C\n\x14UpstreamSubscription\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07holders\x18\x02 \x01(\r\x12\r\n\x05state\x18\x03 \x01(\t\"$\n\x10ReconnectRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"\x13\n\x11ReconnectResponse\"&\n\x12ResetResumeRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"*\n\x13ResetResumeResponse\x12\x13\n\x0bprevious_id\x18\x01 \x01(\t\"$\n\x10GetOutboxRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"\x9f\x01\n\nOutboxInfo\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x19\n\x11oldest_age_micros\x18\x04 \x01(\x04\x12\x11\n\toldest_id\x18\x05 \x01(\x04\x12\x11\n\tnewest_id\x18\x06 \x01(\x04\x12\x0f\n\x07\x64urable\x18\x07 \x01(\x08\x12\x0f\n\x07\x65xpired\x18\x08 \x01(\x04\"J\n\x12\x43learOutboxRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x15\n\x08up_to_id\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x0b\n\t_up_to_id\"5\n\x13\x43learOutboxResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\x0f\n\rReloadRequest\"\xbf\x01\n\x0eReloadResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\x12\x10\n\x08warnings\x18\x03 \x03(\t\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x04 \x03(\t\x12\x0f\n\x07\x63hanged\x18\x05 \x03(\t\x12\x0f\n\x07removed\x18\x06 \x03(\t\x12\x11\n\tunchanged\x18\x07 \x03(\t\x12\x14\n\x0cneed_restart\x18\x08 \x03(\t\x12\x0e\n\x06\x63onfig\x18\t \x01(\t\x12\x0f\n\x07\x61pplied\x18\n \x03(\t*\x1c\n\x04Kind\x12\x08\n\x04TEXT\x10\x00\x12\n\n\x06\x42INARY\x10\x01*b\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nCONNECTING\x10\x01\x12\r\n\tCONNECTED\x10\x02\x12\x0b\n\x07\x42\x41\x43KOFF\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\n\n\x06\x43LOSED\x10\x05*\x8a\x01\n\tGapReason\x12\x1a\n\x16GAP_REASON_UNSPECIFIED\x10\x00\x12\x12\n\x0eREPLAY_EXPIRED\x10\x01\x12\x13\n\x0fSLOW_SUBSCRIBER\x10\x02\x12\x10\n\x0cUPSTREAM_GAP\x10\x03\x12\x12\n\x0e\x44\x41\x45MON_RESTART\x10\x04\x12\x12\n\x0eUPSTREAM_RESET\x10\x05*O\n\x08KeyState\x12\x19\n\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0e\n\nSUBSCRIBED\x10\x02\x12\x0b\n\x07REFUSED\x10\x03*+\n\x04Wait\x12\n\n\x06STORED\x10\x00\x12\x08\n\x04SENT\x10\x01\x12\r\n\tCONFIRMED\x10\x02\x32\xcf\x06\n\x07Sidecar\x12\x44\n\tSubscribe\x12\x1f.ws_sidecar.v1.SubscribeRequest\x1a\x14.ws_sidecar.v1.Event0\x01\x12H\n\x07Publish\x12\x1d.ws_sidecar.v1.PublishRequest\x1a\x1e.ws_sidecar.v1.PublishResponse\x12N\n\tGetStatus\x12\x1f.ws_sidecar.v1.GetStatusRequest\x1a .ws_sidecar.v1.GetStatusResponse\x12N\n\tReconnect\x12\x1f.ws_sidecar.v1.ReconnectRequest\x1a .ws_sidecar.v1.ReconnectResponse\x12T\n\x0bResetResume\x12!.ws_sidecar.v1.ResetResumeRequest\x1a\".ws_sidecar.v1.ResetResumeResponse\x12>\n\x06\x41ttach\x12\x1c.ws_sidecar.v1.AttachRequest\x1a\x14.ws_sidecar.v1.Event0\x01\x12G\n\x07Request\x12\x1e.ws_sidecar.v1.UpstreamRequest\x1a\x1c.ws_sidecar.v1.UpstreamReply\x12O\n\rRequestStream\x12\x1e.ws_sidecar.v1.UpstreamRequest\x1a\x1c.ws_sidecar.v1.UpstreamReply0\x01\x12G\n\tGetOutbox\x12\x1f.ws_sidecar.v1.GetOutboxRequest\x1a\x19.ws_sidecar.v1.OutboxInfo\x12T\n\x0b\x43learOutbox\x12!.ws_sidecar.v1.ClearOutboxRequest\x1a\".ws_sidecar.v1.ClearOutboxResponse\x12\x45\n\x06Reload\x12\x1c.ws_sidecar.v1.ReloadRequest\x1a\x1d.ws_sidecar.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ws_sidecar.v1.sidecar_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KIND']._serialized_start=2660
-  _globals['_KIND']._serialized_end=2688
-  _globals['_STATE']._serialized_start=2690
-  _globals['_STATE']._serialized_end=2788
-  _globals['_GAPREASON']._serialized_start=2791
-  _globals['_GAPREASON']._serialized_end=2929
-  _globals['_KEYSTATE']._serialized_start=2931
-  _globals['_KEYSTATE']._serialized_end=3010
-  _globals['_WAIT']._serialized_start=3012
-  _globals['_WAIT']._serialized_end=3055
+  _globals['_KIND']._serialized_start=2708
+  _globals['_KIND']._serialized_end=2736
+  _globals['_STATE']._serialized_start=2738
+  _globals['_STATE']._serialized_end=2836
+  _globals['_GAPREASON']._serialized_start=2839
+  _globals['_GAPREASON']._serialized_end=2977
+  _globals['_KEYSTATE']._serialized_start=2979
+  _globals['_KEYSTATE']._serialized_end=3058
+  _globals['_WAIT']._serialized_start=3060
+  _globals['_WAIT']._serialized_end=3103
   _globals['_FILTER']._serialized_start=46
   _globals['_FILTER']._serialized_end=87
   _globals['_SUBSCRIBEREQUEST']._serialized_start=89
@@ -68,31 +68,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=1264
   _globals['_GETSTATUSREQUEST']._serialized_end=1318
   _globals['_GETSTATUSRESPONSE']._serialized_start=1320
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1389
-  _globals['_ENDPOINTSTATUS']._serialized_start=1392
-  _globals['_ENDPOINTSTATUS']._serialized_end=1904
-  _globals['_UPSTREAMSUBSCRIPTION']._serialized_start=1906
-  _globals['_UPSTREAMSUBSCRIPTION']._serialized_end=1973
-  _globals['_RECONNECTREQUEST']._serialized_start=1975
-  _globals['_RECONNECTREQUEST']._serialized_end=2011
-  _globals['_RECONNECTRESPONSE']._serialized_start=2013
-  _globals['_RECONNECTRESPONSE']._serialized_end=2032
-  _globals['_RESETRESUMEREQUEST']._serialized_start=2034
-  _globals['_RESETRESUMEREQUEST']._serialized_end=2072
-  _globals['_RESETRESUMERESPONSE']._serialized_start=2074
-  _globals['_RESETRESUMERESPONSE']._serialized_end=2116
-  _globals['_GETOUTBOXREQUEST']._serialized_start=2118
-  _globals['_GETOUTBOXREQUEST']._serialized_end=2154
-  _globals['_OUTBOXINFO']._serialized_start=2157
-  _globals['_OUTBOXINFO']._serialized_end=2316
-  _globals['_CLEAROUTBOXREQUEST']._serialized_start=2318
-  _globals['_CLEAROUTBOXREQUEST']._serialized_end=2392
-  _globals['_CLEAROUTBOXRESPONSE']._serialized_start=2394
-  _globals['_CLEAROUTBOXRESPONSE']._serialized_end=2447
-  _globals['_RELOADREQUEST']._serialized_start=2449
-  _globals['_RELOADREQUEST']._serialized_end=2464
-  _globals['_RELOADRESPONSE']._serialized_start=2467
-  _globals['_RELOADRESPONSE']._serialized_end=2658
-  _globals['_SIDECAR']._serialized_start=3058
-  _globals['_SIDECAR']._serialized_end=3905
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1437
+  _globals['_ENDPOINTSTATUS']._serialized_start=1440
+  _globals['_ENDPOINTSTATUS']._serialized_end=1952
+  _globals['_UPSTREAMSUBSCRIPTION']._serialized_start=1954
+  _globals['_UPSTREAMSUBSCRIPTION']._serialized_end=2021
+  _globals['_RECONNECTREQUEST']._serialized_start=2023
+  _globals['_RECONNECTREQUEST']._serialized_end=2059
+  _globals['_RECONNECTRESPONSE']._serialized_start=2061
+  _globals['_RECONNECTRESPONSE']._serialized_end=2080
+  _globals['_RESETRESUMEREQUEST']._serialized_start=2082
+  _globals['_RESETRESUMEREQUEST']._serialized_end=2120
+  _globals['_RESETRESUMERESPONSE']._serialized_start=2122
+  _globals['_RESETRESUMERESPONSE']._serialized_end=2164
+  _globals['_GETOUTBOXREQUEST']._serialized_start=2166
+  _globals['_GETOUTBOXREQUEST']._serialized_end=2202
+  _globals['_OUTBOXINFO']._serialized_start=2205
+  _globals['_OUTBOXINFO']._serialized_end=2364
+  _globals['_CLEAROUTBOXREQUEST']._serialized_start=2366
+  _globals['_CLEAROUTBOXREQUEST']._serialized_end=2440
+  _globals['_CLEAROUTBOXRESPONSE']._serialized_start=2442
+  _globals['_CLEAROUTBOXRESPONSE']._serialized_end=2495
+  _globals['_RELOADREQUEST']._serialized_start=2497
+  _globals['_RELOADREQUEST']._serialized_end=2512
+  _globals['_RELOADRESPONSE']._serialized_start=2515
+  _globals['_RELOADRESPONSE']._serialized_end=2706
+  _globals['_SIDECAR']._serialized_start=3106
+  _globals['_SIDECAR']._serialized_end=3953
 # @@protoc_insertion_point(module_scope)

@@ -205,10 +205,12 @@ class GetStatusRequest(_message.Message):
     def __init__(self, endpoint: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("endpoints",)
+    __slots__ = ("endpoints", "reload_refused")
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    RELOAD_REFUSED_FIELD_NUMBER: _ClassVar[int]
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointStatus]
-    def __init__(self, endpoints: _Optional[_Iterable[_Union[EndpointStatus, _Mapping]]] = ...) -> None: ...
+    reload_refused: str
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[EndpointStatus, _Mapping]]] = ..., reload_refused: _Optional[str] = ...) -> None: ...
 
 class EndpointStatus(_message.Message):
     __slots__ = ("name", "url", "state", "reason", "since_unix_nanos", "last_seq", "reconnects", "messages_received", "subscribers", "outbox_depth", "rtt_micros", "auth_expires_at_unix_nanos", "last_upstream_id", "rate_limited", "rate_limit_wait_micros", "upstream_subscriptions", "requests_in_flight", "request_timeouts", "confirm_depth")
