@@ -15,9 +15,15 @@ const T: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn ndjson_garbage_gets_an_error_line_and_hurts_no_one() {
     let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
-    let d = start_daemon(&format!("[endpoints.feed]\nurl = \"{}\"\n", up.url("/"))).await;
+    // A small max_message_size keeps the NDJSON line limit, which follows it, small.
+    let d = start_daemon(&format!(
+        "[endpoints.feed]\nurl = \"{}\"\nmax_message_size = \"64KiB\"\n",
+        up.url("/")
+    ))
+    .await;
     let conn = up.next_accepted_within(T).await.expect("connects");
     d.wait_state("feed", State::Connected, T).await;
+    let max_line = ws_sidecar::api::limits::RequestLimits::for_message(64 * 1024).ndjson_line;
 
     let mut good = d.ndjson().await;
     good.send(json!({"op": "subscribe", "endpoint": "feed"}))
@@ -48,7 +54,7 @@ async fn ndjson_garbage_gets_an_error_line_and_hurts_no_one() {
         .await
         .expect("write");
     assert_eq!(bad.recv(T).await["code"], "bad_request", "non-UTF-8 line");
-    bad.send_line(&"x".repeat(1024 * 1024 + 10)).await;
+    bad.send_line(&"x".repeat(max_line + 10)).await;
     assert_eq!(bad.recv(T).await["code"], "line_too_long");
     // Still usable after all that.
     bad.send(json!({"op": "status"})).await;
