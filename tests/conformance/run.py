@@ -438,8 +438,10 @@ def verdict(
             if behavior == "OK" and close_ok:
                 log(f"note: {case} is now OK; remove it from expected.txt")
             else:
+                echoed = f"; the app echoed {run.echoed}" if run is not None else ""
                 failures.append(
-                    f"{case}: {behavior}, closing {close} (expected {want}): {describe(out, r)}"
+                    f"{case}: {behavior}, closing {close} (expected {want}): "
+                    f"{describe(out, r)}{echoed}"
                 )
     if full:
         for case in sorted(set(expected) - set(ids), key=case_key):
