@@ -101,13 +101,18 @@ pub fn unreachable_message(found: &ws_sidecar::paths::Found, e: &client::Unreach
     msg
 }
 
-/// The group owning a Unix socket, by name when the account database has it.
+/// The group owning a Unix socket, by name when the account database has it. A non-member
+/// cannot even look at the socket in its 0750 directory (systemd's RuntimeDirectory=): the
+/// directory's group is then the one to join.
 fn socket_group(target: &Target) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let Target::Unix(path) = target else {
         return None;
     };
-    let gid = std::fs::metadata(path).ok()?.gid();
+    let gid = match std::fs::metadata(path) {
+        Ok(m) => m.gid(),
+        Err(_) => std::fs::metadata(path.parent()?).ok()?.gid(),
+    };
     Some(
         ws_sidecar::access::accounts()
             .group_name(gid)
