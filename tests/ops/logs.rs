@@ -79,15 +79,16 @@ async fn journal_stream_on_stderr_switches_to_priority_prefixes() {
         l.contains(":connection{attempt=1 ")
     });
     assert!(
-        handshake.starts_with("<7>DEBUG endpoint{endpoint=a}:connection{"),
+        handshake.starts_with("<7>endpoint{endpoint=a}:connection{"),
         "{handshake}"
     );
     let state = lines.wait_for("a `connected` state line", T, |l| {
         l.contains("state=\"connected\"")
     });
-    // Priority 6 (info), no timestamp of our own, the endpoint and connection spans.
+    // Priority 6 (info), no timestamp or level word of our own (PRIORITY= carries the level),
+    // the endpoint and connection spans.
     assert!(
-        state.starts_with("<6> INFO endpoint{endpoint=a}:connection{attempt=1}: "),
+        state.starts_with("<6>endpoint{endpoint=a}:connection{attempt=1}: "),
         "{state}"
     );
     tokio::task::block_in_place(|| sigterm_and_wait(&mut child));
