@@ -129,6 +129,7 @@ struct User {
     name: String,
     uid: u32,
     gid: u32,
+    home: String,
 }
 
 /// One /etc/group entry.
@@ -157,6 +158,7 @@ impl Accounts {
                     name: (*f.first()?).to_owned(),
                     uid: f.get(2)?.parse().ok()?,
                     gid: f.get(3)?.parse().ok()?,
+                    home: f.get(5).map_or_else(String::new, |h| (*h).to_owned()),
                 })
             })
             .collect();
@@ -184,6 +186,11 @@ impl Accounts {
 
     fn user_by_uid(&self, uid: u32) -> Option<&User> {
         self.users.iter().find(|u| u.uid == uid)
+    }
+
+    /// The home directory of the user with `uid` (passwd's sixth field).
+    pub fn home_of(&self, uid: u32) -> Option<&str> {
+        self.user_by_uid(uid).map(|u| u.home.as_str())
     }
 
     /// The uid of user `name`.
@@ -252,6 +259,14 @@ mod tests {
 
     fn db() -> Accounts {
         Accounts::parse(PASSWD, GROUP)
+    }
+
+    #[test]
+    fn home_directories_come_from_the_sixth_field() {
+        let db = db();
+        assert_eq!(db.home_of(0), Some("/root"));
+        assert_eq!(db.home_of(1001), Some("/home/bob"));
+        assert_eq!(db.home_of(4242), None);
     }
 
     #[test]

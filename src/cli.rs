@@ -48,7 +48,7 @@ impl TargetArg {
             self.grpc.as_deref(),
             self.config.as_deref(),
             &ws_sidecar::paths::process_env(),
-            ws_sidecar::paths::is_root(),
+            ws_sidecar::paths::system_places(),
         )
         .inspect(|found| {
             tracing::debug!(target = %found.target, from = %found.from, "daemon address");

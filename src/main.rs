@@ -230,7 +230,7 @@ fn config_path(arg: Option<PathBuf>) -> Result<PathBuf, u8> {
     ws_sidecar::paths::config_file(
         arg.as_deref(),
         &ws_sidecar::paths::process_env(),
-        ws_sidecar::paths::is_root(),
+        ws_sidecar::paths::system_places(),
     )
     .map_err(|e| {
         report!("ws-sidecar: {e}");

@@ -2,8 +2,9 @@
 //! (store), for the daemon and for the clients that look for it.
 //!
 //! Under systemd the unit's `RuntimeDirectory=`/`StateDirectory=` arrive as `$RUNTIME_DIRECTORY`
-//! and `$STATE_DIRECTORY` (systemd.exec(5)). Run as root without them, the FHS places
-//! (`/run/ws-sidecar`, `/var/lib/ws-sidecar`). Run by hand as anyone else, the XDG Base
+//! and `$STATE_DIRECTORY` (systemd.exec(5)). Run as root or as the service account without
+//! them, the FHS places (`/run/ws-sidecar`, `/var/lib/ws-sidecar`; see [`system_places`]). Run
+//! by hand as anyone else, the XDG Base
 //! Directory places (`$XDG_RUNTIME_DIR/ws-sidecar`, `$XDG_STATE_HOME/ws-sidecar`, config in
 //! `$XDG_CONFIG_HOME/ws-sidecar/config.toml`), so `ws-sidecar run` works without privileges.
 //!
@@ -47,6 +48,16 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Whether this process uses the system places (`/etc`, `/run`, `/var/lib`) rather than the
+/// XDG ones: root does, and so does the service account, the user whose home is
+/// [`SYSTEM_STATE`] (as `systemd/ws-sidecar.sysusers.conf` creates it). So README's
+/// `sudo -u ws-sidecar ws-sidecar check-config` shows the sockets and store the service uses,
+/// not ones under that user's home.
+pub fn system_places() -> bool {
+    let uid = rustix::process::geteuid();
+    uid.is_root() || crate::access::accounts().home_of(uid.as_raw()) == Some(SYSTEM_STATE)
+}
+
 /// The first absolute path in `var` (systemd passes one per configured directory,
 /// colon-separated; the XDG variables must be absolute or be ignored).
 fn absolute(env: &HashMap<String, String>, var: &str) -> Option<PathBuf> {
@@ -67,7 +78,8 @@ fn xdg_config_home(env: &HashMap<String, String>) -> Option<PathBuf> {
 }
 
 impl Dirs {
-    /// The default directories for a process with `env` that is (`root`) or is not root.
+    /// The default directories for a process with `env` that uses the system places (`root`:
+    /// root or the service account, [`system_places`]) or not.
     ///
     /// Without `$XDG_RUNTIME_DIR` (no login session, e.g. `su` or cron) a non-root daemon keeps
     /// its sockets in its state directory: never a guessable path under `/tmp` that another

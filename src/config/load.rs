@@ -115,7 +115,7 @@ pub(super) fn walk(
             r,
             &tree,
             source,
-            &Dirs::resolve(env, crate::paths::is_root()),
+            &Dirs::resolve(env, crate::paths::system_places()),
         )
     })
 }

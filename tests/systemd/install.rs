@@ -78,6 +78,16 @@ pub async fn install_as_readme_says(b: &SysBox, config: &str) -> Vec<String> {
             out.stderr,
             b.journal_text("ws-sidecar.service").await
         );
+        if cmd.contains("-u ws-sidecar ws-sidecar check-config") {
+            // The service account sees the places the service uses, not ones under its home.
+            assert!(
+                out.stdout.contains("unix:/run/ws-sidecar/grpc.sock")
+                    && out.stdout.contains("/var/lib/ws-sidecar/store")
+                    && !out.stdout.contains(".local"),
+                "check-config as ws-sidecar shows the service's places:\n{}",
+                out.stdout
+            );
+        }
         ran.push(cmd.to_owned());
     }
     let has = |what: &str| ran.iter().any(|l| l.contains(what));
