@@ -123,6 +123,18 @@ pub fn allowed(list: &[Principal], uid: u32, gid: u32, db: &Accounts) -> bool {
     })
 }
 
+/// Whether `peer` may send this daemon signals (kill(2): root, or the daemon's own user). Such
+/// a peer may reload without being on any access list, since it could send SIGHUP anyway; the
+/// unit's `ExecReload=` runs `ws-sidecar reload` as the daemon's user.
+pub fn may_signal(peer: Peer) -> bool {
+    may_signal_as(peer, rustix::process::geteuid().as_raw())
+}
+
+/// [`may_signal`] for a daemon running as `me`.
+fn may_signal_as(peer: Peer, me: u32) -> bool {
+    matches!(peer, Peer::Unix { uid, .. } if uid == 0 || uid == me)
+}
+
 /// One /etc/passwd entry, as far as access checks need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct User {
@@ -259,6 +271,19 @@ mod tests {
 
     fn db() -> Accounts {
         Accounts::parse(PASSWD, GROUP)
+    }
+
+    #[test]
+    fn root_and_the_daemons_own_user_may_signal_and_no_one_else() {
+        let unix = |uid| Peer::Unix { uid, gid: uid };
+        assert!(may_signal_as(unix(0), 995));
+        assert!(may_signal_as(unix(995), 995));
+        assert!(!may_signal_as(unix(1000), 995));
+        assert!(
+            !may_signal_as(Peer::Tcp, 995),
+            "a TCP peer has no credentials"
+        );
+        assert!(!may_signal_as(Peer::Unknown, 995));
     }
 
     #[test]

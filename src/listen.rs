@@ -31,6 +31,9 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
     /// Socket files this daemon created, removed at exit; passed sockets are systemd's.
     owned: Vec<PathBuf>,
+    /// The config keys whose sockets systemd passed instead (`grpc.listen`, `stream.path`,
+    /// `http.listen`): what the file says for them is not in use.
+    pub passed_keys: Vec<&'static str>,
 }
 
 impl Listeners {
@@ -87,7 +90,16 @@ pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
 /// files bound before the failure are removed again.
 pub async fn bind_with(cfg: &Config, passed: Option<Activation>) -> anyhow::Result<Listeners> {
     let mut owned = Vec::new();
-    let bound = bind_all(cfg, passed.unwrap_or_default(), &mut owned);
+    let passed = passed.unwrap_or_default();
+    let passed_keys = [
+        (GRPC.0, !passed.grpc.is_empty()),
+        (STREAM.0, passed.stream.is_some()),
+        (HTTP.0, passed.http.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, passed)| passed.then_some(key))
+    .collect();
+    let bound = bind_all(cfg, passed, &mut owned);
     if bound.is_err() {
         remove_sockets(&owned);
     }
@@ -97,6 +109,7 @@ pub async fn bind_with(cfg: &Config, passed: Option<Activation>) -> anyhow::Resu
         stream,
         http,
         owned,
+        passed_keys,
     })
 }
 

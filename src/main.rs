@@ -52,6 +52,10 @@ enum Command {
         /// Treat warnings as errors: exit 78 when there is any.
         #[arg(long)]
         strict: bool,
+        /// Print only errors, warnings and the verdict, not the summary of a valid file (the
+        /// unit's ExecStartPre= and ExecReload= use it, to keep the journal short).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Self-contained demo: a simulated upstream that drops now and then, the daemon, and a
     /// subscriber showing resume with contiguous seqs. Ctrl-C ends it.
@@ -196,7 +200,11 @@ fn main() -> ExitCode {
     let code = rt.block_on(async move {
         match cli.command {
             Command::Run { config } => run(config, activation).await,
-            Command::CheckConfig { config, strict } => check_config(config, strict).await,
+            Command::CheckConfig {
+                config,
+                strict,
+                quiet,
+            } => check_config(config, strict, quiet).await,
             Command::Demo { duration } => cli::demo(duration).await,
             Command::Status {
                 endpoint,
@@ -246,8 +254,8 @@ fn load(arg: Option<PathBuf>) -> Result<Config, u8> {
 }
 
 /// `check-config`: every error and every warning (both, even when there are errors), then the
-/// summary of a valid file.
-async fn check_config(arg: Option<PathBuf>, strict: bool) -> u8 {
+/// summary of a valid file (unless `quiet`) and its verdict.
+async fn check_config(arg: Option<PathBuf>, strict: bool, quiet: bool) -> u8 {
     let path = match config_path(arg) {
         Ok(p) => p,
         Err(code) => return code,
@@ -278,7 +286,9 @@ async fn check_config(arg: Option<PathBuf>, strict: bool) -> u8 {
     }
     // The verdict is the exit code; nobody reading the summary changes nothing.
     let mut out = ws_sidecar::output::Stdout::new();
-    out.text(&cfg.summary());
+    if !quiet {
+        out.text(&cfg.summary());
+    }
     out.line(format_args!("{}: ok", cfg.source.display()));
     out.exit_code(0)
 }

@@ -110,7 +110,26 @@ impl Stdout {
 }
 
 /// Writes one line on stderr, like `eprintln!` but without its panic: a stderr nobody reads
-/// loses the message and nothing else.
+/// loses the message and nothing else. When stderr is the journal (a command systemd runs, such
+/// as `check-config` in `ExecStartPre=`), the line gets a syslog priority prefix, so
+/// `journalctl -p warning` shows why a start or a reload failed: `<4>` for a line that starts
+/// with `warning: `, `<3>` for every other (errors are what a command says on stderr).
 pub fn stderr_line(args: fmt::Arguments<'_>) {
-    let _ = io::stderr().lock().write_fmt(format_args!("{args}\n"));
+    static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let journal = *JOURNAL.get_or_init(crate::logging::stderr_is_journal);
+    let text = args.to_string();
+    let prefix = match journal {
+        false => "",
+        true if text.starts_with("warning: ") => "<4>",
+        true => "<3>",
+    };
+    if prefix.is_empty() {
+        let _ = io::stderr().lock().write_fmt(format_args!("{text}\n"));
+        return;
+    }
+    // The journal reads each line as its own entry: every line carries the priority.
+    let mut err = io::stderr().lock();
+    for line in text.lines() {
+        let _ = err.write_fmt(format_args!("{prefix}{line}\n"));
+    }
 }

@@ -202,7 +202,8 @@ fn first_existing(mut candidates: Vec<Found>) -> Found {
 ///
 /// Order: `grpc` (the `--grpc` flag); the first `grpc.listen` entry of `config` (`--config`;
 /// its first Unix socket, else its first TCP address; the default socket if it sets none);
-/// `$WS_SIDECAR_GRPC`; `$WS_SIDECAR_CONFIG` read like `--config`; then the first that exists of
+/// `$WS_SIDECAR_GRPC`; `$WS_SIDECAR_CONFIG` read like `--config` (but when that file cannot be
+/// read or parsed, the search goes on); then the first that exists of
 /// the user's config file's socket, `$RUNTIME_DIRECTORY/grpc.sock`, the user's default sockets
 /// (`$XDG_RUNTIME_DIR/ws-sidecar/grpc.sock`, and the state directory's for a daemon started
 /// without `$XDG_RUNTIME_DIR`), the system config's socket and `/run/ws-sidecar/grpc.sock`.
@@ -226,7 +227,15 @@ pub fn discover(
         return parsed(s, "$WS_SIDECAR_GRPC".into());
     }
     if let Some(p) = env.get("WS_SIDECAR_CONFIG").filter(|p| !p.is_empty()) {
-        return from_config(Path::new(p), env, root);
+        match from_config(Path::new(p), env, root) {
+            Ok(found) => return Ok(found),
+            // The variable is set for every command of a unit, and the unit's `ExecReload=`
+            // runs `ws-sidecar reload` precisely when the file may be broken: the daemon still
+            // listens where it did, so look in the default places rather than give up.
+            Err(e) => {
+                tracing::debug!(error = %e, "$WS_SIDECAR_CONFIG unreadable; trying the defaults")
+            }
+        }
     }
     let mut candidates: Vec<Found> = Vec::new();
     let configs = config_candidates(env, root);
@@ -462,6 +471,29 @@ mod tests {
         let f = discover(None, None, &e, false).unwrap();
         assert_eq!(f.target, Target::Tcp("127.0.0.1:1".into()));
         assert!(discover(Some("nonsense"), None, &e, false).is_err());
+    }
+
+    /// A unit's `ExecReload=ws-sidecar reload` runs with `$WS_SIDECAR_CONFIG` set, when the file
+    /// may be broken: the daemon is still found in `$RUNTIME_DIRECTORY`.
+    #[test]
+    fn a_broken_file_in_the_variable_does_not_stop_the_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "[grpc]\nlisten = \"unix:/x/g.sock\"\n[endpoints.broken\n",
+        )
+        .unwrap();
+        let sock = dir.path().join("grpc.sock");
+        std::fs::write(&sock, "").unwrap();
+        let e = env(&[
+            ("WS_SIDECAR_CONFIG", cfg.to_str().unwrap()),
+            ("RUNTIME_DIRECTORY", dir.path().to_str().unwrap()),
+        ]);
+        let f = discover(None, None, &e, true).unwrap();
+        assert_eq!(f.target, Target::Unix(sock));
+        // Named with --config, the same file is an error: the user asked for that one.
+        assert!(discover(None, Some(&cfg), &e, true).is_err());
     }
 
     #[test]

@@ -97,6 +97,8 @@ struct Inner {
     notifier: OnceLock<Notifier>,
     /// The API request limits the listeners were started with.
     limits: RequestLimits,
+    /// Listener keys whose sockets systemd passed (see [`Reloader::sockets_passed_for`]).
+    passed: std::sync::Mutex<Vec<&'static str>>,
 }
 
 impl Reloader {
@@ -116,6 +118,7 @@ impl Reloader {
         Reloader {
             inner: Arc::new(Inner {
                 limits: RequestLimits::for_config(&config),
+                passed: std::sync::Mutex::new(Vec::new()),
                 registry,
                 store,
                 upstreams,
@@ -126,6 +129,14 @@ impl Reloader {
                 notifier: OnceLock::new(),
             }),
         }
+    }
+
+    /// Notes the listener keys (`grpc.listen`, `stream.path`, `http.listen`) whose sockets
+    /// systemd passed: a reload that changes one reports it as ignored, since only the socket
+    /// unit moves that socket, rather than as waiting for a restart that would not apply it
+    /// either.
+    pub fn sockets_passed_for(&self, keys: Vec<&'static str>) {
+        *self.inner.passed.lock().unwrap_or_else(|e| e.into_inner()) = keys;
     }
 
     /// Sends reload notifications (RELOADING=1, READY=1, the STATUS line) through `notifier`.
@@ -191,6 +202,21 @@ impl Reloader {
             need_restart: global_restart_keys(&st.config, &new),
             ..ReloadReport::default()
         };
+        let passed = inner
+            .passed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        report.need_restart.retain(|key| {
+            let from_systemd = passed.contains(&key.as_str());
+            if from_systemd {
+                report.warnings.push(format!(
+                    "{}: {key}: ignored, systemd passes this socket: change its socket unit",
+                    new.source.display()
+                ));
+            }
+            !from_systemd
+        });
         if RequestLimits::for_config(&new) != inner.limits {
             // The listeners sized their request limits from the largest one when they started.
             report
@@ -272,6 +298,9 @@ impl Reloader {
             }
         }
         st.config.endpoints = in_force;
+        for w in &report.warnings {
+            tracing::warn!("{w}");
+        }
         if !report.need_restart.is_empty() {
             tracing::warn!(
                 keys = ?report.need_restart,

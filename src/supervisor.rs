@@ -71,6 +71,7 @@ impl Daemon {
             shutdown.clone(),
             stalls.clone(),
         );
+        reloader.sockets_passed_for(listeners.passed_keys.clone());
         upstreams.close();
 
         let servers = TaskTracker::new();

@@ -127,6 +127,13 @@ pub fn effective_format(
     }
 }
 
+/// Whether stderr is the journal (`$JOURNAL_STREAM` names it): a command run by systemd
+/// (`ExecStartPre=`, `ExecReload=`) whose stderr lines want a `<N>` priority prefix.
+pub fn stderr_is_journal() -> bool {
+    let stream = std::env::var("JOURNAL_STREAM").ok();
+    effective_format(LogFormat::Text, stream.as_deref(), stderr_id()) == LogFormat::Journald
+}
+
 /// Device and inode of stderr, from a duplicate of its descriptor (no `unsafe` needed).
 fn stderr_id() -> Option<(u64, u64)> {
     use std::os::fd::AsFd;

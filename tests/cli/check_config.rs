@@ -154,3 +154,51 @@ conect_timeout = "5s"
     );
     assert!(!err.contains("in-clear"));
 }
+
+/// `--quiet` (the unit's ExecStartPre=) prints the verdict and what is wrong, not the summary
+/// of a valid file; and under the journal (`$JOURNAL_STREAM` naming stderr) each stderr line
+/// carries its syslog priority, so `journalctl -p warning` shows why a start failed.
+#[test]
+fn quiet_prints_the_verdict_and_the_journal_gets_priorities() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = support::temp_dir();
+    let path = write_config(
+        dir.path(),
+        "[endpoints.prices]\nurl = \"wss://stream.example.com/prices\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--quiet", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}: ok\n", path.display())
+    );
+
+    std::fs::write(
+        &path,
+        "[endpoints.prices]\nurl = \"wss://stream.example.com/prices\"\nheaders = { Authorization = \"Bearer x\" }\nconect_timeout = \"5s\"\n",
+    )
+    .expect("write");
+    let stderr = dir.path().join("stderr");
+    let file = std::fs::File::create(&stderr).expect("create");
+    let meta = file.metadata().expect("stat");
+    let out = Command::new(BIN)
+        .args(["check-config", "--quiet", "--config"])
+        .arg(&path)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    let err = std::fs::read_to_string(&stderr).expect("read");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with("<3>") && lines[0].contains("conect_timeout"),
+        "{err}"
+    );
+    assert!(lines[1].starts_with("<4>warning: "), "{err}");
+}

@@ -127,10 +127,10 @@ fn reload_prints_what_changed_or_why_the_file_was_refused() {
     stop(daemon);
 }
 
-/// `systemctl reload` runs every `ExecReload=` in order and fails at the first that fails: the
-/// check comes first, so a refused file fails the reload instead of only the daemon's log.
+/// `systemctl reload` runs `ws-sidecar reload`, which waits for the daemon's answer: it returns
+/// once the file is applied and fails when the daemon refuses it (tests/systemd checks both).
 #[test]
-fn the_unit_checks_the_file_before_signalling_a_reload() {
+fn the_unit_reloads_through_the_reload_rpc() {
     let unit = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/systemd/ws-sidecar.service"
@@ -140,13 +140,7 @@ fn the_unit_checks_the_file_before_signalling_a_reload() {
         .lines()
         .filter_map(|l| l.strip_prefix("ExecReload="))
         .collect();
-    assert_eq!(
-        reload,
-        [
-            "/usr/local/bin/ws-sidecar check-config",
-            "/bin/kill -HUP $MAINPID"
-        ]
-    );
+    assert_eq!(reload, ["/usr/local/bin/ws-sidecar reload"]);
     // It finds the file as ExecStart= does, through the unit's environment.
     assert!(unit.contains("\nEnvironment=WS_SIDECAR_CONFIG="), "{unit}");
 }

@@ -9,8 +9,12 @@
 # usage: boot.sh BOXDIR SRC BIN
 #   BOXDIR  an empty directory of the caller's, with a unique name (it names the box's cgroup);
 #           the box keeps its state files there
-#   SRC     shown read-only at /srv/ws-sidecar inside: the files README's install commands name
-#   BIN     the daemon binary, shown at /srv/ws-sidecar/target/release/ws-sidecar
+#   SRC     a checkout: its systemd/ and config/, the files README's install commands name, are
+#           shown read-only at /srv/ws-sidecar inside
+#   BIN     the daemon binary (any path), shown at /srv/ws-sidecar/target/release/ws-sidecar
+# By hand: `sudo bash tests/systemd/boot.sh /tmp/box . "$CARGO_TARGET_DIR/release/ws-sidecar"`,
+# then `sudo nsenter -t "$(cat /tmp/box/pid1)" -a bash` (cd /srv/ws-sidecar for README's
+# install block), and `sudo bash tests/systemd/teardown.sh /tmp/box` at the end.
 # Prints "pid1=N" (the host pid of the box's systemd) once systemd reports running or degraded.
 # Exit 77 with the reason on stderr when this machine does not allow it (not root, no systemd,
 # unshare or overlay refused): the test decides whether that is a skip or a failure.

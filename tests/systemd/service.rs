@@ -198,11 +198,32 @@ async fn reload_applies_and_refusals_show(b: &SysBox, up: &Upstreams) {
     assert!(out.success(), "the reloaded endpoint: {out:?}");
 
     write_config(b, &format!("{with_extra}\n[endpoints.broken\n")).await;
+    let before = b.cursor(UNIT).await;
     let out = b.run(&["systemctl", "reload", UNIT]).await;
     assert!(
         !out.success(),
         "systemctl reload of an invalid file: {out:?}"
     );
+    // Why, at priority error: ExecReload='s own lines (the file's error, then the verdict), not
+    // only systemd's "Reload failed".
+    let after = format!("--after-cursor={before}");
+    let said = |errors: &[Value], what: &str| {
+        errors.iter().any(|e| {
+            e["MESSAGE"].as_str().is_some_and(|m| m.contains(what))
+                && e["_COMM"].as_str() == Some("ws-sidecar")
+        })
+    };
+    // journald reads the stream lines on its own time: wait for them, bounded.
+    b.until("the refusal's reasons among the errors", T, || async {
+        let errors = b.journal(&["-u", UNIT, "-p", "err", &after]).await;
+        (said(&errors, CONFIG)
+            && said(
+                &errors,
+                "ws-sidecar: reload refused; the daemon keeps running",
+            ))
+        .then_some(())
+    })
+    .await;
     assert_eq!(b.show(UNIT, "ActiveState").await, "active");
     assert_eq!(
         b.show(UNIT, "MainPID").await,

@@ -1,7 +1,8 @@
 #!/bin/bash
 # PID 1 of the box's namespaces until it execs systemd (started by boot.sh): builds a throw-away
 # root as systemd-nspawn would (overlay of / with a tmpfs upper layer, API file systems, fresh
-# /run and /tmp), shows SRC and BIN read-only at /srv/ws-sidecar, pivots into it, execs systemd.
+# /run and /tmp), shows SRC's systemd/ and config/ and BIN read-only at /srv/ws-sidecar, pivots
+# into it, execs systemd.
 set -euo pipefail
 D=$BOX; R=$D/root
 mkdir -p "$D/rw" "$R"
@@ -12,12 +13,15 @@ if ! mount -t overlay box-root -o "lowerdir=/,upperdir=$D/rw/upper,workdir=$D/rw
 fi
 cp -a "$D/payload/." "$R/"
 # The checkout's path (CI clones under /tmp) is not visible inside, where /tmp is fresh: bind
-# what the install commands read. Read-only, so a command that writes there fails loudly.
-mkdir -p "$R/srv/ws-sidecar"
-mount --bind "$SRC" "$R/srv/ws-sidecar"
-mount --bind "$BIN" "$R/srv/ws-sidecar/target/release/ws-sidecar"
-mount -o remount,bind,ro "$R/srv/ws-sidecar/target/release/ws-sidecar"
-mount -o remount,bind,ro "$R/srv/ws-sidecar"
+# what the install commands read, SRC's systemd/ and config/ and BIN as target/release's binary
+# (wherever CARGO_TARGET_DIR put it). Read-only, so a command that writes there fails loudly.
+S=$R/srv/ws-sidecar
+mkdir -p "$S/systemd" "$S/config" "$S/target/release"
+: > "$S/target/release/ws-sidecar"
+for m in "$SRC/systemd:$S/systemd" "$SRC/config:$S/config" "$BIN:$S/target/release/ws-sidecar"; do
+  mount --bind "${m%%:*}" "${m#*:}"
+  mount -o remount,bind,ro "${m#*:}"
+done
 mount -t proc proc "$R/proc"
 mount --bind "$R/proc/sys" "$R/proc/sys"; mount -o remount,bind,ro "$R/proc/sys"
 [ -e "$R/proc/sysrq-trigger" ] && mount --bind /dev/null "$R/proc/sysrq-trigger"

@@ -265,7 +265,7 @@ fn teardown(state: &Path) -> Option<String> {
 }
 
 /// Copies what README's install commands read from the checkout into `src`, which the box
-/// shows at [`SRC`]; the binary is bound over the empty `target/release/ws-sidecar` by boot.sh.
+/// shows at [`SRC`] (the binary is shown there as `target/release/ws-sidecar` by stage2.sh).
 fn stage_checkout(src: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for dir in ["systemd", "config"] {
@@ -278,7 +278,4 @@ fn stage_checkout(src: &Path) {
             }
         }
     }
-    let bin = src.join("target/release/ws-sidecar");
-    std::fs::create_dir_all(bin.parent().expect("a parent")).expect("stage target/release");
-    std::fs::File::create(&bin).expect("stage the binary's mount point");
 }
