@@ -30,7 +30,7 @@
 //!   changes).
 
 pub mod lease;
-
+pub mod stream;
 
 /// The NATS subject an endpoint's messages are stored under: `ws-sidecar.<endpoint>`.
 ///

@@ -6,7 +6,7 @@
 mod support;
 
 mod lease;
-
+mod stream;
 
 use async_nats::jetstream;
 use support::nats::NatsServer;
