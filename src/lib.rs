@@ -30,6 +30,7 @@ pub mod access;
 pub mod api;
 pub mod backoff;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dialogue;

@@ -3,7 +3,8 @@
 //! chaos TCP proxy ([`proxy`]), a fake Binance that enforces its send limit ([`binance`]),
 //! protocol fakes written from public specs ([`jsonrpc`], [`graphql_ws`], [`socketio`], [`phoenix`],
 //! [`home_assistant`]; the first three recording
-//! into a [`journal`]) and small helpers. Everything binds 127.0.0.1 port 0.
+//! into a [`journal`]), a real nats-server with JetStream ([`nats`]) and small helpers.
+//! Everything binds 127.0.0.1 port 0 (nats-server: `-p -1`, its own pick).
 //!
 //! Each test binary uses a different subset, hence the blanket `allow`s.
 //!
@@ -24,6 +25,7 @@ pub mod graphql_ws;
 pub mod home_assistant;
 pub mod journal;
 pub mod jsonrpc;
+pub mod nats;
 pub mod phoenix;
 pub mod process;
 pub mod proxy;

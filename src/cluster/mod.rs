@@ -1,0 +1,71 @@
+//! Cluster primitives: one upstream connection per fleet, bridged through NATS JetStream
+//! (issue 17). The design and its open questions are in `docs/cluster.md`.
+//!
+//! **What exists now** (tested against a real `nats-server` in `tests/cluster/`):
+//! - [`lease`]: leadership per endpoint, one key per endpoint in the JetStream KV bucket
+//!   [`lease::BUCKET`]. Creating the key acquires the lease, updating it by its last revision
+//!   renews it, and the bucket's `max_age` is the TTL: a holder that stops renewing loses the key
+//!   and a follower watching it learns so from the server's delete marker. The revision is the
+//!   fencing epoch.
+//! - [`stream`]: the fenced log, one stream per endpoint (subject `ws-sidecar.<endpoint>`)
+//!   whose stream sequence *is* the endpoint seq. A [`stream::Writer`] appends with
+//!   `Nats-Expected-Last-Sequence: seq-1`, so a second writer (a zombie leader) is refused
+//!   ([`stream::AppendError::Fenced`]) and a retry after a lost ack is deduplicated. A
+//!   [`stream::Reader`] replays from a seq, and says exactly when that seq has expired.
+//!
+//! **Not wired yet, and no config key yet.** Nothing in the daemon calls this module: the
+//! endpoint/upstream loop, the APIs and the config do not know it exists. The `[cluster]`
+//! section comes with the wiring in a later session, because a config key must take effect or
+//! be refused, never be accepted and ignored. What that session wires:
+//! - the endpoint's role (leader/follower) as a state of its task: a follower holds no upstream
+//!   connection and watches the lease; a leader that loses it (renew refused, or its local lease
+//!   deadline passed without a confirmed renew) closes the upstream and becomes a follower;
+//! - the leader's publish path: every inbound message is appended to the stream before it is
+//!   fanned out, and a [`stream::AppendError::Fenced`] ends its leadership at once;
+//! - the follower's subscriber path: local subscribers read the stream through a
+//!   [`stream::Reader`] instead of the local log, and an expired seq maps to `REPLAY_EXPIRED`;
+//! - the publish work-queue: a per-endpoint work-queue stream that any host publishes into and
+//!   the leader drains into its outbox in order;
+//! - status (role, lease epoch, stream lag) and metrics (publish-to-stream latency, lease
+//!   changes).
+
+pub mod lease;
+pub mod stream;
+
+/// The NATS subject an endpoint's messages are stored under: `ws-sidecar.<endpoint>`.
+///
+/// Endpoint names are letters, digits, `_`, `.` and `-` (config validation), all valid in a
+/// subject; a `.` makes more tokens (`ws-sidecar.eu.prices`), which is still one exact subject.
+pub fn subject(endpoint: &str) -> String {
+    format!("ws-sidecar.{endpoint}")
+}
+
+/// The JetStream stream name for an endpoint: `ws-sidecar-<endpoint>` with `_` written `__` and
+/// `.` written `_d`, because stream names may not contain `.`. The mapping is one-to-one, so two
+/// endpoints (`eu.prices`, `eu_prices`) never share a stream.
+pub fn stream_name(endpoint: &str) -> String {
+    let mut name = String::with_capacity(endpoint.len() + 11);
+    name.push_str("ws-sidecar-");
+    for c in endpoint.chars() {
+        match c {
+            '_' => name.push_str("__"),
+            '.' => name.push_str("_d"),
+            c => name.push(c),
+        }
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_are_one_to_one_and_dot_free() {
+        assert_eq!(stream_name("prices"), "ws-sidecar-prices");
+        assert_eq!(stream_name("eu.prices"), "ws-sidecar-eu_dprices");
+        assert_eq!(stream_name("eu_prices"), "ws-sidecar-eu__prices");
+        assert_ne!(stream_name("eu_d"), stream_name("eu."));
+        assert_eq!(subject("eu.prices"), "ws-sidecar.eu.prices");
+    }
+}

@@ -1,0 +1,442 @@
+//! The fenced log: one JetStream stream per endpoint, whose stream sequence is the endpoint seq.
+//!
+//! The stream is created with `first_seq` = the endpoint's next seq, and every append says which
+//! seq it is for (`Nats-Expected-Last-Sequence: seq-1`), so the stream never assigns a seq the
+//! writer did not mean, and of two writers only the first to a seq lands: the other is
+//! [`AppendError::Fenced`]. That is what stops a partitioned old leader (a zombie).
+//!
+//! Headers of every message:
+//! - `Nats-Msg-Id: <endpoint>:<seq>:<term>`: a retry after a lost ack is deduplicated by the
+//!   server (within [`Retention::duplicate_window`]). The writer's term (the lease revision that
+//!   made it leader, [`crate::cluster::lease::Held::term`]) is part of the id on purpose: with
+//!   `<endpoint>:<seq>` alone, a zombie's append of a seq the new leader already wrote has the
+//!   same id, so the server answers "duplicate" (deduplication is checked before the expected
+//!   sequence) and the zombie believes its own payload was stored.
+//! - [`UPSTREAM_ID`] (`Ws-Sidecar-Upstream-Id`): the message's upstream id, when it has one; a
+//!   new leader resumes the upstream from the last one ([`EndpointStream::tail`]).
+//! - [`TERM`] (`Ws-Sidecar-Term`): the writer's term, so an append that landed but whose ack
+//!   was lost past the duplicate window is still recognised as the writer's own.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, DeliverPolicy},
+    context::PublishErrorKind,
+    message::PublishMessage,
+    stream::{DiscardPolicy, StorageType},
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{stream_name, subject};
+
+/// Header carrying a message's upstream id.
+pub const UPSTREAM_ID: &str = "Ws-Sidecar-Upstream-Id";
+
+/// Header carrying the term of the leader that wrote a message.
+pub const TERM: &str = "Ws-Sidecar-Term";
+
+/// How much of an endpoint's history the stream keeps: its replay window across the fleet.
+/// JetStream drops the oldest messages past any limit.
+#[derive(Clone, Debug)]
+pub struct Retention {
+    /// At most this many messages; `None`: no count limit.
+    pub max_messages: Option<u64>,
+    /// At most this many bytes; `None`: no size limit.
+    pub max_bytes: Option<u64>,
+    /// Messages older than this go; `None`: no age limit.
+    pub max_age: Option<Duration>,
+    /// How long the server remembers message ids to deduplicate retries (JetStream default 2
+    /// minutes).
+    pub duplicate_window: Duration,
+    /// Copies JetStream keeps (1, 3 or 5). One is enough for tests; a fleet's guarantees need
+    /// 3 (see `docs/cluster.md`).
+    pub replicas: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            max_messages: None,
+            max_bytes: None,
+            max_age: None,
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+/// The server refused or did not answer; retrying is safe.
+#[derive(Debug, thiserror::Error)]
+#[error("stream {stream}: {reason}")]
+pub struct NatsError {
+    /// The stream name.
+    pub stream: String,
+    /// What the client said.
+    pub reason: String,
+}
+
+/// Why an append did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer already stored this seq: this host is not (or no longer) the leader and
+    /// must stop writing.
+    #[error("fenced: seq {seq} of {endpoint} is already in the stream, written by another leader (term {other_term:?}, ours {term}); stop leading")]
+    Fenced {
+        /// The endpoint.
+        endpoint: String,
+        /// The seq this writer tried.
+        seq: u64,
+        /// This writer's term.
+        term: u64,
+        /// The term of the writer whose message holds the seq, if it could be read.
+        other_term: Option<u64>,
+    },
+    /// The stream ends before `seq - 1`: the caller skipped a seq. A bug, not a race.
+    #[error("out of order: {endpoint} seq {seq} appended but the stream ends at {last}")]
+    OutOfOrder {
+        /// The endpoint.
+        endpoint: String,
+        /// The seq this writer tried.
+        seq: u64,
+        /// The stream's last seq.
+        last: u64,
+    },
+    /// The server refused otherwise or did not answer; the append may or may not have landed,
+    /// and retrying the same seq is safe.
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+}
+
+/// Why a read could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The seq asked for is gone (the stream's retention limits dropped it); maps to
+    /// `REPLAY_EXPIRED`.
+    #[error("seq {requested} of {endpoint} expired; first available is {first_available}")]
+    Expired {
+        /// The endpoint.
+        endpoint: String,
+        /// The seq asked for (or the next one a reader expected).
+        requested: u64,
+        /// The oldest seq the stream still has.
+        first_available: u64,
+    },
+    /// The server refused or did not answer.
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+}
+
+/// An append that landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored now at the seq asked for.
+    Stored,
+    /// An earlier attempt of this writer already stored it (a retry after a lost ack); the
+    /// stream did not advance.
+    Duplicate,
+}
+
+/// The last message of an endpoint's stream: where a new leader goes on from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tail {
+    /// The last seq stored; the next leader appends `seq + 1`.
+    pub seq: u64,
+    /// The upstream id stored with it, to resume the upstream from; `None` when that message
+    /// had none.
+    pub upstream_id: Option<String>,
+}
+
+/// A message read back from the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The endpoint seq (= stream sequence).
+    pub seq: u64,
+    /// The payload, as the upstream sent it.
+    pub payload: Bytes,
+    /// The upstream id stored with it.
+    pub upstream_id: Option<String>,
+}
+
+/// An endpoint's stream. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EndpointStream {
+    /// The JetStream context, for publishing.
+    js: jetstream::Context,
+    /// The stream handle, for info, direct reads and consumers.
+    stream: jetstream::stream::Stream,
+    /// The endpoint this stream is for.
+    endpoint: String,
+    /// `ws-sidecar.<endpoint>`.
+    subject: String,
+}
+
+impl EndpointStream {
+    /// Opens `endpoint`'s stream, creating it with `first_seq = next_seq` (the endpoint's next
+    /// seq) and `retention` if it does not exist. An existing stream is used as it is: its seqs
+    /// are the fleet's, whatever this host's `next_seq`.
+    ///
+    /// # Errors
+    /// [`NatsError`] when the server refused (e.g. JetStream off) or did not answer.
+    pub async fn open(
+        js: &jetstream::Context,
+        endpoint: &str,
+        next_seq: u64,
+        retention: &Retention,
+    ) -> Result<EndpointStream, NatsError> {
+        let name = stream_name(endpoint);
+        let subject = subject(endpoint);
+        let err = |e: &dyn std::fmt::Display| NatsError {
+            stream: name.clone(),
+            reason: e.to_string(),
+        };
+        let limit = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok()).unwrap_or(-1);
+        let stream = match js.get_stream(&name).await {
+            Ok(stream) => stream,
+            Err(_) => js
+                .create_stream(jetstream::stream::Config {
+                    name: name.clone(),
+                    description: Some(format!(
+                        "ws-sidecar: endpoint {endpoint}, seq = stream sequence"
+                    )),
+                    subjects: vec![subject.clone()],
+                    first_sequence: Some(next_seq.max(1)),
+                    max_messages: limit(retention.max_messages),
+                    max_bytes: limit(retention.max_bytes),
+                    max_age: retention.max_age.unwrap_or_default(),
+                    discard: DiscardPolicy::Old,
+                    duplicate_window: retention.duplicate_window,
+                    num_replicas: retention.replicas,
+                    storage: StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| err(&e))?,
+        };
+        Ok(EndpointStream {
+            js: js.clone(),
+            stream,
+            endpoint: endpoint.to_string(),
+            subject,
+        })
+    }
+
+    /// A writer for the leader of term `term` ([`crate::cluster::lease::Held::term`]).
+    pub fn writer(&self, term: u64) -> Writer {
+        Writer {
+            stream: self.clone(),
+            term,
+        }
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> NatsError {
+        NatsError {
+            stream: self.stream.cached_info().config.name.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// The stream's first and last seq now: `(first, last)`; `first == last + 1` when empty.
+    ///
+    /// # Errors
+    /// [`NatsError`] when the server did not answer.
+    pub async fn bounds(&self) -> Result<(u64, u64), NatsError> {
+        let info = self.stream.get_info().await.map_err(|e| self.error(e))?;
+        Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+
+    /// The last message stored and its upstream id: what a new leader resumes from. `None`
+    /// when the stream is empty.
+    ///
+    /// # Errors
+    /// [`NatsError`] when the server did not answer.
+    pub async fn tail(&self) -> Result<Option<Tail>, NatsError> {
+        let (first, last) = self.bounds().await?;
+        if last < first {
+            return Ok(None);
+        }
+        let message = self
+            .stream
+            .get_raw_message(last)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(Some(Tail {
+            seq: message.sequence,
+            upstream_id: header(&message.headers, UPSTREAM_ID),
+        }))
+    }
+
+    /// Reads from `seq` on, in order, with an ordered consumer (no state on the server beyond
+    /// the read).
+    ///
+    /// # Errors
+    /// [`ReadError::Expired`] when `seq` is older than the first seq the stream still has.
+    pub async fn read_from(&self, seq: u64) -> Result<Reader, ReadError> {
+        let (first, _) = self.bounds().await?;
+        if seq < first {
+            return Err(self.expired(seq, first));
+        }
+        let consumer = self
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.subject.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: seq,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.error(e))?;
+        let messages = consumer.messages().await.map_err(|e| self.error(e))?;
+        Ok(Reader {
+            stream: self.clone(),
+            messages,
+            next: seq,
+        })
+    }
+
+    fn expired(&self, requested: u64, first_available: u64) -> ReadError {
+        ReadError::Expired {
+            endpoint: self.endpoint.clone(),
+            requested,
+            first_available,
+        }
+    }
+}
+
+/// Appends for one leader term. Appends must be made in seq order, each awaited.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    /// The stream appended to.
+    stream: EndpointStream,
+    /// The term of the leader writing, in every message id.
+    term: u64,
+}
+
+impl Writer {
+    /// Appends `payload` as `seq` and waits for the server's ack (a stored message is durable
+    /// on as many replicas as the stream has).
+    ///
+    /// # Errors
+    /// [`AppendError::Fenced`] when another writer holds `seq`: stop leading.
+    /// [`AppendError::OutOfOrder`] when `seq - 1` is not the stream's last seq yet.
+    /// [`AppendError::Nats`] when the server did not answer: retry the same seq.
+    pub async fn append(
+        &self,
+        seq: u64,
+        payload: Bytes,
+        upstream_id: Option<&str>,
+    ) -> Result<Appended, AppendError> {
+        let s = &self.stream;
+        let mut publish = PublishMessage::build()
+            .payload(payload)
+            .message_id(format!("{}:{seq}:{}", s.endpoint, self.term))
+            .expected_last_sequence(seq.saturating_sub(1))
+            .header(TERM, self.term.to_string());
+        if let Some(id) = upstream_id {
+            publish = publish.header(UPSTREAM_ID, id);
+        }
+        let ack = match s.js.send_publish(s.subject.clone(), publish).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(ack) if ack.sequence == seq => Ok(if ack.duplicate {
+                Appended::Duplicate
+            } else {
+                Appended::Stored
+            }),
+            Ok(ack) => Err(s
+                .error(format!(
+                    "asked to store seq {seq}, the server stored {}",
+                    ack.sequence
+                ))
+                .into()),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => self.refused(seq).await,
+            Err(e) => Err(s.error(e).into()),
+        }
+    }
+
+    /// The expected last sequence did not match: find out whether `seq` is ours (an append whose
+    /// ack was lost past the duplicate window), another writer's, or not there yet.
+    async fn refused(&self, seq: u64) -> Result<Appended, AppendError> {
+        let s = &self.stream;
+        let (_, last) = s.bounds().await?;
+        if last < seq {
+            return Err(AppendError::OutOfOrder {
+                endpoint: s.endpoint.clone(),
+                seq,
+                last,
+            });
+        }
+        // The seq may have been dropped by retention since; then nobody can tell whose it was,
+        // and treating it as another writer's is the safe answer.
+        let other_term = match s.stream.get_raw_message(seq).await {
+            Ok(message) => header(&message.headers, TERM).and_then(|t| t.parse::<u64>().ok()),
+            Err(_) => None,
+        };
+        if other_term == Some(self.term) {
+            return Ok(Appended::Duplicate);
+        }
+        Err(AppendError::Fenced {
+            endpoint: s.endpoint.clone(),
+            seq,
+            term: self.term,
+            other_term,
+        })
+    }
+}
+
+/// Messages from a seq on, in order. A seq dropped by retention while the reader lagged is an
+/// error ([`ReadError::Expired`]), never a silent skip.
+pub struct Reader {
+    /// The stream, for errors and bounds.
+    stream: EndpointStream,
+    /// The ordered consumer's messages.
+    messages: pull::Ordered,
+    /// The seq the next message must have.
+    next: u64,
+}
+
+impl Reader {
+    /// The next message; waits for it when the reader is at the end. Cancel-safe.
+    ///
+    /// # Errors
+    /// [`ReadError::Expired`] when the next seq was dropped before it was read;
+    /// [`ReadError::Nats`] when the consumer failed (start a new reader at the same seq).
+    pub async fn next(&mut self) -> Result<Entry, ReadError> {
+        let (message, seq) = loop {
+            let message = match self.messages.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => return Err(self.stream.error(e).into()),
+                None => return Err(self.stream.error("the consumer ended").into()),
+            };
+            let seq = message
+                .info()
+                .map_err(|e| self.stream.error(e))?
+                .stream_sequence;
+            // An ordered consumer recreated after a hiccup may start again before `next`.
+            if seq >= self.next {
+                break (message, seq);
+            }
+        };
+        if seq > self.next {
+            return Err(self.stream.expired(self.next, seq));
+        }
+        self.next = seq + 1;
+        let upstream_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| header(h, UPSTREAM_ID));
+        Ok(Entry {
+            seq,
+            payload: message.message.payload,
+            upstream_id,
+        })
+    }
+}
+
+fn header(headers: &async_nats::HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).map(|v| v.as_str().to_string())
+}
