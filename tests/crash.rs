@@ -330,11 +330,17 @@ async fn a_frozen_daemon_keeps_its_live_connection_and_every_message() {
         assert_eq!(id, last + 1, "every tick once, in order");
         last = id;
     }
+    // The heartbeat was at work during the freezes (how often depends on where each one fell
+    // and on how long the daemon ran between them, which a loaded machine shortens: an event
+    // count, not a rate), and goes on after them: two more pings, each answered, on the same
+    // connection.
+    let pings = conn.pings_seen();
+    assert!(pings >= 1, "no ping during the freezes");
+    conn.wait_pings(pings + 2, T)
+        .await
+        .expect("the heartbeat goes on after the freezes");
     assert_eq!(up.accepted(), 1, "the connection was never taken for dead");
     assert!(!conn.is_closed());
-    // The heartbeat was at work all along (how many depends on where each freeze fell).
-    let pings = conn.pings_seen();
-    assert!(pings >= 3, "heartbeats went on: {pings} pings");
     stop(child);
 }
 
