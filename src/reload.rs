@@ -184,7 +184,6 @@ impl Reloader {
                 }
             }
         }
-        notifier.reload_refused(outcome.errors.first().map(String::as_str));
         inner
             .registry
             .set_reload_refused(outcome.errors.first().cloned());

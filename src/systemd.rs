@@ -37,9 +37,6 @@ pub struct Notifier {
     target: Option<Arc<Target>>,
     /// Wakes the status loop to re-read the set of endpoints (after a reload changed it).
     endpoints_changed: Arc<Notify>,
-    /// The first error of the last reload when it was refused; shown at the start of every
-    /// STATUS line until a reload succeeds.
-    refused: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 struct Target {
@@ -87,7 +84,6 @@ impl Notifier {
                 shown: path.to_owned(),
             })),
             endpoints_changed: Arc::default(),
-            refused: Arc::default(),
         })
     }
 
@@ -109,19 +105,16 @@ impl Notifier {
         self.send(&format!("READY=1\nSTATUS={}", self.line(registry)));
     }
 
-    /// Records the outcome of a reload: `Some(first error)` when it was refused, `None` when it
-    /// was applied. A refusal stays in the STATUS line until a later reload is applied.
-    pub fn reload_refused(&self, first_error: Option<&str>) {
-        // One line: a newline would end the STATUS= assignment.
-        let note = first_error.map(|e| truncate(&e.replace('\n', " "), MAX_REFUSAL));
-        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = note;
-    }
-
-    /// The STATUS line: the refused reload, if any, then the endpoint states.
+    /// The STATUS line: the refused reload ([`Registry::reload_refused`]: it stays until a
+    /// later reload is applied), if any, then the endpoint states.
     pub fn line(&self, registry: &Registry) -> String {
         let states = status_line(&registry.all());
-        match &*self.refused.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(why) => truncate(&format!("reload refused: {why}; {states}"), MAX_STATUS),
+        match registry.reload_refused() {
+            Some(why) => {
+                // One line: a newline would end the STATUS= assignment.
+                let why = truncate(&why.replace('\n', " "), MAX_REFUSAL);
+                truncate(&format!("reload refused: {why}; {states}"), MAX_STATUS)
+            }
             None => states,
         }
     }
