@@ -123,13 +123,9 @@ pub fn stderr_line(args: fmt::Arguments<'_>) {
         true if text.starts_with("warning: ") => "<4>",
         true => "<3>",
     };
-    if prefix.is_empty() {
-        let _ = io::stderr().lock().write_fmt(format_args!("{text}\n"));
-        return;
-    }
     // The journal reads each line as its own entry: every line carries the priority.
     let mut err = io::stderr().lock();
-    for line in text.lines() {
+    for line in text.split('\n') {
         let _ = err.write_fmt(format_args!("{prefix}{line}\n"));
     }
 }

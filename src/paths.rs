@@ -43,11 +43,6 @@ pub fn process_env() -> HashMap<String, String> {
         .collect()
 }
 
-/// Whether this process runs with the effective uid 0.
-pub fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 /// Whether this process uses the system places (`/etc`, `/run`, `/var/lib`) rather than the
 /// XDG ones: root does, and so does the service account, the user whose home is
 /// [`SYSTEM_STATE`] (as `systemd/ws-sidecar.sysusers.conf` creates it). So README's
