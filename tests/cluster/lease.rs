@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use ws_sidecar::cluster::lease::{LeaseError, LeaseEvent, Leases, RenewError};
 
+use crate::support::nats::NatsServer;
 use crate::support::with_timeout;
 use crate::{connect, start};
 
@@ -13,14 +14,22 @@ const TTL: Duration = Duration::from_secs(1);
 /// How long after the TTL the server may take to notice an expiry and say so.
 const EXPIRY_SLACK: Duration = Duration::from_secs(10);
 
+/// Two hosts' lease handles on one server (kept alive by the first value); `None` when there
+/// is no server binary.
+async fn two_hosts(test: &str) -> Option<(NatsServer, Leases, Leases)> {
+    let (server, js_a) = start(test).await?;
+    let a = Leases::open(&js_a, TTL).await.expect("open leases on a");
+    let b = Leases::open(&connect(&server).await, TTL)
+        .await
+        .expect("open leases on b");
+    Some((server, a, b))
+}
+
 #[tokio::test]
 async fn two_contenders_exactly_one_holds() {
-    let Some((server, js_a)) = start("two_contenders_exactly_one_holds").await else {
+    let Some((_server, a, b)) = two_hosts("two_contenders_exactly_one_holds").await else {
         return;
     };
-    let js_b = connect(&server).await;
-    let a = Leases::open(&js_a, TTL).await.expect("open leases on a");
-    let b = Leases::open(&js_b, TTL).await.expect("open leases on b");
     let (got_a, got_b) = with_timeout(Duration::from_secs(10), async {
         tokio::join!(a.acquire("prices", "host-a"), b.acquire("prices", "host-b"))
     })
@@ -44,14 +53,10 @@ async fn two_contenders_exactly_one_holds() {
 
 #[tokio::test]
 async fn the_holder_renews_and_keeps_it_past_several_ttls() {
-    let Some((server, js_a)) = start("the_holder_renews_and_keeps_it_past_several_ttls").await
+    let Some((_server, a, b)) = two_hosts("the_holder_renews_and_keeps_it_past_several_ttls").await
     else {
         return;
     };
-    let b = Leases::open(&connect(&server).await, TTL)
-        .await
-        .expect("open b");
-    let a = Leases::open(&js_a, TTL).await.expect("open a");
     let mut held = a
         .acquire("prices", "host-a")
         .await
@@ -83,15 +88,11 @@ async fn the_holder_renews_and_keeps_it_past_several_ttls() {
 
 #[tokio::test]
 async fn a_holder_that_stops_renewing_loses_it_and_the_other_takes_over() {
-    let Some((server, js_a)) =
-        start("a_holder_that_stops_renewing_loses_it_and_the_other_takes_over").await
+    let Some((_server, a, b)) =
+        two_hosts("a_holder_that_stops_renewing_loses_it_and_the_other_takes_over").await
     else {
         return;
     };
-    let a = Leases::open(&js_a, TTL).await.expect("open a");
-    let b = Leases::open(&connect(&server).await, TTL)
-        .await
-        .expect("open b");
     let acquired = Instant::now();
     let old = a
         .acquire("prices", "host-a")
@@ -137,14 +138,10 @@ async fn a_holder_that_stops_renewing_loses_it_and_the_other_takes_over() {
 
 #[tokio::test]
 async fn a_stale_holders_renew_is_lost_once_another_holds() {
-    let Some((server, js_a)) = start("a_stale_holders_renew_is_lost_once_another_holds").await
+    let Some((_server, a, b)) = two_hosts("a_stale_holders_renew_is_lost_once_another_holds").await
     else {
         return;
     };
-    let a = Leases::open(&js_a, TTL).await.expect("open a");
-    let b = Leases::open(&connect(&server).await, TTL)
-        .await
-        .expect("open b");
     let stale = a
         .acquire("prices", "host-a")
         .await
