@@ -303,6 +303,8 @@ def describe(out: pathlib.Path, r: dict) -> str:
     try:
         report = json.loads((out / r["reportfile"]).read_text())
         said = f"{report.get('result')} / {report.get('resultClose')}"
+        if report.get("wasNotCleanReason"):
+            said += f" ({report['wasNotCleanReason']})"
     except (OSError, KeyError, ValueError) as e:
         said = f"(no report: {e})"
     return f"{said} (close code {r.get('remoteCloseCode')}, {r.get('reportfile')})"
