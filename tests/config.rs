@@ -130,6 +130,7 @@ fn default_endpoint(url: &str) -> EndpointConfig {
         subscriptions: None,
         requests: None,
         framing: ws_sidecar::config::Framing::Json,
+        cluster: false,
     }
 }
 
@@ -162,6 +163,7 @@ fn minimal_file_loads_with_every_default() {
         limits: LimitsConfig {
             max_subscribers: 1024,
         },
+        cluster: None,
         endpoints: BTreeMap::from([(
             "prices".to_owned(),
             default_endpoint("wss://stream.example.com/prices"),

@@ -206,6 +206,7 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         subscriptions,
         requests,
         framing,
+        cluster: false,
     })
 }
 

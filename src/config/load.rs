@@ -323,6 +323,7 @@ fn read_config(r: &mut Report, tree: &Value, source: &Path, d: &Dirs) -> Option<
         http,
         store,
         limits,
+        cluster: None,
         endpoints,
     })
 }

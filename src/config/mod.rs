@@ -9,6 +9,7 @@
 //! secrets, users and files, `placeholder.rs` refuses config/example.toml's placeholders. This file is the shape the rest of the daemon reads.
 //! Everything here is checked before anything starts, so runtime code never re-validates.
 
+mod cluster;
 mod decode;
 mod dialogue;
 mod discovery;
@@ -31,6 +32,7 @@ mod template;
 pub mod units;
 pub(crate) mod value;
 
+pub use cluster::{ClusterConfig, ClusterRetention};
 pub use discovery::{Discovery, DiscoveryMethod, HttpDiscovery, UrlSource};
 pub use load::{load, load_lenient, load_str, ConfigError, Lenient};
 pub use placeholder::PLACEHOLDER;
@@ -65,6 +67,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub store: StoreConfig,
     pub limits: LimitsConfig,
+    /// `[cluster]`: the NATS JetStream shared by endpoints with `cluster = true`.
+    pub cluster: Option<ClusterConfig>,
     /// Endpoints by name; a BTreeMap so summaries and status lines are in a stable order.
     pub endpoints: BTreeMap<String, EndpointConfig>,
 }
@@ -181,6 +185,9 @@ pub struct EndpointConfig {
     pub requests: Option<RequestsConfig>,
     /// How text frames are packed: plain JSON, or Socket.IO packets.
     pub framing: Framing,
+    /// `cluster = true`: one upstream connection for the whole fleet sharing `[cluster]`,
+    /// every message through the endpoint's JetStream stream (`crate::cluster`).
+    pub cluster: bool,
 }
 
 /// `endpoints.NAME.framing`: what a text frame holds.
