@@ -25,6 +25,9 @@ pub struct Cursor {
     /// Wakes the cursor when the log grows; ends when the log is dropped.
     pub(super) changes: WatchStream<u64>,
     pub(super) ended: bool,
+    /// Opened on a mirror before its position was known: the `from_seq` asked for, until
+    /// [`Log::settle`] gives the start.
+    pub(super) unsettled: Option<Option<u64>>,
 }
 
 impl Cursor {
@@ -43,6 +46,9 @@ impl Cursor {
     /// Moves whatever is available (up to `max` items) into `out` without waiting. A cursor that
     /// fell out of the window gets a `SLOW_SUBSCRIBER` gap, or `Err` under the disconnect policy.
     pub fn try_read(&mut self, out: &mut Vec<Item>, max: usize) -> Result<(), Lagged> {
+        if !self.settle() {
+            return Ok(());
+        }
         out.append(&mut self.pending_gaps);
         let at = out.len();
         let r = self
@@ -102,7 +108,7 @@ impl Cursor {
     /// cursor, without reading anything: a writer whose client has stopped reading can notice
     /// while it waits for the socket. Never ready under the skip policy.
     pub fn poll_fell_behind(&mut self, cx: &mut Context<'_>) -> Poll<Lagged> {
-        if self.log.slow_policy != SlowPolicy::Disconnect || self.ended {
+        if self.log.slow_policy != SlowPolicy::Disconnect || self.ended || !self.settle() {
             return Poll::Pending;
         }
         loop {
@@ -119,6 +125,22 @@ impl Cursor {
                 Poll::Ready(Some(_)) => continue,
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+
+    /// True once this cursor has a start (always, except on a mirror not positioned yet).
+    fn settle(&mut self) -> bool {
+        let Some(from_seq) = self.unsettled else {
+            return true;
+        };
+        match self.log.settle(from_seq) {
+            Some((next, gaps)) => {
+                self.next = next;
+                self.pending_gaps = gaps;
+                self.unsettled = None;
+                true
+            }
+            None => false,
         }
     }
 

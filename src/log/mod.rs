@@ -20,6 +20,7 @@ use crate::filter::{self, Filter};
 
 mod cursor;
 mod entry;
+mod mirror;
 pub use cursor::Cursor;
 pub use entry::{Encoding, Entry};
 
@@ -124,6 +125,11 @@ pub struct Log {
     closed: AtomicBool,
     /// Seqs reserved before a crash that may never have been used (set once at start).
     restart_hole: std::sync::OnceLock<(u64, u64)>,
+    /// For a log that mirrors a stream (`mirror.rs`): the seq live cursors start at, set once
+    /// the stream's position is known. Cursors opened before wait for it.
+    positioned: std::sync::OnceLock<u64>,
+    /// Whether this log waits for [`Log::position`] before cursors get a start.
+    mirrors: AtomicBool,
 }
 
 impl Log {
@@ -177,6 +183,8 @@ impl Log {
             cached: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             restart_hole: std::sync::OnceLock::new(),
+            positioned: std::sync::OnceLock::new(),
+            mirrors: AtomicBool::new(false),
         })
     }
 
@@ -399,18 +407,18 @@ impl Log {
     pub fn subscribe(self: &Arc<Self>, from_seq: Option<u64>, filters: Vec<Filter>) -> Cursor {
         // Created before the position is read, so an append in between still wakes us.
         let changes = WatchStream::from_changes(self.last_seq.subscribe());
-        let (first, next_seq) = {
+        let (next, pending_gaps, unsettled) = {
             let w = self.lock();
-            let live = w.visible + 1;
-            (w.entries.front().map_or(live, |e| e.seq), live)
-        };
-        let (next, pending_gaps) = match from_seq {
-            None => (next_seq, Vec::new()),
-            Some(0) => (first, Vec::new()),
-            // Beyond the last seq (e.g. a client that kept a seq from another daemon): live.
-            Some(n) if n >= next_seq => (next_seq, Vec::new()),
-            Some(n) if n + 1 < first => (first, self.missing(n + 1, first - 1)),
-            Some(n) => (n + 1, Vec::new()),
+            if self.mirrors.load(Ordering::Acquire) && self.positioned.get().is_none() {
+                // A mirror whose position is not known yet: where this cursor starts is decided
+                // once it is (`Cursor::settle`).
+                (w.next_seq, Vec::new(), Some(from_seq))
+            } else {
+                // A mirror positioned but still empty has its next message at the position.
+                let live = (w.visible + 1).max(self.positioned.get().copied().unwrap_or(0));
+                let (next, gaps) = self.start_of(&w, from_seq, live);
+                (next, gaps, None)
+            }
         };
         self.cursors.fetch_add(1, Ordering::Relaxed);
         Cursor {
@@ -421,6 +429,21 @@ impl Log {
             keys: None,
             changes,
             ended: false,
+            unsettled,
+        }
+    }
+
+    /// Where a cursor asking for `from_seq` starts when `live` is the seq of the next message
+    /// to arrive, and the gaps it gets first.
+    fn start_of(&self, w: &Window, from_seq: Option<u64>, live: u64) -> (u64, Vec<Item>) {
+        let first = w.entries.front().map_or(live, |e| e.seq);
+        match from_seq {
+            None => (live, Vec::new()),
+            Some(0) => (first, Vec::new()),
+            // Beyond the last seq (e.g. a client that kept a seq from another daemon): live.
+            Some(n) if n >= live => (live, Vec::new()),
+            Some(n) if n + 1 < first => (first, self.missing(n + 1, first - 1)),
+            Some(n) => (n + 1, Vec::new()),
         }
     }
 

@@ -209,3 +209,101 @@ async fn read_waits_for_append() {
     assert_eq!(got, vec![1]);
     assert_eq!(log.subscribers(), 0);
 }
+
+fn at(log: &Log, seq: u64) -> bool {
+    log.append_at(
+        seq,
+        Kind::Text,
+        Bytes::from(format!("{seq}")),
+        0,
+        None,
+        None,
+    )
+}
+
+#[test]
+fn a_mirror_starts_cursors_opened_before_its_position_where_they_asked() {
+    let log = Log::mirror(&cfg(100, 1 << 20, SlowPolicy::Skip));
+    let mut live = log.subscribe(None, vec![]);
+    let mut from_502 = log.subscribe(Some(502), vec![]);
+    let mut whole = log.subscribe(Some(0), vec![]);
+    let mut out = vec![];
+    live.try_read(&mut out, 100).expect("no lag");
+    assert!(out.is_empty(), "nothing before the position: {out:?}");
+    // The stream ends at 505; seqs 500..=505 are read back to fill the window.
+    log.position(506);
+    for seq in 500..=505 {
+        assert!(at(&log, seq));
+    }
+    assert!(at(&log, 506));
+    live.try_read(&mut out, 100).expect("no lag");
+    assert_eq!(
+        seqs(&out),
+        vec![506],
+        "a live cursor sees no read-back entry"
+    );
+    out.clear();
+    from_502.try_read(&mut out, 100).expect("no lag");
+    assert_eq!(seqs(&out), vec![503, 504, 505, 506]);
+    out.clear();
+    whole.try_read(&mut out, 100).expect("no lag");
+    assert_eq!(seqs(&out), (500..=506).collect::<Vec<_>>());
+    out.clear();
+    // Opened after the position: as on any log.
+    let mut after = log.subscribe(Some(504), vec![]);
+    after.try_read(&mut out, 100).expect("no lag");
+    assert_eq!(seqs(&out), vec![505, 506]);
+}
+
+#[test]
+fn a_mirror_wakes_a_waiting_cursor_at_its_position() {
+    let log = Log::mirror(&cfg(100, 1 << 20, SlowPolicy::Skip));
+    let mut c = log.subscribe(None, vec![]);
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut out = vec![];
+    assert!(c.poll_read(&mut cx, &mut out, 10).is_pending());
+    log.position(7);
+    assert!(at(&log, 7));
+    assert!(matches!(
+        c.poll_read(&mut cx, &mut out, 10),
+        Poll::Ready(Ok(true))
+    ));
+    assert_eq!(seqs(&out), vec![7]);
+}
+
+#[test]
+fn append_at_ignores_old_seqs_and_shows_a_jump_as_the_gap_given() {
+    let log = Log::mirror(&cfg(100, 1 << 20, SlowPolicy::Skip));
+    log.position(10);
+    let mut c = log.subscribe(None, vec![]);
+    assert!(at(&log, 10));
+    assert!(!at(&log, 10), "a seq read twice is appended once");
+    assert!(!at(&log, 9));
+    let gap = IdBreak {
+        from: 11,
+        to: 19,
+        reason: GapReason::ReplayExpired,
+    };
+    assert!(log.append_at(
+        20,
+        Kind::Binary,
+        Bytes::from_static(b"x"),
+        0,
+        Some(gap),
+        None
+    ));
+    let mut out = vec![];
+    c.try_read(&mut out, 100).expect("no lag");
+    assert_eq!(seqs(&out), vec![10, 20]);
+    assert!(matches!(
+        out[1],
+        Item::Gap {
+            from: 11,
+            to: 19,
+            reason: GapReason::ReplayExpired
+        }
+    ));
+    assert_eq!(log.next_seq(), 21);
+    assert_eq!(log.last_seq(), 20);
+}
