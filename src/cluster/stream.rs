@@ -29,13 +29,91 @@ use async_nats::jetstream::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use std::sync::Arc;
+
 use super::{stream_name, subject};
+use crate::log::{GapReason, IdBreak, Kind};
 
 /// Header carrying a message's upstream id.
 pub const UPSTREAM_ID: &str = "Ws-Sidecar-Upstream-Id";
 
 /// Header carrying the term of the leader that wrote a message.
 pub const TERM: &str = "Ws-Sidecar-Term";
+
+/// Header marking a binary message (absent: text).
+pub const KIND: &str = "Ws-Sidecar-Kind";
+
+/// Header carrying when the leader received the message, Unix nanoseconds.
+pub const RECEIVED_AT: &str = "Ws-Sidecar-Received-At";
+
+/// Header carrying the shared-subscription key the message belongs to (`crate::share`).
+pub const KEY: &str = "Ws-Sidecar-Key";
+
+/// Header carrying a break in the upstream's ids before the message: `<REASON> <from> <to>`.
+pub const GAP: &str = "Ws-Sidecar-Gap";
+
+/// What a message carries besides its payload and upstream id, the same on every host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// A binary message (text otherwise), as the upstream sent it.
+    pub binary: bool,
+    /// When the leader received it, Unix nanoseconds; 0 when not said.
+    pub received_at: u64,
+    /// The shared-subscription key it was routed to.
+    pub key: Option<Arc<str>>,
+    /// A break in the upstream's ids just before it.
+    pub gap: Option<IdBreak>,
+}
+
+impl Meta {
+    /// The message's kind.
+    pub fn kind(&self) -> Kind {
+        if self.binary {
+            Kind::Binary
+        } else {
+            Kind::Text
+        }
+    }
+
+    fn write(&self, mut publish: PublishMessage) -> PublishMessage {
+        if self.binary {
+            publish = publish.header(KIND, "binary");
+        }
+        if self.received_at != 0 {
+            publish = publish.header(RECEIVED_AT, self.received_at.to_string());
+        }
+        if let Some(key) = &self.key {
+            publish = publish.header(KEY, key.as_ref());
+        }
+        if let Some(g) = &self.gap {
+            publish = publish.header(GAP, format!("{} {} {}", g.reason.as_str(), g.from, g.to));
+        }
+        publish
+    }
+
+    /// Reads what [`Meta::write`] wrote; a header it cannot read is left out, never an error,
+    /// so a message from a newer daemon still reaches subscribers.
+    fn read(headers: Option<&async_nats::HeaderMap>) -> Meta {
+        let Some(h) = headers else {
+            return Meta::default();
+        };
+        let gap = header(h, GAP).and_then(|g| {
+            let mut parts = g.split(' ');
+            let reason = GapReason::parse(parts.next()?)?;
+            let from = parts.next()?.parse().ok()?;
+            let to = parts.next()?.parse().ok()?;
+            Some(IdBreak { from, to, reason })
+        });
+        Meta {
+            binary: header(h, KIND).as_deref() == Some("binary"),
+            received_at: header(h, RECEIVED_AT)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0),
+            key: header(h, KEY).map(Arc::from),
+            gap,
+        }
+    }
+}
 
 /// How much of an endpoint's history the stream keeps: its replay window across the fleet.
 /// JetStream drops the oldest messages past any limit.
@@ -157,6 +235,8 @@ pub struct Entry {
     pub payload: Bytes,
     /// The upstream id stored with it.
     pub upstream_id: Option<String>,
+    /// Kind, receipt time, key and id break, as the leader wrote them.
+    pub meta: Meta,
 }
 
 /// An endpoint's stream. Cheap to clone.
@@ -328,6 +408,21 @@ impl Writer {
         payload: Bytes,
         upstream_id: Option<&str>,
     ) -> Result<Appended, AppendError> {
+        self.append_with(seq, payload, upstream_id, &Meta::default())
+            .await
+    }
+
+    /// [`append`](Self::append) with the message's [`Meta`].
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    pub async fn append_with(
+        &self,
+        seq: u64,
+        payload: Bytes,
+        upstream_id: Option<&str>,
+        meta: &Meta,
+    ) -> Result<Appended, AppendError> {
         let s = &self.stream;
         let mut publish = PublishMessage::build()
             .payload(payload)
@@ -337,6 +432,7 @@ impl Writer {
         if let Some(id) = upstream_id {
             publish = publish.header(UPSTREAM_ID, id);
         }
+        let publish = meta.write(publish);
         let ack = match s.js.send_publish(s.subject.clone(), publish).await {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
@@ -425,14 +521,14 @@ impl Reader {
             return Err(self.stream.expired(self.next, seq));
         }
         self.next = seq + 1;
-        let upstream_id = message
-            .headers
-            .as_ref()
-            .and_then(|h| header(h, UPSTREAM_ID));
+        let headers = message.headers.as_ref();
+        let upstream_id = headers.and_then(|h| header(h, UPSTREAM_ID));
+        let meta = Meta::read(headers);
         Ok(Entry {
             seq,
             payload: message.message.payload,
             upstream_id,
+            meta,
         })
     }
 }

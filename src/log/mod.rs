@@ -53,6 +53,19 @@ impl GapReason {
         matches!(self, GapReason::UpstreamGap | GapReason::UpstreamReset)
     }
 
+    /// The reason [`as_str`](Self::as_str) names.
+    pub fn parse(name: &str) -> Option<GapReason> {
+        [
+            GapReason::ReplayExpired,
+            GapReason::SlowSubscriber,
+            GapReason::UpstreamGap,
+            GapReason::DaemonRestart,
+            GapReason::UpstreamReset,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == name)
+    }
+
     /// The name used on both APIs and in metrics (proto enum value names).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ws_sidecar::cluster::stream::{
-    AppendError, Appended, EndpointStream, Entry, ReadError, Retention, Tail,
+    AppendError, Appended, EndpointStream, Entry, Meta, ReadError, Retention, Tail,
 };
+use ws_sidecar::log::{GapReason, IdBreak, Kind};
 
 use crate::support::with_timeout;
 use crate::{connect, start};
@@ -213,9 +214,52 @@ async fn a_reader_gets_seqs_payloads_and_upstream_ids_in_order() {
             seq,
             payload: payload(seq),
             upstream_id: (seq % 2 == 0 || seq == 25).then(|| id(seq)),
+            meta: Default::default(),
         })
         .collect();
     assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn kind_receipt_time_key_and_id_break_travel_with_the_message() {
+    let Some((_server, js)) = start("kind_receipt_time_key_and_id_break").await else {
+        return;
+    };
+    let s = EndpointStream::open(&js, "book", 1, &Retention::default())
+        .await
+        .expect("open");
+    let w = s.writer(1);
+    let meta = Meta {
+        binary: true,
+        received_at: 1_764_000_000_123_456_789,
+        key: Some("btcusdt@depth".into()),
+        gap: Some(IdBreak {
+            from: 41,
+            to: 43,
+            reason: GapReason::UpstreamGap,
+        }),
+    };
+    w.append_with(
+        1,
+        Bytes::from_static(&[0, 159, 146, 150]),
+        Some("44"),
+        &meta,
+    )
+    .await
+    .expect("append");
+    w.append(2, payload(2), None).await.expect("plain");
+    let mut reader = s.read_from(1).await.expect("read");
+    let first = with_timeout(WAIT, reader.next()).await.expect("first");
+    assert_eq!(first.meta, meta);
+    assert_eq!(first.meta.kind(), Kind::Binary);
+    assert_eq!(first.upstream_id.as_deref(), Some("44"));
+    let second = with_timeout(WAIT, reader.next()).await.expect("second");
+    assert_eq!(
+        second.meta,
+        Meta::default(),
+        "nothing said: text, no key, no break"
+    );
+    assert_eq!(second.meta.kind(), Kind::Text);
 }
 
 #[tokio::test]
