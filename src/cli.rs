@@ -254,6 +254,18 @@ fn shared_figures(e: &ws_sidecar::status::EndpointStatus) -> String {
     if e.confirm_depth > 0 {
         out.push_str(&format!(" confirming={}", e.confirm_depth));
     }
+    if let Some(c) = &e.cluster {
+        out.push_str(&format!(" role={} epoch={}", c.role, c.lease_epoch));
+        if c.role == "follower" && !c.leader.is_empty() {
+            out.push_str(&format!(" leader={}", c.leader));
+        }
+        if c.stream_lag > 0 {
+            out.push_str(&format!(" lag={}", c.stream_lag));
+        }
+        if !c.stepped_down.is_empty() {
+            out.push_str(&format!(" stepped_down=\"{}\"", c.stepped_down));
+        }
+    }
     out
 }
 

@@ -193,7 +193,7 @@ async fn run_in(
         stop.cancel();
         return Ok(());
     }
-    let daemon = crate::supervisor::Daemon::start(cfg, listeners, Some(store), stop.clone())?;
+    let daemon = crate::supervisor::Daemon::start(cfg, listeners, Some(store), None, stop.clone())?;
     let daemon_task = tokio::spawn(daemon.run_until_stopped());
 
     let target = crate::client::Target::Unix(grpc_path);

@@ -161,6 +161,8 @@ pub struct Endpoint {
     pub share: Arc<crate::share::Share>,
     /// The last hour's transitions, for the status page; `set_state` records them.
     pub history: crate::history::History,
+    /// The endpoint's part in the fleet (`crate::cluster`); `Standalone` unless `cluster = true`.
+    pub cluster: crate::cluster::slot::Slot,
 }
 
 /// The answer to one reset-resume request: the forgotten position, or why it failed.
@@ -196,10 +198,17 @@ impl Endpoint {
             let doc = serde_json::from_slice::<serde_json::Value>(data).ok()?;
             crate::share::key::extract(rule, &doc).map(|k| Arc::from(k.as_str()))
         };
-        let log = Log::restored_keyed(&config.replay, restored.seq_mark + 1, replay, key_of);
-        if let Some(hole) = restored.seq_hole {
-            log.set_restart_hole(hole);
-        }
+        // A clustered endpoint's seqs are its stream's: the log fills from there.
+        let log = if config.cluster {
+            Log::mirror(&config.replay)
+        } else {
+            let log = Log::restored_keyed(&config.replay, restored.seq_mark + 1, replay, key_of);
+            if let Some(hole) = restored.seq_hole {
+                log.set_restart_hole(hole);
+            }
+            log
+        };
+        let cluster = crate::cluster::slot::Slot::new(config.cluster);
         let key: Arc<str> = Arc::from(name.as_str());
         let outbox = Outbox::restored(
             config.outbox.clone(),
@@ -247,6 +256,7 @@ impl Endpoint {
             captures: Mutex::new(Some(Captures::restored(&restored.captures))),
             resume_resets: Mutex::new(Vec::new()),
             rate: RateLimit::new(config.rate_limit.clone()),
+            cluster,
             share,
             history,
             config: RwLock::new(Arc::new(config)),

@@ -406,10 +406,21 @@ async fn run(arg: Option<PathBuf>, activation: Option<ws_sidecar::systemd::Activ
         "ws-sidecar started; apps connect at {}",
         listeners.describe()
     );
+    let cluster = match cfg.cluster.as_ref() {
+        Some(c) => match ws_sidecar::cluster::Node::connect(c).await {
+            Ok(node) => Some(node),
+            Err(e) => {
+                fatal(format_args!("{e}"));
+                return exit::CONFIG;
+            }
+        },
+        None => None,
+    };
     let daemon = match ws_sidecar::supervisor::Daemon::start(
         cfg,
         listeners,
         Some(store),
+        cluster,
         shutdown.clone(),
     ) {
         Ok(d) => d,

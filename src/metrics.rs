@@ -80,6 +80,17 @@ pub const RATE_LIMITED: &str = "ws_sidecar_rate_limited_total";
 pub const RATE_LIMIT_WAIT: &str = "ws_sidecar_rate_limit_wait_seconds_total";
 /// Log lines dropped because stderr did not keep up (see `logging`).
 pub const LOG_LINES_DROPPED: &str = "ws_sidecar_log_lines_dropped_total";
+/// 1 while this daemon leads a clustered endpoint (holds its upstream connection), else 0.
+pub const CLUSTER_LEADER: &str = "ws_sidecar_cluster_leader";
+/// The lease epoch last seen for a clustered endpoint.
+pub const CLUSTER_LEASE_EPOCH: &str = "ws_sidecar_cluster_lease_epoch";
+/// Times a clustered endpoint's lease changed hands, as this daemon saw it.
+pub const CLUSTER_LEASE_CHANGES: &str = "ws_sidecar_cluster_lease_changes_total";
+/// Stream messages a clustered endpoint has not delivered locally yet.
+pub const CLUSTER_STREAM_LAG: &str = "ws_sidecar_cluster_stream_lag_messages";
+/// Time from an upstream message's arrival to the stream's ack of it, on the leader (a
+/// summary: `_sum` and `_count`).
+pub const CLUSTER_APPEND: &str = "ws_sidecar_cluster_append_duration_seconds";
 
 const STATES: [State; 5] = [
     State::Connecting,
@@ -88,6 +99,63 @@ const STATES: [State; 5] = [
     State::Failed,
     State::Closed,
 ];
+
+/// The fleet's figures (`crate::cluster`), for clustered endpoints.
+fn clustered(out: &mut Text, eps: &[std::sync::Arc<Endpoint>]) {
+    use crate::cluster::slot::Role;
+    let eps: Vec<_> = eps
+        .iter()
+        .filter(|ep| ep.cluster.is_clustered())
+        .cloned()
+        .collect();
+    if eps.is_empty() {
+        return;
+    }
+    out.per_endpoint(
+        &eps,
+        CLUSTER_LEADER,
+        "gauge",
+        "1 while this daemon leads the endpoint.",
+        |ep| {
+            Some(Value::Int(u64::from(
+                ep.cluster.status().role == Role::Leader,
+            )))
+        },
+    );
+    out.per_endpoint(
+        &eps,
+        CLUSTER_LEASE_EPOCH,
+        "gauge",
+        "The endpoint's lease epoch last seen.",
+        |ep| Some(Value::Int(ep.cluster.status().epoch)),
+    );
+    out.counter(
+        &eps,
+        CLUSTER_LEASE_CHANGES,
+        "Times the endpoint's lease changed hands.",
+        |ep| &ep.cluster.lease_changes,
+    );
+    out.per_endpoint(
+        &eps,
+        CLUSTER_STREAM_LAG,
+        "gauge",
+        "Stream messages not delivered locally yet.",
+        |ep| Some(Value::Int(ep.cluster.status().lag)),
+    );
+    out.family(
+        CLUSTER_APPEND,
+        "summary",
+        "Seconds from an upstream message's arrival to the stream's ack, on the leader.",
+    );
+    for ep in &eps {
+        let labels = [("endpoint", ep.name.as_str())];
+        let micros = ep.cluster.append_micros.load(Ordering::Relaxed);
+        let sum = format!("{CLUSTER_APPEND}_sum");
+        out.sample(&sum, &labels, Value::Float(micros as f64 / 1e6));
+        let count = format!("{CLUSTER_APPEND}_count");
+        out.sample(&count, &labels, load(&ep.cluster.appends));
+    }
+}
 
 /// The shared conversation's figures (`crate::share`), for endpoints that share one.
 fn shared(out: &mut Text, eps: &[std::sync::Arc<crate::endpoint::Endpoint>]) {
@@ -269,6 +337,7 @@ pub fn render(registry: &Registry) -> String {
         }
     }
     shared(&mut out, &eps);
+    clustered(&mut out, &eps);
     out.family(
         DECODE_FAILURES,
         "counter",

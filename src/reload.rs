@@ -89,6 +89,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// Stalls of the process, for every upstream task to check its connection after.
     stalls: Stalls,
+    /// The fleet connection, when `[cluster]` is configured.
+    cluster: Option<crate::cluster::Node>,
     /// Also serialises [`Reloader::apply`].
     state: tokio::sync::Mutex<Applied>,
     /// Serialises [`Reloader::reload_file`], so RELOADING=1 … READY=1 pairs never interleave.
@@ -110,10 +112,14 @@ impl Reloader {
         upstreams: TaskTracker,
         shutdown: CancellationToken,
         stalls: Stalls,
+        cluster: Option<crate::cluster::Node>,
     ) -> Reloader {
         let mut tasks = HashMap::new();
         for ep in registry.all() {
-            tasks.insert(ep.name.clone(), spawn(&upstreams, &shutdown, &stalls, ep));
+            tasks.insert(
+                ep.name.clone(),
+                spawn(&upstreams, &shutdown, &stalls, cluster.as_ref(), ep),
+            );
         }
         Reloader {
             inner: Arc::new(Inner {
@@ -124,6 +130,7 @@ impl Reloader {
                 upstreams,
                 shutdown,
                 stalls,
+                cluster,
                 state: tokio::sync::Mutex::new(Applied { config, tasks }),
                 reloading: tokio::sync::Mutex::new(()),
                 notifier: OnceLock::new(),
@@ -274,7 +281,13 @@ impl Reloader {
                             ep.set_config(effective.clone());
                             ep.set_restarting(false);
                             ep.set_state(State::Connecting, "config changed: reconnecting");
-                            let task = spawn(&inner.upstreams, &inner.shutdown, &inner.stalls, ep);
+                            let task = spawn(
+                                &inner.upstreams,
+                                &inner.shutdown,
+                                &inner.stalls,
+                                inner.cluster.as_ref(),
+                                ep,
+                            );
                             st.tasks.insert(name.clone(), task);
                         }
                         report.changed.push(name.clone());
@@ -289,7 +302,13 @@ impl Reloader {
                     let ep =
                         Endpoint::new(name.clone(), cfg.clone(), inner.store.clone(), restored);
                     inner.registry.insert(Arc::clone(&ep));
-                    let task = spawn(&inner.upstreams, &inner.shutdown, &inner.stalls, ep);
+                    let task = spawn(
+                        &inner.upstreams,
+                        &inner.shutdown,
+                        &inner.stalls,
+                        inner.cluster.as_ref(),
+                        ep,
+                    );
                     st.tasks.insert(name.clone(), task);
                     report.added.push(name.clone());
                     in_force.insert(name.clone(), cfg.clone());
@@ -378,10 +397,19 @@ fn spawn(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
     stalls: &Stalls,
+    cluster: Option<&crate::cluster::Node>,
     ep: Arc<Endpoint>,
 ) -> Task {
     let token = shutdown.child_token();
-    let handle = tracker.spawn(crate::upstream::run(ep, token.clone(), stalls.clone()));
+    let handle = match cluster.filter(|_| ep.config().cluster) {
+        Some(node) => tracker.spawn(crate::cluster::role::run(
+            ep,
+            node.clone(),
+            token.clone(),
+            stalls.clone(),
+        )),
+        None => tracker.spawn(crate::upstream::run(ep, token.clone(), stalls.clone())),
+    };
     Task { token, handle }
 }
 

@@ -38,6 +38,38 @@ pub struct EndpointStatus {
     /// Confirmed publishes waiting for the upstream's reply (`wait = confirmed`).
     #[serde(default)]
     pub confirm_depth: u64,
+    /// The endpoint's part in a fleet; `None` when it is not clustered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
+}
+
+/// A clustered endpoint's role, lease and lag (`crate::cluster::slot::ClusterStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// `joining`, `follower` or `leader`.
+    pub role: String,
+    /// The leader's `cluster.name`, empty when unknown.
+    pub leader: String,
+    /// The lease epoch last seen.
+    pub lease_epoch: u64,
+    /// Stream messages not delivered locally yet.
+    pub stream_lag: u64,
+    /// Why this daemon last stopped leading; empty if it never did.
+    pub stepped_down: String,
+}
+
+impl ClusterView {
+    fn of(ep: &Endpoint) -> Option<ClusterView> {
+        use crate::cluster::slot::Role;
+        let s = ep.cluster.status();
+        (s.role != Role::Standalone).then(|| ClusterView {
+            role: s.role.as_str().to_owned(),
+            leader: s.leader.unwrap_or_default(),
+            lease_epoch: s.epoch,
+            stream_lag: s.lag,
+            stepped_down: s.stepped_down.unwrap_or_default(),
+        })
+    }
 }
 
 impl EndpointStatus {
@@ -64,6 +96,7 @@ impl EndpointStatus {
             requests_in_flight: ep.share.in_flight() as u64,
             request_timeouts: ep.share.stats.timeouts.load(Ordering::Relaxed),
             confirm_depth: ep.share.confirm_depth() as u64,
+            cluster: ClusterView::of(ep),
         }
     }
 }
@@ -131,6 +164,13 @@ impl From<EndpointStatus> for proto::EndpointStatus {
             requests_in_flight: s.requests_in_flight,
             request_timeouts: s.request_timeouts,
             confirm_depth: s.confirm_depth,
+            cluster: s.cluster.map(|c| proto::ClusterRole {
+                role: c.role,
+                leader: c.leader,
+                lease_epoch: c.lease_epoch,
+                stream_lag: c.stream_lag,
+                stepped_down: c.stepped_down,
+            }),
         }
     }
 }
@@ -166,6 +206,13 @@ impl From<proto::EndpointStatus> for EndpointStatus {
             requests_in_flight: s.requests_in_flight,
             request_timeouts: s.request_timeouts,
             confirm_depth: s.confirm_depth,
+            cluster: s.cluster.map(|c| ClusterView {
+                role: c.role,
+                leader: c.leader,
+                lease_epoch: c.lease_epoch,
+                stream_lag: c.stream_lag,
+                stepped_down: c.stepped_down,
+            }),
         }
     }
 }

@@ -39,11 +39,13 @@ pub struct Daemon {
 
 impl Daemon {
     /// Restores every endpoint from `store`, starts it, and serves the given listeners until
-    /// `shutdown` is cancelled. Without a store everything stays in memory.
+    /// `shutdown` is cancelled. Without a store everything stays in memory. Clustered
+    /// endpoints go through `cluster` (required when the config has any).
     pub fn start(
         cfg: Config,
         listeners: Listeners,
         store: Option<Store>,
+        cluster: Option<crate::cluster::Node>,
         shutdown: CancellationToken,
     ) -> Result<Daemon, StoreError> {
         let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
@@ -70,6 +72,7 @@ impl Daemon {
             upstreams.clone(),
             shutdown.clone(),
             stalls.clone(),
+            cluster,
         );
         reloader.sockets_passed_for(listeners.passed_keys.clone());
         upstreams.close();

@@ -91,9 +91,14 @@ pub fn start_daemon(toml: &str, name: &str) -> Result<InProcess, String> {
             .map_err(|e| format!("bind: {e}"))?;
         let tcp = listeners.grpc_tcp_addr();
         let store = ws_sidecar::store::Store::open(&cfg.store.path).map_err(|e| e.to_string())?;
-        let daemon =
-            ws_sidecar::supervisor::Daemon::start(cfg, listeners, Some(store), shutdown.clone())
-                .map_err(|e| e.to_string())?;
+        let daemon = ws_sidecar::supervisor::Daemon::start(
+            cfg,
+            listeners,
+            Some(store),
+            None,
+            shutdown.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         let registry = Arc::clone(&daemon.registry);
         Ok::<_, String>((tokio::spawn(daemon.run_until_stopped()), registry, tcp))
     })?;

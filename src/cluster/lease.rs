@@ -93,6 +93,18 @@ impl Leases {
     /// [`LeaseError::TtlTooShort`] under 1 s, [`LeaseError::TtlMismatch`], or the server's
     /// refusal ([`LeaseError::Nats`], e.g. JetStream off, or a server older than 2.11).
     pub async fn open(js: &jetstream::Context, ttl: Duration) -> Result<Leases, LeaseError> {
+        Self::open_with(js, ttl, 1).await
+    }
+
+    /// [`open`](Self::open), creating the bucket with `replicas` copies (1, 3 or 5).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub async fn open_with(
+        js: &jetstream::Context,
+        ttl: Duration,
+        replicas: usize,
+    ) -> Result<Leases, LeaseError> {
         if ttl < Duration::from_secs(1) {
             return Err(LeaseError::TtlTooShort(ttl));
         }
@@ -105,7 +117,7 @@ impl Leases {
                     history: 1,
                     max_age: ttl,
                     storage: jetstream::stream::StorageType::File,
-                    num_replicas: 1,
+                    num_replicas: replicas,
                     // The markers themselves live one TTL: long enough for any watcher.
                     limit_markers: Some(ttl),
                     ..Default::default()
@@ -245,6 +257,20 @@ impl Held {
     /// The endpoint this lease is for.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Gives the lease up at once (a clean shutdown), so a follower need not wait for the TTL.
+    /// Deletes the key only if this holder's write is still the last one.
+    ///
+    /// # Errors
+    /// [`LeaseError::Nats`] when the server refused (someone else holds it) or did not answer;
+    /// the lease then ends at its TTL as usual.
+    pub async fn release(self) -> Result<(), LeaseError> {
+        self.leases
+            .kv
+            .delete_expect_revision(&self.endpoint, Some(self.epoch))
+            .await
+            .map_err(nats)
     }
 
     /// The latest instant this host may still act as leader without a confirmed renewal.

@@ -30,7 +30,12 @@
 //!   changes).
 
 pub mod lease;
+pub mod node;
+pub mod role;
+pub mod slot;
 pub mod stream;
+
+pub use node::Node;
 
 /// The NATS subject an endpoint's messages are stored under: `ws-sidecar.<endpoint>`.
 ///

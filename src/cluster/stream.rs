@@ -373,6 +373,7 @@ impl EndpointStream {
             stream: self.clone(),
             messages,
             next: seq,
+            pending: 0,
         })
     }
 
@@ -493,9 +494,17 @@ pub struct Reader {
     messages: pull::Ordered,
     /// The seq the next message must have.
     next: u64,
+    /// Messages in the stream after the last one read, as the server last said.
+    pending: u64,
 }
 
 impl Reader {
+    /// How many messages the stream held after the last one read, when it was delivered: the
+    /// reader's lag behind the stream.
+    pub fn pending(&self) -> u64 {
+        self.pending
+    }
+
     /// The next message; waits for it when the reader is at the end. Cancel-safe.
     ///
     /// # Errors
@@ -508,10 +517,9 @@ impl Reader {
                 Some(Err(e)) => return Err(self.stream.error(e).into()),
                 None => return Err(self.stream.error("the consumer ended").into()),
             };
-            let seq = message
-                .info()
-                .map_err(|e| self.stream.error(e))?
-                .stream_sequence;
+            let info = message.info().map_err(|e| self.stream.error(e))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            self.pending = pending;
             // An ordered consumer recreated after a hiccup may start again before `next`.
             if seq >= self.next {
                 break (message, seq);

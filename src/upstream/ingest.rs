@@ -248,6 +248,28 @@ impl Session<'_> {
                 return;
             }
         }
+        if ep.cluster.is_clustered() {
+            // The stream is the log: every host, this one included, reads it back from there.
+            let Some(leading) = ep.cluster.leading() else {
+                // The term just ended: the next leader resumes before this message.
+                return;
+            };
+            let upstream_id = self
+                .resume
+                .as_ref()
+                .map(|_| ep.last_upstream_id())
+                .filter(|id| !id.is_empty());
+            let meta = crate::cluster::stream::Meta {
+                binary: kind == Kind::Binary,
+                received_at: unix_nanos(),
+                key,
+                gap,
+            };
+            leading
+                .append(&ep.cluster, data, upstream_id.as_deref(), &meta)
+                .await;
+            return;
+        }
         Endpoint::count(&ep.stats.messages_received, 1);
         Endpoint::count(&ep.stats.bytes_received, data.len() as u64);
         let Some(store) = &ep.store else {

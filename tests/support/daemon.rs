@@ -75,9 +75,22 @@ pub async fn start_in(mut cfg: Config, dir: tempfile::TempDir) -> TestDaemon {
     let http = listeners.http_addr();
     let store = ws_sidecar::store::Store::open(&cfg.store.path).expect("open store");
     let shutdown = CancellationToken::new();
-    let daemon =
-        ws_sidecar::supervisor::Daemon::start(cfg, listeners, Some(store), shutdown.clone())
-            .expect("start daemon");
+    let cluster = match &cfg.cluster {
+        Some(c) => Some(
+            ws_sidecar::cluster::Node::connect(c)
+                .await
+                .expect("cluster client"),
+        ),
+        None => None,
+    };
+    let daemon = ws_sidecar::supervisor::Daemon::start(
+        cfg,
+        listeners,
+        Some(store),
+        cluster,
+        shutdown.clone(),
+    )
+    .expect("start daemon");
     let registry = Arc::clone(&daemon.registry);
     let reloader = daemon.reloader.clone();
     let task = tokio::spawn(daemon.run_until_stopped());

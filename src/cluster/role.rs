@@ -1,0 +1,398 @@
+//! The task of a clustered endpoint: join the fleet, feed the local log from the endpoint's
+//! stream for as long as the task runs, and hold the upstream connection only while this
+//! daemon holds the endpoint's lease.
+//!
+//! Every host's local log, the leader's included, is fed from the stream by one reader, so
+//! seqs, payloads and gaps are the same on every host, and nothing reaches a subscriber before
+//! the stream has it. The leader runs the ordinary upstream loop (`crate::upstream::run`);
+//! its inbound messages go to the stream through [`Leading`] instead of the local log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::lease::{Held, LeaseEvent, LeaseWatch, Leases, RenewError};
+use super::node::Node;
+use super::slot::{Leading, Role};
+use super::stream::{EndpointStream, ReadError};
+use crate::endpoint::{unix_nanos, Endpoint, State};
+use crate::log::{GapReason, IdBreak};
+use crate::stall::Stalls;
+
+/// Longest pause between attempts to reach NATS.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// Runs a clustered endpoint until `shutdown`; leaves it `closed`.
+pub async fn run(ep: Arc<Endpoint>, node: Node, shutdown: CancellationToken, stalls: Stalls) {
+    let span = tracing::info_span!("endpoint", endpoint = %ep.name);
+    async {
+        if let Some((stream, leases)) = join(&ep, &node, &shutdown).await {
+            let feeding = shutdown.child_token();
+            let feeder = tokio::spawn(feed(
+                Arc::clone(&ep),
+                stream.clone(),
+                start_of_feed(&ep, &stream).await,
+                feeding.clone(),
+            ));
+            while let Some(held) = follow(&ep, &node, &leases, &shutdown).await {
+                lead(&ep, &node, &stream, held, &shutdown, &stalls).await;
+            }
+            feeding.cancel();
+            let _ = feeder.await;
+        }
+        if !ep.is_restarting() {
+            ep.set_state(State::Closed, "shutting down");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Sleeps `delay` (doubling it up to [`MAX_RETRY`]); false when shut down meanwhile.
+async fn pause(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
+    let d = *delay;
+    *delay = (*delay * 2).min(MAX_RETRY);
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}
+
+/// Opens the lease bucket and the endpoint's stream, retrying until NATS answers.
+async fn join(
+    ep: &Endpoint,
+    node: &Node,
+    shutdown: &CancellationToken,
+) -> Option<(EndpointStream, Leases)> {
+    ep.cluster.set_role(Role::Joining, None, 0);
+    ep.set_state(State::Connecting, "joining the fleet through NATS");
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let opened = async {
+            let leases = node.leases().await.map_err(|e| e.to_string())?.clone();
+            let stream =
+                EndpointStream::open(node.js(), &ep.name, ep.log.next_seq(), &node.retention())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            Ok::<_, String>((stream, leases))
+        };
+        let opened = tokio::select! {
+            r = opened => r,
+            _ = shutdown.cancelled() => return None,
+        };
+        match opened {
+            Ok(joined) => return Some(joined),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot join the fleet yet; retrying");
+                ep.set_state(State::Connecting, format!("waiting for NATS: {e}"));
+                if !pause(&mut delay, shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Where the reader starts: on the first run, the replay window's worth before the stream's
+/// end (live subscribers start at the end); after a restart of the task, where the log is.
+async fn start_of_feed(ep: &Endpoint, stream: &EndpointStream) -> u64 {
+    if ep.log.is_positioned() {
+        return ep.log.next_seq();
+    }
+    let Ok((first, last)) = stream.bounds().await else {
+        // The reader retries and finds out; live from what it reads first.
+        return ep.log.next_seq();
+    };
+    let window = ep.config().replay.messages as u64;
+    ep.log.position(last + 1);
+    first.max((last + 1).saturating_sub(window))
+}
+
+/// Feeds the local log from the stream from `next` on until `stop`.
+async fn feed(ep: Arc<Endpoint>, stream: EndpointStream, mut next: u64, stop: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    let mut gap: Option<IdBreak> = None;
+    let expired = |next: u64, first: u64, had_any: bool| {
+        // Before anything was read there is nobody to tell: the window just starts later.
+        had_any.then_some(IdBreak {
+            from: next,
+            to: first.saturating_sub(1),
+            reason: GapReason::ReplayExpired,
+        })
+    };
+    loop {
+        let reader = tokio::select! {
+            r = stream.read_from(next) => r,
+            _ = stop.cancelled() => return,
+        };
+        let mut reader = match reader {
+            Ok(reader) => reader,
+            Err(ReadError::Expired {
+                first_available, ..
+            }) => {
+                gap = expired(next, first_available, ep.log.last_seq() > 0);
+                next = first_available;
+                continue;
+            }
+            Err(ReadError::Nats(e)) => {
+                tracing::warn!(error = %e, "cannot read the endpoint's stream; retrying");
+                if !pause(&mut delay, &stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let r = tokio::select! {
+                r = reader.next() => r,
+                _ = stop.cancelled() => return,
+            };
+            match r {
+                Ok(entry) => {
+                    delay = Duration::from_millis(200);
+                    let seq = entry.seq;
+                    let meta = entry.meta;
+                    let received_at = if meta.received_at == 0 {
+                        unix_nanos()
+                    } else {
+                        meta.received_at
+                    };
+                    let len = entry.payload.len() as u64;
+                    let gap = gap.take().or(meta.gap);
+                    if ep.log.append_at(
+                        seq,
+                        meta.kind(),
+                        entry.payload,
+                        received_at,
+                        gap,
+                        meta.key.clone(),
+                    ) {
+                        Endpoint::count(&ep.stats.messages_received, 1);
+                        Endpoint::count(&ep.stats.bytes_received, len);
+                    }
+                    ep.cluster.read_upto(seq);
+                    ep.cluster.stream_at(seq + reader.pending());
+                    // The leader's own upstream loop knows newer ids than its stream reader.
+                    if let Some(id) = entry.upstream_id {
+                        if ep.cluster.leading().is_none() {
+                            ep.set_last_upstream_id(id);
+                        }
+                    }
+                    next = seq + 1;
+                }
+                Err(ReadError::Expired {
+                    first_available, ..
+                }) => {
+                    gap = expired(next, first_available, true);
+                    next = first_available;
+                    break;
+                }
+                Err(ReadError::Nats(e)) => {
+                    tracing::warn!(error = %e, "the stream reader failed; reading again from seq {next}");
+                    if !pause(&mut delay, &stop).await {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Waits as a follower until this daemon acquires the lease; `None` on shutdown.
+async fn follow(
+    ep: &Endpoint,
+    node: &Node,
+    leases: &Leases,
+    shutdown: &CancellationToken,
+) -> Option<Held> {
+    let mut watch: Option<LeaseWatch> = None;
+    let mut delay = Duration::from_millis(200);
+    // A watch event can be lost while the client reconnects: try again at least this often.
+    let recheck = node.lease_ttl() / 2;
+    loop {
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        let tried = async {
+            if let Some(held) = leases.acquire(&ep.name, node.name()).await? {
+                return Ok(Some(held));
+            }
+            if let Some((holder, epoch)) = leases.holder(&ep.name).await? {
+                ep.cluster
+                    .set_role(Role::Follower, Some(holder.clone()), epoch);
+                if ep.state().state != State::Connected {
+                    ep.set_state(State::Connected, format!("following {holder} through NATS"));
+                }
+            }
+            if watch.is_none() {
+                watch = Some(leases.watch(&ep.name).await?);
+            }
+            Ok::<_, super::lease::LeaseError>(None)
+        };
+        let tried = tokio::select! {
+            r = tried => r,
+            _ = shutdown.cancelled() => return None,
+        };
+        match tried {
+            Ok(Some(held)) => return Some(held),
+            Ok(None) => delay = Duration::from_millis(200),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the lease; retrying");
+                ep.set_state(State::Connecting, format!("waiting for NATS: {e}"));
+                watch = None;
+                if !pause(&mut delay, shutdown).await {
+                    return None;
+                }
+                continue;
+            }
+        }
+        let event = async {
+            match watch.as_mut() {
+                Some(w) => w.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(recheck) => {}
+            e = event => match e {
+                Ok(LeaseEvent::Vacant) => tracing::info!("the lease is vacant; trying to take it"),
+                Ok(LeaseEvent::Held { holder, epoch }) => {
+                    ep.cluster.set_role(Role::Follower, Some(holder), epoch);
+                }
+                Err(_) => watch = None,
+            }
+        }
+    }
+}
+
+/// One term as leader: the upstream connection runs until the lease is lost, the stream
+/// fences this writer, or shutdown.
+async fn lead(
+    ep: &Arc<Endpoint>,
+    node: &Node,
+    stream: &EndpointStream,
+    held: Held,
+    shutdown: &CancellationToken,
+    stalls: &Stalls,
+) {
+    let tail = tokio::select! {
+        t = tokio::time::timeout_at(held.valid_until().into(), stream.tail()) => t,
+        _ = shutdown.cancelled() => return,
+    };
+    let (next, upstream_id) = match tail {
+        Ok(Ok(Some(tail))) => (tail.seq + 1, tail.upstream_id),
+        Ok(Ok(None)) => match stream.bounds().await {
+            Ok((first, _)) => (first, None),
+            Err(e) => return step_down(ep, None, format!("cannot read the stream: {e}")),
+        },
+        Ok(Err(e)) => return step_down(ep, None, format!("cannot read the stream: {e}")),
+        Err(_) => return step_down(ep, None, "the stream did not answer in time".into()),
+    };
+    tracing::info!(
+        epoch = held.epoch(),
+        next_seq = next,
+        resume_from = upstream_id.as_deref().unwrap_or(""),
+        "leading: taking the upstream connection"
+    );
+    // The upstream resumes from the stream's last id, not from what this host knew before.
+    let _ = ep.take_resume_memory();
+    ep.set_last_upstream_id(upstream_id.unwrap_or_default());
+    let lost = CancellationToken::new();
+    let leading = Arc::new(Leading::new(
+        stream.writer(held.term()),
+        next,
+        held.valid_until(),
+        lost.clone(),
+    ));
+    ep.cluster.set_leading(Some(Arc::clone(&leading)));
+    ep.cluster
+        .set_role(Role::Leader, Some(node.name().to_string()), held.epoch());
+    let upstream_token = shutdown.child_token();
+    let upstream = crate::upstream::run(Arc::clone(ep), upstream_token.clone(), stalls.clone());
+    let keeping = keep(ep, node, held, &leading);
+    tokio::pin!(upstream, keeping);
+    let mut kept = None;
+    tokio::select! {
+        _ = &mut upstream => {}
+        h = &mut keeping => {
+            kept = h;
+            // Not the end of the endpoint: no `closed` for subscribers.
+            let quiet = !shutdown.is_cancelled();
+            if quiet {
+                ep.set_restarting(true);
+            }
+            upstream_token.cancel();
+            upstream.await;
+            if quiet {
+                ep.set_restarting(false);
+            }
+        }
+    }
+    leading.end("shutting down".into());
+    ep.cluster.set_leading(None);
+    if kept.is_none() {
+        kept = keeping.await;
+    }
+    if shutdown.is_cancelled() {
+        // A clean stop hands over at once instead of after the TTL.
+        if let Some(held) = kept {
+            let _ = tokio::time::timeout(Duration::from_secs(2), held.release()).await;
+        }
+        return;
+    }
+    step_down(ep, Some(&leading), String::new());
+}
+
+/// Records the end of a term (or of an attempt at one) and goes back to following.
+fn step_down(ep: &Endpoint, leading: Option<&Leading>, why: String) {
+    let why = leading.and_then(Leading::why).unwrap_or(why);
+    tracing::warn!(reason = %why, "no longer leading this endpoint");
+    ep.cluster.stepped_down(why.clone());
+    ep.cluster.set_role(Role::Follower, None, 0);
+    ep.set_state(State::Connecting, format!("stepped down: {why}"));
+}
+
+/// Renews the lease every third of its TTL until the term ends. Returns the lease when the
+/// term ended for another reason (shutdown), `None` when the lease itself was lost.
+async fn keep(ep: &Endpoint, node: &Node, mut held: Held, leading: &Leading) -> Option<Held> {
+    let every = node.lease_ttl() / 3;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = leading.lost.cancelled() => return Some(held),
+        }
+        let deadline = held.valid_until();
+        let renewed = tokio::select! {
+            r = held.clone().renew() => r,
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                leading.end("the lease could not be renewed before it ran out".into());
+                return None;
+            }
+            _ = leading.lost.cancelled() => return Some(held),
+        };
+        match renewed {
+            Ok(h) => {
+                leading.renewed(h.valid_until());
+                ep.cluster
+                    .set_role(Role::Leader, Some(node.name().to_string()), h.epoch());
+                held = h;
+            }
+            Err(RenewError::Lost(lost)) => {
+                leading.end(lost.to_string());
+                return None;
+            }
+            Err(RenewError::Unconfirmed { source, held: h }) => {
+                tracing::warn!(error = %source, "lease renewal not confirmed; retrying");
+                if Instant::now() >= h.valid_until() {
+                    leading.end(format!("the lease could not be renewed: {source}"));
+                    return None;
+                }
+                held = *h;
+            }
+        }
+    }
+}

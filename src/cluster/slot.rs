@@ -1,0 +1,258 @@
+//! What an endpoint holds of the fleet: its role for status and metrics, and, while it leads,
+//! the writer every inbound message goes through before any subscriber sees it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::stream::{AppendError, Meta, Writer};
+
+/// An endpoint's part in the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not clustered (`cluster = false`).
+    Standalone,
+    /// Clustered, but NATS has not answered yet.
+    Joining,
+    /// Another daemon holds the upstream connection; messages come from the stream.
+    Follower,
+    /// This daemon holds the upstream connection and writes the stream.
+    Leader,
+}
+
+impl Role {
+    /// The name status and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Standalone => "standalone",
+            Role::Joining => "joining",
+            Role::Follower => "follower",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+/// A snapshot of an endpoint's role, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The role now.
+    pub role: Role,
+    /// The leader's name (`cluster.name` of the daemon holding the lease), when known.
+    pub leader: Option<String>,
+    /// The lease epoch (KV revision of the leader's last write) last seen; 0 when unknown.
+    pub epoch: u64,
+    /// Messages in the stream this daemon has not put in its local log yet.
+    pub lag: u64,
+    /// Why this daemon last stopped leading (lease lost, fenced by the stream), if it did.
+    pub stepped_down: Option<String>,
+}
+
+/// Per-endpoint cluster state; lives in `Endpoint` for the endpoint's whole life.
+pub struct Slot {
+    status: Mutex<ClusterStatus>,
+    leading: Mutex<Option<Arc<Leading>>>,
+    /// The stream's last seq, as last learnt (appends and reads).
+    stream_last: AtomicU64,
+    /// The last seq put in the local log.
+    read_last: AtomicU64,
+    /// Times the lease changed hands as this daemon saw it.
+    pub lease_changes: AtomicU64,
+    /// Appends acknowledged by the stream, and their total time in microseconds.
+    pub appends: AtomicU64,
+    /// See [`Slot::appends`].
+    pub append_micros: AtomicU64,
+}
+
+impl Slot {
+    /// A slot for an endpoint with `clustered` as its config says.
+    pub fn new(clustered: bool) -> Slot {
+        Slot {
+            status: Mutex::new(ClusterStatus {
+                role: if clustered {
+                    Role::Joining
+                } else {
+                    Role::Standalone
+                },
+                leader: None,
+                epoch: 0,
+                lag: 0,
+                stepped_down: None,
+            }),
+            leading: Mutex::new(None),
+            stream_last: AtomicU64::new(0),
+            read_last: AtomicU64::new(0),
+            lease_changes: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
+            append_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ClusterStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The role and what goes with it now.
+    pub fn status(&self) -> ClusterStatus {
+        let mut s = self.lock().clone();
+        let (stream, read) = (
+            self.stream_last.load(Ordering::Relaxed),
+            self.read_last.load(Ordering::Relaxed),
+        );
+        s.lag = stream.saturating_sub(read);
+        s
+    }
+
+    /// Whether the endpoint is clustered at all.
+    pub fn is_clustered(&self) -> bool {
+        self.lock().role != Role::Standalone
+    }
+
+    /// Records the role and the lease as last seen; a new epoch counts as a lease change.
+    pub fn set_role(&self, role: Role, leader: Option<String>, epoch: u64) {
+        let mut s = self.lock();
+        if epoch != 0 && epoch != s.epoch && (s.leader != leader || role != s.role) {
+            self.lease_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        s.role = role;
+        s.leader = leader;
+        if epoch != 0 {
+            s.epoch = epoch;
+        }
+    }
+
+    /// Records why this daemon stopped leading.
+    pub fn stepped_down(&self, why: String) {
+        self.lock().stepped_down = Some(why);
+    }
+
+    /// The stream reaches `seq` (an append landed, or a read saw it).
+    pub fn stream_at(&self, seq: u64) {
+        self.stream_last.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// The local log holds the stream up to `seq`.
+    pub fn read_upto(&self, seq: u64) {
+        self.read_last.fetch_max(seq, Ordering::Relaxed);
+        self.stream_at(seq);
+    }
+
+    /// The writer, while this daemon leads.
+    pub fn leading(&self) -> Option<Arc<Leading>> {
+        self.leading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Installs (or, with `None`, removes) the leader's writer.
+    pub fn set_leading(&self, leading: Option<Arc<Leading>>) {
+        *self.leading.lock().unwrap_or_else(|e| e.into_inner()) = leading;
+    }
+}
+
+/// The leader's side of one term: appends each inbound message at the next seq, and ends the
+/// term (through `lost`) when the stream refuses or the lease cannot be kept.
+pub struct Leading {
+    writer: Writer,
+    /// The seq the next append gets.
+    next: AtomicU64,
+    /// The lease's deadline as last renewed (see `Held::valid_until`), read by appends that
+    /// retry while NATS does not answer.
+    valid_until: Mutex<Instant>,
+    /// Cancelled when the term ends; the upstream connection closes with it.
+    pub lost: CancellationToken,
+    /// Why the term ended, first reason wins.
+    why: Mutex<Option<String>>,
+}
+
+/// Pause between retries of an append NATS did not answer.
+const RETRY: Duration = Duration::from_millis(100);
+
+impl Leading {
+    /// A term writing with `writer` from seq `next`, valid until `valid_until` unless renewed.
+    pub fn new(writer: Writer, next: u64, valid_until: Instant, lost: CancellationToken) -> Self {
+        Leading {
+            writer,
+            next: AtomicU64::new(next),
+            valid_until: Mutex::new(valid_until),
+            lost,
+            why: Mutex::new(None),
+        }
+    }
+
+    /// The lease was renewed until `until`.
+    pub fn renewed(&self, until: Instant) {
+        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+
+    fn deadline(&self) -> Instant {
+        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the term for `why` (kept if it is the first reason).
+    pub fn end(&self, why: String) {
+        {
+            let mut w = self.why.lock().unwrap_or_else(|e| e.into_inner());
+            if w.is_none() {
+                *w = Some(why);
+            }
+        }
+        self.lost.cancel();
+    }
+
+    /// Why the term ended, once it has.
+    pub fn why(&self) -> Option<String> {
+        self.why.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Appends one message at the next seq and waits for the stream's ack; the local log gets
+    /// it from the stream like every host's. Retries while NATS does not answer and the lease
+    /// is still valid. Returns the seq stored, or `None` when the term ended instead (the
+    /// message is then not delivered by this daemon; the next leader resumes before it).
+    pub async fn append(
+        &self,
+        slot: &Slot,
+        payload: Bytes,
+        upstream_id: Option<&str>,
+        meta: &Meta,
+    ) -> Option<u64> {
+        let seq = self.next.load(Ordering::Acquire);
+        let started = Instant::now();
+        loop {
+            if self.lost.is_cancelled() {
+                return None;
+            }
+            let attempt = tokio::select! {
+                r = self.writer.append_with(seq, payload.clone(), upstream_id, meta) => r,
+                _ = self.lost.cancelled() => return None,
+            };
+            match attempt {
+                Ok(_) => {
+                    self.next.store(seq + 1, Ordering::Release);
+                    slot.stream_at(seq);
+                    slot.appends.fetch_add(1, Ordering::Relaxed);
+                    slot.append_micros
+                        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    return Some(seq);
+                }
+                Err(e @ (AppendError::Fenced { .. } | AppendError::OutOfOrder { .. })) => {
+                    self.end(e.to_string());
+                    return None;
+                }
+                Err(AppendError::Nats(e)) => {
+                    if Instant::now() + RETRY >= self.deadline() {
+                        self.end(format!(
+                            "the stream did not take seq {seq} before the lease ran out: {e}"
+                        ));
+                        return None;
+                    }
+                    tracing::warn!(seq, error = %e, "append to the stream not confirmed; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+}
