@@ -315,11 +315,12 @@ async fn lead(
     let upstream = crate::upstream::run(Arc::clone(ep), upstream_token.clone(), stalls.clone());
     let keeping = keep(ep, node, held, &leading);
     tokio::pin!(upstream, keeping);
+    // `Some(lease or None)` once `keeping` finished: it must not be polled again.
     let mut kept = None;
     tokio::select! {
         _ = &mut upstream => {}
         h = &mut keeping => {
-            kept = h;
+            kept = Some(h);
             // Not the end of the endpoint: no `closed` for subscribers.
             let quiet = !shutdown.is_cancelled();
             if quiet {
@@ -334,9 +335,10 @@ async fn lead(
     }
     leading.end("shutting down".into());
     ep.cluster.set_leading(None);
-    if kept.is_none() {
-        kept = keeping.await;
-    }
+    let kept = match kept {
+        Some(h) => h,
+        None => keeping.await,
+    };
     if shutdown.is_cancelled() {
         // A clean stop hands over at once instead of after the TTL.
         if let Some(held) = kept {

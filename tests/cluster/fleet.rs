@@ -4,12 +4,15 @@
 
 use std::time::Duration;
 
+use ws_sidecar::cluster::lease::{Held, Leases, BUCKET};
+use ws_sidecar::cluster::slot::{ClusterStatus, Role};
+use ws_sidecar::cluster::stream::{AppendError, EndpointStream, Retention};
 use ws_sidecar::config::{ClusterConfig, ClusterRetention};
 use ws_sidecar::proto;
 
 use crate::support::daemon::{next_message, parse_config, start_with, subscribe, TestDaemon};
 use crate::support::nats::NatsServer;
-use crate::support::ticks::{tick_id, TickOptions};
+use crate::support::ticks::{tick_id, tick_message, TickOptions};
 use crate::support::upstream::FakeUpstream;
 
 /// Bounds every wait.
@@ -64,6 +67,27 @@ async fn take(s: &mut tonic::Streaming<proto::Event>, n: usize) -> Vec<(u64, u64
         ));
     }
     got
+}
+
+/// Messages as (seq, tick id) until one at `seq` or later, failing on any gap.
+async fn take_through(s: &mut tonic::Streaming<proto::Event>, seq: u64) -> Vec<(u64, u64)> {
+    let mut got = Vec::new();
+    while got.last().is_none_or(|m: &(u64, u64)| m.0 < seq) {
+        got.extend(take(s, 1).await);
+    }
+    got
+}
+
+/// Waits until `d` leads the endpoint.
+async fn leads(d: &TestDaemon) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while d.endpoint("ticks").cluster.status().role != Role::Leader {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never took the lead"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Seqs and ids both go up by one from message to message.
@@ -131,15 +155,16 @@ async fn a_stopped_leader_hands_over_and_every_subscriber_continues_without_hole
     })
     .await;
     let a = host(&server, &up, "host-a").await;
+    leads(&a).await;
     let b = host(&server, &up, "host-b").await;
     let mut on_b = subscribe(&mut b.grpc().await, "ticks", None).await;
     let before = take(&mut on_b, 50).await;
-    assert_eq!(role(&a).await, "leader");
     a.stop().await;
-    let after = take(&mut on_b, 100).await;
+    leads(&b).await;
+    // Past what host-a wrote: these come from host-b's own connection.
+    let after = take_through(&mut on_b, b.endpoint("ticks").log.last_seq() + 50).await;
     let all: Vec<_> = before.into_iter().chain(after).collect();
     assert_contiguous(&all, "host-b across the failover");
-    assert_eq!(role(&b).await, "leader");
     let attempts = up.attempts();
     assert_eq!(attempts.len(), 2, "one connection per leader: {attempts:?}");
     let second = &attempts[1];
@@ -149,4 +174,127 @@ async fn a_stopped_leader_hands_over_and_every_subscriber_continues_without_hole
         second.target
     );
     b.stop().await;
+}
+
+/// A partitioned old leader: the lease was taken from it (here by a test client playing the
+/// new leader) and the new leader wrote the next seq first. The old one, still connected
+/// upstream, cannot append a single message; it stops leading and its status says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_lease_was_taken_cannot_append_and_says_so() {
+    let Some(server) = NatsServer::start("a_leader_whose_lease_was_taken").await else {
+        return;
+    };
+    let up = FakeUpstream::start_ticking(TickOptions {
+        interval: Duration::from_millis(5),
+        ..TickOptions::default()
+    })
+    .await;
+    let a = host(&server, &up, "host-a").await;
+    let mut on_a = subscribe(&mut a.grpc().await, "ticks", None).await;
+    let before = take(&mut on_a, 20).await;
+    leads(&a).await;
+
+    // The new leader: takes the key out from under host-a and writes the next seq.
+    let (js, held) = steal_lease(&server).await;
+    let stream = EndpointStream::open(&js, "ticks", 1, &Retention::default())
+        .await
+        .expect("stream");
+    let writer = stream.writer(held.term());
+    let (fence_seq, fence_id) = loop {
+        let tail = stream.tail().await.expect("tail").expect("not empty");
+        let id: u64 = tail
+            .upstream_id
+            .as_deref()
+            .and_then(|i| i.parse().ok())
+            .expect("an upstream id");
+        let payload = bytes::Bytes::from(tick_message(id + 1));
+        match writer
+            .append(tail.seq + 1, payload, Some(&(id + 1).to_string()))
+            .await
+        {
+            Ok(_) => break (tail.seq + 1, id + 1),
+            // host-a got there first: try the next one.
+            Err(AppendError::Fenced { .. }) => continue,
+            Err(e) => panic!("append: {e}"),
+        }
+    };
+
+    let status = stepped_down(&a).await;
+    let why = status.stepped_down.unwrap_or_default();
+    assert!(why.contains("fenced"), "status says it was fenced: {why}");
+    assert_ne!(status.role.as_str(), "leader");
+    // Nothing of host-a's landed after the fence: the seq holds the new leader's message.
+    let mut reader = stream.read_from(fence_seq).await.expect("read");
+    let fenced = reader.next().await.expect("the fence");
+    assert_eq!(fenced.payload, tick_message(fence_id).as_bytes());
+
+    // The intruder never renews: its lease ages out, host-a leads again from the fence's id.
+    leads(&a).await;
+    let after = take_through(&mut on_a, a.endpoint("ticks").log.last_seq() + 40).await;
+    let all: Vec<_> = before.into_iter().chain(after).collect();
+    assert_contiguous(&all, "host-a across being fenced");
+    assert!(
+        all.contains(&(fence_seq, fence_id)),
+        "the fence is delivered: {all:?}"
+    );
+    a.stop().await;
+}
+
+/// Plays another host that takes the `ticks` lease from whoever holds it (as a partition
+/// that outlasted the TTL would let it): deletes the key and acquires it.
+async fn steal_lease(server: &NatsServer) -> (async_nats::jetstream::Context, Held) {
+    let js = crate::connect(server).await;
+    let kv = js.get_key_value(BUCKET).await.expect("lease bucket");
+    kv.delete("ticks").await.expect("delete the lease");
+    let leases = Leases::open(&js, TTL).await.expect("leases");
+    let held = leases
+        .acquire("ticks", "intruder")
+        .await
+        .expect("acquire")
+        .expect("vacant after the delete");
+    (js, held)
+}
+
+/// Waits until `d`'s endpoint has stepped down; its status then.
+async fn stepped_down(d: &TestDaemon) -> ClusterStatus {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = d.endpoint("ticks").cluster.status();
+        if s.stepped_down.is_some() && s.role != Role::Leader {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still leads: {s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A leader whose renewal is refused (someone else holds the key) closes its upstream
+/// connection within one renewal period and says why; it leads again once the lease is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_loses_its_lease_steps_down_and_says_so() {
+    let Some(server) = NatsServer::start("a_leader_that_loses_its_lease").await else {
+        return;
+    };
+    let up = FakeUpstream::start_ticking(TickOptions {
+        interval: Duration::from_millis(5),
+        ..TickOptions::default()
+    })
+    .await;
+    let a = host(&server, &up, "host-a").await;
+    let mut on_a = subscribe(&mut a.grpc().await, "ticks", None).await;
+    let before = take(&mut on_a, 20).await;
+    let (_js, _held) = steal_lease(&server).await;
+    let status = stepped_down(&a).await;
+    let why = status.stepped_down.unwrap_or_default();
+    assert!(
+        why.contains("lost"),
+        "status says the lease was lost: {why}"
+    );
+    // The intruder never renews: host-a takes the lease back and resumes where the stream is.
+    leads(&a).await;
+    let after = take_through(&mut on_a, a.endpoint("ticks").log.last_seq() + 40).await;
+    let all: Vec<_> = before.into_iter().chain(after).collect();
+    assert_contiguous(&all, "host-a across losing its lease");
+    assert_eq!(up.accepted(), 2, "a second connection after the step-down");
+    a.stop().await;
 }
