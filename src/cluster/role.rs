@@ -30,10 +30,11 @@ pub async fn run(ep: Arc<Endpoint>, node: Node, shutdown: CancellationToken, sta
     async {
         if let Some((stream, leases)) = join(&ep, &node, &shutdown).await {
             let feeding = shutdown.child_token();
+            let (from, live) = start_of_feed(&ep, &stream).await;
             let feeder = tokio::spawn(feed(
                 Arc::clone(&ep),
                 stream.clone(),
-                start_of_feed(&ep, &stream).await,
+                (from, live),
                 feeding.clone(),
             ));
             while let Some(held) = follow(&ep, &node, &leases, &shutdown).await {
@@ -95,23 +96,37 @@ async fn join(
     }
 }
 
-/// Where the reader starts: on the first run, the replay window's worth before the stream's
-/// end (live subscribers start at the end); after a restart of the task, where the log is.
-async fn start_of_feed(ep: &Endpoint, stream: &EndpointStream) -> u64 {
+/// Where the reader starts, and where live subscribers do (`None`: the log is positioned).
+/// On the first run the reader starts a replay window's worth before the stream's end, and
+/// live subscribers at the end; after a restart of the task, where the log is.
+async fn start_of_feed(ep: &Endpoint, stream: &EndpointStream) -> (u64, Option<u64>) {
     if ep.log.is_positioned() {
-        return ep.log.next_seq();
+        return (ep.log.next_seq(), None);
     }
     let Ok((first, last)) = stream.bounds().await else {
         // The reader retries and finds out; live from what it reads first.
-        return ep.log.next_seq();
+        return (ep.log.next_seq(), Some(ep.log.next_seq()));
     };
     let window = ep.config().replay.messages as u64;
-    ep.log.position(last + 1);
-    first.max((last + 1).saturating_sub(window))
+    (first.max((last + 1).saturating_sub(window)), Some(last + 1))
 }
 
-/// Feeds the local log from the stream from `next` on until `stop`.
-async fn feed(ep: Arc<Endpoint>, stream: EndpointStream, mut next: u64, stop: CancellationToken) {
+/// Feeds the local log from the stream from `next` on until `stop`. The log is positioned at
+/// `live` once everything before it was read back, so a subscriber asking for the whole
+/// window gets it, and a live one starts after it.
+async fn feed(
+    ep: Arc<Endpoint>,
+    stream: EndpointStream,
+    (mut next, mut live): (u64, Option<u64>),
+    stop: CancellationToken,
+) {
+    let mut position = |ep: &Endpoint, next: u64| {
+        if let Some(at) = live.filter(|at| next >= *at) {
+            ep.log.position(at);
+            live = None;
+        }
+    };
+    position(&ep, next);
     let mut delay = Duration::from_millis(200);
     let mut gap: Option<IdBreak> = None;
     let expired = |next: u64, first: u64, had_any: bool| {
@@ -134,6 +149,7 @@ async fn feed(ep: Arc<Endpoint>, stream: EndpointStream, mut next: u64, stop: Ca
             }) => {
                 gap = expired(next, first_available, ep.log.last_seq() > 0);
                 next = first_available;
+                position(&ep, next);
                 continue;
             }
             Err(ReadError::Nats(e)) => {
@@ -174,6 +190,7 @@ async fn feed(ep: Arc<Endpoint>, stream: EndpointStream, mut next: u64, stop: Ca
                     }
                     ep.cluster.read_upto(seq);
                     ep.cluster.stream_at(seq + reader.pending());
+                    position(&ep, seq + 1);
                     // The leader's own upstream loop knows newer ids than its stream reader.
                     if let Some(id) = entry.upstream_id {
                         if ep.cluster.leading().is_none() {
@@ -187,6 +204,7 @@ async fn feed(ep: Arc<Endpoint>, stream: EndpointStream, mut next: u64, stop: Ca
                 }) => {
                     gap = expired(next, first_available, true);
                     next = first_available;
+                    position(&ep, next);
                     break;
                 }
                 Err(ReadError::Nats(e)) => {
