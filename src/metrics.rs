@@ -328,6 +328,7 @@ pub fn render(registry: &Registry) -> String {
             ("duplicate", &ep.stats.duplicates_dropped),
             ("filtered", &ep.stats.filtered),
             ("dialogue", &ep.stats.dialogue_kept),
+            ("stream_max_payload", &ep.cluster.too_large),
         ] {
             out.sample(
                 DROPPED_MESSAGES,

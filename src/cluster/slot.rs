@@ -64,6 +64,8 @@ pub struct Slot {
     pub appends: AtomicU64,
     /// See [`Slot::appends`].
     pub append_micros: AtomicU64,
+    /// Upstream messages the stream could not take: larger than the server's `max_payload`.
+    pub too_large: AtomicU64,
 }
 
 impl Slot {
@@ -87,6 +89,7 @@ impl Slot {
             lease_changes: AtomicU64::new(0),
             appends: AtomicU64::new(0),
             append_micros: AtomicU64::new(0),
+            too_large: AtomicU64::new(0),
         }
     }
 
@@ -211,7 +214,8 @@ impl Leading {
     /// Appends one message at the next seq and waits for the stream's ack; the local log gets
     /// it from the stream like every host's. Retries while NATS does not answer and the lease
     /// is still valid. Returns the seq stored, or `None` when the term ended instead (the
-    /// message is then not delivered by this daemon; the next leader resumes before it).
+    /// message is then not delivered by this daemon; the next leader resumes before it) or
+    /// when the message is too large for the server (dropped, logged and counted).
     pub async fn append(
         &self,
         slot: &Slot,
@@ -237,6 +241,13 @@ impl Leading {
                     slot.append_micros
                         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                     return Some(seq);
+                }
+                Err(e @ AppendError::TooLarge { .. }) => {
+                    // No host can have it: going on (the seq stays free for the next message)
+                    // beats stepping down, which would only fetch it again.
+                    tracing::error!(error = %e, "upstream message dropped");
+                    slot.too_large.fetch_add(1, Ordering::Relaxed);
+                    return None;
                 }
                 Err(e @ (AppendError::Fenced { .. } | AppendError::OutOfOrder { .. })) => {
                     self.end(e.to_string());

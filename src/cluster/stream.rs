@@ -181,6 +181,17 @@ pub enum AppendError {
         /// The stream's last seq.
         last: u64,
     },
+    /// The message (payload and headers) is larger than the server's `max_payload` (1 MB
+    /// unless nats-server's config raises it, up to 64 MB): no retry can store it.
+    #[error("a message of {size} bytes for {endpoint} seq {seq} exceeds the NATS server's max_payload; raise max_payload in the nats-server config (up to 64 MB)")]
+    TooLarge {
+        /// The endpoint.
+        endpoint: String,
+        /// The seq this writer tried.
+        seq: u64,
+        /// The payload's size in bytes.
+        size: usize,
+    },
     /// The server refused otherwise or did not answer; the append may or may not have landed,
     /// and retrying the same seq is safe.
     #[error(transparent)]
@@ -425,6 +436,7 @@ impl Writer {
         meta: &Meta,
     ) -> Result<Appended, AppendError> {
         let s = &self.stream;
+        let size = payload.len();
         let mut publish = PublishMessage::build()
             .payload(payload)
             .message_id(format!("{}:{seq}:{}", s.endpoint, self.term))
@@ -451,6 +463,13 @@ impl Writer {
                 ))
                 .into()),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => self.refused(seq).await,
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                Err(AppendError::TooLarge {
+                    endpoint: s.endpoint.clone(),
+                    seq,
+                    size,
+                })
+            }
             Err(e) => Err(s.error(e).into()),
         }
     }

@@ -395,3 +395,25 @@ async fn the_stream_survives_a_server_restart() {
         Appended::Stored
     );
 }
+
+#[tokio::test]
+async fn a_message_over_the_servers_max_payload_is_refused_at_once_and_says_so() {
+    let Some((_server, js)) = start("a_message_over_the_servers_max_payload").await else {
+        return;
+    };
+    let s = EndpointStream::open(&js, "big", 1, &Retention::default())
+        .await
+        .expect("open");
+    let w = s.writer(1);
+    // nats-server's default max_payload is 1 MB.
+    let big = Bytes::from(vec![b'x'; 2 * 1024 * 1024]);
+    match with_timeout(WAIT, w.append(1, big, None)).await {
+        Err(AppendError::TooLarge { seq: 1, size, .. }) => assert_eq!(size, 2 * 1024 * 1024),
+        other => panic!("want TooLarge, got {other:?}"),
+    }
+    // The seq stays free for the next message.
+    assert_eq!(
+        w.append(1, payload(1), None).await.expect("small"),
+        Appended::Stored
+    );
+}
