@@ -91,6 +91,14 @@ fn check_no_secret_shown(mut cfg: Config) {
         }
         render_resume_frame(ep);
     }
+    if let Some(c) = &mut cfg.cluster {
+        for s in c.user.iter_mut().map(|(_, p)| p).chain(&mut c.token) {
+            if s.is_plain() {
+                *s = mark();
+                has_secret = true;
+            }
+        }
+    }
     let shown = format!("{}\n{}\n{cfg:?}", cfg.summary(), cfg.warnings().join("\n"));
     if has_secret {
         assert!(!shown.contains(MARK), "a secret is shown: {shown}");

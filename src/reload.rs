@@ -354,6 +354,7 @@ fn global_restart_keys(old: &Config, new: &Config) -> Vec<String> {
             old.limits.max_subscribers != new.limits.max_subscribers,
         ),
         ("log.format", old.log.format != new.log.format),
+        ("cluster", old.cluster != new.cluster),
     ]
     .into_iter()
     .filter(|(_, differs)| *differs)

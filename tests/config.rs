@@ -14,6 +14,8 @@ use ws_sidecar::config::{
 };
 use ws_sidecar::secret::Secret;
 
+#[path = "config/cluster.rs"]
+mod cluster;
 #[path = "config/discovery.rs"]
 mod discovery;
 #[path = "config/proxy.rs"]

@@ -143,8 +143,17 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
             }
         }
     }
+    let cluster = t.or(r, "cluster", boolean, false);
     let s = t.section(r, "replay");
+    let persist_at = s.path_of("persist");
     let replay = read_replay(r, s);
+    if cluster && replay.persist {
+        r.at(
+            &persist_at,
+            "not used with cluster = true: the cluster's stream is the persisted replay; \
+             remove replay.persist",
+        );
+    }
     let s = t.section(r, "outbox");
     let outbox = read_outbox(r, s);
     let mut s = t.section(r, "access");
@@ -206,7 +215,7 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
         subscriptions,
         requests,
         framing,
-        cluster: false,
+        cluster,
     })
 }
 

@@ -265,6 +265,10 @@ fn read_config(r: &mut Report, tree: &Value, source: &Path, d: &Dirs) -> Option<
         max_subscribers: t.or(r, "max_subscribers", at_least(1), 1024),
     };
     t.finish(r);
+    let cluster_node = top.get("cluster");
+    let cluster = cluster_node
+        .as_ref()
+        .and_then(|n| super::cluster::read_cluster(r, n));
 
     let mut endpoints = BTreeMap::new();
     let node = top.get("endpoints");
@@ -307,6 +311,7 @@ fn read_config(r: &mut Report, tree: &Value, source: &Path, d: &Dirs) -> Option<
                     "invalid endpoint name: use letters, digits, '_', '.' and '-'",
                 );
             }
+            super::cluster::check_endpoint(r, &node, cluster_node.is_some());
             if let Some(endpoint) = read_endpoint(r, &node) {
                 endpoints.insert(name, endpoint);
             }
@@ -323,7 +328,7 @@ fn read_config(r: &mut Report, tree: &Value, source: &Path, d: &Dirs) -> Option<
         http,
         store,
         limits,
-        cluster: None,
+        cluster,
         endpoints,
     })
 }

@@ -79,6 +79,29 @@ pub async fn resolve(cfg: &Config) -> Vec<String> {
             }
         }
     }
+    if let Some(c) = &cfg.cluster {
+        secrets.extend(
+            c.user
+                .as_ref()
+                .map(|(_, p)| ("cluster.password".to_owned(), p)),
+        );
+        secrets.extend(c.token.as_ref().map(|t| ("cluster.token".to_owned(), t)));
+        let (cert, key) = c.tls_client.as_ref().map(|(c, k)| (c, k)).unzip();
+        for (key, file) in [
+            ("tls_ca", c.tls_ca.as_ref()),
+            ("tls_cert", cert),
+            ("tls_key", key),
+        ] {
+            if let Some(path) = file {
+                if let Err(e) = std::fs::File::open(path) {
+                    problems.push((
+                        join_key("cluster", key),
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                }
+            }
+        }
+    }
     let resolved = futures_util::future::join_all(
         secrets
             .iter()

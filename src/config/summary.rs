@@ -4,8 +4,9 @@
 use super::units::{format_duration, format_size};
 use super::value::join_key;
 use super::{
-    AccessConfig, AuthConfig, AuthPlacement, Config, Discovery, EndpointConfig, IdKind, IdScope,
-    ListenAddr, LogFormat, Principal, ProxyConfig, RenewMode, SlowPolicy, TokenSource, UrlSource,
+    AccessConfig, AuthConfig, AuthPlacement, ClusterConfig, Config, Discovery, EndpointConfig,
+    IdKind, IdScope, ListenAddr, LogFormat, Principal, ProxyConfig, RenewMode, SlowPolicy,
+    TokenSource, UrlSource,
 };
 use crate::redact::{is_secret_name, redact_url, redact_url_with};
 use crate::secret::Secret;
@@ -85,6 +86,22 @@ impl Config {
                 }
             }
         }
+        if let Some(c) = &self.cluster {
+            if c.user.as_ref().is_some_and(|(_, p)| p.is_plain()) {
+                keys.push(("cluster.password".into(), PLAIN));
+            }
+            if c.token.as_ref().is_some_and(Secret::is_plain) {
+                keys.push(("cluster.token".into(), PLAIN));
+            }
+            if !self.endpoints.values().any(|ep| ep.cluster) {
+                owned.push((
+                    "cluster".into(),
+                    "no endpoint sets cluster = true: nothing is shared through these NATS \
+                     servers"
+                        .into(),
+                ));
+            }
+        }
         let source = self.source.display();
         keys.into_iter()
             .map(|(key, what)| (key, what.to_owned()))
@@ -134,6 +151,9 @@ impl Config {
             "limits    {} subscribers",
             self.limits.max_subscribers
         ));
+        if let Some(c) = &self.cluster {
+            cluster_summary(&mut out, c);
+        }
         for (name, ep) in &self.endpoints {
             out.push(String::new());
             endpoint_summary(&mut out, name, ep);
@@ -170,6 +190,14 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
     };
     out.push(format!("endpoint {name}  {shown}"));
     let mut line = |label: &str, text: String| out.push(format!("  {label:<12}{text}"));
+    if ep.cluster {
+        line(
+            "cluster",
+            "shared with the fleet: one upstream connection, every message through the \
+             cluster's stream"
+                .into(),
+        );
+    }
     if let UrlSource::Discover(d) = &ep.url {
         line("url", super::discovery::summary(d, secret_source));
     }
@@ -441,6 +469,63 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
         ),
     );
     line("access", access_summary(&ep.access));
+}
+
+/// `[cluster]`: servers, this daemon's name, the auth kind (where a secret comes from, never
+/// the secret), TLS files, lease and what the streams keep.
+fn cluster_summary(out: &mut Vec<String>, c: &ClusterConfig) {
+    let tls = if c.require_tls { ", TLS required" } else { "" };
+    out.push(format!("cluster   {}{tls}", c.servers.join(", ")));
+    let mut line = |text: String| out.push(format!("          {text}"));
+    line(format!(
+        "name {}, lease ttl {}, {} replica{}",
+        c.name,
+        format_duration(c.lease_ttl),
+        c.replicas,
+        if c.replicas == 1 { "" } else { "s" }
+    ));
+    let auth = match (&c.user, &c.token) {
+        (Some((user, password)), _) => {
+            format!("auth user {user}, password {}", secret_source(password))
+        }
+        (None, Some(token)) => format!("auth token {}", secret_source(token)),
+        (None, None) => "auth none".into(),
+    };
+    line(auth);
+    let mut tls_parts = Vec::new();
+    if let Some(ca) = &c.tls_ca {
+        tls_parts.push(format!("ca {}", ca.display()));
+    }
+    if let Some((cert, key)) = &c.tls_client {
+        tls_parts.push(format!(
+            "client cert {}, key {}",
+            cert.display(),
+            key.display()
+        ));
+    }
+    if !tls_parts.is_empty() {
+        line(format!("tls {}", tls_parts.join(", ")));
+    }
+    let ret = &c.retention;
+    let mut limits = Vec::new();
+    if let Some(n) = ret.max_messages {
+        limits.push(format!("{n} messages"));
+    }
+    if let Some(n) = ret.max_bytes {
+        limits.push(usize::try_from(n).map_or(format!("{n}B"), format_size));
+    }
+    if let Some(age) = ret.max_age {
+        limits.push(format!("{} old", format_duration(age)));
+    }
+    let limits = if limits.is_empty() {
+        "no limits".to_owned()
+    } else {
+        format!("at most {}", limits.join(" / "))
+    };
+    line(format!(
+        "retention {limits}, duplicate window {}",
+        format_duration(ret.duplicate_window)
+    ));
 }
 
 fn auth_summary(auth: &AuthConfig) -> String {

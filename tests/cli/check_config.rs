@@ -202,3 +202,79 @@ fn quiet_prints_the_verdict_and_the_journal_gets_priorities() {
     );
     assert!(lines[1].starts_with("<4>warning: "), "{err}");
 }
+
+/// `[cluster]` in check-config: an unused section and a password in clear text are warned
+/// about, its references and TLS files are resolved like an endpoint's, and the summary shows
+/// the cluster without its secrets.
+#[test]
+fn check_config_warns_about_and_summarises_the_cluster_without_its_secrets() {
+    let dir = support::temp_dir();
+    let path = write_config(
+        dir.path(),
+        r#"
+[endpoints.prices]
+url = "wss://stream.example.com/prices"
+
+[cluster]
+nats = "nats://nats-1.internal:4222"
+name = "web-1"
+user = "sidecar"
+password = "pw-s3cret"
+tls_ca = "missing-ca.pem"
+"#,
+    );
+    let out = check(dir.path(), &path, false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "warnings only:\n{err}");
+    let file = path.display();
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "warning: {file}: cluster.password: secret written in clear text; prefer \
+                 {{ env = \"VAR\" }}, {{ file = \"path\" }} or {{ command = [\"prog\"] }}"
+            ),
+            format!(
+                "warning: {file}: cluster: no endpoint sets cluster = true: nothing is shared \
+                 through these NATS servers"
+            ),
+            format!(
+                "warning: {file}: cluster.tls_ca: cannot read missing-ca.pem: No such file or \
+                 directory (os error 2)"
+            ),
+        ],
+        "{err}"
+    );
+    assert!(
+        stdout.contains("cluster   nats://nats-1.internal:4222\n")
+            && stdout.contains("auth user sidecar, password in the config file\n"),
+        "{stdout}"
+    );
+    assert!(!err.contains("pw-s3cret") && !stdout.contains("pw-s3cret"));
+
+    // Clustered, with the token from an unset variable: that is the only warning left.
+    std::fs::write(
+        &path,
+        "[endpoints.prices]\nurl = \"wss://stream.example.com/prices\"\ncluster = true\n\
+         [cluster]\nnats = \"nats://nats-1.internal:4222\"\n\
+         token = { env = \"WS_SIDECAR_TEST_UNSET_VAR\" }\n",
+    )
+    .expect("write");
+    let out = check(dir.path(), &path, false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [format!(
+            "warning: {file}: cluster.token: environment variable WS_SIDECAR_TEST_UNSET_VAR is \
+             not set"
+        )],
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("auth token from env WS_SIDECAR_TEST_UNSET_VAR\n")
+            && stdout.contains("  cluster     shared with the fleet"),
+        "{stdout}"
+    );
+}

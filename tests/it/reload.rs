@@ -475,3 +475,27 @@ async fn the_reload_rpc_applies_the_file_as_sighup_does_and_needs_publish_access
     }
     d.stop().await;
 }
+
+/// `[cluster]` is read when the daemon starts (its NATS client and leases live as long as the
+/// process): a reload that changes it names it as waiting for a restart, and leaves the
+/// endpoints that did not change alone.
+#[tokio::test]
+async fn a_changed_cluster_section_waits_for_a_restart() {
+    let up = FakeUpstream::start_with(|_, _| Reply::Accept).await;
+    let keep = format!("[endpoints.keep]\nurl = \"{}\"\n", up.url("/keep"));
+    let d = start_daemon(&keep).await;
+    let conn = up.next_accepted_within(T).await.expect("connects");
+    d.wait_state("keep", State::Connected, T).await;
+
+    let with_cluster = format!("{keep}[cluster]\nnats = \"nats://127.0.0.1:4222\"\n");
+    let report = d
+        .reloader
+        .apply(like_running(&d, &with_cluster))
+        .await
+        .expect("reload");
+    assert_eq!(report.need_restart, ["cluster"], "{report:?}");
+    assert_eq!(report.unchanged, ["keep"], "{report:?}");
+    assert!(!conn.is_closed());
+    assert_eq!(up.accepted(), 1);
+    d.stop().await;
+}
