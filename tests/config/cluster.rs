@@ -342,6 +342,24 @@ fn a_clustered_endpoint_needs_the_section_and_no_persisted_replay() {
 }
 
 #[test]
+fn a_clustered_endpoint_refuses_what_needs_the_leaders_connection() {
+    let text = format!(
+        "{MINIMAL}cluster = true\n[endpoints.prices.requests]\nid = \"/id\"\n\
+         [endpoints.prices.subscriptions]\nsubscribe = '{{\"sub\":\"{{{{key}}}}\",\"id\":{{{{id}}}}}}'\n\
+         key = \"/stream\"\n[cluster]\nnats = \"nats://h:4222\"\n"
+    );
+    let errs = errors(&text);
+    for key in ["subscriptions", "requests"] {
+        let want = format!(
+            "config.toml: endpoints.prices.{key}: not supported with cluster = true yet: only \
+             the fleet's leader holds the upstream connection, and apps on other hosts cannot \
+             reach it"
+        );
+        assert!(errs.contains(&want), "{key} refused: {errs:#?}");
+    }
+}
+
+#[test]
 fn a_section_no_endpoint_uses_is_a_warning_not_an_error() {
     let config = ok(&format!(
         "{MINIMAL}[cluster]\nnats = \"nats://h:4222\"\ntoken = {{ env = \"NATS_TOKEN\" }}\n"
