@@ -6,6 +6,7 @@
 mod support;
 
 mod lease;
+mod queue;
 mod stream;
 
 use async_nats::jetstream;
