@@ -29,8 +29,9 @@
 //!   fanned out, and a [`stream::AppendError::Fenced`] ends its leadership at once;
 //! - the follower's subscriber path: local subscribers read the stream through a
 //!   [`stream::Reader`] instead of the local log, and an expired seq maps to `REPLAY_EXPIRED`;
-//! - the publish work-queue: a per-endpoint work-queue stream that any host publishes into and
-//!   the leader drains into its outbox in order;
+//! - the publish path: every host's `Publish` goes to the [`queue::PublishQueue`], and the
+//!   leader takes the queue over at each term and drains it into its upstream writer, acking
+//!   each message after its frame was flushed (`docs/cluster.md`, "The outbox across failover");
 //! - status (role, lease epoch, stream lag) and metrics (publish-to-stream latency, lease
 //!   changes).
 
