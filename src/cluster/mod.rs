@@ -12,6 +12,11 @@
 //!   `Nats-Expected-Last-Sequence: seq-1`, so a second writer (a zombie leader) is refused
 //!   ([`stream::AppendError::Fenced`]) and a retry after a lost ack is deduplicated. A
 //!   [`stream::Reader`] replays from a seq, and says exactly when that seq has expired.
+//! - [`queue`]: the publish work-queue, one work-queue stream per endpoint (subject
+//!   `ws-sidecar-publish.<endpoint>`). Any host [`queue::PublishQueue::push`]es an app's publish
+//!   into it (its idempotency key as `Nats-Msg-Id`); the leader [`queue::PublishQueue::take_over`]s
+//!   the queue's one consumer and drains it in order, acking each message once it is done with
+//!   it, so what an old leader took but never acked comes again, first, to the next one.
 //!
 //! **Not wired yet, and no config key yet.** Nothing in the daemon calls this module: the
 //! endpoint/upstream loop, the APIs and the config do not know it exists. The `[cluster]`
@@ -24,13 +29,16 @@
 //!   fanned out, and a [`stream::AppendError::Fenced`] ends its leadership at once;
 //! - the follower's subscriber path: local subscribers read the stream through a
 //!   [`stream::Reader`] instead of the local log, and an expired seq maps to `REPLAY_EXPIRED`;
-//! - the publish work-queue: a per-endpoint work-queue stream that any host publishes into and
-//!   the leader drains into its outbox in order;
+//! - the publish path: every host's `Publish` goes to the [`queue::PublishQueue`], and the
+//!   leader takes the queue over at each term and drains it into its upstream writer, acking
+//!   each message after its frame was flushed (`docs/cluster.md`, "The outbox across failover");
 //! - status (role, lease epoch, stream lag) and metrics (publish-to-stream latency, lease
 //!   changes).
 
 pub mod lease;
+pub mod drain;
 pub mod node;
+pub mod queue;
 pub mod role;
 pub mod slot;
 pub mod stream;
@@ -43,6 +51,26 @@ pub use node::Node;
 /// subject; a `.` makes more tokens (`ws-sidecar.eu.prices`), which is still one exact subject.
 pub fn subject(endpoint: &str) -> String {
     format!("ws-sidecar.{endpoint}")
+}
+
+/// The NATS subject an endpoint's publish work-queue takes: `ws-sidecar-publish.<endpoint>`.
+///
+/// Its first token differs from [`subject`]'s (`ws-sidecar`), so no endpoint's publish subject
+/// can overlap any endpoint's log subject, whatever the names.
+pub fn publish_subject(endpoint: &str) -> String {
+    format!("ws-sidecar-publish.{endpoint}")
+}
+
+/// The JetStream stream name for an endpoint's publish work-queue: [`stream_name`] followed by
+/// `_publish`, e.g. `ws-sidecar-eu_dprices_publish`.
+///
+/// Not `-publish`: `-` is not escaped, so the log stream of an endpoint named `prices-publish`
+/// would be the queue of `prices`. A single `_` before a letter other than `d` never occurs in
+/// an escaped name, so no queue name is a log stream name, and queue names are one-to-one.
+pub fn publish_stream_name(endpoint: &str) -> String {
+    let mut name = stream_name(endpoint);
+    name.push_str("_publish");
+    name
 }
 
 /// The JetStream stream name for an endpoint: `ws-sidecar-<endpoint>` with `_` written `__` and
@@ -72,5 +100,44 @@ mod tests {
         assert_eq!(stream_name("eu_prices"), "ws-sidecar-eu__prices");
         assert_ne!(stream_name("eu_d"), stream_name("eu."));
         assert_eq!(subject("eu.prices"), "ws-sidecar.eu.prices");
+    }
+
+    #[test]
+    fn publish_stream_names_are_one_to_one_and_never_a_log_stream() {
+        assert_eq!(publish_stream_name("prices"), "ws-sidecar-prices_publish");
+        assert_eq!(
+            publish_stream_name("eu.prices"),
+            "ws-sidecar-eu_dprices_publish"
+        );
+        assert_ne!(publish_stream_name("eu_d"), publish_stream_name("eu."));
+        // The names a naive `-publish` or `_publish` suffix would share with a log stream.
+        for endpoint in ["prices", "prices-publish", "prices_publish", "prices_"] {
+            let queue = publish_stream_name(endpoint);
+            for other in [
+                "prices",
+                "prices-publish",
+                "prices_publish",
+                "prices_",
+                "prices__",
+            ] {
+                assert_ne!(queue, stream_name(other), "{endpoint} vs {other}");
+            }
+            assert!(!queue.contains('.'), "{queue}");
+        }
+    }
+
+    #[test]
+    fn publish_subjects_never_overlap_log_subjects() {
+        assert_eq!(publish_subject("eu.prices"), "ws-sidecar-publish.eu.prices");
+        // A log subject's first token is `ws-sidecar`, a publish subject's `ws-sidecar-publish`:
+        // no endpoint name (they hold no `*`, `>` or spaces) makes one equal the other.
+        for endpoint in ["publish", "publish.prices", "prices", "ws-sidecar-publish"] {
+            let first = |s: String| s.split('.').next().map(str::to_owned);
+            assert_eq!(first(subject(endpoint)).as_deref(), Some("ws-sidecar"));
+            assert_eq!(
+                first(publish_subject(endpoint)).as_deref(),
+                Some("ws-sidecar-publish")
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ mod support;
 mod crash;
 mod fleet;
 mod lease;
+mod queue;
 mod stream;
 
 use async_nats::jetstream;
