@@ -49,6 +49,15 @@ pub enum PublishError {
     Invalid(String),
     #[error(transparent)]
     Confirm(#[from] ConfirmError),
+    /// `wait = SENT` on a clustered endpoint: the message goes to the fleet's publish queue,
+    /// and the leader, maybe on another host, writes it upstream.
+    #[error("wait = SENT is not available on clustered endpoint {0:?}: the fleet's leader, possibly another host, sends it; publish with wait = STORED (acknowledged once in the fleet's publish queue)")]
+    FleetWait(String),
+    /// A clustered endpoint whose host has not reached NATS yet.
+    #[error("endpoint {0:?} has not joined its fleet yet (NATS not reached); try again")]
+    NotJoined(String),
+    #[error(transparent)]
+    Queue(#[from] crate::cluster::queue::QueueError),
 }
 
 impl PublishError {
@@ -63,6 +72,7 @@ impl PublishError {
                         | outbox::PublishError::TooLarge(_)
                         | outbox::PublishError::StoreFull(_)
                 ) | PublishError::Confirm(ConfirmError::Full { .. })
+                    | PublishError::Queue(crate::cluster::queue::QueueError::TooLarge { .. })
             ),
         }
     }
@@ -71,7 +81,9 @@ impl PublishError {
     pub fn code(&self) -> &'static str {
         match self {
             PublishError::NotFound(_) => "not_found",
-            PublishError::Failed(_) | PublishError::NotConfirmable(_) => "failed_precondition",
+            PublishError::Failed(_)
+            | PublishError::NotConfirmable(_)
+            | PublishError::FleetWait(_) => "failed_precondition",
             PublishError::InvalidText
             | PublishError::Invalid(_)
             | PublishError::Confirm(ConfirmError::NoIdPlace(_)) => "invalid_argument",
@@ -105,6 +117,17 @@ pub async fn publish(
     }
     if kind == Kind::Text && std::str::from_utf8(&data).is_err() {
         return Err(PublishError::InvalidText);
+    }
+    if ep.cluster.is_clustered() {
+        // Any host's apps publish into the fleet's queue; the leader drains it in order.
+        if wait_sent {
+            return Err(PublishError::FleetWait(ep.name.clone()));
+        }
+        let queue = ep
+            .cluster
+            .queue()
+            .ok_or_else(|| PublishError::NotJoined(ep.name.clone()))?;
+        return Ok(queue.push(kind, data, idempotency_key).await?.seq);
     }
     let (id, rx) = ep
         .outbox

@@ -35,8 +35,8 @@
 //! - status (role, lease epoch, stream lag) and metrics (publish-to-stream latency, lease
 //!   changes).
 
-pub mod lease;
 pub mod drain;
+pub mod lease;
 pub mod node;
 pub mod queue;
 pub mod role;

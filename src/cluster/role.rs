@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::lease::{Held, LeaseEvent, LeaseWatch, Leases, RenewError};
 use super::node::Node;
+use super::queue::PublishQueue;
 use super::slot::{Leading, Role};
 use super::stream::{EndpointStream, ReadError};
 use crate::endpoint::{unix_nanos, Endpoint, State};
@@ -73,10 +74,19 @@ async fn join(
     loop {
         let opened = async {
             let leases = node.leases().await.map_err(|e| e.to_string())?.clone();
-            let stream =
-                EndpointStream::open(node.js(), &ep.name, ep.log.next_seq(), &node.retention())
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let retention = node.retention();
+            let stream = EndpointStream::open(node.js(), &ep.name, ep.log.next_seq(), &retention)
+                .await
+                .map_err(|e| e.to_string())?;
+            let queue = PublishQueue::open(
+                node.js(),
+                &ep.name,
+                retention.replicas,
+                retention.duplicate_window,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            ep.cluster.set_queue(queue);
             Ok::<_, String>((stream, leases))
         };
         let opened = tokio::select! {
@@ -331,6 +341,17 @@ async fn lead(
         .set_role(Role::Leader, Some(node.name().to_string()), held.epoch());
     let upstream_token = shutdown.child_token();
     let upstream = crate::upstream::run(Arc::clone(ep), upstream_token.clone(), stalls.clone());
+    // The outbox is only the window of queued publishes this term has taken: what an earlier
+    // term took and did not send is still queued, and goes out in order through the drain.
+    forget_outbox(ep).await;
+    let draining = ep.cluster.queue().cloned().map(|q| {
+        tokio::spawn(super::drain::run(
+            Arc::clone(ep),
+            q,
+            held.term(),
+            Arc::clone(&leading),
+        ))
+    });
     let keeping = keep(ep, node, held, &leading);
     tokio::pin!(upstream, keeping);
     // `Some(lease or None)` once `keeping` finished: it must not be polled again.
@@ -352,6 +373,10 @@ async fn lead(
         }
     }
     leading.end("shutting down".into());
+    if let Some(d) = draining {
+        let _ = d.await;
+    }
+    forget_outbox(ep).await;
     ep.cluster.set_leading(None);
     let kept = match kept {
         Some(h) => h,
@@ -365,6 +390,19 @@ async fn lead(
         return;
     }
     step_down(ep, Some(&leading), String::new());
+}
+
+/// Empties the endpoint's outbox: on a clustered endpoint it holds only queued publishes,
+/// which stay in the fleet's queue until a leader has sent them.
+async fn forget_outbox(ep: &Endpoint) {
+    match ep.outbox.clear(None).await {
+        Ok(c) if c.messages > 0 => tracing::info!(
+            messages = c.messages,
+            "left the publishes taken from the fleet's queue to the next term"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot empty the outbox"),
+    }
 }
 
 /// Records the end of a term (or of an attempt at one) and goes back to following.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::queue::PublishQueue;
 use super::stream::{AppendError, Meta, Writer};
 
 /// An endpoint's part in the fleet.
@@ -66,6 +67,8 @@ pub struct Slot {
     pub append_micros: AtomicU64,
     /// Upstream messages the stream could not take: larger than the server's `max_payload`.
     pub too_large: AtomicU64,
+    /// The endpoint's publish work-queue, once the endpoint joined the fleet.
+    queue: std::sync::OnceLock<PublishQueue>,
 }
 
 impl Slot {
@@ -90,6 +93,7 @@ impl Slot {
             appends: AtomicU64::new(0),
             append_micros: AtomicU64::new(0),
             too_large: AtomicU64::new(0),
+            queue: std::sync::OnceLock::new(),
         }
     }
 
@@ -140,6 +144,16 @@ impl Slot {
     pub fn read_upto(&self, seq: u64) {
         self.read_last.fetch_max(seq, Ordering::Relaxed);
         self.stream_at(seq);
+    }
+
+    /// Where this host's apps publish to the endpoint; `None` until it joined the fleet.
+    pub fn queue(&self) -> Option<&PublishQueue> {
+        self.queue.get()
+    }
+
+    /// Records the endpoint's publish queue (the first one stays: it is the same stream).
+    pub fn set_queue(&self, queue: PublishQueue) {
+        let _ = self.queue.set(queue);
     }
 
     /// The writer, while this daemon leads.

@@ -8,6 +8,7 @@ mod support;
 mod crash;
 mod fleet;
 mod lease;
+mod publish;
 mod queue;
 mod stream;
 
