@@ -213,7 +213,7 @@ class GetStatusResponse(_message.Message):
     def __init__(self, endpoints: _Optional[_Iterable[_Union[EndpointStatus, _Mapping]]] = ..., reload_refused: _Optional[str] = ...) -> None: ...
 
 class EndpointStatus(_message.Message):
-    __slots__ = ("name", "url", "state", "reason", "since_unix_nanos", "last_seq", "reconnects", "messages_received", "subscribers", "outbox_depth", "rtt_micros", "auth_expires_at_unix_nanos", "last_upstream_id", "rate_limited", "rate_limit_wait_micros", "upstream_subscriptions", "requests_in_flight", "request_timeouts", "confirm_depth")
+    __slots__ = ("name", "url", "state", "reason", "since_unix_nanos", "last_seq", "reconnects", "messages_received", "subscribers", "outbox_depth", "rtt_micros", "auth_expires_at_unix_nanos", "last_upstream_id", "rate_limited", "rate_limit_wait_micros", "upstream_subscriptions", "requests_in_flight", "request_timeouts", "confirm_depth", "cluster")
     NAME_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +233,7 @@ class EndpointStatus(_message.Message):
     REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
     CONFIRM_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
     name: str
     url: str
     state: State
@@ -252,7 +253,22 @@ class EndpointStatus(_message.Message):
     requests_in_flight: int
     request_timeouts: int
     confirm_depth: int
-    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., state: _Optional[_Union[State, str]] = ..., reason: _Optional[str] = ..., since_unix_nanos: _Optional[int] = ..., last_seq: _Optional[int] = ..., reconnects: _Optional[int] = ..., messages_received: _Optional[int] = ..., subscribers: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., rtt_micros: _Optional[int] = ..., auth_expires_at_unix_nanos: _Optional[int] = ..., last_upstream_id: _Optional[str] = ..., rate_limited: _Optional[int] = ..., rate_limit_wait_micros: _Optional[int] = ..., upstream_subscriptions: _Optional[_Iterable[_Union[UpstreamSubscription, _Mapping]]] = ..., requests_in_flight: _Optional[int] = ..., request_timeouts: _Optional[int] = ..., confirm_depth: _Optional[int] = ...) -> None: ...
+    cluster: ClusterRole
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., state: _Optional[_Union[State, str]] = ..., reason: _Optional[str] = ..., since_unix_nanos: _Optional[int] = ..., last_seq: _Optional[int] = ..., reconnects: _Optional[int] = ..., messages_received: _Optional[int] = ..., subscribers: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., rtt_micros: _Optional[int] = ..., auth_expires_at_unix_nanos: _Optional[int] = ..., last_upstream_id: _Optional[str] = ..., rate_limited: _Optional[int] = ..., rate_limit_wait_micros: _Optional[int] = ..., upstream_subscriptions: _Optional[_Iterable[_Union[UpstreamSubscription, _Mapping]]] = ..., requests_in_flight: _Optional[int] = ..., request_timeouts: _Optional[int] = ..., confirm_depth: _Optional[int] = ..., cluster: _Optional[_Union[ClusterRole, _Mapping]] = ...) -> None: ...
+
+class ClusterRole(_message.Message):
+    __slots__ = ("role", "leader", "lease_epoch", "stream_lag", "stepped_down")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STREAM_LAG_FIELD_NUMBER: _ClassVar[int]
+    STEPPED_DOWN_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    leader: str
+    lease_epoch: int
+    stream_lag: int
+    stepped_down: str
+    def __init__(self, role: _Optional[str] = ..., leader: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., stream_lag: _Optional[int] = ..., stepped_down: _Optional[str] = ...) -> None: ...
 
 class UpstreamSubscription(_message.Message):
     __slots__ = ("key", "holders", "state")
