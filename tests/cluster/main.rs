@@ -29,3 +29,40 @@ async fn connect(server: &NatsServer) -> jetstream::Context {
         .unwrap_or_else(|e| panic!("connect to {}: {e}\n{}", server.url(), server.recent_log()));
     jetstream::new(client)
 }
+
+/// The `[cluster]` of a test fleet on `server`: this daemon's `name`, a 1 s lease (the shortest
+/// JetStream allows, so failovers are quick), one replica, no retention limits.
+fn cluster_config(server: &NatsServer, name: &str) -> ws_sidecar::config::ClusterConfig {
+    ws_sidecar::config::ClusterConfig {
+        servers: vec![server.url()],
+        name: name.to_string(),
+        user: None,
+        token: None,
+        tls_ca: None,
+        tls_client: None,
+        require_tls: false,
+        lease_ttl: std::time::Duration::from_secs(1),
+        replicas: 1,
+        retention: ws_sidecar::config::ClusterRetention {
+            max_messages: None,
+            max_bytes: None,
+            max_age: None,
+            duplicate_window: std::time::Duration::from_secs(120),
+        },
+    }
+}
+
+/// An in-process daemon named `name` with the endpoints of `toml`, `endpoint` clustered.
+async fn clustered_daemon(
+    server: &NatsServer,
+    toml: &str,
+    endpoint: &str,
+    name: &str,
+) -> support::daemon::TestDaemon {
+    let mut cfg = support::daemon::parse_config(toml);
+    cfg.cluster = Some(cluster_config(server, name));
+    if let Some(ep) = cfg.endpoints.get_mut(endpoint) {
+        ep.cluster = true;
+    }
+    support::daemon::start_with(cfg).await
+}

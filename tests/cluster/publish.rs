@@ -5,10 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ws_sidecar::cluster::slot::Role;
-use ws_sidecar::config::{ClusterConfig, ClusterRetention};
 use ws_sidecar::proto;
 
-use crate::support::daemon::{parse_config, start_with, TestDaemon};
+use crate::support::daemon::TestDaemon;
 use crate::support::nats::NatsServer;
 use crate::support::upstream::{FakeUpstream, Reply};
 
@@ -43,28 +42,7 @@ async fn host(server: &NatsServer, up: &FakeUpstream, name: &str) -> TestDaemon 
         "[endpoints.orders]\nurl = \"{}\"\n[endpoints.orders.backoff]\ninitial = \"20ms\"\nmin_delay = \"10ms\"\n",
         up.url("/orders")
     );
-    let mut cfg = parse_config(&toml);
-    cfg.cluster = Some(ClusterConfig {
-        servers: vec![server.url()],
-        name: name.to_string(),
-        user: None,
-        token: None,
-        tls_ca: None,
-        tls_client: None,
-        require_tls: false,
-        lease_ttl: Duration::from_secs(1),
-        replicas: 1,
-        retention: ClusterRetention {
-            max_messages: None,
-            max_bytes: None,
-            max_age: None,
-            duplicate_window: Duration::from_secs(120),
-        },
-    });
-    if let Some(ep) = cfg.endpoints.get_mut("orders") {
-        ep.cluster = true;
-    }
-    start_with(cfg).await
+    crate::clustered_daemon(server, &toml, "orders", name).await
 }
 
 async fn wait_role(d: &TestDaemon, role: Role) {
@@ -73,6 +51,15 @@ async fn wait_role(d: &TestDaemon, role: Role) {
         assert!(Instant::now() < deadline, "never {role:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// host-a leading, then host-b following.
+async fn leader_and_follower(server: &NatsServer, up: &FakeUpstream) -> (TestDaemon, TestDaemon) {
+    let a = host(server, up, "host-a").await;
+    wait_role(&a, Role::Leader).await;
+    let b = host(server, up, "host-b").await;
+    wait_role(&b, Role::Follower).await;
+    (a, b)
 }
 
 /// Publishes `{prefix}-0` … `{prefix}-{n-1}` one after another over gRPC, wait = STORED.
@@ -120,10 +107,7 @@ async fn publishes_from_every_host_reach_the_upstream_once_in_order_per_publishe
         return;
     };
     let (up, got) = recording().await;
-    let a = host(&server, &up, "host-a").await;
-    wait_role(&a, Role::Leader).await;
-    let b = host(&server, &up, "host-b").await;
-    wait_role(&b, Role::Follower).await;
+    let (a, b) = leader_and_follower(&server, &up).await;
     tokio::join!(publish_all(&a, "a", 100), publish_all(&b, "b", 100));
     let frames = upstream_got(&got, 200).await;
     assert_eq!(
@@ -169,10 +153,7 @@ async fn publishes_acknowledged_before_a_failover_all_reach_the_upstream_in_orde
         return;
     };
     let (up, got) = recording().await;
-    let a = host(&server, &up, "host-a").await;
-    wait_role(&a, Role::Leader).await;
-    let b = host(&server, &up, "host-b").await;
-    wait_role(&b, Role::Follower).await;
+    let (a, b) = leader_and_follower(&server, &up).await;
     publish_all(&b, "b", 50).await;
     a.stop().await;
     publish_all(&b, "c", 50).await;
