@@ -402,14 +402,29 @@ fn spawn(
     ep: Arc<Endpoint>,
 ) -> Task {
     let token = shutdown.child_token();
-    let handle = match cluster.filter(|_| ep.config().cluster) {
-        Some(node) => tracker.spawn(crate::cluster::role::run(
+    let handle = match (ep.config().cluster, cluster) {
+        (true, Some(node)) => tracker.spawn(crate::cluster::role::run(
             ep,
             node.clone(),
             token.clone(),
             stalls.clone(),
         )),
-        None => tracker.spawn(crate::upstream::run(ep, token.clone(), stalls.clone())),
+        // A reload turned `cluster` on in a daemon started without `[cluster]` (which waits
+        // for a restart): running it alone would hold a second upstream connection.
+        (true, None) => {
+            ep.set_state(
+                crate::endpoint::State::Failed,
+                "cluster = true needs the [cluster] section the daemon started with; restart it",
+            );
+            let stop = token.clone();
+            tracker.spawn(async move {
+                stop.cancelled().await;
+                if !ep.is_restarting() {
+                    ep.set_state(crate::endpoint::State::Closed, "shutting down");
+                }
+            })
+        }
+        (false, _) => tracker.spawn(crate::upstream::run(ep, token.clone(), stalls.clone())),
     };
     Task { token, handle }
 }

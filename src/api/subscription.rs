@@ -68,6 +68,17 @@ pub struct Subscription {
     /// The keys an `Attach` stream holds (released when the stream is dropped), and their
     /// state changes.
     holding: Option<(Holding, BroadcastStream<KeyEvent>)>,
+    /// What a clustered endpoint's stream has before the local window, read first.
+    history: Option<Replay>,
+}
+
+/// A replay from a clustered endpoint's stream, and where the cursor goes on after it.
+struct Replay {
+    items: crate::cluster::history::History,
+    /// The seq after the last item replayed.
+    next: u64,
+    /// The subscriber's filters, for the cursor made when the replay ends.
+    filters: Vec<Filter>,
 }
 
 impl Subscription {
@@ -85,6 +96,13 @@ impl Subscription {
         // Transitions are subscribed before the current state is read, so none is lost between.
         let states = BroadcastStream::new(ep.state_events());
         let first = ep.state();
+        // A clustered endpoint's stream reaches further back than its local window; the
+        // cursor is made where that replay ends.
+        let history = crate::cluster::history::older(&ep, from_seq, &filters).map(|h| Replay {
+            items: h,
+            next: from_seq.map_or(0, |n| n + 1),
+            filters: filters.clone(),
+        });
         let cursor = ep.log.subscribe(from_seq, filters);
         Ok(Subscription {
             endpoint: Arc::clone(&ep.key),
@@ -96,6 +114,7 @@ impl Subscription {
             done: false,
             _slot: slot,
             holding: None,
+            history,
             ep,
         })
     }
@@ -257,9 +276,30 @@ impl Stream for Subscription {
         }
         this.poll_states(cx);
         this.poll_keys(cx);
-        this.release_before(this.cursor.position());
+        if this.history.is_none() {
+            this.release_before(this.cursor.position());
+        }
         if let Some(ev) = this.ready.pop_front() {
             return Poll::Ready(Some(ev));
+        }
+        if let Some(replay) = this.history.as_mut() {
+            match replay.items.as_mut().poll_next(cx) {
+                Poll::Ready(Some(item)) => {
+                    replay.next = match &item {
+                        Item::Message(e) => e.seq + 1,
+                        Item::Gap { to, .. } => to + 1,
+                    };
+                    count_delivered(&this.ep, std::slice::from_ref(&item));
+                    return Poll::Ready(Some(SubEvent::Item(item)));
+                }
+                Poll::Ready(None) => {
+                    if let Some(r) = this.history.take() {
+                        let after = r.next.saturating_sub(1);
+                        this.cursor = this.ep.log.subscribe(Some(after), r.filters);
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
         this.scratch.clear();
         match this.cursor.poll_read(cx, &mut this.scratch, BATCH) {

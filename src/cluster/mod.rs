@@ -36,6 +36,7 @@
 //!   changes).
 
 pub mod drain;
+pub mod history;
 pub mod lease;
 pub mod node;
 pub mod queue;

@@ -87,6 +87,7 @@ async fn join(
             .await
             .map_err(|e| e.to_string())?;
             ep.cluster.set_queue(queue);
+            ep.cluster.set_stream(stream.clone());
             Ok::<_, String>((stream, leases))
         };
         let opened = tokio::select! {

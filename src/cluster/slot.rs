@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::PublishQueue;
-use super::stream::{AppendError, Meta, Writer};
+use super::stream::{AppendError, EndpointStream, Meta, Writer};
 
 /// An endpoint's part in the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,9 @@ pub struct Slot {
     pub too_large: AtomicU64,
     /// The endpoint's publish work-queue, once the endpoint joined the fleet.
     queue: std::sync::OnceLock<PublishQueue>,
+    /// The endpoint's stream, once the endpoint joined the fleet: replays older than the local
+    /// window read it (`history.rs`).
+    stream: std::sync::OnceLock<EndpointStream>,
 }
 
 impl Slot {
@@ -94,6 +97,7 @@ impl Slot {
             append_micros: AtomicU64::new(0),
             too_large: AtomicU64::new(0),
             queue: std::sync::OnceLock::new(),
+            stream: std::sync::OnceLock::new(),
         }
     }
 
@@ -154,6 +158,16 @@ impl Slot {
     /// Records the endpoint's publish queue (the first one stays: it is the same stream).
     pub fn set_queue(&self, queue: PublishQueue) {
         let _ = self.queue.set(queue);
+    }
+
+    /// The endpoint's stream; `None` until it joined the fleet.
+    pub fn stream(&self) -> Option<&EndpointStream> {
+        self.stream.get()
+    }
+
+    /// Records the endpoint's stream (the first one stays).
+    pub fn set_stream(&self, stream: EndpointStream) {
+        let _ = self.stream.set(stream);
     }
 
     /// The writer, while this daemon leads.

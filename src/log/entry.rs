@@ -48,6 +48,21 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A message read from elsewhere than a log (a clustered endpoint's stream, for a replay
+    /// older than the local window): its cached encodings are charged to no log's budget.
+    pub fn detached(
+        seq: u64,
+        received_at: u64,
+        kind: Kind,
+        data: Bytes,
+        upstream_gap: Option<IdBreak>,
+        key: Option<std::sync::Arc<str>>,
+    ) -> Entry {
+        let e = Entry::new(seq, received_at, kind, data, upstream_gap, key);
+        e.charged.store(EVICTED, Ordering::Release);
+        e
+    }
+
     pub(super) fn new(
         seq: u64,
         received_at: u64,

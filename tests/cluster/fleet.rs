@@ -31,8 +31,13 @@ async fn ticking() -> FakeUpstream {
 
 /// A daemon named `name` whose endpoint `ticks` is clustered, resuming `up` by `?since=`.
 async fn host(server: &NatsServer, up: &FakeUpstream, name: &str) -> TestDaemon {
+    host_with(server, up, name, "").await
+}
+
+/// [`host`] with more keys for the endpoint's table (`replay = …`).
+async fn host_with(server: &NatsServer, up: &FakeUpstream, name: &str, keys: &str) -> TestDaemon {
     let toml = format!(
-        "[endpoints.ticks]\nurl = \"{}\"\n[endpoints.ticks.backoff]\ninitial = \"20ms\"\nmin_delay = \"10ms\"\n[endpoints.ticks.resume]\nid_pointer = \"/id\"\nquery = \"since\"\n",
+        "[endpoints.ticks]\nurl = \"{}\"\n{keys}\n[endpoints.ticks.backoff]\ninitial = \"20ms\"\nmin_delay = \"10ms\"\n[endpoints.ticks.resume]\nid_pointer = \"/id\"\nquery = \"since\"\n",
         up.url("/feed")
     );
     crate::clustered_daemon(server, &toml, "ticks", name).await
@@ -335,4 +340,39 @@ async fn three_daemons_come_through_a_nats_restart_with_identical_feeds() {
     for h in hosts {
         h.stop().await;
     }
+}
+
+/// A host whose local window is small replays an older `from_seq` from the stream: every seq
+/// from there on, once, in order, through the window and live.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_from_seq_older_than_the_local_window_is_read_from_the_stream() {
+    let Some(server) = NatsServer::start("a_from_seq_older_than_the_local_window").await else {
+        return;
+    };
+    let up = ticking().await;
+    let a = host(&server, &up, "host-a").await;
+    let mut on_a = subscribe(&mut a.grpc().await, "ticks", Some(0)).await;
+    take(&mut on_a, 120).await;
+    let b = host_with(&server, &up, "host-b", "replay = { messages = 10 }").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(b.endpoint("ticks").log.is_positioned()
+        && b.endpoint("ticks").log.first_retained() > 20)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "host-b never filled its window"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut on_b = subscribe(&mut b.grpc().await, "ticks", Some(5)).await;
+    let got = take_through(&mut on_b, b.endpoint("ticks").log.last_seq() + 20).await;
+    assert_eq!(
+        got[0],
+        (6, 6),
+        "from the seq after from_seq: {:?}",
+        &got[..3]
+    );
+    assert_contiguous(&got, "host-b from the stream into its window");
+    a.stop().await;
+    b.stop().await;
 }

@@ -497,5 +497,19 @@ async fn a_changed_cluster_section_waits_for_a_restart() {
     assert_eq!(report.unchanged, ["keep"], "{report:?}");
     assert!(!conn.is_closed());
     assert_eq!(up.accepted(), 1);
+
+    // Turning `cluster` on waits for that restart too: run alone, the endpoint would hold a
+    // connection of its own beside the fleet's leader.
+    let clustered = format!(
+        "[endpoints.keep]\nurl = \"{}\"\ncluster = true\n[cluster]\nnats = \"nats://127.0.0.1:4222\"\n",
+        up.url("/keep")
+    );
+    d.reloader
+        .apply(like_running(&d, &clustered))
+        .await
+        .expect("reload");
+    let failed = d.wait_state("keep", State::Failed, T).await;
+    assert!(failed.reason.contains("restart"), "{failed:?}");
+    assert_eq!(up.accepted(), 1, "no connection of its own");
     d.stop().await;
 }
