@@ -14,9 +14,9 @@
 //! clustered runs, a fresh nats-server. Scenarios, interleaved in every repetition:
 //! - `L`: one standalone daemon, one gRPC-UDS subscriber; the upstream sends 64 B binary
 //!   messages open-loop at `--rate`; end-to-end latency upstream send → subscriber receive.
-//! - `C-leader` / `C-follower` (one run): two daemons with `[cluster]` (lease_ttl 1 s, replicas
-//!   1) and `cluster = true` on the endpoint; host-a starts first and leads, host-b follows. One
-//!   gRPC-UDS subscriber on each, same rate. Added latency = this run's percentile minus the
+//! - `C-leader` / `C-follower` (one run): two daemons with `[cluster]` (lease_ttl 1 s,
+//!   replicas 1) and `cluster = true` on the endpoint; host-a starts first and leads, host-b
+//!   follows. One gRPC-UDS subscriber on each, same rate. Added latency = this run's percentile minus the
 //!   same repetition's `L` percentile.
 //! - `T-local`: `L`'s set-up, the upstream flat out (`10 × --count` messages): the local ceiling.
 //! - `T-leader` / `T-follower` (one run): `C`'s set-up, the upstream flat out (`--count`

@@ -27,6 +27,7 @@ pub fn start(base: &Path, urls: &[String], replay: u64) -> Result<Daemon, String
 
 /// [`start`] with `global` appended to the config's top-level tables (e.g. a `[cluster]`) and
 /// `endpoint` to every endpoint's table (e.g. `cluster = true`); `benches/cluster.rs` uses it.
+#[allow(dead_code)]
 pub fn start_with(
     base: &Path,
     urls: &[String],
@@ -118,7 +119,8 @@ impl Daemon {
         })
     }
 
-    /// The daemon's endpoints.
+    /// The daemon's endpoints (`benches/cluster.rs`; fanout.rs does not use it).
+    #[allow(dead_code)]
     pub fn registry(&self) -> &std::sync::Arc<ws_sidecar::registry::Registry> {
         &self.registry
     }
