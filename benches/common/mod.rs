@@ -91,11 +91,20 @@ pub fn start_daemon(toml: &str, name: &str) -> Result<InProcess, String> {
             .map_err(|e| format!("bind: {e}"))?;
         let tcp = listeners.grpc_tcp_addr();
         let store = ws_sidecar::store::Store::open(&cfg.store.path).map_err(|e| e.to_string())?;
+        // As main.rs does: clustered endpoints need the fleet's NATS client (benches/cluster.rs).
+        let cluster = match &cfg.cluster {
+            Some(c) => Some(
+                ws_sidecar::cluster::Node::connect(c)
+                    .await
+                    .map_err(|e| format!("cluster client: {e}"))?,
+            ),
+            None => None,
+        };
         let daemon = ws_sidecar::supervisor::Daemon::start(
             cfg,
             listeners,
             Some(store),
-            None,
+            cluster,
             shutdown.clone(),
         )
         .map_err(|e| e.to_string())?;

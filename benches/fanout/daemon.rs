@@ -22,6 +22,19 @@ pub struct Daemon {
 /// Starts a daemon whose endpoints are `bench` (first URL), `bench1`, `bench2`, … with a replay
 /// window of `replay` messages, so flat-out subscribers are never skipped past the window.
 pub fn start(base: &Path, urls: &[String], replay: u64) -> Result<Daemon, String> {
+    start_with(base, urls, replay, "", "")
+}
+
+/// [`start`] with `global` appended to the config's top-level tables (e.g. a `[cluster]`) and
+/// `endpoint` to every endpoint's table (e.g. `cluster = true`); `benches/cluster.rs` uses it.
+#[allow(dead_code)]
+pub fn start_with(
+    base: &Path,
+    urls: &[String],
+    replay: u64,
+    global: &str,
+    endpoint: &str,
+) -> Result<Daemon, String> {
     let dir = tempfile::Builder::new()
         .prefix("fanout-")
         .tempdir_in(base)
@@ -44,6 +57,7 @@ max_subscribers = 8192
 "#,
         d = d.display()
     );
+    toml.push_str(global);
     let mut names = Vec::new();
     for (i, url) in urls.iter().enumerate() {
         let name = if i == 0 {
@@ -55,6 +69,7 @@ max_subscribers = 8192
             r#"
 [endpoints.{name}]
 url = "{url}"
+{endpoint}
 [endpoints.{name}.heartbeat]
 ping_interval = "60s"
 pong_timeout = "30s"
@@ -102,6 +117,12 @@ impl Daemon {
             }
             Ok(())
         })
+    }
+
+    /// The daemon's endpoints (`benches/cluster.rs`; fanout.rs does not use it).
+    #[allow(dead_code)]
+    pub fn registry(&self) -> &std::sync::Arc<ws_sidecar::registry::Registry> {
+        &self.registry
     }
 
     pub fn stop(self) -> Result<(), String> {
