@@ -190,6 +190,13 @@ async fn sighup_reloads_between_reloading_and_ready_and_refuses_an_invalid_file(
         .await;
     let b = up.next_accepted_within(T).await.expect("b connects");
     assert_eq!(b.uri().path(), "/b");
+    // The upstream accepting is not yet the daemon calling it connected: the STATUS= after the
+    // refused reload below reports the states of that moment, and once said "1 connecting".
+    notes
+        .wait_for("STATUS with both endpoints connected", |m| {
+            m.starts_with("STATUS=") && m.ends_with("2 endpoints: 2 connected")
+        })
+        .await;
 
     // An invalid file changes nothing and the daemon stays up.
     write_config(
