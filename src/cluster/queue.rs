@@ -17,6 +17,7 @@
 //!   [`Drain`] and its acks fail with [`QueueError::TakenOver`] once the consumer is gone, and
 //!   a `take_over` by an older term than the consumer's is refused the same way.
 
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use std::time::Duration;
 
 use async_nats::jetstream::{
@@ -526,44 +527,19 @@ fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-/// An idempotency key as a header value, one-to-one: `%`, space and control characters are
-/// percent-encoded. A raw `\r` or `\n` would make async-nats panic, and the server trims
-/// leading and trailing blanks, so `"a"` and `" a"` would be one key.
+/// What [`encode_key`] escapes besides non-ASCII: `%`, space and control characters. A raw
+/// `\r` or `\n` would make async-nats panic, and the server trims leading and trailing blanks,
+/// so `"a"` and `" a"` would be one key.
+const KEY_ESCAPES: &AsciiSet = &CONTROLS.add(b'%').add(b' ');
+
+/// An idempotency key as a header value, one-to-one (percent-encoded, RFC 3986 style).
 fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for c in key.chars() {
-        if c == '%' || c == ' ' || c.is_ascii_control() {
-            out.push_str(&format!("%{:02X}", u32::from(c)));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    utf8_percent_encode(key, KEY_ESCAPES).to_string()
 }
 
 /// The inverse of [`encode_key`]; a malformed escape (a message not pushed by us) is kept as it is.
 fn decode_key(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(at) = rest.find('%') {
-        out.push_str(&rest[..at]);
-        let escaped = rest
-            .get(at + 1..at + 3)
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-            .filter(|b| b.is_ascii());
-        match escaped {
-            Some(b) => {
-                out.push(char::from(b));
-                rest = &rest[at + 3..];
-            }
-            None => {
-                out.push('%');
-                rest = &rest[at + 1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+    percent_decode_str(value).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use config::{Value, ValueKind};
 
 use super::handshake::read_secret;
 use super::load::{at_least, non_empty, size_at_least};
-use super::units::format_duration;
+use super::summary::secret_source;
+use super::units::{format_duration, format_size};
 use super::value::{boolean, duration, integer, kind_name, string, Node, Report, Table};
 use crate::secret::Secret;
 
@@ -355,6 +356,63 @@ fn at_least_window(v: &Value, why: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// `[cluster]`: servers, this daemon's name, the auth kind (where a secret comes from, never
+/// the secret), TLS files, lease and what the streams keep.
+pub(super) fn summary(out: &mut Vec<String>, c: &ClusterConfig) {
+    let tls = if c.require_tls { ", TLS required" } else { "" };
+    out.push(format!("cluster   {}{tls}", c.servers.join(", ")));
+    let mut line = |text: String| out.push(format!("          {text}"));
+    line(format!(
+        "name {}, lease ttl {}, {} replica{}",
+        c.name,
+        format_duration(c.lease_ttl),
+        c.replicas,
+        if c.replicas == 1 { "" } else { "s" }
+    ));
+    let auth = match (&c.user, &c.token) {
+        (Some((user, password)), _) => {
+            format!("auth user {user}, password {}", secret_source(password))
+        }
+        (None, Some(token)) => format!("auth token {}", secret_source(token)),
+        (None, None) => "auth none".into(),
+    };
+    line(auth);
+    let mut tls_parts = Vec::new();
+    if let Some(ca) = &c.tls_ca {
+        tls_parts.push(format!("ca {}", ca.display()));
+    }
+    if let Some((cert, key)) = &c.tls_client {
+        tls_parts.push(format!(
+            "client cert {}, key {}",
+            cert.display(),
+            key.display()
+        ));
+    }
+    if !tls_parts.is_empty() {
+        line(format!("tls {}", tls_parts.join(", ")));
+    }
+    let ret = &c.retention;
+    let mut limits = Vec::new();
+    if let Some(n) = ret.max_messages {
+        limits.push(format!("{n} messages"));
+    }
+    if let Some(n) = ret.max_bytes {
+        limits.push(usize::try_from(n).map_or(format!("{n}B"), format_size));
+    }
+    if let Some(age) = ret.max_age {
+        limits.push(format!("{} old", format_duration(age)));
+    }
+    let limits = if limits.is_empty() {
+        "no limits".to_owned()
+    } else {
+        format!("at most {}", limits.join(" / "))
+    };
+    line(format!(
+        "retention {limits}, duplicate window {}",
+        format_duration(ret.duplicate_window)
+    ));
 }
 
 #[cfg(test)]

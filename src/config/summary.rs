@@ -4,9 +4,8 @@
 use super::units::{format_duration, format_size};
 use super::value::join_key;
 use super::{
-    AccessConfig, AuthConfig, AuthPlacement, ClusterConfig, Config, Discovery, EndpointConfig,
-    IdKind, IdScope, ListenAddr, LogFormat, Principal, ProxyConfig, RenewMode, SlowPolicy,
-    TokenSource, UrlSource,
+    AccessConfig, AuthConfig, AuthPlacement, Config, Discovery, EndpointConfig, IdKind, IdScope,
+    ListenAddr, LogFormat, Principal, ProxyConfig, RenewMode, SlowPolicy, TokenSource, UrlSource,
 };
 use crate::redact::{is_secret_name, redact_url, redact_url_with};
 use crate::secret::Secret;
@@ -152,7 +151,7 @@ impl Config {
             self.limits.max_subscribers
         ));
         if let Some(c) = &self.cluster {
-            cluster_summary(&mut out, c);
+            super::cluster::summary(&mut out, c);
         }
         for (name, ep) in &self.endpoints {
             out.push(String::new());
@@ -471,63 +470,6 @@ fn endpoint_summary(out: &mut Vec<String>, name: &str, ep: &EndpointConfig) {
     line("access", access_summary(&ep.access));
 }
 
-/// `[cluster]`: servers, this daemon's name, the auth kind (where a secret comes from, never
-/// the secret), TLS files, lease and what the streams keep.
-fn cluster_summary(out: &mut Vec<String>, c: &ClusterConfig) {
-    let tls = if c.require_tls { ", TLS required" } else { "" };
-    out.push(format!("cluster   {}{tls}", c.servers.join(", ")));
-    let mut line = |text: String| out.push(format!("          {text}"));
-    line(format!(
-        "name {}, lease ttl {}, {} replica{}",
-        c.name,
-        format_duration(c.lease_ttl),
-        c.replicas,
-        if c.replicas == 1 { "" } else { "s" }
-    ));
-    let auth = match (&c.user, &c.token) {
-        (Some((user, password)), _) => {
-            format!("auth user {user}, password {}", secret_source(password))
-        }
-        (None, Some(token)) => format!("auth token {}", secret_source(token)),
-        (None, None) => "auth none".into(),
-    };
-    line(auth);
-    let mut tls_parts = Vec::new();
-    if let Some(ca) = &c.tls_ca {
-        tls_parts.push(format!("ca {}", ca.display()));
-    }
-    if let Some((cert, key)) = &c.tls_client {
-        tls_parts.push(format!(
-            "client cert {}, key {}",
-            cert.display(),
-            key.display()
-        ));
-    }
-    if !tls_parts.is_empty() {
-        line(format!("tls {}", tls_parts.join(", ")));
-    }
-    let ret = &c.retention;
-    let mut limits = Vec::new();
-    if let Some(n) = ret.max_messages {
-        limits.push(format!("{n} messages"));
-    }
-    if let Some(n) = ret.max_bytes {
-        limits.push(usize::try_from(n).map_or(format!("{n}B"), format_size));
-    }
-    if let Some(age) = ret.max_age {
-        limits.push(format!("{} old", format_duration(age)));
-    }
-    let limits = if limits.is_empty() {
-        "no limits".to_owned()
-    } else {
-        format!("at most {}", limits.join(" / "))
-    };
-    line(format!(
-        "retention {limits}, duplicate window {}",
-        format_duration(ret.duplicate_window)
-    ));
-}
-
 fn auth_summary(auth: &AuthConfig) -> String {
     let token = match &auth.token {
         TokenSource::Secret(s) => format!("token {}", secret_source(s)),
@@ -570,7 +512,7 @@ fn auth_summary(auth: &AuthConfig) -> String {
 }
 
 /// Where a secret comes from; names a variable, file or program, never the value.
-fn secret_source(secret: &Secret) -> String {
+pub(super) fn secret_source(secret: &Secret) -> String {
     match secret {
         Secret::Plain(_) => "in the config file".into(),
         Secret::Env(var) => format!("from env {var}"),
