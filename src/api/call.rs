@@ -2,10 +2,12 @@
 //! checks, the wait for the reply under `requests.timeout`, and the errors each API maps to
 //! its own codes.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::{self, Denied, Op, Peer};
+use crate::cluster::calls::Remote;
 use crate::endpoint::State;
 use crate::registry::Registry;
 use crate::share::{Pending, Reply, ShareError};
@@ -63,12 +65,38 @@ impl CallError {
     }
 }
 
+/// A request in this host's share, or one sent to the fleet's leader.
+enum Waiting {
+    Local(Pending),
+    Fleet(Remote),
+}
+
+impl Waiting {
+    async fn next(&mut self) -> Option<Result<Reply, ShareError>> {
+        match self {
+            Waiting::Local(p) => p.next().await,
+            Waiting::Fleet(r) => r.next().await,
+        }
+    }
+
+    /// A timeout, counted; true when the request had been sent (or taken by the leader).
+    fn timed_out(&mut self, ep: &crate::endpoint::Endpoint) -> bool {
+        match self {
+            Waiting::Local(p) => p.timed_out(),
+            Waiting::Fleet(r) => {
+                ep.share.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                r.accepted()
+            }
+        }
+    }
+}
+
 /// One request waiting for its replies.
 pub struct Call {
     pub endpoint: Arc<str>,
     /// For the state shown when a request was never sent.
     ep: Arc<crate::endpoint::Endpoint>,
-    pending: Pending,
+    pending: Waiting,
     timeout: Duration,
     /// Whether the first reply is waited for within `timeout`: always for a request, for a
     /// stream only where the upstream answers at once by naming it (`requests.stream.id`).
@@ -128,9 +156,22 @@ impl Call {
             }
             stream && opening
         };
-        let pending = ep
-            .share
-            .request(doc, &reqs.id, stream, reqs.max_in_flight)?;
+        let pending = match ep.cluster.calls() {
+            // Another host holds the connection (or none does yet): through the fleet.
+            Some(calls) if ep.cluster.leading().is_none() => {
+                ep.share.stats.requests.fetch_add(1, Ordering::Relaxed);
+                Waiting::Fleet(calls.request(&doc, stream))
+            }
+            _ if ep.cluster.is_clustered() && ep.cluster.leading().is_none() => {
+                return Err(CallError::Share(ShareError::Unavailable(
+                    "the endpoint has not joined its fleet yet".into(),
+                )))
+            }
+            _ => Waiting::Local(
+                ep.share
+                    .request(doc, &reqs.id, stream, reqs.max_in_flight)?,
+            ),
+        };
         Ok(Call {
             endpoint: Arc::clone(&ep.key),
             ep: Arc::clone(&ep),
@@ -149,7 +190,7 @@ impl Call {
             match tokio::time::timeout(self.timeout, self.pending.next()).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let sent = self.pending.timed_out();
+                    let sent = self.pending.timed_out(&self.ep);
                     self.answered = true;
                     self.first_bounded = false;
                     // Dropping the call forgets the request; a late reply is an orphan.

@@ -49,10 +49,11 @@ pub enum PublishError {
     Invalid(String),
     #[error(transparent)]
     Confirm(#[from] ConfirmError),
-    /// `wait = SENT` on a clustered endpoint: the message goes to the fleet's publish queue,
-    /// and the leader, maybe on another host, writes it upstream.
-    #[error("wait = SENT is not available on clustered endpoint {0:?}: the fleet's leader, possibly another host, sends it; publish with wait = STORED (acknowledged once in the fleet's publish queue)")]
-    FleetWait(String),
+    /// `wait = SENT` or `CONFIRMED` on a clustered endpoint (the wait, then the endpoint): the
+    /// message goes to the fleet's publish queue, and the leader, maybe on another host,
+    /// writes it upstream.
+    #[error("wait = {0} is not available on clustered endpoint {1:?}: the fleet's leader, possibly another host, sends it; publish with wait = STORED (acknowledged once in the fleet's publish queue), or make it a request to get the upstream's answer")]
+    FleetWait(&'static str, String),
     /// A clustered endpoint whose host has not reached NATS yet.
     #[error("endpoint {0:?} has not joined its fleet yet (NATS not reached); try again")]
     NotJoined(String),
@@ -83,7 +84,7 @@ impl PublishError {
             PublishError::NotFound(_) => "not_found",
             PublishError::Failed(_)
             | PublishError::NotConfirmable(_)
-            | PublishError::FleetWait(_) => "failed_precondition",
+            | PublishError::FleetWait(..) => "failed_precondition",
             PublishError::InvalidText
             | PublishError::Invalid(_)
             | PublishError::Confirm(ConfirmError::NoIdPlace(_)) => "invalid_argument",
@@ -121,7 +122,7 @@ pub async fn publish(
     if ep.cluster.is_clustered() {
         // Any host's apps publish into the fleet's queue; the leader drains it in order.
         if wait_sent {
-            return Err(PublishError::FleetWait(ep.name.clone()));
+            return Err(PublishError::FleetWait("SENT", ep.name.clone()));
         }
         let queue = ep
             .cluster
@@ -158,6 +159,10 @@ pub async fn publish_confirmed(
     let ep = registry.lookup(endpoint)?;
     let cfg = ep.config();
     access::check(&cfg.access, &ep.name, Op::Publish, peer)?;
+    if ep.cluster.is_clustered() {
+        // Confirmations are kept in the leader's share, which a failover would lose.
+        return Err(PublishError::FleetWait("CONFIRMED", ep.name.clone()));
+    }
     let Some(reqs) = cfg.requests.as_ref() else {
         return Err(PublishError::NotConfirmable(endpoint.to_owned()));
     };

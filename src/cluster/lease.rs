@@ -34,8 +34,10 @@ pub const BUCKET: &str = "ws-sidecar-leases";
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     /// The bucket exists with another TTL; the hosts of a fleet must agree on one.
-    #[error("lease bucket {BUCKET} has a ttl of {existing:?}, this host wants {wanted:?}; give every host the same lease ttl")]
+    #[error("bucket {bucket} has a ttl of {existing:?}, this host wants {wanted:?}; give every host the same lease ttl")]
     TtlMismatch {
+        /// The bucket's name.
+        bucket: &'static str,
         /// The TTL the bucket was created with.
         existing: Duration,
         /// The TTL this host asked for.
@@ -105,33 +107,8 @@ impl Leases {
         ttl: Duration,
         replicas: usize,
     ) -> Result<Leases, LeaseError> {
-        if ttl < Duration::from_secs(1) {
-            return Err(LeaseError::TtlTooShort(ttl));
-        }
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.to_string(),
-                    description: "ws-sidecar: which host leads each endpoint".to_string(),
-                    history: 1,
-                    max_age: ttl,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: replicas,
-                    // The markers themselves live one TTL: long enough for any watcher.
-                    limit_markers: Some(ttl),
-                    ..Default::default()
-                })
-                .await
-                .map_err(nats)?,
-        };
-        let existing = kv.status().await.map_err(nats)?.max_age();
-        if existing != ttl {
-            return Err(LeaseError::TtlMismatch {
-                existing,
-                wanted: ttl,
-            });
-        }
+        let description = "ws-sidecar: which host leads each endpoint";
+        let kv = open_bucket(js, BUCKET, description, ttl, replicas).await?;
         Ok(Leases { kv, ttl })
     }
 
@@ -331,6 +308,52 @@ impl LeaseWatch {
     }
 }
 
-fn nats(e: impl std::fmt::Display) -> LeaseError {
+/// Opens the KV bucket `bucket`, creating it if it does not exist with keys that age out `ttl`
+/// after their last write (history 1, file storage, `replicas` copies) and limit markers, so
+/// that watchers see a key that aged out as deleted. Refuses a bucket that exists with another
+/// TTL rather than change it under the other hosts.
+///
+/// # Errors
+/// [`LeaseError::TtlTooShort`] under 1 s, [`LeaseError::TtlMismatch`], or the server's
+/// refusal ([`LeaseError::Nats`]).
+pub(super) async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &'static str,
+    description: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, LeaseError> {
+    if ttl < Duration::from_secs(1) {
+        return Err(LeaseError::TtlTooShort(ttl));
+    }
+    let kv = match js.get_key_value(bucket).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: bucket.to_string(),
+                description: description.to_string(),
+                history: 1,
+                max_age: ttl,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                // The markers themselves live one TTL: long enough for any watcher.
+                limit_markers: Some(ttl),
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?,
+    };
+    let existing = kv.status().await.map_err(nats)?.max_age();
+    if existing != ttl {
+        return Err(LeaseError::TtlMismatch {
+            bucket,
+            existing,
+            wanted: ttl,
+        });
+    }
+    Ok(kv)
+}
+
+pub(super) fn nats(e: impl std::fmt::Display) -> LeaseError {
     LeaseError::Nats(e.to_string())
 }

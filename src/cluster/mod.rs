@@ -1,7 +1,7 @@
 //! Cluster primitives: one upstream connection per fleet, bridged through NATS JetStream
 //! (issue 17). The design and its open questions are in `docs/cluster.md`.
 //!
-//! **What exists now** (tested against a real `nats-server` in `tests/cluster/`):
+//! The pieces (each tested against a real `nats-server` in `tests/cluster/`):
 //! - [`lease`]: leadership per endpoint, one key per endpoint in the JetStream KV bucket
 //!   [`lease::BUCKET`]. Creating the key acquires the lease, updating it by its last revision
 //!   renews it, and the bucket's `max_age` is the TTL: a holder that stops renewing loses the key
@@ -17,30 +17,25 @@
 //!   into it (its idempotency key as `Nats-Msg-Id`); the leader [`queue::PublishQueue::take_over`]s
 //!   the queue's one consumer and drains it in order, acking each message once it is done with
 //!   it, so what an old leader took but never acked comes again, first, to the next one.
-//!
-//! **Not wired yet, and no config key yet.** Nothing in the daemon calls this module: the
-//! endpoint/upstream loop, the APIs and the config do not know it exists. The `[cluster]`
-//! section comes with the wiring in a later session, because a config key must take effect or
-//! be refused, never be accepted and ignored. What that session wires:
-//! - the endpoint's role (leader/follower) as a state of its task: a follower holds no upstream
-//!   connection and watches the lease; a leader that loses it (renew refused, or its local lease
-//!   deadline passed without a confirmed renew) closes the upstream and becomes a follower;
-//! - the leader's publish path: every inbound message is appended to the stream before it is
-//!   fanned out, and a [`stream::AppendError::Fenced`] ends its leadership at once;
-//! - the follower's subscriber path: local subscribers read the stream through a
-//!   [`stream::Reader`] instead of the local log, and an expired seq maps to `REPLAY_EXPIRED`;
-//! - the publish path: every host's `Publish` goes to the [`queue::PublishQueue`], and the
-//!   leader takes the queue over at each term and drains it into its upstream writer, acking
-//!   each message after its frame was flushed (`docs/cluster.md`, "The outbox across failover");
-//! - status (role, lease epoch, stream lag) and metrics (publish-to-stream latency, lease
-//!   changes).
+//! - [`role`]: the task of a clustered endpoint (`endpoints.X.cluster = true` with
+//!   `[cluster]`): join, feed the local log from the stream, follow, and lead while holding the
+//!   lease ([`slot`] keeps the role for status and the leader's writer).
+//! - [`drain`]: the leader takes the publish queue into its outbox for its term.
+//! - [`history`]: a `from_seq` older than the local window, read from the stream.
+//! - [`interest`] and [`sharing`]: shared subscriptions across hosts; every host declares its
+//!   apps' keys, the leader holds the union on its connection and publishes their states.
+//! - [`calls`]: requests from any host, made on the leader's connection over core NATS.
+//! - [`node`]: the one NATS connection of this daemon.
 
+pub mod calls;
 pub mod drain;
 pub mod history;
+pub mod interest;
 pub mod lease;
 pub mod node;
 pub mod queue;
 pub mod role;
+pub mod sharing;
 pub mod slot;
 pub mod stream;
 
@@ -80,14 +75,37 @@ pub fn publish_stream_name(endpoint: &str) -> String {
 pub fn stream_name(endpoint: &str) -> String {
     let mut name = String::with_capacity(endpoint.len() + 11);
     name.push_str("ws-sidecar-");
-    for c in endpoint.chars() {
+    escape_into(&mut name, endpoint);
+    name
+}
+
+/// The name [`escape_into`] wrote as `escaped`.
+fn unescape(escaped: &str) -> String {
+    let mut out = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        out.push(match (c, c == '_') {
+            (_, true) => match chars.next() {
+                Some('d') => '.',
+                Some(other) => other,
+                None => '_',
+            },
+            (c, false) => c,
+        });
+    }
+    out
+}
+
+/// Appends `name` (letters, digits, `_`, `.`, `-`) to `out` with `_` written `__` and `.`
+/// written `_d`: one-to-one, and free of `.`, so it is one token of a subject or KV key.
+fn escape_into(out: &mut String, name: &str) {
+    for c in name.chars() {
         match c {
-            '_' => name.push_str("__"),
-            '.' => name.push_str("_d"),
-            c => name.push(c),
+            '_' => out.push_str("__"),
+            '.' => out.push_str("_d"),
+            c => out.push(c),
         }
     }
-    name
 }
 
 #[cfg(test)]

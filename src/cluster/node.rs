@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use tokio::sync::OnceCell;
 
+use super::interest::{Interest, InterestError};
 use super::lease::{LeaseError, Leases};
 use super::stream::Retention;
 use crate::config::ClusterConfig;
@@ -23,6 +24,8 @@ struct Inner {
     js: jetstream::Context,
     /// Opened on first use: the server may not be reachable when the daemon starts.
     leases: OnceCell<Leases>,
+    /// Opened on first use, like `leases`.
+    interest: OnceCell<Interest>,
 }
 
 /// Why the NATS client could not even be set up (bad credentials source, unreadable TLS
@@ -74,6 +77,7 @@ impl Node {
                 client,
                 js,
                 leases: OnceCell::new(),
+                interest: OnceCell::new(),
             }),
         })
     }
@@ -81,6 +85,11 @@ impl Node {
     /// This daemon's name in the fleet (`cluster.name`), the lease holder it writes.
     pub fn name(&self) -> &str {
         &self.inner.cfg.name
+    }
+
+    /// The NATS client (core NATS: requests between hosts).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
     }
 
     /// The JetStream context.
@@ -102,6 +111,24 @@ impl Node {
             .leases
             .get_or_try_init(|| {
                 Leases::open_with(
+                    &self.inner.js,
+                    self.inner.cfg.lease_ttl,
+                    self.inner.cfg.replicas,
+                )
+            })
+            .await
+    }
+
+    /// The bucket of the fleet's held keys, opened (or created with `cluster.lease_ttl`) on
+    /// first success.
+    ///
+    /// # Errors
+    /// [`InterestError`]: the server did not answer, or the bucket has another TTL.
+    pub async fn interest(&self) -> Result<&Interest, InterestError> {
+        self.inner
+            .interest
+            .get_or_try_init(|| {
+                Interest::open(
                     &self.inner.js,
                     self.inner.cfg.lease_ttl,
                     self.inner.cfg.replicas,

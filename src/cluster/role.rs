@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::interest::Interest;
 use super::lease::{Held, LeaseEvent, LeaseWatch, Leases, RenewError};
 use super::node::Node;
 use super::queue::PublishQueue;
+use super::sharing;
 use super::slot::{Leading, Role};
 use super::stream::{EndpointStream, ReadError};
 use crate::endpoint::{unix_nanos, Endpoint, State};
@@ -29,7 +31,7 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 pub async fn run(ep: Arc<Endpoint>, node: Node, shutdown: CancellationToken, stalls: Stalls) {
     let span = tracing::info_span!("endpoint", endpoint = %ep.name);
     async {
-        if let Some((stream, leases)) = join(&ep, &node, &shutdown).await {
+        if let Some((stream, leases, interest)) = join(&ep, &node, &shutdown).await {
             let feeding = shutdown.child_token();
             let (from, live) = start_of_feed(&ep, &stream).await;
             let feeder = tokio::spawn(feed(
@@ -38,11 +40,34 @@ pub async fn run(ep: Arc<Endpoint>, node: Node, shutdown: CancellationToken, sta
                 (from, live),
                 feeding.clone(),
             ));
-            while let Some(held) = follow(&ep, &node, &leases, &shutdown).await {
-                lead(&ep, &node, &stream, held, &shutdown, &stalls).await;
+            let declaring = interest.clone().map(|i| {
+                let host = node.name().to_string();
+                tokio::spawn(sharing::declare(Arc::clone(&ep), i, host, feeding.clone()))
+            });
+            loop {
+                let mirroring = interest.clone().map(|i| {
+                    let stop = shutdown.child_token();
+                    let task = tokio::spawn(sharing::mirror(Arc::clone(&ep), i, stop.clone()));
+                    (task, stop)
+                });
+                let held = follow(&ep, &node, &leases, &shutdown).await;
+                if let Some((task, stop)) = mirroring {
+                    stop.cancel();
+                    let _ = task.await;
+                }
+                let Some(held) = held else { break };
+                let term = Term {
+                    node: &node,
+                    stream: &stream,
+                    interest: interest.as_ref(),
+                };
+                lead(&ep, term, held, &shutdown, &stalls).await;
             }
             feeding.cancel();
             let _ = feeder.await;
+            if let Some(d) = declaring {
+                let _ = d.await;
+            }
         }
         if !ep.is_restarting() {
             ep.set_state(State::Closed, "shutting down");
@@ -62,12 +87,21 @@ async fn pause(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// Opens the lease bucket and the endpoint's stream, retrying until NATS answers.
+/// What a term runs with: the fleet connection, the endpoint's stream, and the interest
+/// bucket when the endpoint shares subscriptions.
+struct Term<'a> {
+    node: &'a Node,
+    stream: &'a EndpointStream,
+    interest: Option<&'a Interest>,
+}
+
+/// Opens the lease bucket, the endpoint's stream and queue and, when it shares subscriptions,
+/// the interest bucket, retrying until NATS answers.
 async fn join(
     ep: &Endpoint,
     node: &Node,
     shutdown: &CancellationToken,
-) -> Option<(EndpointStream, Leases)> {
+) -> Option<(EndpointStream, Leases, Option<Interest>)> {
     ep.cluster.set_role(Role::Joining, None, 0);
     ep.set_state(State::Connecting, "joining the fleet through NATS");
     let mut delay = Duration::from_millis(200);
@@ -86,9 +120,18 @@ async fn join(
             )
             .await
             .map_err(|e| e.to_string())?;
+            let interest = match ep.config().subscriptions {
+                Some(_) => Some(node.interest().await.map_err(|e| e.to_string())?.clone()),
+                None => None,
+            };
             ep.cluster.set_queue(queue);
             ep.cluster.set_stream(stream.clone());
-            Ok::<_, String>((stream, leases))
+            ep.cluster.set_calls(super::calls::Calls::new(
+                node.client().clone(),
+                &ep.name,
+                node.lease_ttl(),
+            ));
+            Ok::<_, String>((stream, leases, interest))
         };
         let opened = tokio::select! {
             r = opened => r,
@@ -302,12 +345,16 @@ async fn follow(
 /// fences this writer, or shutdown.
 async fn lead(
     ep: &Arc<Endpoint>,
-    node: &Node,
-    stream: &EndpointStream,
+    term: Term<'_>,
     held: Held,
     shutdown: &CancellationToken,
     stalls: &Stalls,
 ) {
+    let Term {
+        node,
+        stream,
+        interest,
+    } = term;
     let tail = tokio::select! {
         t = tokio::time::timeout_at(held.valid_until().into(), stream.tail()) => t,
         _ = shutdown.cancelled() => return,
@@ -340,6 +387,27 @@ async fn lead(
     ep.cluster.set_leading(Some(Arc::clone(&leading)));
     ep.cluster
         .set_role(Role::Leader, Some(node.name().to_string()), held.epoch());
+    // This host's apps see its own connection's states again, and it holds the fleet's keys.
+    ep.share.set_view(None);
+    let serving = CancellationToken::new();
+    let server = interest.cloned().map(|i| {
+        let me = node.name().to_string();
+        tokio::spawn(sharing::serve(
+            Arc::clone(ep),
+            i,
+            me,
+            held.term(),
+            serving.clone(),
+        ))
+    });
+    let answering = ep.config().requests.is_some().then(|| {
+        tokio::spawn(super::calls::answer(
+            Arc::clone(ep),
+            node.client().clone(),
+            node.lease_ttl(),
+            serving.clone(),
+        ))
+    });
     let upstream_token = shutdown.child_token();
     let upstream = crate::upstream::run(Arc::clone(ep), upstream_token.clone(), stalls.clone());
     // The outbox is only the window of queued publishes this term has taken: what an earlier
@@ -376,6 +444,13 @@ async fn lead(
     leading.end("shutting down".into());
     if let Some(d) = draining {
         let _ = d.await;
+    }
+    serving.cancel();
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    if let Some(a) = answering {
+        let _ = a.await;
     }
     forget_outbox(ep).await;
     ep.cluster.set_leading(None);

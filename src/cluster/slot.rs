@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::calls::Calls;
 use super::queue::PublishQueue;
 use super::stream::{AppendError, EndpointStream, Meta, Writer};
 
@@ -72,6 +73,8 @@ pub struct Slot {
     /// The endpoint's stream, once the endpoint joined the fleet: replays older than the local
     /// window read it (`history.rs`).
     stream: std::sync::OnceLock<EndpointStream>,
+    /// Where this host's apps' requests go, once the endpoint joined the fleet.
+    calls: std::sync::OnceLock<Calls>,
 }
 
 impl Slot {
@@ -98,6 +101,7 @@ impl Slot {
             too_large: AtomicU64::new(0),
             queue: std::sync::OnceLock::new(),
             stream: std::sync::OnceLock::new(),
+            calls: std::sync::OnceLock::new(),
         }
     }
 
@@ -168,6 +172,16 @@ impl Slot {
     /// Records the endpoint's stream (the first one stays).
     pub fn set_stream(&self, stream: EndpointStream) {
         let _ = self.stream.set(stream);
+    }
+
+    /// Where requests go while another host leads; `None` until the endpoint joined the fleet.
+    pub fn calls(&self) -> Option<&Calls> {
+        self.calls.get()
+    }
+
+    /// Records where requests go (the first one stays).
+    pub fn set_calls(&self, calls: Calls) {
+        let _ = self.calls.set(calls);
     }
 
     /// The writer, while this daemon leads.

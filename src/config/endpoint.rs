@@ -186,19 +186,6 @@ pub(crate) fn read_endpoint(r: &mut Report, node: &Node<'_>) -> Option<EndpointC
     let subscriptions = t.get("subscriptions").and_then(|n| {
         super::share::read_subscriptions(r, &n, in_frames, requests.as_ref(), requests_written)
     });
-    if cluster {
-        // Both need the upstream connection, which only the leader holds; routing them to it
-        // through NATS is not built yet (docs/cluster.md).
-        for key in ["subscriptions", "requests"] {
-            if t.has(key) {
-                r.at(
-                    &t.path_of(key),
-                    "not supported with cluster = true yet: only the fleet's leader holds the upstream connection, and apps on other hosts cannot reach it",
-                );
-            }
-        }
-    }
-
     t.finish(r);
     Some(EndpointConfig {
         url: url?,

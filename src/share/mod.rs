@@ -10,6 +10,7 @@
 //! the store until the upstream answers them.
 
 pub mod confirm;
+mod fleet;
 mod inbound;
 pub mod key;
 pub mod link;
@@ -30,8 +31,10 @@ use tokio::sync::{broadcast, mpsc, Notify};
 /// upstream is never slowed for one app).
 const STREAM_QUEUE: usize = 1024;
 
-/// Why a hold or a request was refused or ended.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a hold or a request was refused or ended. Serialized as JSON between the hosts of a
+/// fleet (`crate::cluster::calls`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ShareError {
     /// `max_per_connection` subscriptions are held already.
     #[error("the endpoint holds {0} upstream subscriptions, its max_per_connection")]
@@ -111,6 +114,8 @@ pub struct Reply {
 /// One held subscription.
 struct Sub {
     holders: usize,
+    /// Of the holders, those other hosts of the fleet declared (`fleet.rs`).
+    fleet: usize,
     params: Option<Value>,
     /// When it was first held: subscriptions are sent again in this order.
     since: u64,
@@ -204,6 +209,9 @@ struct Inner {
     orphans: VecDeque<String>,
     /// Confirmed publishes waiting for their reply.
     confirms: confirm::Queue,
+    /// While another host of the fleet holds the connection: the states it published, shown
+    /// instead of this table's (`fleet.rs`).
+    view: Option<HashMap<Arc<str>, KeyState>>,
 }
 
 /// Ids of abandoned requests remembered per connection, to keep their late replies from the
@@ -271,6 +279,8 @@ pub struct Share {
     pub stats: ShareStats,
     /// Where confirmed publishes are kept (`None`: in memory only).
     durable: Option<confirm::Durable>,
+    /// Bumped whenever this host's apps take or let go of a hold (`fleet.rs`).
+    local: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Share {
@@ -281,6 +291,7 @@ impl Default for Share {
             events: broadcast::Sender::new(1024),
             stats: ShareStats::default(),
             durable: None,
+            local: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -289,6 +300,8 @@ impl Default for Share {
 pub struct Holding {
     share: Arc<Share>,
     keys: Vec<Arc<str>>,
+    /// Held for another host of the fleet, not an app of this one.
+    fleet: bool,
 }
 
 impl Holding {
@@ -300,7 +313,7 @@ impl Holding {
 
 impl Drop for Holding {
     fn drop(&mut self) {
-        self.share.release(&self.keys);
+        self.share.release(&self.keys, self.fleet);
     }
 }
 
@@ -366,6 +379,16 @@ impl Share {
         keys: Vec<(Arc<str>, Option<Value>)>,
         max: usize,
     ) -> Result<(Holding, Vec<KeyEvent>), ShareError> {
+        self.hold_as(keys, max, false)
+    }
+
+    /// [`hold`](Self::hold), for an app of this host (`fleet = false`) or another host's.
+    fn hold_as(
+        self: &Arc<Self>,
+        keys: Vec<(Arc<str>, Option<Value>)>,
+        max: usize,
+        fleet: bool,
+    ) -> Result<(Holding, Vec<KeyEvent>), ShareError> {
         let mut inner = self.lock();
         let new = keys
             .iter()
@@ -389,6 +412,7 @@ impl Share {
             match inner.subs.get_mut(&key) {
                 Some(sub) => {
                     sub.holders += 1;
+                    sub.fleet += usize::from(fleet);
                     if sub.state == SubState::Leaving {
                         // Still subscribed upstream: it stays, nothing to send.
                         sub.state = SubState::Sent;
@@ -400,6 +424,7 @@ impl Share {
                         Arc::clone(&key),
                         Sub {
                             holders: 1,
+                            fleet: usize::from(fleet),
                             params,
                             since,
                             state: SubState::Queued,
@@ -413,27 +438,29 @@ impl Share {
                     }
                 }
             }
-            let state = inner
-                .subs
-                .get(&key)
-                .map_or(KeyState::Pending, |s| s.shown());
+            let state = inner.shown(&key);
             now.push(KeyEvent { key, state });
         }
         drop(inner);
         if wake {
             self.work.notify_one();
         }
+        if !fleet {
+            self.local.send_modify(|n| *n += 1);
+        }
         Ok((
             Holding {
                 share: Arc::clone(self),
                 keys: held,
+                fleet,
             },
             now,
         ))
     }
 
-    /// Lets go of `keys`; a key nobody holds any more is unsubscribed.
-    fn release(&self, keys: &[Arc<str>]) {
+    /// Lets go of `keys` (held for another host when `fleet`); a key nobody holds any more is
+    /// unsubscribed.
+    fn release(&self, keys: &[Arc<str>], fleet: bool) {
         let mut inner = self.lock();
         let mut wake = false;
         for key in keys {
@@ -441,6 +468,9 @@ impl Share {
                 continue;
             };
             sub.holders = sub.holders.saturating_sub(1);
+            if fleet {
+                sub.fleet = sub.fleet.saturating_sub(1);
+            }
             if sub.holders > 0 {
                 continue;
             }
@@ -470,6 +500,9 @@ impl Share {
         drop(inner);
         if wake {
             self.work.notify_one();
+        }
+        if !fleet {
+            self.local.send_modify(|n| *n += 1);
         }
     }
 
@@ -550,13 +583,14 @@ impl Share {
 
     /// Subscriptions with their holders and state, by key.
     pub fn keys(&self) -> Vec<KeyStatus> {
-        self.lock()
+        let inner = self.lock();
+        inner
             .subs
             .iter()
             .map(|(k, s)| KeyStatus {
                 key: k.to_string(),
                 holders: s.holders,
-                state: s.shown().as_str().to_owned(),
+                state: inner.shown(k).as_str().to_owned(),
             })
             .collect()
     }

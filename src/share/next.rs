@@ -41,6 +41,7 @@ impl Link<'_> {
                         Arc::clone(&k),
                         Sub {
                             holders: 0,
+                            fleet: 0,
                             params: None,
                             since: 0,
                             state: SubState::Leaving,

@@ -10,7 +10,9 @@ mod fleet;
 mod lease;
 mod publish;
 mod queue;
+mod requests;
 mod stream;
+mod subscriptions;
 
 use async_nats::jetstream;
 use support::nats::NatsServer;

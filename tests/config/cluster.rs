@@ -342,21 +342,17 @@ fn a_clustered_endpoint_needs_the_section_and_no_persisted_replay() {
 }
 
 #[test]
-fn a_clustered_endpoint_refuses_what_needs_the_leaders_connection() {
-    let text = format!(
+fn a_clustered_endpoint_takes_subscriptions_and_requests() {
+    // Every host declares its apps' keys and sends its requests to the leader through NATS.
+    let config = ok(&format!(
         "{MINIMAL}cluster = true\n[endpoints.prices.requests]\nid = \"/id\"\n\
-         [endpoints.prices.subscriptions]\nsubscribe = '{{\"sub\":\"{{{{key}}}}\",\"id\":{{{{id}}}}}}'\n\
-         key = \"/stream\"\n[cluster]\nnats = \"nats://h:4222\"\n"
-    );
-    let errs = errors(&text);
-    for key in ["subscriptions", "requests"] {
-        let want = format!(
-            "config.toml: endpoints.prices.{key}: not supported with cluster = true yet: only \
-             the fleet's leader holds the upstream connection, and apps on other hosts cannot \
-             reach it"
-        );
-        assert!(errs.contains(&want), "{key} refused: {errs:#?}");
-    }
+         [endpoints.prices.subscriptions]\n\
+         subscribe = '{{\"sub\":\"{{{{key}}}}\",\"id\":{{{{id}}}}}}'\nkey = \"/stream\"\n\
+         [cluster]\nnats = \"nats://h:4222\"\n"
+    ));
+    let prices = ep(&config, "prices");
+    assert!(prices.cluster);
+    assert!(prices.subscriptions.is_some() && prices.requests.is_some());
 }
 
 #[test]
