@@ -69,9 +69,34 @@ async fn wait_role(dir: &Path, want: &str) {
     }
 }
 
-/// SIGKILL the leader mid-stream: the follower takes over within the lease TTL plus one
-/// connect (with the server's expiry of the key), its subscriber goes on with no hole and no
-/// duplicate, and the upstream resumes from the last id in the stream.
+/// Messages as (seq, tick id) into `got` until one at `through` or later.
+async fn take(s: &mut tonic::Streaming<proto::Event>, got: &mut Vec<(u64, u64)>, through: u64) {
+    while got.last().is_none_or(|m| m.0 < through) {
+        let m = next_message(s, WAIT).await;
+        got.push((
+            m.seq,
+            tick_id(&String::from_utf8_lossy(&m.data)).expect("a tick"),
+        ));
+    }
+}
+
+/// Seqs and tick ids both go up by one from message to message.
+fn assert_contiguous(got: &[(u64, u64)], host: &str) {
+    for w in got.windows(2) {
+        assert_eq!(
+            (w[1].0, w[1].1),
+            (w[0].0 + 1, w[0].1 + 1),
+            "{host}: a hole or a duplicate between {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+/// SIGKILL the leader of three mid-stream: one follower takes over within the lease TTL plus
+/// one connect (with the server's expiry of the key), the other keeps following, subscribers on
+/// both go on with no hole and no duplicate and see the same ticks under the same seqs, and
+/// the upstream resumes from the last id in the stream; never two connections at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_leader_is_replaced_within_the_ttl_without_hole_or_duplicate() {
     let Some(server) = NatsServer::start("a_killed_leader_is_replaced").await else {
@@ -82,29 +107,38 @@ async fn a_killed_leader_is_replaced_within_the_ttl_without_hole_or_duplicate() 
         ..TickOptions::default()
     })
     .await;
-    let (dir_a, dir_b) = (crate::support::temp_dir(), crate::support::temp_dir());
-    let a = spawn_host(dir_a.path(), &server, &up, "host-a");
-    wait_role(dir_a.path(), "leader").await;
-    let b = spawn_host(dir_b.path(), &server, &up, "host-b");
-    wait_role(dir_b.path(), "follower").await;
-    let mut on_b = subscribe(&mut grpc(dir_b.path()).await, "ticks", None).await;
-    let mut got = Vec::new();
-    while got.len() < 50 {
-        let m = next_message(&mut on_b, WAIT).await;
-        got.push((
-            m.seq,
-            tick_id(&String::from_utf8_lossy(&m.data)).expect("a tick"),
-        ));
-    }
+    let dirs = [(); 3].map(|_| crate::support::temp_dir());
+    let a = spawn_host(dirs[0].path(), &server, &up, "host-a");
+    wait_role(dirs[0].path(), "leader").await;
+    let b = spawn_host(dirs[1].path(), &server, &up, "host-b");
+    let c = spawn_host(dirs[2].path(), &server, &up, "host-c");
+    wait_role(dirs[1].path(), "follower").await;
+    wait_role(dirs[2].path(), "follower").await;
+    let mut on_b = subscribe(&mut grpc(dirs[1].path()).await, "ticks", None).await;
+    let mut on_c = subscribe(&mut grpc(dirs[2].path()).await, "ticks", None).await;
+    let (mut got_b, mut got_c) = (Vec::new(), Vec::new());
+    take(&mut on_b, &mut got_b, 1).await;
+    let through = got_b[0].0 + 50;
+    take(&mut on_b, &mut got_b, through).await;
     let killed = Instant::now();
     crash(a);
-    wait_role(dir_b.path(), "leader").await;
+    let new_leader = loop {
+        let (rb, rc) = (role(dirs[1].path()).await, role(dirs[2].path()).await);
+        match (rb.as_str(), rc.as_str()) {
+            ("leader", "follower") => break 1,
+            ("follower", "leader") => break 2,
+            ("leader", "leader") => panic!("two leaders"),
+            _ => {}
+        }
+        assert!(killed.elapsed() < WAIT, "no new leader: {rb}, {rc}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let attempts = up
         .wait_attempts(2, WAIT)
         .await
         .expect("a second connection");
     let took = attempts[1].at.saturating_duration_since(killed);
-    eprintln!("failover: the new leader connected {took:?} after the kill");
+    eprintln!("failover: host {new_leader} connected {took:?} after the kill");
     assert!(
         took < TTL + Duration::from_secs(3),
         "failover within the TTL plus a connect: took {took:?}"
@@ -114,22 +148,23 @@ async fn a_killed_leader_is_replaced_within_the_ttl_without_hole_or_duplicate() 
         "resumed from the stream's last id: {}",
         attempts[1].target
     );
-    let through = got.last().map_or(0, |m| m.0) + 100;
-    while got.last().is_none_or(|m| m.0 < through) {
-        let m = next_message(&mut on_b, WAIT).await;
-        got.push((
-            m.seq,
-            tick_id(&String::from_utf8_lossy(&m.data)).expect("a tick"),
-        ));
-    }
-    for w in got.windows(2) {
-        assert_eq!(
-            (w[1].0, w[1].1),
-            (w[0].0 + 1, w[0].1 + 1),
-            "a hole or a duplicate between {:?} and {:?}",
-            w[0],
-            w[1]
-        );
-    }
+    let through = got_b.last().map_or(0, |m| m.0) + 100;
+    take(&mut on_b, &mut got_b, through).await;
+    take(&mut on_c, &mut got_c, through).await;
+    assert_contiguous(&got_b, "host-b");
+    assert_contiguous(&got_c, "host-c");
+    let first_c = got_c[0].0;
+    let same: Vec<_> = got_b.iter().filter(|m| m.0 >= first_c).collect();
+    assert_eq!(
+        same,
+        got_c.iter().take(same.len()).collect::<Vec<_>>(),
+        "the same ticks under the same seqs on both survivors"
+    );
+    assert_eq!(
+        up.attempts().len(),
+        2,
+        "100 ticks later, still one new connection: the survivor that follows never connects"
+    );
     stop(b);
+    stop(c);
 }
