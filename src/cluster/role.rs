@@ -24,6 +24,10 @@ use crate::endpoint::{unix_nanos, Endpoint, State};
 use crate::log::{GapReason, IdBreak};
 use crate::stall::Stalls;
 
+/// How long the stream reader may yield nothing before the feed asks the stream whether it
+/// is idle or the reader is stuck.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+
 /// Longest pause between attempts to reach NATS.
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
@@ -217,6 +221,18 @@ async fn feed(
         loop {
             let r = tokio::select! {
                 r = reader.next() => r,
+                _ = tokio::time::sleep(STALL_CHECK) => {
+                    // Quiet: an idle stream, or a reader whose consumer died with its NATS
+                    // node and that the client has not replaced (it can take many seconds).
+                    match tokio::time::timeout(STALL_CHECK, stream.bounds()).await {
+                        Ok(Ok((_, last))) if last >= next => {
+                            ep.cluster.stream_at(last);
+                            tracing::warn!(next, last, "the stream reader is stuck behind the stream; reading again");
+                            break;
+                        }
+                        _ => continue,
+                    }
+                }
                 _ = stop.cancelled() => return,
             };
             match r {

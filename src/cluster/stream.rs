@@ -375,6 +375,10 @@ impl EndpointStream {
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: seq,
                 },
+                // The client's idle heartbeat is half the pull's expiry, and it recreates the
+                // consumer after two missed ones: with its default 30 s expiry a consumer lost
+                // with its NATS node (a consumer has one replica) stalls the feed ~30 s.
+                max_expires: READER_EXPIRES,
                 ..Default::default()
             })
             .await
@@ -396,6 +400,10 @@ impl EndpointStream {
         }
     }
 }
+
+/// How long one pull of a [`Reader`] waits at the server: the reader notices a lost
+/// consumer (its NATS node died) within about this long.
+const READER_EXPIRES: Duration = Duration::from_secs(2);
 
 /// Appends for one leader term. Appends must be made in seq order, each awaited.
 #[derive(Clone, Debug)]

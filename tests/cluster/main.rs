@@ -10,6 +10,7 @@ mod fleet;
 mod lease;
 mod publish;
 mod queue;
+mod replicas;
 mod requests;
 mod stream;
 mod subscriptions;

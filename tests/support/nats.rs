@@ -55,12 +55,19 @@ pub struct NatsServer {
     child: Option<Child>,
     /// The server's last log lines, for failure messages.
     log: Arc<Mutex<Vec<String>>>,
+    /// More arguments (a cluster node's name and routes).
+    args: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts a server, or returns `None` (after one line on stderr) when there is no binary and
     /// this is not CI. Panics when the server does not come up within [`START_TIMEOUT`].
     pub async fn start(test: &str) -> Option<NatsServer> {
+        Self::start_with(test, Vec::new()).await
+    }
+
+    /// [`start`](Self::start) with more arguments for the server.
+    async fn start_with(test: &str, args: Vec<String>) -> Option<NatsServer> {
         let bin = match binary() {
             Ok(bin) => bin,
             Err(why) => {
@@ -81,6 +88,7 @@ impl NatsServer {
             port: 0,
             child: None,
             log: Arc::new(Mutex::new(Vec::new())),
+            args,
         };
         server.spawn().await;
         Some(server)
@@ -139,7 +147,8 @@ impl NatsServer {
         let mut child = Command::new(&self.bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
             .arg(self.store.path())
-            // Logs go to stderr by default; no HTTP monitor, no cluster.
+            .args(&self.args)
+            // Logs go to stderr by default; no HTTP monitor.
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -204,6 +213,77 @@ impl Drop for NatsServer {
         // kill_on_drop sends SIGKILL; start_kill here also reaps promptly where possible.
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
+        }
+    }
+}
+
+/// Several nats-servers routed into one JetStream cluster (R3 streams need three), each with
+/// its own store; killed on drop.
+pub struct NatsCluster {
+    /// The nodes, `n0`, `n1`, …
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes and waits until JetStream answers through the first; `None` as
+    /// [`NatsServer::start`] without a binary.
+    ///
+    /// JetStream in a cluster needs every node's route address when it starts, so the route
+    /// ports are picked by binding port 0 and releasing it just before the servers bind them:
+    /// another process could take one in between (the start then fails, loudly). Client
+    /// ports are the servers' own pick, as for one server.
+    pub async fn start(test: &str, n: usize) -> Option<NatsCluster> {
+        let ports: Vec<u16> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|l| l.local_addr().expect("bound").port())
+            .collect();
+        let routes = ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::with_capacity(n);
+        for (i, port) in ports.iter().enumerate() {
+            let args = [
+                "-n",
+                &format!("n{i}"),
+                "--cluster_name",
+                "ws-sidecar-test",
+                "-cluster",
+                &format!("nats://127.0.0.1:{port}"),
+                "-routes",
+                &routes,
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            nodes.push(NatsServer::start_with(test, args).await?);
+        }
+        let cluster = NatsCluster { nodes };
+        cluster.wait_for_jetstream().await;
+        Some(cluster)
+    }
+
+    /// Every node's client URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// Until the cluster has elected its JetStream meta leader (bounded).
+    async fn wait_for_jetstream(&self) {
+        let client = async_nats::connect(self.urls().as_slice())
+            .await
+            .expect("connect to the cluster");
+        let js = async_nats::jetstream::new(client);
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        while js.query_account().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "JetStream cluster not up within {START_TIMEOUT:?}:\n{}",
+                self.nodes[0].recent_log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
