@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use ws_sidecar::client::{self, Target};
 use ws_sidecar::proto;
 
-use crate::support::daemon::{next_message, subscribe};
+use crate::support::daemon::subscribe;
 use crate::support::nats::NatsServer;
 use crate::support::process::{crash, grpc_addr, spawn_daemon, stop, wait_ready, Spawned};
-use crate::support::ticks::{tick_id, TickOptions};
+use crate::support::ticks::TickOptions;
 use crate::support::upstream::FakeUpstream;
 
 /// Bounds every wait.
@@ -69,30 +69,6 @@ async fn wait_role(dir: &Path, want: &str) {
     }
 }
 
-/// Messages as (seq, tick id) into `got` until one at `through` or later.
-async fn take(s: &mut tonic::Streaming<proto::Event>, got: &mut Vec<(u64, u64)>, through: u64) {
-    while got.last().is_none_or(|m| m.0 < through) {
-        let m = next_message(s, WAIT).await;
-        got.push((
-            m.seq,
-            tick_id(&String::from_utf8_lossy(&m.data)).expect("a tick"),
-        ));
-    }
-}
-
-/// Seqs and tick ids both go up by one from message to message.
-fn assert_contiguous(got: &[(u64, u64)], host: &str) {
-    for w in got.windows(2) {
-        assert_eq!(
-            (w[1].0, w[1].1),
-            (w[0].0 + 1, w[0].1 + 1),
-            "{host}: a hole or a duplicate between {:?} and {:?}",
-            w[0],
-            w[1]
-        );
-    }
-}
-
 /// SIGKILL the leader of three mid-stream: one follower takes over within the lease TTL plus
 /// one connect (with the server's expiry of the key), the other keeps following, subscribers on
 /// both go on with no hole and no duplicate and see the same ticks under the same seqs, and
@@ -117,9 +93,9 @@ async fn a_killed_leader_is_replaced_within_the_ttl_without_hole_or_duplicate() 
     let mut on_b = subscribe(&mut grpc(dirs[1].path()).await, "ticks", None).await;
     let mut on_c = subscribe(&mut grpc(dirs[2].path()).await, "ticks", None).await;
     let (mut got_b, mut got_c) = (Vec::new(), Vec::new());
-    take(&mut on_b, &mut got_b, 1).await;
+    crate::take_ticks(&mut on_b, &mut got_b, 1).await;
     let through = got_b[0].0 + 50;
-    take(&mut on_b, &mut got_b, through).await;
+    crate::take_ticks(&mut on_b, &mut got_b, through).await;
     let killed = Instant::now();
     crash(a);
     let new_leader = loop {
@@ -149,10 +125,10 @@ async fn a_killed_leader_is_replaced_within_the_ttl_without_hole_or_duplicate() 
         attempts[1].target
     );
     let through = got_b.last().map_or(0, |m| m.0) + 100;
-    take(&mut on_b, &mut got_b, through).await;
-    take(&mut on_c, &mut got_c, through).await;
-    assert_contiguous(&got_b, "host-b");
-    assert_contiguous(&got_c, "host-c");
+    crate::take_ticks(&mut on_b, &mut got_b, through).await;
+    crate::take_ticks(&mut on_c, &mut got_c, through).await;
+    crate::assert_ticks_contiguous(&got_b, "host-b");
+    crate::assert_ticks_contiguous(&got_c, "host-c");
     let first_c = got_c[0].0;
     let same: Vec<_> = got_b.iter().filter(|m| m.0 >= first_c).collect();
     assert_eq!(

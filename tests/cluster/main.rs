@@ -69,3 +69,48 @@ async fn clustered_daemon(
     }
     support::daemon::start_with(cfg).await
 }
+
+/// Waits (bounded) until `d`'s endpoint `endpoint` has `role`.
+async fn wait_role(
+    d: &support::daemon::TestDaemon,
+    endpoint: &str,
+    role: ws_sidecar::cluster::slot::Role,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while d.endpoint(endpoint).cluster.status().role != role {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{endpoint} never became {}",
+            role.as_str()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Messages as (seq, tick id) into `got` until one at `through` or later; panics on a gap.
+async fn take_ticks(
+    s: &mut tonic::Streaming<ws_sidecar::proto::Event>,
+    got: &mut Vec<(u64, u64)>,
+    through: u64,
+) {
+    while got.last().is_none_or(|m| m.0 < through) {
+        let m = support::daemon::next_message(s, std::time::Duration::from_secs(30)).await;
+        got.push((
+            m.seq,
+            support::ticks::tick_id(&String::from_utf8_lossy(&m.data)).expect("a tick"),
+        ));
+    }
+}
+
+/// Seqs and tick ids both go up by one from message to message on `host`.
+fn assert_ticks_contiguous(got: &[(u64, u64)], host: &str) {
+    for w in got.windows(2) {
+        assert_eq!(
+            (w[1].0, w[1].1),
+            (w[0].0 + 1, w[0].1 + 1),
+            "{host}: a hole or a duplicate between {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+}

@@ -5,15 +5,11 @@
 use std::time::Duration;
 
 use ws_sidecar::cluster::slot::Role;
-use ws_sidecar::proto;
 
-use crate::support::daemon::{next_message, subscribe, TestDaemon};
+use crate::support::daemon::{subscribe, TestDaemon};
 use crate::support::nats::NatsCluster;
-use crate::support::ticks::{tick_id, TickOptions};
+use crate::support::ticks::TickOptions;
 use crate::support::upstream::FakeUpstream;
-
-/// Bounds every wait (a replica group elects a new leader in a few seconds).
-const WAIT: Duration = Duration::from_secs(30);
 
 /// A daemon named `name` on every node of `nats`, its endpoint `ticks` clustered with three
 /// replicas and resumed by `?since=`.
@@ -34,29 +30,6 @@ async fn host(nats: &NatsCluster, up: &FakeUpstream, name: &str) -> TestDaemon {
     crate::support::daemon::start_with(cfg).await
 }
 
-async fn wait_role(d: &TestDaemon, role: Role) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while d.endpoint("ticks").cluster.status().role != role {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never became {}",
-            role.as_str()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Messages as (seq, tick id) into `got` until one at `through` or later.
-async fn take(s: &mut tonic::Streaming<proto::Event>, got: &mut Vec<(u64, u64)>, through: u64) {
-    while got.last().is_none_or(|m| m.0 < through) {
-        let m = next_message(s, WAIT).await;
-        got.push((
-            m.seq,
-            tick_id(&String::from_utf8_lossy(&m.data)).expect("a tick"),
-        ));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn with_three_replicas_losing_a_nats_node_loses_and_repeats_nothing() {
     let Some(mut nats) = NatsCluster::start("with_three_replicas", 3).await else {
@@ -68,13 +41,13 @@ async fn with_three_replicas_losing_a_nats_node_loses_and_repeats_nothing() {
     })
     .await;
     let a = host(&nats, &up, "host-a").await;
-    wait_role(&a, Role::Leader).await;
+    crate::wait_role(&a, "ticks", Role::Leader).await;
     let b = host(&nats, &up, "host-b").await;
-    wait_role(&b, Role::Follower).await;
+    crate::wait_role(&b, "ticks", Role::Follower).await;
     let mut on_a = subscribe(&mut a.grpc().await, "ticks", Some(0)).await;
     let mut on_b = subscribe(&mut b.grpc().await, "ticks", Some(0)).await;
     let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
-    take(&mut on_b, &mut got_b, 100).await;
+    crate::take_ticks(&mut on_b, &mut got_b, 100).await;
     // The node leading the endpoint's stream: its loss means a new stream leader, and the
     // readers' consumers (one replica, on that node) are lost with it.
     let client = async_nats::connect(nats.urls().as_slice())
@@ -101,8 +74,8 @@ async fn with_three_replicas_losing_a_nats_node_loses_and_repeats_nothing() {
     let killed = std::time::Instant::now();
     // 1,000 more ticks (5 s at the feed's pace) through the loss and the re-elections.
     let through = got_b.last().map_or(0, |m| m.0) + 1000;
-    take(&mut on_b, &mut got_b, through).await;
-    take(&mut on_a, &mut got_a, through).await;
+    crate::take_ticks(&mut on_b, &mut got_b, through).await;
+    crate::take_ticks(&mut on_a, &mut got_a, through).await;
     eprintln!(
         "lost the stream's leader node: 1000 ticks through in {:?}; leader now {}",
         killed.elapsed(),
@@ -114,15 +87,7 @@ async fn with_three_replicas_losing_a_nats_node_loses_and_repeats_nothing() {
     );
     for (host, got) in [("host-a", &got_a), ("host-b", &got_b)] {
         assert_eq!(got[0].0, 1, "{host}: from the first seq");
-        for w in got.windows(2) {
-            assert_eq!(
-                (w[1].0, w[1].1),
-                (w[0].0 + 1, w[0].1 + 1),
-                "{host}: a hole or a duplicate between {:?} and {:?}",
-                w[0],
-                w[1]
-            );
-        }
+        crate::assert_ticks_contiguous(got, host);
     }
     assert_eq!(got_a, got_b, "the same ticks under the same seqs");
     a.stop().await;

@@ -24,18 +24,6 @@ async fn host(server: &NatsServer, up: &FakeNode, name: &str) -> TestDaemon {
     crate::clustered_daemon(server, &toml, "node", name).await
 }
 
-async fn wait_role(d: &TestDaemon, role: Role) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while d.endpoint("node").cluster.status().role != role {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never became {}",
-            role.as_str()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn request(
     c: &mut SidecarClient<tonic::transport::Channel>,
     body: Value,
@@ -68,9 +56,9 @@ async fn apps_on_every_host_get_their_own_replies_through_one_connection() {
     };
     let up = FakeNode::start().await;
     let a = host(&server, &up, "host-a").await;
-    wait_role(&a, Role::Leader).await;
+    crate::wait_role(&a, "node", Role::Leader).await;
     let b = host(&server, &up, "host-b").await;
-    wait_role(&b, Role::Follower).await;
+    crate::wait_role(&b, "node", Role::Follower).await;
     let mut apps = Vec::new();
     for (app, d) in [(0u64, &a), (1, &b), (2, &b)] {
         let c = d.grpc().await;
@@ -136,9 +124,9 @@ async fn a_followers_stream_runs_on_the_leader_and_ends_when_its_app_leaves() {
     };
     let up = FakeNode::start().await;
     let a = host(&server, &up, "host-a").await;
-    wait_role(&a, Role::Leader).await;
+    crate::wait_role(&a, "node", Role::Leader).await;
     let b = host(&server, &up, "host-b").await;
-    wait_role(&b, Role::Follower).await;
+    crate::wait_role(&b, "node", Role::Follower).await;
     let mut c = b.grpc().await;
     let mut stream = c
         .request_stream(proto::UpstreamRequest {
@@ -181,9 +169,9 @@ async fn requests_in_flight_at_a_failover_fail_unavailable_and_the_next_is_answe
     };
     let up = FakeNode::start().await;
     let a = host(&server, &up, "host-a").await;
-    wait_role(&a, Role::Leader).await;
+    crate::wait_role(&a, "node", Role::Leader).await;
     let b = host(&server, &up, "host-b").await;
-    wait_role(&b, Role::Follower).await;
+    crate::wait_role(&b, "node", Role::Follower).await;
     let c = b.grpc().await;
     let waiting: Vec<_> = (0..5u64)
         .map(|i| {
@@ -207,7 +195,7 @@ async fn requests_in_flight_at_a_failover_fail_unavailable_and_the_next_is_answe
         let e = r.expect_err("no reply to a request whose leader stopped");
         assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     }
-    wait_role(&b, Role::Leader).await;
+    crate::wait_role(&b, "node", Role::Leader).await;
     let mut c = c.clone();
     let reply = request(
         &mut c,
@@ -229,7 +217,7 @@ async fn a_stream_whose_asking_host_died_is_ended_by_the_leader() {
     };
     let up = FakeNode::start().await;
     let a = host(&server, &up, "host-a").await;
-    wait_role(&a, Role::Leader).await;
+    crate::wait_role(&a, "node", Role::Leader).await;
     // The asking host, speaking the protocol by hand.
     let client = async_nats::connect(server.url()).await.expect("connect");
     let inbox = client.new_inbox();

@@ -11,7 +11,7 @@ use ws_sidecar::cluster::interest::{HeldKey, Interest};
 use ws_sidecar::cluster::slot::Role;
 use ws_sidecar::proto::{self, event::Event as Ev};
 
-use crate::support::binance::{shared_config, FakeBinance, Frame, Received, Rules};
+use crate::support::binance::{shared_config, stream_requests, FakeBinance, Rules};
 use crate::support::daemon::{attach, TestDaemon};
 use crate::support::nats::NatsServer;
 
@@ -34,38 +34,6 @@ fn binance() -> FakeBinance {
 
 async fn host(server: &NatsServer, up: &FakeBinance, name: &str) -> TestDaemon {
     crate::clustered_daemon(server, &shared_config(&up.url()), "bn", name).await
-}
-
-/// Waits until `d`'s endpoint has `role`.
-async fn wait_role(d: &TestDaemon, role: Role) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while d.endpoint("bn").cluster.status().role != role {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never became {}",
-            role.as_str()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// `(method, stream)` of every subscribe/unsubscribe, per connection, in order.
-fn asked(all: &[Received]) -> BTreeMap<usize, Vec<(String, String)>> {
-    let mut out: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
-    for r in all {
-        let Frame::Text(t) = &r.frame else { continue };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(t) else {
-            continue;
-        };
-        let method = v["method"].as_str().unwrap_or_default().to_owned();
-        for p in v["params"].as_array().into_iter().flatten() {
-            let stream = p.as_str().unwrap_or_default().to_owned();
-            out.entry(r.conn)
-                .or_default()
-                .push((method.clone(), stream));
-        }
-    }
-    out
 }
 
 fn pair(method: &str, stream: &str) -> (String, String) {
@@ -120,9 +88,9 @@ async fn keys_held_on_any_host_are_subscribed_once_on_the_leaders_connection() {
     };
     let up = binance();
     let a = host(&server, &up, "host-a").await;
-    wait_role(&a, Role::Leader).await;
+    crate::wait_role(&a, "bn", Role::Leader).await;
     let b = host(&server, &up, "host-b").await;
-    wait_role(&b, Role::Follower).await;
+    crate::wait_role(&b, "bn", Role::Follower).await;
 
     let mut on_b = attach(&mut b.grpc().await, "bn", &[BTC]).await;
     key_state(&mut on_b, BTC, proto::KeyState::Subscribed).await;
@@ -139,7 +107,7 @@ async fn keys_held_on_any_host_are_subscribed_once_on_the_leaders_connection() {
         "still only its key: {got:?}"
     );
     assert_eq!(
-        asked(&up.received()),
+        stream_requests(&up.received()),
         BTreeMap::from([(0, vec![pair("SUBSCRIBE", BTC), pair("SUBSCRIBE", ETH)])]),
         "one connection, one SUBSCRIBE per key"
     );
@@ -151,7 +119,7 @@ async fn keys_held_on_any_host_are_subscribed_once_on_the_leaders_connection() {
     key_state(&mut on_a2, ETH, proto::KeyState::Subscribed).await;
     drop(on_a);
     up.wait_for(WAIT, |all| {
-        asked(all)
+        stream_requests(all)
             .get(&0)
             .is_some_and(|l| l.contains(&pair("UNSUBSCRIBE", BTC)))
     })
@@ -160,14 +128,14 @@ async fn keys_held_on_any_host_are_subscribed_once_on_the_leaders_connection() {
     drop(on_a2);
     let all = up
         .wait_for(WAIT, |all| {
-            asked(all)
+            stream_requests(all)
                 .get(&0)
                 .is_some_and(|l| l.contains(&pair("UNSUBSCRIBE", ETH)))
         })
         .await
         .expect("ETH unsubscribed");
     assert_eq!(
-        asked(&all)[&0],
+        stream_requests(&all)[&0],
         [
             pair("SUBSCRIBE", BTC),
             pair("SUBSCRIBE", ETH),
@@ -191,15 +159,15 @@ async fn the_next_leader_subscribes_what_every_host_holds() {
     };
     let up = binance();
     let a = host(&server, &up, "host-a").await;
-    wait_role(&a, Role::Leader).await;
+    crate::wait_role(&a, "bn", Role::Leader).await;
     let b = host(&server, &up, "host-b").await;
-    wait_role(&b, Role::Follower).await;
+    crate::wait_role(&b, "bn", Role::Follower).await;
     let mut on_b = attach(&mut b.grpc().await, "bn", &[BTC]).await;
     key_state(&mut on_b, BTC, proto::KeyState::Subscribed).await;
     let before = trades(&mut on_b, 10).await;
 
     a.stop().await;
-    wait_role(&b, Role::Leader).await;
+    crate::wait_role(&b, "bn", Role::Leader).await;
     let after = trades(&mut on_b, 20).await;
     assert!(after.iter().all(|(_, s)| s == BTC), "{after:?}");
     let seqs: Vec<u64> = before.iter().chain(&after).map(|(q, _)| *q).collect();
@@ -209,12 +177,12 @@ async fn the_next_leader_subscribes_what_every_host_holds() {
     );
 
     let c = host(&server, &up, "host-c").await;
-    wait_role(&c, Role::Follower).await;
+    crate::wait_role(&c, "bn", Role::Follower).await;
     let mut on_c = attach(&mut c.grpc().await, "bn", &[ETH]).await;
     key_state(&mut on_c, ETH, proto::KeyState::Subscribed).await;
     let got = trades(&mut on_c, 20).await;
     assert!(got.iter().all(|(_, s)| s == ETH), "{got:?}");
-    let asked = asked(&up.received());
+    let asked = stream_requests(&up.received());
     assert_eq!(asked.len(), 2, "two connections, one per leader: {asked:?}");
     assert_eq!(
         asked[&1],
@@ -234,7 +202,7 @@ async fn a_silent_hosts_keys_are_let_go_of_after_the_ttl() {
     };
     let up = binance();
     let a = host(&server, &up, "host-a").await;
-    wait_role(&a, Role::Leader).await;
+    crate::wait_role(&a, "bn", Role::Leader).await;
     // A host that declares once and is never heard from again.
     let interest = Interest::open(&js, Duration::from_secs(1), 1)
         .await
@@ -248,7 +216,7 @@ async fn a_silent_hosts_keys_are_let_go_of_after_the_ttl() {
         .await
         .expect("declared");
     up.wait_for(WAIT, |all| {
-        asked(all)
+        stream_requests(all)
             .get(&0)
             .is_some_and(|l| l.contains(&pair("SUBSCRIBE", ETH)))
     })
@@ -256,14 +224,14 @@ async fn a_silent_hosts_keys_are_let_go_of_after_the_ttl() {
     .expect("the leader subscribes what the other host declared");
     let all = up
         .wait_for(WAIT, |all| {
-            asked(all)
+            stream_requests(all)
                 .get(&0)
                 .is_some_and(|l| l.contains(&pair("UNSUBSCRIBE", ETH)))
         })
         .await
         .expect("and lets go of it once that host's entry aged out");
     assert_eq!(
-        asked(&all)[&0],
+        stream_requests(&all)[&0],
         [pair("SUBSCRIBE", ETH), pair("UNSUBSCRIBE", ETH)]
     );
     a.stop().await;
@@ -282,9 +250,9 @@ async fn max_per_connection_counts_every_hosts_keys() {
         "[endpoints.bn.subscriptions]\nmax_per_connection = 1\n",
     );
     let a = crate::clustered_daemon(&server, &toml, "bn", "host-a").await;
-    wait_role(&a, Role::Leader).await;
+    crate::wait_role(&a, "bn", Role::Leader).await;
     let b = crate::clustered_daemon(&server, &toml, "bn", "host-b").await;
-    wait_role(&b, Role::Follower).await;
+    crate::wait_role(&b, "bn", Role::Follower).await;
     let mut on_a = attach(&mut a.grpc().await, "bn", &[BTC]).await;
     key_state(&mut on_a, BTC, proto::KeyState::Subscribed).await;
     let mut on_b = attach(&mut b.grpc().await, "bn", &[ETH]).await;

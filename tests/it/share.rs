@@ -8,29 +8,12 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use ws_sidecar::proto::{self, event::Event as Ev};
 
-use crate::support::binance::{shared_config, FakeBinance, Frame, Received, Rules};
+use crate::support::binance::{
+    shared_config, stream_requests, FakeBinance, Frame, Received, Rules,
+};
 use crate::support::daemon::{attach, start_daemon};
 
 const T: Duration = Duration::from_secs(20);
-
-/// What each connection asked for, in order: `("SUBSCRIBE", stream)` pairs.
-fn requests(all: &[Received]) -> BTreeMap<usize, Vec<(String, String)>> {
-    let mut out: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
-    for r in all {
-        let Frame::Text(t) = &r.frame else { continue };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(t) else {
-            continue;
-        };
-        let method = v["method"].as_str().unwrap_or_default().to_owned();
-        for p in v["params"].as_array().into_iter().flatten() {
-            let stream = p.as_str().unwrap_or_default().to_owned();
-            out.entry(r.conn)
-                .or_default()
-                .push((method.clone(), stream));
-        }
-    }
-    out
-}
 
 /// The trade number and stream of an app's next message, skipping states and key changes.
 async fn next_trade(s: &mut tonic::Streaming<proto::Event>) -> (String, u64) {
@@ -105,7 +88,7 @@ async fn three_apps_share_one_subscription_per_key_across_drops() {
         up.close_all();
         // The new connection (numbered `before`) subscribes the whole held set.
         up.wait_for(T, |all| {
-            let subscribed = requests(all).get(&before).map_or(0, |r| r.len());
+            let subscribed = stream_requests(all).get(&before).map_or(0, |r| r.len());
             subscribed >= 3
         })
         .await
@@ -118,7 +101,7 @@ async fn three_apps_share_one_subscription_per_key_across_drops() {
         }
     }
     let all = up.received();
-    let per_conn = requests(&all);
+    let per_conn = stream_requests(&all);
     for (conn, reqs) in &per_conn {
         let subscribed: Vec<&str> = reqs
             .iter()
@@ -152,7 +135,7 @@ async fn three_apps_share_one_subscription_per_key_across_drops() {
     let mut probe = attach(&mut c, "bn", &["xrpusdt@trade"]).await;
     next_trade(&mut probe).await;
     assert!(
-        !requests(&up.received())[&conn]
+        !stream_requests(&up.received())[&conn]
             .iter()
             .any(|(m, _)| m == "UNSUBSCRIBE"),
         "btcusdt is still held by B"
@@ -160,7 +143,7 @@ async fn three_apps_share_one_subscription_per_key_across_drops() {
     drop(b);
     let got = up
         .wait_for(T, |all| {
-            requests(all)
+            stream_requests(all)
                 .get(&conn)
                 .is_some_and(|r| r.iter().any(|(m, _)| m == "UNSUBSCRIBE"))
         })
@@ -169,7 +152,7 @@ async fn three_apps_share_one_subscription_per_key_across_drops() {
     // Anything else would have come with it; C still gets ethusdt.
     let m = next_trade(&mut cc).await;
     check(2, m);
-    let unsubs: Vec<String> = requests(&got)[&conn]
+    let unsubs: Vec<String> = stream_requests(&got)[&conn]
         .iter()
         .filter(|(m, _)| m == "UNSUBSCRIBE")
         .map(|(_, s)| s.clone())
@@ -249,7 +232,7 @@ async fn ndjson_holds_keys_and_lets_go_of_them() {
     assert_eq!(u["ended"], 1);
     let unsubscribed = |stream: &'static str| {
         move |all: &[Received]| {
-            requests(all)
+            stream_requests(all)
                 .values()
                 .flatten()
                 .any(|(m, s)| m == "UNSUBSCRIBE" && s == stream)
@@ -372,7 +355,7 @@ async fn held_keys_move_to_the_new_connection_before_a_rotation() {
         "every connection rotated before its cut"
     );
     assert_eq!(up.bad_requests(), 0);
-    for (conn, reqs) in requests(&up.received()) {
+    for (conn, reqs) in stream_requests(&up.received()) {
         let subscribed: BTreeSet<&str> = reqs.iter().map(|(_, s)| s.as_str()).collect();
         assert_eq!(
             subscribed,

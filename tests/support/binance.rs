@@ -266,6 +266,28 @@ impl FakeBinance {
     }
 }
 
+/// What each connection asked for, in order: `(method, stream)` pairs of every SUBSCRIBE and
+/// UNSUBSCRIBE, by connection.
+pub fn stream_requests(
+    all: &[Received],
+) -> std::collections::BTreeMap<usize, Vec<(String, String)>> {
+    let mut out: std::collections::BTreeMap<usize, Vec<(String, String)>> = Default::default();
+    for r in all {
+        let Frame::Text(t) = &r.frame else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(t) else {
+            continue;
+        };
+        let method = v["method"].as_str().unwrap_or_default().to_owned();
+        for p in v["params"].as_array().into_iter().flatten() {
+            let stream = p.as_str().unwrap_or_default().to_owned();
+            out.entry(r.conn)
+                .or_default()
+                .push((method.clone(), stream));
+        }
+    }
+    out
+}
+
 /// Trade `n` on `stream` as the combined-stream endpoint sends it.
 pub fn trade(stream: &str, n: u64) -> String {
     let symbol = stream
