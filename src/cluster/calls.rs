@@ -168,7 +168,8 @@ async fn ask(
     if stream {
         h.insert(STREAM, "1");
     }
-    // Until a leader takes it: the app's own timeout (`requests.timeout`) bounds the wait.
+    // Asked again only while nobody receives it (no leader, a failover); the app's own
+    // timeout (`requests.timeout`) bounds that wait.
     loop {
         if let Err(e) = client
             .publish_with_reply_and_headers(
@@ -193,7 +194,12 @@ async fn ask(
                 _ => {}
             },
             Ok(None) => return fail(ShareError::Closed),
-            Err(_) => {}
+            // A leader got it and said nothing: asking again could make it twice.
+            Err(_) => {
+                return fail(ShareError::Unavailable(
+                    "the fleet's leader did not take the request in time".into(),
+                ))
+            }
         }
     }
     accepted.store(true, std::sync::atomic::Ordering::Relaxed);
