@@ -207,6 +207,7 @@ def test_status_reconnect_and_reset_resume(upstream, make_daemon):
         every = sc.status()
         assert list(every) == ["feed"] and every["feed"].state == ws_sidecar.State.CONNECTED
         assert every["feed"].url == upstream.url and every["feed"].messages_received == 1
+        assert every["feed"].cluster is None, "not clustered: no role"
         with pytest.raises(ws_sidecar.NotFound):
             sc.status("nope")
         sc.reconnect("feed")

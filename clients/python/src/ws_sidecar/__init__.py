@@ -30,6 +30,7 @@ from .errors import (
     Unreachable,
 )
 from .events import (
+    ClusterRole,
     EndpointStatus,
     Gap,
     GapReason,
@@ -61,6 +62,7 @@ __all__ = [
     "RpcError",
     "Unavailable",
     "Unreachable",
+    "ClusterRole",
     "EndpointStatus",
     "Gap",
     "GapReason",

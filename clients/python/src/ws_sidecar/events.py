@@ -142,6 +142,21 @@ class UpstreamSubscription:
 
 
 @dataclass(frozen=True)
+class ClusterRole:
+    """A clustered endpoint's part in its fleet (README "Running a fleet")."""
+
+    #: "joining", "follower" or "leader".
+    role: str
+    #: `cluster.name` of the daemon holding the upstream connection ("" when unknown).
+    leader: str
+    lease_epoch: int
+    #: Messages in the endpoint's stream this daemon has not delivered locally yet.
+    stream_lag: int
+    #: Why this daemon last stopped leading ("" if it never did).
+    stepped_down: str
+
+
+@dataclass(frozen=True)
 class EndpointStatus:
     """State and counters of one endpoint (see the proto's EndpointStatus for each field)."""
 
@@ -164,6 +179,8 @@ class EndpointStatus:
     request_timeouts: int
     confirm_depth: int
     upstream_subscriptions: list[UpstreamSubscription] = field(default_factory=list)
+    #: None unless the endpoint has `cluster = true`.
+    cluster: ClusterRole | None = None
 
 
 def message_of(m: pb.Message) -> Message:
@@ -215,4 +232,15 @@ def status_of(s: pb.EndpointStatus) -> EndpointStatus:
         upstream_subscriptions=[
             UpstreamSubscription(u.key, u.holders, u.state) for u in s.upstream_subscriptions
         ],
+        cluster=(
+            ClusterRole(
+                s.cluster.role,
+                s.cluster.leader,
+                s.cluster.lease_epoch,
+                s.cluster.stream_lag,
+                s.cluster.stepped_down,
+            )
+            if s.HasField("cluster")
+            else None
+        ),
     )
