@@ -12,6 +12,9 @@
 //!   `Nats-Expected-Last-Sequence: seq-1`, so a second writer (a zombie leader) is refused
 //!   ([`stream::AppendError::Fenced`]) and a retry after a lost ack is deduplicated. A
 //!   [`stream::Reader`] replays from a seq, and says exactly when that seq has expired.
+//! - [`append`]: the leader's appends, pipelined: [`append::Leading::submit`] gives each
+//!   inbound message the next seq and writes it to the client; one task per term reads the
+//!   acks in order, sends again from the first one that failed, and ends the term when fenced.
 //! - [`queue`]: the publish work-queue, one work-queue stream per endpoint (subject
 //!   `ws-sidecar-publish.<endpoint>`). Any host [`queue::PublishQueue::push`]es an app's publish
 //!   into it (its idempotency key as `Nats-Msg-Id`); the leader [`queue::PublishQueue::take_over`]s
@@ -35,6 +38,7 @@
 //! - status (role, lease epoch, stream lag) and metrics (publish-to-stream latency, lease
 //!   changes).
 
+pub mod append;
 pub mod drain;
 pub mod history;
 pub mod lease;
