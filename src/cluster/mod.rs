@@ -47,6 +47,7 @@ pub mod queue;
 pub mod role;
 pub mod slot;
 pub mod stream;
+pub mod write;
 
 pub use node::Node;
 
