@@ -17,7 +17,9 @@
 //!   same id, so the server answers "duplicate" (deduplication is checked before the expected
 //!   sequence) and the zombie believes its own payload was stored.
 //! - [`UPSTREAM_ID`] (`Ws-Sidecar-Upstream-Id`): the message's upstream id, when it has one; a
-//!   new leader resumes the upstream from the last one ([`EndpointStream::tail`]).
+//!   new leader resumes the upstream from the last one ([`EndpointStream::tail`]). It and
+//!   [`KEY`] come from the upstream's messages, so they are percent-encoded (`%`, space,
+//!   control characters, non-ASCII): a header value cannot hold a line break.
 //! - [`TERM`] (`Ws-Sidecar-Term`): the writer's term, so an append that landed but whose ack
 //!   was lost past the duplicate window is still recognised as the writer's own.
 
@@ -30,6 +32,7 @@ use async_nats::jetstream::{
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
 use std::sync::Arc;
 
@@ -86,7 +89,7 @@ impl Meta {
             headers.push((RECEIVED_AT, self.received_at.to_string()));
         }
         if let Some(key) = &self.key {
-            headers.push((KEY, key.to_string()));
+            headers.push((KEY, encode_text(key)));
         }
         if let Some(g) = &self.gap {
             headers.push((GAP, format!("{} {} {}", g.reason.as_str(), g.from, g.to)));
@@ -111,7 +114,7 @@ impl Meta {
             received_at: header(h, RECEIVED_AT)
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(0),
-            key: header(h, KEY).map(Arc::from),
+            key: header(h, KEY).map(|k| Arc::from(decode_text(&k))),
             gap,
         }
     }
@@ -300,7 +303,7 @@ impl EndpointStream {
             .map_err(|e| self.error(e))?;
         Ok(Some(Tail {
             seq: message.sequence,
-            upstream_id: header(&message.headers, UPSTREAM_ID),
+            upstream_id: header(&message.headers, UPSTREAM_ID).map(|id| decode_text(&id)),
         }))
     }
 
@@ -388,7 +391,9 @@ impl Reader {
         }
         self.next = seq + 1;
         let headers = message.headers.as_ref();
-        let upstream_id = headers.and_then(|h| header(h, UPSTREAM_ID));
+        let upstream_id = headers
+            .and_then(|h| header(h, UPSTREAM_ID))
+            .map(|id| decode_text(&id));
         let meta = Meta::read(headers);
         Ok(Entry {
             seq,
@@ -397,6 +402,21 @@ impl Reader {
             meta,
         })
     }
+}
+
+/// What [`encode_text`] escapes besides non-ASCII: `%`, space and control characters. A raw
+/// `\r` or `\n` in a header value makes async-nats panic, and the server trims leading and
+/// trailing blanks; upstream ids and keys come from the upstream's messages.
+const TEXT_ESCAPES: &AsciiSet = &CONTROLS.add(b'%').add(b' ');
+
+/// A header value for text from outside (an upstream id, a key), one-to-one.
+pub(super) fn encode_text(text: &str) -> String {
+    utf8_percent_encode(text, TEXT_ESCAPES).to_string()
+}
+
+/// The inverse of [`encode_text`]; a malformed escape is kept as it is.
+fn decode_text(value: &str) -> String {
+    percent_decode_str(value).decode_utf8_lossy().into_owned()
 }
 
 pub(super) fn header(headers: &async_nats::HeaderMap, name: &str) -> Option<String> {

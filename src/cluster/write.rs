@@ -10,7 +10,7 @@ use async_nats::jetstream::{
 };
 use bytes::Bytes;
 
-use super::stream::{header, EndpointStream, Meta, NatsError, TERM, UPSTREAM_ID};
+use super::stream::{encode_text, header, EndpointStream, Meta, NatsError, TERM, UPSTREAM_ID};
 
 /// Why an append did not land.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +180,7 @@ impl Writer {
             (TERM, self.term.to_string()),
         ];
         if let Some(id) = upstream_id {
-            headers.push((UPSTREAM_ID, id.to_string()));
+            headers.push((UPSTREAM_ID, encode_text(id)));
         }
         meta.write(&mut headers);
         Outgoing {

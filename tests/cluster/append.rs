@@ -297,3 +297,35 @@ async fn a_server_that_forgot_the_last_message_id_does_not_stall_the_term() {
     assert!(l.why().is_none(), "the term goes on: {:?}", l.why());
     assert_stream(&stream, 1, 5, payload).await;
 }
+
+/// Upstream ids and keys come from the upstream's messages: a line break, a blank at either
+/// end or a `%` in them travels as it is, and never reaches async-nats raw (which panics on a
+/// line break in a header value).
+#[tokio::test]
+async fn upstream_ids_and_keys_travel_intact_whatever_they_hold() {
+    let Some((_server, js)) = start("upstream_ids_and_keys_travel_intact").await else {
+        return;
+    };
+    let stream = EndpointStream::open(&js, "odd", 1, &Retention::default())
+        .await
+        .expect("open");
+    let (slot, l) = (Slot::new(true), leading(&stream, 1, 1));
+    let odd = [" a\r\nb ", "50%25 é\t", ""];
+    for (n, text) in (1..).zip(odd) {
+        let meta = Meta {
+            key: Some(text.into()),
+            ..Meta::default()
+        };
+        let seq = with_timeout(WAIT, l.submit(&slot, payload(n), Some(text), &meta)).await;
+        assert_eq!(seq, Some(n));
+    }
+    with_timeout(WAIT, l.settled()).await;
+    let mut reader = stream.read_from(1).await.expect("read");
+    for text in odd {
+        let e = with_timeout(WAIT, reader.next()).await.expect("next");
+        assert_eq!(e.upstream_id.as_deref(), Some(text), "seq {}", e.seq);
+        assert_eq!(e.meta.key.as_deref(), Some(text), "seq {}", e.seq);
+    }
+    let tail = stream.tail().await.expect("tail").expect("not empty");
+    assert_eq!(tail.upstream_id.as_deref(), Some(""));
+}
