@@ -12,6 +12,9 @@
 //!   `Nats-Expected-Last-Sequence: seq-1`, so a second writer (a zombie leader) is refused
 //!   ([`stream::AppendError::Fenced`]) and a retry after a lost ack is deduplicated. A
 //!   [`stream::Reader`] replays from a seq, and says exactly when that seq has expired.
+//! - [`append`]: the leader's appends, pipelined: [`append::Leading::submit`] gives each
+//!   inbound message the next seq and writes it to the client; one task per term reads the
+//!   acks in order, sends again from the first one that failed, and ends the term when fenced.
 //! - [`queue`]: the publish work-queue, one work-queue stream per endpoint (subject
 //!   `ws-sidecar-publish.<endpoint>`). Any host [`queue::PublishQueue::push`]es an app's publish
 //!   into it (its idempotency key as `Nats-Msg-Id`); the leader [`queue::PublishQueue::take_over`]s
@@ -27,6 +30,7 @@
 //! - [`calls`]: requests from any host, made on the leader's connection over core NATS.
 //! - [`node`]: the one NATS connection of this daemon.
 
+pub mod append;
 pub mod calls;
 pub mod drain;
 pub mod history;
@@ -38,6 +42,7 @@ pub mod role;
 pub mod sharing;
 pub mod slot;
 pub mod stream;
+pub mod write;
 
 pub use node::Node;
 

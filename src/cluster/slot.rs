@@ -1,16 +1,15 @@
 //! What an endpoint holds of the fleet: its role for status and metrics, and, while it leads,
-//! the writer every inbound message goes through before any subscriber sees it.
+//! the writer every inbound message goes through before any subscriber sees it ([`Leading`],
+//! in `append.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
-
+use super::append::AppendCounters;
+pub use super::append::Leading;
 use super::calls::Calls;
 use super::queue::PublishQueue;
-use super::stream::{AppendError, EndpointStream, Meta, Writer};
+use super::stream::EndpointStream;
 
 /// An endpoint's part in the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,18 +55,19 @@ pub struct ClusterStatus {
 pub struct Slot {
     status: Mutex<ClusterStatus>,
     leading: Mutex<Option<Arc<Leading>>>,
-    /// The stream's last seq, as last learnt (appends and reads).
-    stream_last: AtomicU64,
+    /// The stream's last seq, as last learnt (appends and reads); shared with the term's acker.
+    stream_last: Arc<AtomicU64>,
     /// The last seq put in the local log.
     read_last: AtomicU64,
     /// Times the lease changed hands as this daemon saw it.
     pub lease_changes: AtomicU64,
-    /// Appends acknowledged by the stream, and their total time in microseconds.
-    pub appends: AtomicU64,
+    /// Appends acknowledged by the stream, and their total time (submit to ack) in
+    /// microseconds; shared with the term's acker (`append.rs`).
+    pub appends: Arc<AtomicU64>,
     /// See [`Slot::appends`].
-    pub append_micros: AtomicU64,
+    pub append_micros: Arc<AtomicU64>,
     /// Upstream messages the stream could not take: larger than the server's `max_payload`.
-    pub too_large: AtomicU64,
+    pub too_large: Arc<AtomicU64>,
     /// The endpoint's publish work-queue, once the endpoint joined the fleet.
     queue: std::sync::OnceLock<PublishQueue>,
     /// The endpoint's stream, once the endpoint joined the fleet: replays older than the local
@@ -93,12 +93,12 @@ impl Slot {
                 stepped_down: None,
             }),
             leading: Mutex::new(None),
-            stream_last: AtomicU64::new(0),
+            stream_last: Arc::default(),
             read_last: AtomicU64::new(0),
             lease_changes: AtomicU64::new(0),
-            appends: AtomicU64::new(0),
-            append_micros: AtomicU64::new(0),
-            too_large: AtomicU64::new(0),
+            appends: Arc::default(),
+            append_micros: Arc::default(),
+            too_large: Arc::default(),
             queue: std::sync::OnceLock::new(),
             stream: std::sync::OnceLock::new(),
             calls: std::sync::OnceLock::new(),
@@ -148,6 +148,16 @@ impl Slot {
         self.stream_last.fetch_max(seq, Ordering::Relaxed);
     }
 
+    /// What a term's acker counts into.
+    pub(super) fn counters(&self) -> AppendCounters {
+        AppendCounters {
+            appends: Arc::clone(&self.appends),
+            append_micros: Arc::clone(&self.append_micros),
+            too_large: Arc::clone(&self.too_large),
+            stream_last: Arc::clone(&self.stream_last),
+        }
+    }
+
     /// The local log holds the stream up to `seq`.
     pub fn read_upto(&self, seq: u64) {
         self.read_last.fetch_max(seq, Ordering::Relaxed);
@@ -195,117 +205,5 @@ impl Slot {
     /// Installs (or, with `None`, removes) the leader's writer.
     pub fn set_leading(&self, leading: Option<Arc<Leading>>) {
         *self.leading.lock().unwrap_or_else(|e| e.into_inner()) = leading;
-    }
-}
-
-/// The leader's side of one term: appends each inbound message at the next seq, and ends the
-/// term (through `lost`) when the stream refuses or the lease cannot be kept.
-pub struct Leading {
-    writer: Writer,
-    /// The seq the next append gets.
-    next: AtomicU64,
-    /// The lease's deadline as last renewed (see `Held::valid_until`), read by appends that
-    /// retry while NATS does not answer.
-    valid_until: Mutex<Instant>,
-    /// Cancelled when the term ends; the upstream connection closes with it.
-    pub lost: CancellationToken,
-    /// Why the term ended, first reason wins.
-    why: Mutex<Option<String>>,
-}
-
-/// Pause between retries of an append NATS did not answer.
-const RETRY: Duration = Duration::from_millis(100);
-
-impl Leading {
-    /// A term writing with `writer` from seq `next`, valid until `valid_until` unless renewed.
-    pub fn new(writer: Writer, next: u64, valid_until: Instant, lost: CancellationToken) -> Self {
-        Leading {
-            writer,
-            next: AtomicU64::new(next),
-            valid_until: Mutex::new(valid_until),
-            lost,
-            why: Mutex::new(None),
-        }
-    }
-
-    /// The lease was renewed until `until`.
-    pub fn renewed(&self, until: Instant) {
-        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
-    }
-
-    fn deadline(&self) -> Instant {
-        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Ends the term for `why` (kept if it is the first reason).
-    pub fn end(&self, why: String) {
-        {
-            let mut w = self.why.lock().unwrap_or_else(|e| e.into_inner());
-            if w.is_none() {
-                *w = Some(why);
-            }
-        }
-        self.lost.cancel();
-    }
-
-    /// Why the term ended, once it has.
-    pub fn why(&self) -> Option<String> {
-        self.why.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Appends one message at the next seq and waits for the stream's ack; the local log gets
-    /// it from the stream like every host's. Retries while NATS does not answer and the lease
-    /// is still valid. Returns the seq stored, or `None` when the term ended instead (the
-    /// message is then not delivered by this daemon; the next leader resumes before it) or
-    /// when the message is too large for the server (dropped, logged and counted).
-    pub async fn append(
-        &self,
-        slot: &Slot,
-        payload: Bytes,
-        upstream_id: Option<&str>,
-        meta: &Meta,
-    ) -> Option<u64> {
-        let seq = self.next.load(Ordering::Acquire);
-        let started = Instant::now();
-        loop {
-            if self.lost.is_cancelled() {
-                return None;
-            }
-            let attempt = tokio::select! {
-                r = self.writer.append_with(seq, payload.clone(), upstream_id, meta) => r,
-                _ = self.lost.cancelled() => return None,
-            };
-            match attempt {
-                Ok(_) => {
-                    self.next.store(seq + 1, Ordering::Release);
-                    slot.stream_at(seq);
-                    slot.appends.fetch_add(1, Ordering::Relaxed);
-                    slot.append_micros
-                        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    return Some(seq);
-                }
-                Err(e @ AppendError::TooLarge { .. }) => {
-                    // No host can have it: going on (the seq stays free for the next message)
-                    // beats stepping down, which would only fetch it again.
-                    tracing::error!(error = %e, "upstream message dropped");
-                    slot.too_large.fetch_add(1, Ordering::Relaxed);
-                    return None;
-                }
-                Err(e @ (AppendError::Fenced { .. } | AppendError::OutOfOrder { .. })) => {
-                    self.end(e.to_string());
-                    return None;
-                }
-                Err(AppendError::Nats(e)) => {
-                    if Instant::now() + RETRY >= self.deadline() {
-                        self.end(format!(
-                            "the stream did not take seq {seq} before the lease ran out: {e}"
-                        ));
-                        return None;
-                    }
-                    tracing::warn!(seq, error = %e, "append to the stream not confirmed; retrying");
-                    tokio::time::sleep(RETRY).await;
-                }
-            }
-        }
     }
 }

@@ -6,6 +6,10 @@
 //! [`AppendError::Fenced`]. That is what stops a partitioned old leader (a zombie).
 //!
 //! Headers of every message:
+//! - `Nats-Expected-Last-Msg-Id: <endpoint>:<seq-1>:<term>` on every append of a term but its
+//!   first (see [`Writer::prepare`]): the seq fence alone refuses a writer's append of a seq that
+//!   is taken, but not its *next* ones, whose expected last seq is the taken one; with appends
+//!   pipelined, a fenced writer has several of those in flight.
 //! - `Nats-Msg-Id: <endpoint>:<seq>:<term>`: a retry after a lost ack is deduplicated by the
 //!   server (within [`Retention::duplicate_window`]). The writer's term (the lease revision that
 //!   made it leader, [`crate::cluster::lease::Held::term`]) is part of the id on purpose: with
@@ -13,7 +17,9 @@
 //!   same id, so the server answers "duplicate" (deduplication is checked before the expected
 //!   sequence) and the zombie believes its own payload was stored.
 //! - [`UPSTREAM_ID`] (`Ws-Sidecar-Upstream-Id`): the message's upstream id, when it has one; a
-//!   new leader resumes the upstream from the last one ([`EndpointStream::tail`]).
+//!   new leader resumes the upstream from the last one ([`EndpointStream::tail`]). It and
+//!   [`KEY`] come from the upstream's messages, so they are percent-encoded (`%`, space,
+//!   control characters, non-ASCII): a header value cannot hold a line break.
 //! - [`TERM`] (`Ws-Sidecar-Term`): the writer's term, so an append that landed but whose ack
 //!   was lost past the duplicate window is still recognised as the writer's own.
 
@@ -22,15 +28,15 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self,
     consumer::{pull, DeliverPolicy},
-    context::PublishErrorKind,
-    message::PublishMessage,
     stream::{DiscardPolicy, StorageType},
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
 use std::sync::Arc;
 
+pub use super::write::{AppendError, Appended, Outgoing, Writer};
 use super::{stream_name, subject};
 use crate::log::{GapReason, IdBreak, Kind};
 
@@ -75,20 +81,19 @@ impl Meta {
         }
     }
 
-    fn write(&self, mut publish: PublishMessage) -> PublishMessage {
+    pub(super) fn write(&self, headers: &mut Vec<(&'static str, String)>) {
         if self.binary {
-            publish = publish.header(KIND, "binary");
+            headers.push((KIND, "binary".to_string()));
         }
         if self.received_at != 0 {
-            publish = publish.header(RECEIVED_AT, self.received_at.to_string());
+            headers.push((RECEIVED_AT, self.received_at.to_string()));
         }
         if let Some(key) = &self.key {
-            publish = publish.header(KEY, key.as_ref());
+            headers.push((KEY, encode_text(key)));
         }
         if let Some(g) = &self.gap {
-            publish = publish.header(GAP, format!("{} {} {}", g.reason.as_str(), g.from, g.to));
+            headers.push((GAP, format!("{} {} {}", g.reason.as_str(), g.from, g.to)));
         }
-        publish
     }
 
     /// Reads what [`Meta::write`] wrote; a header it cannot read is left out, never an error,
@@ -109,7 +114,7 @@ impl Meta {
             received_at: header(h, RECEIVED_AT)
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(0),
-            key: header(h, KEY).map(Arc::from),
+            key: header(h, KEY).map(|k| Arc::from(decode_text(&k))),
             gap,
         }
     }
@@ -155,49 +160,6 @@ pub struct NatsError {
     pub reason: String,
 }
 
-/// Why an append did not land.
-#[derive(Debug, thiserror::Error)]
-pub enum AppendError {
-    /// Another writer already stored this seq: this host is not (or no longer) the leader and
-    /// must stop writing.
-    #[error("fenced: seq {seq} of {endpoint} is already in the stream, written by another leader (term {other_term:?}, ours {term}); stop leading")]
-    Fenced {
-        /// The endpoint.
-        endpoint: String,
-        /// The seq this writer tried.
-        seq: u64,
-        /// This writer's term.
-        term: u64,
-        /// The term of the writer whose message holds the seq, if it could be read.
-        other_term: Option<u64>,
-    },
-    /// The stream ends before `seq - 1`: the caller skipped a seq. A bug, not a race.
-    #[error("out of order: {endpoint} seq {seq} appended but the stream ends at {last}")]
-    OutOfOrder {
-        /// The endpoint.
-        endpoint: String,
-        /// The seq this writer tried.
-        seq: u64,
-        /// The stream's last seq.
-        last: u64,
-    },
-    /// The message (payload and headers) is larger than the server's `max_payload` (1 MB
-    /// unless nats-server's config raises it, up to 64 MB): no retry can store it.
-    #[error("a message of {size} bytes for {endpoint} seq {seq} exceeds the NATS server's max_payload; raise max_payload in the nats-server config (up to 64 MB)")]
-    TooLarge {
-        /// The endpoint.
-        endpoint: String,
-        /// The seq this writer tried.
-        seq: u64,
-        /// The payload's size in bytes.
-        size: usize,
-    },
-    /// The server refused otherwise or did not answer; the append may or may not have landed,
-    /// and retrying the same seq is safe.
-    #[error(transparent)]
-    Nats(#[from] NatsError),
-}
-
 /// Why a read could not start or go on.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -215,16 +177,6 @@ pub enum ReadError {
     /// The server refused or did not answer.
     #[error(transparent)]
     Nats(#[from] NatsError),
-}
-
-/// An append that landed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Appended {
-    /// Stored now at the seq asked for.
-    Stored,
-    /// An earlier attempt of this writer already stored it (a retry after a lost ack); the
-    /// stream did not advance.
-    Duplicate,
 }
 
 /// The last message of an endpoint's stream: where a new leader goes on from.
@@ -254,13 +206,13 @@ pub struct Entry {
 #[derive(Clone, Debug)]
 pub struct EndpointStream {
     /// The JetStream context, for publishing.
-    js: jetstream::Context,
+    pub(super) js: jetstream::Context,
     /// The stream handle, for info, direct reads and consumers.
-    stream: jetstream::stream::Stream,
+    pub(super) stream: jetstream::stream::Stream,
     /// The endpoint this stream is for.
-    endpoint: String,
+    pub(super) endpoint: String,
     /// `ws-sidecar.<endpoint>`.
-    subject: String,
+    pub(super) subject: String,
 }
 
 impl EndpointStream {
@@ -315,13 +267,10 @@ impl EndpointStream {
 
     /// A writer for the leader of term `term` ([`crate::cluster::lease::Held::term`]).
     pub fn writer(&self, term: u64) -> Writer {
-        Writer {
-            stream: self.clone(),
-            term,
-        }
+        Writer::new(self.clone(), term)
     }
 
-    fn error(&self, e: impl std::fmt::Display) -> NatsError {
+    pub(super) fn error(&self, e: impl std::fmt::Display) -> NatsError {
         NatsError {
             stream: self.stream.cached_info().config.name.clone(),
             reason: e.to_string(),
@@ -354,7 +303,7 @@ impl EndpointStream {
             .map_err(|e| self.error(e))?;
         Ok(Some(Tail {
             seq: message.sequence,
-            upstream_id: header(&message.headers, UPSTREAM_ID),
+            upstream_id: header(&message.headers, UPSTREAM_ID).map(|id| decode_text(&id)),
         }))
     }
 
@@ -404,114 +353,6 @@ impl EndpointStream {
 /// How long one pull of a [`Reader`] waits at the server: the reader notices a lost
 /// consumer (its NATS node died) within about this long.
 const READER_EXPIRES: Duration = Duration::from_secs(2);
-
-/// Appends for one leader term. Appends must be made in seq order, each awaited.
-#[derive(Clone, Debug)]
-pub struct Writer {
-    /// The stream appended to.
-    stream: EndpointStream,
-    /// The term of the leader writing, in every message id.
-    term: u64,
-}
-
-impl Writer {
-    /// Appends `payload` as `seq` and waits for the server's ack (a stored message is durable
-    /// on as many replicas as the stream has).
-    ///
-    /// # Errors
-    /// [`AppendError::Fenced`] when another writer holds `seq`: stop leading.
-    /// [`AppendError::OutOfOrder`] when `seq - 1` is not the stream's last seq yet.
-    /// [`AppendError::Nats`] when the server did not answer: retry the same seq.
-    pub async fn append(
-        &self,
-        seq: u64,
-        payload: Bytes,
-        upstream_id: Option<&str>,
-    ) -> Result<Appended, AppendError> {
-        self.append_with(seq, payload, upstream_id, &Meta::default())
-            .await
-    }
-
-    /// [`append`](Self::append) with the message's [`Meta`].
-    ///
-    /// # Errors
-    /// As [`append`](Self::append).
-    pub async fn append_with(
-        &self,
-        seq: u64,
-        payload: Bytes,
-        upstream_id: Option<&str>,
-        meta: &Meta,
-    ) -> Result<Appended, AppendError> {
-        let s = &self.stream;
-        let size = payload.len();
-        let mut publish = PublishMessage::build()
-            .payload(payload)
-            .message_id(format!("{}:{seq}:{}", s.endpoint, self.term))
-            .expected_last_sequence(seq.saturating_sub(1))
-            .header(TERM, self.term.to_string());
-        if let Some(id) = upstream_id {
-            publish = publish.header(UPSTREAM_ID, id);
-        }
-        let publish = meta.write(publish);
-        let ack = match s.js.send_publish(s.subject.clone(), publish).await {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        match ack {
-            Ok(ack) if ack.sequence == seq => Ok(if ack.duplicate {
-                Appended::Duplicate
-            } else {
-                Appended::Stored
-            }),
-            Ok(ack) => Err(s
-                .error(format!(
-                    "asked to store seq {seq}, the server stored {}",
-                    ack.sequence
-                ))
-                .into()),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => self.refused(seq).await,
-            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                Err(AppendError::TooLarge {
-                    endpoint: s.endpoint.clone(),
-                    seq,
-                    size,
-                })
-            }
-            Err(e) => Err(s.error(e).into()),
-        }
-    }
-
-    /// The expected last sequence did not match: find out whether `seq` is ours (an append whose
-    /// ack was lost past the duplicate window), another writer's, or not there yet.
-    async fn refused(&self, seq: u64) -> Result<Appended, AppendError> {
-        let s = &self.stream;
-        let (_, last) = s.bounds().await?;
-        if last < seq {
-            return Err(AppendError::OutOfOrder {
-                endpoint: s.endpoint.clone(),
-                seq,
-                last,
-            });
-        }
-        // The seq may have been dropped by retention since; then nobody can tell whose it was,
-        // and treating it as another writer's is the safe answer.
-        let other_term = match s.stream.get_raw_message(seq).await {
-            Ok(message) => header(&message.headers, TERM).and_then(|t| t.parse::<u64>().ok()),
-            Err(_) => None,
-        };
-        if other_term == Some(self.term) {
-            return Ok(Appended::Duplicate);
-        }
-        Err(AppendError::Fenced {
-            endpoint: s.endpoint.clone(),
-            seq,
-            term: self.term,
-            other_term,
-        })
-    }
-}
-
 /// Messages from a seq on, in order. A seq dropped by retention while the reader lagged is an
 /// error ([`ReadError::Expired`]), never a silent skip.
 pub struct Reader {
@@ -557,7 +398,9 @@ impl Reader {
         }
         self.next = seq + 1;
         let headers = message.headers.as_ref();
-        let upstream_id = headers.and_then(|h| header(h, UPSTREAM_ID));
+        let upstream_id = headers
+            .and_then(|h| header(h, UPSTREAM_ID))
+            .map(|id| decode_text(&id));
         let meta = Meta::read(headers);
         Ok(Entry {
             seq,
@@ -568,6 +411,21 @@ impl Reader {
     }
 }
 
-fn header(headers: &async_nats::HeaderMap, name: &str) -> Option<String> {
+/// What [`encode_text`] escapes besides non-ASCII: `%`, space and control characters. A raw
+/// `\r` or `\n` in a header value makes async-nats panic, and the server trims leading and
+/// trailing blanks; upstream ids and keys come from the upstream's messages.
+const TEXT_ESCAPES: &AsciiSet = &CONTROLS.add(b'%').add(b' ');
+
+/// A header value for text from outside (an upstream id, a key), one-to-one.
+pub(super) fn encode_text(text: &str) -> String {
+    utf8_percent_encode(text, TEXT_ESCAPES).to_string()
+}
+
+/// The inverse of [`encode_text`]; a malformed escape is kept as it is.
+fn decode_text(value: &str) -> String {
+    percent_decode_str(value).decode_utf8_lossy().into_owned()
+}
+
+pub(super) fn header(headers: &async_nats::HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|v| v.as_str().to_string())
 }

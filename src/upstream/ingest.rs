@@ -265,8 +265,10 @@ impl Session<'_> {
                 key,
                 gap,
             };
+            // Returns once the append is on its way (or the window has room for it): the
+            // stream's acks are read by the term's acker, not here.
             leading
-                .append(&ep.cluster, data, upstream_id.as_deref(), &meta)
+                .submit(&ep.cluster, data, upstream_id.as_deref(), &meta)
                 .await;
             return;
         }

@@ -5,6 +5,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod append;
+mod burst;
 mod crash;
 mod fleet;
 mod lease;

@@ -408,7 +408,18 @@ async fn a_message_over_the_servers_max_payload_is_refused_at_once_and_says_so()
     // nats-server's default max_payload is 1 MB.
     let big = Bytes::from(vec![b'x'; 2 * 1024 * 1024]);
     match with_timeout(WAIT, w.append(1, big, None)).await {
-        Err(AppendError::TooLarge { seq: 1, size, .. }) => assert_eq!(size, 2 * 1024 * 1024),
+        Err(e @ AppendError::TooLarge { .. }) => {
+            let AppendError::TooLarge { seq, size, max, .. } = &e else {
+                unreachable!()
+            };
+            let headers = size - 2 * 1024 * 1024;
+            assert!(*seq == 1 && headers > 0 && headers < 200, "{e:?}");
+            assert_eq!(*max, js.client().max_payload());
+            assert_eq!(
+                e.to_string(),
+                format!("a message of {size} bytes (payload and headers) for big seq 1 exceeds the NATS server's max_payload of {max} bytes; raise max_payload in the nats-server config (up to 64 MB)")
+            );
+        }
         other => panic!("want TooLarge, got {other:?}"),
     }
     // The seq stays free for the next message.
