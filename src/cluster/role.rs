@@ -309,11 +309,7 @@ async fn follow(
                 return Ok(Some(held));
             }
             if let Some((holder, epoch)) = leases.holder(&ep.name).await? {
-                ep.cluster
-                    .set_role(Role::Follower, Some(holder.clone()), epoch);
-                if ep.state().state != State::Connected {
-                    ep.set_state(State::Connected, format!("following {holder} through NATS"));
-                }
+                following(ep, holder, epoch);
             }
             if watch.is_none() {
                 watch = Some(leases.watch(&ep.name).await?);
@@ -348,12 +344,21 @@ async fn follow(
             _ = tokio::time::sleep(recheck) => {}
             e = event => match e {
                 Ok(LeaseEvent::Vacant) => tracing::info!("the lease is vacant; trying to take it"),
-                Ok(LeaseEvent::Held { holder, epoch }) => {
-                    ep.cluster.set_role(Role::Follower, Some(holder), epoch);
-                }
+                Ok(LeaseEvent::Held { holder, epoch }) => following(ep, holder, epoch),
                 Err(_) => watch = None,
             }
         }
+    }
+}
+
+/// Records `holder` as the leader at `epoch`, and says so in the endpoint's state when it
+/// changed (the reason names the leader: apps and status must not show a stale one).
+fn following(ep: &Endpoint, holder: String, epoch: u64) {
+    let reason = format!("following {holder} through NATS");
+    ep.cluster.set_role(Role::Follower, Some(holder), epoch);
+    let now = ep.state();
+    if now.state != State::Connected || now.reason != reason {
+        ep.set_state(State::Connected, reason);
     }
 }
 
@@ -375,14 +380,22 @@ async fn lead(
         t = tokio::time::timeout_at(held.valid_until().into(), stream.tail()) => t,
         _ = shutdown.cancelled() => return,
     };
-    let (next, upstream_id) = match tail {
-        Ok(Ok(Some(tail))) => (tail.seq + 1, tail.upstream_id),
+    let start = match tail {
+        Ok(Ok(Some(tail))) => Ok((tail.seq + 1, tail.upstream_id)),
         Ok(Ok(None)) => match stream.bounds().await {
-            Ok((first, _)) => (first, None),
-            Err(e) => return step_down(ep, None, format!("cannot read the stream: {e}")),
+            Ok((first, _)) => Ok((first, None)),
+            Err(e) => Err(format!("cannot read the stream: {e}")),
         },
-        Ok(Err(e)) => return step_down(ep, None, format!("cannot read the stream: {e}")),
-        Err(_) => return step_down(ep, None, "the stream did not answer in time".into()),
+        Ok(Err(e)) => Err(format!("cannot read the stream: {e}")),
+        Err(_) => Err("the stream did not answer in time".to_string()),
+    };
+    let (next, upstream_id) = match start {
+        Ok(start) => start,
+        Err(why) => {
+            // Kept, the lease would leave the endpoint without a leader for a whole TTL.
+            let _ = tokio::time::timeout(Duration::from_secs(2), held.release()).await;
+            return step_down(ep, None, why);
+        }
     };
     tracing::info!(
         epoch = held.epoch(),

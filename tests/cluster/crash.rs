@@ -42,6 +42,15 @@ async fn grpc(dir: &Path) -> proto::sidecar_client::SidecarClient<tonic::transpo
 
 /// The endpoint's role as the daemon in `dir` reports it over gRPC.
 async fn role(dir: &Path) -> String {
+    status(dir)
+        .await
+        .cluster
+        .map(|c| c.role)
+        .unwrap_or_default()
+}
+
+/// The endpoint's status as the daemon in `dir` reports it over gRPC.
+async fn status(dir: &Path) -> proto::EndpointStatus {
     let status = grpc(dir)
         .await
         .get_status(proto::GetStatusRequest::default())
@@ -50,11 +59,9 @@ async fn role(dir: &Path) -> String {
         .into_inner();
     status
         .endpoints
-        .iter()
+        .into_iter()
         .find(|e| e.name == "ticks")
-        .and_then(|e| e.cluster.as_ref())
-        .map(|c| c.role.clone())
-        .unwrap_or_default()
+        .expect("endpoint ticks")
 }
 
 async fn wait_role(dir: &Path, want: &str) {
@@ -109,6 +116,23 @@ async fn a_killed_leader_is_replaced_within_the_ttl_without_hole_or_duplicate() 
         assert!(killed.elapsed() < WAIT, "no new leader: {rb}, {rc}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // The survivor that follows names its new leader, in status and in its state's reason.
+    let (leader, follower) = [(1, 2), (2, 1)][new_leader - 1];
+    let leader_name = ["host-a", "host-b", "host-c"][leader];
+    loop {
+        let st = status(dirs[follower].path()).await;
+        let named = st.cluster.as_ref().map(|c| c.leader.as_str()) == Some(leader_name);
+        if named && st.reason == format!("following {leader_name} through NATS") {
+            break;
+        }
+        assert!(
+            killed.elapsed() < WAIT,
+            "the follower still says {:?} / {:?}",
+            st.cluster,
+            st.reason
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let attempts = up
         .wait_attempts(2, WAIT)
         .await
