@@ -89,7 +89,9 @@ impl PublishError {
             | PublishError::Invalid(_)
             | PublishError::Confirm(ConfirmError::NoIdPlace(_)) => "invalid_argument",
             _ if self.is_exhausted() => "resource_exhausted",
-            PublishError::Expired | PublishError::Confirm(ConfirmError::Expired) => {
+            PublishError::Expired
+            | PublishError::Confirm(ConfirmError::Expired)
+            | PublishError::Queue(crate::cluster::queue::QueueError::Unconfirmed { .. }) => {
                 "deadline_exceeded"
             }
             PublishError::Denied(_) => "permission_denied",

@@ -101,6 +101,15 @@ pub enum QueueError {
         /// The stream name.
         stream: String,
     },
+    /// A push the server did not confirm (no answer in time, the connection down): the client
+    /// may still deliver it once NATS is back, so the message may be queued and sent.
+    #[error("the fleet's publish queue {stream} did not confirm the message ({reason}): it may still be queued and sent; publish it again with the same idempotency_key to have it sent once")]
+    Unconfirmed {
+        /// The stream name.
+        stream: String,
+        /// What the client said.
+        reason: String,
+    },
     /// The server refused or did not answer; the operation may or may not have happened.
     /// Retrying is safe: a retried push with its idempotency key is deduplicated, a retried ack
     /// is idempotent.
@@ -248,7 +257,10 @@ impl PublishQueue {
                     max: self.js.client().max_payload(),
                 })
             }
-            Err(e) => Err(self.error(e)),
+            Err(e) => Err(QueueError::Unconfirmed {
+                stream: self.name.clone(),
+                reason: e.to_string(),
+            }),
         }
     }
 

@@ -24,7 +24,8 @@ async fn recording() -> (FakeUpstream, Arc<Mutex<Vec<String>>>) {
             let sink = Arc::clone(&sink);
             tokio::spawn(async move {
                 while let Some(m) = conn.recv().await {
-                    if let Ok(text) = m.into_text() {
+                    // Text frames only: a close frame's reason is no message.
+                    if let tokio_tungstenite::tungstenite::Message::Text(text) = m {
                         sink.lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .push(text.to_string());
@@ -182,5 +183,42 @@ async fn publishes_acknowledged_before_a_failover_all_reach_the_upstream_in_orde
             "{prefix}: all, in order: {seen:?}"
         );
     }
+    b.stop().await;
+}
+
+/// A publish while NATS is down is not confirmed: the app is told it may still be queued
+/// (DEADLINE_EXCEEDED, not a plain failure), and it is in fact sent once NATS is back, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_nats_did_not_confirm_says_it_may_still_be_sent() {
+    let Some(mut server) = NatsServer::start("a_publish_nats_did_not_confirm").await else {
+        return;
+    };
+    let (up, got) = recording().await;
+    let (a, b) = leader_and_follower(&server, &up).await;
+    publish_all(&b, "before", 1).await;
+    upstream_got(&got, 1).await;
+    server.stop().await;
+    let refused = b
+        .grpc()
+        .await
+        .publish(proto::PublishRequest {
+            endpoint: "orders".into(),
+            data: "during".into(),
+            idempotency_key: "during-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("NATS is down: no confirmation");
+    assert_eq!(refused.code(), tonic::Code::DeadlineExceeded, "{refused:?}");
+    assert!(
+        refused.message().contains("may still be queued")
+            && refused.message().contains("same idempotency_key"),
+        "{}",
+        refused.message()
+    );
+    server.restart().await;
+    let all = upstream_got(&got, 2).await;
+    assert_eq!(all, ["before-0", "during"], "sent once NATS was back");
+    a.stop().await;
     b.stop().await;
 }
