@@ -20,8 +20,11 @@ pub type History = Pin<Box<dyn Stream<Item = Item> + Send>>;
 /// from the stream. It ends at the first seq the local log holds then (the window moves on
 /// while it is read), which the caller continues from. `None` when the local window covers the
 /// request (or the endpoint is not clustered or not joined yet).
+///
+/// `from_seq = 0` ("from the oldest retained") starts at the oldest message the stream keeps,
+/// with no gap before it.
 pub fn older(ep: &Endpoint, from_seq: Option<u64>, filters: &[Filter]) -> Option<History> {
-    let n = from_seq.filter(|n| *n > 0)?;
+    let n = from_seq?;
     let stream = ep.cluster.stream()?.clone();
     if !ep.log.is_positioned() || n + 1 >= ep.log.first_retained() {
         return None;
@@ -31,6 +34,7 @@ pub fn older(ep: &Endpoint, from_seq: Option<u64>, filters: &[Filter]) -> Option
     let state = State::Start {
         stream,
         next: n + 1,
+        oldest: n == 0,
     };
     let items = futures_util::stream::unfold(state, move |state| {
         let filters = filters.clone();
@@ -45,6 +49,8 @@ enum State {
     Start {
         stream: EndpointStream,
         next: u64,
+        /// Asked from the oldest retained: what the stream dropped before is no gap.
+        oldest: bool,
     },
     Reading {
         stream: EndpointStream,
@@ -69,13 +75,32 @@ async fn step(state: State, log: &Log, filters: &[Filter]) -> Option<(Option<Ite
         let after = State::Start {
             stream,
             next: first_available,
+            oldest: false,
         };
         Some((Some(gap(next, end)), after))
     };
     match state {
         State::Done => None,
         State::Start { next, .. } | State::Reading { next, .. } if next > to => None,
-        State::Start { stream, next } => match stream.read_from(next).await {
+        State::Start {
+            stream,
+            oldest: true,
+            ..
+        } => match stream.bounds().await {
+            Ok((first, _)) => Some((
+                None,
+                State::Start {
+                    stream,
+                    next: first,
+                    oldest: false,
+                },
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the stream for from_seq 0");
+                Some((None, State::Done))
+            }
+        },
+        State::Start { stream, next, .. } => match stream.read_from(next).await {
             Ok(reader) => Some((
                 None,
                 State::Reading {

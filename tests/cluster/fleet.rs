@@ -343,7 +343,8 @@ async fn three_daemons_come_through_a_nats_restart_with_identical_feeds() {
 }
 
 /// A host whose local window is small replays an older `from_seq` from the stream: every seq
-/// from there on, once, in order, through the window and live.
+/// from there on, once, in order, through the window and live; `from_seq = 0` from the
+/// stream's oldest.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_from_seq_older_than_the_local_window_is_read_from_the_stream() {
     let Some(server) = NatsServer::start("a_from_seq_older_than_the_local_window").await else {
@@ -373,6 +374,11 @@ async fn a_from_seq_older_than_the_local_window_is_read_from_the_stream() {
         &got[..3]
     );
     assert_contiguous(&got, "host-b from the stream into its window");
+    // `from_seq = 0`, the oldest retained, is the stream's oldest, not the window's.
+    let mut oldest = subscribe(&mut b.grpc().await, "ticks", Some(0)).await;
+    let got = take_through(&mut oldest, b.endpoint("ticks").log.last_seq() + 5).await;
+    assert_eq!(got[0], (1, 1), "from the stream's first: {:?}", &got[..3]);
+    assert_contiguous(&got, "host-b from the stream's oldest");
     a.stop().await;
     b.stop().await;
 }
