@@ -18,8 +18,19 @@ pub struct Node {
     inner: Arc<Inner>,
 }
 
+/// What this daemon last heard of its NATS connection.
+#[derive(Clone, Debug, Default)]
+pub struct Link {
+    /// Connected to a server now.
+    pub connected: bool,
+    /// The client's or server's last error (`authorization violation`, an IO error), cleared
+    /// on connecting.
+    pub error: Option<String>,
+}
+
 struct Inner {
     cfg: ClusterConfig,
+    link: tokio::sync::watch::Sender<Link>,
     client: async_nats::Client,
     js: jetstream::Context,
     /// Opened on first use: the server may not be reachable when the daemon starts.
@@ -66,6 +77,12 @@ impl Node {
         if let Some((cert, key)) = &cfg.tls_client {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
+        let link = tokio::sync::watch::Sender::new(Link::default());
+        let events = link.clone();
+        options = options.event_callback(move |event| {
+            let events = events.clone();
+            async move { on_event(&events, event) }
+        });
         let client = options
             .connect(cfg.servers.as_slice())
             .await
@@ -74,6 +91,7 @@ impl Node {
         Ok(Node {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
+                link,
                 client,
                 js,
                 leases: OnceCell::new(),
@@ -90,6 +108,23 @@ impl Node {
     /// The NATS client (core NATS: requests between hosts).
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client
+    }
+
+    /// The connection's state as it changes.
+    pub fn link(&self) -> tokio::sync::watch::Receiver<Link> {
+        self.inner.link.subscribe()
+    }
+
+    /// Why NATS is not answering, for a status line: the servers and the last error heard,
+    /// e.g. `nats://nats-1:4222: authorization violation`.
+    pub fn trouble(&self) -> String {
+        let servers = self.inner.cfg.servers.join(", ");
+        let link = self.inner.link.borrow();
+        match (&link.error, link.connected) {
+            (Some(e), _) => format!("{servers}: {e}"),
+            (None, false) => format!("{servers}: not reachable"),
+            (None, true) => servers,
+        }
     }
 
     /// The JetStream context.
@@ -152,5 +187,33 @@ impl Node {
     /// How long a lease lasts without renewal.
     pub fn lease_ttl(&self) -> Duration {
         self.inner.cfg.lease_ttl
+    }
+}
+
+/// Records a client event; logs what an operator needs (the client's own logging of events is
+/// replaced by this callback).
+fn on_event(link: &tokio::sync::watch::Sender<Link>, event: async_nats::Event) {
+    use async_nats::Event;
+    match event {
+        Event::Connected => {
+            tracing::info!("connected to NATS");
+            link.send_modify(|l| {
+                l.connected = true;
+                l.error = None;
+            });
+        }
+        Event::Disconnected | Event::Closed => {
+            tracing::warn!("disconnected from NATS; reconnecting");
+            link.send_modify(|l| l.connected = false);
+        }
+        Event::ServerError(e) => {
+            tracing::warn!(error = %e, "NATS server error");
+            link.send_modify(|l| l.error = Some(e.to_string()));
+        }
+        Event::ClientError(e) => {
+            tracing::warn!(error = %e, "NATS client error");
+            link.send_modify(|l| l.error = Some(e.to_string()));
+        }
+        other => tracing::info!(event = %other, "NATS"),
     }
 }

@@ -137,15 +137,36 @@ async fn join(
             ));
             Ok::<_, String>((stream, leases, interest))
         };
-        let opened = tokio::select! {
-            r = opened => r,
-            _ = shutdown.cancelled() => return None,
+        tokio::pin!(opened);
+        let mut link = node.link();
+        let opened = loop {
+            tokio::select! {
+                r = &mut opened => break r,
+                _ = shutdown.cancelled() => return None,
+                // The first requests can wait long on a server that refuses or is not there:
+                // say why meanwhile.
+                r = link.changed() => if r.is_ok() {
+                    let troubled = {
+                        let l = link.borrow_and_update();
+                        !l.connected || l.error.is_some()
+                    };
+                    if troubled {
+                        ep.set_state(
+                            State::Connecting,
+                            format!("joining the fleet: waiting for NATS ({})", node.trouble()),
+                        );
+                    }
+                },
+            }
         };
         match opened {
             Ok(joined) => return Some(joined),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot join the fleet yet; retrying");
-                ep.set_state(State::Connecting, format!("waiting for NATS: {e}"));
+                ep.set_state(
+                    State::Connecting,
+                    format!("waiting for NATS ({}): {e}", node.trouble()),
+                );
                 if !pause(&mut delay, shutdown).await {
                     return None;
                 }
@@ -300,10 +321,12 @@ async fn follow(
     let mut delay = Duration::from_millis(200);
     // A watch event can be lost while the client reconnects: try again at least this often.
     let recheck = node.lease_ttl() / 2;
+    let mut link = node.link();
     loop {
         if shutdown.is_cancelled() {
             return None;
         }
+        link.mark_unchanged();
         let tried = async {
             if let Some(held) = leases.acquire(&ep.name, node.name()).await? {
                 return Ok(Some(held));
@@ -325,7 +348,10 @@ async fn follow(
             Ok(None) => delay = Duration::from_millis(200),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the lease; retrying");
-                ep.set_state(State::Connecting, format!("waiting for NATS: {e}"));
+                ep.set_state(
+                    State::Connecting,
+                    format!("waiting for NATS ({}): {e}", node.trouble()),
+                );
                 watch = None;
                 if !pause(&mut delay, shutdown).await {
                     return None;
@@ -342,6 +368,13 @@ async fn follow(
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(recheck) => {}
+            // Without NATS nothing reaches this host: not `connected` until it is back.
+            r = link.changed() => if r.is_ok() && !link.borrow_and_update().connected {
+                ep.set_state(
+                    State::Connecting,
+                    format!("lost NATS ({}); following again once it is back", node.trouble()),
+                );
+            },
             e = event => match e {
                 Ok(LeaseEvent::Vacant) => tracing::info!("the lease is vacant; trying to take it"),
                 Ok(LeaseEvent::Held { holder, epoch }) => following(ep, holder, epoch),

@@ -10,6 +10,7 @@ mod burst;
 mod crash;
 mod fleet;
 mod lease;
+mod link;
 mod publish;
 mod queue;
 mod replicas;

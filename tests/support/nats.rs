@@ -67,7 +67,7 @@ impl NatsServer {
     }
 
     /// [`start`](Self::start) with more arguments for the server.
-    async fn start_with(test: &str, args: Vec<String>) -> Option<NatsServer> {
+    pub async fn start_with(test: &str, args: Vec<String>) -> Option<NatsServer> {
         let bin = match binary() {
             Ok(bin) => bin,
             Err(why) => {
