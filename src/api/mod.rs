@@ -52,13 +52,28 @@ pub enum PublishError {
     /// `wait = SENT` or `CONFIRMED` on a clustered endpoint (the wait, then the endpoint): the
     /// message goes to the fleet's publish queue, and the leader, maybe on another host,
     /// writes it upstream.
-    #[error("wait = {0} is not available on clustered endpoint {1:?}: the fleet's leader, possibly another host, sends it; publish with wait = STORED (acknowledged once in the fleet's publish queue), or make it a request to get the upstream's answer")]
+    #[error("{}", fleet_wait(.0, .1))]
     FleetWait(&'static str, String),
     /// A clustered endpoint whose host has not reached NATS yet.
     #[error("endpoint {0:?} has not joined its fleet yet (NATS not reached); try again")]
     NotJoined(String),
     #[error(transparent)]
     Queue(#[from] crate::cluster::queue::QueueError),
+}
+
+/// Why `wait` is refused on clustered `endpoint`, and what to do instead.
+fn fleet_wait(wait: &str, endpoint: &str) -> String {
+    let instead = if wait == "CONFIRMED" {
+        "a confirmation would wait in one leader's memory, which a failover loses; send it as a \
+         request (Request, `ws-sidecar request`) to get the upstream's answer"
+    } else {
+        "publish without it: the default wait, STORED, acknowledges once the message is in the \
+         fleet's publish queue"
+    };
+    format!(
+        "wait = {wait} is not available on clustered endpoint {endpoint:?}: the fleet's leader, \
+         possibly another host, sends it; {instead}"
+    )
 }
 
 impl PublishError {
@@ -161,13 +176,13 @@ pub async fn publish_confirmed(
     let ep = registry.lookup(endpoint)?;
     let cfg = ep.config();
     access::check(&cfg.access, &ep.name, Op::Publish, peer)?;
+    let Some(reqs) = cfg.requests.as_ref() else {
+        return Err(PublishError::NotConfirmable(endpoint.to_owned()));
+    };
     if ep.cluster.is_clustered() {
         // Confirmations are kept in the leader's share, which a failover would lose.
         return Err(PublishError::FleetWait("CONFIRMED", ep.name.clone()));
     }
-    let Some(reqs) = cfg.requests.as_ref() else {
-        return Err(PublishError::NotConfirmable(endpoint.to_owned()));
-    };
     if kind != Kind::Text {
         return Err(PublishError::Invalid(
             "a confirmed publish must be a text JSON message, not binary".into(),

@@ -374,6 +374,13 @@ async fn serve(
                     }
                 }
                 Some(Err(e)) => {
+                    // Its words are about the leader ("the daemon is stopping"): say whose.
+                    let e = match e {
+                        ShareError::Unavailable(why) => {
+                            ShareError::Unavailable(format!("on the fleet's leader: {why}"))
+                        }
+                        e => e,
+                    };
                     failed(e).await;
                     return;
                 }

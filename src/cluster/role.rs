@@ -163,10 +163,14 @@ async fn join(
             Ok(joined) => return Some(joined),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot join the fleet yet; retrying");
-                ep.set_state(
-                    State::Connecting,
-                    format!("waiting for NATS ({}): {e}", node.trouble()),
-                );
+                // Connected, NATS answered: the cause is what it said (a lease ttl other
+                // hosts do not share, JetStream off), not the connection.
+                let why = if node.link().borrow().connected {
+                    format!("cannot join the fleet: {e}")
+                } else {
+                    format!("waiting for NATS ({}): {e}", node.trouble())
+                };
+                ep.set_state(State::Connecting, why);
                 if !pause(&mut delay, shutdown).await {
                     return None;
                 }

@@ -92,3 +92,41 @@ async fn a_refused_password_is_named_in_status_without_the_password() {
     }
     d.stop().await;
 }
+
+/// A host whose lease ttl differs from the fleet's is told so, not that NATS is unreachable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_ttl_other_hosts_do_not_share_is_named_in_status() {
+    let Some(server) = NatsServer::start("a_lease_ttl_other_hosts").await else {
+        return;
+    };
+    let up = FakeUpstream::start_ticking(Default::default()).await;
+    let section = |name: &str, ttl: &str| {
+        format!(
+            "[cluster]\nnats = \"{}\"\nname = \"{name}\"\nlease_ttl = \"{ttl}\"\n",
+            server.url()
+        )
+    };
+    let a = host(&up, &section("host-a", "1s")).await;
+    crate::wait_role(&a, "ticks", Role::Leader).await;
+    let b = host(&up, &section("host-b", "2s")).await;
+    let ep = b.endpoint("ticks");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let st = ep.state();
+        if st.reason.contains("same lease ttl") {
+            assert!(
+                st.reason.starts_with("cannot join the fleet: "),
+                "{}",
+                st.reason
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never said so: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -194,6 +194,11 @@ async fn requests_in_flight_at_a_failover_fail_unavailable_and_the_next_is_answe
             .expect("task");
         let e = r.expect_err("no reply to a request whose leader stopped");
         assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(
+            e.message().contains("leader"),
+            "whose words: {}",
+            e.message()
+        );
     }
     crate::wait_role(&b, "node", Role::Leader).await;
     let mut c = c.clone();
