@@ -73,7 +73,8 @@ pub async fn run(ep: Arc<Endpoint>, node: Node, shutdown: CancellationToken, sta
                 let _ = d.await;
             }
         }
-        if !ep.is_restarting() {
+        // The leader's upstream loop may have said it already: once is enough for apps.
+        if !ep.is_restarting() && ep.state().state != State::Closed {
             ep.set_state(State::Closed, "shutting down");
         }
     }
@@ -506,6 +507,11 @@ async fn lead(
                 ep.set_restarting(false);
             }
         }
+    }
+    if shutdown.is_cancelled() {
+        // Appends still in flight would land after the next leader read the tail and fence
+        // its first append: let them land (briefly) before the lease is handed over.
+        let _ = tokio::time::timeout(Duration::from_secs(2), leading.settled()).await;
     }
     leading.end("shutting down".into());
     if let Some(d) = draining {

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio_stream::StreamExt;
+
 use ws_sidecar::cluster::lease::{Held, Leases, BUCKET};
 use ws_sidecar::cluster::slot::{ClusterStatus, Role};
 use ws_sidecar::cluster::stream::{AppendError, EndpointStream, Retention};
@@ -381,4 +383,30 @@ async fn a_from_seq_older_than_the_local_window_is_read_from_the_stream() {
     assert_contiguous(&got, "host-b from the stream's oldest");
     a.stop().await;
     b.stop().await;
+}
+
+/// A clean stop tells a leader's and a follower's subscribers `closed` once each.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_says_closed_once() {
+    let Some(server) = NatsServer::start("a_stop_says_closed_once").await else {
+        return;
+    };
+    let up = ticking().await;
+    let a = host(&server, &up, "host-a").await;
+    leads(&a).await;
+    let b = host(&server, &up, "host-b").await;
+    for d in [a, b] {
+        let mut s = subscribe(&mut d.grpc().await, "ticks", None).await;
+        take(&mut s, 3).await;
+        d.stop().await;
+        let mut closed = 0;
+        while let Ok(Some(Ok(ev))) = tokio::time::timeout(WAIT, s.next()).await {
+            if let Some(proto::event::Event::State(st)) = ev.event {
+                if crate::support::daemon::state_name(&st) == "closed" {
+                    closed += 1;
+                }
+            }
+        }
+        assert_eq!(closed, 1, "closed once");
+    }
 }
