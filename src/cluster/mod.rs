@@ -84,6 +84,25 @@ pub fn stream_name(endpoint: &str) -> String {
     name
 }
 
+/// What [`encode_header`] escapes besides non-ASCII: `%`, space and control characters. A raw
+/// `\r` or `\n` in a header value makes async-nats panic, and the server trims leading and
+/// trailing blanks, so `"a"` and `" a"` would be one value.
+const HEADER_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%').add(b' ');
+
+/// Text from outside (an idempotency key, an upstream id, a key) as a NATS header value,
+/// one-to-one (percent-encoded, RFC 3986 style).
+fn encode_header(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, HEADER_ESCAPES).to_string()
+}
+
+/// The inverse of [`encode_header`]; a malformed escape (a message ws-sidecar did not write)
+/// is kept as it is.
+fn decode_header(value: &str) -> String {
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// The name [`escape_into`] wrote as `escaped`.
 fn unescape(escaped: &str) -> String {
     let mut out = String::with_capacity(escaped.len());

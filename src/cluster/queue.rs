@@ -17,7 +17,6 @@
 //!   [`Drain`] and its acks fail with [`QueueError::TakenOver`] once the consumer is gone, and
 //!   a `take_over` by an older term than the consumer's is refused the same way.
 
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use std::time::Duration;
 
 use async_nats::jetstream::{
@@ -239,7 +238,7 @@ impl PublishQueue {
             .payload(data)
             .header(KIND, kind_name(kind));
         if let Some(key) = idempotency_key.filter(|k| !k.is_empty()) {
-            publish = publish.message_id(encode_key(key));
+            publish = publish.message_id(super::encode_header(key));
         }
         let ack = match self.js.send_publish(self.subject.clone(), publish).await {
             Ok(ack) => ack.await,
@@ -435,7 +434,7 @@ impl Drain {
         };
         let idempotency_key = headers
             .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| decode_key(v.as_str()));
+            .map(|v| super::decode_header(v.as_str()));
         Ok(Queued {
             seq,
             kind,
@@ -539,21 +538,6 @@ fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-/// What [`encode_key`] escapes besides non-ASCII: `%`, space and control characters. A raw
-/// `\r` or `\n` would make async-nats panic, and the server trims leading and trailing blanks,
-/// so `"a"` and `" a"` would be one key.
-const KEY_ESCAPES: &AsciiSet = &CONTROLS.add(b'%').add(b' ');
-
-/// An idempotency key as a header value, one-to-one (percent-encoded, RFC 3986 style).
-fn encode_key(key: &str) -> String {
-    utf8_percent_encode(key, KEY_ESCAPES).to_string()
-}
-
-/// The inverse of [`encode_key`]; a malformed escape (a message not pushed by us) is kept as it is.
-fn decode_key(value: &str) -> String {
-    percent_decode_str(value).decode_utf8_lossy().into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,22 +555,32 @@ mod tests {
             "tab\t",
             "é✓",
         ] {
-            let encoded = encode_key(key);
+            let encoded = crate::cluster::encode_header(key);
             assert!(
                 !encoded.contains(['\r', '\n', ' ', '\t']),
                 "{key:?} -> {encoded:?}"
             );
-            assert_eq!(decode_key(&encoded), key);
+            assert_eq!(crate::cluster::decode_header(&encoded), key);
         }
-        assert_ne!(encode_key(" a"), encode_key("a"));
-        assert_ne!(encode_key("%20"), encode_key(" "));
+        assert_ne!(
+            crate::cluster::encode_header(" a"),
+            crate::cluster::encode_header("a")
+        );
+        assert_ne!(
+            crate::cluster::encode_header("%20"),
+            crate::cluster::encode_header(" ")
+        );
         assert_eq!(
-            encode_key("order-42"),
+            crate::cluster::encode_header("order-42"),
             "order-42",
             "plain keys read as they are"
         );
-        assert_eq!(decode_key("100%"), "100%", "a stray % is kept");
-        assert_eq!(decode_key("%zz"), "%zz");
+        assert_eq!(
+            crate::cluster::decode_header("100%"),
+            "100%",
+            "a stray % is kept"
+        );
+        assert_eq!(crate::cluster::decode_header("%zz"), "%zz");
     }
 
     #[test]

@@ -32,7 +32,6 @@ use async_nats::jetstream::{
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
 use std::sync::Arc;
 
@@ -89,7 +88,7 @@ impl Meta {
             headers.push((RECEIVED_AT, self.received_at.to_string()));
         }
         if let Some(key) = &self.key {
-            headers.push((KEY, encode_text(key)));
+            headers.push((KEY, super::encode_header(key)));
         }
         if let Some(g) = &self.gap {
             headers.push((GAP, format!("{} {} {}", g.reason.as_str(), g.from, g.to)));
@@ -114,7 +113,7 @@ impl Meta {
             received_at: header(h, RECEIVED_AT)
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(0),
-            key: header(h, KEY).map(|k| Arc::from(decode_text(&k))),
+            key: header(h, KEY).map(|k| Arc::from(super::decode_header(&k))),
             gap,
         }
     }
@@ -303,7 +302,7 @@ impl EndpointStream {
             .map_err(|e| self.error(e))?;
         Ok(Some(Tail {
             seq: message.sequence,
-            upstream_id: header(&message.headers, UPSTREAM_ID).map(|id| decode_text(&id)),
+            upstream_id: header(&message.headers, UPSTREAM_ID).map(|id| super::decode_header(&id)),
         }))
     }
 
@@ -400,7 +399,7 @@ impl Reader {
         let headers = message.headers.as_ref();
         let upstream_id = headers
             .and_then(|h| header(h, UPSTREAM_ID))
-            .map(|id| decode_text(&id));
+            .map(|id| super::decode_header(&id));
         let meta = Meta::read(headers);
         Ok(Entry {
             seq,
@@ -409,21 +408,6 @@ impl Reader {
             meta,
         })
     }
-}
-
-/// What [`encode_text`] escapes besides non-ASCII: `%`, space and control characters. A raw
-/// `\r` or `\n` in a header value makes async-nats panic, and the server trims leading and
-/// trailing blanks; upstream ids and keys come from the upstream's messages.
-const TEXT_ESCAPES: &AsciiSet = &CONTROLS.add(b'%').add(b' ');
-
-/// A header value for text from outside (an upstream id, a key), one-to-one.
-pub(super) fn encode_text(text: &str) -> String {
-    utf8_percent_encode(text, TEXT_ESCAPES).to_string()
-}
-
-/// The inverse of [`encode_text`]; a malformed escape is kept as it is.
-fn decode_text(value: &str) -> String {
-    percent_decode_str(value).decode_utf8_lossy().into_owned()
 }
 
 pub(super) fn header(headers: &async_nats::HeaderMap, name: &str) -> Option<String> {

@@ -10,7 +10,8 @@ use async_nats::jetstream::{
 };
 use bytes::Bytes;
 
-use super::stream::{encode_text, header, EndpointStream, Meta, NatsError, TERM, UPSTREAM_ID};
+use super::encode_header;
+use super::stream::{header, EndpointStream, Meta, NatsError, TERM, UPSTREAM_ID};
 
 /// Why an append did not land.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +181,7 @@ impl Writer {
             (TERM, self.term.to_string()),
         ];
         if let Some(id) = upstream_id {
-            headers.push((UPSTREAM_ID, encode_text(id)));
+            headers.push((UPSTREAM_ID, encode_header(id)));
         }
         meta.write(&mut headers);
         Outgoing {
