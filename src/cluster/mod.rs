@@ -33,6 +33,7 @@
 pub mod append;
 pub mod calls;
 pub mod drain;
+mod feed;
 pub mod history;
 pub mod interest;
 pub mod lease;

@@ -13,20 +13,16 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::feed;
 use super::interest::Interest;
 use super::lease::{Held, LeaseEvent, LeaseWatch, Leases, RenewError};
 use super::node::Node;
 use super::queue::PublishQueue;
 use super::sharing;
 use super::slot::{Leading, Role};
-use super::stream::{EndpointStream, ReadError};
-use crate::endpoint::{unix_nanos, Endpoint, State};
-use crate::log::{GapReason, IdBreak};
+use super::stream::EndpointStream;
+use crate::endpoint::{Endpoint, State};
 use crate::stall::Stalls;
-
-/// How long the stream reader may yield nothing before the feed asks the stream whether it
-/// is idle or the reader is stuck.
-const STALL_CHECK: Duration = Duration::from_secs(2);
 
 /// Longest pause between attempts to reach NATS.
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -37,8 +33,8 @@ pub async fn run(ep: Arc<Endpoint>, node: Node, shutdown: CancellationToken, sta
     async {
         if let Some((stream, leases, interest)) = join(&ep, &node, &shutdown).await {
             let feeding = shutdown.child_token();
-            let (from, live) = start_of_feed(&ep, &stream).await;
-            let feeder = tokio::spawn(feed(
+            let (from, live) = feed::start(&ep, &stream).await;
+            let feeder = tokio::spawn(feed::run(
                 Arc::clone(&ep),
                 stream.clone(),
                 (from, live),
@@ -83,7 +79,7 @@ pub async fn run(ep: Arc<Endpoint>, node: Node, shutdown: CancellationToken, sta
 }
 
 /// Sleeps `delay` (doubling it up to [`MAX_RETRY`]); false when shut down meanwhile.
-async fn pause(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
+pub(super) async fn pause(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
     let d = *delay;
     *delay = (*delay * 2).min(MAX_RETRY);
     tokio::select! {
@@ -174,141 +170,6 @@ async fn join(
                 ep.set_state(State::Connecting, why);
                 if !pause(&mut delay, shutdown).await {
                     return None;
-                }
-            }
-        }
-    }
-}
-
-/// Where the reader starts, and where live subscribers do (`None`: the log is positioned).
-/// On the first run the reader starts a replay window's worth before the stream's end, and
-/// live subscribers at the end; after a restart of the task, where the log is.
-async fn start_of_feed(ep: &Endpoint, stream: &EndpointStream) -> (u64, Option<u64>) {
-    if ep.log.is_positioned() {
-        return (ep.log.next_seq(), None);
-    }
-    let Ok((first, last)) = stream.bounds().await else {
-        // The reader retries and finds out; live from what it reads first.
-        return (ep.log.next_seq(), Some(ep.log.next_seq()));
-    };
-    let window = ep.config().replay.messages as u64;
-    (first.max((last + 1).saturating_sub(window)), Some(last + 1))
-}
-
-/// Feeds the local log from the stream from `next` on until `stop`. The log is positioned at
-/// `live` once everything before it was read back, so a subscriber asking for the whole
-/// window gets it, and a live one starts after it.
-async fn feed(
-    ep: Arc<Endpoint>,
-    stream: EndpointStream,
-    (mut next, mut live): (u64, Option<u64>),
-    stop: CancellationToken,
-) {
-    let mut position = |ep: &Endpoint, next: u64| {
-        if let Some(at) = live.filter(|at| next >= *at) {
-            ep.log.position(at);
-            live = None;
-        }
-    };
-    position(&ep, next);
-    let mut delay = Duration::from_millis(200);
-    let mut gap: Option<IdBreak> = None;
-    let expired = |next: u64, first: u64, had_any: bool| {
-        // Before anything was read there is nobody to tell: the window just starts later.
-        had_any.then_some(IdBreak {
-            from: next,
-            to: first.saturating_sub(1),
-            reason: GapReason::ReplayExpired,
-        })
-    };
-    loop {
-        let reader = tokio::select! {
-            r = stream.read_from(next) => r,
-            _ = stop.cancelled() => return,
-        };
-        let mut reader = match reader {
-            Ok(reader) => reader,
-            Err(ReadError::Expired {
-                first_available, ..
-            }) => {
-                gap = expired(next, first_available, ep.log.last_seq() > 0);
-                next = first_available;
-                position(&ep, next);
-                continue;
-            }
-            Err(ReadError::Nats(e)) => {
-                tracing::warn!(error = %e, "cannot read the endpoint's stream; retrying");
-                if !pause(&mut delay, &stop).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        loop {
-            let r = tokio::select! {
-                r = reader.next() => r,
-                _ = tokio::time::sleep(STALL_CHECK) => {
-                    // Quiet: an idle stream, or a reader whose consumer died with its NATS
-                    // node and that the client has not replaced (it can take many seconds).
-                    match tokio::time::timeout(STALL_CHECK, stream.bounds()).await {
-                        Ok(Ok((_, last))) if last >= next => {
-                            ep.cluster.stream_at(last);
-                            tracing::warn!(next, last, "the stream reader is stuck behind the stream; reading again");
-                            break;
-                        }
-                        _ => continue,
-                    }
-                }
-                _ = stop.cancelled() => return,
-            };
-            match r {
-                Ok(entry) => {
-                    delay = Duration::from_millis(200);
-                    let seq = entry.seq;
-                    let meta = entry.meta;
-                    let received_at = if meta.received_at == 0 {
-                        unix_nanos()
-                    } else {
-                        meta.received_at
-                    };
-                    let len = entry.payload.len() as u64;
-                    let gap = gap.take().or(meta.gap);
-                    if ep.log.append_at(
-                        seq,
-                        meta.kind(),
-                        entry.payload,
-                        received_at,
-                        gap,
-                        meta.key.clone(),
-                    ) {
-                        Endpoint::count(&ep.stats.messages_received, 1);
-                        Endpoint::count(&ep.stats.bytes_received, len);
-                    }
-                    ep.cluster.read_upto(seq);
-                    ep.cluster.stream_at(seq + reader.pending());
-                    position(&ep, seq + 1);
-                    // The leader's own upstream loop knows newer ids than its stream reader.
-                    if let Some(id) = entry.upstream_id {
-                        if ep.cluster.leading().is_none() {
-                            ep.set_last_upstream_id(id);
-                        }
-                    }
-                    next = seq + 1;
-                }
-                Err(ReadError::Expired {
-                    first_available, ..
-                }) => {
-                    gap = expired(next, first_available, true);
-                    next = first_available;
-                    position(&ep, next);
-                    break;
-                }
-                Err(ReadError::Nats(e)) => {
-                    tracing::warn!(error = %e, "the stream reader failed; reading again from seq {next}");
-                    if !pause(&mut delay, &stop).await {
-                        return;
-                    }
-                    break;
                 }
             }
         }
