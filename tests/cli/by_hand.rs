@@ -55,7 +55,8 @@ async fn a_user_runs_the_minimal_config_by_hand_and_the_cli_finds_it() {
     );
     let sock = runtime.join("ws-sidecar/grpc.sock");
     wait_for_socket(&sock);
-    assert!(runtime.join("ws-sidecar/stream.sock").exists());
+    // Bound one after the other: the NDJSON socket may come a moment after the gRPC one.
+    wait_for_socket(&runtime.join("ws-sidecar/stream.sock"));
     let state = home.join(".local/state/ws-sidecar");
     assert!(
         state.join("store").exists(),
