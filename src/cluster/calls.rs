@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::Endpoint;
-use crate::share::{Reply, ShareError};
+use crate::share::{Replies, Reply, ShareError};
 
 const CALL: &str = "Ws-Sidecar-Call";
 const STREAM: &str = "Ws-Sidecar-Stream";
@@ -85,33 +85,24 @@ impl Calls {
             Arc::clone(&accepted),
         ));
         Remote {
-            rx,
+            replies: Replies::new(rx),
             task,
             accepted,
-            done: false,
         }
     }
 }
 
 /// A request made through the leader; dropping it cancels it there.
 pub struct Remote {
-    rx: mpsc::Receiver<Result<Reply, ShareError>>,
+    replies: Replies,
     task: tokio::task::JoinHandle<()>,
     accepted: Arc<std::sync::atomic::AtomicBool>,
-    done: bool,
 }
 
 impl Remote {
-    /// The next reply; `None` once the request ended.
+    /// The next reply; see [`Replies::next`].
     pub async fn next(&mut self) -> Option<Result<Reply, ShareError>> {
-        if self.done {
-            return None;
-        }
-        let r = self.rx.recv().await.unwrap_or(Err(ShareError::Closed));
-        if !matches!(&r, Ok(reply) if !reply.end) {
-            self.done = true;
-        }
-        Some(r)
+        self.replies.next().await
     }
 
     /// Whether the leader took the request (it may have reached the upstream).

@@ -17,7 +17,7 @@ pub mod link;
 mod next;
 mod pending;
 pub mod socketio;
-pub use pending::Pending;
+pub use pending::{Pending, Replies};
 #[cfg(test)]
 mod tests;
 

@@ -8,17 +8,21 @@ use tokio::sync::mpsc;
 
 use super::{Reply, Req, Share, ShareError, Work, STREAM_QUEUE};
 
-/// A request's replies; dropping it forgets the request (a stream is cancelled upstream).
-pub struct Pending {
-    share: Arc<Share>,
-    n: u64,
+/// A request's replies as they come, whoever routes them (this host's share, or the fleet's
+/// leader: `crate::cluster::calls`).
+pub struct Replies {
     rx: mpsc::Receiver<Result<Reply, ShareError>>,
     done: bool,
 }
 
-impl Pending {
+impl Replies {
+    /// The replies sent into `rx`.
+    pub fn new(rx: mpsc::Receiver<Result<Reply, ShareError>>) -> Replies {
+        Replies { rx, done: false }
+    }
+
     /// The next reply; `None` once the request ended (after its last reply or an error).
-    /// A request the endpoint dropped without a word (it was removed) ends with `Closed`.
+    /// A request dropped without a word (its endpoint was removed) ends with `Closed`.
     pub async fn next(&mut self) -> Option<Result<Reply, ShareError>> {
         if self.done {
             return None;
@@ -28,6 +32,20 @@ impl Pending {
             self.done = true;
         }
         Some(r)
+    }
+}
+
+/// A request's replies; dropping it forgets the request (a stream is cancelled upstream).
+pub struct Pending {
+    share: Arc<Share>,
+    n: u64,
+    replies: Replies,
+}
+
+impl Pending {
+    /// The next reply; see [`Replies::next`].
+    pub async fn next(&mut self) -> Option<Result<Reply, ShareError>> {
+        self.replies.next().await
     }
 
     /// Ends the request waiting: a timeout, counted. True when it had been sent (it may have
@@ -91,8 +109,7 @@ impl Share {
         Ok(Pending {
             share: Arc::clone(self),
             n,
-            rx,
-            done: false,
+            replies: Replies::new(rx),
         })
     }
 
