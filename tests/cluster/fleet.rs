@@ -70,14 +70,7 @@ async fn take_through(s: &mut tonic::Streaming<proto::Event>, seq: u64) -> Vec<(
 
 /// Waits until `d` leads the endpoint.
 async fn leads(d: &TestDaemon) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while d.endpoint("ticks").cluster.status().role != Role::Leader {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never took the lead"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::wait_role(d, "ticks", Role::Leader).await;
 }
 
 /// Seqs and ids both go up by one from message to message.

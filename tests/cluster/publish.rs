@@ -46,20 +46,12 @@ async fn host(server: &NatsServer, up: &FakeUpstream, name: &str) -> TestDaemon 
     crate::clustered_daemon(server, &toml, "orders", name).await
 }
 
-async fn wait_role(d: &TestDaemon, role: Role) {
-    let deadline = Instant::now() + WAIT;
-    while d.endpoint("orders").cluster.status().role != role {
-        assert!(Instant::now() < deadline, "never {role:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// host-a leading, then host-b following.
 async fn leader_and_follower(server: &NatsServer, up: &FakeUpstream) -> (TestDaemon, TestDaemon) {
     let a = host(server, up, "host-a").await;
-    wait_role(&a, Role::Leader).await;
+    crate::wait_role(&a, "orders", Role::Leader).await;
     let b = host(server, up, "host-b").await;
-    wait_role(&b, Role::Follower).await;
+    crate::wait_role(&b, "orders", Role::Follower).await;
     (a, b)
 }
 
@@ -158,7 +150,7 @@ async fn publishes_acknowledged_before_a_failover_all_reach_the_upstream_in_orde
     publish_all(&b, "b", 50).await;
     a.stop().await;
     publish_all(&b, "c", 50).await;
-    wait_role(&b, Role::Leader).await;
+    crate::wait_role(&b, "orders", Role::Leader).await;
     // All of c's arrived once the last one has (in order, below).
     let deadline = Instant::now() + WAIT;
     let frames = loop {

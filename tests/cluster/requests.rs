@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tonic::Code;
 use ws_sidecar::cluster::slot::Role;
-use ws_sidecar::proto::{self, sidecar_client::SidecarClient};
+use ws_sidecar::proto;
 
 use crate::support::daemon::TestDaemon;
-use crate::support::jsonrpc::FakeNode;
+use crate::support::jsonrpc::{next_reply, request, FakeNode};
 use crate::support::nats::NatsServer;
 
 /// Bounds every wait.
@@ -22,29 +22,6 @@ async fn host(server: &NatsServer, up: &FakeNode, name: &str) -> TestDaemon {
         up.url()
     );
     crate::clustered_daemon(server, &toml, "node", name).await
-}
-
-async fn request(
-    c: &mut SidecarClient<tonic::transport::Channel>,
-    body: Value,
-) -> Result<Value, tonic::Status> {
-    let reply = c
-        .request(proto::UpstreamRequest {
-            endpoint: "node".into(),
-            data: body.to_string().into(),
-        })
-        .await?
-        .into_inner();
-    Ok(serde_json::from_slice(&reply.data).expect("a JSON reply"))
-}
-
-async fn next_reply(s: &mut tonic::Streaming<proto::UpstreamReply>) -> Value {
-    let r = tokio::time::timeout(WAIT, s.message())
-        .await
-        .expect("in time")
-        .expect("ok")
-        .expect("open");
-    serde_json::from_slice::<Value>(&r.data).expect("JSON")
 }
 
 /// Apps on the leader and on a follower, all using ids 0..50: every reply reaches the app
@@ -68,7 +45,7 @@ async fn apps_on_every_host_get_their_own_replies_through_one_connection() {
                 async move {
                     let body = json!({"jsonrpc": "2.0", "id": i, "method": "echo",
                                       "params": [{"app": app, "n": i}, (i * 7 + app) % 20]});
-                    let reply = request(&mut c, body).await.expect("a reply");
+                    let reply = request(&mut c, "node", body).await.expect("a reply");
                     assert_eq!(reply["id"], json!(i), "the app's own id: {reply}");
                     assert_eq!(reply["result"][0], json!({"app": app, "n": i}));
                 }
@@ -139,7 +116,7 @@ async fn a_followers_stream_runs_on_the_leader_and_ends_when_its_app_leaves() {
         .await
         .expect("accepted")
         .into_inner();
-    let first = next_reply(&mut stream).await;
+    let first = next_reply(&mut stream, WAIT).await;
     assert_eq!(first["id"], "mine");
     let sub_id = first["result"]
         .as_str()
@@ -147,7 +124,7 @@ async fn a_followers_stream_runs_on_the_leader_and_ends_when_its_app_leaves() {
         .to_owned();
     for _ in 0..3 {
         let n = up.new_head().await;
-        let head = next_reply(&mut stream).await;
+        let head = next_reply(&mut stream, WAIT).await;
         assert_eq!(head["params"]["subscription"], sub_id.as_str());
         assert_eq!(head["params"]["result"]["number"], format!("{n:#x}"));
     }
@@ -179,6 +156,7 @@ async fn requests_in_flight_at_a_failover_fail_unavailable_and_the_next_is_answe
             tokio::spawn(async move {
                 request(
                     &mut c,
+                    "node",
                     json!({"jsonrpc": "2.0", "id": 1, "method": "slow", "params": [i]}),
                 )
                 .await
@@ -204,6 +182,7 @@ async fn requests_in_flight_at_a_failover_fail_unavailable_and_the_next_is_answe
     let mut c = c.clone();
     let reply = request(
         &mut c,
+        "node",
         json!({"jsonrpc": "2.0", "id": "x", "method": "eth_blockNumber"}),
     )
     .await

@@ -11,7 +11,7 @@ use ws_sidecar::cluster::interest::{HeldKey, Interest};
 use ws_sidecar::cluster::slot::Role;
 use ws_sidecar::proto::{self, event::Event as Ev};
 
-use crate::support::binance::{shared_config, stream_requests, FakeBinance, Rules};
+use crate::support::binance::{next_trade, shared_config, stream_requests, FakeBinance, Rules};
 use crate::support::daemon::{attach, TestDaemon};
 use crate::support::nats::NatsServer;
 
@@ -58,22 +58,10 @@ async fn key_state(s: &mut tonic::Streaming<proto::Event>, key: &str, want: prot
 
 /// The next `n` trades an app gets as (seq, stream), failing on a gap.
 async fn trades(s: &mut tonic::Streaming<proto::Event>, n: usize) -> Vec<(u64, String)> {
-    let mut got = Vec::new();
+    let mut got = Vec::with_capacity(n);
     while got.len() < n {
-        let ev = tokio::time::timeout(WAIT, s.next())
-            .await
-            .expect("a trade in time")
-            .expect("stream open")
-            .expect("stream ok");
-        match ev.event {
-            Some(Ev::Message(m)) => {
-                let v: serde_json::Value = serde_json::from_slice(&m.data).expect("JSON");
-                let stream = v["stream"].as_str().expect("a trade names its stream");
-                got.push((m.seq, stream.to_owned()));
-            }
-            Some(Ev::Gap(g)) => panic!("unexpected gap {g:?}"),
-            _ => {}
-        }
+        let (seq, stream, _) = next_trade(s, WAIT).await;
+        got.push((seq, stream));
     }
     got
 }

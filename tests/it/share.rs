@@ -9,7 +9,7 @@ use tokio_stream::StreamExt;
 use ws_sidecar::proto::{self, event::Event as Ev};
 
 use crate::support::binance::{
-    shared_config, stream_requests, FakeBinance, Frame, Received, Rules,
+    self, shared_config, stream_requests, FakeBinance, Frame, Received, Rules,
 };
 use crate::support::daemon::{attach, start_daemon};
 
@@ -17,23 +17,8 @@ const T: Duration = Duration::from_secs(20);
 
 /// The trade number and stream of an app's next message, skipping states and key changes.
 async fn next_trade(s: &mut tonic::Streaming<proto::Event>) -> (String, u64) {
-    loop {
-        let ev = tokio::time::timeout(T, s.next())
-            .await
-            .expect("a message in time")
-            .expect("stream open")
-            .expect("stream ok");
-        match ev.event {
-            Some(Ev::Message(m)) => {
-                let v: serde_json::Value = serde_json::from_slice(&m.data).expect("JSON");
-                let stream = v["stream"].as_str().expect("a trade names its stream");
-                let t = v["data"]["t"].as_u64().expect("a trade number");
-                return (stream.to_owned(), t);
-            }
-            Some(Ev::Gap(g)) => panic!("unexpected gap {g:?}"),
-            _ => continue,
-        }
-    }
+    let (_, stream, t) = binance::next_trade(s, T).await;
+    (stream, t)
 }
 
 /// Three apps with overlapping keys: one SUBSCRIBE per key per connection, the full set again

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tonic::Code;
-use ws_sidecar::proto::{self, sidecar_client::SidecarClient};
+use ws_sidecar::proto;
 
 use crate::support::daemon::start_daemon;
-use crate::support::jsonrpc::FakeNode;
+use crate::support::jsonrpc::{next_reply, request, FakeNode};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -25,20 +25,6 @@ backoff = {{ initial = "10ms", max = "40ms", min_delay = "10ms" }}
 {extra}
 "#
     )
-}
-
-async fn request(
-    c: &mut SidecarClient<tonic::transport::Channel>,
-    body: Value,
-) -> Result<Value, tonic::Status> {
-    let reply = c
-        .request(proto::UpstreamRequest {
-            endpoint: "node".into(),
-            data: body.to_string().into(),
-        })
-        .await?
-        .into_inner();
-    Ok(serde_json::from_slice(&reply.data).expect("a JSON reply"))
 }
 
 /// 1,000 concurrent requests from 10 apps, every app using ids 0..100: each reply reaches the
@@ -57,7 +43,7 @@ async fn colliding_ids_from_ten_apps_each_get_their_own_replies() {
                     // Replies come back out of order: each waits 0-19 ms at the node.
                     let body = json!({"jsonrpc": "2.0", "id": i, "method": "echo",
                                       "params": [{"app": app, "n": i}, (i * 7 + app) % 20]});
-                    let reply = request(&mut c, body).await.expect("a reply");
+                    let reply = request(&mut c, "node", body).await.expect("a reply");
                     assert_eq!(reply["id"], json!(i), "the app's own id: {reply}");
                     assert_eq!(
                         reply["result"][0],
@@ -97,6 +83,7 @@ async fn a_drop_fails_requests_in_flight_with_unavailable() {
             tokio::spawn(async move {
                 request(
                     &mut c,
+                    "node",
                     json!({"jsonrpc": "2.0", "id": 1, "method": "slow", "params": [i]}),
                 )
                 .await
@@ -116,6 +103,7 @@ async fn a_drop_fails_requests_in_flight_with_unavailable() {
     let mut c = c.clone();
     let reply = request(
         &mut c,
+        "node",
         json!({"jsonrpc": "2.0", "id": "x", "method": "eth_blockNumber"}),
     )
     .await
@@ -137,6 +125,7 @@ async fn idempotent_requests_are_resent_after_a_drop() {
         // The node answers after 2 s: long after the drop below.
         request(
             &mut c,
+            "node",
             json!({"jsonrpc": "2.0", "id": 7, "method": "echo", "params": ["hi", 2000]}),
         )
         .await
@@ -165,20 +154,15 @@ async fn a_request_without_a_reply_times_out() {
     let extra = "[endpoints.node.requests]\ntimeout = \"300ms\"";
     let d = start_daemon(&config(&up.url(), extra)).await;
     let mut c = d.grpc().await;
-    let e = request(&mut c, json!({"jsonrpc": "2.0", "id": 1, "method": "slow"}))
-        .await
-        .expect_err("no reply");
+    let e = request(
+        &mut c,
+        "node",
+        json!({"jsonrpc": "2.0", "id": 1, "method": "slow"}),
+    )
+    .await
+    .expect_err("no reply");
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
     assert_eq!(d.endpoint("node").share.in_flight(), 0, "forgotten");
-}
-
-async fn next_reply(s: &mut tonic::Streaming<proto::UpstreamReply>) -> Value {
-    let r = tokio::time::timeout(T, s.message())
-        .await
-        .expect("in time")
-        .expect("ok")
-        .expect("open");
-    serde_json::from_slice::<Value>(&r.data).expect("JSON")
 }
 
 /// `eth_subscribe` as a stream: after a reconnect the node names the subscription anew, and
@@ -199,14 +183,14 @@ async fn eth_subscribe_survives_a_reconnect_under_its_first_id() {
         .await
         .expect("accepted")
         .into_inner();
-    let first = next_reply(&mut stream).await;
+    let first = next_reply(&mut stream, T).await;
     assert_eq!(first["id"], "mine");
     let sub_id = first["result"]
         .as_str()
         .expect("a subscription id")
         .to_owned();
     let n = up.new_head().await;
-    let head = next_reply(&mut stream).await;
+    let head = next_reply(&mut stream, T).await;
     assert_eq!(head["params"]["subscription"], sub_id.as_str());
     assert_eq!(head["params"]["result"]["number"], format!("{n:#x}"));
 
@@ -217,7 +201,7 @@ async fn eth_subscribe_survives_a_reconnect_under_its_first_id() {
     let renamed = up.subscriptions(1);
     assert_ne!(renamed[0].id, sub_id, "the node gave a new id");
     let n = up.new_head().await;
-    let head = next_reply(&mut stream).await;
+    let head = next_reply(&mut stream, T).await;
     assert_eq!(
         head["params"]["subscription"],
         sub_id.as_str(),
@@ -313,6 +297,7 @@ async fn a_request_without_a_place_for_the_id_is_refused() {
     // The node is asked something that works, so its frames can be counted after the refusals.
     request(
         &mut c,
+        "node",
         json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}),
     )
     .await
@@ -334,6 +319,7 @@ async fn requests_that_open_streams_are_told_apart() {
     let mut c = d.grpc().await;
     let e = request(
         &mut c,
+        "node",
         json!({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]}),
     )
     .await
@@ -393,6 +379,7 @@ async fn a_timeout_says_when_the_request_was_never_sent() {
     let mut c = d.grpc().await;
     let e = request(
         &mut c,
+        "node",
         json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}),
     )
     .await

@@ -288,6 +288,32 @@ pub fn stream_requests(
     out
 }
 
+/// An app's next trade as (seq, stream, trade number) within `within`, skipping states and
+/// key changes; panics on a gap.
+pub async fn next_trade(
+    s: &mut tonic::Streaming<ws_sidecar::proto::Event>,
+    within: Duration,
+) -> (u64, String, u64) {
+    use ws_sidecar::proto::event::Event as Ev;
+    loop {
+        let ev = tokio::time::timeout(within, s.message())
+            .await
+            .expect("a message in time")
+            .expect("stream ok")
+            .expect("stream open");
+        match ev.event {
+            Some(Ev::Message(m)) => {
+                let v: serde_json::Value = serde_json::from_slice(&m.data).expect("JSON");
+                let stream = v["stream"].as_str().expect("a trade names its stream");
+                let t = v["data"]["t"].as_u64().expect("a trade number");
+                return (m.seq, stream.to_owned(), t);
+            }
+            Some(Ev::Gap(g)) => panic!("unexpected gap {g:?}"),
+            _ => continue,
+        }
+    }
+}
+
 /// Trade `n` on `stream` as the combined-stream endpoint sends it.
 pub fn trade(stream: &str, n: u64) -> String {
     let symbol = stream

@@ -544,3 +544,32 @@ fn handle(node: &Node, index: usize, req: &Value) -> Outcome {
         }
     }
 }
+
+/// An app's `Request` of `body` on `endpoint`: the reply's JSON, or the call's status.
+pub async fn request(
+    c: &mut ws_sidecar::proto::sidecar_client::SidecarClient<tonic::transport::Channel>,
+    endpoint: &str,
+    body: Value,
+) -> Result<Value, tonic::Status> {
+    let reply = c
+        .request(ws_sidecar::proto::UpstreamRequest {
+            endpoint: endpoint.into(),
+            data: body.to_string().into(),
+        })
+        .await?
+        .into_inner();
+    Ok(serde_json::from_slice(&reply.data).expect("a JSON reply"))
+}
+
+/// The next reply of a `RequestStream`, within `within`.
+pub async fn next_reply(
+    s: &mut tonic::Streaming<ws_sidecar::proto::UpstreamReply>,
+    within: Duration,
+) -> Value {
+    let r = tokio::time::timeout(within, s.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open");
+    serde_json::from_slice::<Value>(&r.data).expect("JSON")
+}
