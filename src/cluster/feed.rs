@@ -3,7 +3,7 @@
 //! the same everywhere.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -80,10 +80,18 @@ pub(super) async fn run(
                 continue;
             }
         };
+        // One timer for the reader's life, not one per message: at the stream's pace a new
+        // timer for every message would cost more than the check.
+        let mut tick = tokio::time::interval(STALL_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = Instant::now();
         loop {
             let r = tokio::select! {
                 r = reader.next() => r,
-                _ = tokio::time::sleep(STALL_CHECK) => {
+                _ = tick.tick() => {
+                    if heard.elapsed() < STALL_CHECK {
+                        continue;
+                    }
                     // Quiet: an idle stream, or a reader whose consumer died with its NATS
                     // node and that the client has not replaced (it can take many seconds).
                     match tokio::time::timeout(STALL_CHECK, stream.bounds()).await {
@@ -99,6 +107,7 @@ pub(super) async fn run(
             };
             match r {
                 Ok(entry) => {
+                    heard = Instant::now();
                     delay = Duration::from_millis(200);
                     let seq = entry.seq;
                     let meta = entry.meta;
