@@ -156,21 +156,18 @@ impl Call {
             }
             stream && opening
         };
-        let pending = match ep.cluster.calls() {
-            // Another host holds the connection (or none does yet): through the fleet.
-            Some(calls) if ep.cluster.leading().is_none() => {
-                ep.share.stats.requests.fetch_add(1, Ordering::Relaxed);
-                Waiting::Fleet(calls.request(&doc, stream))
-            }
-            _ if ep.cluster.is_clustered() && ep.cluster.leading().is_none() => {
-                return Err(CallError::Share(ShareError::Unavailable(
-                    "the endpoint has not joined its fleet yet".into(),
-                )))
-            }
-            _ => Waiting::Local(
+        // Another host holds the connection (or none does yet): through the fleet.
+        let pending = if ep.cluster.is_clustered() && ep.cluster.leading().is_none() {
+            let calls = ep.cluster.calls().ok_or_else(|| {
+                ShareError::Unavailable("the endpoint has not joined its fleet yet".into())
+            })?;
+            ep.share.stats.requests.fetch_add(1, Ordering::Relaxed);
+            Waiting::Fleet(calls.request(&doc, stream))
+        } else {
+            Waiting::Local(
                 ep.share
                     .request(doc, &reqs.id, stream, reqs.max_in_flight)?,
-            ),
+            )
         };
         Ok(Call {
             endpoint: Arc::clone(&ep.key),
